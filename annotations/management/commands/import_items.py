@@ -1,0 +1,52 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.text import slugify
+
+from annotations.importers import ImportFormatError, detect_format, import_items
+from annotations.models import Project
+
+
+class Command(BaseCommand):
+    help = "Import items (and prior human labels as SME reviews) from a JSONL or CSV file into a project."
+
+    def add_arguments(self, parser):
+        parser.add_argument("project", help="project slug; created if it does not exist")
+        parser.add_argument("file", type=Path)
+        parser.add_argument("--format", choices=["jsonl", "csv"], help="default: from the file name")
+        parser.add_argument("--label-field", default="human_label", help="field with a prior accept/reject label")
+        parser.add_argument("--no-labels", action="store_true", help="do not import prior labels as SME reviews")
+
+    def handle(self, *args, project, file, format, label_field, no_labels, **options):
+        if not file.is_file():
+            raise CommandError(f"{file}: no such file")
+        try:
+            fmt = format or detect_format(file.name)
+        except ImportFormatError as exc:
+            raise CommandError(str(exc)) from None
+        target, created = Project.objects.get_or_create(slug=slugify(project), defaults={"name": project})
+        if created:
+            self.stdout.write(f"created project {target.slug}")
+
+        def progress(rows: int) -> None:
+            self.stderr.write(f"\r{rows} rows read", ending="")
+            self.stderr.flush()
+
+        with file.open("rb") as stream:
+            report = import_items(
+                project=target,
+                stream=stream,
+                fmt=fmt,
+                label_field=label_field,
+                import_labels=not no_labels,
+                progress=progress,
+            )
+        self.stderr.write("")
+        for error in report.errors:
+            self.stderr.write(f"{file}:{error.line}: {error.reason}")
+        self.stdout.write(
+            f"{report.created} items created, {report.existing} already present, "
+            f"{report.labels} labels imported as SME reviews, {len(report.errors)} lines not stored"
+        )
+        if report.fatal:
+            raise CommandError(f"{file}: {report.fatal}")

@@ -1,0 +1,19 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from annotations.models import Project
+from judging.services import gate_apply, label_functions_apply
+
+
+class Command(BaseCommand):
+    help = "Run the project's active label functions, then re-gate every item."
+
+    def add_arguments(self, parser):
+        parser.add_argument("project", help="project slug")
+
+    def handle(self, *args, project, **options):
+        target = Project.objects.filter(slug=project).first()
+        if target is None:
+            raise CommandError(f"no project {project!r}")
+        hits = label_functions_apply(project=target)
+        counts = gate_apply(project=target)
+        self.stdout.write(f"{hits} rule hits; gate: {counts}")

@@ -1,0 +1,69 @@
+import secrets
+import sys
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from annotations.models import Project
+from judging.pipeline import run_main_job
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+class Command(BaseCommand):
+    help = "Run the main job on a data file: import, sample, SME labels, judge, rules, gate, export, report."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--data", type=Path, required=True, help="JSONL or CSV file with items")
+        parser.add_argument("--out", type=Path, default=Path("out"))
+        parser.add_argument("--fraction", type=float, default=0.2, help="share of items sampled for SMEs")
+        parser.add_argument("--seed", type=int, default=0)
+
+    def handle(self, *args, data, out, fraction, seed, **options):
+        if not data.is_file():
+            raise CommandError(f"{data}: no such file")
+        tty = sys.stderr.isatty()
+
+        def progress(message: str) -> None:
+            self.stderr.write(("\r\033[K" if tty else "") + message, ending="" if tty else "\n")
+
+        try:
+            report = run_main_job(data=data, out=out, fraction=fraction, seed=seed, progress=progress)
+        except (ValueError, RuntimeError) as exc:
+            raise CommandError(str(exc)) from None
+        if tty:
+            self.stderr.write("")
+        f = report["funnel"]
+        self.stdout.write(f"\nJudge: {report['judge']['name']}")
+        self.stdout.write(
+            f"Funnel: {f['imported']} imported -> {f['sme_reviewed']} SME reviewed -> {f['judged']} judged -> "
+            f"{f['accepted_before_rules']} accepted by SME or judge -> {f['vetoed_accepts']} vetoed by rules -> "
+            f"{f['accepted']} accepted  ({f['rejected']} rejected, {f['pending']} pending)"
+        )
+        for key, title in (
+            ("sme_unseen", "SME labels the judge did not train on"),
+            ("held_back_human_labels", "held-back human labels outside the SME sample"),
+        ):
+            a = report["agreement"][key]
+            self.stdout.write(
+                f"Judge vs {title} (n={a['n']}): agreement {_fmt(a['accuracy'])}, "
+                f"Cohen's kappa {_fmt(a['cohen_kappa'])}, precision(accept) {_fmt(a['precision_accept'])}, "
+                f"recall(accept) {_fmt(a['recall_accept'])}"
+            )
+        self.stdout.write(
+            f"Wrote {report['export']['lines']} lines to {report['export']['path']} and {out / 'report.json'}"
+        )
+        user = self._demo_user(report["project"])
+        self.stdout.write(f"Browse as user 'demo', password '{user}' (reset on every demo run).")
+
+    def _demo_user(self, slug: str) -> str:
+        password = secrets.token_urlsafe(9)
+        user, _ = get_user_model().objects.get_or_create(username="demo")
+        user.is_staff = user.is_superuser = True
+        user.set_password(password)
+        user.save()
+        Project.objects.get(slug=slug).members.add(user)
+        return password

@@ -1,0 +1,23 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from annotations.models import Project
+from judging.models import JudgeRun
+from judging.pipeline import judge_and_wait
+
+
+class Command(BaseCommand):
+    help = "Run the project's judge over all its items and wait for it (progress on stderr)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("project", help="project slug")
+
+    def handle(self, *args, project, **options):
+        target = Project.objects.filter(slug=project).first()
+        if target is None:
+            raise CommandError(f"no project {project!r}")
+        run = judge_and_wait(target, lambda message: self.stderr.write(message))
+        if run.status != JudgeRun.Status.FINISHED:
+            raise CommandError(f"judge run {run.pk} failed: {run.error}")
+        self.stdout.write(
+            f"run {run.pk} finished: {run.items_done} judged, {run.items_error} errors ({run.judge_label})"
+        )

@@ -1,0 +1,145 @@
+"""Judge runs and verdicts, label functions and their hits, and the gate's decision."""
+
+from django.conf import settings
+from django.db import models
+
+from annotations.models import Decision, Item, Project
+
+
+class JudgeRun(models.Model):
+    """One pass of a judge over a project's items. Outcomes live on the row."""
+
+    class Backend(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible server"
+        LOCAL = "local", "Local classifier"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        FINISHED = "finished"
+        FAILED = "failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judge_runs")
+    backend = models.CharField(max_length=10, choices=Backend.choices)
+    model = models.CharField(max_length=200, help_text="Model name at the endpoint, or the local classifier's name.")
+    base_url = models.CharField(max_length=500, blank=True)
+    config = models.JSONField(default=dict, blank=True, help_text="Everything that determines the output.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    items_total = models.PositiveIntegerField(default=0)
+    items_done = models.PositiveIntegerField(default=0)
+    items_error = models.PositiveIntegerField(default=0)
+    tokens_in = models.PositiveBigIntegerField(default=0)
+    tokens_out = models.PositiveBigIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} ({self.judge_label})"
+
+    @property
+    def judge_label(self) -> str:
+        """Which judge this was, as every screen and export shows it."""
+        if self.backend == self.Backend.LOCAL:
+            return f"local classifier {self.model} (not an LLM)"
+        return f"{self.model} at {self.base_url}"
+
+
+class Verdict(models.Model):
+    """The judge's verdict on one item in one run; ``verdict`` is empty when judging failed."""
+
+    run = models.ForeignKey(JudgeRun, on_delete=models.CASCADE, related_name="verdicts")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="verdicts")
+    verdict = models.CharField(max_length=6, choices=Decision.choices, blank=True)
+    rationale = models.TextField(blank=True)
+    score = models.FloatField(null=True, blank=True, help_text="P(accept) for the local classifier.")
+    tokens_in = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    latency_ms = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "item"], name="verdict_once_per_run_item")]
+
+    def __str__(self) -> str:
+        return f"{self.verdict or 'error'} {self.item_id} (run {self.run_id})"
+
+
+class LabelFunction(models.Model):
+    """A rule staff write in the admin: it rejects an item with ``reason`` or abstains.
+
+    ``kind`` picks an entry of ``judging.label_functions.KINDS``; ``params``
+    is validated by that kind's schema. Rules are data, never code.
+    """
+
+    class Field(models.TextChoices):
+        RESPONSE = "response"
+        PROMPT = "prompt"
+        CONTEXT = "context"
+        REFERENCE = "reference"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="label_functions")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=20)
+    params = models.JSONField(default=dict)
+    field = models.CharField(max_length=10, choices=Field.choices, default=Field.RESPONSE)
+    reason = models.CharField(max_length=200, help_text="Shown to SMEs and in exports when the rule rejects.")
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="label_function_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RuleHit(models.Model):
+    """A label function rejected an item (abstentions are not stored)."""
+
+    label_function = models.ForeignKey(LabelFunction, on_delete=models.CASCADE, related_name="hits")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="rule_hits")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["label_function", "item"], name="rule_hit_once")]
+
+    def __str__(self) -> str:
+        return f"rule {self.label_function_id} rejects item {self.item_id}"
+
+
+class GateDecision(models.Model):
+    """The gate's final decision on an item (see ``judging.gate.decide``)."""
+
+    class Outcome(models.TextChoices):
+        ACCEPT = "accept"
+        REJECT = "reject"
+        PENDING = "pending"
+
+    class Basis(models.TextChoices):
+        SME = "sme", "SME ground truth"
+        JUDGE = "judge", "Judge verdict"
+        NONE = "none", "Neither"
+
+    item = models.OneToOneField(Item, on_delete=models.CASCADE, related_name="gate_decision")
+    outcome = models.CharField(max_length=7, choices=Outcome.choices)
+    basis = models.CharField(max_length=5, choices=Basis.choices)
+    basis_decision = models.CharField(max_length=6, choices=Decision.choices, blank=True)
+    vetoed = models.BooleanField(default=False, help_text="An active label function rejected it.")
+    reasons = models.JSONField(default=list, blank=True)
+    judge_run = models.ForeignKey(JudgeRun, null=True, blank=True, on_delete=models.SET_NULL)
+    decided_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["outcome"])]
+
+    def __str__(self) -> str:
+        return f"{self.outcome} {self.item_id}"

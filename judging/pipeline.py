@@ -1,0 +1,162 @@
+"""The main job end to end: import, sample, SME labels, judge, rules, gate, export, report.
+
+``make demo`` runs it through ``manage.py demo``. The file's prior human
+labels play the SMEs: only the sampled items' labels are imported as SME
+reviews; the others are held back and used only to measure the judge.
+"""
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from django.db import transaction
+from django.utils.text import slugify
+
+from annotations.importers import detect_format, import_items, iter_records
+from annotations.models import Decision, Project
+from annotations.services import prior_labels_import, sample_for_review
+from judging.export import iter_chat_jsonl
+from judging.metrics import agreement
+from judging.models import JudgeRun, LabelFunction, Verdict
+from judging.selectors import funnel, run_agreement
+from judging.services import gate_apply, judge_run_create, label_functions_apply
+
+# Example label functions: rules SMEs commonly ask for.
+EXAMPLE_RULES = [
+    {
+        "name": "curt",
+        "kind": "length",
+        "params": {"min_chars": 20, "max_chars": None},
+        "reason": "too short to be helpful (under 20 characters)",
+    },
+    {
+        "name": "recommends a competitor",
+        "kind": "keywords",
+        "params": {"keywords": ["Dropbox", "Google Drive", "OneDrive", "Box.com"]},
+        "reason": "recommends a competitor",
+    },
+    {
+        "name": "personal e-mail address",
+        "kind": "regex",
+        "params": {"pattern": r"[a-z0-9._%+-]+@(?:gmail|yahoo|outlook|hotmail)\.com", "case_sensitive": False},
+        "reason": "leaks a personal e-mail address",
+    },
+    {
+        "name": "phone number",
+        "kind": "regex",
+        "params": {"pattern": r"\+\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}", "case_sensitive": False},
+        "reason": "leaks a phone number",
+    },
+    {
+        "name": "AI disclaimer",
+        "kind": "regex",
+        "params": {"pattern": r"as an AI (?:language )?model", "case_sensitive": False},
+        "reason": "boilerplate 'as an AI model' disclaimer",
+    },
+]
+
+Progress = Callable[[str], None]
+
+
+def rules_install_examples(project: Project) -> None:
+    """Create the example label functions in the project (existing names are left alone)."""
+    for rule in EXAMPLE_RULES:
+        LabelFunction.objects.get_or_create(project=project, name=rule["name"], defaults=rule)
+
+
+def judge_and_wait(project: Project, progress: Progress, poll_s: float = 0.5) -> JudgeRun:
+    """Start a judge run and wait for it: in-process without a broker, else by polling its row."""
+    run = judge_run_create(project=project)
+    while True:
+        run.refresh_from_db()
+        done = Verdict.objects.filter(run=run).count()
+        progress(f"judging: {done}/{run.items_total} items ({run.status})")
+        if run.status in (JudgeRun.Status.FINISHED, JudgeRun.Status.FAILED):
+            return run
+        time.sleep(poll_s)
+
+
+def read_labels(path: Path, label_field: str = "human_label") -> dict[str, str]:
+    """``{external_id: label}`` for the file's rows with an accept/reject label."""
+    labels = {}
+    with path.open("rb") as stream:
+        for _, record, _ in iter_records(stream, detect_format(path.name)):
+            if not record:
+                continue
+            ext = record.get("external_id") or record.get("id")
+            label = str(record.get(label_field) or "").strip().lower()
+            if ext not in (None, "") and label in Decision.values:
+                labels[str(ext)] = label
+    return labels
+
+
+def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0, progress: Progress) -> dict:
+    """Run the whole pipeline on ``data`` into a fresh project; write ``out/accepted.jsonl`` and ``out/report.json``.
+
+    Returns the report: ``{"data", "project", "judge", "funnel",
+    "agreement": {"sme_unseen", "held_back_human_labels"}, "export"}``.
+    ``sme_unseen`` compares the judge with SME labels it did not train on;
+    ``held_back_human_labels`` with the file's labels of items outside the
+    SME sample, which never entered the database as reviews.
+    """
+    slug = slugify(data.stem)[:50] or "demo"
+    Project.objects.filter(slug=slug).delete()
+    project = Project.objects.create(slug=slug, name=f"Demo: {data.name}")
+    progress(f"importing {data}")
+    with data.open("rb") as stream:
+        report = import_items(
+            project=project,
+            stream=stream,
+            fmt=detect_format(data.name),
+            import_labels=False,
+            progress=lambda rows: progress(f"importing: {rows} rows read"),
+        )
+    if report.fatal:
+        raise ValueError(f"{data}: {report.fatal}")
+    sample_for_review(project=project, fraction=fraction, seed=seed)
+    labels = read_labels(data)
+    queued = set(project.items.filter(in_sme_queue=True).values_list("external_id", flat=True))
+    sme_labels = {ext: label for ext, label in labels.items() if ext in queued}
+    held_back = {ext: label for ext, label in labels.items() if ext not in queued}
+    prior_labels_import(project=project, labels=sme_labels)
+    progress(f"{len(sme_labels)} SME labels imported for {len(queued)} sampled items")
+    with transaction.atomic():
+        rules_install_examples(project)
+    label_functions_apply(project=project)
+    run = judge_and_wait(project, progress)
+    if run.status != JudgeRun.Status.FINISHED:
+        raise RuntimeError(f"judge run {run.pk} failed: {run.error}")
+    gate_apply(project=project)
+
+    out.mkdir(parents=True, exist_ok=True)
+    digest, lines = hashlib.sha256(), 0
+    with (out / "accepted.jsonl").open("wb") as fh:
+        for line in iter_chat_jsonl(project):
+            fh.write(line)
+            digest.update(line)
+            lines += 1
+    verdicts = dict(Verdict.objects.filter(run=run).exclude(verdict="").values_list("item__external_id", "verdict"))
+    held_pairs = [(label, verdicts[ext]) for ext, label in held_back.items() if ext in verdicts]
+    result = {
+        "data": str(data),
+        "project": project.slug,
+        "judge": {
+            "run": run.pk,
+            "backend": run.backend,
+            "name": run.judge_label,
+            "config": run.config,
+            "tokens_in": run.tokens_in,
+            "tokens_out": run.tokens_out,
+        },
+        "import": report.as_dict() | {"errors": report.as_dict()["errors"][:50]},
+        "funnel": funnel(project),
+        "agreement": {
+            "sme_unseen": run_agreement(run),
+            "held_back_human_labels": agreement([t for t, _ in held_pairs], [v for _, v in held_pairs]),
+        },
+        "export": {"path": str(out / "accepted.jsonl"), "lines": lines, "sha256": digest.hexdigest()},
+    }
+    (out / "report.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return result

@@ -1,0 +1,166 @@
+"""Writes for the judging app: judge runs, label-function hits, the gate's decisions."""
+
+from collections import defaultdict
+
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from annotations.models import Project
+from annotations.selectors import ground_truth
+from judging import backends, gate
+from judging.backends import JudgeResult
+from judging.label_functions import compile_rule
+from judging.models import GateDecision, JudgeRun, RuleHit, Verdict
+from judging.selectors import latest_finished_run
+
+WRITE_BATCH = 2000
+
+
+def judge_run_create(*, project: Project, user=None) -> JudgeRun:
+    """Create a run over all the project's items and enqueue it after commit.
+
+    The run records which judge it is (resolved from the project and the
+    environment now, so later setting changes do not alter it) and, for an
+    LLM judge, the snapshot of what determines its output.
+    """
+    config = backends.judge_config_for(project)
+    if config.is_local:
+        run = JudgeRun.objects.create(
+            project=project,
+            backend=JudgeRun.Backend.LOCAL,
+            model=backends.LOCAL_MODEL_NAME,
+            config={"seed": 0},
+            items_total=project.items.count(),
+            created_by=user,
+        )
+    else:
+        run = JudgeRun.objects.create(
+            project=project,
+            backend=JudgeRun.Backend.OPENAI,
+            model=config.model,
+            base_url=config.base_url,
+            config=backends.run_config(config, project.guidelines),
+            items_total=project.items.count(),
+            created_by=user,
+        )
+    from judging.tasks import start_judge_run
+
+    transaction.on_commit(lambda: start_judge_run.delay(run.pk))
+    return run
+
+
+def verdicts_store(*, run: JudgeRun, results: list[JudgeResult]) -> None:
+    """Write results idempotently: a (run, item) verdict that exists is left as it is."""
+    rows = [
+        Verdict(
+            run=run,
+            item_id=r.item_id,
+            verdict=r.verdict,
+            rationale=r.rationale,
+            score=r.score,
+            tokens_in=r.tokens_in,
+            tokens_out=r.tokens_out,
+            latency_ms=r.latency_ms,
+            error=r.error,
+        )
+        for r in results
+    ]
+    Verdict.objects.bulk_create(rows, batch_size=WRITE_BATCH, ignore_conflicts=True)
+
+
+def judge_run_finish_if_complete(*, run_id: int) -> bool:
+    """Mark the run finished once every item has a verdict or an error, and gate the project.
+
+    Competing workers race here; a conditional UPDATE lets exactly one win,
+    and only the winner re-gates. Returns True for the winner.
+    """
+    run = JudgeRun.objects.get(pk=run_id)
+    counts = Verdict.objects.filter(run=run).aggregate(
+        done=Count("id", filter=~Q(verdict="")),
+        errors=Count("id", filter=Q(verdict="")),
+        tokens_in=Sum("tokens_in"),
+        tokens_out=Sum("tokens_out"),
+    )
+    fields = {
+        "items_done": counts["done"],
+        "items_error": counts["errors"],
+        "tokens_in": counts["tokens_in"] or 0,
+        "tokens_out": counts["tokens_out"] or 0,
+    }
+    if counts["done"] + counts["errors"] < run.items_total:
+        JudgeRun.objects.filter(pk=run_id).update(**fields)
+        return False
+    won = JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.RUNNING).update(
+        status=JudgeRun.Status.FINISHED, finished_at=timezone.now(), **fields
+    )
+    if won:
+        gate_apply(project=run.project)
+    return bool(won)
+
+
+def judge_run_fail(*, run_id: int, error: str) -> None:
+    """Mark a run failed with the reason; its verdicts stay, the gate ignores the run."""
+    JudgeRun.objects.filter(pk=run_id).update(
+        status=JudgeRun.Status.FAILED, error=error[:5000], finished_at=timezone.now()
+    )
+
+
+def label_functions_apply(*, project: Project) -> int:
+    """Run the project's active label functions over all its items and store their hits.
+
+    Hits of the project's rules are replaced as a whole, so the stored hits
+    always match the active rules. Returns the number of hits.
+    """
+    rules = [(lf, compile_rule(lf.kind, lf.params)) for lf in project.label_functions.filter(active=True)]
+    hits: list[RuleHit] = []
+    fields = ("id", "prompt", "context", "response", "reference")
+    for row in project.items.values_list(*fields).iterator(chunk_size=WRITE_BATCH):
+        texts = dict(zip(fields, row, strict=True))
+        for lf, rejects in rules:
+            if rejects(texts[lf.field]):
+                hits.append(RuleHit(label_function=lf, item_id=row[0]))
+    with transaction.atomic():
+        RuleHit.objects.filter(label_function__project=project).delete()
+        RuleHit.objects.bulk_create(hits, batch_size=WRITE_BATCH)
+    return len(hits)
+
+
+def gate_apply(*, project: Project) -> dict[str, int]:
+    """Decide every item of the project with ``gate.decide`` and store the decisions.
+
+    Inputs: SME ground truth, verdicts of the latest finished run, hits of
+    active label functions. Returns ``{"accept": n, "reject": n, "pending": n}``.
+    """
+    truth = ground_truth(project=project)
+    run = latest_finished_run(project)
+    verdicts = (
+        dict(Verdict.objects.filter(run=run).exclude(verdict="").values_list("item_id", "verdict")) if run else {}
+    )
+    rejections: dict[int, list[str]] = defaultdict(list)
+    for item_id, reason in RuleHit.objects.filter(
+        label_function__project=project, label_function__active=True
+    ).values_list("item_id", "label_function__reason"):
+        rejections[item_id].append(reason)
+    decisions = []
+    counts = {"accept": 0, "reject": 0, "pending": 0}
+    for item_id in project.items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
+        outcome = gate.decide(
+            ground_truth=truth.get(item_id), verdict=verdicts.get(item_id), rule_rejections=rejections.get(item_id, [])
+        )
+        counts[outcome.outcome] += 1
+        decisions.append(
+            GateDecision(
+                item_id=item_id,
+                outcome=outcome.outcome,
+                basis=outcome.basis,
+                basis_decision=outcome.basis_decision,
+                vetoed=outcome.vetoed,
+                reasons=outcome.reasons,
+                judge_run=run if outcome.basis == "judge" else None,
+            )
+        )
+    with transaction.atomic():
+        GateDecision.objects.filter(item__project=project).delete()
+        GateDecision.objects.bulk_create(decisions, batch_size=WRITE_BATCH)
+    return counts

@@ -1,0 +1,78 @@
+"""Celery tasks for judge runs. Tasks take ids, re-fetch, call services; all are idempotent.
+
+``start_judge_run`` either judges everything with the local classifier or
+splits the run into chunks of ``LARRY_JUDGE_CHUNK_SIZE`` items, one
+``judge_chunk`` task each; a chunk keeps up to ``LARRY_JUDGE_MAX_IN_FLIGHT``
+requests open at once. No database transaction is open during a judge call.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from annotations.models import Item
+from annotations.selectors import ground_truth
+from judging import backends, services
+from judging.models import JudgeRun
+
+
+@shared_task(acks_late=True)
+def start_judge_run(run_id: int) -> None:
+    """Start (or, when redelivered, resume) a run."""
+    JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.QUEUED).update(
+        status=JudgeRun.Status.RUNNING, started_at=timezone.now()
+    )
+    run = JudgeRun.objects.select_related("project").get(pk=run_id)
+    if run.status != JudgeRun.Status.RUNNING:
+        return
+    if run.backend == JudgeRun.Backend.LOCAL:
+        _judge_locally(run)
+        return
+    todo = list(
+        Item.objects.filter(project=run.project).exclude(verdicts__run=run).order_by("id").values_list("id", flat=True)
+    )
+    if not todo:
+        services.judge_run_finish_if_complete(run_id=run.pk)
+        return
+    size = settings.LARRY_JUDGE_CHUNK_SIZE
+    for start in range(0, len(todo), size):
+        judge_chunk.delay(run.pk, todo[start : start + size])
+
+
+def _judge_locally(run: JudgeRun) -> None:
+    items = list(Item.objects.filter(project=run.project).only("id", "prompt", "context", "response"))
+    try:
+        results, info = backends.judge_with_local_classifier(
+            items, ground_truth(project=run.project), seed=run.config.get("seed", 0)
+        )
+    except backends.NotEnoughLabels as exc:
+        services.judge_run_fail(run_id=run.pk, error=str(exc))
+        return
+    JudgeRun.objects.filter(pk=run.pk).update(config={**run.config, **info})
+    services.verdicts_store(run=run, results=results)
+    services.judge_run_finish_if_complete(run_id=run.pk)
+
+
+@shared_task(acks_late=True)
+def judge_chunk(run_id: int, item_ids: list[int]) -> None:
+    """Judge the chunk's items that have no verdict in this run yet, then maybe finish the run."""
+    run = JudgeRun.objects.select_related("project").get(pk=run_id)
+    if run.status != JudgeRun.Status.RUNNING:
+        return
+    items = list(Item.objects.filter(pk__in=item_ids).exclude(verdicts__run=run))
+    if items:
+        config = backends.JudgeConfig(run.base_url, run.model, backends.judge_config_for(run.project).api_key)
+        client = backends.openai_client(config)
+        guidelines = run.project.guidelines
+
+        def judge(item: Item) -> backends.JudgeResult:
+            return backends.judge_with_openai(
+                client, model=run.model, item=item, guidelines=guidelines, run_settings=run.config
+            )
+
+        with ThreadPoolExecutor(max_workers=settings.LARRY_JUDGE_MAX_IN_FLIGHT) as pool:
+            results = list(pool.map(judge, items))
+        services.verdicts_store(run=run, results=results)
+    services.judge_run_finish_if_complete(run_id=run_id)

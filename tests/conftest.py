@@ -1,0 +1,43 @@
+"""Shared fixtures: personas (SME, staff, outsider), a project with items, the test judge server."""
+import pytest
+from django.contrib.auth import get_user_model
+
+from annotations.models import Item, Project
+from tests.judge_server import JudgeServer
+
+
+@pytest.fixture
+def staff(db):
+    return get_user_model().objects.create_user("staff", password="staff-pass-123", is_staff=True)
+
+
+@pytest.fixture
+def sme(db):
+    return get_user_model().objects.create_user("sme", password="sme-pass-123")
+
+
+@pytest.fixture
+def outsider(db):
+    return get_user_model().objects.create_user("outsider", password="outsider-pass-123")
+
+
+@pytest.fixture
+def project(db, sme):
+    project = Project.objects.create(slug="support", name="Support copilot", guidelines="Be exact about prices.")
+    project.members.add(sme)
+    return project
+
+
+def make_items(project: Project, responses: list[str], **fields) -> list[Item]:
+    """Items ``r0, r1, ...`` with the given responses (other fields from ``fields``)."""
+    return Item.objects.bulk_create(
+        Item(project=project, external_id=f"r{i}", prompt=fields.get("prompt", f"Question {i}?"), response=response)
+        for i, response in enumerate(responses)
+    )
+
+
+@pytest.fixture
+def judge_server():
+    server = JudgeServer().start()
+    yield server
+    server.stop()

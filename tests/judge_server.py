@@ -1,0 +1,88 @@
+"""A small OpenAI-compatible chat server on 127.0.0.1 for tests (not a mock of the client).
+
+It answers ``POST /v1/chat/completions`` like vLLM's server: a chat
+completion whose message content is the verdict JSON. The verdict is
+``reject`` when the user message contains ``WRONG``, else ``accept``.
+Markers in the response text pick a fault:
+
+| marker | reply |
+| --- | --- |
+| ``[fenced]`` | the JSON inside a Markdown code fence |
+| ``[garbage]`` | text that is not JSON |
+| ``[truncated]`` | ``finish_reason: "length"`` with half a JSON object |
+| ``[http500]`` | HTTP 500 every time |
+
+Every request body is kept in ``server.requests`` for assertions.
+"""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        self.server.requests.append(body)
+        if not self.path.endswith("/chat/completions"):
+            return self._send(404, {"error": {"message": "not found"}})
+        user = body["messages"][-1]["content"]
+        if "[http500]" in user:
+            return self._send(500, {"error": {"message": "injected fault"}})
+        verdict = "reject" if "WRONG" in user else "accept"
+        content = json.dumps({"verdict": verdict, "rationale": f"the test server said {verdict}"})
+        finish = "stop"
+        if "[fenced]" in user:
+            content = f"```json\n{content}\n```"
+        elif "[garbage]" in user:
+            content = "I think this answer is fine."
+        elif "[truncated]" in user:
+            content, finish = content[: len(content) // 2], "length"
+        self._send(
+            200,
+            {
+                "id": "chatcmpl-test",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", ""),
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+                ],
+                "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": 12, "total_tokens": len(user) // 4 + 12},
+            },
+        )
+
+    def _send(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class JudgeServer:
+    """Start with ``JudgeServer().start()``; ``base_url`` ends in ``/v1``; ``stop()`` when done."""
+
+    def __init__(self) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.requests = []
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    @property
+    def requests(self) -> list[dict]:
+        return self.httpd.requests
+
+    def start(self) -> "JudgeServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
