@@ -43,13 +43,14 @@ def sample_for_review(*, project: Project, n: int | None = None, fraction: float
 def review_submit(*, item: Item, reviewer, decision: str, reason: str = "") -> Review:
     """Store one SME's decision on an item.
 
-    ``decision`` is ``"accept"`` or ``"reject"``; a reject needs a reason.
+    ``decision`` is ``"accept"`` or ``"reject"``; a reject needs a reason, an
+    accept stores none (the review form always posts the select's reason).
     Raises ReviewError for a bad decision, a missing reason, or a second review
     of the same item by the same SME.
     """
     if decision not in Decision.values:
         raise ReviewError(f"decision must be accept or reject, got {decision!r}")
-    reason = reason.strip()
+    reason = reason.strip() if decision == Decision.REJECT else ""
     if decision == Decision.REJECT and not reason:
         raise ReviewError("a reject needs a reason")
     try:

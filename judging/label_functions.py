@@ -73,9 +73,9 @@ def _regex_matcher(params: dict) -> Matcher:
 
 
 def _keywords_matcher(params: dict) -> Matcher:
-    # \b in RE2 is an ASCII word boundary; fine for the names rules list today.
+    # RE2's \b knows only ASCII word characters, so spell out a Unicode-aware boundary.
     alternation = "|".join(re2.escape(word) for word in params["keywords"])
-    compiled = _re2(rf"\b(?:{alternation})\b", case_sensitive=False)
+    compiled = _re2(rf"(?:^|[^\pL\pN_])(?:{alternation})(?:$|[^\pL\pN_])", case_sensitive=False)
     return lambda text: compiled.search(text) is not None
 
 

@@ -66,15 +66,30 @@ def rules_install_examples(project: Project) -> None:
         LabelFunction.objects.get_or_create(project=project, name=rule["name"], defaults=rule)
 
 
-def judge_and_wait(project: Project, progress: Progress, poll_s: float = 0.5) -> JudgeRun:
-    """Start a judge run and wait for it: in-process without a broker, else by polling its row."""
+class JudgeRunTimeout(RuntimeError):
+    """The run did not finish in time; it goes on (or waits for a worker) regardless."""
+
+
+def judge_and_wait(
+    project: Project, progress: Progress, *, poll_s: float = 0.5, timeout_s: float | None = None
+) -> JudgeRun:
+    """Start a judge run and wait for it: in-process without a broker, else by polling its row.
+
+    Must be called outside a transaction (the run is enqueued on commit).
+    Raises JudgeRunTimeout after ``timeout_s`` seconds (None: wait for ever).
+    """
     run = judge_run_create(project=project)
+    started = time.monotonic()
     while True:
         run.refresh_from_db()
         done = Verdict.objects.filter(run=run).count()
-        progress(f"judging: {done}/{run.items_total} items ({run.status})")
+        waited = time.monotonic() - started
+        hint = " - is a Celery worker running?" if run.status == JudgeRun.Status.QUEUED and waited > 10 else ""
+        progress(f"judging: {done}/{run.items_total} items ({run.status}){hint}")
         if run.status in (JudgeRun.Status.FINISHED, JudgeRun.Status.FAILED):
             return run
+        if timeout_s is not None and waited > timeout_s:
+            raise JudgeRunTimeout(f"judge run {run.pk} is still {run.status} after {timeout_s:.0f} s")
         time.sleep(poll_s)
 
 

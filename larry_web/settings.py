@@ -14,6 +14,7 @@ an error that names the variable.
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -131,8 +132,14 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 # Serve straight from the finders too, so `make demo` needs no collectstatic;
-# the production image runs collectstatic and serves the compressed copies.
+# the production image runs collectstatic, which also writes gzip copies.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 WHITENOISE_USE_FINDERS = True
+# ...and so STATIC_ROOT may not exist yet: that is expected, not worth a warning.
+warnings.filterwarnings("ignore", message="No directory at: ")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -150,6 +157,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = env_str("LARRY_CELERY_QUEUE", "celery")
 
 # The judge: an OpenAI-compatible server (vLLM); none means the local classifier.
 LARRY_JUDGE_BASE_URL = env_str("LARRY_JUDGE_BASE_URL")

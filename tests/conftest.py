@@ -1,4 +1,5 @@
 """Shared fixtures: personas (SME, staff, outsider), a project with items, the test judge server."""
+
 import pytest
 from django.contrib.auth import get_user_model
 
@@ -41,3 +42,17 @@ def judge_server():
     server = JudgeServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def start_run(django_capture_on_commit_callbacks):
+    """``start_run(project)``: create a judge run, run its tasks in-process, return the refreshed run."""
+    from judging.services import judge_run_create
+
+    def start(project: Project, user=None):
+        with django_capture_on_commit_callbacks(execute=True):
+            run = judge_run_create(project=project, user=user)
+        run.refresh_from_db()
+        return run
+
+    return start

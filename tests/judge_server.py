@@ -14,6 +14,7 @@ Markers in the response text pick a fault:
 
 Every request body is kept in ``server.requests`` for assertions.
 """
+
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,7 +51,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
                 ],
-                "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": 12, "total_tokens": len(user) // 4 + 12},
+                "usage": {
+                    "prompt_tokens": len(user) // 4,
+                    "completion_tokens": 12,
+                    "total_tokens": len(user) // 4 + 12,
+                },
             },
         )
 

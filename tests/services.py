@@ -7,6 +7,7 @@ service call ``require(...)``: a skip with a message that names the service,
 or a failure when ``LARRY_REQUIRE_SERVICES=1`` (set by ``.ci/run``, so CI can
 never pass without the real services).
 """
+
 import os
 import shutil
 import socket
@@ -35,13 +36,22 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-def pytest_load_initial_conftests(early_config, parser, args):
+def _prepare_environment() -> None:
     if not os.environ.get("DATABASE_URL") and _answers(PG_HOST, PG_PORT):
         os.environ["DATABASE_URL"] = f"postgres://postgres@{PG_HOST}:{PG_PORT}/larry"
     # Tests run tasks in-process unless a test starts a worker of its own.
     os.environ.pop("CELERY_BROKER_URL", None)
     for name in ("LARRY_JUDGE_BASE_URL", "LARRY_JUDGE_MODEL", "LARRY_JUDGE_API_KEY"):
         os.environ.pop(name, None)
+
+
+# At import, which `-p tests.services` makes happen before pytest-django loads the settings.
+_prepare_environment()
+
+
+def pytest_report_header(config):
+    database = os.environ.get("DATABASE_URL", "").split("@")[-1] or "SQLite"
+    return f"larry: database {database}; redis {'up' if available('redis') else 'absent'}"
 
 
 def available(service: str) -> bool:

@@ -5,7 +5,7 @@
     return target && target.closest && target.closest("input, textarea, [contenteditable]");
   }
   document.addEventListener("keydown", function (event) {
-    if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
+    if (event.repeat || event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
     var card = document.getElementById("review-card");
     if (!card) return;
     var value = { a: "accept", r: "reject" }[event.key];
@@ -13,6 +13,9 @@
     var button = card.querySelector('button[name="decision"][value="' + value + '"]');
     if (button && !button.disabled) {
       event.preventDefault();
+      // A card swapped in a moment ago may not be wired to htmx yet; without this a
+      // fast key would submit the form as a full page load.
+      if (window.htmx) window.htmx.process(card);
       button.click();
     }
   });

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotations.models import Project
 from judging.models import JudgeRun
-from judging.pipeline import judge_and_wait
+from judging.pipeline import JudgeRunTimeout, judge_and_wait
 
 
 class Command(BaseCommand):
@@ -10,12 +10,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("project", help="project slug")
+        parser.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
 
-    def handle(self, *args, project, **options):
+    def handle(self, *args, project, timeout, **options):
         target = Project.objects.filter(slug=project).first()
         if target is None:
             raise CommandError(f"no project {project!r}")
-        run = judge_and_wait(target, lambda message: self.stderr.write(message))
+        try:
+            run = judge_and_wait(target, lambda message: self.stderr.write(message), timeout_s=timeout)
+        except JudgeRunTimeout as exc:
+            raise CommandError(str(exc)) from None
         if run.status != JudgeRun.Status.FINISHED:
             raise CommandError(f"judge run {run.pk} failed: {run.error}")
         self.stdout.write(

@@ -1,0 +1,126 @@
+"""REST import and export (token auth, permissions, streaming) and the project page."""
+
+import io
+import json
+
+import pytest
+from django.urls import reverse
+from rest_framework.authtoken.models import Token
+
+from annotations.models import Review
+from judging.models import JudgeRun, LabelFunction
+from judging.services import gate_apply, label_functions_apply
+from tests.conftest import make_items
+
+
+@pytest.fixture
+def decided(project):
+    """Three items: SME-accepted, SME-rejected, SME-accepted but vetoed by a rule; one undecided."""
+    items = make_items(project, ["Plus is $4 a month.", "Plus is free.", "Switch to Dropbox.", "Unjudged."])
+    for item, decision in zip(items[:3], ["accept", "reject", "accept"], strict=True):
+        Review.objects.create(item=item, decision=decision, origin="import")
+    items[0].context = "Plus: $4/month."
+    items[0].save()
+    LabelFunction.objects.create(
+        project=project, name="competitor", kind="keywords", params={"keywords": ["Dropbox"]}, reason="competitor"
+    )
+    label_functions_apply(project=project)
+    gate_apply(project=project)
+    return items
+
+
+def token_header(user):
+    return {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=user).key}"}
+
+
+def export_url(project):
+    return reverse("judging:api_export_chat", args=[project.slug])
+
+
+def test_export_needs_a_token(client, project):
+    assert client.get(export_url(project)).status_code == 401
+
+
+def test_export_streams_the_accepted_set_as_chat_jsonl(client, sme, project, decided):
+    response = client.get(export_url(project), **token_header(sme))
+    assert response.status_code == 200 and response.streaming
+    assert response["Content-Type"].startswith("application/jsonl")
+    assert response["X-Larry-Judge"] == "none (SME ground truth only)"
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {
+            "messages": [
+                {"role": "user", "content": "Context:\nPlus: $4/month.\n\nQuestion 0?"},
+                {"role": "assistant", "content": "Plus is $4 a month."},
+            ]
+        }
+    ]
+
+
+def test_export_names_the_judge_of_the_gating_run(client, sme, project, decided):
+    JudgeRun.objects.create(
+        project=project, backend="openai", model="llama-405b", base_url="http://vllm/v1", status="finished"
+    )
+    response = client.get(export_url(project), **token_header(sme))
+    assert response["X-Larry-Judge"] == "llama-405b at http://vllm/v1"
+
+
+def test_an_outsider_token_gets_404(client, outsider, project, decided):
+    assert client.get(export_url(project), **token_header(outsider)).status_code == 404
+
+
+def test_import_over_rest_reports_bad_lines(client, sme, project):
+    data = b'{"id": "1", "prompt": "p", "response": "r", "human_label": "accept"}\n{"id": "2"}\n'
+    upload = io.BytesIO(data)
+    upload.name = "items.jsonl"
+    url = reverse("annotations:api_import", args=[project.slug])
+    response = client.post(url, {"file": upload}, **token_header(sme))
+    assert response.status_code == 200, response.content
+    assert response.json() == {
+        "created": 1,
+        "existing": 0,
+        "labels": 1,
+        "fatal": "",
+        "errors": [{"line": 2, "reason": "prompt is missing or empty"}],
+    }
+
+
+def test_import_over_rest_refuses_an_unknown_format_and_outsiders(client, sme, outsider, project):
+    url = reverse("annotations:api_import", args=[project.slug])
+    upload = io.BytesIO(b"x")
+    upload.name = "items.xlsx"
+    assert client.post(url, {"file": upload}, **token_header(sme)).status_code == 400
+    upload.seek(0)
+    upload.name = "items.jsonl"
+    assert client.post(url, {"file": upload}, **token_header(outsider)).status_code == 404
+    assert client.post(url, {"file": upload}).status_code == 401
+
+
+def test_the_project_page_shows_the_funnel(client, sme, project, decided):
+    client.force_login(sme)
+    page = client.get(reverse("judging:project_detail", args=[project.slug])).content.decode()
+    for text in (
+        "4</span> imported",
+        "3</span> SME reviewed",
+        "2</span> accepted by SME or judge",
+        "1</span> vetoed by rules",
+        "1</span> accepted",
+        "pending: 1",
+    ):
+        assert text in page, text
+
+
+def test_only_staff_start_judge_runs(client, sme, staff, project, decided, django_capture_on_commit_callbacks):
+    url = reverse("judging:judge_run_start", args=[project.slug])
+    client.force_login(sme)
+    assert client.post(url).status_code == 403
+    client.force_login(staff)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post(url).status_code == 302
+    run = JudgeRun.objects.get()
+    assert run.created_by == staff
+    # Two accepted and one rejected SME label are too few to train on: the failure is shown, not hidden.
+    assert run.status == "failed"
+    page = client.get(reverse("judging:project_detail", args=[project.slug])).content.decode()
+    assert "local classifier tfidf-logreg (not an LLM)" in page
+    assert "needs at least 2 accepted and 2 rejected SME reviews" in page

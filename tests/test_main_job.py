@@ -1,0 +1,90 @@
+"""The main job end to end: the funnel adds up, the export parses, agreement is on unseen labels."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from annotations.models import Review
+from judging.models import Verdict
+from judging.pipeline import read_labels, run_main_job
+from tests.services import SHARED_DATA, require
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "support_copilot.jsonl"
+
+
+def assert_valid_chat_jsonl(path: Path) -> int:
+    """Every line is ``{"messages": [user, assistant]}`` with non-empty string contents; returns the count."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        record = json.loads(line)
+        assert list(record) == ["messages"], f"line {number}"
+        roles = [m["role"] for m in record["messages"]]
+        assert roles == ["user", "assistant"], f"line {number}: {roles}"
+        assert all(isinstance(m["content"], str) and m["content"] for m in record["messages"]), f"line {number}"
+    return len(lines)
+
+
+def assert_funnel_adds_up(funnel: dict) -> None:
+    assert funnel["imported"] == funnel["accepted"] + funnel["rejected"] + funnel["pending"]
+    assert funnel["accepted"] == funnel["accepted_before_rules"] - funnel["vetoed_accepts"]
+    assert funnel["by_sme"] == funnel["sme_reviewed"] and funnel["undecided"] == 0
+
+
+def test_the_main_job_on_the_example_file(transactional_db, tmp_path):
+    report = run_main_job(data=EXAMPLE, out=tmp_path, fraction=0.5, seed=0, progress=lambda message: None)
+    funnel = report["funnel"]
+    assert_funnel_adds_up(funnel)
+    assert funnel["imported"] == 60 and funnel["sme_reviewed"] == 30 and funnel["judged"] == 60
+    assert funnel["vetoed_total"] > 0  # the example has competitor, curt and PII answers
+    assert assert_valid_chat_jsonl(tmp_path / "accepted.jsonl") == funnel["accepted"] == report["export"]["lines"]
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    # Only the sampled items' labels became SME reviews; the rest were held back.
+    labels = read_labels(EXAMPLE)
+    assert Review.objects.count() == report["agreement"]["sme_unseen"]["n"] == 30
+    assert report["agreement"]["held_back_human_labels"]["n"] == len(labels) - 30
+    # Each SME item's verdict came from a model that did not train on its label.
+    sme_items = Review.objects.values_list("item_id", flat=True)
+    rationales = Verdict.objects.filter(item_id__in=sme_items).values_list("rationale", flat=True)
+    assert all("out-of-fold" in r for r in rationales)
+    assert report["judge"]["name"] == "local classifier tfidf-logreg (not an LLM)"
+
+
+def test_rerunning_the_main_job_gives_the_same_export(transactional_db, tmp_path):
+    first = run_main_job(data=EXAMPLE, out=tmp_path / "1", fraction=0.5, progress=lambda message: None)
+    second = run_main_job(data=EXAMPLE, out=tmp_path / "2", fraction=0.5, progress=lambda message: None)
+    assert first["export"]["sha256"] == second["export"]["sha256"]
+
+
+@pytest.mark.shared_data
+def test_make_demo_on_the_real_halueval_file(tmp_path):
+    """``manage.py demo`` as ``make demo`` runs it, on embedded defaults (SQLite, local judge, no broker)."""
+    require("shared_data")
+    data = SHARED_DATA / "halueval_general.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "demo", "--data", str(data), "--out", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    funnel = report["funnel"]
+    assert_funnel_adds_up(funnel)
+    assert funnel["imported"] == 4007 and funnel["sme_reviewed"] == 801
+    assert assert_valid_chat_jsonl(tmp_path / "out" / "accepted.jsonl") == funnel["accepted"]
+    unseen, held_back = report["agreement"]["sme_unseen"], report["agreement"]["held_back_human_labels"]
+    assert unseen["n"] == 801 and held_back["n"] == 4007 - 801
+    assert f"(n=801): agreement {unseen['accuracy']:.3f}, Cohen's kappa {unseen['cohen_kappa']:.3f}" in result.stdout
+    assert "Judge: local classifier tfidf-logreg (not an LLM)" in result.stdout
+    # Better than chance on labels it never saw.
+    assert unseen["cohen_kappa"] > 0 and held_back["cohen_kappa"] > 0
