@@ -4,8 +4,10 @@ from django import forms
 from django.contrib import admin
 from rest_framework.exceptions import ValidationError as DrfValidationError
 
+from annotations.models import Project
 from judging.label_functions import KINDS, validate_params
 from judging.models import GateDecision, JudgeRun, LabelFunction, RuleHit, Verdict
+from judging.services import gate_apply, label_functions_apply
 
 
 class LabelFunctionForm(forms.ModelForm):
@@ -35,6 +37,14 @@ class LabelFunctionAdmin(admin.ModelAdmin):
     list_display = ("name", "project", "kind", "field", "reason", "active", "updated_at")
     list_filter = ("project", "kind", "active")
     search_fields = ("name", "reason")
+    actions = ["apply_and_regate"]
+
+    @admin.action(description="Run the active rules of the selected rules' projects, then re-gate them")
+    def apply_and_regate(self, request, queryset):
+        for project in Project.objects.filter(label_functions__in=queryset).distinct():
+            hits = label_functions_apply(project=project)
+            counts = gate_apply(project=project)
+            self.message_user(request, f"{project}: {hits} rule hits; gate: {counts}")
 
 
 @admin.register(JudgeRun)

@@ -58,6 +58,7 @@ EXAMPLE_RULES = [
 ]
 
 Progress = Callable[[str], None]
+BROWSER_QUEUE = 20  # items queued for review in the browser, beyond the labelled sample
 
 
 def rules_install_examples(project: Project) -> None:
@@ -137,6 +138,8 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
     held_back = {ext: label for ext, label in labels.items() if ext not in queued}
     prior_labels_import(project=project, labels=sme_labels)
     progress(f"{len(sme_labels)} SME labels imported for {len(queued)} sampled items")
+    # A few more queued items without labels, so the review screen has work to show.
+    sample_for_review(project=project, n=len(queued) + BROWSER_QUEUE, seed=seed + 1)
     with transaction.atomic():
         rules_install_examples(project)
     label_functions_apply(project=project)

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 from annotations.views import get_project_for_user
 from judging.models import JudgeRun
 from judging.selectors import funnel, latest_finished_run, run_agreement
-from judging.services import judge_run_create
+from judging.services import gate_apply, judge_run_create, label_functions_apply
 
 
 @login_required
@@ -29,6 +29,22 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "rules": project.label_functions.annotate(n_hits=Count("hits")),
     }
     return render(request, "judging/project_detail.html", context)
+
+
+@login_required
+@require_POST
+def regate(request: HttpRequest, slug: str) -> HttpResponse:
+    """Run the active label functions and re-gate every item (staff only), e.g. after new SME reviews."""
+    project = get_project_for_user(request, slug)
+    if not request.user.is_staff:
+        raise PermissionDenied("Only staff re-gate projects.")
+    hits = label_functions_apply(project=project)
+    counts = gate_apply(project=project)
+    messages.info(
+        request,
+        f"{hits} rule hits; {counts['accept']} accepted, {counts['reject']} rejected, {counts['pending']} pending.",
+    )
+    return redirect(project)
 
 
 @login_required

@@ -8,7 +8,7 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
 from annotations.models import Review
-from judging.models import JudgeRun, LabelFunction
+from judging.models import GateDecision, JudgeRun, LabelFunction
 from judging.services import gate_apply, label_functions_apply
 from tests.conftest import make_items
 
@@ -124,3 +124,13 @@ def test_only_staff_start_judge_runs(client, sme, staff, project, decided, djang
     page = client.get(reverse("judging:project_detail", args=[project.slug])).content.decode()
     assert "local classifier tfidf-logreg (not an LLM)" in page
     assert "needs at least 2 accepted and 2 rejected SME reviews" in page
+
+
+def test_staff_regate_after_new_reviews(client, sme, staff, project, decided):
+    url = reverse("judging:regate", args=[project.slug])
+    client.force_login(sme)
+    assert client.post(url).status_code == 403
+    Review.objects.create(item=decided[3], decision="accept", origin="import")
+    client.force_login(staff)
+    assert client.post(url).status_code == 302
+    assert GateDecision.objects.get(item=decided[3]).outcome == "accept"

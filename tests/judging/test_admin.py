@@ -1,0 +1,69 @@
+"""Label functions in the Django admin: validated on save, applied with an action."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from judging.models import GateDecision, LabelFunction
+from tests.conftest import make_items
+
+
+@pytest.fixture
+def admin_client(client, db):
+    client.force_login(get_user_model().objects.create_superuser("root", password="root-pass-123"))
+    return client
+
+
+def add_rule(admin_client, project, **fields):
+    data = {
+        "project": project.pk,
+        "name": "rule",
+        "kind": "regex",
+        "field": "response",
+        "reason": "bad",
+        "active": "on",
+        "params": '{"pattern": "x"}',
+        **fields,
+    }
+    return admin_client.post(reverse("admin:judging_labelfunction_add"), data)
+
+
+def test_a_valid_rule_is_saved_with_its_defaults(admin_client, project):
+    response = add_rule(admin_client, project, params='{"pattern": "Dropbox"}')
+    assert response.status_code == 302
+    assert LabelFunction.objects.get().params == {"pattern": "Dropbox", "case_sensitive": False}
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "message"),
+    [
+        ("regex", '{"pattern": "(?<=a)b"}', "RE2 cannot compile this pattern"),
+        ("keywords", '{"keywords": []}', "give at least one keyword"),
+        ("length", '{"min_chars": 9, "max_chars": 3}', "greater than max_chars"),
+        ("regex", "[1, 2]", "must be a JSON object"),
+    ],
+)
+def test_a_bad_rule_is_refused_with_the_reason(admin_client, project, kind, params, message):
+    response = add_rule(admin_client, project, kind=kind, params=params)
+    assert response.status_code == 200 and message in response.content.decode()
+    assert not LabelFunction.objects.exists()
+
+
+def test_the_admin_action_applies_rules_and_regates(admin_client, project):
+    make_items(project, ["Use Dropbox.", "Use Acme."])
+    rule = LabelFunction.objects.create(
+        project=project, name="competitor", kind="keywords", params={"keywords": ["Dropbox"]}, reason="competitor"
+    )
+    response = admin_client.post(
+        reverse("admin:judging_labelfunction_changelist"),
+        {"action": "apply_and_regate", "_selected_action": [rule.pk]},
+    )
+    assert response.status_code == 302
+    decisions = dict(GateDecision.objects.values_list("item__response", "outcome"))
+    assert decisions == {"Use Dropbox.": "reject", "Use Acme.": "pending"}
+
+
+def test_smes_cannot_reach_the_admin(client, sme):
+    client.force_login(sme)
+    response = client.get(reverse("admin:judging_labelfunction_changelist"))
+    assert response.status_code == 302 and "/admin/login/" in response.url
