@@ -1,13 +1,13 @@
-import json
-
 from django import forms
 from django.contrib import admin
+from django.template.response import TemplateResponse
 from rest_framework.exceptions import ValidationError as DrfValidationError
 
 from annotations.models import Project
 from judging.label_functions import KINDS, validate_params
-from judging.models import GateDecision, JudgeRun, LabelFunction, RuleHit, Verdict
-from judging.services import gate_apply, label_functions_apply
+from judging.models import GateDecision, JudgeRun, LabelFunction, LabelFunctionVersion, RuleHit, Verdict
+from judging.selectors import label_function_dry_run
+from judging.services import gate_apply, label_function_delete, label_function_save, label_functions_apply
 
 
 class LabelFunctionForm(forms.ModelForm):
@@ -17,8 +17,14 @@ class LabelFunctionForm(forms.ModelForm):
 
     class Meta:
         model = LabelFunction
-        fields = ("project", "name", "kind", "field", "params", "reason", "active")
-        help_texts = {"params": "JSON. Examples: " + "; ".join(f"{k}: {v.help}" for k, v in KINDS.items())}
+        fields = ("project", "name", "kind", "field", "task_types", "params", "reason", "active")
+        help_texts = {"params": "JSON. Examples: " + "; ".join(f"{k}: {v.example}" for k, v in KINDS.items())}
+
+    def clean_task_types(self):
+        value = self.cleaned_data.get("task_types") or []
+        if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+            raise forms.ValidationError('a JSON list of task types, e.g. ["billing", "how_to"], or []')
+        return value
 
     def clean(self):
         cleaned = super().clean()
@@ -27,17 +33,61 @@ class LabelFunctionForm(forms.ModelForm):
             try:
                 cleaned["params"] = validate_params(kind, params)
             except DrfValidationError as exc:
-                self.add_error("params", json.dumps(exc.detail))
+                for message in _messages(exc.detail):
+                    self.add_error("params", message)
         return cleaned
+
+
+def _messages(detail, prefix: str = "") -> list[str]:
+    """DRF's nested error detail as flat ``"field: message"`` lines."""
+    if isinstance(detail, dict):
+        return [m for key, value in detail.items() for m in _messages(value, "" if key == "non_field_errors" else key)]
+    if isinstance(detail, list):
+        return [m for value in detail for m in _messages(value, prefix)]
+    return [f"{prefix}: {detail}" if prefix else str(detail)]
+
+
+class LabelFunctionVersionInline(admin.TabularInline):
+    """The rule's history, newest first: who changed what, when, from what to what."""
+
+    model = LabelFunctionVersion
+    fk_name = "label_function"
+    fields = ("version", "action", "changed_by", "changed_at", "before", "after")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(LabelFunction)
 class LabelFunctionAdmin(admin.ModelAdmin):
+    """Editing needs the model's change permission (staff with it, or superusers)."""
+
     form = LabelFunctionForm
-    list_display = ("name", "project", "kind", "field", "reason", "active", "updated_at")
+    list_display = ("name", "project", "kind", "field", "reason", "active", "version", "updated_at")
     list_filter = ("project", "kind", "active")
     search_fields = ("name", "reason")
-    actions = ["apply_and_regate"]
+    readonly_fields = ("version",)
+    inlines = [LabelFunctionVersionInline]
+    actions = ["dry_run", "apply_and_regate"]
+
+    def save_model(self, request, obj, form, change):
+        label_function_save(rule=obj, user=request.user)
+
+    def delete_model(self, request, obj):
+        label_function_delete(rule=obj, user=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for rule in queryset:
+            label_function_delete(rule=rule, user=request.user)
+
+    @admin.action(description="Dry run: what would the selected rules reject? (changes nothing)")
+    def dry_run(self, request, queryset):
+        results = [label_function_dry_run(label_function=rule) for rule in queryset.select_related("project")]
+        context = {**self.admin_site.each_context(request), "title": "Dry run of label functions", "results": results}
+        return TemplateResponse(request, "admin/judging/labelfunction/dry_run.html", context)
 
     @admin.action(description="Run the active rules of the selected rules' projects, then re-gate them")
     def apply_and_regate(self, request, queryset):
@@ -45,6 +95,22 @@ class LabelFunctionAdmin(admin.ModelAdmin):
             hits = label_functions_apply(project=project)
             counts = gate_apply(project=project)
             self.message_user(request, f"{project}: {hits} rule hits; gate: {counts}")
+
+
+@admin.register(LabelFunctionVersion)
+class LabelFunctionVersionAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "project", "action", "changed_by", "changed_at")
+    list_filter = ("project", "action")
+    readonly_fields = ("label_function", "project", "version", "action", "before", "after", "changed_by", "changed_at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(JudgeRun)

@@ -1,105 +1,173 @@
-"""Label-function kinds: a small registry keyed by ``kind``.
+"""Label-function kinds, and the engine that runs many rules over many items fast.
 
-Each kind has a params schema (a DRF serializer, so the admin gets clear
-field errors) and a compiled matcher ``text -> bool`` that says whether the
-rule *rejects*. A rule never accepts; not rejecting is abstaining (Snorkel's
-terms). Patterns run under RE2 (``google-re2``), which matches in time linear
-in the text, so no rule can hang on a hostile response.
+A label function (LF) rejects an item with its reason or abstains (Snorkel's
+terms); it never accepts. Each kind has a params schema (a DRF serializer, so
+the admin shows field errors) and contributes to a compiled ``RuleSet``:
 
-| kind | params | rejects when |
+| kind | params | rejects when the field ... |
 | --- | --- | --- |
-| ``regex`` | ``pattern``, ``case_sensitive`` (false) | the pattern matches anywhere |
-| ``keywords`` | ``keywords`` (list) | any keyword occurs as a whole word, any case |
-| ``length`` | ``min_chars``, ``max_chars`` (either may be null) | the text is shorter or longer |
+| ``regex`` | ``pattern``, ``case_sensitive`` (false) | matches the RE2 pattern anywhere |
+| ``keywords`` | ``keywords`` | contains any keyword as a whole word, any case |
+| ``length`` | ``min``, ``max`` (either may be null), ``unit`` (chars/words) | is shorter than min or longer than max |
+| ``must_contain`` | ``phrases``, ``mode`` (any/all) | lacks the phrase(s), any case |
+| ``pii`` | ``types`` (email, phone, card) | holds an e-mail, a phone number, a card number (Luhn-checked) |
+| ``json`` | ``require_object`` (false) | is not valid JSON (or not an object) |
+| ``curt`` | ``max_words`` (5), ``min_prompt_words`` (20) | has <= max_words words, the prompt >= min_prompt_words |
+
+Speed: per field, every pattern-like rule (regex, PII, must-contain phrases)
+goes into one ``re2.Set`` that scans the text once, and every keyword of every
+keyword rule into one Aho-Corasick automaton (``pyahocorasick``), so a text
+is read a fixed number of times however many rules there are. RE2 matches in
+time linear in the text (no backtracking), so no pattern can hang on hostile
+text. Rules are data: nothing in them is ever executed.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
+import ahocorasick
 import re2
 from rest_framework import serializers
 
-Matcher = Callable[[str], bool]
+FIELDS = ("response", "prompt", "context", "reference")
+
+PII_PATTERNS = {
+    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+    # International (+CC ...) or North-American style numbers with separators.
+    "phone": r"(?:\+\d{1,3}[ .-]?)?\(?\d{2,4}\)?[ .-]\d{3,4}[ .-]?\d{3,4}\b",
+    # 13-19 digits, optionally grouped by spaces or dashes; confirmed by the Luhn check.
+    "card": r"\b\d(?:[ -]?\d){12,18}\b",
+}
 
 
-def _re2(pattern: str, *, case_sensitive: bool) -> "re2._Regexp":
+def _options(case_sensitive: bool = True) -> "re2.Options":
     options = re2.Options()
     options.log_errors = False
     options.case_sensitive = case_sensitive
-    try:
-        return re2.compile(pattern, options)
-    except re2.error as exc:
-        message = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise serializers.ValidationError({"pattern": f"RE2 cannot compile this pattern: {message}"}) from None
+    return options
+
+
+def _re2_message(exc: Exception) -> str:
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode() if isinstance(arg, bytes) else str(arg)
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn (mod 10) check of a card number given as digits only (ISO/IEC 7812-1, annex B)."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        n = int(char)
+        if position % 2:
+            n = n * 2 - 9 if n > 4 else n * 2
+        total += n
+    return total % 10 == 0
+
+
+def _has_card_number(text: str) -> bool:
+    for match in _CARD.finditer(text):
+        digits = "".join(c for c in match.group() if c.isdigit())
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            return True
+    return False
+
+
+_CARD = re2.compile(PII_PATTERNS["card"], _options())
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+# ---------------------------------------------------------------- params schemas
 
 
 class RegexParams(serializers.Serializer):
-    pattern = serializers.CharField(max_length=2000)
+    pattern = serializers.CharField(max_length=2000, trim_whitespace=False)
     case_sensitive = serializers.BooleanField(default=False)
 
     def validate(self, attrs):
-        _re2(attrs["pattern"], case_sensitive=attrs["case_sensitive"])
+        try:
+            re2.compile(attrs["pattern"], _options(attrs["case_sensitive"]))
+        except re2.error as exc:
+            message = f"RE2 cannot compile this pattern: {_re2_message(exc)}"
+            raise serializers.ValidationError({"pattern": message}) from None
         return attrs
+
+
+def _phrase_list(value: list[str], what: str) -> list[str]:
+    phrases = [p.strip() for p in value if p.strip()]
+    if not phrases:
+        raise serializers.ValidationError(f"give at least one {what}")
+    return phrases
 
 
 class KeywordParams(serializers.Serializer):
-    keywords = serializers.ListField(
-        child=serializers.CharField(max_length=200, trim_whitespace=True), max_length=10000
-    )
+    keywords = serializers.ListField(child=serializers.CharField(max_length=200, allow_blank=True), max_length=100_000)
 
     def validate_keywords(self, value):
-        words = [w for w in value if w]
-        if not words:
-            raise serializers.ValidationError("give at least one keyword")
-        return words
+        return _phrase_list(value, "keyword")
 
 
 class LengthParams(serializers.Serializer):
-    min_chars = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
-    max_chars = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+    min = serializers.IntegerField(min_value=0, max_value=10_000_000, required=False, allow_null=True, default=None)
+    max = serializers.IntegerField(min_value=1, max_value=10_000_000, required=False, allow_null=True, default=None)
+    unit = serializers.ChoiceField(choices=["chars", "words"], default="chars")
 
     def validate(self, attrs):
-        low, high = attrs["min_chars"], attrs["max_chars"]
+        low, high = attrs["min"], attrs["max"]
         if low is None and high is None:
-            raise serializers.ValidationError("give min_chars, max_chars or both")
+            raise serializers.ValidationError("give min, max or both")
         if low is not None and high is not None and low > high:
-            raise serializers.ValidationError(f"min_chars ({low}) is greater than max_chars ({high})")
+            raise serializers.ValidationError(f"min ({low}) is greater than max ({high})")
         return attrs
 
 
-def _regex_matcher(params: dict) -> Matcher:
-    compiled = _re2(params["pattern"], case_sensitive=params["case_sensitive"])
-    return lambda text: compiled.search(text) is not None
+class MustContainParams(serializers.Serializer):
+    phrases = serializers.ListField(child=serializers.CharField(max_length=500, allow_blank=True), max_length=1000)
+    mode = serializers.ChoiceField(choices=["any", "all"], default="any")
+
+    def validate_phrases(self, value):
+        return _phrase_list(value, "phrase")
 
 
-def _keywords_matcher(params: dict) -> Matcher:
-    # RE2's \b knows only ASCII word characters, so spell out a Unicode-aware boundary.
-    alternation = "|".join(re2.escape(word) for word in params["keywords"])
-    compiled = _re2(rf"(?:^|[^\pL\pN_])(?:{alternation})(?:$|[^\pL\pN_])", case_sensitive=False)
-    return lambda text: compiled.search(text) is not None
+class PiiParams(serializers.Serializer):
+    types = serializers.MultipleChoiceField(choices=sorted(PII_PATTERNS), default=sorted(PII_PATTERNS))
+
+    def validate_types(self, value):
+        if not value:
+            raise serializers.ValidationError("pick at least one of email, phone, card")
+        return sorted(value)
 
 
-def _length_matcher(params: dict) -> Matcher:
-    low, high = params["min_chars"], params["max_chars"]
+class JsonParams(serializers.Serializer):
+    require_object = serializers.BooleanField(default=False)
 
-    def rejects(text: str) -> bool:
-        n = len(text)
-        return (low is not None and n < low) or (high is not None and n > high)
 
-    return rejects
+class CurtParams(serializers.Serializer):
+    max_words = serializers.IntegerField(min_value=0, max_value=10_000, default=5)
+    min_prompt_words = serializers.IntegerField(min_value=0, max_value=1_000_000, default=20)
 
 
 @dataclass(frozen=True)
 class Kind:
     schema: type[serializers.Serializer]
-    build: Callable[[dict], Matcher]
-    help: str
+    example: str
 
 
 KINDS: dict[str, Kind] = {
-    "regex": Kind(RegexParams, _regex_matcher, '{"pattern": "(?i)call us at \\\\+?\\\\d", "case_sensitive": false}'),
-    "keywords": Kind(KeywordParams, _keywords_matcher, '{"keywords": ["Dropbox", "Google Drive"]}'),
-    "length": Kind(LengthParams, _length_matcher, '{"min_chars": 40, "max_chars": 8000}'),
+    "regex": Kind(RegexParams, '{"pattern": "as an AI (language )?model", "case_sensitive": false}'),
+    "keywords": Kind(KeywordParams, '{"keywords": ["Dropbox", "Google Drive"]}'),
+    "length": Kind(LengthParams, '{"min": 20, "max": 8000, "unit": "chars"}'),
+    "must_contain": Kind(MustContainParams, '{"phrases": ["support@acme.example"], "mode": "any"}'),
+    "pii": Kind(PiiParams, '{"types": ["email", "phone", "card"]}'),
+    "json": Kind(JsonParams, '{"require_object": true}'),
+    "curt": Kind(CurtParams, '{"max_words": 5, "min_prompt_words": 20}'),
 }
 
 
@@ -109,11 +177,158 @@ def validate_params(kind: str, params) -> dict:
         raise serializers.ValidationError({"kind": f"unknown kind {kind!r}; one of {', '.join(KINDS)}"})
     if not isinstance(params, dict):
         raise serializers.ValidationError({"params": "must be a JSON object"})
+    unknown = set(params) - set(KINDS[kind].schema().fields)
+    if unknown:
+        raise serializers.ValidationError({"params": f"unknown for {kind}: {', '.join(sorted(unknown))}"})
     schema = KINDS[kind].schema(data=params)
     schema.is_valid(raise_exception=True)
     return dict(schema.validated_data)
 
 
-def compile_rule(kind: str, params: dict) -> Matcher:
-    """A matcher ``text -> True when the rule rejects``; validates params first."""
-    return KINDS[kind].build(validate_params(kind, params))
+# ---------------------------------------------------------------- the engine
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule as the engine sees it: ``key`` identifies it in results (e.g. the LF's pk)."""
+
+    key: object
+    kind: str
+    params: dict
+    field: str = "response"
+    task_types: tuple[str, ...] = ()
+
+
+@dataclass
+class _FieldPlan:
+    """What to compute on one field of an item."""
+
+    patterns: list[str] = field(default_factory=list)
+    pattern_owner: list[tuple[int, str]] = field(default_factory=list)  # (rule index, role)
+    keyword_rules: set[int] = field(default_factory=set)
+    automaton: "ahocorasick.Automaton | None" = None
+    checks: list[tuple[int, Callable[[str, dict], bool]]] = field(default_factory=list)
+    must: dict[int, tuple[str, int]] = field(default_factory=dict)  # rule index -> (mode, phrase count)
+    re_set: "re2.Set | None" = None
+
+
+class RuleSet:
+    """Many rules compiled together; ``rejections(item)`` lists the keys of the rules that reject it.
+
+    ``item`` is a mapping with the text fields (``response``, ``prompt``,
+    ``context``, ``reference``) and optionally ``task_type``. Params are
+    validated on construction; raises serializers.ValidationError for bad ones.
+    """
+
+    def __init__(self, rules: Iterable[Rule]):
+        self.rules = [
+            Rule(r.key, r.kind, validate_params(r.kind, r.params), r.field, tuple(r.task_types)) for r in rules
+        ]
+        self.plans: dict[str, _FieldPlan] = defaultdict(_FieldPlan)
+        keywords: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for index, rule in enumerate(self.rules):
+            if rule.field not in FIELDS:
+                raise serializers.ValidationError(
+                    {"field": f"unknown field {rule.field!r}; one of {', '.join(FIELDS)}"}
+                )
+            plan, params = self.plans[rule.field], rule.params
+            if rule.kind == "regex":
+                flags = "" if params["case_sensitive"] else "(?i)"
+                self._add_pattern(plan, f"{flags}(?:{params['pattern']})", index, "reject")
+            elif rule.kind == "pii":
+                for pii in params["types"]:
+                    self._add_pattern(plan, PII_PATTERNS[pii], index, "card" if pii == "card" else "reject")
+            elif rule.kind == "must_contain":
+                plan.must[index] = (params["mode"], len(params["phrases"]))
+                for phrase in params["phrases"]:
+                    self._add_pattern(plan, f"(?i){re2.escape(phrase)}", index, "phrase")
+            elif rule.kind == "keywords":
+                plan.keyword_rules.add(index)
+                for word in params["keywords"]:
+                    keywords[rule.field][word.casefold()].append(index)
+            else:
+                plan.checks.append((index, _CHECK_BUILDERS[rule.kind](params)))
+        for name, plan in self.plans.items():
+            if plan.patterns:
+                plan.re_set = re2.Set.SearchSet(_options())
+                for pattern in plan.patterns:
+                    plan.re_set.Add(pattern)
+                plan.re_set.Compile()
+            if keywords[name]:
+                plan.automaton = ahocorasick.Automaton()
+                for word, owners in keywords[name].items():
+                    plan.automaton.add_word(word, (len(word), tuple(owners)))
+                plan.automaton.make_automaton()
+
+    @staticmethod
+    def _add_pattern(plan: _FieldPlan, pattern: str, index: int, role: str) -> None:
+        plan.patterns.append(pattern)
+        plan.pattern_owner.append((index, role))
+
+    def rejections(self, item) -> list:
+        """Keys of the rules that reject ``item``, in rule order."""
+        rejected: set[int] = set()
+        for name, plan in self.plans.items():
+            text = item.get(name) or ""
+            if plan.re_set is not None:
+                phrases_found: dict[int, int] = defaultdict(int)
+                for hit in plan.re_set.Match(text) or ():
+                    index, role = plan.pattern_owner[hit]
+                    if role == "reject" or (role == "card" and _has_card_number(text)):
+                        rejected.add(index)
+                    elif role == "phrase":
+                        phrases_found[index] += 1
+                for index, (mode, count) in plan.must.items():
+                    found = phrases_found[index]
+                    if found == 0 or (mode == "all" and found < count):
+                        rejected.add(index)
+            if plan.automaton is not None:
+                folded = text.casefold()
+                # casefold can change lengths (ß -> ss); boundaries are then checked on the folded text.
+                for end, (length, owners) in plan.automaton.iter(folded):
+                    start = end - length + 1
+                    if (start == 0 or not _is_word_char(folded[start - 1])) and (
+                        end + 1 == len(folded) or not _is_word_char(folded[end + 1])
+                    ):
+                        rejected.update(owners)
+            for index, check in plan.checks:
+                if index not in rejected and check(text, item):
+                    rejected.add(index)
+        task_type = item.get("task_type") or ""
+        return [
+            self.rules[i].key
+            for i in sorted(rejected)
+            if not self.rules[i].task_types or task_type in self.rules[i].task_types
+        ]
+
+
+def _length_rejects(params: dict) -> Callable[[str, dict], bool]:
+    low, high, measure = params["min"], params["max"], len if params["unit"] == "chars" else _words
+    return lambda text, item: (low is not None and measure(text) < low) or (high is not None and measure(text) > high)
+
+
+def _json_rejects(params: dict) -> Callable[[str, dict], bool]:
+    def rejects(text: str, item) -> bool:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return True
+        return params["require_object"] and not isinstance(value, dict)
+
+    return rejects
+
+
+def _curt_rejects(params: dict) -> Callable[[str, dict], bool]:
+    def rejects(text: str, item) -> bool:
+        return _words(text) <= params["max_words"] and _words(item.get("prompt") or "") >= params["min_prompt_words"]
+
+    return rejects
+
+
+_CHECK_BUILDERS = {"length": _length_rejects, "json": _json_rejects, "curt": _curt_rejects}
+
+
+def compile_rule(kind: str, params: dict, field: str = "response") -> Callable[[str], bool]:
+    """A single rule as ``text -> True when it rejects`` (for tests and the admin's checks)."""
+    rules = RuleSet([Rule("rule", kind, params, field)])
+    return lambda text, **other: bool(rules.rejections({field: text, **other}))

@@ -10,9 +10,11 @@ LABELS = ["accept", "reject"]
 def agreement(truth: Sequence[str], predicted: Sequence[str]) -> dict:
     """Agreement of ``predicted`` with ``truth`` (parallel lists of "accept"/"reject").
 
-    Returns ``{"n", "accuracy", "cohen_kappa", "precision_accept",
-    "recall_accept", "confusion"}`` where precision and recall treat "accept"
-    as the positive class and ``confusion`` is
+    Returns ``{"n", "accuracy", "majority_baseline", "cohen_kappa",
+    "precision_accept", "recall_accept", "confusion"}`` where
+    ``majority_baseline`` is the accuracy of always answering the commoner
+    truth label (what ``accuracy`` must beat to mean anything), precision and
+    recall treat "accept" as the positive class, and ``confusion`` is
     ``{"sme_accept": {"judge_accept": n, "judge_reject": n}, "sme_reject": {...}}``.
     Cohen's kappa is (p_o - p_e) / (1 - p_e) (Cohen 1960), via
     ``sklearn.metrics.cohen_kappa_score``; it is None when undefined (one
@@ -25,6 +27,7 @@ def agreement(truth: Sequence[str], predicted: Sequence[str]) -> dict:
         return {
             "n": 0,
             "accuracy": None,
+            "majority_baseline": None,
             "cohen_kappa": None,
             "precision_accept": None,
             "recall_accept": None,
@@ -35,6 +38,7 @@ def agreement(truth: Sequence[str], predicted: Sequence[str]) -> dict:
     return {
         "n": n,
         "accuracy": float(accuracy_score(truth, predicted)),
+        "majority_baseline": max(truth.count("accept"), truth.count("reject")) / n,
         "cohen_kappa": kappa,
         "precision_accept": float(precision_score(truth, predicted, pos_label="accept", zero_division=0)),
         "recall_accept": float(recall_score(truth, predicted, pos_label="accept", zero_division=0)),

@@ -75,7 +75,9 @@ class LabelFunction(models.Model):
     """A rule staff write in the admin: it rejects an item with ``reason`` or abstains.
 
     ``kind`` picks an entry of ``judging.label_functions.KINDS``; ``params``
-    is validated by that kind's schema. Rules are data, never code.
+    is validated by that kind's schema. Rules are data, never code. Every
+    change is recorded as a LabelFunctionVersion and bumps ``version``; each
+    hit records the version that produced it.
     """
 
     class Field(models.TextChoices):
@@ -89,8 +91,12 @@ class LabelFunction(models.Model):
     kind = models.CharField(max_length=20)
     params = models.JSONField(default=dict)
     field = models.CharField(max_length=10, choices=Field.choices, default=Field.RESPONSE)
+    task_types = models.JSONField(
+        default=list, blank=True, help_text='Only items of these task types, e.g. ["billing"]; empty: all.'
+    )
     reason = models.CharField(max_length=200, help_text="Shown to SMEs and in exports when the rule rejects.")
     active = models.BooleanField(default=True)
+    version = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -101,12 +107,51 @@ class LabelFunction(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def snapshot(self) -> dict:
+        """The fields that determine what the rule does, as stored in its history."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "params": self.params,
+            "field": self.field,
+            "task_types": list(self.task_types or []),
+            "reason": self.reason,
+            "active": self.active,
+        }
+
+
+class LabelFunctionVersion(models.Model):
+    """One change to a label function: who, when, the state before and after (``before`` is empty on creation)."""
+
+    class Action(models.TextChoices):
+        CREATE = "create"
+        UPDATE = "update"
+        DELETE = "delete"
+
+    label_function = models.ForeignKey(
+        LabelFunction, null=True, blank=True, on_delete=models.SET_NULL, related_name="versions"
+    )
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="label_function_versions")
+    version = models.PositiveIntegerField()
+    action = models.CharField(max_length=6, choices=Action.choices)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    changed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.after.get('name') or self.before.get('name')} v{self.version} ({self.action})"
+
 
 class RuleHit(models.Model):
     """A label function rejected an item (abstentions are not stored)."""
 
     label_function = models.ForeignKey(LabelFunction, on_delete=models.CASCADE, related_name="hits")
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="rule_hits")
+    version = models.PositiveIntegerField(default=0, help_text="The rule's version that produced this hit.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -21,15 +21,15 @@ from judging.export import iter_chat_jsonl
 from judging.metrics import agreement
 from judging.models import JudgeRun, LabelFunction, Verdict
 from judging.selectors import funnel, run_agreement
-from judging.services import gate_apply, judge_run_create, label_functions_apply
+from judging.services import gate_apply, judge_run_create, label_function_save, label_functions_apply
 
 # Example label functions: rules SMEs commonly ask for.
 EXAMPLE_RULES = [
     {
         "name": "curt",
-        "kind": "length",
-        "params": {"min_chars": 20, "max_chars": None},
-        "reason": "too short to be helpful (under 20 characters)",
+        "kind": "curt",
+        "params": {"max_words": 5, "min_prompt_words": 15},
+        "reason": "curt: a few words to a long question",
     },
     {
         "name": "recommends a competitor",
@@ -38,16 +38,16 @@ EXAMPLE_RULES = [
         "reason": "recommends a competitor",
     },
     {
+        "name": "personal data",
+        "kind": "pii",
+        "params": {"types": ["phone", "card"]},
+        "reason": "leaks a phone or card number",
+    },
+    {
         "name": "personal e-mail address",
         "kind": "regex",
         "params": {"pattern": r"[a-z0-9._%+-]+@(?:gmail|yahoo|outlook|hotmail)\.com", "case_sensitive": False},
         "reason": "leaks a personal e-mail address",
-    },
-    {
-        "name": "phone number",
-        "kind": "regex",
-        "params": {"pattern": r"\+\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}", "case_sensitive": False},
-        "reason": "leaks a phone number",
     },
     {
         "name": "AI disclaimer",
@@ -64,7 +64,8 @@ BROWSER_QUEUE = 20  # items queued for review in the browser, beyond the labelle
 def rules_install_examples(project: Project) -> None:
     """Create the example label functions in the project (existing names are left alone)."""
     for rule in EXAMPLE_RULES:
-        LabelFunction.objects.get_or_create(project=project, name=rule["name"], defaults=rule)
+        if not project.label_functions.filter(name=rule["name"]).exists():
+            label_function_save(rule=LabelFunction(project=project, **rule))
 
 
 class JudgeRunTimeout(RuntimeError):
@@ -111,7 +112,7 @@ def read_labels(path: Path, label_field: str = "human_label") -> dict[str, str]:
 def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0, progress: Progress) -> dict:
     """Run the whole pipeline on ``data`` into a fresh project; write ``out/accepted.jsonl`` and ``out/report.json``.
 
-    Returns the report: ``{"data", "project", "judge", "funnel",
+    Returns the report: ``{"data", "project", "judge", "import", "sme_labels", "held_back_labels", "funnel",
     "agreement": {"sme_unseen", "held_back_human_labels"}, "export"}``.
     ``sme_unseen`` compares the judge with SME labels it did not train on;
     ``held_back_human_labels`` with the file's labels of items outside the
@@ -169,6 +170,8 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
             "tokens_out": run.tokens_out,
         },
         "import": report.as_dict() | {"errors": report.as_dict()["errors"][:50]},
+        "sme_labels": len(sme_labels),
+        "held_back_labels": len(held_back),
         "funnel": funnel(project),
         "agreement": {
             "sme_unseen": run_agreement(run),

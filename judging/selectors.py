@@ -1,11 +1,13 @@
-"""Reads for the judging app: latest run, funnel, agreement."""
+"""Reads for the judging app: latest run, funnel, agreement, label-function analytics."""
+
+from collections import defaultdict
 
 from django.db.models import Count, Q
 
 from annotations.models import Project
 from annotations.selectors import ground_truth
 from judging.metrics import agreement
-from judging.models import GateDecision, JudgeRun, Verdict
+from judging.models import GateDecision, JudgeRun, LabelFunction, RuleHit, Verdict
 
 
 def latest_finished_run(project: Project) -> JudgeRun | None:
@@ -57,3 +59,88 @@ def run_agreement(run: JudgeRun) -> dict:
         if item_id in truth
     ]
     return agreement([t for t, _ in pairs], [v for _, v in pairs])
+
+
+def _latest_verdicts(project: Project) -> dict[int, str]:
+    run = latest_finished_run(project)
+    if run is None:
+        return {}
+    return dict(Verdict.objects.filter(run=run).exclude(verdict="").values_list("item_id", "verdict"))
+
+
+def label_function_dry_run(*, label_function: LabelFunction, examples: int = 5) -> dict:
+    """What a rule would reject now, whether active or not, without storing anything.
+
+    Returns ``{"rule", "items", "would_reject", "sme_accepted", "sme_rejected",
+    "judge_accepted", "examples": [{"external_id", "response", "sme", "judge"}]}``
+    where ``sme_accepted`` counts rejected items whose SME ground truth is
+    accept (a conflict with the SMEs), and ``judge_accepted`` those the latest
+    finished judge run accepted.
+    """
+    from judging.services import rule_rejections
+
+    project = label_function.project
+    truth, verdicts = ground_truth(project=project), _latest_verdicts(project)
+    rejected = [item_id for item_id, _ in rule_rejections(project=project, label_functions=[label_function])]
+    shown = {item.pk: item for item in project.items.filter(pk__in=rejected[:examples]).only("external_id", "response")}
+    return {
+        "rule": label_function,
+        "items": project.items.count(),
+        "would_reject": len(rejected),
+        "sme_accepted": sum(truth.get(i) == "accept" for i in rejected),
+        "sme_rejected": sum(truth.get(i) == "reject" for i in rejected),
+        "judge_accepted": sum(verdicts.get(i) == "accept" for i in rejected),
+        "examples": [
+            {
+                "external_id": shown[i].external_id,
+                "response": shown[i].response[:500],
+                "sme": truth.get(i, ""),
+                "judge": verdicts.get(i, ""),
+            }
+            for i in rejected[:examples]
+            if i in shown
+        ],
+    }
+
+
+def label_function_stats(project: Project) -> list[dict]:
+    """Per-rule analytics from the stored hits, in Snorkel's terms (fractions of all items unless noted).
+
+    For each label function: ``hits``; ``coverage`` (share of items it
+    rejects); ``overlap`` (share of items it rejects that another active rule
+    also rejects); ``conflict`` (share of items it rejects although the SME
+    ground truth, or failing that the latest judge verdict, accepts them) with
+    ``conflict_sme`` and ``conflict_judge`` counts; ``empirical_accuracy``
+    (of its hits on SME-labelled items, the share the SMEs rejected; None
+    without any) over ``labelled_hits``. A rule rejects or abstains, so its
+    accuracy is that of its rejections. Inactive rules have no stored hits.
+    """
+    total = project.items.count()
+    truth, verdicts = ground_truth(project=project), _latest_verdicts(project)
+    hits_by_rule: dict[int, set[int]] = defaultdict(set)
+    rules_by_item: dict[int, int] = defaultdict(int)
+    for lf_id, item_id in RuleHit.objects.filter(label_function__project=project).values_list(
+        "label_function_id", "item_id"
+    ):
+        hits_by_rule[lf_id].add(item_id)
+        rules_by_item[item_id] += 1
+    stats = []
+    for lf in project.label_functions.all():
+        hits = hits_by_rule.get(lf.pk, set())
+        labelled = [i for i in hits if i in truth]
+        conflict_sme = sum(truth[i] == "accept" for i in labelled)
+        conflict_judge = sum(1 for i in hits if i not in truth and verdicts.get(i) == "accept")
+        stats.append(
+            {
+                "rule": lf,
+                "hits": len(hits),
+                "coverage": len(hits) / total if total else 0.0,
+                "overlap": sum(rules_by_item[i] > 1 for i in hits) / total if total else 0.0,
+                "conflict": (conflict_sme + conflict_judge) / total if total else 0.0,
+                "conflict_sme": conflict_sme,
+                "conflict_judge": conflict_judge,
+                "labelled_hits": len(labelled),
+                "empirical_accuracy": (len(labelled) - conflict_sme) / len(labelled) if labelled else None,
+            }
+        )
+    return stats

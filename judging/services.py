@@ -1,6 +1,7 @@
 """Writes for the judging app: judge runs, label-function hits, the gate's decisions."""
 
 from collections import defaultdict
+from collections.abc import Iterator
 
 from django.db import transaction
 from django.db.models import Count, Q, Sum
@@ -10,8 +11,8 @@ from annotations.models import Project
 from annotations.selectors import ground_truth
 from judging import backends, gate
 from judging.backends import JudgeResult
-from judging.label_functions import compile_rule
-from judging.models import GateDecision, JudgeRun, RuleHit, Verdict
+from judging.label_functions import Rule, RuleSet, validate_params
+from judging.models import GateDecision, JudgeRun, LabelFunction, LabelFunctionVersion, RuleHit, Verdict
 from judging.selectors import latest_finished_run
 
 WRITE_BATCH = 2000
@@ -106,24 +107,92 @@ def judge_run_fail(*, run_id: int, error: str) -> None:
     )
 
 
+ITEM_FIELDS = ("id", "prompt", "context", "response", "reference", "task_type")
+
+
+def rule_set_for(label_functions) -> RuleSet:
+    """A compiled RuleSet whose keys are the label functions themselves."""
+    return RuleSet(Rule(lf, lf.kind, lf.params, lf.field, tuple(lf.task_types or ())) for lf in label_functions)
+
+
+def rule_rejections(*, project: Project, label_functions) -> Iterator[tuple[int, list[LabelFunction]]]:
+    """``(item_id, [label functions that reject it])`` for every item of the project that some rule rejects."""
+    rules = rule_set_for(label_functions)
+    for item in project.items.values(*ITEM_FIELDS).iterator(chunk_size=WRITE_BATCH):
+        rejected = rules.rejections(item)
+        if rejected:
+            yield item["id"], rejected
+
+
 def label_functions_apply(*, project: Project) -> int:
     """Run the project's active label functions over all its items and store their hits.
 
     Hits of the project's rules are replaced as a whole, so the stored hits
-    always match the active rules. Returns the number of hits.
+    always match the active rules; each hit records its rule's version.
+    Returns the number of hits.
     """
-    rules = [(lf, compile_rule(lf.kind, lf.params)) for lf in project.label_functions.filter(active=True)]
-    hits: list[RuleHit] = []
-    fields = ("id", "prompt", "context", "response", "reference")
-    for row in project.items.values_list(*fields).iterator(chunk_size=WRITE_BATCH):
-        texts = dict(zip(fields, row, strict=True))
-        for lf, rejects in rules:
-            if rejects(texts[lf.field]):
-                hits.append(RuleHit(label_function=lf, item_id=row[0]))
+    active = list(project.label_functions.filter(active=True))
+    hits = [
+        RuleHit(label_function=lf, item_id=item_id, version=lf.version)
+        for item_id, rejecting in rule_rejections(project=project, label_functions=active)
+        for lf in rejecting
+    ]
     with transaction.atomic():
         RuleHit.objects.filter(label_function__project=project).delete()
         RuleHit.objects.bulk_create(hits, batch_size=WRITE_BATCH)
     return len(hits)
+
+
+def _regate_after_commit(project_id: int) -> None:
+    from judging.tasks import regate_project
+
+    transaction.on_commit(lambda: regate_project.delay(project_id))
+
+
+@transaction.atomic
+def label_function_save(*, rule: LabelFunction, user=None) -> LabelFunction:
+    """Validate and save a rule, record the change in its history, and re-gate its project in the background.
+
+    A save that changes nothing records nothing. Raises
+    serializers.ValidationError for bad params.
+    """
+    rule.params = validate_params(rule.kind, rule.params)
+    rule_set_for([rule])  # the whole rule compiles (field, task types)
+    previous = rule.versions.first() if rule.pk else None
+    before = previous.after if previous else {}
+    after = rule.snapshot()
+    if previous and before == after:
+        rule.save()
+        return rule
+    rule.version = (previous.version if previous else rule.version) + 1
+    rule.save()
+    LabelFunctionVersion.objects.create(
+        label_function=rule,
+        project=rule.project,
+        version=rule.version,
+        action=LabelFunctionVersion.Action.UPDATE if previous else LabelFunctionVersion.Action.CREATE,
+        before=before,
+        after=after,
+        changed_by=user,
+    )
+    _regate_after_commit(rule.project_id)
+    return rule
+
+
+@transaction.atomic
+def label_function_delete(*, rule: LabelFunction, user=None) -> None:
+    """Delete a rule, keeping its history, and re-gate its project in the background."""
+    LabelFunctionVersion.objects.create(
+        label_function=rule,
+        project=rule.project,
+        version=rule.version + 1,
+        action=LabelFunctionVersion.Action.DELETE,
+        before=rule.snapshot(),
+        changed_by=user,
+    )
+    project_id = rule.project_id
+    rule.delete()
+    _regate_after_commit(project_id)
 
 
 def gate_apply(*, project: Project) -> dict[str, int]:

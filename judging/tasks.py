@@ -12,7 +12,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from annotations.models import Item
+from annotations.models import Item, Project
 from annotations.selectors import ground_truth
 from judging import backends, services
 from judging.models import JudgeRun
@@ -76,3 +76,12 @@ def judge_chunk(run_id: int, item_ids: list[int]) -> None:
             results = list(pool.map(judge, items))
         services.verdicts_store(run=run, results=results)
     services.judge_run_finish_if_complete(run_id=run_id)
+
+
+@shared_task(acks_late=True)
+def regate_project(project_id: int) -> None:
+    """Re-run the project's label functions and re-gate every item (after a rule changed)."""
+    project = Project.objects.filter(pk=project_id).first()
+    if project is not None:
+        services.label_functions_apply(project=project)
+        services.gate_apply(project=project)

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 
 from annotations.views import get_project_for_user
 from judging.models import JudgeRun
-from judging.selectors import funnel, latest_finished_run, run_agreement
+from judging.selectors import funnel, label_function_stats, latest_finished_run, run_agreement
 from judging.services import gate_apply, judge_run_create, label_functions_apply
 
 
@@ -29,6 +29,22 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "rules": project.label_functions.annotate(n_hits=Count("hits")),
     }
     return render(request, "judging/project_detail.html", context)
+
+
+@login_required
+def rules(request: HttpRequest, slug: str) -> HttpResponse:
+    """Label-function analytics: coverage, overlap, conflict, empirical accuracy, as a table and a chart."""
+    project = get_project_for_user(request, slug)
+    stats = label_function_stats(project)
+    bar = 240  # px for 100 %
+    for row in stats:
+        row["bars"] = [
+            ("coverage", row["coverage"], round(row["coverage"] * bar)),
+            ("conflict", row["conflict"], round(row["conflict"] * bar)),
+            ("accuracy", row["empirical_accuracy"], round((row["empirical_accuracy"] or 0) * bar)),
+        ]
+    context = {"project": project, "stats": stats, "bar": bar, "chart_height": 24 + 54 * len(stats)}
+    return render(request, "judging/rules.html", context)
 
 
 @login_required

@@ -85,7 +85,8 @@ def test_make_demo_on_the_real_halueval_file(tmp_path):
     assert assert_valid_chat_jsonl(tmp_path / "out" / "accepted.jsonl") == funnel["accepted"]
     unseen, held_back = report["agreement"]["sme_unseen"], report["agreement"]["held_back_human_labels"]
     assert unseen["n"] == 801 and held_back["n"] == 4007 - 801
-    assert f"(n=801): agreement {unseen['accuracy']:.3f}, Cohen's kappa {unseen['cohen_kappa']:.3f}" in result.stdout
+    assert f"(n=801): agreement {unseen['accuracy']:.3f} (always-the-commoner-label baseline" in result.stdout
+    assert f"Cohen's kappa {unseen['cohen_kappa']:.3f}" in result.stdout
     assert "Judge: local classifier tfidf-logreg (not an LLM)" in result.stdout
     # Better than chance on labels it never saw.
     assert unseen["cohen_kappa"] > 0 and held_back["cohen_kappa"] > 0

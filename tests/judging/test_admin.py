@@ -16,6 +16,9 @@ def admin_client(client, db):
 
 def add_rule(admin_client, project, **fields):
     data = {
+        "versions-TOTAL_FORMS": "0",
+        "versions-INITIAL_FORMS": "0",
+        "task_types": "[]",
         "project": project.pk,
         "name": "rule",
         "kind": "regex",
@@ -39,7 +42,7 @@ def test_a_valid_rule_is_saved_with_its_defaults(admin_client, project):
     [
         ("regex", '{"pattern": "(?<=a)b"}', "RE2 cannot compile this pattern"),
         ("keywords", '{"keywords": []}', "give at least one keyword"),
-        ("length", '{"min_chars": 9, "max_chars": 3}', "greater than max_chars"),
+        ("length", '{"min": 9, "max": 3}', "min (9) is greater than max (3)"),
         ("regex", "[1, 2]", "must be a JSON object"),
     ],
 )

@@ -49,7 +49,8 @@ class Command(BaseCommand):
         ):
             a = report["agreement"][key]
             self.stdout.write(
-                f"Judge vs {title} (n={a['n']}): agreement {_fmt(a['accuracy'])}, "
+                f"Judge vs {title} (n={a['n']}): agreement {_fmt(a['accuracy'])} "
+                f"(always-the-commoner-label baseline {_fmt(a['majority_baseline'])}), "
                 f"Cohen's kappa {_fmt(a['cohen_kappa'])}, precision(accept) {_fmt(a['precision_accept'])}, "
                 f"recall(accept) {_fmt(a['recall_accept'])}"
             )
