@@ -23,6 +23,7 @@ text. Rules are data: nothing in them is ever executed.
 """
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -66,14 +67,14 @@ def luhn_valid(digits: str) -> bool:
 
 
 def _has_card_number(text: str) -> bool:
-    for match in _CARD.finditer(text):
+    for match in _CARD_NUMBER.finditer(text):
         digits = "".join(c for c in match.group() if c.isdigit())
         if 13 <= len(digits) <= 19 and luhn_valid(digits):
             return True
     return False
 
 
-_CARD = re2.compile(PII_PATTERNS["card"], _options())
+_CARD_NUMBER = re2.compile(PII_PATTERNS["card"], _options())
 
 
 def _words(text: str) -> int:
@@ -199,17 +200,30 @@ class Rule:
     task_types: tuple[str, ...] = ()
 
 
+# Roles of a pattern in a field's RE2 set.
+_REJECT, _CARD, _PHRASE = 0, 1, 2
+# Keyword lists this long go to Aho-Corasick; shorter ones into the RE2 set.
+AHO_CORASICK_MIN_KEYWORDS = 200
+_BOUNDARY_BEFORE, _BOUNDARY_AFTER = r"(?:^|[^\pL\pN_])", r"(?:$|[^\pL\pN_])"
+
+
 @dataclass
 class _FieldPlan:
-    """What to compute on one field of an item."""
+    """What to compute on one field of an item; rule indexes point into RuleSet.rules."""
 
     patterns: list[str] = field(default_factory=list)
-    pattern_owner: list[tuple[int, str]] = field(default_factory=list)  # (rule index, role)
-    keyword_rules: set[int] = field(default_factory=set)
-    automaton: "ahocorasick.Automaton | None" = None
-    checks: list[tuple[int, Callable[[str, dict], bool]]] = field(default_factory=list)
-    must: dict[int, tuple[str, int]] = field(default_factory=dict)  # rule index -> (mode, phrase count)
+    pattern_owner: list[tuple[int, int]] = field(default_factory=list)  # (rule index, role)
     re_set: "re2.Set | None" = None
+    keyword_patterns: list[str] = field(default_factory=list)  # matched on the casefolded text
+    keyword_owner: list[int] = field(default_factory=list)
+    keyword_set: "re2.Set | None" = None
+    automaton: "ahocorasick.Automaton | None" = None
+    must: list[tuple[int, str, int]] = field(default_factory=list)  # (rule index, mode, phrase count)
+    lengths: list[tuple[int, float, float, bool]] = field(default_factory=list)  # (i, min, max, in words?)
+    needs_words: bool = False
+    curt_max_words: int = -1
+    curts: list[tuple[int, int, int]] = field(default_factory=list)  # (i, max words, min prompt words)
+    jsons: list[tuple[int, bool]] = field(default_factory=list)  # (i, require object)
 
 
 class RuleSet:
@@ -217,115 +231,152 @@ class RuleSet:
 
     ``item`` is a mapping with the text fields (``response``, ``prompt``,
     ``context``, ``reference``) and optionally ``task_type``. Params are
-    validated on construction; raises serializers.ValidationError for bad ones.
+    validated on construction; raises serializers.ValidationError for bad
+    ones. Cost per item: one RE2 set scan and at most one automaton pass per
+    field read, plus a few comparisons per length/curt rule.
     """
 
     def __init__(self, rules: Iterable[Rule]):
         self.rules = [
             Rule(r.key, r.kind, validate_params(r.kind, r.params), r.field, tuple(r.task_types)) for r in rules
         ]
-        self.plans: dict[str, _FieldPlan] = defaultdict(_FieldPlan)
-        keywords: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        self.task_types = {i: frozenset(r.task_types) for i, r in enumerate(self.rules) if r.task_types}
+        plans: dict[str, _FieldPlan] = defaultdict(_FieldPlan)
+        long_lists: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
         for index, rule in enumerate(self.rules):
             if rule.field not in FIELDS:
                 raise serializers.ValidationError(
                     {"field": f"unknown field {rule.field!r}; one of {', '.join(FIELDS)}"}
                 )
-            plan, params = self.plans[rule.field], rule.params
+            plan, params = plans[rule.field], rule.params
             if rule.kind == "regex":
                 flags = "" if params["case_sensitive"] else "(?i)"
-                self._add_pattern(plan, f"{flags}(?:{params['pattern']})", index, "reject")
+                self._add_pattern(plan, f"{flags}(?:{params['pattern']})", index, _REJECT)
+            elif rule.kind == "keywords" and len(params["keywords"]) >= AHO_CORASICK_MIN_KEYWORDS:
+                for word in params["keywords"]:
+                    long_lists[rule.field][word.casefold()].add(index)
+            elif rule.kind == "keywords":
+                words = "|".join(re2.escape(word.casefold()) for word in params["keywords"])
+                plan.keyword_patterns.append(f"{_BOUNDARY_BEFORE}(?:{words}){_BOUNDARY_AFTER}")
+                plan.keyword_owner.append(index)
             elif rule.kind == "pii":
                 for pii in params["types"]:
-                    self._add_pattern(plan, PII_PATTERNS[pii], index, "card" if pii == "card" else "reject")
+                    self._add_pattern(plan, PII_PATTERNS[pii], index, _CARD if pii == "card" else _REJECT)
             elif rule.kind == "must_contain":
-                plan.must[index] = (params["mode"], len(params["phrases"]))
+                plan.must.append((index, params["mode"], len(params["phrases"])))
                 for phrase in params["phrases"]:
-                    self._add_pattern(plan, f"(?i){re2.escape(phrase)}", index, "phrase")
-            elif rule.kind == "keywords":
-                plan.keyword_rules.add(index)
-                for word in params["keywords"]:
-                    keywords[rule.field][word.casefold()].append(index)
-            else:
-                plan.checks.append((index, _CHECK_BUILDERS[rule.kind](params)))
-        for name, plan in self.plans.items():
+                    self._add_pattern(plan, f"(?i){re2.escape(phrase)}", index, _PHRASE)
+            elif rule.kind == "length":
+                low = -1 if params["min"] is None else params["min"]
+                high = math.inf if params["max"] is None else params["max"]
+                plan.lengths.append((index, low, high, params["unit"] == "words"))
+            elif rule.kind == "curt":
+                plan.curts.append((index, params["max_words"], params["min_prompt_words"]))
+            elif rule.kind == "json":
+                plan.jsons.append((index, params["require_object"]))
+        for name, plan in plans.items():
+            plan.needs_words = bool(plan.curts) or any(in_words for *_, in_words in plan.lengths)
+            plan.curt_max_words = max((c[1] for c in plan.curts), default=-1)
             if plan.patterns:
-                plan.re_set = re2.Set.SearchSet(_options())
-                for pattern in plan.patterns:
-                    plan.re_set.Add(pattern)
-                plan.re_set.Compile()
-            if keywords[name]:
+                plan.re_set = _compiled_set(plan.patterns)
+            if plan.keyword_patterns:
+                plan.keyword_set = _compiled_set(plan.keyword_patterns)
+            if long_lists[name]:
                 plan.automaton = ahocorasick.Automaton()
-                for word, owners in keywords[name].items():
+                for word, owners in long_lists[name].items():
                     plan.automaton.add_word(word, (len(word), tuple(owners)))
                 plan.automaton.make_automaton()
+        self.plans = list(plans.items())
+        self._skip_by_type: dict[str, frozenset[int]] = {}
 
     @staticmethod
-    def _add_pattern(plan: _FieldPlan, pattern: str, index: int, role: str) -> None:
+    def _add_pattern(plan: _FieldPlan, pattern: str, index: int, role: int) -> None:
         plan.patterns.append(pattern)
         plan.pattern_owner.append((index, role))
+
+    def _skipped(self, task_type: str) -> frozenset[int]:
+        """Rules limited to other task types than this one (cached per task type)."""
+        skip = self._skip_by_type.get(task_type)
+        if skip is None:
+            skip = frozenset(i for i, types in self.task_types.items() if task_type not in types)
+            self._skip_by_type[task_type] = skip
+        return skip
 
     def rejections(self, item) -> list:
         """Keys of the rules that reject ``item``, in rule order."""
         rejected: set[int] = set()
-        for name, plan in self.plans.items():
+        skip = self._skipped(item.get("task_type") or "") if self.task_types else frozenset()
+        for name, plan in self.plans:
             text = item.get(name) or ""
             if plan.re_set is not None:
-                phrases_found: dict[int, int] = defaultdict(int)
+                found: dict[int, int] = {}  # must_contain phrases seen, per rule
                 for hit in plan.re_set.Match(text) or ():
                     index, role = plan.pattern_owner[hit]
-                    if role == "reject" or (role == "card" and _has_card_number(text)):
+                    if role == _REJECT:
                         rejected.add(index)
-                    elif role == "phrase":
-                        phrases_found[index] += 1
-                for index, (mode, count) in plan.must.items():
-                    found = phrases_found[index]
-                    if found == 0 or (mode == "all" and found < count):
+                    elif role == _PHRASE:
+                        found[index] = found.get(index, 0) + 1
+                    elif index not in skip and _has_card_number(text):
                         rejected.add(index)
-            if plan.automaton is not None:
+                for index, mode, count in plan.must:
+                    if found.get(index, 0) < (count if mode == "all" else 1):
+                        rejected.add(index)
+            if plan.keyword_set is not None or plan.automaton is not None:
+                # Keywords match on casefolded text, so "STRASSE" finds "Straße".
                 folded = text.casefold()
-                # casefold can change lengths (ß -> ss); boundaries are then checked on the folded text.
+            if plan.keyword_set is not None:
+                for hit in plan.keyword_set.Match(folded) or ():
+                    rejected.add(plan.keyword_owner[hit])
+            if plan.automaton is not None:
                 for end, (length, owners) in plan.automaton.iter(folded):
                     start = end - length + 1
                     if (start == 0 or not _is_word_char(folded[start - 1])) and (
                         end + 1 == len(folded) or not _is_word_char(folded[end + 1])
                     ):
                         rejected.update(owners)
-            for index, check in plan.checks:
-                if index not in rejected and check(text, item):
-                    rejected.add(index)
-        task_type = item.get("task_type") or ""
-        return [
-            self.rules[i].key
-            for i in sorted(rejected)
-            if not self.rules[i].task_types or task_type in self.rules[i].task_types
-        ]
+            if plan.lengths or plan.curts:
+                words = len(text.split()) if plan.needs_words else 0
+                chars = len(text)
+                for index, low, high, in_words in plan.lengths:
+                    n = words if in_words else chars
+                    if n < low or n > high:
+                        rejected.add(index)
+                if plan.curts and words <= plan.curt_max_words:
+                    prompt_words = len((item.get("prompt") or "").split())
+                    for index, max_words, min_prompt_words in plan.curts:
+                        if words <= max_words and prompt_words >= min_prompt_words:
+                            rejected.add(index)
+            if plan.jsons and any(index not in skip for index, _ in plan.jsons):
+                value = _parse_json(text)
+                for index, require_object in plan.jsons:
+                    if value is _INVALID or (require_object and not isinstance(value, dict)):
+                        rejected.add(index)
+        if skip:
+            rejected -= skip
+        return [self.rules[i].key for i in sorted(rejected)]
 
 
-def _length_rejects(params: dict) -> Callable[[str, dict], bool]:
-    low, high, measure = params["min"], params["max"], len if params["unit"] == "chars" else _words
-    return lambda text, item: (low is not None and measure(text) < low) or (high is not None and measure(text) > high)
+def _compiled_set(patterns: list[str]) -> "re2.Set":
+    compiled = re2.Set.SearchSet(_options())
+    for pattern in patterns:
+        compiled.Add(pattern)
+    compiled.Compile()
+    return compiled
 
 
-def _json_rejects(params: dict) -> Callable[[str, dict], bool]:
-    def rejects(text: str, item) -> bool:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return True
-        return params["require_object"] and not isinstance(value, dict)
-
-    return rejects
+_INVALID = object()
+_JSON_STARTS = frozenset('{["-0123456789tfn')
 
 
-def _curt_rejects(params: dict) -> Callable[[str, dict], bool]:
-    def rejects(text: str, item) -> bool:
-        return _words(text) <= params["max_words"] and _words(item.get("prompt") or "") >= params["min_prompt_words"]
-
-    return rejects
-
-
-_CHECK_BUILDERS = {"length": _length_rejects, "json": _json_rejects, "curt": _curt_rejects}
+def _parse_json(text: str):
+    """The parsed value, or _INVALID; skips json.loads when the first character rules JSON out."""
+    stripped = text.lstrip()
+    if not stripped or stripped[0] not in _JSON_STARTS:
+        return _INVALID
+    try:
+        return json.loads(stripped)
+    except ValueError:
+        return _INVALID
 
 
 def compile_rule(kind: str, params: dict, field: str = "response") -> Callable[[str], bool]:

@@ -8,13 +8,16 @@ row; the worker judges against the test judge server on 127.0.0.1.
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from django.db import connection
 
+from annotations.models import Review
 from judging.models import GateDecision, JudgeRun, Verdict
+from judging.services import gate_apply
 from tests.conftest import make_items
 from tests.services import require
 
@@ -36,12 +39,10 @@ def worker_env():
     }
 
 
-def test_a_real_worker_judges_a_whole_run_over_redis(project, judge_server, worker_env):
-    responses = [f"Answer {i}" + (" WRONG" if i % 3 == 0 else "") for i in range(30)]
-    make_items(project, responses)
-    project.judge_base_url, project.judge_model = judge_server.base_url, "test-judge"
-    project.save()
-    worker = subprocess.Popen(
+@pytest.fixture
+def worker(worker_env):
+    """A Celery worker process on this test's own queue; ``worker.log()`` stops it and returns its output."""
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -65,18 +66,33 @@ def test_a_real_worker_judges_a_whole_run_over_redis(project, judge_server, work
         stderr=subprocess.STDOUT,
         text=True,
     )
-    try:
-        command = subprocess.run(
-            [sys.executable, "manage.py", "run_judge", project.slug, "--timeout", "90"],
-            cwd=ROOT,
-            env=worker_env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        worker.terminate()
-        log = worker.communicate(timeout=30)[0]
+
+    def log() -> str:
+        if process.returncode is None:
+            process.terminate()
+        return process.communicate(timeout=30)[0]
+
+    process.log = log
+    yield process
+    if process.returncode is None:
+        process.kill()
+        process.communicate(timeout=30)
+
+
+def test_a_real_worker_judges_a_whole_run_over_redis(project, judge_server, worker_env, worker):
+    responses = [f"Answer {i}" + (" WRONG" if i % 3 == 0 else "") for i in range(30)]
+    make_items(project, responses)
+    project.judge_base_url, project.judge_model = judge_server.base_url, "test-judge"
+    project.save()
+    command = subprocess.run(
+        [sys.executable, "manage.py", "run_judge", project.slug, "--timeout", "90"],
+        cwd=ROOT,
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log = worker.log()
     assert command.returncode == 0, command.stderr + log
     run = JudgeRun.objects.get()
     assert (run.status, run.items_done, run.items_error) == ("finished", 30, 0)
@@ -87,3 +103,26 @@ def test_a_real_worker_judges_a_whole_run_over_redis(project, judge_server, work
     assert log.count("judging.tasks.start_judge_run[") >= 2 and "succeeded" in log
     assert log.count("judging.tasks.judge_chunk[") >= 8, log
     assert GateDecision.objects.filter(outcome="accept").count() == 20
+
+
+def test_saving_a_rule_regates_in_the_background_on_a_real_worker(project, worker_env, worker):
+    make_items(project, ["Switch to Dropbox.", "Plus is $4 a month."])
+    for item in project.items.all():
+        Review.objects.create(item=item, decision="accept", origin="import")
+    gate_apply(project=project)
+    save_rule = (
+        "from annotations.models import Project; from judging.models import LabelFunction; "
+        "from judging.services import label_function_save; "
+        "label_function_save(rule=LabelFunction(project=Project.objects.get(slug='support'), name='competitor', "
+        "kind='keywords', params={'keywords': ['Dropbox']}, reason='recommends a competitor'))"
+    )
+    subprocess.run([sys.executable, "manage.py", "shell", "-c", save_rule], cwd=ROOT, env=worker_env, check=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        outcomes = dict(GateDecision.objects.values_list("item__response", "outcome"))
+        if outcomes.get("Switch to Dropbox.") == "reject":
+            break
+        time.sleep(0.2)
+    log = worker.log()
+    assert outcomes == {"Switch to Dropbox.": "reject", "Plus is $4 a month.": "accept"}, log
+    assert "judging.tasks.regate_project[" in log
