@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 
-from judging.models import GateDecision, LabelFunction
+from judging.models import GateDecision, LabelFunction, LabelFunctionVersion
 from tests.conftest import make_items
 
 
@@ -70,3 +70,41 @@ def test_smes_cannot_reach_the_admin(client, sme):
     client.force_login(sme)
     response = client.get(reverse("admin:judging_labelfunction_changelist"))
     assert response.status_code == 302 and "/admin/login/" in response.url
+
+
+def test_adding_and_editing_in_the_admin_versions_the_rule_and_regates(
+    admin_client, project, django_capture_on_commit_callbacks
+):
+    make_items(project, ["Use Dropbox.", "Use Acme."])
+    with django_capture_on_commit_callbacks(execute=True):
+        add_rule(admin_client, project, kind="keywords", params='{"keywords": ["Dropbox"]}', task_types='["billing"]')
+    rule = LabelFunction.objects.get()
+    assert rule.task_types == ["billing"] and rule.version == 1
+    assert not GateDecision.objects.filter(outcome="reject").exists()  # the items have no task type
+    change = reverse("admin:judging_labelfunction_change", args=[rule.pk])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            change,
+            {
+                "versions-TOTAL_FORMS": "1",
+                "versions-INITIAL_FORMS": "1",
+                "versions-0-id": rule.versions.get().pk,
+                "versions-0-label_function": rule.pk,
+                "project": project.pk,
+                "name": "rule",
+                "kind": "keywords",
+                "field": "response",
+                "reason": "bad",
+                "active": "on",
+                "params": '{"keywords": ["Dropbox"]}',
+                "task_types": "[]",
+            },
+        )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    versions = list(
+        LabelFunctionVersion.objects.order_by("version").values_list("version", "action", "changed_by__username")
+    )
+    assert versions == [(1, "create", "root"), (2, "update", "root")]
+    assert dict(GateDecision.objects.values_list("item__response", "outcome"))["Use Dropbox."] == "reject"
+    history = admin_client.get(change).content.decode()
+    assert "update" in history and "create" in history  # the history inline on the rule's page
