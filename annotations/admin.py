@@ -1,14 +1,22 @@
 from django.contrib import admin
 
-from annotations.models import Item, Project, Review
+from annotations.models import Adjudication, Item, Membership, Project, Review, ReviewChange
+
+
+class MembershipInline(admin.TabularInline):
+    """Who may see and review the project (SME), and who also adjudicates (lead)."""
+
+    model = Membership
+    extra = 1
+    autocomplete_fields = ("user",)
 
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ("name", "slug", "judge_model", "created_at")
+    list_display = ("name", "slug", "reviews_per_item", "lease_minutes", "judge_model", "created_at")
     prepopulated_fields = {"slug": ("name",)}
-    filter_horizontal = ("members",)
     search_fields = ("name", "slug")
+    inlines = [MembershipInline]
 
 
 @admin.register(Item)
@@ -26,3 +34,22 @@ class ReviewAdmin(admin.ModelAdmin):
     list_filter = ("decision", "origin", "item__project")
     raw_id_fields = ("item",)
     list_select_related = ("item__project", "reviewer")
+
+
+@admin.register(ReviewChange)
+class ReviewChangeAdmin(admin.ModelAdmin):
+    list_display = ("item", "reviewer", "action", "changed_at")
+    list_filter = ("action", "item__project")
+    raw_id_fields = ("item",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Adjudication)
+class AdjudicationAdmin(admin.ModelAdmin):
+    list_display = ("item", "decision", "reason", "decided_by", "decided_at")
+    raw_id_fields = ("item",)

@@ -1,8 +1,16 @@
 """Projects, items and SME reviews: the ground-truth side of the pipeline."""
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+
+DEFAULT_REJECT_REASONS = ["inaccurate", "incomplete", "policy", "tone"]
+
+
+def default_reject_reasons() -> list[str]:
+    return list(DEFAULT_REJECT_REASONS)
 
 
 class Decision(models.TextChoices):
@@ -22,7 +30,18 @@ class Project(models.Model):
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=200)
     guidelines = models.TextField(blank=True, help_text="What an accurate and complete response means here.")
-    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="projects")
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="projects", through="Membership"
+    )
+    reviews_per_item = models.PositiveSmallIntegerField(
+        default=1, help_text="How many distinct SMEs review each queued item."
+    )
+    lease_minutes = models.PositiveSmallIntegerField(
+        default=10, help_text="An item handed to an SME returns to the queue after this long without a decision."
+    )
+    reject_reasons = models.JSONField(
+        default=default_reject_reasons, help_text='Reasons SMEs pick from when rejecting, e.g. ["inaccurate", "tone"].'
+    )
     judge_base_url = models.URLField(blank=True, help_text="OpenAI-compatible base URL, e.g. http://vllm:8000/v1")
     judge_model = models.CharField(max_length=200, blank=True)
     judge_api_key = models.CharField(max_length=200, blank=True)
@@ -41,7 +60,35 @@ class Project(models.Model):
         """Staff see every project; others only those they are members of."""
         if not user.is_authenticated:
             return False
-        return user.is_staff or self.members.filter(pk=user.pk).exists()
+        return user.is_staff or self.memberships.filter(user=user).exists()
+
+    def is_lead(self, user) -> bool:
+        """Leads (and staff) adjudicate disagreements."""
+        if not user.is_authenticated:
+            return False
+        return user.is_staff or self.memberships.filter(user=user, role=Membership.Role.LEAD).exists()
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(minutes=self.lease_minutes)
+
+
+class Membership(models.Model):
+    """A user's place in a project: an SME reviews; a lead also adjudicates."""
+
+    class Role(models.TextChoices):
+        SME = "sme", "SME"
+        LEAD = "lead", "Project lead"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=4, choices=Role.choices, default=Role.SME)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="membership_once")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project} ({self.role})"
 
 
 class Item(models.Model):
@@ -87,8 +134,12 @@ class Review(models.Model):
     )
     decision = models.CharField(max_length=6, choices=Decision.choices)
     reason = models.CharField(max_length=200, blank=True)
+    comment = models.TextField(blank=True)
+    corrected_response = models.TextField(blank=True, help_text="The SME's better answer, for exports that use it.")
     origin = models.CharField(max_length=6, choices=Origin.choices, default=Origin.UI)
+    seconds_spent = models.FloatField(null=True, blank=True, help_text="From hand-out to decision.")
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["id"]
@@ -101,3 +152,89 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} {self.item}"
+
+    def snapshot(self) -> dict:
+        return {
+            "decision": self.decision,
+            "reason": self.reason,
+            "comment": self.comment,
+            "corrected_response": self.corrected_response,
+        }
+
+
+class ReviewChange(models.Model):
+    """History of SME decisions: who changed which item's review, when, from what to what."""
+
+    class Action(models.TextChoices):
+        CREATE = "create"
+        EDIT = "edit"
+        UNDO = "undo"
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="review_changes")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=6, choices=Action.choices)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    changed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.item_id} by {self.reviewer_id}"
+
+
+class Slot(models.Model):
+    """One review wanted of a queued item; a project asking k reviews per item has k slots per item.
+
+    A slot is free (no reviewer, or an expired lease), leased to one SME until
+    ``leased_until``, or done. The queue hands out free slots with
+    ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent SMEs never get the
+    same slot; an SME never holds two slots of one item.
+    """
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="slots")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    priority = models.FloatField(default=0)
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    leased_at = models.DateTimeField(null=True, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    done = models.BooleanField(default=False)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["project", "-priority", "id"], condition=models.Q(done=False), name="slot_open_in_order"
+            ),
+            models.Index(fields=["reviewer", "done"], name="slot_by_reviewer"),
+        ]
+
+    def __str__(self) -> str:
+        return f"slot {self.pk} of item {self.item_id}"
+
+
+class Skip(models.Model):
+    """An SME passed on an item: it goes back to the queue for others, never to them again."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="+")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["item", "reviewer"], name="skip_once")]
+
+    def __str__(self) -> str:
+        return f"{self.reviewer_id} skipped {self.item_id}"
+
+
+class Adjudication(models.Model):
+    """A project lead's decision on an item the SMEs disagreed on; it is the item's ground truth."""
+
+    item = models.OneToOneField(Item, on_delete=models.CASCADE, related_name="adjudication")
+    decision = models.CharField(max_length=6, choices=Decision.choices)
+    reason = models.CharField(max_length=200, blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    decided_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.decision} {self.item_id} (adjudicated)"

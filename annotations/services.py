@@ -1,12 +1,15 @@
-"""Writes for the annotations app: sampling into the SME queue and reviews."""
+"""Writes for the annotations app: sampling into the SME queue, reviews and their history, adjudication."""
 
 import random
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
 
-from annotations.models import Decision, Item, Project, Review
+from annotations.models import Adjudication, Decision, Item, Project, Review, ReviewChange, Slot
+from annotations.queue import queue_add, slots_sync
 
-REJECT_REASONS = ("inaccurate", "incomplete", "policy", "tone", "other")
+MAX_TEXT = 100_000
 
 
 class ReviewError(ValueError):
@@ -34,30 +37,111 @@ def sample_for_review(*, project: Project, n: int | None = None, fraction: float
     already = project.items.filter(in_sme_queue=True).count()
     candidates = list(project.items.filter(in_sme_queue=False).order_by("id").values_list("id", flat=True))
     chosen = random.Random(seed).sample(candidates, min(max(n - already, 0), len(candidates)))
-    with transaction.atomic():
-        for start in range(0, len(chosen), 5000):
-            Item.objects.filter(id__in=chosen[start : start + 5000]).update(in_sme_queue=True)
-    return len(chosen)
+    return queue_add(project=project, item_ids=chosen)
 
 
-def review_submit(*, item: Item, reviewer, decision: str, reason: str = "") -> Review:
-    """Store one SME's decision on an item.
-
-    ``decision`` is ``"accept"`` or ``"reject"``; a reject needs a reason, an
-    accept stores none (the review form always posts the select's reason).
-    Raises ReviewError for a bad decision, a missing reason, or a second review
-    of the same item by the same SME.
-    """
+def _clean_decision(project: Project, decision: str, reason: str) -> str:
+    """The reason to store; raises ReviewError for a bad decision or reject reason."""
     if decision not in Decision.values:
         raise ReviewError(f"decision must be accept or reject, got {decision!r}")
-    reason = reason.strip() if decision == Decision.REJECT else ""
-    if decision == Decision.REJECT and not reason:
+    if decision == Decision.ACCEPT:
+        return ""  # the form always posts the select's reason
+    reason = reason.strip()
+    if not reason:
         raise ReviewError("a reject needs a reason")
+    if project.reject_reasons and reason not in project.reject_reasons:
+        raise ReviewError(f"reason must be one of {', '.join(project.reject_reasons)}, got {reason!r}")
+    return reason
+
+
+def review_submit(
+    *, item: Item, reviewer, decision: str, reason: str = "", comment: str = "", corrected_response: str = ""
+) -> Review:
+    """Store one SME's decision on an item they hold (or one nobody else holds) and close its slot.
+
+    ``decision`` is ``"accept"`` or ``"reject"``; a reject needs a reason from
+    the project's list. The time from hand-out to decision is recorded.
+    Raises ReviewError for a bad decision, an item outside the SME queue, an
+    item whose lease went to another SME, or a second review by the same SME.
+    """
+    reason = _clean_decision(item.project, decision, reason)
+    now = timezone.now()
     try:
         with transaction.atomic():
-            return Review.objects.create(item=item, reviewer=reviewer, decision=decision, reason=reason[:200])
+            slot = Slot.objects.select_for_update().filter(item=item, reviewer=reviewer, done=False).first()
+            if slot is None:
+                free = Q(reviewer__isnull=True) | Q(leased_until__lte=now)
+                slot = Slot.objects.select_for_update().filter(item=item, done=False).filter(free).first()
+            if slot is None:
+                if not Slot.objects.filter(item=item).exists():
+                    raise ReviewError(f"item {item.external_id} is not in the SME queue")
+                raise ReviewError(
+                    f"item {item.external_id} is no longer yours: your lease expired and another SME has it"
+                )
+            review = Review.objects.create(
+                item=item,
+                reviewer=reviewer,
+                decision=decision,
+                reason=reason[:200],
+                comment=comment.strip()[:MAX_TEXT],
+                corrected_response=corrected_response.strip()[:MAX_TEXT],
+                seconds_spent=(now - slot.leased_at).total_seconds() if slot.leased_at else None,
+            )
+            Slot.objects.filter(pk=slot.pk).update(done=True, reviewer=reviewer, leased_until=None)
+            ReviewChange.objects.create(
+                item=item, reviewer=reviewer, action=ReviewChange.Action.CREATE, after=review.snapshot()
+            )
+            return review
     except IntegrityError:
         raise ReviewError(f"{reviewer} has already reviewed item {item.external_id}") from None
+
+
+def review_undo(*, review: Review, reviewer) -> Item:
+    """Take back a decision: the review goes (kept in history) and the item is leased back to the SME."""
+    if review.reviewer_id != reviewer.pk:
+        raise ReviewError("only the SME who made a decision can undo it")
+    item, now = review.item, timezone.now()
+    with transaction.atomic():
+        ReviewChange.objects.create(
+            item=item, reviewer=reviewer, action=ReviewChange.Action.UNDO, before=review.snapshot()
+        )
+        review.delete()
+        Slot.objects.filter(item=item, reviewer=reviewer, done=True).update(
+            done=False, leased_at=now, leased_until=now + item.project.lease
+        )
+    return item
+
+
+def review_edit(
+    *, review: Review, reviewer, decision: str, reason: str = "", comment: str = "", corrected_response: str = ""
+) -> Review:
+    """Change a past decision (the SME's own); the change is kept in history. Raises ReviewError."""
+    if review.reviewer_id != reviewer.pk:
+        raise ReviewError("only the SME who made a decision can edit it")
+    reason = _clean_decision(review.item.project, decision, reason)
+    before = review.snapshot()
+    review.decision, review.reason = decision, reason[:200]
+    review.comment, review.corrected_response = comment.strip()[:MAX_TEXT], corrected_response.strip()[:MAX_TEXT]
+    if review.snapshot() == before:
+        return review
+    with transaction.atomic():
+        review.save()
+        ReviewChange.objects.create(
+            item=review.item, reviewer=reviewer, action=ReviewChange.Action.EDIT, before=before, after=review.snapshot()
+        )
+    return review
+
+
+def adjudicate(*, item: Item, lead, decision: str, reason: str = "") -> Adjudication:
+    """A project lead's decision on an item; it becomes the item's ground truth. Raises ReviewError."""
+    if not item.project.is_lead(lead):
+        raise ReviewError("only a project lead or staff can adjudicate")
+    if decision not in Decision.values:
+        raise ReviewError(f"decision must be accept or reject, got {decision!r}")
+    adjudication, _ = Adjudication.objects.update_or_create(
+        item=item, defaults={"decision": decision, "reason": reason.strip()[:200], "decided_by": lead}
+    )
+    return adjudication
 
 
 def prior_labels_import(*, project: Project, labels: dict[str, str]) -> int:
@@ -81,4 +165,5 @@ def prior_labels_import(*, project: Project, labels: dict[str, str]) -> int:
                 [Review(item_id=pk, decision=labels[ext], origin=Review.Origin.IMPORT) for ext, pk in ids],
                 ignore_conflicts=True,
             )
+        slots_sync(project=project)
     return imported.count() - before

@@ -8,5 +8,11 @@ urlpatterns = [
     path("", views.project_list, name="project_list"),
     path("projects/<slug:slug>/review/", views.review, name="review"),
     path("projects/<slug:slug>/review/<int:item_id>/", views.review_decide, name="review_decide"),
+    path("projects/<slug:slug>/review/<int:item_id>/skip/", views.review_skip, name="review_skip"),
+    path("projects/<slug:slug>/review/undo/", views.review_undo_last, name="review_undo"),
+    path("projects/<slug:slug>/my-reviews/", views.my_reviews, name="my_reviews"),
+    path("projects/<slug:slug>/my-reviews/<int:review_id>/", views.review_change, name="review_change"),
+    path("projects/<slug:slug>/agreement/", views.agreement, name="agreement"),
+    path("projects/<slug:slug>/adjudication/", views.adjudication, name="adjudication"),
     path("api/projects/<slug:slug>/import/", api.ImportItemsApi.as_view(), name="api_import"),
 ]

@@ -1,13 +1,17 @@
-"""SME-facing pages: the project list and the review screen (htmx)."""
+"""SME-facing pages: project list, review screen (htmx), my reviews, agreement, adjudication."""
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from annotations.models import Item, Project
-from annotations.selectors import next_item_for_review, projects_for, queue_progress
-from annotations.services import REJECT_REASONS, ReviewError, review_submit
+from annotations import queue
+from annotations.models import Item, Project, Review
+from annotations.selectors import agreement_report, disagreements, projects_for
+from annotations.services import ReviewError, adjudicate, review_edit, review_submit, review_undo
+
+LAST_REVIEW = "larry_last_review"
 
 
 def get_project_for_user(request: HttpRequest, slug: str) -> Project:
@@ -23,41 +27,150 @@ def project_list(request: HttpRequest) -> HttpResponse:
     return render(request, "annotations/project_list.html", {"projects": projects_for(request.user)})
 
 
-def _review_context(project: Project, user, error: str = "") -> dict:
-    return {
+def _card(request: HttpRequest, project: Project, error: str = "", status: int = 200) -> HttpResponse:
+    """The review card with the SME's next item: the partial for htmx, else the whole page."""
+    context = {
         "project": project,
-        "item": next_item_for_review(project=project, reviewer=user),
-        "progress": queue_progress(project=project),
-        "reasons": REJECT_REASONS,
+        "item": queue.next_item(project=project, reviewer=request.user),
+        "progress": queue.progress(project=project, reviewer=request.user),
+        "reasons": project.reject_reasons,
+        "can_undo": LAST_REVIEW in request.session,
         "error": error,
     }
+    if request.htmx:
+        # htmx swaps only 2xx answers; the card shows the error itself.
+        return render(request, "annotations/review.html#card", context)
+    return render(request, "annotations/review.html", context, status=status)
 
 
 @login_required
 def review(request: HttpRequest, slug: str) -> HttpResponse:
-    """The review screen: the next queued item, blind to the judge and the rules."""
-    project = get_project_for_user(request, slug)
-    return render(request, "annotations/review.html", _review_context(project, request.user))
+    """The review screen: the SME's next item, blind to the judge and the rules."""
+    return _card(request, get_project_for_user(request, slug))
 
 
 @login_required
 @require_POST
 def review_decide(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
-    """Store an accept/reject and answer with the next item (the card partial for htmx)."""
+    """Store an accept/reject and answer with the next item."""
     project = get_project_for_user(request, slug)
     item = get_object_or_404(Item, pk=item_id, project=project)
-    error = ""
     try:
-        review_submit(
+        stored = review_submit(
             item=item,
             reviewer=request.user,
             decision=request.POST.get("decision", ""),
             reason=request.POST.get("reason", ""),
+            comment=request.POST.get("comment", ""),
+            corrected_response=request.POST.get("corrected_response", ""),
         )
     except ReviewError as exc:
-        error = str(exc)
-    context = _review_context(project, request.user, error)
-    if request.htmx:
-        # htmx swaps only 2xx answers; the card shows the error itself.
-        return render(request, "annotations/review.html#card", context)
-    return render(request, "annotations/review.html", context, status=400 if error else 200)
+        return _card(request, project, str(exc), status=400)
+    request.session[LAST_REVIEW] = stored.pk
+    return _card(request, project)
+
+
+@login_required
+@require_POST
+def review_skip(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
+    """Pass on the item: it goes back to the queue for others."""
+    project = get_project_for_user(request, slug)
+    queue.skip(item=get_object_or_404(Item, pk=item_id, project=project), reviewer=request.user)
+    return _card(request, project)
+
+
+@login_required
+@require_POST
+def review_undo_last(request: HttpRequest, slug: str) -> HttpResponse:
+    """Undo this session's last decision: the item comes back to the SME."""
+    project = get_project_for_user(request, slug)
+    review_id = request.session.pop(LAST_REVIEW, None)
+    stored = Review.objects.filter(pk=review_id, reviewer=request.user, item__project=project).first()
+    if stored is None:
+        return _card(request, project, "nothing to undo", status=400)
+    review_undo(review=stored, reviewer=request.user)
+    return _card(request, project)
+
+
+@login_required
+def my_reviews(request: HttpRequest, slug: str) -> HttpResponse:
+    """The SME's own decisions in the project, newest first, each editable."""
+    project = get_project_for_user(request, slug)
+    reviews = Review.objects.filter(item__project=project, reviewer=request.user).select_related("item")
+    return render(
+        request, "annotations/my_reviews.html", {"project": project, "reviews": reviews.order_by("-updated_at")[:500]}
+    )
+
+
+@login_required
+def review_change(request: HttpRequest, slug: str, review_id: int) -> HttpResponse:
+    """Edit one of the SME's past decisions; every change is kept in history."""
+    project = get_project_for_user(request, slug)
+    stored = get_object_or_404(Review, pk=review_id, item__project=project, reviewer=request.user)
+    error = ""
+    if request.method == "POST":
+        try:
+            review_edit(
+                review=stored,
+                reviewer=request.user,
+                decision=request.POST.get("decision", ""),
+                reason=request.POST.get("reason", ""),
+                comment=request.POST.get("comment", ""),
+                corrected_response=request.POST.get("corrected_response", ""),
+            )
+            return redirect("annotations:my_reviews", slug=project.slug)
+        except ReviewError as exc:
+            error = str(exc)
+    context = {
+        "project": project,
+        "review": stored,
+        "item": stored.item,
+        "reasons": project.reject_reasons,
+        "error": error,
+    }
+    return render(request, "annotations/review_change.html", context, status=400 if error else 200)
+
+
+@login_required
+def agreement(request: HttpRequest, slug: str) -> HttpResponse:
+    """Inter-SME agreement: Cohen's kappa, Krippendorff's alpha, each SME against the consensus."""
+    project = get_project_for_user(request, slug)
+    report = agreement_report(project)
+    for row in report["per_sme"]:
+        row["bar"] = round((row["agreement"] or 0) * 240)
+    context = {
+        "project": project,
+        "report": report,
+        "chart_height": 20 + 28 * len(report["per_sme"]),
+        "is_lead": project.is_lead(request.user),
+    }
+    return render(request, "annotations/agreement.html", context)
+
+
+@login_required
+def adjudication(request: HttpRequest, slug: str) -> HttpResponse:
+    """Leads decide items the SMEs disagreed on; the decision becomes the ground truth."""
+    project = get_project_for_user(request, slug)
+    if not project.is_lead(request.user):
+        raise PermissionDenied("Only project leads adjudicate.")
+    error = ""
+    if request.method == "POST":
+        item = get_object_or_404(Item, pk=request.POST.get("item"), project=project)
+        try:
+            adjudicate(
+                item=item,
+                lead=request.user,
+                decision=request.POST.get("decision", ""),
+                reason=request.POST.get("reason", ""),
+            )
+            return redirect("annotations:adjudication", slug=project.slug)
+        except ReviewError as exc:
+            error = str(exc)
+    items = list(disagreements(project)[:50])
+    reviews = Review.objects.filter(item__in=items).select_related("reviewer").order_by("item_id", "id")
+    by_item: dict[int, list[Review]] = {}
+    for r in reviews:
+        by_item.setdefault(r.item_id, []).append(r)
+    rows = [(item, by_item.get(item.pk, [])) for item in items]
+    context = {"project": project, "rows": rows, "error": error, "reasons": project.reject_reasons}
+    return render(request, "annotations/adjudication.html", context, status=400 if error else 200)

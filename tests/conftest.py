@@ -56,3 +56,10 @@ def start_run(django_capture_on_commit_callbacks):
         return run
 
     return start
+
+
+def queue_all(project: Project) -> None:
+    """Put every item of the project into the SME queue (with its review slots)."""
+    from annotations.queue import queue_add
+
+    queue_add(project=project, item_ids=list(project.items.values_list("id", flat=True)))

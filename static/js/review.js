@@ -1,35 +1,67 @@
-// Keyboard shortcuts for the review screen: a = accept, r = reject with the chosen reason.
-// Keys typed into a form field are left alone.
+// Keyboard-first review: a accept, r reject, 1-9 reason, s skip, u undo, c comment, ? keys, Esc leaves a text box.
 (function () {
   function typing(target) {
-    return target && target.closest && target.closest("input, textarea, [contenteditable]");
+    return target && target.closest && target.closest("input[type=text], textarea, [contenteditable]");
+  }
+  function card() { return document.getElementById("review-card"); }
+  function press(selector) {
+    var root = card();
+    var button = root && root.querySelector(selector);
+    if (!button || button.disabled) return false;
+    // A card swapped in a moment ago may not be wired to htmx yet; without this a
+    // fast key would submit the form as a full page load.
+    if (window.htmx) window.htmx.process(root);
+    button.click();
+    return true;
   }
   document.addEventListener("keydown", function (event) {
-    if (event.repeat || event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
-    var card = document.getElementById("review-card");
-    if (!card) return;
-    var value = { a: "accept", r: "reject" }[event.key];
-    if (!value) return;
-    var button = card.querySelector('button[name="decision"][value="' + value + '"]');
-    if (button && !button.disabled) {
-      event.preventDefault();
-      // A card swapped in a moment ago may not be wired to htmx yet; without this a
-      // fast key would submit the form as a full page load.
-      if (window.htmx) window.htmx.process(card);
-      button.click();
+    if (event.key === "Escape" && typing(event.target)) {
+      event.target.blur();
+      if (card()) card().focus();
+      return;
     }
+    if (event.repeat || event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
+    var keys = document.getElementById("keys");
+    if (event.key === "?") {
+      event.preventDefault();
+      if (keys.open) keys.close(); else keys.showModal();
+      return;
+    }
+    if (keys && keys.open) return;
+    var root = card();
+    if (!root) return;
+    var done = false;
+    if (event.key === "a") done = press('button[name="decision"][value="accept"]');
+    else if (event.key === "r") done = press('button[name="decision"][value="reject"]');
+    else if (event.key === "s") done = press('button[data-key="s"]');
+    else if (event.key === "u") done = press('button[data-key="u"]');
+    else if (event.key === "c") {
+      var comment = root.querySelector('textarea[name="comment"]');
+      if (comment) { comment.focus(); done = true; }
+    } else if (/^[1-9]$/.test(event.key)) {
+      var radio = root.querySelectorAll('input[name="reason"]')[Number(event.key) - 1];
+      if (radio) { radio.checked = true; done = true; }
+    }
+    if (done) event.preventDefault();
   });
-  // Leave a picked reason so that the next key goes to the page, not the select.
+  document.getElementById("show-keys").addEventListener("click", function () {
+    document.getElementById("keys").showModal();
+  });
+  // A picked reason leaves its radio button, so the next key goes to the page.
   document.addEventListener("change", function (event) {
-    if (event.target.matches && event.target.matches("#review-card select")) event.target.blur();
+    if (event.target.matches && event.target.matches('#review-card input[type="radio"]')) event.target.blur();
   });
+  // After a swap, keys go to the new card, not to a text box of the old one.
+  document.addEventListener("htmx:afterSwap", function () { if (card()) card().focus({ preventScroll: true }); });
   // Guard against double submits while a decision is in flight.
   document.addEventListener("htmx:beforeRequest", function (event) {
-    event.target.querySelectorAll && event.target.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+    if (event.target.closest && event.target.closest("#review-card")) {
+      card().querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+    }
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (!event.detail.successful && card()) {
+      card().querySelectorAll("button").forEach(function (b) { b.disabled = false; });
+    }
   });
 })();
-document.addEventListener("htmx:afterRequest", function (event) {
-  if (!event.detail.successful && event.target.querySelectorAll) {
-    event.target.querySelectorAll("button").forEach(function (b) { b.disabled = false; });
-  }
-});

@@ -11,8 +11,8 @@ import pytest
 from django.urls import reverse
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from annotations.models import Item, Review
-from tests.conftest import make_items
+from annotations.models import Review, ReviewChange
+from tests.conftest import make_items, queue_all
 from tests.services import require
 
 # Playwright's sync API runs an event loop in this thread; without this Django
@@ -85,56 +85,67 @@ def expect_same_document(page: Page) -> None:
 
 
 def test_an_sme_reviews_with_the_keyboard_without_full_page_loads(live_server, page, project, sme):
-    """``a``/``r`` decide the shown item in place; the reviews land in the database as given.
+    """Keys alone decide, pick reasons, skip and undo, in place; the database ends as the SME meant.
 
-    Three items go by keyboard alone (accept, reject with the default reason,
-    accept); on the fourth the SME picks "tone" in the select first, which must
-    not swallow the following ``r``.
+    Items r0..r4: ``a`` accepts r0; ``2`` ``r`` rejects r1 as "incomplete";
+    ``s`` skips r2; ``a`` accepts r3; ``u`` undoes that and r3 comes back;
+    ``4`` ``r`` rejects it as "tone"; a comment typed after ``c`` keeps its
+    letters (``a`` in the text box does not accept), Esc leaves the box, and
+    ``a`` accepts r4. No key causes a full page load.
     """
     require("chromium")
-    responses = ["Refunds take 5 days.", "Shipping is free.", "Call us anytime.", "We never close."]
+    responses = ["Refunds take 5 days.", "Shipping is free.", "Call us anytime.", "We never close.", "Use the app."]
     make_items(project, responses)
-    Item.objects.filter(project=project).update(in_sme_queue=True)
+    queue_all(project)
 
     log_in(page, live_server, "sme", "sme-pass-123")
     page.goto(review_url(live_server))
+    card = page.locator("#review-card")
     expect_card_ready(page, responses[0])
-    expect(page.locator("#review-card")).to_contain_text("0 of 4 queued items reviewed")
+    expect(card).to_contain_text("0 of 5 reviews done")
     page.evaluate("window.__marker = 1")
 
-    for i, key in enumerate(["a", "r", "a"]):
-        page.keyboard.press(key)
-        expect_card_ready(page, responses[i + 1])
-        expect(page.locator("#review-card")).to_contain_text(f"{i + 1} of 4 queued items reviewed")
+    def keys(*presses, then):
+        for key in presses:
+            page.keyboard.press(key)
+        expect_card_ready(page, then)
         expect_same_document(page)
 
-    select = page.locator("#review-card select[name=reason]")
-    select.focus()
-    select.select_option("tone")
-    # review.js blurs the select on change so that the next key reaches the page.
-    assert page.evaluate("document.activeElement === document.body")
-    page.keyboard.press("r")
-    expect(page.locator("#review-card .done")).to_have_text("Nothing left to review in this project. Thank you!")
-    expect(page.locator("#review-card")).to_contain_text("4 of 4 queued items reviewed")
+    keys("a", then=responses[1])
+    keys("2", "r", then=responses[2])
+    keys("s", then=responses[3])
+    keys("a", then=responses[4])
+    keys("u", then=responses[3])
+    expect(card).to_contain_text("2 of 5 reviews done")
+    keys("4", "r", then=responses[4])
+    page.keyboard.press("c")
+    page.keyboard.type("a fine answer")
+    page.keyboard.press("Escape")
+    page.keyboard.press("a")
+    expect(card.locator(".done")).to_contain_text("Nothing left for you to review")
     expect_same_document(page)
 
+    page.keyboard.press("?")
+    expect(page.locator("dialog#keys")).to_be_visible()
+    page.keyboard.press("Escape")
+
     reviews = Review.objects.filter(item__project=project).order_by("item__external_id")
-    assert [(r.item.external_id, r.decision, r.reason) for r in reviews] == [
-        ("r0", "accept", ""),
-        ("r1", "reject", "inaccurate"),
-        ("r2", "accept", ""),
-        ("r3", "reject", "tone"),
+    assert [(r.item.external_id, r.decision, r.reason, r.comment) for r in reviews] == [
+        ("r0", "accept", "", ""),
+        ("r1", "reject", "incomplete", ""),
+        ("r3", "reject", "tone", ""),
+        ("r4", "accept", "", "a fine answer"),
     ]
-    assert {r.reviewer_id for r in reviews} == {sme.pk}
-    assert {r.origin for r in reviews} == {Review.Origin.UI}
+    assert {r.reviewer_id for r in reviews} == {sme.pk} and {r.origin for r in reviews} == {Review.Origin.UI}
+    assert list(ReviewChange.objects.filter(action="undo").values_list("item__external_id", flat=True)) == ["r3"]
 
 
 def test_a_response_with_an_xss_payload_is_shown_not_run(live_server, page, project):
-    """Markup in the prompt and response is escaped: shown as text, never run or rendered."""
+    """Markup in the prompt and response is escaped: shown as text, never run; Markdown still renders."""
     require("chromium")
-    payload = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
-    make_items(project, [payload], prompt="<b>bold?</b>")
-    Item.objects.filter(project=project).update(in_sme_queue=True)
+    payload = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2"> [link](javascript:window.__xss=3)'
+    make_items(project, [payload + "\n\n- **bold** item"], prompt="<b>bold?</b>")
+    queue_all(project)
     dialogs = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
 
@@ -142,12 +153,28 @@ def test_a_response_with_an_xss_payload_is_shown_not_run(live_server, page, proj
     page.goto(review_url(live_server))
 
     card = page.locator("#review-card")
-    expect(card.locator(".response")).to_have_text(payload)
-    expect(page.locator("body")).to_contain_text("<script>window.__xss=1</script>")
+    expect(card.locator(".response")).to_contain_text("<script>window.__xss=1</script>")
+    expect(card.locator(".response li strong")).to_have_text("bold")
     expect(card).to_contain_text("<b>bold?</b>")
-    expect(card.locator("script, img, b")).to_have_count(0)
+    expect(card.locator(".fields script, .fields img, .fields b, .fields a[href^=javascript]")).to_have_count(0)
+    card.locator(".response").click()
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert dialogs == []
+
+
+def test_long_rtl_and_emoji_text_display(live_server, page, project):
+    """A 100 KB response, right-to-left text and emoji are shown whole and readable."""
+    require("chromium")
+    long_text = "word " * 20_000 + "THE END"
+    make_items(project, [long_text, "مرحبا بكم في الدعم 😊👍"])
+    queue_all(project)
+    log_in(page, live_server, "sme", "sme-pass-123")
+    page.goto(review_url(live_server))
+    expect(page.locator("#review-card .response")).to_contain_text("THE END")
+    page.keyboard.press("a")
+    response = page.locator("#review-card .response")
+    expect(response).to_have_text("مرحبا بكم في الدعم 😊👍")
+    assert response.evaluate("el => getComputedStyle(el.querySelector('p')).direction") == "rtl"
 
 
 def test_an_outsider_gets_a_404_on_the_review_page(live_server, page, project, outsider):

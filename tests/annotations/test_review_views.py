@@ -1,91 +1,166 @@
-"""The review screen: access, htmx partials, storing decisions, escaping."""
+"""The review screen and its sibling pages: access, htmx partials, decisions, undo, edit, agreement, adjudication."""
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.urls import reverse
 
-from annotations.models import Review
-from tests.conftest import make_items
+from annotations.models import Adjudication, Membership, Review
+from annotations.selectors import ground_truth
+from tests.conftest import make_items, queue_all
 
 
 @pytest.fixture
 def queue(project):
     items = make_items(project, ["first answer", "second answer", "third answer"])
-    project.items.update(in_sme_queue=True)
+    queue_all(project)
     return items
 
 
-def review_url(project):
-    return reverse("annotations:review", args=[project.slug])
+def url(name, project, *args):
+    return reverse(f"annotations:{name}", args=[project.slug, *args])
+
+
+def htmx_post(client, path, data=None):
+    return client.post(path, data or {}, HTTP_HX_REQUEST="true")
 
 
 def test_login_is_required(client, project):
-    response = client.get(review_url(project))
+    response = client.get(url("review", project))
     assert response.status_code == 302 and response.url.startswith("/login/")
 
 
-def test_an_outsider_gets_404(client, outsider, project):
+@pytest.mark.parametrize("page", ["review", "my_reviews", "agreement", "adjudication"])
+def test_an_outsider_gets_404_everywhere(client, outsider, project, page):
     client.force_login(outsider)
-    assert client.get(review_url(project)).status_code == 404
-    assert client.get(reverse("judging:project_detail", args=[project.slug])).status_code == 404
+    assert client.get(url(page, project)).status_code == 404
+
+
+def test_an_sme_sees_only_their_projects(client, sme, project):
+    from annotations.models import Project
+
+    Project.objects.create(slug="other", name="Other project")
+    client.force_login(sme)
+    page = client.get(reverse("annotations:project_list")).content.decode()
+    assert "Support copilot" in page and "Other project" not in page
 
 
 def test_staff_see_every_project(client, staff, project):
     client.force_login(staff)
-    assert client.get(review_url(project)).status_code == 200
+    assert client.get(url("review", project)).status_code == 200
 
 
 def test_the_page_shows_the_first_queued_item_blind_to_the_judge(client, sme, project, queue):
     client.force_login(sme)
-    page = client.get(review_url(project)).content.decode()
+    page = client.get(url("review", project)).content.decode()
     assert "first answer" in page and "second answer" not in page
     assert "verdict" not in page.lower() and "rationale" not in page.lower()
+    assert "Be exact about prices." in page  # the guidelines, one click away
+    for reason in ("inaccurate", "incomplete", "policy", "tone"):
+        assert f'value="{reason}"' in page
 
 
 def test_an_htmx_decision_returns_only_the_card_with_the_next_item(client, sme, project, queue):
     client.force_login(sme)
-    url = reverse("annotations:review_decide", args=[project.slug, queue[0].pk])
-    response = client.post(url, {"decision": "reject", "reason": "inaccurate"}, HTTP_HX_REQUEST="true")
+    client.get(url("review", project))
+    response = htmx_post(
+        client,
+        url("review_decide", project, queue[0].pk),
+        {"decision": "reject", "reason": "tone", "comment": "curt", "corrected_response": "A kinder answer."},
+    )
     body = response.content.decode()
     assert response.status_code == 200
     assert body.lstrip().startswith('<section id="review-card"') and "<html" not in body
-    assert "second answer" in body and "1 of 3" in body
+    assert "second answer" in body and "1 of 3 reviews done" in body
     review = Review.objects.get()
-    assert (review.item, review.reviewer, review.decision, review.reason) == (queue[0], sme, "reject", "inaccurate")
+    assert (review.item, review.reviewer, review.decision, review.reason) == (queue[0], sme, "reject", "tone")
+    assert (review.comment, review.corrected_response) == ("curt", "A kinder answer.")
+    assert review.seconds_spent is not None
 
 
-def test_a_second_decision_on_the_same_item_is_refused(client, sme, project, queue):
+def test_skip_and_undo_through_the_views(client, sme, project, queue):
     client.force_login(sme)
-    url = reverse("annotations:review_decide", args=[project.slug, queue[0].pk])
-    client.post(url, {"decision": "accept"})
-    response = client.post(url, {"decision": "reject", "reason": "tone"})
-    assert response.status_code == 400 and "already reviewed" in response.content.decode()
-    assert Review.objects.get().decision == "accept"
+    client.get(url("review", project))
+    body = htmx_post(client, url("review_skip", project, queue[0].pk)).content.decode()
+    assert "second answer" in body
+    htmx_post(client, url("review_decide", project, queue[1].pk), {"decision": "accept"})
+    body = htmx_post(client, url("review_undo", project)).content.decode()
+    assert "second answer" in body and not Review.objects.exists()
+    body = htmx_post(client, url("review_undo", project)).content.decode()
+    assert "nothing to undo" in body
 
 
-def test_a_bad_decision_is_refused(client, sme, project, queue):
+def test_a_bad_decision_is_refused_and_nothing_is_stored(client, sme, project, queue):
     client.force_login(sme)
-    url = reverse("annotations:review_decide", args=[project.slug, queue[0].pk])
-    assert client.post(url, {"decision": "maybe"}).status_code == 400
-    assert client.post(url, {"decision": "reject", "reason": " "}).status_code == 400
+    path = url("review_decide", project, queue[0].pk)
+    assert client.post(path, {"decision": "maybe"}).status_code == 400
+    assert client.post(path, {"decision": "reject", "reason": "vibes"}).status_code == 400
     assert not Review.objects.exists()
 
 
 def test_an_outsider_cannot_post_a_decision(client, outsider, project, queue):
     client.force_login(outsider)
-    url = reverse("annotations:review_decide", args=[project.slug, queue[0].pk])
-    assert client.post(url, {"decision": "accept"}).status_code == 404
+    assert client.post(url("review_decide", project, queue[0].pk), {"decision": "accept"}).status_code == 404
     assert not Review.objects.exists()
 
 
-def test_untrusted_text_is_escaped(client, sme, project):
-    make_items(project, ['<script>alert(1)</script><img src=x onerror="alert(2)">'])
-    project.items.update(in_sme_queue=True)
+def test_untrusted_text_is_rendered_as_safe_markdown(client, sme, project):
+    make_items(project, ['**bold** <script>alert(1)</script><img src=x onerror="alert(2)"> [x](javascript:alert(3))'])
+    queue_all(project)
     client.force_login(sme)
-    page = client.get(review_url(project)).content.decode()
-    assert "<script>alert(1)</script>" not in page and "<img src=x" not in page
+    page = client.get(url("review", project)).content.decode()
+    assert "<strong>bold</strong>" in page
+    assert "<script>alert(1)" not in page and "<img src=x" not in page and 'href="javascript:' not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
 def test_when_the_queue_is_empty_the_page_says_so(client, sme, project):
     client.force_login(sme)
-    assert "Nothing left to review" in client.get(review_url(project)).content.decode()
+    assert "Nothing left for you to review" in client.get(url("review", project)).content.decode()
+
+
+def test_my_reviews_lists_and_edits_past_decisions(client, sme, project, queue):
+    client.force_login(sme)
+    client.get(url("review", project))
+    client.post(url("review_decide", project, queue[0].pk), {"decision": "accept"})
+    review = Review.objects.get()
+    assert "first answer" in client.get(url("my_reviews", project)).content.decode()
+    response = client.post(
+        url("review_change", project, review.pk), {"decision": "reject", "reason": "incomplete", "comment": "missed"}
+    )
+    assert response.status_code == 302
+    review.refresh_from_db()
+    assert (review.decision, review.reason, review.comment) == ("reject", "incomplete", "missed")
+    other = get_user_model().objects.create_user("other")
+    Membership.objects.create(project=project, user=other)
+    client.force_login(other)
+    assert client.get(url("review_change", project, review.pk)).status_code == 404
+
+
+def test_leads_adjudicate_disagreements_and_that_is_the_ground_truth(client, sme, project, queue):
+    bob = get_user_model().objects.create_user("bob")
+    lead = get_user_model().objects.create_user("lead")
+    Membership.objects.create(project=project, user=lead, role=Membership.Role.LEAD)
+    Review.objects.create(item=queue[0], reviewer=sme, decision="accept")
+    Review.objects.create(item=queue[0], reviewer=bob, decision="reject", reason="tone")
+    assert queue[0].pk not in ground_truth(project=project)
+    client.force_login(sme)
+    assert client.get(url("adjudication", project)).status_code == 403
+    client.force_login(lead)
+    page = client.get(url("adjudication", project)).content.decode()
+    assert "first answer" in page and "tone" in page
+    response = client.post(url("adjudication", project), {"item": queue[0].pk, "decision": "reject", "reason": "x"})
+    assert response.status_code == 302
+    assert Adjudication.objects.get().decided_by == lead
+    assert ground_truth(project=project)[queue[0].pk] == "reject"
+    assert "No open disagreements" in client.get(url("adjudication", project)).content.decode()
+
+
+def test_the_agreement_page(client, sme, project, queue):
+    bob = get_user_model().objects.create_user("bob")
+    for item, (a, b) in zip(queue, [("accept", "accept"), ("reject", "reject"), ("accept", "reject")], strict=True):
+        Review.objects.create(item=item, reviewer=sme, decision=a, reason="tone" if a == "reject" else "")
+        Review.objects.create(item=item, reviewer=bob, decision=b, reason="tone" if b == "reject" else "")
+    client.force_login(sme)
+    page = client.get(url("agreement", project)).content.decode()
+    assert "3 items reviewed by two or more of 2 SMEs" in page
+    assert "<svg" in page and "Cohen" in page and "Krippendorff" in page

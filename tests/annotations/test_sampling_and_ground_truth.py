@@ -3,10 +3,15 @@
 import pytest
 from django.contrib.auth import get_user_model
 
-from annotations.models import Review
+from annotations.models import Review, Slot
 from annotations.selectors import ground_truth
 from annotations.services import sample_for_review
 from tests.conftest import make_items
+
+
+def unqueue(project):
+    project.items.update(in_sme_queue=False)
+    Slot.objects.filter(project=project).delete()
 
 
 def queued(project):
@@ -17,10 +22,10 @@ def test_the_same_seed_gives_the_same_sample(project):
     make_items(project, [f"answer {i}" for i in range(100)])
     assert sample_for_review(project=project, n=10, seed=7) == 10
     first = queued(project)
-    project.items.update(in_sme_queue=False)
+    unqueue(project)
     sample_for_review(project=project, n=10, seed=7)
     assert queued(project) == first
-    project.items.update(in_sme_queue=False)
+    unqueue(project)
     sample_for_review(project=project, n=10, seed=8)
     assert queued(project) != first
 

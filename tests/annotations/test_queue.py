@@ -1,0 +1,177 @@
+"""The SME queue: leases, skip, several reviews per item, undo and edit with history, concurrency."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.utils import timezone
+
+from annotations import queue
+from annotations.models import Review, ReviewChange, Slot
+from annotations.services import ReviewError, prior_labels_import, review_edit, review_submit, review_undo
+from tests.conftest import make_items, queue_all
+from tests.services import require
+
+
+def user(name):
+    return get_user_model().objects.create_user(name)
+
+
+@pytest.fixture
+def queued(project):
+    items = make_items(project, [f"answer {i}" for i in range(5)])
+    queue_all(project)
+    return items
+
+
+def test_two_smes_get_different_items_and_a_reload_gives_the_same_one(project, queued):
+    ann, bob = user("ann"), user("bob")
+    first = queue.next_item(project=project, reviewer=ann)
+    assert queue.next_item(project=project, reviewer=ann) == first
+    assert queue.next_item(project=project, reviewer=bob) not in (first, None)
+
+
+def test_an_expired_lease_returns_the_item_to_the_queue(project, queued):
+    ann, bob = user("ann"), user("bob")
+    project.items.exclude(pk=queued[0].pk).update(in_sme_queue=False)
+    Slot.objects.exclude(item=queued[0]).delete()
+    assert queue.next_item(project=project, reviewer=ann) == queued[0]
+    assert queue.next_item(project=project, reviewer=bob) is None
+    Slot.objects.filter(item=queued[0]).update(leased_until=timezone.now() - timedelta(seconds=1))
+    assert queue.next_item(project=project, reviewer=bob) == queued[0]
+    # Ann's lease went to Bob: her late decision is refused, his is kept.
+    with pytest.raises(ReviewError, match="lease expired and another SME has it"):
+        review_submit(item=queued[0], reviewer=ann, decision="accept")
+    review_submit(item=queued[0], reviewer=bob, decision="accept")
+    assert Review.objects.get().reviewer == bob
+
+
+def test_the_lease_length_is_the_projects(project, queued):
+    project.lease_minutes = 3
+    project.save()
+    queue.next_item(project=project, reviewer=user("ann"))
+    slot = Slot.objects.get(reviewer__username="ann")
+    assert slot.leased_until - slot.leased_at == timedelta(minutes=3)
+
+
+def test_skip_returns_the_item_to_others_but_never_to_the_skipper(project, queued):
+    ann, bob = user("ann"), user("bob")
+    skipped = queue.next_item(project=project, reviewer=ann)
+    queue.skip(item=skipped, reviewer=ann)
+    seen = []
+    while (item := queue.next_item(project=project, reviewer=ann)) is not None:
+        seen.append(item)
+        review_submit(item=item, reviewer=ann, decision="accept")
+    assert skipped not in seen and len(seen) == 4
+    assert queue.next_item(project=project, reviewer=bob) == skipped
+
+
+def test_several_reviews_per_item_go_to_distinct_smes(project):
+    project.reviews_per_item = 3
+    project.save()
+    make_items(project, ["a", "b"])
+    queue_all(project)
+    smes = [user(f"sme{i}") for i in range(4)]
+    reviews = []
+    for sme in smes:
+        while (item := queue.next_item(project=project, reviewer=sme)) is not None:
+            reviews.append((item.response, sme.username))
+            review_submit(item=item, reviewer=sme, decision="accept")
+    assert len(reviews) == 6 and len(set(reviews)) == 6  # 2 items x 3 SMEs, nobody twice
+    assert {r for r, _ in reviews} == {"a", "b"}
+    assert queue.progress(project=project, reviewer=smes[0]) == {"done": 6, "total": 6, "mine": 2}
+
+
+def test_imported_labels_fill_slots(project):
+    make_items(project, ["a", "b"])
+    queue_all(project)
+    prior_labels_import(project=project, labels={"r0": "accept"})
+    ann = user("ann")
+    assert queue.next_item(project=project, reviewer=ann).response == "b"
+    review_submit(item=project.items.get(response="b"), reviewer=ann, decision="accept")
+    assert queue.next_item(project=project, reviewer=ann) is None
+
+
+def test_raising_reviews_per_item_opens_more_slots(project, queued):
+    ann = user("ann")
+    while (item := queue.next_item(project=project, reviewer=ann)) is not None:
+        review_submit(item=item, reviewer=ann, decision="accept")
+    project.reviews_per_item = 2
+    project.save()
+    queue.slots_sync(project=project)
+    assert queue.next_item(project=project, reviewer=ann) is None
+    assert queue.next_item(project=project, reviewer=user("bob")) is not None
+    assert Slot.objects.filter(done=False).count() == 5
+
+
+def test_undo_brings_the_item_back_and_history_keeps_everything(project, queued):
+    ann = user("ann")
+    item = queue.next_item(project=project, reviewer=ann)
+    review = review_submit(item=item, reviewer=ann, decision="reject", reason="tone", comment="too curt")
+    assert review.seconds_spent is not None and review.seconds_spent >= 0
+    assert queue.next_item(project=project, reviewer=ann) != item
+    review_undo(review=review, reviewer=ann)
+    assert not Review.objects.exists()
+    assert queue.next_item(project=project, reviewer=ann) == item  # back to the SME first
+    again = review_submit(item=item, reviewer=ann, decision="accept")
+    review_edit(review=again, reviewer=ann, decision="reject", reason="inaccurate", corrected_response="Better.")
+    history = list(ReviewChange.objects.order_by("id").values_list("action", "before", "after"))
+    assert [h[0] for h in history] == ["create", "undo", "create", "edit"]
+    assert history[1][1]["comment"] == "too curt"
+    assert history[3][1]["decision"] == "accept" and history[3][2]["corrected_response"] == "Better."
+
+
+def test_only_the_author_undoes_or_edits_and_reasons_come_from_the_project(project, queued):
+    ann, bob = user("ann"), user("bob")
+    item = queue.next_item(project=project, reviewer=ann)
+    with pytest.raises(ReviewError, match="reason must be one of inaccurate, incomplete, policy, tone"):
+        review_submit(item=item, reviewer=ann, decision="reject", reason="vibes")
+    review = review_submit(item=item, reviewer=ann, decision="accept")
+    with pytest.raises(ReviewError):
+        review_undo(review=review, reviewer=bob)
+    with pytest.raises(ReviewError):
+        review_edit(review=review, reviewer=bob, decision="reject", reason="tone")
+
+
+def test_an_item_outside_the_queue_cannot_be_reviewed(project):
+    (item,) = make_items(project, ["not queued"])
+    with pytest.raises(ReviewError, match="not in the SME queue"):
+        review_submit(item=item, reviewer=user("ann"), decision="accept")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_twenty_concurrent_reviewers_never_share_an_item_and_lose_none(project):
+    """20 threads, each with its own PostgreSQL connection, drain 500 items through the queue."""
+    require("postgres")
+    make_items(project, [f"answer {i}" for i in range(500)])
+    queue_all(project)
+    smes = [user(f"sme{i}") for i in range(20)]
+    handed: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(smes))
+
+    def review_all(sme):
+        try:
+            start.wait()
+            mine = handed.setdefault(sme.username, [])
+            while (item := queue.next_item(project=project, reviewer=sme)) is not None:
+                mine.append(item.pk)
+                review_submit(item=item, reviewer=sme, decision="accept")
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=review_all, args=(sme,)) for sme in smes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    all_handed = [pk for items in handed.values() for pk in items]
+    assert len(all_handed) == len(set(all_handed)) == 500  # zero handed out twice, zero lost
+    assert Review.objects.count() == 500 and Slot.objects.filter(done=False).count() == 0
+    assert sum(1 for items in handed.values() if items) > 1  # the work was really shared
