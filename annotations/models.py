@@ -207,6 +207,7 @@ class Slot(models.Model):
                 fields=["project", "-priority", "id"], condition=models.Q(done=False), name="slot_open_in_order"
             ),
             models.Index(fields=["reviewer", "done"], name="slot_by_reviewer"),
+            models.Index(fields=["item", "reviewer"], name="slot_by_item_reviewer"),
         ]
 
     def __str__(self) -> str:

@@ -10,8 +10,8 @@ hold, reviewed or skipped. (On SQLite, which has one writer at a time, the
 same code is safe without the lock clause.)
 """
 
-from django.db import transaction
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db import connections, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from annotations.models import Item, Project, Review, Skip, Slot
@@ -67,6 +67,36 @@ def slots_sync(*, project: Project, item_ids: list[int] | None = None) -> None:
             Slot.objects.filter(pk__in=list(ids[:n])).delete()
 
 
+# Claim one free slot in one statement: the inner SELECT takes the first free
+# slot in queue order that this SME may have, skipping rows other SMEs are
+# claiming at this instant (FOR UPDATE SKIP LOCKED, where the database has it),
+# and the UPDATE leases it. One round trip, one commit.
+_CLAIM = """
+UPDATE annotations_slot SET reviewer_id = %s, leased_at = %s, leased_until = %s
+WHERE id = (
+    SELECT s.id FROM annotations_slot s
+    WHERE s.project_id = %s AND NOT s.done AND (s.leased_until IS NULL OR s.leased_until <= %s)
+      AND NOT EXISTS (SELECT 1 FROM annotations_slot m WHERE m.item_id = s.item_id AND m.reviewer_id = %s
+                      AND (m.done OR m.leased_until > %s))
+      AND NOT EXISTS (SELECT 1 FROM annotations_review r WHERE r.item_id = s.item_id AND r.reviewer_id = %s)
+      AND NOT EXISTS (SELECT 1 FROM annotations_skip k WHERE k.item_id = s.item_id AND k.reviewer_id = %s)
+    ORDER BY s.priority DESC, s.id
+    LIMIT 1 {lock}
+)
+RETURNING item_id
+"""
+
+
+def _claim(project: Project, reviewer, now) -> int | None:
+    connection = connections[Slot.objects.db]
+    lock = "FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    params = [reviewer.pk, now, now + project.lease, project.pk, now, reviewer.pk, now, reviewer.pk, reviewer.pk]
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM.format(lock=lock), params)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
 def next_item(*, project: Project, reviewer) -> Item | None:
     """The item this SME should review now, leased to them; None when the queue has nothing for them.
 
@@ -76,33 +106,28 @@ def next_item(*, project: Project, reviewer) -> Item | None:
     skipped.
     """
     now = timezone.now()
-    with transaction.atomic():
-        held = (
-            Slot.objects.filter(project=project, reviewer=reviewer, done=False, leased_until__gt=now)
-            .order_by("-leased_at", "-id")
-            .first()
-        )
-        if held is not None:
-            return Item.objects.get(pk=held.item_id)
-        mine = Slot.objects.filter(item=OuterRef("item"), reviewer=reviewer).filter(
-            Q(done=True) | Q(leased_until__gt=now)
-        )
-        reviewed = Review.objects.filter(item=OuterRef("item"), reviewer=reviewer)
-        skipped = Skip.objects.filter(item=OuterRef("item"), reviewer=reviewer)
-        slot = (
-            Slot.objects.filter(project=project, done=False)
-            .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
-            .exclude(Exists(mine))
-            .exclude(Exists(reviewed))
-            .exclude(Exists(skipped))
-            .order_by("-priority", "id")
-            .select_for_update(skip_locked=True)
-            .first()
-        )
-        if slot is None:
-            return None
-        Slot.objects.filter(pk=slot.pk).update(reviewer=reviewer, leased_at=now, leased_until=now + project.lease)
-    return Item.objects.get(pk=slot.item_id)
+    item_id = (
+        Slot.objects.filter(project=project, reviewer=reviewer, done=False, leased_until__gt=now)
+        .order_by("-leased_at", "-id")
+        .values_list("item_id", flat=True)
+        .first()
+    )
+    if item_id is None:
+        # Under READ COMMITTED a row changed by a concurrent claim can make the
+        # inner SELECT come back empty although other slots are free: try again.
+        for _ in range(3):
+            item_id = _claim(project, reviewer, now)
+            if item_id is not None or not _free_slots_exist(project, now):
+                break
+    return None if item_id is None else Item.objects.get(pk=item_id)
+
+
+def _free_slots_exist(project: Project, now) -> bool:
+    return (
+        Slot.objects.filter(project=project, done=False)
+        .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
+        .exists()
+    )
 
 
 def skip(*, item: Item, reviewer) -> None:
