@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from annotations.models import Adjudication, Item, Membership, Project, Review, ReviewChange
+from annotations.queue import slots_sync
 
 
 class MembershipInline(admin.TabularInline):
@@ -17,6 +18,11 @@ class ProjectAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     search_fields = ("name", "slug")
     inlines = [MembershipInline]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if "reviews_per_item" in form.changed_data:
+            slots_sync(project=obj)  # open (or trim) review slots to match
 
 
 @admin.register(Item)

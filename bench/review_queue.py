@@ -114,7 +114,7 @@ def main() -> None:
                 t2 = time.perf_counter()
                 mine_next.append((t2 - t1) * 1000)
                 mine_submit.append((t2 - t0) * 1000)
-        except BaseException as exc:  # noqa: BLE001 - reported at the end
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connection.close()
@@ -131,9 +131,7 @@ def main() -> None:
     if errors:
         raise errors[0]
 
-    reviewed_twice = (
-        Review.objects.values("item_id").annotate(n=django.db.models.Count("id")).filter(n__gt=1).count()
-    )
+    reviewed_twice = Review.objects.values("item_id").annotate(n=django.db.models.Count("id")).filter(n__gt=1).count()
     double = (len(handed) - len(set(handed))) + reviewed_twice
     result = {
         "benchmark": "review_queue",

@@ -175,3 +175,24 @@ def test_twenty_concurrent_reviewers_never_share_an_item_and_lose_none(project):
     assert len(all_handed) == len(set(all_handed)) == 500  # zero handed out twice, zero lost
     assert Review.objects.count() == 500 and Slot.objects.filter(done=False).count() == 0
     assert sum(1 for items in handed.values() if items) > 1  # the work was really shared
+
+
+def test_changing_reviews_per_item_in_the_admin_opens_slots(client, project, queued):
+    root = get_user_model().objects.create_superuser("root", password="root-pass-123")
+    client.force_login(root)
+    data = {
+        "slug": project.slug,
+        "name": project.name,
+        "guidelines": "",
+        "reviews_per_item": 2,
+        "lease_minutes": 10,
+        "reject_reasons": '["inaccurate"]',
+        "judge_base_url": "",
+        "judge_model": "",
+        "judge_api_key": "",
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+    }
+    response = client.post(f"/admin/annotations/project/{project.pk}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert Slot.objects.filter(project=project).count() == 10
