@@ -7,7 +7,7 @@ from annotations.models import Project
 from judging.label_functions import KINDS, validate_params
 from judging.models import GateDecision, JudgeRun, LabelFunction, LabelFunctionVersion, RuleHit, Verdict
 from judging.selectors import label_function_dry_run
-from judging.services import gate_apply, label_function_delete, label_function_save, label_functions_apply
+from judging.services import label_function_delete, label_function_save, project_regate
 
 
 class LabelFunctionForm(forms.ModelForm):
@@ -92,8 +92,7 @@ class LabelFunctionAdmin(admin.ModelAdmin):
     @admin.action(description="Run the active rules of the selected rules' projects, then re-gate them")
     def apply_and_regate(self, request, queryset):
         for project in Project.objects.filter(label_functions__in=queryset).distinct():
-            hits = label_functions_apply(project=project)
-            counts = gate_apply(project=project)
+            hits, counts = project_regate(project=project)
             self.message_user(request, f"{project}: {hits} rule hits; gate: {counts}")
 
 

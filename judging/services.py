@@ -143,6 +143,12 @@ def label_functions_apply(*, project: Project) -> int:
     return len(hits)
 
 
+def project_regate(*, project: Project) -> tuple[int, dict[str, int]]:
+    """Run the active label functions, then gate every item: ``(rule hits, {"accept", "reject", "pending"})``."""
+    hits = label_functions_apply(project=project)
+    return hits, gate_apply(project=project)
+
+
 def _regate_after_commit(project_id: int) -> None:
     from judging.tasks import regate_project
 

@@ -83,5 +83,4 @@ def regate_project(project_id: int) -> None:
     """Re-run the project's label functions and re-gate every item (after a rule changed)."""
     project = Project.objects.filter(pk=project_id).first()
     if project is not None:
-        services.label_functions_apply(project=project)
-        services.gate_apply(project=project)
+        services.project_regate(project=project)

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 from annotations.views import get_project_for_user
 from judging.models import JudgeRun
 from judging.selectors import funnel, label_function_stats, latest_finished_run, run_agreement
-from judging.services import gate_apply, judge_run_create, label_functions_apply
+from judging.services import judge_run_create, project_regate
 
 
 @login_required
@@ -54,8 +54,7 @@ def regate(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_user(request, slug)
     if not request.user.is_staff:
         raise PermissionDenied("Only staff re-gate projects.")
-    hits = label_functions_apply(project=project)
-    counts = gate_apply(project=project)
+    hits, counts = project_regate(project=project)
     messages.info(
         request,
         f"{hits} rule hits; {counts['accept']} accepted, {counts['reject']} rejected, {counts['pending']} pending.",

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from annotations.models import Project
-from judging.services import gate_apply, label_functions_apply
+from judging.services import project_regate
 
 
 class Command(BaseCommand):
@@ -14,6 +14,5 @@ class Command(BaseCommand):
         target = Project.objects.filter(slug=project).first()
         if target is None:
             raise CommandError(f"no project {project!r}")
-        hits = label_functions_apply(project=target)
-        counts = gate_apply(project=target)
+        hits, counts = project_regate(project=target)
         self.stdout.write(f"{hits} rule hits; gate: {counts}")
