@@ -160,42 +160,77 @@ def openai_client(config: JudgeConfig):
     )
 
 
+REPAIR_PROMPT = (
+    "Your reply was not a valid verdict ({problem}). Reply again with only the JSON object "
+    '{{"verdict": "accept" or "reject", "rationale": "<one or two sentences>"}} and nothing else.'
+)
+
+
+def _reply_problem(choice) -> str:
+    """Why a reply is not a verdict, or "" when it parses. Never trusts a cut-off reply."""
+    if choice is None:
+        return "reply has no choices"
+    if choice.finish_reason == "length":
+        return "reply cut off at max_tokens (finish_reason=length)"
+    if getattr(choice.message, "refusal", None):
+        return f"the model refused: {choice.message.refusal[:200]}"
+    try:
+        parse_verdict(choice.message.content)
+    except VerdictParseError as exc:
+        return str(exc)
+    return ""
+
+
 def judge_with_openai(client, *, model: str, item: Item, guidelines: str, run_settings: dict) -> JudgeResult:
-    """Ask the server for one verdict; never raises: failures come back as ``error``."""
+    """Ask the server for one verdict; never raises: failures come back as ``error``.
+
+    Transport faults (429 with Retry-After, 5xx, timeouts, dropped
+    connections) are retried by the ``openai`` client with exponential
+    backoff and jitter. A reply that is not a verdict (not JSON, wrong
+    schema, ``finish_reason == "length"``, a refusal) gets one repair
+    attempt: the reply and a request for the bare JSON object are sent back.
+    If that fails too, the item ends with ``error`` and no verdict. Tokens and
+    latency add up over both attempts.
+    """
     import openai
 
     started = time.perf_counter()
     result = JudgeResult(item.pk)
-    try:
-        reply = client.chat.completions.create(
-            model=model,
-            messages=build_messages(item, guidelines),
-            temperature=run_settings["temperature"],
-            max_tokens=run_settings["max_tokens"],
-            seed=run_settings["seed"],
-            response_format={
-                "type": "json_schema",
-                "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA},
-            },
-        )
-    except openai.OpenAIError as exc:
-        result.error = f"{type(exc).__name__}: {exc}"[:2000]
-        result.latency_ms = round((time.perf_counter() - started) * 1000)
-        return result
-    result.latency_ms = round((time.perf_counter() - started) * 1000)
-    if reply.usage:
-        result.tokens_in = reply.usage.prompt_tokens or 0
-        result.tokens_out = reply.usage.completion_tokens or 0
-    choice = reply.choices[0] if reply.choices else None
-    if choice is None:
-        result.error = "reply has no choices"
-    elif choice.finish_reason == "length":
-        result.error = "reply cut off at max_tokens (finish_reason=length)"
-    else:
+    messages = build_messages(item, guidelines)
+    for attempt in (1, 2):
         try:
+            reply = client.chat.completions.create(
+                model=model,
+                messages=messages,
+                temperature=run_settings["temperature"],
+                max_tokens=run_settings["max_tokens"],
+                seed=run_settings["seed"],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA},
+                },
+            )
+        except openai.OpenAIError as exc:
+            result.error = f"{type(exc).__name__}: {exc}"[:2000]
+            break
+        if reply.usage:
+            result.tokens_in += reply.usage.prompt_tokens or 0
+            result.tokens_out += reply.usage.completion_tokens or 0
+        choice = reply.choices[0] if reply.choices else None
+        problem = _reply_problem(choice)
+        if not problem:
             result.verdict, result.rationale = parse_verdict(choice.message.content)
-        except VerdictParseError as exc:
-            result.error = str(exc)
+            result.error = ""
+            break
+        result.error = problem if attempt == 1 else f"{problem} (after one repair attempt)"
+        if choice is None:
+            break
+        messages = [
+            *messages,
+            {"role": "assistant", "content": choice.message.content or ""},
+            {"role": "user", "content": REPAIR_PROMPT.format(problem=problem)},
+        ]
+    result.latency_ms = round((time.perf_counter() - started) * 1000)
     return result
 
 

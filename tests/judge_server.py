@@ -8,7 +8,9 @@ Markers in the response text pick a fault:
 | marker | reply |
 | --- | --- |
 | ``[fenced]`` | the JSON inside a Markdown code fence |
-| ``[garbage]`` | text that is not JSON |
+| ``[garbage]`` | text that is not JSON, also when asked to repair it |
+| ``[garbage-once]`` | text that is not JSON, then a verdict when asked to repair it |
+| ``[refusal]`` | a refusal (``message.refusal``) |
 | ``[truncated]`` | ``finish_reason: "length"`` with half a JSON object |
 | ``[http500]`` | HTTP 500 every time |
 
@@ -29,16 +31,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append(body)
         if not self.path.endswith("/chat/completions"):
             return self._send(404, {"error": {"message": "not found"}})
-        user = body["messages"][-1]["content"]
+        user = body["messages"][1]["content"]  # the item; later messages are a repair request
+        repairing = len(body["messages"]) > 2
         if "[http500]" in user:
             return self._send(500, {"error": {"message": "injected fault"}})
         verdict = "reject" if "WRONG" in user else "accept"
         content = json.dumps({"verdict": verdict, "rationale": f"the test server said {verdict}"})
-        finish = "stop"
+        finish, refusal = "stop", None
         if "[fenced]" in user:
             content = f"```json\n{content}\n```"
-        elif "[garbage]" in user:
+        elif "[garbage]" in user or ("[garbage-once]" in user and not repairing):
             content = "I think this answer is fine."
+        elif "[refusal]" in user:
+            content, refusal = None, "I can't help with that."
         elif "[truncated]" in user:
             content, finish = content[: len(content) // 2], "length"
         self._send(
@@ -49,7 +54,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "created": 0,
                 "model": body.get("model", ""),
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": refusal},
+                        "finish_reason": finish,
+                    }
                 ],
                 "usage": {
                     "prompt_tokens": len(user) // 4,

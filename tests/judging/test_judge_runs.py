@@ -50,17 +50,29 @@ def test_the_request_carries_the_rubric_the_guidelines_and_a_json_schema(llm_pro
     assert user.count("</response>") == 1 and "<\\/response>" in user
 
 
-def test_bad_replies_become_errors_not_verdicts_and_the_gate_keeps_them_pending(llm_project, start_run):
-    make_items(llm_project, ["ok", "x [garbage]", "y [truncated]", "z [http500]"])
+def test_bad_replies_become_errors_not_verdicts_and_the_gate_keeps_them_pending(llm_project, judge_server, start_run):
+    make_items(llm_project, ["ok", "x [garbage]", "y [truncated]", "z [http500]", "w [refusal]", "v [garbage-once]"])
     run = start_run(llm_project)
-    assert (run.status, run.items_done, run.items_error) == ("finished", 1, 3)
+    assert (run.status, run.items_done, run.items_error) == ("finished", 2, 4)
     got = verdicts(run)
-    assert "no JSON object" in got["x [garbage]"].error
+    assert "no JSON object" in got["x [garbage]"].error and "after one repair attempt" in got["x [garbage]"].error
     assert "finish_reason=length" in got["y [truncated]"].error
     assert "InternalServerError" in got["z [http500]"].error
-    assert all(got[r].verdict == "" for r in ("x [garbage]", "y [truncated]", "z [http500]"))
+    assert "the model refused" in got["w [refusal]"].error
+    assert all(got[r].verdict == "" for r in ("x [garbage]", "y [truncated]", "z [http500]", "w [refusal]"))
+    # One repair attempt mended the reply that was garbage once; a 500 is not "repaired", it is retried.
+    assert (got["v [garbage-once]"].verdict, got["v [garbage-once]"].error) == ("accept", "")
+    repairs = [r for r in judge_server.requests if len(r["messages"]) > 2]
+    assert len(repairs) == 4 and "not a valid verdict" in repairs[0]["messages"][-1]["content"]
     outcomes = dict(GateDecision.objects.values_list("item__response", "outcome"))
-    assert outcomes == {"ok": "accept", "x [garbage]": "pending", "y [truncated]": "pending", "z [http500]": "pending"}
+    assert outcomes == {
+        "ok": "accept",
+        "x [garbage]": "pending",
+        "y [truncated]": "pending",
+        "z [http500]": "pending",
+        "w [refusal]": "pending",
+        "v [garbage-once]": "accept",
+    }
 
 
 @pytest.mark.parametrize(
