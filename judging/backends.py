@@ -156,7 +156,7 @@ def openai_client(config: JudgeConfig):
         base_url=config.base_url,
         api_key=config.api_key or "not-needed",
         timeout=settings.LARRY_JUDGE_TIMEOUT_S,
-        max_retries=3,
+        max_retries=settings.LARRY_JUDGE_MAX_RETRIES,
     )
 
 

@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.db import models
+from django.urls import reverse
 
 from annotations.models import Decision, Item, Project
 
@@ -18,6 +19,7 @@ class JudgeRun(models.Model):
         RUNNING = "running"
         FINISHED = "finished"
         FAILED = "failed"
+        CANCELLED = "cancelled"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judge_runs")
     backend = models.CharField(max_length=10, choices=Backend.choices)
@@ -41,6 +43,9 @@ class JudgeRun(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.pk} ({self.judge_label})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("judging:run_detail", args=[self.project.slug, self.pk])
 
     @property
     def judge_label(self) -> str:

@@ -3,10 +3,11 @@
 from collections import defaultdict
 
 from django.db.models import Count, Q
+from django.utils import timezone
 
 from annotations.models import Project
 from annotations.selectors import ground_truth
-from judging.metrics import agreement
+from judging.metrics import agreement, cohen_kappa_bootstrap_ci
 from judging.models import GateDecision, JudgeRun, LabelFunction, RuleHit, Verdict
 
 
@@ -144,3 +145,62 @@ def label_function_stats(project: Project) -> list[dict]:
             }
         )
     return stats
+
+
+def run_progress(run: JudgeRun) -> dict:
+    """``{"done", "errors", "total", "percent", "rate_per_s", "eta_s"}`` of a run, from its verdict rows."""
+    counts = Verdict.objects.filter(run=run).aggregate(
+        done=Count("id", filter=~Q(verdict="")), errors=Count("id", filter=Q(verdict=""))
+    )
+    finished = counts["done"] + counts["errors"]
+    elapsed = ((run.finished_at or timezone.now()) - run.started_at).total_seconds() if run.started_at else 0
+    rate = finished / elapsed if elapsed > 0 else None
+    remaining = max(run.items_total - finished, 0)
+    return {
+        **counts,
+        "total": run.items_total,
+        "percent": round(100 * finished / run.items_total) if run.items_total else 100,
+        "rate_per_s": rate,
+        "eta_s": remaining / rate if rate and run.status == JudgeRun.Status.RUNNING else None,
+    }
+
+
+def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
+    """How far the run's judge can be trusted, against SME ground truth (blind: the judge never saw it).
+
+    Returns ``{"overall": agreement(...) + {"kappa_ci"}, "by_source_model":
+    {name: agreement(...)}, "by_task_type": {...}, "disagreements": [{"item",
+    "sme", "judge", "rationale"}]}``; see ``metrics.agreement`` and
+    ``metrics.cohen_kappa_bootstrap_ci`` (95 %, 2,000 resamples).
+    """
+    truth = ground_truth(project=run.project)
+    rows = [
+        row
+        for row in Verdict.objects.filter(run=run)
+        .exclude(verdict="")
+        .values_list("item_id", "verdict", "rationale", "item__source_model", "item__task_type", "item__external_id")
+        if row[0] in truth
+    ]
+    pairs_truth, pairs_judge = [truth[r[0]] for r in rows], [r[1] for r in rows]
+    overall = agreement(pairs_truth, pairs_judge)
+    overall["kappa_ci"] = cohen_kappa_bootstrap_ci(pairs_truth, pairs_judge)
+
+    def grouped(column: int) -> dict[str, dict]:
+        groups: dict[str, list] = defaultdict(list)
+        for r in rows:
+            groups[r[column] or "(none)"].append(r)
+        return {
+            name: agreement([truth[r[0]] for r in group], [r[1] for r in group])
+            for name, group in sorted(groups.items())
+        }
+
+    return {
+        "overall": overall,
+        "by_source_model": grouped(3),
+        "by_task_type": grouped(4),
+        "disagreements": [
+            {"item_id": r[0], "external_id": r[5], "sme": truth[r[0]], "judge": r[1], "rationale": r[2]}
+            for r in rows
+            if truth[r[0]] != r[1]
+        ][:disagreements],
+    }

@@ -100,6 +100,30 @@ def judge_run_finish_if_complete(*, run_id: int) -> bool:
     return bool(won)
 
 
+def judge_run_cancel(*, run: JudgeRun) -> bool:
+    """Stop a queued or running run: chunks not yet started do nothing. Returns False if it had ended."""
+    return bool(
+        JudgeRun.objects.filter(pk=run.pk, status__in=[JudgeRun.Status.QUEUED, JudgeRun.Status.RUNNING]).update(
+            status=JudgeRun.Status.CANCELLED, finished_at=timezone.now()
+        )
+    )
+
+
+def judge_run_resume(*, run: JudgeRun, retry_errors: bool = False) -> None:
+    """Judge what a run has not judged yet (after a cancel or a failure); with ``retry_errors``, also its errors.
+
+    Items that already have a verdict are never judged twice. The run is
+    finished again, and the project re-gated, when every item is accounted for.
+    """
+    from judging.tasks import start_judge_run
+
+    with transaction.atomic():
+        if retry_errors:
+            Verdict.objects.filter(run=run, verdict="").delete()
+        JudgeRun.objects.filter(pk=run.pk).update(status=JudgeRun.Status.RUNNING, finished_at=None, error="")
+        transaction.on_commit(lambda: start_judge_run.delay(run.pk))
+
+
 def judge_run_fail(*, run_id: int, error: str) -> None:
     """Mark a run failed with the reason; its verdicts stay, the gate ignores the run."""
     JudgeRun.objects.filter(pk=run_id).update(

@@ -9,5 +9,11 @@ urlpatterns = [
     path("projects/<slug:slug>/judge/", views.judge_run_start, name="judge_run_start"),
     path("projects/<slug:slug>/regate/", views.regate, name="regate"),
     path("projects/<slug:slug>/rules/", views.rules, name="rules"),
+    path("projects/<slug:slug>/runs/<int:run_id>/", views.run_detail, name="run_detail"),
+    path(
+        "projects/<slug:slug>/runs/<int:run_id>/<str:action>/",
+        views.run_control,
+        name="run_control",
+    ),
     path("api/projects/<slug:slug>/export/chat.jsonl", api.ExportChatJsonlApi.as_view(), name="api_export_chat"),
 ]

@@ -4,14 +4,21 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from annotations.views import get_project_for_user
 from judging.models import JudgeRun
-from judging.selectors import funnel, label_function_stats, latest_finished_run, run_agreement
-from judging.services import judge_run_create, project_regate
+from judging.selectors import (
+    funnel,
+    label_function_stats,
+    latest_finished_run,
+    run_agreement,
+    run_calibration,
+    run_progress,
+)
+from judging.services import judge_run_cancel, judge_run_create, judge_run_resume, project_regate
 
 
 @login_required
@@ -62,6 +69,47 @@ def regate(request: HttpRequest, slug: str) -> HttpResponse:
     return redirect(project)
 
 
+def _get_run(request: HttpRequest, slug: str, run_id: int) -> JudgeRun:
+    project = get_project_for_user(request, slug)
+    return get_object_or_404(JudgeRun.objects.select_related("project"), pk=run_id, project=project)
+
+
+@login_required
+def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
+    """A run: which judge, live progress, errors, and its calibration against SME ground truth."""
+    run = _get_run(request, slug, run_id)
+    context = {"project": run.project, "run": run, "progress": run_progress(run)}
+    if request.htmx:
+        return render(request, "judging/run_detail.html#progress", context)
+    calibration = run_calibration(run)
+    matrix = calibration["overall"]["confusion"]
+    if matrix:
+        biggest = max(max(row.values()) for row in matrix.values()) or 1
+        calibration["cells"] = [
+            (sme, judge, n, round(0.15 + 0.85 * n / biggest, 2))
+            for sme, row in matrix.items()
+            for judge, n in row.items()
+        ]
+    errors = run.verdicts.filter(verdict="").select_related("item")[:50]
+    return render(request, "judging/run_detail.html", {**context, "calibration": calibration, "errors": errors})
+
+
+@login_required
+@require_POST
+def run_control(request: HttpRequest, slug: str, run_id: int, action: str) -> HttpResponse:
+    """Cancel a run, resume it, or re-run its errors (staff only)."""
+    run = _get_run(request, slug, run_id)
+    if action not in ("cancel", "resume", "retry-errors"):
+        raise Http404("No such action")
+    if not request.user.is_staff:
+        raise PermissionDenied("Only staff control judge runs.")
+    if action == "cancel":
+        judge_run_cancel(run=run)
+    else:
+        judge_run_resume(run=run, retry_errors=action == "retry-errors")
+    return redirect(run)
+
+
 @login_required
 @require_POST
 def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
@@ -71,4 +119,4 @@ def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
         raise PermissionDenied("Only staff start judge runs.")
     run = judge_run_create(project=project, user=request.user)
     messages.info(request, f"Judge run {run.pk} started ({run.judge_label}).")
-    return redirect(project)
+    return redirect(run)

@@ -14,7 +14,8 @@ Markers in the response text pick a fault:
 | ``[truncated]`` | ``finish_reason: "length"`` with half a JSON object |
 | ``[http500]`` | HTTP 500 every time |
 
-Every request body is kept in ``server.requests`` for assertions.
+Every request body is kept in ``server.requests`` for assertions; set
+``server.httpd.down = True`` to answer 503 to everything.
 """
 
 import json
@@ -33,6 +34,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, {"error": {"message": "not found"}})
         user = body["messages"][1]["content"]  # the item; later messages are a repair request
         repairing = len(body["messages"]) > 2
+        if self.server.down:
+            return self._send(503, {"error": {"message": "the test server is down"}})
         if "[http500]" in user:
             return self._send(500, {"error": {"message": "injected fault"}})
         verdict = "reject" if "WRONG" in user else "accept"
@@ -83,6 +86,7 @@ class JudgeServer:
     def __init__(self) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.requests = []
+        self.httpd.down = False  # answer 503 to everything while True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property

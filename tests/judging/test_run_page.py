@@ -1,0 +1,132 @@
+"""The run page: calibration figures (checked against scikit-learn), live progress, cancel, resume, re-run errors."""
+
+import numpy as np
+import pytest
+from django.urls import reverse
+from sklearn.metrics import cohen_kappa_score, precision_score, recall_score
+
+from annotations.models import Item, Review
+from judging.metrics import cohen_kappa_bootstrap_ci, kappa_from_indicators
+from judging.models import GateDecision, JudgeRun, Verdict
+from judging.selectors import run_calibration
+from judging.services import judge_run_cancel, judge_run_resume
+from judging.tasks import judge_chunk
+from tests.conftest import make_items
+
+SME = ["accept"] * 6 + ["reject"] * 4 + ["accept"] * 2
+A, R = "accept", "reject"
+JUDGE = [A, A, R, A, A, R, R, A, R, R, A, R]
+MODELS = ["8b"] * 6 + ["70b"] * 6
+
+
+@pytest.fixture
+def calibrated(project):
+    items = Item.objects.bulk_create(
+        Item(project=project, external_id=f"i{i}", prompt="q", response=f"a{i}", source_model=m, task_type="faq")
+        for i, m in enumerate(MODELS)
+    )
+    run = JudgeRun.objects.create(project=project, backend="openai", model="m", status="finished", items_total=12)
+    for item, sme, judge in zip(items, SME, JUDGE, strict=True):
+        Review.objects.create(item=item, decision=sme, origin="import")
+        Verdict.objects.create(run=run, item=item, verdict=judge, rationale=f"because {judge}")
+    return run
+
+
+def test_calibration_matches_scikit_learn_on_the_same_labels(calibrated):
+    got = run_calibration(calibrated)
+    overall = got["overall"]
+    assert overall["n"] == 12
+    assert overall["cohen_kappa"] == pytest.approx(cohen_kappa_score(SME, JUDGE))
+    assert overall["precision_accept"] == pytest.approx(precision_score(SME, JUDGE, pos_label="accept"))
+    assert overall["recall_accept"] == pytest.approx(recall_score(SME, JUDGE, pos_label="accept"))
+    low, high = overall["kappa_ci"]
+    assert low <= overall["cohen_kappa"] <= high and -1 <= low < high <= 1
+    by_model = got["by_source_model"]
+    assert set(by_model) == {"8b", "70b"}
+    assert by_model["8b"]["cohen_kappa"] == pytest.approx(cohen_kappa_score(SME[:6], JUDGE[:6]))
+    assert got["by_task_type"]["faq"]["n"] == 12
+    assert [d["external_id"] for d in got["disagreements"]] == [
+        f"i{i}" for i, (s, j) in enumerate(zip(SME, JUDGE, strict=True)) if s != j
+    ]
+
+
+def test_the_bootstrap_uses_scikit_learns_kappa_formula():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        t, p = rng.integers(0, 2, 30), rng.integers(0, 2, 30)
+        if len(set(t) | set(p)) > 1:
+            assert kappa_from_indicators(t, p) == pytest.approx(cohen_kappa_score(t, p))
+    assert cohen_kappa_bootstrap_ci(["accept"] * 5, ["accept"] * 5) is None
+
+
+def test_the_run_page_shows_calibration_and_a_live_progress_bar(client, sme, outsider, project, calibrated):
+    url = reverse("judging:run_detail", args=[project.slug, calibrated.pk])
+    client.force_login(outsider)
+    assert client.get(url).status_code == 404
+    client.force_login(sme)
+    page = client.get(url).content.decode()
+    assert "Cohen's κ" in page and "95 % CI" in page and "<svg" in page and "By source model" in page
+    assert "i2" in page  # a disagreement to open
+    JudgeRun.objects.filter(pk=calibrated.pk).update(status="running")
+    partial = client.get(url, HTTP_HX_REQUEST="true").content.decode()
+    assert partial.lstrip().startswith('<section id="run-progress"') and 'hx-trigger="every 1s"' in partial
+    assert "12 judged, 0 errors of 12" in partial
+
+
+@pytest.fixture
+def llm_project(project, judge_server, settings):
+    settings.LARRY_JUDGE_MAX_RETRIES = 0
+    project.judge_base_url, project.judge_model = judge_server.base_url, "test-judge"
+    project.save()
+    make_items(project, [f"answer {i}" for i in range(6)])
+    return project
+
+
+def test_errors_are_rerun_with_one_action(
+    client, staff, llm_project, judge_server, start_run, django_capture_on_commit_callbacks
+):
+    judge_server.httpd.down = True
+    run = start_run(llm_project)
+    assert (run.status, run.items_done, run.items_error) == ("finished", 0, 6)
+    assert set(GateDecision.objects.values_list("outcome", flat=True)) == {"pending"}
+    judge_server.httpd.down = False
+    client.force_login(staff)
+    page = client.get(run.get_absolute_url()).content.decode()
+    assert "Re-run the 6 errors" in page and "InternalServerError" in page and "the test server is down" in page
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("judging:run_control", args=[llm_project.slug, run.pk, "retry-errors"]))
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert (run.status, run.items_done, run.items_error) == ("finished", 6, 0)
+    assert Verdict.objects.filter(run=run).count() == 6
+    assert set(GateDecision.objects.values_list("outcome", flat=True)) == {"accept"}
+
+
+def test_a_cancelled_run_stops_and_resumes_without_judging_anything_twice(
+    llm_project, judge_server, django_capture_on_commit_callbacks
+):
+    run = JudgeRun.objects.create(
+        project=llm_project,
+        backend="openai",
+        model="test-judge",
+        base_url=judge_server.base_url,
+        status="running",
+        items_total=6,
+        config={"temperature": 0, "max_tokens": 64, "seed": 0},
+    )
+    ids = list(llm_project.items.order_by("id").values_list("id", flat=True))
+    judge_chunk(run.pk, ids[:2])
+    assert judge_run_cancel(run=run)
+    judge_chunk(run.pk, ids[2:])  # a chunk that arrives after the cancel does nothing
+    assert Verdict.objects.filter(run=run).count() == 2 and len(judge_server.requests) == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        judge_run_resume(run=run)
+    run.refresh_from_db()
+    assert run.status == "finished" and Verdict.objects.filter(run=run).count() == 6
+    assert len(judge_server.requests) == 6  # the first two were not judged again
+
+
+def test_only_staff_control_runs(client, sme, project, calibrated):
+    client.force_login(sme)
+    assert client.post(reverse("judging:run_control", args=[project.slug, calibrated.pk, "cancel"])).status_code == 403
+    assert client.post(reverse("judging:run_control", args=[project.slug, calibrated.pk, "explode"])).status_code == 404
