@@ -45,6 +45,9 @@ class Project(models.Model):
     judge_base_url = models.URLField(blank=True, help_text="OpenAI-compatible base URL, e.g. http://vllm:8000/v1")
     judge_model = models.CharField(max_length=200, blank=True)
     judge_api_key = models.CharField(max_length=200, blank=True)
+    judge_max_in_flight = models.PositiveSmallIntegerField(
+        default=32, help_text="Requests one worker keeps open at once to the judge server."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -30,6 +30,8 @@ VERDICT_SCHEMA = {
     "additionalProperties": False,
 }
 
+RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}}
+
 RUBRIC = """You are a strict reviewer of answers written by an AI assistant.
 Accept the answer only if it is accurate and complete: every claim is correct
 (and supported by the context when a context is given), and it fully answers
@@ -73,7 +75,7 @@ def _section(tag: str, text: str) -> str:
 
 def build_messages(item: Item, guidelines: str) -> list[dict[str, str]]:
     """The chat messages for one item: the rubric (plus guidelines) as system, the item as user."""
-    system = RUBRIC + (f"\n\nProject guidelines:\n{guidelines.strip()}" if guidelines.strip() else "")
+    system = system_prompt(guidelines)
     parts = [_section("prompt", item.prompt)]
     if item.context:
         parts.append(_section("context", item.context))
@@ -83,12 +85,17 @@ def build_messages(item: Item, guidelines: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
-def run_config(config: JudgeConfig, guidelines: str) -> dict:
-    """The snapshot stored on a run: everything that determines an LLM judge's output."""
-    system = RUBRIC + guidelines
+def system_prompt(guidelines: str) -> str:
+    """The rubric, plus the project's guidelines when it has any."""
+    return RUBRIC + (f"\n\nProject guidelines:\n{guidelines.strip()}" if guidelines.strip() else "")
+
+
+def run_config(config: JudgeConfig, guidelines: str, *, max_in_flight: int) -> dict:
+    """The snapshot stored on a run: everything that determines an LLM judge's output, and its concurrency."""
     return {
         "prompt_version": PROMPT_VERSION,
-        "prompt_sha256": hashlib.sha256(system.encode()).hexdigest(),
+        "prompt_sha256": hashlib.sha256(system_prompt(guidelines).encode()).hexdigest(),
+        "max_in_flight": max_in_flight,
         "temperature": 0.0,
         "max_tokens": 512,
         "seed": 0,
@@ -149,10 +156,10 @@ class JudgeResult:
 
 
 def openai_client(config: JudgeConfig):
-    """An ``openai.OpenAI`` client for the server; its own retries cover 429/5xx/timeouts with backoff."""
-    from openai import OpenAI
+    """An ``openai.AsyncOpenAI`` client for the server; its own retries cover 429/5xx/timeouts with backoff."""
+    from openai import AsyncOpenAI
 
-    return OpenAI(
+    return AsyncOpenAI(
         base_url=config.base_url,
         api_key=config.api_key or "not-needed",
         timeout=settings.LARRY_JUDGE_TIMEOUT_S,
@@ -181,10 +188,11 @@ def _reply_problem(choice) -> str:
     return ""
 
 
-def judge_with_openai(client, *, model: str, item: Item, guidelines: str, run_settings: dict) -> JudgeResult:
+async def judge_with_openai(client, *, model: str, item: Item, guidelines: str, run_settings: dict) -> JudgeResult:
     """Ask the server for one verdict; never raises: failures come back as ``error``.
 
-    Transport faults (429 with Retry-After, 5xx, timeouts, dropped
+    A coroutine, so that one worker keeps many requests in flight (see
+    ``judge_many``). Transport faults (429 with Retry-After, 5xx, timeouts, dropped
     connections) are retried by the ``openai`` client with exponential
     backoff and jitter. A reply that is not a verdict (not JSON, wrong
     schema, ``finish_reason == "length"``, a refusal) gets one repair
@@ -193,21 +201,26 @@ def judge_with_openai(client, *, model: str, item: Item, guidelines: str, run_se
     latency add up over both attempts.
     """
     import openai
+    from openai.types.chat import ChatCompletion
 
     started = time.perf_counter()
     result = JudgeResult(item.pk)
     messages = build_messages(item, guidelines)
     for attempt in (1, 2):
         try:
-            reply = client.chat.completions.create(
-                model=model,
-                messages=messages,
-                temperature=run_settings["temperature"],
-                max_tokens=run_settings["max_tokens"],
-                seed=run_settings["seed"],
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA},
+            # client.post (the openai client's documented way to send a body as is) rather than
+            # chat.completions.create: the same request, retries and parsing, without create()'s
+            # per-call walk over the typed params, which cost ~3 ms of CPU per request.
+            reply = await client.post(
+                "/chat/completions",
+                cast_to=ChatCompletion,
+                body={
+                    "model": model,
+                    "messages": messages,
+                    "temperature": run_settings["temperature"],
+                    "max_tokens": run_settings["max_tokens"],
+                    "seed": run_settings["seed"],
+                    "response_format": RESPONSE_FORMAT,
                 },
             )
         except openai.OpenAIError as exc:
@@ -232,6 +245,24 @@ def judge_with_openai(client, *, model: str, item: Item, guidelines: str, run_se
         ]
     result.latency_ms = round((time.perf_counter() - started) * 1000)
     return result
+
+
+async def judge_many(
+    config: JudgeConfig, items: list[Item], *, guidelines: str, run_settings: dict, max_in_flight: int
+) -> list[JudgeResult]:
+    """Judge ``items`` with at most ``max_in_flight`` requests open at once, so vLLM's continuous batching is fed."""
+    import asyncio
+
+    gate = asyncio.Semaphore(max_in_flight)
+    async with openai_client(config) as client:
+
+        async def one(item: Item) -> JudgeResult:
+            async with gate:
+                return await judge_with_openai(
+                    client, model=config.model, item=item, guidelines=guidelines, run_settings=run_settings
+                )
+
+        return list(await asyncio.gather(*(one(item) for item in items)))
 
 
 class NotEnoughLabels(ValueError):

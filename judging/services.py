@@ -41,7 +41,7 @@ def judge_run_create(*, project: Project, user=None) -> JudgeRun:
             backend=JudgeRun.Backend.OPENAI,
             model=config.model,
             base_url=config.base_url,
-            config=backends.run_config(config, project.guidelines),
+            config=backends.run_config(config, project.guidelines, max_in_flight=project.judge_max_in_flight),
             items_total=project.items.count(),
             created_by=user,
         )

@@ -2,11 +2,12 @@
 
 ``start_judge_run`` either judges everything with the local classifier or
 splits the run into chunks of ``LARRY_JUDGE_CHUNK_SIZE`` items, one
-``judge_chunk`` task each; a chunk keeps up to ``LARRY_JUDGE_MAX_IN_FLIGHT``
-requests open at once. No database transaction is open during a judge call.
+``judge_chunk`` task each; a chunk keeps up to the project's
+``judge_max_in_flight`` requests open at once (asyncio and ``AsyncOpenAI``).
+No database transaction is open during a judge call.
 """
 
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
 
 from celery import shared_task
 from django.conf import settings
@@ -63,17 +64,17 @@ def judge_chunk(run_id: int, item_ids: list[int]) -> None:
         return
     items = list(Item.objects.filter(pk__in=item_ids).exclude(verdicts__run=run))
     if items:
+        # No transaction is open here: read, call the judge, then write.
         config = backends.JudgeConfig(run.base_url, run.model, backends.judge_config_for(run.project).api_key)
-        client = backends.openai_client(config)
-        guidelines = run.project.guidelines
-
-        def judge(item: Item) -> backends.JudgeResult:
-            return backends.judge_with_openai(
-                client, model=run.model, item=item, guidelines=guidelines, run_settings=run.config
+        results = asyncio.run(
+            backends.judge_many(
+                config,
+                items,
+                guidelines=run.project.guidelines,
+                run_settings=run.config,
+                max_in_flight=run.config.get("max_in_flight", run.project.judge_max_in_flight),
             )
-
-        with ThreadPoolExecutor(max_workers=settings.LARRY_JUDGE_MAX_IN_FLIGHT) as pool:
-            results = list(pool.map(judge, items))
+        )
         services.verdicts_store(run=run, results=results)
     services.judge_run_finish_if_complete(run_id=run_id)
 

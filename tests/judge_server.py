@@ -14,16 +14,20 @@ Markers in the response text pick a fault:
 | ``[truncated]`` | ``finish_reason: "length"`` with half a JSON object |
 | ``[http500]`` | HTTP 500 every time |
 
-Every request body is kept in ``server.requests`` for assertions; set
+``latency`` (seconds) delays every answer, as a busy GPU would. Every
+request body is kept in ``server.requests`` for assertions; set
 ``server.httpd.down = True`` to answer 503 to everything.
 """
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's server
+
     def log_message(self, *args):
         pass
 
@@ -34,6 +38,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, {"error": {"message": "not found"}})
         user = body["messages"][1]["content"]  # the item; later messages are a repair request
         repairing = len(body["messages"]) > 2
+        if self.server.latency:
+            time.sleep(self.server.latency)
         if self.server.down:
             return self._send(503, {"error": {"message": "the test server is down"}})
         if "[http500]" in user:
@@ -83,10 +89,12 @@ class _Handler(BaseHTTPRequestHandler):
 class JudgeServer:
     """Start with ``JudgeServer().start()``; ``base_url`` ends in ``/v1``; ``stop()`` when done."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.requests = []
         self.httpd.down = False  # answer 503 to everything while True
+        self.httpd.latency = latency
+        self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property

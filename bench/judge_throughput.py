@@ -1,0 +1,154 @@
+"""Benchmark: judge-run throughput through a real Celery worker over Redis, against a server of fixed latency.
+
+Usage (from the project folder; PostgreSQL and Redis on 127.0.0.1 as on our machines):
+
+    .venv/bin/python bench/judge_throughput.py [--items 2000] [--in-flight 64] [--latency-ms 200]
+
+A local OpenAI-compatible server (tests/judge_server.py) answers every chat
+completion after ``--latency-ms``, as a GPU server that is never the
+bottleneck would. The database ``larry_bench_judge`` is (re)created; one
+project with ``--items`` items and ``judge_max_in_flight = --in-flight`` is
+judged by one Celery worker process (``--pool solo``, so its CPU time is the
+app's) fed over Redis. Reported: items/s from run start to finish;
+efficiency = items/s / (C / L), the share of the ideal rate with C requests
+always in flight; and the worker's CPU time per judged item (from
+/proc/<pid>/stat, user + system, measured from just before the run starts).
+The last line of output is one JSON object with the figures.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DB_NAME = "larry_bench_judge"
+QUEUE = f"larry-bench-{uuid.uuid4().hex[:8]}"
+ENV = {
+    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/14",
+    "LARRY_CELERY_QUEUE": QUEUE,
+    "DJANGO_SETTINGS_MODULE": "larry_web.settings",
+}
+os.environ.update(ENV)
+
+
+def recreate_database() -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB_NAME}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--latency-ms", type=float, default=200)
+    args = parser.parse_args()
+
+    recreate_database()
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from annotations.models import Item, Project
+    from judging.models import JudgeRun
+    from judging.services import judge_run_create
+    from tests.judge_server import JudgeServer
+
+    call_command("migrate", verbosity=0)
+    server = JudgeServer(latency=args.latency_ms / 1000).start()
+    project = Project.objects.create(
+        slug="bench",
+        name="Judge benchmark",
+        judge_base_url=server.base_url,
+        judge_model="bench-judge",
+        judge_max_in_flight=args.in_flight,
+    )
+    Item.objects.bulk_create(
+        Item(project=project, external_id=f"item-{i}", prompt=f"What is {i} + {i}?", response=f"It is {2 * i}.")
+        for i in range(args.items)
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "larry_web",
+            "worker",
+            "--pool",
+            "solo",
+            "-Q",
+            QUEUE,
+            "-l",
+            "info",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in worker.stdout:
+            if "ready." in line:
+                break
+        # Keep reading the worker's log, or it blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in worker.stdout], daemon=True).start()
+        cpu_before = cpu_seconds(worker.pid)
+        started = time.perf_counter()
+        run = judge_run_create(project=project)
+        while True:
+            run.refresh_from_db()
+            if run.status in (JudgeRun.Status.FINISHED, JudgeRun.Status.FAILED):
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(worker.pid) - cpu_before
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        server.stop()
+    items_per_s = run.items_done / elapsed
+    ideal = args.in_flight / (args.latency_ms / 1000)
+    result = {
+        "benchmark": "judge_throughput",
+        "items": args.items,
+        "in_flight": args.in_flight,
+        "latency_ms": args.latency_ms,
+        "judged": run.items_done,
+        "errors": run.items_error,
+        "seconds": round(elapsed, 2),
+        "items_per_s": round(items_per_s, 1),
+        "ideal_items_per_s": round(ideal, 1),
+        "efficiency": round(items_per_s / ideal, 3),
+        "cpu_ms_per_item": round(cpu * 1000 / max(run.items_done, 1), 3),
+    }
+    print(
+        f"{run.items_done} judged ({run.items_error} errors) in {elapsed:.1f} s: {items_per_s:.0f} items/s of an ideal "
+        f"{ideal:.0f} (efficiency {result['efficiency']}); worker CPU {result['cpu_ms_per_item']} ms per item"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
