@@ -1,6 +1,8 @@
 """REST API of the annotations app: import."""
 
+from django.http import Http404
 from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -10,12 +12,16 @@ from annotations.models import Project
 
 
 def project_for_api(request, slug: str) -> Project:
-    """The project if the token's user may see it; 404 otherwise."""
-    from django.http import Http404
+    """The project if the token's user leads it or is staff: 404 for outsiders, 403 for SMEs.
 
+    Importing (prior labels become ground truth) and exporting (the judge's and
+    the rules' results) are for leads; SMEs review blind.
+    """
     project = Project.objects.filter(slug=slug).first()
     if project is None or not project.is_visible_to(request.user):
         raise Http404("No such project")
+    if not project.is_lead(request.user):
+        raise PermissionDenied("Only project leads and staff import and export.")
     return project
 
 

@@ -108,6 +108,9 @@ def _csv_records(stream: IO[bytes]) -> Iterator[tuple[int, dict | None, str]]:
     try:
         if not reader.fieldnames:
             raise ImportFormatError("the CSV file has no header row")
+        missing = [name for name in REQUIRED_FIELDS if name not in reader.fieldnames]
+        if missing:
+            raise ImportFormatError(f"the CSV header has no {' or '.join(missing)} column")
         for row in reader:
             if None in row:
                 yield (

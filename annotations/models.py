@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
 
@@ -11,6 +12,18 @@ DEFAULT_REJECT_REASONS = ["inaccurate", "incomplete", "policy", "tone"]
 
 def default_reject_reasons() -> list[str]:
     return list(DEFAULT_REJECT_REASONS)
+
+
+def validate_reject_reasons(value) -> None:
+    """A JSON list of 1 to 9 distinct, non-empty strings (keys 1-9 pick them); raises ValidationError."""
+    if not isinstance(value, list) or not all(isinstance(r, str) and r.strip() for r in value):
+        raise ValidationError('give a JSON list of reasons, e.g. ["inaccurate", "incomplete", "tone"]')
+    if not 1 <= len(value) <= 9:
+        raise ValidationError(f"give 1 to 9 reasons (keys 1-9 pick them), not {len(value)}")
+    if len({r.strip() for r in value}) != len(value):
+        raise ValidationError("reasons must be distinct")
+    if any(len(r) > 200 for r in value):
+        raise ValidationError("a reason is at most 200 characters")
 
 
 class Decision(models.TextChoices):
@@ -40,7 +53,9 @@ class Project(models.Model):
         default=10, help_text="An item handed to an SME returns to the queue after this long without a decision."
     )
     reject_reasons = models.JSONField(
-        default=default_reject_reasons, help_text='Reasons SMEs pick from when rejecting, e.g. ["inaccurate", "tone"].'
+        default=default_reject_reasons,
+        validators=[validate_reject_reasons],
+        help_text='Reasons SMEs pick from when rejecting (1 to 9), e.g. ["inaccurate", "tone"].',
     )
     judge_base_url = models.URLField(blank=True, help_text="OpenAI-compatible base URL, e.g. http://vllm:8000/v1")
     judge_model = models.CharField(max_length=200, blank=True)

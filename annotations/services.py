@@ -1,6 +1,8 @@
 """Writes for the annotations app: sampling into the SME queue, reviews and their history, adjudication."""
 
 import random
+from collections.abc import Callable
+from functools import partial
 
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -10,6 +12,22 @@ from annotations.models import Adjudication, Decision, Item, Project, Review, Re
 from annotations.queue import queue_add, slots_sync
 
 MAX_TEXT = 100_000
+
+GroundTruthListener = Callable[[int, list[int]], None]
+_ground_truth_listeners: list[GroundTruthListener] = []
+
+
+def on_ground_truth_change(listener: GroundTruthListener) -> None:
+    """Register ``listener(project_id, item_ids)``, called after commit when SME decisions on those items change.
+
+    This is how ``judging`` re-gates items without ``annotations`` depending on it.
+    """
+    _ground_truth_listeners.append(listener)
+
+
+def _ground_truth_changed(project_id: int, item_ids: list[int]) -> None:
+    for listener in _ground_truth_listeners:
+        transaction.on_commit(partial(listener, project_id, list(item_ids)))
 
 
 class ReviewError(ValueError):
@@ -91,6 +109,7 @@ def review_submit(
             ReviewChange.objects.create(
                 item=item, reviewer=reviewer, action=ReviewChange.Action.CREATE, after=review.snapshot()
             )
+            _ground_truth_changed(item.project_id, [item.pk])
             return review
     except IntegrityError:
         raise ReviewError(f"{reviewer} has already reviewed item {item.external_id}") from None
@@ -109,6 +128,7 @@ def review_undo(*, review: Review, reviewer) -> Item:
         Slot.objects.filter(item=item, reviewer=reviewer, done=True).update(
             done=False, leased_at=now, leased_until=now + item.project.lease
         )
+        _ground_truth_changed(item.project_id, [item.pk])
     return item
 
 
@@ -129,6 +149,7 @@ def review_edit(
         ReviewChange.objects.create(
             item=review.item, reviewer=reviewer, action=ReviewChange.Action.EDIT, before=before, after=review.snapshot()
         )
+        _ground_truth_changed(review.item.project_id, [review.item_id])
     return review
 
 
@@ -138,9 +159,11 @@ def adjudicate(*, item: Item, lead, decision: str, reason: str = "") -> Adjudica
         raise ReviewError("only a project lead or staff can adjudicate")
     if decision not in Decision.values:
         raise ReviewError(f"decision must be accept or reject, got {decision!r}")
-    adjudication, _ = Adjudication.objects.update_or_create(
-        item=item, defaults={"decision": decision, "reason": reason.strip()[:200], "decided_by": lead}
-    )
+    with transaction.atomic():
+        adjudication, _ = Adjudication.objects.update_or_create(
+            item=item, defaults={"decision": decision, "reason": reason.strip()[:200], "decided_by": lead}
+        )
+        _ground_truth_changed(item.project_id, [item.pk])
     return adjudication
 
 
@@ -158,12 +181,17 @@ def prior_labels_import(*, project: Project, labels: dict[str, str]) -> int:
     wanted = list(labels)
     imported = Review.objects.filter(item__project=project, reviewer__isnull=True)
     before = imported.count()
+    labelled: list[int] = []
     with transaction.atomic():
         for start in range(0, len(wanted), 5000):
-            ids = project.items.filter(external_id__in=wanted[start : start + 5000]).values_list("external_id", "id")
+            ids = list(
+                project.items.filter(external_id__in=wanted[start : start + 5000]).values_list("external_id", "id")
+            )
             Review.objects.bulk_create(
                 [Review(item_id=pk, decision=labels[ext], origin=Review.Origin.IMPORT) for ext, pk in ids],
                 ignore_conflicts=True,
             )
+            labelled += [pk for _, pk in ids]
         slots_sync(project=project)
+        _ground_truth_changed(project.pk, labelled)
     return imported.count() - before

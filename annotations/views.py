@@ -7,11 +7,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from annotations import queue
-from annotations.models import Item, Project, Review
+from annotations.models import Item, Membership, Project, Review
 from annotations.selectors import agreement_report, disagreements, projects_for
 from annotations.services import ReviewError, adjudicate, review_edit, review_submit, review_undo
 
-LAST_REVIEW = "larry_last_review"
+
+def _last_review_key(project: Project) -> str:
+    """The session key of the SME's last decision in this project (undo is per project)."""
+    return f"larry_last_review_{project.pk}"
 
 
 def get_project_for_user(request: HttpRequest, slug: str) -> Project:
@@ -22,9 +25,19 @@ def get_project_for_user(request: HttpRequest, slug: str) -> Project:
     return project
 
 
+def get_project_for_lead(request: HttpRequest, slug: str) -> Project:
+    """The project if the user leads it (or is staff): what the judge and the rules said is for leads,
+    since SMEs review blind. 404 for outsiders, 403 for SMEs."""
+    project = get_project_for_user(request, slug)
+    if not project.is_lead(request.user):
+        raise PermissionDenied("Only project leads and staff see the judge's and the rules' results.")
+    return project
+
+
 @login_required
 def project_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "annotations/project_list.html", {"projects": projects_for(request.user)})
+    led = set(request.user.memberships.filter(role=Membership.Role.LEAD).values_list("project_id", flat=True))
+    return render(request, "annotations/project_list.html", {"projects": projects_for(request.user), "led": led})
 
 
 def _card(request: HttpRequest, project: Project, error: str = "", status: int = 200) -> HttpResponse:
@@ -34,7 +47,7 @@ def _card(request: HttpRequest, project: Project, error: str = "", status: int =
         "item": queue.next_item(project=project, reviewer=request.user),
         "progress": queue.progress(project=project, reviewer=request.user),
         "reasons": project.reject_reasons,
-        "can_undo": LAST_REVIEW in request.session,
+        "can_undo": _last_review_key(project) in request.session,
         "error": error,
     }
     if request.htmx:
@@ -66,7 +79,7 @@ def review_decide(request: HttpRequest, slug: str, item_id: int) -> HttpResponse
         )
     except ReviewError as exc:
         return _card(request, project, str(exc), status=400)
-    request.session[LAST_REVIEW] = stored.pk
+    request.session[_last_review_key(project)] = stored.pk
     return _card(request, project)
 
 
@@ -84,7 +97,7 @@ def review_skip(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
 def review_undo_last(request: HttpRequest, slug: str) -> HttpResponse:
     """Undo this session's last decision: the item comes back to the SME."""
     project = get_project_for_user(request, slug)
-    review_id = request.session.pop(LAST_REVIEW, None)
+    review_id = request.session.pop(_last_review_key(project), None)
     stored = Review.objects.filter(pk=review_id, reviewer=request.user, item__project=project).first()
     if stored is None:
         return _card(request, project, "nothing to undo", status=400)

@@ -20,6 +20,12 @@ class LabelFunctionForm(forms.ModelForm):
         fields = ("project", "name", "kind", "field", "task_types", "params", "reason", "active")
         help_texts = {"params": "JSON. Examples: " + "; ".join(f"{k}: {v.example}" for k, v in KINDS.items())}
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.instance.pk:
+            # A new rule starts switched off: dry-run it first (the list's action), then switch it on.
+            self.fields["active"].initial = False
+
     def clean_task_types(self):
         value = self.cleaned_data.get("task_types") or []
         if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):

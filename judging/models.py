@@ -99,7 +99,7 @@ class LabelFunction(models.Model):
     task_types = models.JSONField(
         default=list, blank=True, help_text='Only items of these task types, e.g. ["billing"]; empty: all.'
     )
-    reason = models.CharField(max_length=200, help_text="Shown to SMEs and in exports when the rule rejects.")
+    reason = models.CharField(max_length=200, help_text="Recorded with the gate's decision when the rule rejects.")
     active = models.BooleanField(default=True)
     version = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -225,25 +225,27 @@ def label_function_delete(*, rule: LabelFunction, user=None) -> None:
     _regate_after_commit(project_id)
 
 
-def gate_apply(*, project: Project) -> dict[str, int]:
-    """Decide every item of the project with ``gate.decide`` and store the decisions.
+def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[str, int]:
+    """Decide the project's items (all, or ``item_ids``) with ``gate.decide`` and store the decisions.
 
     Inputs: SME ground truth, verdicts of the latest finished run, hits of
-    active label functions. Returns ``{"accept": n, "reject": n, "pending": n}``.
+    active label functions. Returns ``{"accept": n, "reject": n, "pending": n}``
+    over the items decided.
     """
-    truth = ground_truth(project=project)
+    items = project.items.all() if item_ids is None else project.items.filter(pk__in=item_ids)
+    truth = ground_truth(item_ids, project=project)
     run = latest_finished_run(project)
-    verdicts = (
-        dict(Verdict.objects.filter(run=run).exclude(verdict="").values_list("item_id", "verdict")) if run else {}
-    )
+    verdicts_qs = Verdict.objects.filter(run=run).exclude(verdict="")
+    hits = RuleHit.objects.filter(label_function__project=project, label_function__active=True)
+    if item_ids is not None:
+        verdicts_qs, hits = verdicts_qs.filter(item_id__in=item_ids), hits.filter(item_id__in=item_ids)
+    verdicts = dict(verdicts_qs.values_list("item_id", "verdict")) if run else {}
     rejections: dict[int, list[str]] = defaultdict(list)
-    for item_id, reason in RuleHit.objects.filter(
-        label_function__project=project, label_function__active=True
-    ).values_list("item_id", "label_function__reason"):
+    for item_id, reason in hits.values_list("item_id", "label_function__reason"):
         rejections[item_id].append(reason)
     decisions = []
     counts = {"accept": 0, "reject": 0, "pending": 0}
-    for item_id in project.items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
+    for item_id in items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
         outcome = gate.decide(
             ground_truth=truth.get(item_id), verdict=verdicts.get(item_id), rule_rejections=rejections.get(item_id, [])
         )
@@ -260,6 +262,6 @@ def gate_apply(*, project: Project) -> dict[str, int]:
             )
         )
     with transaction.atomic():
-        GateDecision.objects.filter(item__project=project).delete()
+        GateDecision.objects.filter(item__in=items).delete()
         GateDecision.objects.bulk_create(decisions, batch_size=WRITE_BATCH)
     return counts

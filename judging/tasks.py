@@ -80,6 +80,14 @@ def judge_chunk(run_id: int, item_ids: list[int]) -> None:
 
 
 @shared_task(acks_late=True)
+def regate_items(project_id: int, item_ids: list[int]) -> None:
+    """Re-gate items whose SME ground truth changed (a decision, an undo, an edit, an adjudication)."""
+    project = Project.objects.filter(pk=project_id).first()
+    if project is not None:
+        services.gate_apply(project=project, item_ids=item_ids)
+
+
+@shared_task(acks_late=True)
 def regate_project(project_id: int) -> None:
     """Re-run the project's label functions and re-gate every item (after a rule changed)."""
     project = Project.objects.filter(pk=project_id).first()

@@ -8,7 +8,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from annotations.views import get_project_for_user
+from annotations.views import get_project_for_lead
 from judging.models import JudgeRun
 from judging.selectors import (
     funnel,
@@ -24,7 +24,7 @@ from judging.services import judge_run_cancel, judge_run_create, judge_run_resum
 @login_required
 def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     """The funnel (imported -> SME reviewed -> judged -> vetoed -> accepted), runs and rules."""
-    project = get_project_for_user(request, slug)
+    project = get_project_for_lead(request, slug)
     runs = list(JudgeRun.objects.filter(project=project)[:10])
     for run in runs:
         run.agreement = run_agreement(run) if run.status == JudgeRun.Status.FINISHED else None
@@ -41,7 +41,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 def rules(request: HttpRequest, slug: str) -> HttpResponse:
     """Label-function analytics: coverage, overlap, conflict, empirical accuracy, as a table and a chart."""
-    project = get_project_for_user(request, slug)
+    project = get_project_for_lead(request, slug)
     stats = label_function_stats(project)
     bar = 240  # px for 100 %
     for row in stats:
@@ -58,7 +58,7 @@ def rules(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def regate(request: HttpRequest, slug: str) -> HttpResponse:
     """Run the active label functions and re-gate every item (staff only), e.g. after new SME reviews."""
-    project = get_project_for_user(request, slug)
+    project = get_project_for_lead(request, slug)
     if not request.user.is_staff:
         raise PermissionDenied("Only staff re-gate projects.")
     hits, counts = project_regate(project=project)
@@ -70,7 +70,7 @@ def regate(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _get_run(request: HttpRequest, slug: str, run_id: int) -> JudgeRun:
-    project = get_project_for_user(request, slug)
+    project = get_project_for_lead(request, slug)
     return get_object_or_404(JudgeRun.objects.select_related("project"), pk=run_id, project=project)
 
 
@@ -114,7 +114,7 @@ def run_control(request: HttpRequest, slug: str, run_id: int, action: str) -> Ht
 @require_POST
 def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
     """Start a judge run over the project (staff only)."""
-    project = get_project_for_user(request, slug)
+    project = get_project_for_lead(request, slug)
     if not request.user.is_staff:
         raise PermissionDenied("Only staff start judge runs.")
     run = judge_run_create(project=project, user=request.user)

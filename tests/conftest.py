@@ -29,6 +29,16 @@ def project(db, sme):
     return project
 
 
+@pytest.fixture
+def lead(db, project):
+    """A project lead: reviews, adjudicates, and sees the judge's and the rules' results."""
+    from annotations.models import Membership
+
+    user = get_user_model().objects.create_user("lead", password="lead-pass-123")
+    Membership.objects.create(project=project, user=user, role=Membership.Role.LEAD)
+    return user
+
+
 def make_items(project: Project, responses: list[str], **fields) -> list[Item]:
     """Items ``r0, r1, ...`` with the given responses (other fields from ``fields``)."""
     return Item.objects.bulk_create(

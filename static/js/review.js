@@ -62,6 +62,13 @@
   document.addEventListener("htmx:afterRequest", function (event) {
     if (!event.detail.successful && card()) {
       card().querySelectorAll("button").forEach(function (b) { b.disabled = false; });
+      var alert = card().querySelector(".error") || document.createElement("p");
+      alert.className = "error";
+      alert.setAttribute("role", "alert");
+      alert.textContent = event.detail.xhr && event.detail.xhr.status
+        ? "The server could not store that (HTTP " + event.detail.xhr.status + "). Nothing was lost: try the key again."
+        : "The server could not be reached. Nothing was stored: try the key again.";
+      if (!alert.parentNode) card().prepend(alert);
     }
   });
 })();

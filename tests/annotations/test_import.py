@@ -134,3 +134,9 @@ def test_the_format_comes_from_the_file_name():
     assert detect_format("Data.JSONL") == "jsonl" and detect_format("x.csv") == "csv"
     with pytest.raises(ImportFormatError, match="unknown format"):
         detect_format("x.xlsx")
+
+
+def test_a_csv_without_a_required_column_is_refused_once(project):
+    report = import_items(project=project, stream=io.BytesIO(b"id,prompt\n1,p\n2,q\n"), fmt="csv")
+    assert report.fatal == "the CSV header has no response column" and report.errors == []
+    assert not Item.objects.exists()

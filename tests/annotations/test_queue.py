@@ -190,9 +190,60 @@ def test_changing_reviews_per_item_in_the_admin_opens_slots(client, project, que
         "judge_base_url": "",
         "judge_model": "",
         "judge_api_key": "",
+        "judge_max_in_flight": 32,
         "memberships-TOTAL_FORMS": "0",
         "memberships-INITIAL_FORMS": "0",
     }
     response = client.post(f"/admin/annotations/project/{project.pk}/change/", data)
     assert response.status_code == 302, response.content.decode()[:3000]
     assert Slot.objects.filter(project=project).count() == 10
+
+
+@pytest.mark.parametrize(
+    ("reasons", "message"),
+    [
+        ('"tone"', "JSON list"),
+        ("[1, 2]", "JSON list"),
+        ('["a", "a"]', "distinct"),
+        (str([f"r{i}" for i in range(10)]).replace("'", '"'), "1 to 9"),
+    ],
+)
+def test_reject_reasons_are_checked_in_the_admin(client, project, reasons, message):
+    root = get_user_model().objects.create_superuser("root", password="root-pass-123")
+    client.force_login(root)
+    data = {
+        "slug": project.slug,
+        "name": project.name,
+        "reviews_per_item": 1,
+        "lease_minutes": 10,
+        "reject_reasons": reasons,
+        "judge_max_in_flight": 32,
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+    }
+    response = client.post(f"/admin/annotations/project/{project.pk}/change/", data)
+    assert response.status_code == 200 and message in response.content.decode()
+    project.refresh_from_db()
+    assert project.reject_reasons == ["inaccurate", "incomplete", "policy", "tone"]
+
+
+def test_the_gate_follows_sme_decisions_undos_and_adjudications(
+    project, queued, lead, django_capture_on_commit_callbacks
+):
+    from annotations.services import adjudicate
+    from judging.models import GateDecision
+
+    def outcome(item):
+        return GateDecision.objects.filter(item=item).values_list("outcome", flat=True).first()
+
+    ann = user("ann")
+    item = queue.next_item(project=project, reviewer=ann)
+    with django_capture_on_commit_callbacks(execute=True):
+        review = review_submit(item=item, reviewer=ann, decision="reject", reason="tone")
+    assert outcome(item) == "reject"  # re-gated after commit (a Celery task; in-process here)
+    with django_capture_on_commit_callbacks(execute=True):
+        review_undo(review=review, reviewer=ann)
+    assert outcome(item) == "pending"
+    with django_capture_on_commit_callbacks(execute=True):
+        adjudicate(item=item, lead=lead, decision="accept")
+    assert outcome(item) == "accept"

@@ -41,8 +41,8 @@ def test_export_needs_a_token(client, project):
     assert client.get(export_url(project)).status_code == 401
 
 
-def test_export_streams_the_accepted_set_as_chat_jsonl(client, sme, project, decided):
-    response = client.get(export_url(project), **token_header(sme))
+def test_export_streams_the_accepted_set_as_chat_jsonl(client, lead, project, decided):
+    response = client.get(export_url(project), **token_header(lead))
     assert response.status_code == 200 and response.streaming
     assert response["Content-Type"].startswith("application/jsonl")
     assert response["X-Larry-Judge"] == "none (SME ground truth only)"
@@ -57,24 +57,34 @@ def test_export_streams_the_accepted_set_as_chat_jsonl(client, sme, project, dec
     ]
 
 
-def test_export_names_the_judge_of_the_gating_run(client, sme, project, decided):
+def test_export_names_the_judge_of_the_gating_run(client, lead, project, decided):
     JudgeRun.objects.create(
         project=project, backend="openai", model="llama-405b", base_url="http://vllm/v1", status="finished"
     )
-    response = client.get(export_url(project), **token_header(sme))
+    response = client.get(export_url(project), **token_header(lead))
     assert response["X-Larry-Judge"] == "llama-405b at http://vllm/v1"
 
 
-def test_an_outsider_token_gets_404(client, outsider, project, decided):
+def test_an_outsider_token_gets_404_and_an_sme_403(client, outsider, sme, project, decided):
     assert client.get(export_url(project), **token_header(outsider)).status_code == 404
+    assert client.get(export_url(project), **token_header(sme)).status_code == 403
 
 
-def test_import_over_rest_reports_bad_lines(client, sme, project):
+@pytest.mark.parametrize("page", ["project_detail", "rules"])
+def test_smes_review_blind_the_judges_and_rules_pages_are_for_leads(client, sme, lead, project, page):
+    url = reverse(f"judging:{page}", args=[project.slug])
+    client.force_login(sme)
+    assert client.get(url).status_code == 403
+    client.force_login(lead)
+    assert client.get(url).status_code == 200
+
+
+def test_import_over_rest_reports_bad_lines(client, lead, project):
     data = b'{"id": "1", "prompt": "p", "response": "r", "human_label": "accept"}\n{"id": "2"}\n'
     upload = io.BytesIO(data)
     upload.name = "items.jsonl"
     url = reverse("annotations:api_import", args=[project.slug])
-    response = client.post(url, {"file": upload}, **token_header(sme))
+    response = client.post(url, {"file": upload}, **token_header(lead))
     assert response.status_code == 200, response.content
     assert response.json() == {
         "created": 1,
@@ -85,19 +95,21 @@ def test_import_over_rest_reports_bad_lines(client, sme, project):
     }
 
 
-def test_import_over_rest_refuses_an_unknown_format_and_outsiders(client, sme, outsider, project):
+def test_import_over_rest_refuses_an_unknown_format_smes_and_outsiders(client, lead, sme, outsider, project):
     url = reverse("annotations:api_import", args=[project.slug])
     upload = io.BytesIO(b"x")
     upload.name = "items.xlsx"
-    assert client.post(url, {"file": upload}, **token_header(sme)).status_code == 400
+    assert client.post(url, {"file": upload}, **token_header(lead)).status_code == 400
     upload.seek(0)
     upload.name = "items.jsonl"
     assert client.post(url, {"file": upload}, **token_header(outsider)).status_code == 404
+    upload.seek(0)
+    assert client.post(url, {"file": upload}, **token_header(sme)).status_code == 403  # SMEs review blind
     assert client.post(url, {"file": upload}).status_code == 401
 
 
-def test_the_project_page_shows_the_funnel(client, sme, project, decided):
-    client.force_login(sme)
+def test_the_project_page_shows_the_funnel(client, lead, project, decided):
+    client.force_login(lead)
     page = client.get(reverse("judging:project_detail", args=[project.slug])).content.decode()
     for text in (
         "4</span> imported",
@@ -110,9 +122,9 @@ def test_the_project_page_shows_the_funnel(client, sme, project, decided):
         assert text in page, text
 
 
-def test_only_staff_start_judge_runs(client, sme, staff, project, decided, django_capture_on_commit_callbacks):
+def test_only_staff_start_judge_runs(client, lead, staff, project, decided, django_capture_on_commit_callbacks):
     url = reverse("judging:judge_run_start", args=[project.slug])
-    client.force_login(sme)
+    client.force_login(lead)
     assert client.post(url).status_code == 403
     client.force_login(staff)
     with django_capture_on_commit_callbacks(execute=True):
@@ -126,11 +138,17 @@ def test_only_staff_start_judge_runs(client, sme, staff, project, decided, djang
     assert "needs at least 2 accepted and 2 rejected SME reviews" in page
 
 
-def test_staff_regate_after_new_reviews(client, sme, staff, project, decided):
+def test_staff_regate_after_new_reviews(client, lead, staff, project, decided):
     url = reverse("judging:regate", args=[project.slug])
-    client.force_login(sme)
+    client.force_login(lead)
     assert client.post(url).status_code == 403
     Review.objects.create(item=decided[3], decision="accept", origin="import")
     client.force_login(staff)
     assert client.post(url).status_code == 302
     assert GateDecision.objects.get(item=decided[3]).outcome == "accept"
+
+
+def test_an_sme_corrected_response_wins_in_the_export(client, lead, project, decided):
+    Review.objects.filter(item=decided[0]).update(corrected_response="Plus costs $4 per month, billed monthly.")
+    lines = b"".join(client.get(export_url(project), **token_header(lead)).streaming_content).decode().splitlines()
+    assert json.loads(lines[0])["messages"][1]["content"] == "Plus costs $4 per month, billed monthly."

@@ -167,12 +167,12 @@ def test_analytics_in_snorkels_terms(project, items, django_capture_on_commit_ca
     assert (off["hits"], off["empirical_accuracy"]) == (0, None)
 
 
-def test_the_rules_page_shows_the_table_and_chart(client, sme, outsider, project, items):
+def test_the_rules_page_shows_the_table_and_chart(client, lead, outsider, project, items):
     label_function_save(rule=competitor_rule(project))
     label_functions_apply(project=project)
     url = reverse("judging:rules", args=[project.slug])
     client.force_login(outsider)
     assert client.get(url).status_code == 404
-    client.force_login(sme)
+    client.force_login(lead)
     page = client.get(url).content.decode()
     assert "<svg" in page and "competitor" in page and "0.400" in page and "0.500" in page

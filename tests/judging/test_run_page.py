@@ -59,11 +59,13 @@ def test_the_bootstrap_uses_scikit_learns_kappa_formula():
     assert cohen_kappa_bootstrap_ci(["accept"] * 5, ["accept"] * 5) is None
 
 
-def test_the_run_page_shows_calibration_and_a_live_progress_bar(client, sme, outsider, project, calibrated):
+def test_the_run_page_shows_calibration_and_a_live_progress_bar(client, sme, lead, outsider, project, calibrated):
     url = reverse("judging:run_detail", args=[project.slug, calibrated.pk])
     client.force_login(outsider)
     assert client.get(url).status_code == 404
     client.force_login(sme)
+    assert client.get(url).status_code == 403
+    client.force_login(lead)
     page = client.get(url).content.decode()
     assert "Cohen's κ" in page and "95 % CI" in page and "<svg" in page and "By source model" in page
     assert "i2" in page  # a disagreement to open
@@ -126,7 +128,7 @@ def test_a_cancelled_run_stops_and_resumes_without_judging_anything_twice(
     assert len(judge_server.requests) == 6  # the first two were not judged again
 
 
-def test_only_staff_control_runs(client, sme, project, calibrated):
-    client.force_login(sme)
+def test_only_staff_control_runs(client, lead, project, calibrated):
+    client.force_login(lead)
     assert client.post(reverse("judging:run_control", args=[project.slug, calibrated.pk, "cancel"])).status_code == 403
     assert client.post(reverse("judging:run_control", args=[project.slug, calibrated.pk, "explode"])).status_code == 404
