@@ -26,25 +26,17 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, database_url, recreate_database
+
 DB_NAME = "larry_bench_judge"
 QUEUE = f"larry-bench-{uuid.uuid4().hex[:8]}"
 ENV = {
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+    "DATABASE_URL": database_url(DB_NAME),
     "CELERY_BROKER_URL": "redis://127.0.0.1:6379/14",
     "LARRY_CELERY_QUEUE": QUEUE,
     "DJANGO_SETTINGS_MODULE": "larry_web.settings",
 }
 os.environ.update(ENV)
-
-
-def recreate_database() -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -60,7 +52,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=200)
     args = parser.parse_args()
 
-    recreate_database()
+    recreate_database(DB_NAME)
     import django
 
     django.setup()

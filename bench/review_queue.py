@@ -24,25 +24,15 @@ import json
 import os
 import random
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import database_url, recreate_database
+
 DB_NAME = "larry_bench_queue"
-os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+os.environ["DATABASE_URL"] = database_url(DB_NAME)
 os.environ.pop("CELERY_BROKER_URL", None)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "larry_web.settings")
-
-
-def recreate_database() -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,7 +47,7 @@ def main() -> None:
     parser.add_argument("--think-ms", type=float, default=1000)
     args = parser.parse_args()
 
-    recreate_database()
+    recreate_database(DB_NAME)
     import django
 
     django.setup()
