@@ -13,6 +13,8 @@ Markers in the response text pick a fault:
 | ``[refusal]`` | a refusal (``message.refusal``) |
 | ``[truncated]`` | ``finish_reason: "length"`` with half a JSON object |
 | ``[http500]`` | HTTP 500 every time |
+| ``[429-once]`` | HTTP 429 with ``Retry-After: 1`` the first time, then a verdict |
+| ``[slow-once]`` | an answer after ``server.httpd.slow_s`` (3 s) the first time, then at once |
 
 ``latency`` (seconds) delays every answer, as a busy GPU would. Every
 request body is kept in ``server.requests`` for assertions; set
@@ -44,6 +46,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(503, {"error": {"message": "the test server is down"}})
         if "[http500]" in user:
             return self._send(500, {"error": {"message": "injected fault"}})
+        with self.server.lock:
+            self.server.seen[user] = seen = self.server.seen.get(user, 0) + 1
+        if "[429-once]" in user and seen == 1:
+            return self._send(429, {"error": {"message": "slow down"}}, headers={"Retry-After": "1"})
+        if "[slow-once]" in user and seen == 1:
+            time.sleep(self.server.slow_s)  # past the client's timeout
         verdict = "reject" if "WRONG" in user else "accept"
         content = json.dumps({"verdict": verdict, "rationale": f"the test server said {verdict}"})
         finish, refusal = "stop", None
@@ -77,9 +85,11 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _send(self, status: int, payload: dict) -> None:
+    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -94,6 +104,7 @@ class JudgeServer:
         self.httpd.requests = []
         self.httpd.down = False  # answer 503 to everything while True
         self.httpd.latency = latency
+        self.httpd.seen, self.httpd.lock, self.httpd.slow_s = {}, threading.Lock(), 3.0
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

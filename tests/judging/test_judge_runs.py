@@ -1,5 +1,7 @@
 """Judge runs in-process: the OpenAI-compatible backend against a real HTTP server, and the local classifier."""
 
+import time
+
 import pytest
 
 from annotations.models import Review
@@ -142,3 +144,27 @@ def test_a_redelivered_chunk_judges_nothing_twice(llm_project, judge_server, sta
     judge_chunk(run.pk, list(llm_project.items.values_list("id", flat=True)))
     assert list(Verdict.objects.values_list("id", "verdict")) == before
     assert len(judge_server.requests) == calls == 2
+
+
+def test_transport_faults_are_retried_and_every_item_ends_with_a_verdict_or_an_error(
+    llm_project, judge_server, start_run, settings
+):
+    """429 with Retry-After, a reply slower than the timeout, a 500, and JSON in code fences."""
+    settings.LARRY_JUDGE_TIMEOUT_S, settings.LARRY_JUDGE_MAX_RETRIES = 1, 2
+    make_items(llm_project, ["a [429-once]", "b [slow-once]", "c [http500]", "d [fenced]", "e"])
+    started = time.monotonic()
+    run = start_run(llm_project)
+    got = verdicts(run)
+    assert (run.status, run.items_done, run.items_error) == ("finished", 4, 1)
+    assert {r: v.verdict for r, v in got.items() if v.verdict} == {
+        "a [429-once]": "accept",
+        "b [slow-once]": "accept",
+        "d [fenced]": "accept",
+        "e": "accept",
+    }
+    assert "InternalServerError" in got["c [http500]"].error
+    attempts = [r["messages"][1]["content"] for r in judge_server.requests]
+    assert attempts.count("<prompt>\nQuestion 0?\n</prompt>\n\n<response>\na [429-once]\n</response>") == 2
+    assert sum("b [slow-once]" in a for a in attempts) == 2  # timed out once, then answered
+    assert sum("c [http500]" in a for a in attempts) == 3  # the first try and two retries
+    assert time.monotonic() - started >= 1  # Retry-After was honoured
