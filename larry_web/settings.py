@@ -162,6 +162,14 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = env_str("LARRY_CELERY_QUEUE", "celery")
+# Tasks are acked late, so a task whose worker died is delivered again once its
+# visibility timeout passes: keep it above the longest task (a judge chunk).
+_VISIBILITY_TIMEOUT = env_int("LARRY_CELERY_VISIBILITY_TIMEOUT", 3600)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": _VISIBILITY_TIMEOUT,
+    "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 4)),
+    "unacked_restore_throttle": 1,
+}
 
 # The judge: an OpenAI-compatible server (vLLM); none means the local classifier.
 LARRY_JUDGE_BASE_URL = env_str("LARRY_JUDGE_BASE_URL")

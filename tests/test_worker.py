@@ -6,6 +6,7 @@ row; the worker judges against the test judge server on 127.0.0.1.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from annotations.models import Review
 from judging.models import GateDecision, JudgeRun, Verdict
 from judging.services import gate_apply
 from tests.conftest import make_items
+from tests.judge_server import JudgeServer
 from tests.services import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,3 +128,74 @@ def test_saving_a_rule_regates_in_the_background_on_a_real_worker(project, worke
     log = worker.log()
     assert outcomes == {"Switch to Dropbox.": "reject", "Plus is $4 a month.": "accept"}, log
     assert "judging.tasks.regate_project[" in log
+
+
+def test_a_worker_killed_mid_run_loses_nothing_and_judges_nothing_twice(project, worker_env):
+    """SIGKILL the worker while it judges a chunk; a new worker gets the chunk again and the run finishes."""
+    server = JudgeServer(latency=0.3).start()
+    env = {**worker_env, "LARRY_CELERY_VISIBILITY_TIMEOUT": "4", "LARRY_JUDGE_CHUNK_SIZE": "10"}
+    make_items(project, [f"Answer {i}" for i in range(40)])
+    project.judge_base_url, project.judge_model, project.judge_max_in_flight = server.base_url, "test-judge", 2
+    project.save()
+
+    def start_worker():
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "larry_web",
+                "worker",
+                "--pool",
+                "solo",
+                "-Q",
+                env["LARRY_CELERY_QUEUE"],
+                "-l",
+                "warning",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    first = start_worker()
+    command = subprocess.Popen(
+        [sys.executable, "manage.py", "run_judge", project.slug, "--timeout", "150"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    second = None
+    try:
+        deadline = time.monotonic() + 60
+        while Verdict.objects.count() < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert Verdict.objects.count() >= 10, "the first worker judged nothing"
+        time.sleep(0.5)  # it is now in the middle of a later chunk
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at = Verdict.objects.count()
+        assert killed_at < 40
+        second = start_worker()
+        _out, err = command.communicate(timeout=170)
+    finally:
+        for process in (first, second, command):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        server.stop()
+    assert command.returncode == 0, err
+    run = JudgeRun.objects.get()
+    assert (run.status, run.items_done, run.items_error) == ("finished", 40, 0)
+    # Every item has exactly one verdict (unique per run and item, written idempotently).
+    assert Verdict.objects.count() == 40
+    assert set(Verdict.objects.values_list("item_id", flat=True)) == set(project.items.values_list("id", flat=True))
+    # Only the chunk that was in flight at the kill was sent to the judge again.
+    assert 40 <= len(server.requests) <= 40 + 10
