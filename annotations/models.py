@@ -63,6 +63,12 @@ class Project(models.Model):
     judge_max_in_flight = models.PositiveSmallIntegerField(
         default=32, help_text="Requests one worker keeps open at once to the judge server."
     )
+    judge_price_in = models.DecimalField(
+        max_digits=10, decimal_places=4, default=0, help_text="Price per million prompt tokens, for run costs."
+    )
+    judge_price_out = models.DecimalField(
+        max_digits=10, decimal_places=4, default=0, help_text="Price per million completion tokens."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

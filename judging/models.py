@@ -1,5 +1,7 @@
 """Judge runs and verdicts, label functions and their hits, and the gate's decision."""
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
@@ -46,6 +48,13 @@ class JudgeRun(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("judging:run_detail", args=[self.project.slug, self.pk])
+
+    @property
+    def cost(self) -> Decimal:
+        """Tokens in and out at the prices recorded when the run started (per million tokens)."""
+        price_in = Decimal(self.config.get("price_in_per_million", "0"))
+        price_out = Decimal(self.config.get("price_out_per_million", "0"))
+        return (self.tokens_in * price_in + self.tokens_out * price_out) / 1_000_000
 
     @property
     def judge_label(self) -> str:

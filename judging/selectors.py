@@ -204,3 +204,19 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
             if truth[r[0]] != r[1]
         ][:disagreements],
     }
+
+
+def runs_compare(first: JudgeRun, second: JudgeRun) -> dict:
+    """Two runs side by side (say 405B and 8B): their agreement with each other, and each with the SMEs.
+
+    ``{"between": agreement(first's verdicts as truth, second's) on the items
+    both judged, "first": run_agreement(first), "second": run_agreement(second)}``.
+    """
+    a = dict(Verdict.objects.filter(run=first).exclude(verdict="").values_list("item_id", "verdict"))
+    b = dict(Verdict.objects.filter(run=second).exclude(verdict="").values_list("item_id", "verdict"))
+    shared = sorted(a.keys() & b.keys())
+    return {
+        "between": agreement([a[i] for i in shared], [b[i] for i in shared]),
+        "first": run_agreement(first),
+        "second": run_agreement(second),
+    }

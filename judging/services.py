@@ -41,7 +41,11 @@ def judge_run_create(*, project: Project, user=None) -> JudgeRun:
             backend=JudgeRun.Backend.OPENAI,
             model=config.model,
             base_url=config.base_url,
-            config=backends.run_config(config, project.guidelines, max_in_flight=project.judge_max_in_flight),
+            config={
+                **backends.run_config(config, project.guidelines, max_in_flight=project.judge_max_in_flight),
+                "price_in_per_million": str(project.judge_price_in),
+                "price_out_per_million": str(project.judge_price_out),
+            },
             items_total=project.items.count(),
             created_by=user,
         )

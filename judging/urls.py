@@ -10,6 +10,7 @@ urlpatterns = [
     path("projects/<slug:slug>/regate/", views.regate, name="regate"),
     path("projects/<slug:slug>/rules/", views.rules, name="rules"),
     path("projects/<slug:slug>/runs/<int:run_id>/", views.run_detail, name="run_detail"),
+    path("projects/<slug:slug>/runs/compare/", views.runs_compare_page, name="runs_compare"),
     path(
         "projects/<slug:slug>/runs/<int:run_id>/<str:action>/",
         views.run_control,

@@ -17,6 +17,7 @@ from judging.selectors import (
     run_agreement,
     run_calibration,
     run_progress,
+    runs_compare,
 )
 from judging.services import judge_run_cancel, judge_run_create, judge_run_resume, project_regate
 
@@ -92,6 +93,17 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
         ]
     errors = run.verdicts.filter(verdict="").select_related("item")[:50]
     return render(request, "judging/run_detail.html", {**context, "calibration": calibration, "errors": errors})
+
+
+@login_required
+def runs_compare_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """Compare two runs of the project (``?a=<run id>&b=<run id>``)."""
+    project = get_project_for_lead(request, slug)
+    runs = JudgeRun.objects.filter(project=project)
+    first = get_object_or_404(runs, pk=request.GET.get("a") or 0)
+    second = get_object_or_404(runs, pk=request.GET.get("b") or 0)
+    context = {"project": project, "first": first, "second": second, "comparison": runs_compare(first, second)}
+    return render(request, "judging/runs_compare.html", context)
 
 
 @login_required

@@ -132,3 +132,26 @@ def test_only_staff_control_runs(client, lead, project, calibrated):
     client.force_login(lead)
     assert client.post(reverse("judging:run_control", args=[project.slug, calibrated.pk, "cancel"])).status_code == 403
     assert client.post(reverse("judging:run_control", args=[project.slug, calibrated.pk, "explode"])).status_code == 404
+
+
+def test_two_runs_are_compared_with_each_other_and_with_the_smes(client, lead, project, calibrated):
+    small = JudgeRun.objects.create(project=project, backend="openai", model="8b", status="finished", items_total=12)
+    small_verdicts = [A] * 12
+    for item, verdict in zip(project.items.order_by("id"), small_verdicts, strict=True):
+        Verdict.objects.create(run=small, item=item, verdict=verdict)
+    client.force_login(lead)
+    url = reverse("judging:runs_compare", args=[project.slug]) + f"?a={calibrated.pk}&b={small.pk}"
+    page = client.get(url).content.decode()
+    between = sum(j == A for j in JUDGE) / 12
+    assert f"{between:.3f}" in page  # the 8B run agrees with the large one where the large one accepted
+    assert f"{cohen_kappa_score(SME, JUDGE):.3f}" in page
+
+
+def test_a_run_costs_its_tokens_at_the_recorded_prices(project):
+    run = JudgeRun(
+        project=project,
+        tokens_in=1_000_000,
+        tokens_out=500_000,
+        config={"price_in_per_million": "2.00", "price_out_per_million": "6.00"},
+    )
+    assert run.cost == 5
