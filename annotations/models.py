@@ -142,7 +142,7 @@ class Item(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.project.slug}:{self.external_id}"
+        return self.external_id
 
 
 class Review(models.Model):

@@ -40,7 +40,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
     return render(request, "annotations/project_list.html", {"projects": projects_for(request.user), "led": led})
 
 
-def _card(request: HttpRequest, project: Project, error: str = "", status: int = 200) -> HttpResponse:
+def _card(request: HttpRequest, project: Project, error: str = "", status: int = 200, notice: str = "") -> HttpResponse:
     """The review card with the SME's next item: the partial for htmx, else the whole page."""
     context = {
         "project": project,
@@ -49,6 +49,7 @@ def _card(request: HttpRequest, project: Project, error: str = "", status: int =
         "reasons": project.reject_reasons,
         "can_undo": _last_review_key(project) in request.session,
         "error": error,
+        "notice": notice,
     }
     if request.htmx:
         # htmx swaps only 2xx answers; the card shows the error itself.
@@ -101,8 +102,8 @@ def review_undo_last(request: HttpRequest, slug: str) -> HttpResponse:
     stored = Review.objects.filter(pk=review_id, reviewer=request.user, item__project=project).first()
     if stored is None:
         return _card(request, project, "nothing to undo", status=400)
-    review_undo(review=stored, reviewer=request.user)
-    return _card(request, project)
+    item = review_undo(review=stored, reviewer=request.user)
+    return _card(request, project, notice=f"Undone: your decision on {item.external_id} was taken back.")
 
 
 @login_required

@@ -87,7 +87,7 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
     if matrix:
         biggest = max(max(row.values()) for row in matrix.values()) or 1
         calibration["cells"] = [
-            (sme, judge, n, round(0.15 + 0.85 * n / biggest, 2))
+            (sme, judge, n, round(0.12 + 0.5 * n / biggest, 2))
             for sme, row in matrix.items()
             for judge, n in row.items()
         ]
