@@ -222,8 +222,6 @@ def test_reject_reasons_are_checked_in_the_admin(client, project, reasons, messa
         "judge_price_in": "0",
         "judge_price_out": "0",
         "judge_max_in_flight": 32,
-        "judge_price_in": "0",
-        "judge_price_out": "0",
         "memberships-TOTAL_FORMS": "0",
         "memberships-INITIAL_FORMS": "0",
     }
