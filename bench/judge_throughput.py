@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -61,6 +60,7 @@ def main() -> None:
     from annotations.models import Item, Project
     from judging.models import JudgeRun
     from judging.services import judge_run_create
+    from tests.celery_worker import worker_command
     from tests.judge_server import JudgeServer
 
     call_command("migrate", verbosity=0)
@@ -77,23 +77,7 @@ def main() -> None:
         for i in range(args.items)
     )
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "larry_web",
-            "worker",
-            "--pool",
-            "solo",
-            "-Q",
-            QUEUE,
-            "-l",
-            "info",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-        ],
+        worker_command(QUEUE, "--pool", "solo", "-l", "info"),
         cwd=ROOT,
         env={**os.environ, **ENV},
         stdout=subprocess.PIPE,

@@ -62,10 +62,10 @@ BROWSER_QUEUE = 20  # items queued for review in the browser, beyond the labelle
 
 
 def rules_install_examples(project: Project) -> None:
-    """Create the example label functions in the project (existing names are left alone)."""
+    """Create the example label functions in the project (existing names are left alone); the caller re-gates."""
     for rule in EXAMPLE_RULES:
         if not project.label_functions.filter(name=rule["name"]).exists():
-            label_function_save(rule=LabelFunction(project=project, **rule))
+            label_function_save(rule=LabelFunction(project=project, **rule), regate=False)
 
 
 class JudgeRunTimeout(RuntimeError):

@@ -51,9 +51,13 @@ def funnel(project: Project) -> dict[str, int]:
     }
 
 
-def run_agreement(run: JudgeRun) -> dict:
-    """The run's agreement with SME ground truth, on the items that have both (see metrics.agreement)."""
-    truth = ground_truth(project=run.project)
+def run_agreement(run: JudgeRun, truth: dict[int, str] | None = None) -> dict:
+    """The run's agreement with SME ground truth, on the items that have both (see metrics.agreement).
+
+    Pass ``truth`` (``ground_truth(project=...)``) when comparing several runs, to read it once.
+    """
+    if truth is None:
+        truth = ground_truth(project=run.project)
     pairs = [
         (truth[item_id], verdict)
         for item_id, verdict in Verdict.objects.filter(run=run).exclude(verdict="").values_list("item_id", "verdict")

@@ -184,10 +184,11 @@ def _regate_after_commit(project_id: int) -> None:
 
 
 @transaction.atomic
-def label_function_save(*, rule: LabelFunction, user=None) -> LabelFunction:
+def label_function_save(*, rule: LabelFunction, user=None, regate: bool = True) -> LabelFunction:
     """Validate and save a rule, record the change in its history, and re-gate its project in the background.
 
-    A save that changes nothing records nothing. Raises
+    A save that changes nothing records nothing. With ``regate=False`` the
+    caller re-gates itself (after saving several rules, say). Raises
     serializers.ValidationError for bad params.
     """
     rule.params = validate_params(rule.kind, rule.params)
@@ -209,7 +210,8 @@ def label_function_save(*, rule: LabelFunction, user=None) -> LabelFunction:
         after=after,
         changed_by=user,
     )
-    _regate_after_commit(rule.project_id)
+    if regate:
+        _regate_after_commit(rule.project_id)
     return rule
 
 

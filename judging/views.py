@@ -8,6 +8,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from annotations.selectors import ground_truth
 from annotations.views import get_project_for_lead
 from judging.models import JudgeRun
 from judging.selectors import (
@@ -27,8 +28,9 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     """The funnel (imported -> SME reviewed -> judged -> vetoed -> accepted), runs and rules."""
     project = get_project_for_lead(request, slug)
     runs = list(JudgeRun.objects.filter(project=project)[:10])
+    truth = ground_truth(project=project)
     for run in runs:
-        run.agreement = run_agreement(run) if run.status == JudgeRun.Status.FINISHED else None
+        run.agreement = run_agreement(run, truth) if run.status == JudgeRun.Status.FINISHED else None
     context = {
         "project": project,
         "funnel": funnel(project),

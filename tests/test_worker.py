@@ -19,6 +19,7 @@ from django.db import connection
 from annotations.models import Review
 from judging.models import GateDecision, JudgeRun, Verdict
 from judging.services import gate_apply
+from tests.celery_worker import worker_command
 from tests.conftest import make_items
 from tests.judge_server import JudgeServer
 from tests.services import require
@@ -45,23 +46,7 @@ def worker_env():
 def worker(worker_env):
     """A Celery worker process on this test's own queue; ``worker.log()`` stops it and returns its output."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "larry_web",
-            "worker",
-            "-Q",
-            worker_env["LARRY_CELERY_QUEUE"],
-            "-c",
-            "2",
-            "-l",
-            "info",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-        ],
+        worker_command(worker_env["LARRY_CELERY_QUEUE"], "-c", "2", "-l", "info"),
         cwd=ROOT,
         env=worker_env,
         stdout=subprocess.PIPE,
@@ -140,23 +125,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_judges_nothing_twice(project,
 
     def start_worker():
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "larry_web",
-                "worker",
-                "--pool",
-                "solo",
-                "-Q",
-                env["LARRY_CELERY_QUEUE"],
-                "-l",
-                "warning",
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-            ],
+            worker_command(env["LARRY_CELERY_QUEUE"], "--pool", "solo", "-l", "warning"),
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
