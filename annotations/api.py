@@ -1,14 +1,31 @@
-"""REST API of the annotations app: import."""
+"""REST API of the annotations app: projects, items, reviews, and import.
 
+Every endpoint needs an authenticated user (``Authorization: Token <key>``,
+or a browser session). Object-level rule, in ``project_for_api``: a project
+that the user is not a member of does not exist for them (404); its items,
+reviews and everything the judge produced are for its leads and staff (403
+for SMEs, who review blind). Lists are cursor-paginated (``?cursor=``,
+``?page_size=`` up to 1000), stable under concurrent inserts.
+"""
+
+import datetime
+
+import django_filters
 from django.http import Http404
-from rest_framework import serializers, status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations.importers import FORMATS, ImportFormatError, detect_format, import_items
-from annotations.models import Project
+from annotations.models import Decision, Item, Project, Review
+from annotations.selectors import projects_for
+
+PROJECT_SLUG = OpenApiParameter("project_slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")
 
 
 def project_for_api(request, slug: str) -> Project:
@@ -23,6 +40,185 @@ def project_for_api(request, slug: str) -> Project:
     if not project.is_lead(request.user):
         raise PermissionDenied("Only project leads and staff import and export.")
     return project
+
+
+class IdCursorPagination(CursorPagination):
+    """Cursor pagination in id order: ``?cursor=`` from ``next``/``previous``, ``?page_size=`` 1 to 1000."""
+
+    ordering = "id"
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class ProjectScopedViewSet(viewsets.GenericViewSet):
+    """A viewset under ``/api/projects/<project_slug>/``, reachable by the project's leads and staff."""
+
+    pagination_class = IdCursorPagination
+
+    def get_project(self) -> Project:
+        if not hasattr(self, "_project"):
+            self._project = project_for_api(self.request, self.kwargs["project_slug"])
+        return self._project
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if not getattr(self, "swagger_fake_view", False):
+            self.get_project()
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    role = serializers.SerializerMethodField(help_text="Your role: lead, sme, or staff (staff who are not members).")
+
+    class Meta:
+        model = Project
+        fields = ["id", "slug", "name", "guidelines", "reviews_per_item", "reject_reasons", "role", "created_at"]
+
+    def get_role(self, project: Project) -> str:
+        user = self.context["request"].user
+        membership = next((m for m in project.memberships.all() if m.user_id == user.pk), None)
+        return membership.role if membership else "staff"
+
+
+@extend_schema_view(list=extend_schema(summary="Projects you are a member of (all, for staff)"))
+class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Projects the user may see; looked up by slug."""
+
+    serializer_class = ProjectSerializer
+    pagination_class = IdCursorPagination
+    lookup_field = "slug"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Project.objects.none()
+        return projects_for(self.request.user).prefetch_related("memberships")
+
+
+class ItemSerializer(serializers.ModelSerializer):
+    gate_outcome = serializers.CharField(
+        source="gate_decision.outcome", read_only=True, default=None, help_text="accept, reject, pending, or null"
+    )
+
+    class Meta:
+        model = Item
+        fields = [
+            "id",
+            "external_id",
+            "prompt",
+            "context",
+            "response",
+            "reference",
+            "source_model",
+            "task_type",
+            "metadata",
+            "in_sme_queue",
+            "gate_outcome",
+            "created_at",
+        ]
+
+
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """An ISO 8601 date-time filter that compares in UTC (PostgreSQL refuses offsets beyond +-15:59)."""
+
+    def filter(self, qs, value):
+        if value is not None:
+            try:
+                value = value.astimezone(datetime.UTC)
+            except OverflowError:
+                raise serializers.ValidationError({self.field_name: ["date-time out of range once in UTC"]}) from None
+        return super().filter(qs, value)
+
+
+class ItemFilter(django_filters.FilterSet):
+    external_id = django_filters.CharFilter()
+    source_model = django_filters.CharFilter()
+    task_type = django_filters.CharFilter()
+    in_sme_queue = django_filters.BooleanFilter()
+    gate_outcome = django_filters.ChoiceFilter(
+        field_name="gate_decision__outcome",
+        choices=[("accept", "accept"), ("reject", "reject"), ("pending", "pending")],
+    )
+    created_after = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Item
+        fields = ["external_id", "source_model", "task_type", "in_sme_queue", "gate_outcome"]
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's items, filtered"),
+    retrieve=extend_schema(parameters=[PROJECT_SLUG]),
+)
+class ItemViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
+    """A project's items with their gate outcome (import them with ``POST .../import/``)."""
+
+    serializer_class = ItemSerializer
+    filterset_class = ItemFilter
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Item.objects.none()
+        return Item.objects.filter(project=self.get_project()).select_related("gate_decision")
+
+
+class ReviewSerializer(serializers.ModelSerializer):
+    reviewer = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    external_id = serializers.CharField(source="item.external_id", read_only=True)
+
+    class Meta:
+        model = Review
+        fields = [
+            "id",
+            "item",
+            "external_id",
+            "reviewer",
+            "decision",
+            "reason",
+            "comment",
+            "corrected_response",
+            "origin",
+            "seconds_spent",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class ReviewFilter(django_filters.FilterSet):
+    decision = django_filters.ChoiceFilter(choices=Decision.choices)
+    origin = django_filters.ChoiceFilter(choices=Review.Origin.choices)
+    reviewer = django_filters.CharFilter(field_name="reviewer__username")
+    item = django_filters.NumberFilter(field_name="item_id")
+
+    class Meta:
+        model = Review
+        fields = ["decision", "origin", "reviewer", "item"]
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[PROJECT_SLUG], summary="SME reviews and imported labels of the project"),
+    retrieve=extend_schema(parameters=[PROJECT_SLUG]),
+)
+class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
+    """SME reviews (and imported prior labels, which have no reviewer) of a project's items."""
+
+    serializer_class = ReviewSerializer
+    filterset_class = ReviewFilter
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Review.objects.none()
+        return Review.objects.filter(item__project=self.get_project()).select_related("reviewer", "item")
+
+
+class ImportReportSerializer(serializers.Serializer):
+    """What an import stored, and every line that it did not store with its reason."""
+
+    created = serializers.IntegerField()
+    existing = serializers.IntegerField()
+    labels = serializers.IntegerField()
+    errors = serializers.ListField(child=serializers.DictField(), help_text='[{"line": int, "reason": str}]')
+    fatal = serializers.CharField(allow_blank=True)
 
 
 class ImportItemsApi(APIView):
@@ -40,6 +236,11 @@ class ImportItemsApi(APIView):
         format = serializers.ChoiceField(choices=FORMATS, required=False)
         label_field = serializers.CharField(required=False, default="human_label")
 
+    @extend_schema(
+        parameters=[OpenApiParameter("slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")],
+        request={"multipart/form-data": InputSerializer},
+        responses={200: ImportReportSerializer},
+    )
     def post(self, request, slug: str) -> Response:
         project = project_for_api(request, slug)
         data = self.InputSerializer(data=request.data)

@@ -6,6 +6,7 @@ app_name = "annotations"
 
 urlpatterns = [
     path("", views.project_list, name="project_list"),
+    path("account/api-token/", views.api_token, name="api_token"),
     path("projects/<slug:slug>/review/", views.review, name="review"),
     path("projects/<slug:slug>/review/<int:item_id>/", views.review_decide, name="review_decide"),
     path("projects/<slug:slug>/review/<int:item_id>/skip/", views.review_skip, name="review_skip"),

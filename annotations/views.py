@@ -1,10 +1,12 @@
 """SME-facing pages: project list, review screen (htmx), my reviews, agreement, adjudication."""
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
+from rest_framework.authtoken.models import Token
 
 from annotations import queue
 from annotations.models import Item, Membership, Project, Review
@@ -188,3 +190,14 @@ def adjudication(request: HttpRequest, slug: str) -> HttpResponse:
     rows = [(item, by_item.get(item.pk, [])) for item in items]
     context = {"project": project, "rows": rows, "error": error, "reasons": project.reject_reasons}
     return render(request, "annotations/adjudication.html", context, status=400 if error else 200)
+
+
+@login_required
+def api_token(request: HttpRequest) -> HttpResponse:
+    """Show the user's own API token (created on first visit); POST replaces it with a new one."""
+    if request.method == "POST":
+        Token.objects.filter(user=request.user).delete()
+        messages.info(request, "A new API token replaces the old one, which no longer works.")
+        return redirect("annotations:api_token")
+    token, _ = Token.objects.get_or_create(user=request.user)
+    return render(request, "annotations/api_token.html", {"token": token})

@@ -1,24 +1,319 @@
-"""REST API of the judging app: the accepted set, streamed."""
+"""REST API of the judging app: judge runs and verdicts, label functions, training sets, the accepted set.
 
+Same rules as ``annotations.api``: token or session authentication, projects
+visible to members only (404), content for leads and staff only (403 for
+SMEs). Lists are cursor-paginated.
+"""
+
+import django_filters
+from django.db import transaction
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotations.api import project_for_api
+from annotations.api import PROJECT_SLUG, ProjectScopedViewSet, project_for_api
+from annotations.models import Decision
+from judging import training_sets
 from judging.export import iter_chat_jsonl
-from judging.selectors import latest_finished_run
+from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
+from judging.selectors import latest_finished_run, run_progress
+from judging.services import judge_run_create
+
+CONTENT_TYPES = {
+    TrainingSet.Format.CSV: "text/csv; charset=utf-8",
+}
+JSONL = "application/jsonl; charset=utf-8"
 
 
 class ExportChatJsonlApi(APIView):
-    """GET the project's accepted set as OpenAI chat fine-tuning JSONL, streamed.
+    """GET the project's accepted set as OpenAI chat fine-tuning JSONL, streamed (as it is now, not a snapshot).
 
     Token-authenticated (``Authorization: Token <key>``). The judge whose
-    verdicts fed the gate is named in the ``X-Larry-Judge`` header.
+    verdicts fed the gate is named in the ``X-Larry-Judge`` header. For a
+    frozen, hashed, reproducible set, create a training set instead.
     """
 
+    @extend_schema(parameters=[PROJECT_SLUG], responses={(200, "application/jsonl"): OpenApiTypes.BINARY})
     def get(self, request, slug: str) -> StreamingHttpResponse:
         project = project_for_api(request, slug)
         run = latest_finished_run(project)
-        response = StreamingHttpResponse(iter_chat_jsonl(project), content_type="application/jsonl; charset=utf-8")
+        response = StreamingHttpResponse(iter_chat_jsonl(project), content_type=JSONL)
         response["Content-Disposition"] = f'attachment; filename="{project.slug}-accepted.jsonl"'
         response["X-Larry-Judge"] = run.judge_label if run else "none (SME ground truth only)"
+        return response
+
+
+class JudgeRunSerializer(serializers.ModelSerializer):
+    judge = serializers.CharField(source="judge_label", read_only=True)
+    cost = serializers.DecimalField(max_digits=20, decimal_places=6, read_only=True)
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = JudgeRun
+        fields = [
+            "id",
+            "judge",
+            "backend",
+            "model",
+            "base_url",
+            "config",
+            "status",
+            "error",
+            "items_total",
+            "items_done",
+            "items_error",
+            "tokens_in",
+            "tokens_out",
+            "cost",
+            "progress",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    def get_progress(self, run: JudgeRun) -> dict:
+        """``{"done", "errors", "total", "percent", "rate_per_s", "eta_s"}``."""
+        return {k: v for k, v in run_progress(run).items() if isinstance(v, int | float | None)}
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's judge runs, newest first"),
+    retrieve=extend_schema(parameters=[PROJECT_SLUG]),
+    create=extend_schema(
+        parameters=[PROJECT_SLUG], request=None, summary="Start a judge run over all items (staff only)"
+    ),
+)
+class JudgeRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, ProjectScopedViewSet):
+    """Judge runs with their snapshot (``config``), progress, tokens and cost."""
+
+    serializer_class = JudgeRunSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return JudgeRun.objects.none()
+        return JudgeRun.objects.filter(project=self.get_project())
+
+    def create(self, request, *args, **kwargs) -> Response:
+        if not request.user.is_staff:
+            raise PermissionDenied("Only staff start judge runs.")
+        with transaction.atomic():
+            run = judge_run_create(project=self.get_project(), user=request.user)
+        run.refresh_from_db()
+        return Response(self.get_serializer(run).data, status=status.HTTP_201_CREATED)
+
+
+class VerdictSerializer(serializers.ModelSerializer):
+    external_id = serializers.CharField(source="item.external_id", read_only=True)
+
+    class Meta:
+        model = Verdict
+        fields = [
+            "id",
+            "item",
+            "external_id",
+            "verdict",
+            "rationale",
+            "score",
+            "tokens_in",
+            "tokens_out",
+            "latency_ms",
+            "error",
+            "created_at",
+        ]
+
+
+class VerdictFilter(django_filters.FilterSet):
+    verdict = django_filters.ChoiceFilter(choices=Decision.choices)
+    error = django_filters.BooleanFilter(method="filter_error", help_text="true: only errors; false: only verdicts")
+    item = django_filters.NumberFilter(field_name="item_id")
+
+    class Meta:
+        model = Verdict
+        fields = ["verdict", "item"]
+
+    def filter_error(self, queryset, name, value):
+        return queryset.exclude(error="") if value else queryset.filter(error="")
+
+
+RUN_ID = OpenApiParameter("run_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="Judge run id")
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[PROJECT_SLUG, RUN_ID], summary="A run's verdicts and errors"),
+    retrieve=extend_schema(parameters=[PROJECT_SLUG, RUN_ID]),
+)
+class VerdictViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
+    """Verdicts of one judge run; an item whose judging failed has ``verdict`` empty and ``error`` set."""
+
+    serializer_class = VerdictSerializer
+    filterset_class = VerdictFilter
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Verdict.objects.none()
+        return Verdict.objects.filter(run__project=self.get_project(), run_id=self.kwargs["run_id"]).select_related(
+            "item"
+        )
+
+
+class LabelFunctionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = LabelFunction
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "params",
+            "field",
+            "task_types",
+            "reason",
+            "active",
+            "version",
+            "created_at",
+            "updated_at",
+        ]
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's label functions (edited in the admin)"),
+    retrieve=extend_schema(parameters=[PROJECT_SLUG]),
+)
+class LabelFunctionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
+    """Label functions with their current version; staff edit them in the Django admin."""
+
+    serializer_class = LabelFunctionSerializer
+    filterset_fields = ["active", "kind"]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return LabelFunction.objects.none()
+        return LabelFunction.objects.filter(project=self.get_project())
+
+
+class TrainingSetSerializer(serializers.ModelSerializer):
+    filters = training_sets.FiltersSerializer(required=False)
+    download = serializers.SerializerMethodField(help_text="Where to GET the file once ready.")
+
+    class Meta:
+        model = TrainingSet
+        fields = [
+            "id",
+            "name",
+            "format",
+            "system_prompt",
+            "validation_fraction",
+            "seed",
+            "dedupe",
+            "filters",
+            "status",
+            "error",
+            "items_selected",
+            "rows_train",
+            "rows_validation",
+            "duplicates",
+            "unwritable",
+            "sha256",
+            "size_bytes",
+            "files",
+            "lineage",
+            "download",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = [f for f in fields if f not in training_sets.TrainingSetOptions().fields]
+
+    def get_download(self, training_set: TrainingSet) -> str:
+        return self.context["request"].build_absolute_uri(
+            f"/api/projects/{training_set.project.slug}/training-sets/{training_set.pk}/download/"
+        )
+
+
+class TrainingSetReportSerializer(serializers.Serializer):
+    duplicates = serializers.ListField(child=serializers.DictField(), help_text='[{"external_id", "duplicate_of"}]')
+    unwritable = serializers.ListField(child=serializers.DictField(), help_text='[{"external_id", "reason"}]')
+
+
+SPLIT = OpenApiParameter(
+    "split",
+    OpenApiTypes.STR,
+    enum=[choice for choice, _ in TrainingSetRow.Split.choices],
+    description="One split only; without it, train rows then validation rows (the file ``sha256`` is of).",
+)
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's training-set snapshots, newest first"),
+    retrieve=extend_schema(parameters=[PROJECT_SLUG]),
+    create=extend_schema(parameters=[PROJECT_SLUG], summary="Snapshot a training set (built in the background)"),
+    destroy=extend_schema(parameters=[PROJECT_SLUG]),
+)
+class TrainingSetViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    ProjectScopedViewSet,
+):
+    """Training-set snapshots: create one (202-style: ``status`` is ``building`` until built), poll, download."""
+
+    serializer_class = TrainingSetSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return TrainingSet.objects.none()
+        return TrainingSet.objects.filter(project=self.get_project()).select_related("project")
+
+    def create(self, request, *args, **kwargs) -> Response:
+        with transaction.atomic():
+            training_set = training_sets.training_set_create(
+                project=self.get_project(), options=request.data, user=request.user
+            )
+        training_set.refresh_from_db()
+        return Response(self.get_serializer(training_set).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(parameters=[PROJECT_SLUG], responses=TrainingSetReportSerializer)
+    @action(detail=True)
+    def report(self, request, project_slug: str, pk: str) -> Response:
+        """Every selected item that is not a row: duplicates (with the row they repeat) and unwritable ones (why)."""
+        training_set = self.get_object()
+        return Response(
+            {
+                "duplicates": training_set.report.get("duplicates", []),
+                "unwritable": training_set.report.get("unwritable", []),
+            }
+        )
+
+    @extend_schema(
+        parameters=[PROJECT_SLUG, SPLIT],
+        responses={
+            (200, "application/jsonl"): OpenApiTypes.BINARY,
+            (200, "text/csv"): OpenApiTypes.BINARY,
+            409: OpenApiResponse(description="The set is not built (yet)."),
+        },
+    )
+    @action(detail=True)
+    def download(self, request, project_slug: str, pk: str):
+        """The snapshot's file, streamed; ``X-Larry-Sha256`` is the sha256 of exactly these bytes."""
+        training_set = self.get_object()
+        if training_set.status != TrainingSet.Status.READY:
+            return Response(
+                {"detail": f"training set {training_set.pk} is {training_set.status}, not ready"},
+                status=status.HTTP_409_CONFLICT,
+            )
+        split = request.query_params.get("split") or None
+        if split not in (None, *TrainingSetRow.Split.values):
+            return Response({"split": [f"expected one of {', '.join(TrainingSetRow.Split.values)}"]}, status=400)
+        extension = "csv" if training_set.format == TrainingSet.Format.CSV else "jsonl"
+        name = f"{training_set.project.slug}-{training_set.format}-{training_set.pk}{'-' + split if split else ''}"
+        response = StreamingHttpResponse(
+            training_sets.iter_file(training_set, split), content_type=CONTENT_TYPES.get(training_set.format, JSONL)
+        )
+        response["Content-Disposition"] = f'attachment; filename="{name}.{extension}"'
+        response["X-Larry-Sha256"] = training_set.files[split]["sha256"] if split else training_set.sha256
         return response

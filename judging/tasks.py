@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from annotations.models import Item, Project
 from annotations.selectors import ground_truth
-from judging import backends, services
+from judging import backends, services, training_sets
 from judging.models import JudgeRun
 
 
@@ -93,3 +93,9 @@ def regate_project(project_id: int) -> None:
     project = Project.objects.filter(pk=project_id).first()
     if project is not None:
         services.project_regate(project=project)
+
+
+@shared_task(acks_late=True)
+def build_training_set(training_set_id: int) -> None:
+    """Build a training-set snapshot (idempotent: a set no longer ``building`` is left alone)."""
+    training_sets.training_set_build(training_set_id=training_set_id)

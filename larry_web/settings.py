@@ -73,6 +73,9 @@ INSTALLED_APPS = [
     "template_partials",
     "rest_framework",
     "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "annotations",
     "judging",
 ]
@@ -151,6 +154,25 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# The OpenAPI 3 schema at /api/schema/, browsable at /api/docs/ (Swagger UI served from our own static files).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Larry API",
+    "DESCRIPTION": (
+        "Projects, items, SME reviews, judge runs and verdicts, label functions, and training-set snapshots. "
+        "Authenticate with `Authorization: Token <key>` (your key: /account/api-token/ or POST /api/token/)."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"DecisionEnum": "annotations.models.Decision"},
 }
 
 # Celery: no broker means in-process tasks (the embedded default).

@@ -1,11 +1,32 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import SimpleRouter
+
+from annotations import api as annotations_api
+from judging import api as judging_api
+
+api = SimpleRouter()
+api.register("projects", annotations_api.ProjectViewSet, basename="project")
+scoped = r"projects/(?P<project_slug>[-a-zA-Z0-9_]+)"
+api.register(f"{scoped}/items", annotations_api.ItemViewSet, basename="item")
+api.register(f"{scoped}/reviews", annotations_api.ReviewViewSet, basename="review")
+api.register(f"{scoped}/runs", judging_api.JudgeRunViewSet, basename="judge-run")
+api.register(rf"{scoped}/runs/(?P<run_id>[0-9]+)/verdicts", judging_api.VerdictViewSet, basename="verdict")
+api.register(f"{scoped}/label-functions", judging_api.LabelFunctionViewSet, basename="label-function")
+api.register(f"{scoped}/training-sets", judging_api.TrainingSetViewSet, basename="training-set")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/token/", obtain_auth_token, name="api_token_obtain"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
+    path("api/", include(api.urls)),
     path("", include("annotations.urls")),
     path("", include("judging.urls")),
 ]

@@ -1,0 +1,503 @@
+"""Training-set snapshots: which decided items go in, written how, frozen and hashed.
+
+A snapshot is built in one pass over the selected items (streamed, in
+batches): each item becomes one row of text in the chosen format, or an entry
+in the report saying why it could not be written. Rows are stored as the exact
+text that will be downloaded, so a download months later gives the same bytes.
+
+Formats, one row per item:
+
+- ``chat``: OpenAI chat fine-tuning JSONL,
+  ``{"messages": [{"role": "system"}?, {"role": "user"}, {"role": "assistant"}]}``
+  (OpenAI's fine-tuning guide, "chat" data format).
+- ``alpaca``: ``{"instruction": prompt, "input": context, "output": response}``
+  (the Stanford Alpaca data format; ``"system"`` added when a system prompt is set).
+- ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": ...}]}``
+  (the ShareGPT format as read by axolotl and LLaMA-Factory).
+- ``dpo``: preference pairs in TRL's conversational format,
+  ``{"prompt": [system?, user], "chosen": [assistant], "rejected": [assistant]}``
+  (TRL's dataset formats, "preference"). *Chosen* is an accepted response (an
+  SME's correction wins over the original) or an SME's correction of a rejected
+  response; *rejected* is a rejected response to the same prompt and context
+  (for a correction, the response it corrects). An accepted item whose prompt
+  has no rejected response cannot be written and is listed in the report.
+- ``judge``: judge-distillation rows for training a small judge,
+  ``{"prompt", "context", "response", "verdict", "rationale", "basis"}`` for
+  every accepted and rejected item; ``rationale`` is the judge's, the SME's
+  comment or reason, or the vetoing rules' reasons, and ``basis`` says which.
+- ``csv``: ``external_id,prompt,context,response,source_model,task_type`` with
+  a header row (RFC 4180, CRLF), cells that a spreadsheet would run as a
+  formula neutralised (OWASP "CSV injection").
+
+The user turn of chat, ShareGPT and DPO rows is ``"Context:\\n<context>\\n\\n<prompt>"``
+when the item has a context, as in ``judging.export``.
+
+Order and hash: rows are ordered within a split by the sha256 of their text,
+and an item goes to validation when ``sha256(seed, row hash)`` falls under
+``validation_fraction``; so the same content with the same options always
+gives the same file and the same sha256, whatever the item ids or dates.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.utils import timezone
+from rest_framework import serializers
+
+from annotations.models import Adjudication, Item, Project, Review
+from judging.export import chat_record
+from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
+
+logger = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("external_id", "prompt", "context", "response", "source_model", "task_type")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+WRITE_BATCH = 1000
+READ_CHUNK = 2000
+DOWNLOAD_BUFFER = 256 * 1024
+SPLITS = (TrainingSetRow.Split.TRAIN, TrainingSetRow.Split.VALIDATION)
+
+
+class TrainingSetError(ValueError):
+    """The options of a training set are not usable (a filter names an unknown judge run, say)."""
+
+
+def neutralise_formula(value: str) -> str:
+    """Prefix a cell that a spreadsheet would evaluate (``= + - @``, tab, CR first) with ``'``.
+
+    Source: OWASP, "CSV Injection". The prefix shows in the cell, so the text
+    stays readable and is never run.
+    """
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False)
+
+
+def _csv_line(cells) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([neutralise_formula(str(cell)) for cell in cells])
+    return buffer.getvalue()
+
+
+def _user_text(prompt: str, context: str) -> str:
+    return chat_record(prompt=prompt, context=context, response="")["messages"][0]["content"]
+
+
+def _with_system(system_prompt: str, messages: list[dict]) -> list[dict]:
+    return [{"role": "system", "content": system_prompt}, *messages] if system_prompt else messages
+
+
+@dataclass
+class _Candidate:
+    """One selected item, with what the formats need."""
+
+    item_id: int
+    external_id: str
+    prompt: str
+    context: str
+    response: str
+    corrected: str | None
+    source_model: str
+    task_type: str
+    outcome: str
+    basis: str
+    vetoed: bool
+    reasons: list
+    rationale: str = ""
+
+    @property
+    def best_response(self) -> str:
+        return self.corrected or self.response
+
+
+def _csv_cells(candidate: _Candidate) -> list[str]:
+    """The cells of a CSV row, in CSV_COLUMNS order."""
+    return [
+        candidate.external_id,
+        candidate.prompt,
+        candidate.context,
+        candidate.best_response,
+        candidate.source_model,
+        candidate.task_type,
+    ]
+
+
+def write_row(fmt: str, candidate: _Candidate, *, system_prompt: str = "", rejected: str = "") -> str:
+    """The text of one row (no line terminator) of ``candidate`` in format ``fmt``.
+
+    ``rejected`` is the DPO pair's rejected response. Raises ValueError for an
+    unknown format.
+    """
+    user = _user_text(candidate.prompt, candidate.context)
+    if fmt == TrainingSet.Format.CHAT:
+        record = chat_record(prompt=candidate.prompt, context=candidate.context, response=candidate.best_response)
+        return _json_line({"messages": _with_system(system_prompt, record["messages"])})
+    if fmt == TrainingSet.Format.ALPACA:
+        row = {"instruction": candidate.prompt, "input": candidate.context, "output": candidate.best_response}
+        return _json_line({"system": system_prompt, **row} if system_prompt else row)
+    if fmt == TrainingSet.Format.SHAREGPT:
+        turns = [{"from": "human", "value": user}, {"from": "gpt", "value": candidate.best_response}]
+        if system_prompt:
+            turns.insert(0, {"from": "system", "value": system_prompt})
+        return _json_line({"conversations": turns})
+    if fmt == TrainingSet.Format.DPO:
+        return _json_line(
+            {
+                "prompt": _with_system(system_prompt, [{"role": "user", "content": user}]),
+                "chosen": [{"role": "assistant", "content": candidate.best_response}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        )
+    if fmt == TrainingSet.Format.JUDGE:
+        return _json_line(
+            {
+                "prompt": candidate.prompt,
+                "context": candidate.context,
+                "response": candidate.response,
+                "verdict": candidate.outcome,
+                "rationale": candidate.rationale,
+                "basis": "rule" if candidate.vetoed else candidate.basis,
+            }
+        )
+    if fmt == TrainingSet.Format.CSV:
+        return _csv_line(_csv_cells(candidate))
+    raise ValueError(f"unknown training-set format {fmt!r}")
+
+
+def file_header(fmt: str) -> bytes:
+    """What a file of format ``fmt`` starts with: the CSV header row, else nothing."""
+    return (_csv_line(CSV_COLUMNS) + "\r\n").encode() if fmt == TrainingSet.Format.CSV else b""
+
+
+def _terminator(fmt: str) -> str:
+    return "\r\n" if fmt == TrainingSet.Format.CSV else "\n"
+
+
+def selected_items(project: Project, fmt: str, filters: dict) -> QuerySet[Item]:
+    """The items a training set of ``fmt`` draws from, after ``filters``, in item order.
+
+    Chat, Alpaca, ShareGPT and CSV take the accepted set; DPO also takes
+    rejected items that an SME corrected; judge rows take every accepted and
+    rejected item. Pending items are never taken. ``filters`` keys (all
+    optional): ``source_models``, ``task_types`` (lists of strings),
+    ``judge_run`` (a run id: items it judged), ``created_after``,
+    ``created_before`` (ISO dates or datetimes, on the item's import time).
+    Raises TrainingSetError for a judge run not in the project.
+    """
+    items = Item.objects.filter(project=project)
+    accepted = Q(gate_decision__outcome=GateDecision.Outcome.ACCEPT)
+    rejected = Q(gate_decision__outcome=GateDecision.Outcome.REJECT)
+    if fmt == TrainingSet.Format.JUDGE:
+        items = items.filter(accepted | rejected)
+    elif fmt == TrainingSet.Format.DPO:
+        corrected = Review.objects.filter(item=OuterRef("pk")).exclude(corrected_response="")
+        items = items.filter(accepted | (rejected & Exists(corrected)))
+    else:
+        items = items.filter(accepted)
+    if filters.get("source_models"):
+        items = items.filter(source_model__in=filters["source_models"])
+    if filters.get("task_types"):
+        items = items.filter(task_type__in=filters["task_types"])
+    if filters.get("judge_run") is not None:
+        if not JudgeRun.objects.filter(project=project, pk=filters["judge_run"]).exists():
+            raise TrainingSetError(f"filters.judge_run: no judge run {filters['judge_run']} in this project")
+        items = items.filter(verdicts__run_id=filters["judge_run"]).exclude(verdicts__verdict="")
+    if filters.get("created_after"):
+        items = items.filter(created_at__gte=filters["created_after"])
+    if filters.get("created_before"):
+        items = items.filter(created_at__lt=filters["created_before"])
+    return items.order_by("id")
+
+
+def _candidates(items: QuerySet[Item], fmt: str) -> Iterator[_Candidate]:
+    latest = ("-updated_at", "-id")
+    reviews = Review.objects.filter(item=OuterRef("pk"))
+    items = items.annotate(
+        corrected=Subquery(reviews.exclude(corrected_response="").order_by(*latest).values("corrected_response")[:1])
+    )
+    columns = [
+        "id",
+        "external_id",
+        "prompt",
+        "context",
+        "response",
+        "corrected",
+        "source_model",
+        "task_type",
+        "gate_decision__outcome",
+        "gate_decision__basis",
+        "gate_decision__vetoed",
+        "gate_decision__reasons",
+    ]
+    if fmt == TrainingSet.Format.JUDGE:
+        agreeing = reviews.filter(decision=OuterRef("gate_decision__basis_decision")).order_by(*latest)
+        items = items.annotate(
+            judge_rationale=Subquery(
+                Verdict.objects.filter(item=OuterRef("pk"), run=OuterRef("gate_decision__judge_run")).values(
+                    "rationale"
+                )[:1]
+            ),
+            adjudication_reason=Subquery(Adjudication.objects.filter(item=OuterRef("pk")).values("reason")[:1]),
+            sme_comment=Subquery(agreeing.exclude(comment="").values("comment")[:1]),
+            sme_reason=Subquery(agreeing.exclude(reason="").values("reason")[:1]),
+        )
+        columns += ["judge_rationale", "adjudication_reason", "sme_comment", "sme_reason"]
+    for row in items.values_list(*columns).iterator(chunk_size=READ_CHUNK):
+        candidate = _Candidate(*row[:12])
+        if fmt == TrainingSet.Format.JUDGE:
+            judge_rationale, adjudication_reason, sme_comment, sme_reason = row[12:]
+            if candidate.vetoed:
+                candidate.rationale = "Rejected by rule: " + "; ".join(candidate.reasons)
+            elif candidate.basis == GateDecision.Basis.JUDGE:
+                candidate.rationale = judge_rationale or ""
+            else:
+                candidate.rationale = adjudication_reason or sme_comment or sme_reason or ""
+        yield candidate
+
+
+def _group_key(prompt: str, context: str) -> str:
+    return hashlib.sha256(f"{prompt}\x1f{context}".encode()).hexdigest()
+
+
+def _rejected_pool(project: Project) -> dict[str, list[str]]:
+    """Rejected responses of the project per (prompt, context), distinct and sorted: DPO's rejected side."""
+    pool: dict[str, set[str]] = defaultdict(set)
+    rows = Item.objects.filter(project=project, gate_decision__outcome=GateDecision.Outcome.REJECT)
+    for prompt, context, response in rows.values_list("prompt", "context", "response").iterator(chunk_size=READ_CHUNK):
+        pool[_group_key(prompt, context)].add(response)
+    return {key: sorted(responses) for key, responses in pool.items()}
+
+
+def _dpo_rejected(candidate: _Candidate, pool: dict[str, list[str]], seed: int) -> tuple[str | None, str]:
+    """The rejected side of a DPO pair for ``candidate``, or (None, why not)."""
+    chosen = candidate.best_response
+    if candidate.outcome == GateDecision.Outcome.REJECT:
+        if chosen == candidate.response:
+            return None, "the SME correction equals the rejected response"
+        return candidate.response, ""
+    partners = [r for r in pool.get(_group_key(candidate.prompt, candidate.context), ()) if r != chosen]
+    if not partners:
+        return None, "no rejected response to the same prompt and context"
+    pick = int(hashlib.sha256(f"{seed}\x1f{chosen}".encode()).hexdigest()[:15], 16) % len(partners)
+    return partners[pick], ""
+
+
+def _content_sha256(fmt: str, candidate: _Candidate, line: str) -> str:
+    """The row's content hash: of its text; for CSV, of its cells but the ``external_id`` (an id is not content)."""
+    if fmt == TrainingSet.Format.CSV:
+        line = _csv_line(_csv_cells(candidate)[1:])
+    return hashlib.sha256(line.encode()).hexdigest()
+
+
+def _split_of(content_sha256: str, seed: int, validation_fraction: float) -> str:
+    draw = int(hashlib.sha256(f"{seed}:{content_sha256}".encode()).hexdigest()[:13], 16) / 16**13
+    return TrainingSetRow.Split.VALIDATION if draw < validation_fraction else TrainingSetRow.Split.TRAIN
+
+
+def _lineage(training_set: TrainingSet, items: QuerySet[Item]) -> dict:
+    ids = items.order_by().values("id")
+    basis = {
+        row["gate_decision__basis"]: row["n"]
+        for row in items.order_by().values("gate_decision__basis").annotate(n=Count("id"))
+    }
+    runs = JudgeRun.objects.filter(pk__in=items.order_by().values("gate_decision__judge_run")).order_by("id")
+    reviews = Review.objects.filter(item_id__in=ids)
+    return {
+        "format": training_set.format,
+        "filters": training_set.filters,
+        "seed": training_set.seed,
+        "validation_fraction": training_set.validation_fraction,
+        "dedupe": training_set.dedupe,
+        "system_prompt_sha256": hashlib.sha256(training_set.system_prompt.encode()).hexdigest(),
+        "decided_by": {"sme": basis.get("sme", 0), "judge": basis.get("judge", 0), "rules_only": basis.get("none", 0)},
+        "vetoed": items.filter(gate_decision__vetoed=True).count(),
+        "reviews": {
+            "sme": reviews.filter(origin=Review.Origin.UI).count(),
+            "imported": reviews.filter(origin=Review.Origin.IMPORT).count(),
+            "adjudications": Adjudication.objects.filter(item_id__in=ids).count(),
+        },
+        "judge_runs": [{"id": run.pk, "judge": run.judge_label, "config": run.config} for run in runs],
+        "label_functions": [
+            {"id": rule.pk, "name": rule.name, "version": rule.version, "reason": rule.reason}
+            for rule in LabelFunction.objects.filter(project=training_set.project, active=True).order_by("id")
+        ],
+    }
+
+
+def _hash_files(training_set: TrainingSet) -> tuple[dict, str, int]:
+    """One pass over the stored rows: per split rows, bytes and sha256, and the whole download's."""
+    header, terminator = file_header(training_set.format), _terminator(training_set.format)
+    whole = hashlib.sha256(header)
+    per_split = {split: {"rows": 0, "bytes": len(header), "hash": hashlib.sha256(header)} for split in SPLITS}
+    for split, line in _ordered_rows(training_set).values_list("split", "line").iterator(chunk_size=READ_CHUNK):
+        data = (line + terminator).encode()
+        part = per_split[split]
+        part["rows"] += 1
+        part["bytes"] += len(data)
+        part["hash"].update(data)
+        whole.update(data)
+    files = {
+        split: {"rows": part["rows"], "bytes": part["bytes"], "sha256": part["hash"].hexdigest()}
+        for split, part in per_split.items()
+    }
+    size = len(header) + sum(part["bytes"] - len(header) for part in files.values())
+    return files, whole.hexdigest(), size
+
+
+def _ordered_rows(training_set: TrainingSet, split: str | None = None) -> QuerySet[TrainingSetRow]:
+    rows = TrainingSetRow.objects.filter(training_set=training_set)
+    if split:
+        rows = rows.filter(split=split)
+    return rows.order_by("split", "content_sha256", "id")
+
+
+def _build(training_set: TrainingSet) -> None:
+    fmt, seed = training_set.format, training_set.seed
+    items = selected_items(training_set.project, fmt, training_set.filters)
+    pool = _rejected_pool(training_set.project) if fmt == TrainingSet.Format.DPO else {}
+    first_of: dict[str, str] = {}
+    duplicates, unwritable, batch = [], [], []
+    selected = 0
+    rows_by_split = {split: 0 for split in SPLITS}
+    for candidate in _candidates(items, fmt):
+        selected += 1
+        rejected = ""
+        if fmt == TrainingSet.Format.DPO:
+            rejected, problem = _dpo_rejected(candidate, pool, seed)
+            if rejected is None:
+                unwritable.append({"external_id": candidate.external_id, "reason": problem})
+                continue
+        line = write_row(fmt, candidate, system_prompt=training_set.system_prompt, rejected=rejected)
+        digest = _content_sha256(fmt, candidate, line)
+        if training_set.dedupe and digest in first_of:
+            duplicates.append({"external_id": candidate.external_id, "duplicate_of": first_of[digest]})
+            continue
+        first_of.setdefault(digest, candidate.external_id)
+        split = _split_of(digest, seed, training_set.validation_fraction)
+        rows_by_split[split] += 1
+        batch.append(
+            TrainingSetRow(
+                training_set=training_set,
+                split=split,
+                content_sha256=digest,
+                item_id=candidate.item_id,
+                external_id=candidate.external_id,
+                line=line,
+            )
+        )
+        if len(batch) >= WRITE_BATCH:
+            TrainingSetRow.objects.bulk_create(batch)
+            batch = []
+    TrainingSetRow.objects.bulk_create(batch)
+    files, sha256, size = _hash_files(training_set)
+    training_set.items_selected = selected
+    training_set.rows_train = rows_by_split[TrainingSetRow.Split.TRAIN]
+    training_set.rows_validation = rows_by_split[TrainingSetRow.Split.VALIDATION]
+    training_set.duplicates, training_set.unwritable = len(duplicates), len(unwritable)
+    training_set.report = {"duplicates": duplicates, "unwritable": unwritable}
+    training_set.lineage = _lineage(training_set, items)
+    training_set.files, training_set.sha256, training_set.size_bytes = files, sha256, size
+    training_set.status, training_set.finished_at = TrainingSet.Status.READY, timezone.now()
+    training_set.save()
+
+
+def training_set_build(*, training_set_id: int) -> TrainingSet:
+    """Build a training set that is still ``building``; a set already built or failed is left as it is.
+
+    Runs in one transaction: on any error nothing of the rows stays, and the
+    set is marked ``failed`` with the error (a TrainingSetError's message
+    names the option at fault); nothing is raised. Returns the training set.
+    """
+    training_set = TrainingSet.objects.select_related("project").get(pk=training_set_id)
+    if training_set.status != TrainingSet.Status.BUILDING:
+        return training_set
+    try:
+        with transaction.atomic():
+            TrainingSetRow.objects.filter(training_set=training_set).delete()  # a redelivered task starts over
+            _build(training_set)
+    except Exception as exc:
+        # Recorded on the set, where its owner looks (API and admin), and logged in full for operators.
+        TrainingSet.objects.filter(pk=training_set.pk).update(
+            status=TrainingSet.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
+        )
+        if not isinstance(exc, TrainingSetError):
+            logger.exception("building training set %s failed", training_set.pk)
+    training_set.refresh_from_db()
+    return training_set
+
+
+def iter_file(training_set: TrainingSet, split: str | None = None) -> Iterator[bytes]:
+    """The bytes of a built training set (one split, or both: train then validation), streamed in ~256 KB pieces.
+
+    The whole download's sha256 is ``training_set.sha256``; a split's is in
+    ``training_set.files[split]["sha256"]``.
+    """
+    terminator = _terminator(training_set.format)
+    buffer, size = [file_header(training_set.format)], 0
+    lines = _ordered_rows(training_set, split).values_list("line", flat=True).iterator(chunk_size=READ_CHUNK)
+    for line in lines:
+        data = (line + terminator).encode()
+        buffer.append(data)
+        size += len(data)
+        if size >= DOWNLOAD_BUFFER:
+            yield b"".join(buffer)
+            buffer, size = [], 0
+    yield b"".join(buffer)
+
+
+class FiltersSerializer(serializers.Serializer):
+    """``TrainingSet.filters``: which decided items a snapshot draws from (all optional)."""
+
+    source_models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=100)
+    task_types = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=100)
+    judge_run = serializers.IntegerField(required=False, min_value=1, help_text="Only items this run judged.")
+    created_after = serializers.DateTimeField(required=False, help_text="Items imported at or after this time.")
+    created_before = serializers.DateTimeField(required=False, help_text="Items imported before this time.")
+
+    def to_internal_value(self, data):
+        values = super().to_internal_value(data)
+        # Stored as JSON, compared by the database: keep times as ISO 8601 strings.
+        return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in values.items()}
+
+
+class TrainingSetOptions(serializers.Serializer):
+    """What a new snapshot is: format, system prompt, split, de-duplication and filters."""
+
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    format = serializers.ChoiceField(choices=TrainingSet.Format.choices, default=TrainingSet.Format.CHAT)
+    system_prompt = serializers.CharField(
+        required=False, allow_blank=True, default="", trim_whitespace=False, max_length=100_000
+    )
+    validation_fraction = serializers.FloatField(min_value=0, max_value=0.5, default=0)
+    seed = serializers.IntegerField(min_value=-(2**31), max_value=2**31 - 1, default=0)
+    dedupe = serializers.BooleanField(default=True)
+    filters = FiltersSerializer(required=False, default=dict)
+
+
+def training_set_create(*, project: Project, options: dict, user=None) -> TrainingSet:
+    """Validate ``options`` (a dict, see TrainingSetOptions), create the snapshot and build it after commit.
+
+    Raises rest_framework's ValidationError with per-field messages for bad
+    options. The build runs as a Celery task (in-process without a broker);
+    the set is ``building`` until then.
+    """
+    data = TrainingSetOptions(data=options)
+    data.is_valid(raise_exception=True)
+    filters = data.validated_data["filters"]
+    if filters.get("judge_run") and not JudgeRun.objects.filter(project=project, pk=filters["judge_run"]).exists():
+        raise serializers.ValidationError({"filters": {"judge_run": [f"no judge run {filters['judge_run']} here"]}})
+    training_set = TrainingSet.objects.create(project=project, created_by=user, **data.validated_data)
+    from judging.tasks import build_training_set
+
+    transaction.on_commit(lambda: build_training_set.delay(training_set.pk))
+    return training_set

@@ -1,0 +1,293 @@
+"""Training-set snapshots: every format parsed back, counts that add up, lineage, reproducible sha256."""
+
+import csv
+import hashlib
+import io
+import json
+
+import pytest
+from django.utils import timezone
+from rest_framework.exceptions import ValidationError
+
+from annotations.models import Item, Project, Review
+from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, Verdict
+from judging.services import gate_apply, label_functions_apply
+from judging.training_sets import iter_file, neutralise_formula, training_set_build, training_set_create
+
+ITEMS = [
+    # external_id, prompt, context, response, how it is decided
+    ("a1", "What is 2+2?", "", "4", "sme-accept"),
+    ("a2", "What is 2+2?", "", "5", "sme-reject"),
+    ("b1", "Capital of Spain?", "Spain: capital Madrid.", "Madrid.", "judge-accept"),
+    ("c1", "Capital of France?", "", "Lyon.", "sme-reject-corrected"),
+    ("d1", "Best storage?", "", "Use CompetitorCo.", "judge-accept"),  # vetoed by the rule
+    ("e1", "Unjudged?", "", "Nobody decided this.", "pending"),
+    ("f1", "Say hi", "", "Hi!", "judge-accept"),
+    ("f2", "Say hi", "", "Hi!", "judge-accept"),  # the same content as f1
+    ("g1", "A formula?", "", '=HYPERLINK("http://evil")', "judge-accept"),
+    ("h1", "Rejected by the judge?", "", "Wrong.", "judge-reject"),
+]
+
+
+def decide_items(project: Project) -> JudgeRun:
+    """Store ITEMS in ``project`` with SME reviews, a finished judge run and a vetoing rule, then gate them."""
+    items = {
+        ext: Item.objects.create(
+            project=project,
+            external_id=ext,
+            prompt=prompt,
+            context=context,
+            response=response,
+            source_model="small" if ext < "e" else "big",
+            task_type="qa",
+        )
+        for ext, prompt, context, response, _ in ITEMS
+    }
+    run = JudgeRun.objects.create(
+        project=project, backend="openai", model="judge-405b", status="finished", finished_at=timezone.now()
+    )
+    for ext, _, _, _, how in ITEMS:
+        item = items[ext]
+        if how == "sme-accept":
+            Review.objects.create(item=item, decision="accept", origin="import", comment="Right sum.")
+        elif how == "sme-reject":
+            Review.objects.create(item=item, decision="reject", reason="inaccurate", origin="import")
+        elif how == "sme-reject-corrected":
+            Review.objects.create(item=item, decision="reject", corrected_response="Paris.", origin="import")
+        elif how.startswith("judge-"):
+            verdict = how.removeprefix("judge-")
+            Verdict.objects.create(run=run, item=item, verdict=verdict, rationale=f"Judge says {verdict}.")
+    LabelFunction.objects.create(
+        project=project, name="competitor", kind="keywords", params={"keywords": ["CompetitorCo"]}, reason="competitor"
+    )
+    label_functions_apply(project=project)
+    gate_apply(project=project)
+    return run
+
+
+@pytest.fixture
+def decided(project):
+    return decide_items(project)
+
+
+def build(project, django_capture_on_commit_callbacks, **options) -> TrainingSet:
+    with django_capture_on_commit_callbacks(execute=True):
+        training_set = training_set_create(project=project, options=options)
+    training_set.refresh_from_db()
+    assert training_set.status == TrainingSet.Status.READY, training_set.error
+    return training_set
+
+
+def download(training_set, split=None) -> bytes:
+    return b"".join(iter_file(training_set, split))
+
+
+def jsonl(data: bytes) -> list[dict]:
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def assert_counts_add_up(training_set):
+    written = training_set.rows_train + training_set.rows_validation
+    assert training_set.items_selected == written + training_set.duplicates + training_set.unwritable
+    assert len(training_set.report["duplicates"]) == training_set.duplicates
+    assert len(training_set.report["unwritable"]) == training_set.unwritable
+
+
+def test_chat_snapshot_takes_the_accepted_set_with_corrections_and_dedupes(
+    project, decided, django_capture_on_commit_callbacks
+):
+    training_set = build(project, django_capture_on_commit_callbacks, format="chat", system_prompt="You are helpful.")
+    rows = jsonl(download(training_set))
+    answers = sorted(row["messages"][2]["content"] for row in rows)
+    # a1, b1, f1 (f2 repeats it), g1; c1 was rejected (its correction is for DPO), d1 vetoed, e1 pending.
+    assert answers == sorted(["4", "Madrid.", "Hi!", '=HYPERLINK("http://evil")'])
+    assert all(row["messages"][0] == {"role": "system", "content": "You are helpful."} for row in rows)
+    spain = next(row for row in rows if row["messages"][2]["content"] == "Madrid.")
+    assert spain["messages"][1]["content"] == "Context:\nSpain: capital Madrid.\n\nCapital of Spain?"
+    assert training_set.items_selected == 5 and training_set.duplicates == 1
+    assert training_set.report["duplicates"] == [{"external_id": "f2", "duplicate_of": "f1"}]
+    assert_counts_add_up(training_set)
+
+
+def test_the_file_hash_is_the_sha256_of_the_download_and_counts_match_the_file(
+    project, decided, django_capture_on_commit_callbacks
+):
+    training_set = build(project, django_capture_on_commit_callbacks, format="chat", validation_fraction=0.5, seed=3)
+    whole = download(training_set)
+    assert hashlib.sha256(whole).hexdigest() == training_set.sha256 and len(whole) == training_set.size_bytes
+    train, validation = download(training_set, "train"), download(training_set, "validation")
+    assert whole == train + validation
+    assert hashlib.sha256(train).hexdigest() == training_set.files["train"]["sha256"]
+    assert len(jsonl(train)) == training_set.rows_train and len(jsonl(validation)) == training_set.rows_validation
+    assert training_set.rows_train + training_set.rows_validation == 4
+
+
+def test_the_same_content_gives_the_same_sha256_whatever_the_ids_and_the_order(
+    project, decided, staff, django_capture_on_commit_callbacks
+):
+    options = {"format": "dpo", "validation_fraction": 0.3, "seed": 7, "system_prompt": "Be brief."}
+    first = build(project, django_capture_on_commit_callbacks, **options)
+    again = build(project, django_capture_on_commit_callbacks, **options)
+    assert again.sha256 == first.sha256
+    # The same items imported into another project in the reverse order, so every id differs.
+    other = Project.objects.create(slug="copy", name="Copy")
+    global ITEMS
+    saved, ITEMS = ITEMS, list(reversed(ITEMS))
+    try:
+        decide_items(other)
+    finally:
+        ITEMS = saved
+    copy = build(other, django_capture_on_commit_callbacks, **options)
+    assert copy.sha256 == first.sha256
+
+
+def test_a_snapshot_is_frozen_when_the_project_changes_later(project, decided, django_capture_on_commit_callbacks):
+    training_set = build(project, django_capture_on_commit_callbacks, format="chat")
+    before = download(training_set)
+    Item.objects.filter(project=project, external_id="a1").update(response="changed")
+    Item.objects.filter(project=project, external_id="b1").delete()
+    gate_apply(project=project)
+    assert download(training_set) == before
+    assert hashlib.sha256(before).hexdigest() == training_set.sha256
+
+
+def test_dpo_pairs_chosen_with_a_rejected_response_to_the_same_prompt(
+    project, decided, django_capture_on_commit_callbacks
+):
+    training_set = build(project, django_capture_on_commit_callbacks, format="dpo")
+    pairs = {
+        (row["prompt"][-1]["content"], row["chosen"][0]["content"], row["rejected"][0]["content"])
+        for row in jsonl(download(training_set))
+    }
+    assert pairs == {("What is 2+2?", "4", "5"), ("Capital of France?", "Paris.", "Lyon.")}
+    # b1, f1, f2 and g1 are accepted with no rejected response to their prompt: listed, never dropped silently.
+    assert {entry["external_id"] for entry in training_set.report["unwritable"]} == {"b1", "f1", "f2", "g1"}
+    assert {entry["reason"] for entry in training_set.report["unwritable"]} == {
+        "no rejected response to the same prompt and context"
+    }
+    assert training_set.items_selected == 6
+    assert_counts_add_up(training_set)
+
+
+def test_judge_distillation_rows_carry_verdict_rationale_and_basis(
+    project, decided, django_capture_on_commit_callbacks
+):
+    training_set = build(project, django_capture_on_commit_callbacks, format="judge", dedupe=False)
+    rows = {row["response"]: row for row in jsonl(download(training_set))}
+    assert set(rows) == {
+        "4",
+        "5",
+        "Madrid.",
+        "Lyon.",
+        "Use CompetitorCo.",
+        "Hi!",
+        '=HYPERLINK("http://evil")',
+        "Wrong.",
+    }
+    assert rows["4"] == {
+        "prompt": "What is 2+2?",
+        "context": "",
+        "response": "4",
+        "verdict": "accept",
+        "rationale": "Right sum.",
+        "basis": "sme",
+    }
+    assert (rows["5"]["verdict"], rows["5"]["rationale"]) == ("reject", "inaccurate")
+    assert (rows["Madrid."]["rationale"], rows["Madrid."]["basis"]) == ("Judge says accept.", "judge")
+    vetoed = rows["Use CompetitorCo."]
+    assert (vetoed["verdict"], vetoed["rationale"], vetoed["basis"]) == (
+        "reject",
+        "Rejected by rule: competitor",
+        "rule",
+    )
+    assert rows["Wrong."]["verdict"] == "reject"
+    assert training_set.items_selected == 9 and training_set.rows_train == 9  # f1 and f2 both, dedupe is off
+    assert_counts_add_up(training_set)
+
+
+def test_alpaca_and_sharegpt_rows(project, decided, django_capture_on_commit_callbacks):
+    alpaca = jsonl(download(build(project, django_capture_on_commit_callbacks, format="alpaca", system_prompt="S")))
+    spain = next(row for row in alpaca if row["output"] == "Madrid.")
+    assert spain == {
+        "system": "S",
+        "instruction": "Capital of Spain?",
+        "input": "Spain: capital Madrid.",
+        "output": "Madrid.",
+    }
+    sharegpt = jsonl(download(build(project, django_capture_on_commit_callbacks, format="sharegpt")))
+    spain = next(row for row in sharegpt if row["conversations"][-1]["value"] == "Madrid.")
+    assert spain == {
+        "conversations": [
+            {"from": "human", "value": "Context:\nSpain: capital Madrid.\n\nCapital of Spain?"},
+            {"from": "gpt", "value": "Madrid."},
+        ]
+    }
+
+
+def test_csv_neutralises_formulas_and_parses_back(project, decided, django_capture_on_commit_callbacks):
+    training_set = build(project, django_capture_on_commit_callbacks, format="csv")
+    rows = list(csv.DictReader(io.StringIO(download(training_set).decode(), newline="")))
+    assert list(rows[0]) == ["external_id", "prompt", "context", "response", "source_model", "task_type"]
+    formula = next(row for row in rows if row["external_id"] == "g1")
+    assert formula["response"] == '\'=HYPERLINK("http://evil")'
+    assert len(rows) == training_set.rows_train == 4  # f2 repeats f1's content under another id: a duplicate
+    assert training_set.report["duplicates"] == [{"external_id": "f2", "duplicate_of": "f1"}]
+
+
+@pytest.mark.parametrize("cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
+def test_neutralise_formula_prefixes_every_dangerous_start(cell):
+    assert neutralise_formula(cell) == "'" + cell
+
+
+def test_plain_cells_are_left_alone():
+    assert neutralise_formula("4 - 1 = 3") == "4 - 1 = 3"
+
+
+def test_filters_select_by_source_model_task_type_run_and_date(project, decided, django_capture_on_commit_callbacks):
+    by_model = build(project, django_capture_on_commit_callbacks, format="judge", filters={"source_models": ["big"]})
+    assert {row["response"] for row in jsonl(download(by_model))} == {
+        "Hi!",
+        '=HYPERLINK("http://evil")',
+        "Wrong.",
+    }
+    by_run = build(project, django_capture_on_commit_callbacks, format="judge", filters={"judge_run": decided.pk})
+    assert by_run.items_selected == 6  # b1 d1 f1 f2 g1 h1: the items the run judged
+    tomorrow = (timezone.now() + timezone.timedelta(days=1)).isoformat()
+    later = build(project, django_capture_on_commit_callbacks, format="judge", filters={"created_after": tomorrow})
+    assert later.items_selected == 0 and download(later) == b""
+    assert by_model.filters == {"source_models": ["big"]}
+
+
+def test_lineage_records_reviews_runs_rules_and_options(project, decided, django_capture_on_commit_callbacks):
+    training_set = build(project, django_capture_on_commit_callbacks, format="judge", seed=5)
+    lineage = training_set.lineage
+    assert lineage["decided_by"] == {"sme": 3, "judge": 6, "rules_only": 0}
+    assert lineage["reviews"] == {"sme": 0, "imported": 3, "adjudications": 0}
+    assert [run["id"] for run in lineage["judge_runs"]] == [decided.pk]
+    assert lineage["label_functions"] == [
+        {"id": LabelFunction.objects.get().pk, "name": "competitor", "version": 0, "reason": "competitor"}
+    ]
+    assert (lineage["seed"], lineage["format"], lineage["vetoed"]) == (5, "judge", 1)
+
+
+def test_bad_options_are_refused_with_the_field_at_fault(project, decided):
+    with pytest.raises(ValidationError) as error:
+        training_set_create(project=project, options={"format": "parquet", "validation_fraction": 2})
+    assert set(error.value.detail) == {"format", "validation_fraction"}
+    with pytest.raises(ValidationError) as error:
+        training_set_create(project=project, options={"filters": {"judge_run": 99999}})
+    assert "judge_run" in str(error.value.detail)
+    assert not TrainingSet.objects.exists()
+
+
+def test_a_build_is_idempotent_once_ready(project, decided, django_capture_on_commit_callbacks):
+    training_set = build(project, django_capture_on_commit_callbacks, format="chat")
+    again = training_set_build(training_set_id=training_set.pk)
+    assert again.sha256 == training_set.sha256 and again.rows.count() == training_set.rows_train
+
+
+def test_an_empty_accepted_set_gives_an_empty_ready_snapshot(project, django_capture_on_commit_callbacks):
+    training_set = build(project, django_capture_on_commit_callbacks, format="chat")
+    assert training_set.items_selected == 0 and download(training_set) == b""
+    assert training_set.sha256 == hashlib.sha256(b"").hexdigest()
+    assert GateDecision.objects.count() == 0
