@@ -209,9 +209,11 @@ class RateLimits:
     holds one second's budget, or the largest request of the chunk when that
     is bigger, and refills at ``tokens_per_minute`` / 60 per second; a
     request larger than the bucket (a repair attempt can be) waits for a full
-    bucket and empties it. A chunk starts with empty buckets, so chunks run
-    one after another stay within the limits; chunks run at the same time in
-    other worker processes each have their own limits.
+    bucket and empties it. Each call of ``judge_many`` (one chunk) has its
+    own buckets, which start able to send one bucketful at once; as a bucket
+    holds one request or one second's tokens, chunks judged one after another
+    overshoot by at most that. Chunks judged at the same time by other worker
+    processes have their own buckets: the limits are per worker process.
     """
 
     def __init__(self, *, requests_per_minute: int | None, tokens_per_minute: int | None, largest_request: int = 0):
