@@ -1,13 +1,24 @@
 from django import forms
 from django.contrib import admin
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
 from rest_framework.exceptions import ValidationError as DrfValidationError
 
 from annotations.models import Project
+from judging import prompts
 from judging.label_functions import KINDS, validate_params
-from judging.models import GateDecision, JudgeRun, LabelFunction, LabelFunctionVersion, RuleHit, Verdict
+from judging.models import (
+    GateDecision,
+    JudgeRun,
+    JudgeSettings,
+    LabelFunction,
+    LabelFunctionVersion,
+    RubricVersion,
+    RuleHit,
+    Verdict,
+)
 from judging.selectors import label_function_dry_run
-from judging.services import label_function_delete, label_function_save, project_regate
+from judging.services import judge_settings_save, label_function_delete, label_function_save, project_regate
 
 
 class LabelFunctionForm(forms.ModelForm):
@@ -116,6 +127,59 @@ class LabelFunctionVersionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class JudgeSettingsForm(forms.ModelForm):
+    """The rubric, few-shot count and rate limits, with messages that say what to enter instead."""
+
+    class Meta:
+        model = JudgeSettings
+        fields = ("project", "rubric", "few_shot", "requests_per_minute", "tokens_per_minute")
+        error_messages = {
+            "rubric": {"required": "Write the criteria the judge applies; the default rubric is a good start."}
+        }
+        widgets = {"rubric": forms.Textarea(attrs={"rows": 12, "cols": 100})}
+
+    def clean_rubric(self):
+        # Browsers send CRLF; store what the hash will be taken of.
+        return self.cleaned_data["rubric"].replace("\r\n", "\n").strip()
+
+
+class RubricVersionInline(admin.TabularInline):
+    """Every version of the rubric, newest first; runs name the version they used."""
+
+    model = RubricVersion
+    fields = ("version", "changed_by", "changed_at", "sha256", "rubric")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(JudgeSettings)
+class JudgeSettingsAdmin(admin.ModelAdmin):
+    """A project's rubric (versioned), few-shot examples and rate limits for its LLM judge runs."""
+
+    form = JudgeSettingsForm
+    list_display = ("project", "rubric_version", "few_shot", "requests_per_minute", "tokens_per_minute", "updated_at")
+    readonly_fields = ("rubric_version", "always_added")
+    inlines = [RubricVersionInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A project's settings stay with that project.
+        return ("project", *self.readonly_fields) if obj else self.readonly_fields
+
+    @admin.display(description="Always added after the rubric and guidelines")
+    def always_added(self, obj):
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', prompts.FIXED_INSTRUCTIONS)
+
+    def save_model(self, request, obj, form, change):
+        judge_settings_save(judge_settings=obj, user=request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the rubric's history goes with the row
 
 
 @admin.register(JudgeRun)

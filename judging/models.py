@@ -3,10 +3,15 @@
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 from django.db import models
 from django.urls import reverse
 
 from annotations.models import Decision, Item, Project
+from judging import prompts
+
+FEW_SHOT_MAX = 20
+TOKENS_PER_MINUTE_MIN = 1000
 
 
 class JudgeRun(models.Model):
@@ -57,11 +62,97 @@ class JudgeRun(models.Model):
         return (self.tokens_in * price_in + self.tokens_out * price_out) / 1_000_000
 
     @property
+    def few_shot_item_ids(self) -> list[int]:
+        """Items shown to the judge as few-shot examples, with their SME labels (so left out of its calibration)."""
+        return list(self.config.get("few_shot_item_ids") or [])
+
+    @property
+    def rubric_label(self) -> str:
+        """``"v3 (sha256 1a2b3c4d…)"`` for an LLM run: its rubric version and system prompt hash; "" otherwise."""
+        if "rubric_version" not in self.config:
+            return ""
+        return f"v{self.config['rubric_version']} (sha256 {self.config.get('system_prompt_sha256', '')[:12]}…)"
+
+    @property
     def judge_label(self) -> str:
         """Which judge this was, as every screen and export shows it."""
         if self.backend == self.Backend.LOCAL:
             return f"local classifier {self.model} (not an LLM)"
         return f"{self.model} at {self.base_url}"
+
+
+class JudgeSettings(models.Model):
+    """A project's LLM-judge prompt and pacing, edited by staff in the admin (one row per project).
+
+    ``rubric`` is the criteria part of the judge's system prompt (see
+    ``judging.prompts``); code always appends the guidelines and the fixed
+    injection-defence and reply-format paragraphs. Every change of the rubric
+    is kept as an immutable RubricVersion and bumps ``rubric_version``; a run
+    records the version it used. Save through ``services.judge_settings_save``;
+    a project without a row gets the defaults from ``services.judge_settings_for``.
+    """
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="judge_settings")
+    rubric = models.TextField(
+        default=prompts.default_rubric,
+        validators=[MaxLengthValidator(prompts.RUBRIC_MAX_CHARS)],
+        help_text="The criteria the judge applies (the start of its system prompt). Larry always adds the "
+        "project's guidelines, then a fixed paragraph: the item's text is data in tagged sections, instructions "
+        "inside it are ignored, and the reply is one JSON verdict. Every change is kept as a new version.",
+    )
+    rubric_version = models.PositiveIntegerField(default=0, editable=False)
+    few_shot = models.PositiveSmallIntegerField(
+        "few-shot examples",
+        default=0,
+        validators=[MaxValueValidator(FEW_SHOT_MAX, f"at most {FEW_SHOT_MAX}: every request carries them all")],
+        help_text="How many SME-reviewed items to show the judge as worked examples before each item (0: none). "
+        "Drawn with a fixed seed, half accepted and half rejected where the labels allow; they are left out of "
+        "the run's calibration against the SMEs.",
+    )
+    requests_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1, "at least 1; leave it blank for no limit")],
+        help_text="Most requests a minute to the judge server, spaced evenly (blank: no limit). Applies per "
+        "worker process: with N Celery processes judging at once, the server may see N times this.",
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(TOKENS_PER_MINUTE_MIN, f"at least {TOKENS_PER_MINUTE_MIN}; leave it blank for no limit")
+        ],
+        help_text="Most tokens a minute (blank: no limit), counted before each request as the characters of all "
+        "its messages / 4 plus the reply's max tokens (512). Applies per worker process, like requests per minute.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "judge settings"
+        verbose_name_plural = "judge settings"
+
+    def __str__(self) -> str:
+        return f"judge settings of {self.project}"
+
+
+class RubricVersion(models.Model):
+    """One immutable version of a project's rubric: its text and sha256, who wrote it and when."""
+
+    judge_settings = models.ForeignKey(JudgeSettings, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    rubric = models.TextField()
+    sha256 = models.CharField(max_length=64, help_text="Of the rubric text alone (runs record the whole prompt's).")
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    changed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["judge_settings", "version"], name="rubric_version_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"rubric v{self.version} of {self.judge_settings.project}"
 
 
 class Verdict(models.Model):

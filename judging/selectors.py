@@ -1,11 +1,12 @@
-"""Reads for the judging app: latest run, funnel, agreement, label-function analytics."""
+"""Reads for the judging app: latest run, funnel, agreement, few-shot examples, label-function analytics."""
 
+import random
 from collections import defaultdict
 
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from annotations.models import Project
+from annotations.models import Adjudication, Project, Review
 from annotations.selectors import ground_truth
 from judging.metrics import agreement, cohen_kappa_bootstrap_ci
 from judging.models import GateDecision, JudgeRun, LabelFunction, RuleHit, Verdict
@@ -51,17 +52,63 @@ def funnel(project: Project) -> dict[str, int]:
     }
 
 
+def few_shot_examples(project: Project, *, count: int, seed: int) -> list[dict]:
+    """Up to ``count`` items with SME ground truth to show the judge as worked examples, drawn reproducibly.
+
+    Half are accepted and half rejected (the odd one accepted) when the
+    ground truth has enough of each, else the other label fills in; with
+    ``random.Random(seed)`` over the item ids in order, the same ground truth
+    and seed always give the same examples in the same (shuffled) order.
+    Returns ``[{"item_id", "verdict", "rationale"}]``: the rationale is the
+    comment of an SME review that agrees with the ground truth (or a lead's
+    adjudication reason) when there is one, else a sentence naming the
+    decision and its reject reason. Fewer than ``count`` when the project has
+    fewer labelled items; ``[]`` for ``count`` 0.
+    """
+    if count <= 0:
+        return []
+    truth = ground_truth(project=project)
+    accepts = sorted(i for i, label in truth.items() if label == "accept")
+    rejects = sorted(i for i, label in truth.items() if label == "reject")
+    n_reject = min(count // 2, len(rejects))
+    n_accept = min(count - n_reject, len(accepts))
+    n_reject = min(count - n_accept, len(rejects))
+    rng = random.Random(seed)
+    chosen = rng.sample(accepts, n_accept) + rng.sample(rejects, n_reject)
+    rng.shuffle(chosen)
+    return [{"item_id": i, "verdict": truth[i], "rationale": _sme_rationale(i, truth[i])} for i in chosen]
+
+
+def _sme_rationale(item_id: int, decision: str) -> str:
+    adjudication = Adjudication.objects.filter(item_id=item_id, decision=decision).first()
+    reviews = list(Review.objects.filter(item_id=item_id, decision=decision).order_by("id"))
+    comment = next((r.comment.strip() for r in reviews if r.comment.strip()), "")
+    if comment:
+        return comment
+    reason = (
+        adjudication.reason
+        if adjudication and adjudication.reason
+        else next((r.reason for r in reviews if r.reason), "")
+    )
+    if decision == "accept":
+        return "A subject-matter expert accepted it" + (f": {reason}." if reason else ".")
+    return "A subject-matter expert rejected it" + (f" as {reason}." if reason else ".")
+
+
 def run_agreement(run: JudgeRun, truth: dict[int, str] | None = None) -> dict:
     """The run's agreement with SME ground truth, on the items that have both (see metrics.agreement).
 
-    Pass ``truth`` (``ground_truth(project=...)``) when comparing several runs, to read it once.
+    Items the run showed the judge as few-shot examples are left out: it saw
+    their labels. Pass ``truth`` (``ground_truth(project=...)``) when comparing
+    several runs, to read it once.
     """
     if truth is None:
         truth = ground_truth(project=run.project)
+    shown = set(run.few_shot_item_ids)
     pairs = [
         (truth[item_id], verdict)
         for item_id, verdict in Verdict.objects.filter(run=run).exclude(verdict="").values_list("item_id", "verdict")
-        if item_id in truth
+        if item_id in truth and item_id not in shown
     ]
     return agreement([t for t, _ in pairs], [v for _, v in pairs])
 
@@ -174,14 +221,18 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
 
     Returns ``{"overall": agreement(...) + {"kappa_ci"}, "by_source_model":
     {name: agreement(...)}, "by_task_type": {...}, "disagreements": [{"item",
-    "sme", "judge", "rationale"}]}``; see ``metrics.agreement`` and
-    ``metrics.cohen_kappa_bootstrap_ci`` (95 %, 2,000 resamples).
+    "sme", "judge", "rationale"}], "few_shot_excluded": n}``; see
+    ``metrics.agreement`` and ``metrics.cohen_kappa_bootstrap_ci`` (95 %,
+    2,000 resamples). The ``n`` items the run showed the judge as few-shot
+    examples, with their SME labels, are left out of every figure.
     """
-    truth = ground_truth(project=run.project)
+    shown = set(run.few_shot_item_ids)
+    truth = {i: label for i, label in ground_truth(project=run.project).items() if i not in shown}
     rows = [
         row
         for row in Verdict.objects.filter(run=run)
         .exclude(verdict="")
+        .order_by("item_id")  # disagreements in item order, whatever plan the database picks
         .values_list("item_id", "verdict", "rationale", "item__source_model", "item__task_type", "item__external_id")
         if row[0] in truth
     ]
@@ -207,6 +258,7 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
             for r in rows
             if truth[r[0]] != r[1]
         ][:disagreements],
+        "few_shot_excluded": len(shown),
     }
 
 
@@ -214,13 +266,19 @@ def runs_compare(first: JudgeRun, second: JudgeRun) -> dict:
     """Two runs side by side (say 405B and 8B): their agreement with each other, and each with the SMEs.
 
     ``{"between": agreement(first's verdicts as truth, second's) on the items
-    both judged, "first": run_agreement(first), "second": run_agreement(second)}``.
+    both judged, "first": run_agreement(first), "second": run_agreement(second),
+    "few_shot_excluded": n}``. Each run's few-shot items are left out of its
+    agreement with the SMEs, and the ``n`` items either run showed as few-shot
+    examples are left out of ``between``.
     """
+    shown = set(first.few_shot_item_ids) | set(second.few_shot_item_ids)
     a = dict(Verdict.objects.filter(run=first).exclude(verdict="").values_list("item_id", "verdict"))
     b = dict(Verdict.objects.filter(run=second).exclude(verdict="").values_list("item_id", "verdict"))
-    shared = sorted(a.keys() & b.keys())
+    shared = sorted((a.keys() & b.keys()) - shown)
+    truth = ground_truth(project=first.project)
     return {
         "between": agreement([a[i] for i in shared], [b[i] for i in shared]),
-        "first": run_agreement(first),
-        "second": run_agreement(second),
+        "first": run_agreement(first, truth),
+        "second": run_agreement(second, truth),
+        "few_shot_excluded": len(shown),
     }

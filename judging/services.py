@@ -3,19 +3,74 @@
 from collections import defaultdict
 from collections.abc import Iterator
 
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from annotations.models import Project
 from annotations.selectors import ground_truth
-from judging import backends, gate
+from judging import backends, gate, prompts
 from judging.backends import JudgeResult
 from judging.label_functions import Rule, RuleSet, validate_params
-from judging.models import GateDecision, JudgeRun, LabelFunction, LabelFunctionVersion, RuleHit, Verdict
-from judging.selectors import latest_finished_run
+from judging.models import (
+    GateDecision,
+    JudgeRun,
+    JudgeSettings,
+    LabelFunction,
+    LabelFunctionVersion,
+    RubricVersion,
+    RuleHit,
+    Verdict,
+)
+from judging.selectors import few_shot_examples, latest_finished_run
 
 WRITE_BATCH = 2000
+
+
+@transaction.atomic
+def judge_settings_save(*, judge_settings: JudgeSettings, user=None) -> JudgeSettings:
+    """Validate and save a project's judge settings; a new or changed rubric becomes a new RubricVersion.
+
+    Line endings in the rubric are normalised to ``\\n``, so the same text
+    always hashes the same. Versions are numbered 1, 2, ... per project and
+    never change; a save that leaves the rubric as it is keeps the version.
+    Raises django.core.exceptions.ValidationError for bad values (see the
+    model's validators).
+    """
+    judge_settings.rubric = judge_settings.rubric.replace("\r\n", "\n").strip()
+    judge_settings.full_clean()
+    latest = None
+    if judge_settings.pk:
+        JudgeSettings.objects.select_for_update().filter(pk=judge_settings.pk).first()  # one editor at a time
+        latest = judge_settings.versions.first()
+    if latest and latest.rubric == judge_settings.rubric:
+        judge_settings.rubric_version = latest.version
+        judge_settings.save()
+        return judge_settings
+    judge_settings.rubric_version = (latest.version if latest else 0) + 1
+    judge_settings.save()
+    RubricVersion.objects.create(
+        judge_settings=judge_settings,
+        version=judge_settings.rubric_version,
+        rubric=judge_settings.rubric,
+        sha256=prompts.sha256(judge_settings.rubric),
+        changed_by=user,
+    )
+    return judge_settings
+
+
+def judge_settings_for(project: Project) -> JudgeSettings:
+    """The project's judge settings; on first use, the defaults are saved as rubric version 1."""
+    found = JudgeSettings.objects.filter(project=project).first()
+    if found is not None:
+        return found
+    try:
+        with transaction.atomic():
+            return judge_settings_save(judge_settings=JudgeSettings(project=project))
+    except (ValidationError, IntegrityError):
+        # Another process created them a moment ago (the one-to-one's uniqueness).
+        return JudgeSettings.objects.get(project=project)
 
 
 def judge_run_create(*, project: Project, user=None) -> JudgeRun:
@@ -23,7 +78,9 @@ def judge_run_create(*, project: Project, user=None) -> JudgeRun:
 
     The run records which judge it is (resolved from the project and the
     environment now, so later setting changes do not alter it) and, for an
-    LLM judge, the snapshot of what determines its output.
+    LLM judge, the snapshot of what determines its output (``backends.run_config``):
+    the rubric version and the exact system prompt, and the few-shot examples
+    drawn now from SME ground truth (``selectors.few_shot_examples``).
     """
     config = backends.judge_config_for(project)
     if config.is_local:
@@ -36,13 +93,22 @@ def judge_run_create(*, project: Project, user=None) -> JudgeRun:
             created_by=user,
         )
     else:
+        judge_settings = judge_settings_for(project)
         run = JudgeRun.objects.create(
             project=project,
             backend=JudgeRun.Backend.OPENAI,
             model=config.model,
             base_url=config.base_url,
             config={
-                **backends.run_config(config, project.guidelines, max_in_flight=project.judge_max_in_flight),
+                **backends.run_config(
+                    config,
+                    system_prompt=prompts.system_prompt(judge_settings.rubric, project.guidelines),
+                    rubric_version=judge_settings.rubric_version,
+                    few_shot=few_shot_examples(project, count=judge_settings.few_shot, seed=backends.SEED),
+                    max_in_flight=project.judge_max_in_flight,
+                    requests_per_minute=judge_settings.requests_per_minute,
+                    tokens_per_minute=judge_settings.tokens_per_minute,
+                ),
                 "price_in_per_million": str(project.judge_price_in),
                 "price_out_per_million": str(project.judge_price_out),
             },

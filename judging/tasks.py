@@ -3,7 +3,9 @@
 ``start_judge_run`` either judges everything with the local classifier or
 splits the run into chunks of ``LARRY_JUDGE_CHUNK_SIZE`` items, one
 ``judge_chunk`` task each; a chunk keeps up to the project's
-``judge_max_in_flight`` requests open at once (asyncio and ``AsyncOpenAI``).
+``judge_max_in_flight`` requests open at once (asyncio and ``AsyncOpenAI``),
+paced by the run's requests/tokens-per-minute limits when it has them. Every
+chunk sends the system prompt and few-shot examples recorded on the run.
 No database transaction is open during a judge call.
 """
 
@@ -15,7 +17,7 @@ from django.utils import timezone
 
 from annotations.models import Item, Project
 from annotations.selectors import ground_truth
-from judging import backends, services, training_sets
+from judging import backends, prompts, services, training_sets
 from judging.models import JudgeRun
 
 
@@ -70,13 +72,22 @@ def judge_chunk(run_id: int, item_ids: list[int]) -> None:
             backends.judge_many(
                 config,
                 items,
-                guidelines=run.project.guidelines,
+                prefix=_prompt_prefix(run),
                 run_settings=run.config,
                 max_in_flight=run.config.get("max_in_flight", run.project.judge_max_in_flight),
             )
         )
         services.verdicts_store(run=run, results=results)
     services.judge_run_finish_if_complete(run_id=run_id)
+
+
+def _prompt_prefix(run: JudgeRun) -> list[dict[str, str]]:
+    """The system prompt and few-shot pairs recorded in the run's snapshot, so every chunk sends the same."""
+    # Runs from before rubric versions recorded no prompt: the default rubric and today's guidelines.
+    system = run.config.get("system_prompt") or prompts.system_prompt(prompts.DEFAULT_RUBRIC, run.project.guidelines)
+    examples = run.config.get("few_shot_examples") or []
+    items = Item.objects.in_bulk([e["item_id"] for e in examples])
+    return prompts.prefix_messages(system, [(items[e["item_id"]], e) for e in examples if e["item_id"] in items])
 
 
 @shared_task(acks_late=True)

@@ -94,7 +94,13 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
             for judge, n in row.items()
         ]
     errors = run.verdicts.filter(verdict="").select_related("item")[:50]
-    return render(request, "judging/run_detail.html", {**context, "calibration": calibration, "errors": errors})
+    # The prompt and the examples get their own sections; the rest of the snapshot is a table.
+    snapshot = {k: v for k, v in sorted(run.config.items()) if k not in ("system_prompt", "few_shot_examples")}
+    examples = run.config.get("few_shot_examples") or []
+    names = dict(run.project.items.filter(pk__in=[e["item_id"] for e in examples]).values_list("id", "external_id"))
+    few_shot = [{**e, "external_id": names.get(e["item_id"], f"deleted item {e['item_id']}")} for e in examples]
+    context.update(calibration=calibration, errors=errors, snapshot=snapshot, few_shot=few_shot)
+    return render(request, "judging/run_detail.html", context)
 
 
 @login_required

@@ -17,7 +17,9 @@ Markers in the response text pick a fault:
 | ``[slow-once]`` | an answer after ``server.httpd.slow_s`` (3 s) the first time, then at once |
 
 ``latency`` (seconds) delays every answer, as a busy GPU would. Every
-request body is kept in ``server.requests`` for assertions; set
+request body is kept in ``server.requests``, and its arrival time in
+``server.request_times``, for assertions. The item judged is the last user
+message (few-shot examples come before it), or the one before a repair request; set
 ``server.httpd.down = True`` to answer 503 to everything.
 """
 
@@ -25,6 +27,8 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+REPAIR_START = "Your reply was not a valid verdict"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -35,11 +39,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        self.server.requests.append(body)
+        with self.server.lock:
+            self.server.requests.append(body)
+            self.server.request_times.append(time.monotonic())
         if not self.path.endswith("/chat/completions"):
             return self._send(404, {"error": {"message": "not found"}})
-        user = body["messages"][1]["content"]  # the item; later messages are a repair request
-        repairing = len(body["messages"]) > 2
+        # The item is the last user message, or the one before it when the last asks for a repair;
+        # earlier user/assistant pairs are few-shot examples.
+        users = [m["content"] for m in body["messages"] if m["role"] == "user"]
+        repairing = users[-1].startswith(REPAIR_START)
+        user = users[-2] if repairing else users[-1]
         if self.server.latency:
             time.sleep(self.server.latency)
         if self.server.down:
@@ -101,7 +110,7 @@ class JudgeServer:
 
     def __init__(self, latency: float = 0.0) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.requests = []
+        self.httpd.requests, self.httpd.request_times = [], []  # bodies, and when each arrived (time.monotonic)
         self.httpd.down = False  # answer 503 to everything while True
         self.httpd.latency = latency
         self.httpd.seen, self.httpd.lock, self.httpd.slow_s = {}, threading.Lock(), 3.0
@@ -115,6 +124,11 @@ class JudgeServer:
     @property
     def requests(self) -> list[dict]:
         return self.httpd.requests
+
+    @property
+    def request_times(self) -> list[float]:
+        """``time.monotonic()`` at each request's arrival, in the order of ``requests``."""
+        return self.httpd.request_times
 
     def start(self) -> "JudgeServer":
         self.thread.start()
