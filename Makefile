@@ -24,7 +24,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 demo: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput -v0
-	$(PY) manage.py demo --data "$(DATA)" --out "$(OUT)" --fraction $(FRACTION) --seed $(SEED)
+	$(PY) manage.py demo --data "$(DATA)" --out "$(OUT)" --fraction $(FRACTION) --seed $(SEED) --port $(PORT)
 	@if [ "$(SERVE)" = "1" ]; then $(MAKE) --no-print-directory serve; fi
 
 serve: $(VENV)/.installed

@@ -80,6 +80,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         return membership.role if membership else "staff"
 
 
+@extend_schema(tags=["projects"])
 @extend_schema_view(list=extend_schema(summary="Projects you are a member of (all, for staff)"))
 class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Projects the user may see; looked up by slug."""
@@ -146,6 +147,7 @@ class ItemFilter(django_filters.FilterSet):
         fields = ["external_id", "source_model", "task_type", "in_sme_queue", "gate_outcome"]
 
 
+@extend_schema(tags=["items"])
 @extend_schema_view(
     list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's items, filtered"),
     retrieve=extend_schema(parameters=[PROJECT_SLUG]),
@@ -195,6 +197,7 @@ class ReviewFilter(django_filters.FilterSet):
         fields = ["decision", "origin", "reviewer", "item"]
 
 
+@extend_schema(tags=["reviews"])
 @extend_schema_view(
     list=extend_schema(parameters=[PROJECT_SLUG], summary="SME reviews and imported labels of the project"),
     retrieve=extend_schema(parameters=[PROJECT_SLUG]),
@@ -221,6 +224,7 @@ class ImportReportSerializer(serializers.Serializer):
     fatal = serializers.CharField(allow_blank=True)
 
 
+@extend_schema(tags=["import and export"])
 class ImportItemsApi(APIView):
     """POST a JSONL or CSV file (multipart field ``file``) to import items into a project.
 

@@ -30,6 +30,7 @@ CONTENT_TYPES = {
 JSONL = "application/jsonl; charset=utf-8"
 
 
+@extend_schema(tags=["import and export"])
 class ExportChatJsonlApi(APIView):
     """GET the project's accepted set as OpenAI chat fine-tuning JSONL, streamed (as it is now, not a snapshot).
 
@@ -82,6 +83,7 @@ class JudgeRunSerializer(serializers.ModelSerializer):
         return {k: v for k, v in run_progress(run).items() if isinstance(v, int | float | None)}
 
 
+@extend_schema(tags=["judge runs"])
 @extend_schema_view(
     list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's judge runs, newest first"),
     retrieve=extend_schema(parameters=[PROJECT_SLUG]),
@@ -144,6 +146,7 @@ class VerdictFilter(django_filters.FilterSet):
 RUN_ID = OpenApiParameter("run_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="Judge run id")
 
 
+@extend_schema(tags=["judge runs"])
 @extend_schema_view(
     list=extend_schema(parameters=[PROJECT_SLUG, RUN_ID], summary="A run's verdicts and errors"),
     retrieve=extend_schema(parameters=[PROJECT_SLUG, RUN_ID]),
@@ -180,6 +183,7 @@ class LabelFunctionSerializer(serializers.ModelSerializer):
         ]
 
 
+@extend_schema(tags=["label functions"])
 @extend_schema_view(
     list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's label functions (edited in the admin)"),
     retrieve=extend_schema(parameters=[PROJECT_SLUG]),
@@ -247,6 +251,7 @@ SPLIT = OpenApiParameter(
 )
 
 
+@extend_schema(tags=["training sets"])
 @extend_schema_view(
     list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's training-set snapshots, newest first"),
     retrieve=extend_schema(parameters=[PROJECT_SLUG]),

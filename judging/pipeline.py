@@ -19,9 +19,10 @@ from annotations.models import Decision, Project
 from annotations.services import prior_labels_import, sample_for_review
 from judging.export import iter_chat_jsonl
 from judging.metrics import agreement
-from judging.models import JudgeRun, LabelFunction, Verdict
+from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.selectors import funnel, run_agreement
 from judging.services import gate_apply, judge_run_create, label_function_save, label_functions_apply
+from judging.training_sets import iter_file, training_set_build
 
 # Example label functions: rules SMEs commonly ask for.
 EXAMPLE_RULES = [
@@ -113,7 +114,9 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
     """Run the whole pipeline on ``data`` into a fresh project; write ``out/accepted.jsonl`` and ``out/report.json``.
 
     Returns the report: ``{"data", "project", "judge", "import", "sme_labels", "held_back_labels", "funnel",
-    "agreement": {"sme_unseen", "held_back_human_labels"}, "export"}``.
+    "agreement": {"sme_unseen", "held_back_human_labels"}, "export", "training_set"}``.
+    The training set is a chat snapshot with 10 % held out for validation,
+    written as ``out/training-set-train.jsonl`` and ``-validation.jsonl``.
     ``sme_unseen`` compares the judge with SME labels it did not train on;
     ``held_back_human_labels`` with the file's labels of items outside the
     SME sample, which never entered the database as reviews.
@@ -156,6 +159,17 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
             fh.write(line)
             digest.update(line)
             lines += 1
+    progress("building a training-set snapshot")
+    training_set = TrainingSet.objects.create(
+        project=project, name="demo", format=TrainingSet.Format.CHAT, validation_fraction=0.1, seed=seed
+    )
+    training_set = training_set_build(training_set_id=training_set.pk)
+    snapshot_paths = {}
+    for split in TrainingSetRow.Split.values:
+        snapshot_paths[split] = out / f"training-set-{split}.jsonl"
+        with snapshot_paths[split].open("wb") as fh:
+            for chunk in iter_file(training_set, split):
+                fh.write(chunk)
     verdicts = dict(Verdict.objects.filter(run=run).exclude(verdict="").values_list("item__external_id", "verdict"))
     held_pairs = [(label, verdicts[ext]) for ext, label in held_back.items() if ext in verdicts]
     result = {
@@ -178,6 +192,16 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
             "held_back_human_labels": agreement([t for t, _ in held_pairs], [v for _, v in held_pairs]),
         },
         "export": {"path": str(out / "accepted.jsonl"), "lines": lines, "sha256": digest.hexdigest()},
+        "training_set": {
+            "id": training_set.pk,
+            "format": training_set.format,
+            "status": training_set.status,
+            "rows_train": training_set.rows_train,
+            "rows_validation": training_set.rows_validation,
+            "duplicates": training_set.duplicates,
+            "sha256": training_set.sha256,
+            "files": {split: str(path) for split, path in snapshot_paths.items()},
+        },
     }
     (out / "report.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result

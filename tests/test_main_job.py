@@ -1,5 +1,6 @@
 """The main job end to end: the funnel adds up, the export parses, agreement is on unseen labels."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -53,12 +54,19 @@ def test_the_main_job_on_the_example_file(transactional_db, tmp_path):
     rationales = Verdict.objects.filter(item_id__in=sme_items).values_list("rationale", flat=True)
     assert all("out-of-fold" in r for r in rationales)
     assert report["judge"]["name"] == "local classifier tfidf-logreg (not an LLM)"
+    # The training-set snapshot: both splits are valid chat JSONL and hold the whole accepted set.
+    snapshot = report["training_set"]
+    train, validation = (Path(snapshot["files"][split]) for split in ("train", "validation"))
+    rows = assert_valid_chat_jsonl(train) + assert_valid_chat_jsonl(validation)
+    assert rows == snapshot["rows_train"] + snapshot["rows_validation"] == funnel["accepted"] - snapshot["duplicates"]
+    assert hashlib.sha256(train.read_bytes() + validation.read_bytes()).hexdigest() == snapshot["sha256"]
 
 
 def test_rerunning_the_main_job_gives_the_same_export(transactional_db, tmp_path):
     first = run_main_job(data=EXAMPLE, out=tmp_path / "1", fraction=0.5, progress=lambda message: None)
     second = run_main_job(data=EXAMPLE, out=tmp_path / "2", fraction=0.5, progress=lambda message: None)
     assert first["export"]["sha256"] == second["export"]["sha256"]
+    assert first["training_set"]["sha256"] == second["training_set"]["sha256"]
 
 
 @pytest.mark.shared_data
@@ -88,5 +96,7 @@ def test_make_demo_on_the_real_halueval_file(tmp_path):
     assert f"(n=801): agreement {unseen['accuracy']:.3f} (always-the-commoner-label baseline" in result.stdout
     assert f"Cohen's kappa {unseen['cohen_kappa']:.3f}" in result.stdout
     assert "Judge: local classifier tfidf-logreg (not an LLM)" in result.stdout
+    snapshot = report["training_set"]
+    assert f"/api/projects/{report['project']}/training-sets/{snapshot['id']}/download/" in result.stdout
     # Better than chance on labels it never saw.
     assert unseen["cohen_kappa"] > 0 and held_back["cohen_kappa"] > 0

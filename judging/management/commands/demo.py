@@ -4,6 +4,7 @@ from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from rest_framework.authtoken.models import Token
 
 from annotations.models import Project
 from judging.pipeline import run_main_job
@@ -21,8 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--out", type=Path, default=Path("out"))
         parser.add_argument("--fraction", type=float, default=0.2, help="share of items sampled for SMEs")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--port", type=int, default=8000, help="where `make serve` will serve, for the curl shown")
 
-    def handle(self, *args, data, out, fraction, seed, **options):
+    def handle(self, *args, data, out, fraction, seed, port, **options):
         if not data.is_file():
             raise CommandError(f"{data}: no such file")
         tty = sys.stderr.isatty()
@@ -57,14 +59,27 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Wrote {report['export']['lines']} lines to {report['export']['path']} and {out / 'report.json'}"
         )
-        user = self._demo_user(report["project"])
-        self.stdout.write(f"Browse as user 'demo', password '{user}' (reset on every demo run).")
+        ts = report["training_set"]
+        self.stdout.write(
+            f"Training set {ts['id']} ({ts['format']}): {ts['rows_train']} train + {ts['rows_validation']} validation "
+            f"rows ({ts['duplicates']} duplicates left out), sha256 {ts['sha256'][:16]}..., "
+            f"written to {ts['files']['train']} and {ts['files']['validation']}"
+        )
+        password, token = self._demo_user(report["project"])
+        self.stdout.write(f"Browse as user 'demo', password '{password}' (reset on every demo run).")
+        self.stdout.write(
+            "Download the training set over REST once the app is served:\n"
+            f"  curl -H 'Authorization: Token {token}' -OJ "
+            f"http://127.0.0.1:{port}/api/projects/{report['project']}/training-sets/{ts['id']}/download/"
+        )
 
-    def _demo_user(self, slug: str) -> str:
+    def _demo_user(self, slug: str) -> tuple[str, str]:
+        """Reset the demo user's password; returns ``(password, API token)``."""
         password = secrets.token_urlsafe(9)
         user, _ = get_user_model().objects.get_or_create(username="demo")
         user.is_staff = user.is_superuser = True
         user.set_password(password)
         user.save()
         Project.objects.get(slug=slug).members.add(user)
-        return password
+        token, _ = Token.objects.get_or_create(user=user)
+        return password, token.key
