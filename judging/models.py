@@ -331,6 +331,7 @@ class TrainingSet(models.Model):
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.BUILDING)
     error = models.TextField(blank=True)
     items_selected = models.PositiveIntegerField(default=0)
+    items_done = models.PositiveIntegerField(default=0, help_text="Progress of the build, out of items_selected.")
     rows_train = models.PositiveIntegerField(default=0)
     rows_validation = models.PositiveIntegerField(default=0)
     duplicates = models.PositiveIntegerField(default=0)
@@ -349,6 +350,13 @@ class TrainingSet(models.Model):
 
     def __str__(self) -> str:
         return f"training set {self.pk} ({self.format})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("judging:training_set_detail", args=[self.project.slug, self.pk])
+
+    @property
+    def percent_done(self) -> int:
+        return round(100 * self.items_done / self.items_selected) if self.items_selected else 0
 
 
 class TrainingSetRow(models.Model):

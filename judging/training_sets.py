@@ -369,8 +369,12 @@ def _build(training_set: TrainingSet) -> None:
     duplicates, unwritable, batch = [], [], []
     selected = 0
     rows_by_split = {split: 0 for split in SPLITS}
+    total = items.count()
+    TrainingSet.objects.filter(pk=training_set.pk).update(items_selected=total, items_done=0)
     for candidate in _candidates(items, fmt):
         selected += 1
+        if selected % WRITE_BATCH == 0:
+            TrainingSet.objects.filter(pk=training_set.pk).update(items_done=selected)
         rejected = ""
         if fmt == TrainingSet.Format.DPO:
             rejected, problem = _dpo_rejected(candidate, pool, seed)
@@ -400,7 +404,7 @@ def _build(training_set: TrainingSet) -> None:
             batch = []
     TrainingSetRow.objects.bulk_create(batch)
     files, sha256, size = _hash_files(training_set)
-    training_set.items_selected = selected
+    training_set.items_selected = training_set.items_done = selected
     training_set.rows_train = rows_by_split[TrainingSetRow.Split.TRAIN]
     training_set.rows_validation = rows_by_split[TrainingSetRow.Split.VALIDATION]
     training_set.duplicates, training_set.unwritable = len(duplicates), len(unwritable)
@@ -414,19 +418,20 @@ def _build(training_set: TrainingSet) -> None:
 def training_set_build(*, training_set_id: int) -> TrainingSet:
     """Build a training set that is still ``building``; a set already built or failed is left as it is.
 
-    Runs in one transaction: on any error nothing of the rows stays, and the
-    set is marked ``failed`` with the error (a TrainingSetError's message
+    Progress shows in ``items_done`` of ``items_selected``. On any error
+    nothing of the rows stays, and the set is marked ``failed`` with the error (a TrainingSetError's message
     names the option at fault); nothing is raised. Returns the training set.
     """
     training_set = TrainingSet.objects.select_related("project").get(pk=training_set_id)
     if training_set.status != TrainingSet.Status.BUILDING:
         return training_set
+    # Not one transaction, so that the progress shows; the set is not downloadable until ``ready``.
     try:
-        with transaction.atomic():
-            TrainingSetRow.objects.filter(training_set=training_set).delete()  # a redelivered task starts over
-            _build(training_set)
+        TrainingSetRow.objects.filter(training_set=training_set).delete()  # a redelivered task starts over
+        _build(training_set)
     except Exception as exc:
         # Recorded on the set, where its owner looks (API and admin), and logged in full for operators.
+        TrainingSetRow.objects.filter(training_set=training_set).delete()
         TrainingSet.objects.filter(pk=training_set.pk).update(
             status=TrainingSet.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
         )

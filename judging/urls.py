@@ -9,6 +9,12 @@ urlpatterns = [
     path("projects/<slug:slug>/judge/", views.judge_run_start, name="judge_run_start"),
     path("projects/<slug:slug>/regate/", views.regate, name="regate"),
     path("projects/<slug:slug>/rules/", views.rules, name="rules"),
+    path("projects/<slug:slug>/training-sets/", views.training_sets_page, name="training_sets"),
+    path(
+        "projects/<slug:slug>/training-sets/<int:training_set_id>/",
+        views.training_set_detail,
+        name="training_set_detail",
+    ),
     path("projects/<slug:slug>/runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("projects/<slug:slug>/runs/compare/", views.runs_compare_page, name="runs_compare"),
     path(

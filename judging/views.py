@@ -1,16 +1,19 @@
 """Pages for the judging side: the project's funnel, judge runs, rules."""
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
+from rest_framework.exceptions import ValidationError
 
 from annotations.selectors import ground_truth
 from annotations.views import get_project_for_lead
-from judging.models import JudgeRun
+from judging.models import JudgeRun, TrainingSet
 from judging.selectors import (
     funnel,
     label_function_stats,
@@ -21,6 +24,7 @@ from judging.selectors import (
     runs_compare,
 )
 from judging.services import judge_run_cancel, judge_run_create, judge_run_resume, project_regate
+from judging.training_sets import training_set_create
 
 
 @login_required
@@ -140,3 +144,77 @@ def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
     run = judge_run_create(project=project, user=request.user)
     messages.info(request, f"Judge run {run.pk} started ({run.judge_label}).")
     return redirect(run)
+
+
+class TrainingSetForm(forms.Form):
+    """The snapshot options as a browser form; ``judging.training_sets.TrainingSetOptions`` validates them."""
+
+    name = forms.CharField(max_length=200, required=False)
+    format = forms.ChoiceField(choices=TrainingSet.Format.choices, initial=TrainingSet.Format.CHAT)
+    system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, strip=False)
+    validation_fraction = forms.FloatField(min_value=0, max_value=0.5, initial=0.1, label="Validation share")
+    seed = forms.IntegerField(initial=0)
+    dedupe = forms.BooleanField(required=False, initial=True, label="Drop duplicate rows")
+    source_models = forms.MultipleChoiceField(required=False, help_text="None selected: all.")
+    task_types = forms.MultipleChoiceField(required=False, help_text="None selected: all.")
+    judge_run = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="Only items judged by run")
+    created_after = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    created_before = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        items = project.items.order_by()
+        for field, column in (("source_models", "source_model"), ("task_types", "task_type")):
+            values = items.exclude(**{column: ""}).values_list(column, flat=True).distinct().order_by(column)[:200]
+            self.fields[field].choices = [(v, v) for v in values]
+        runs = JudgeRun.objects.filter(project=project, status=JudgeRun.Status.FINISHED)
+        self.fields["judge_run"].choices = [("", "any")] + [
+            (run.pk, f"run {run.pk}: {run.judge_label}") for run in runs
+        ]
+
+    def options(self) -> dict:
+        """The cleaned data in the shape ``training_set_create`` takes."""
+        data = self.cleaned_data
+        filters = {key: data[key] for key in ("source_models", "task_types") if data[key]}
+        if data["judge_run"] is not None:
+            filters["judge_run"] = data["judge_run"]
+        for key in ("created_after", "created_before"):
+            if data[key]:
+                filters[key] = data[key].isoformat()
+        fields = ("name", "format", "system_prompt", "validation_fraction", "seed", "dedupe")
+        return {**{key: data[key] for key in fields}, "filters": filters}
+
+
+@login_required
+def training_sets_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """The project's training-set snapshots, and a form to snapshot a new one (leads and staff)."""
+    project = get_project_for_lead(request, slug)
+    form = TrainingSetForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        try:
+            with transaction.atomic():
+                training_set = training_set_create(project=project, options=form.options(), user=request.user)
+        except ValidationError as exc:
+            for field, problems in exc.detail.items():
+                form.add_error(field if field in form.fields else None, "; ".join(map(str, problems)))
+        else:
+            return redirect(training_set)
+    context = {"project": project, "form": form, "training_sets": TrainingSet.objects.filter(project=project)[:50]}
+    return render(request, "judging/training_sets.html", context)
+
+
+@login_required
+def training_set_detail(request: HttpRequest, slug: str, training_set_id: int) -> HttpResponse:
+    """One snapshot: build progress (live), counts, download links, lineage, and its report."""
+    project = get_project_for_lead(request, slug)
+    training_set = get_object_or_404(TrainingSet.objects.select_related("project"), pk=training_set_id, project=project)
+    context = {"project": project, "training_set": training_set}
+    if request.htmx:
+        return render(request, "judging/training_set_detail.html#status", context)
+    report = training_set.report or {}
+    context.update(
+        duplicates=report.get("duplicates", [])[:200],
+        unwritable=report.get("unwritable", [])[:200],
+        api=f"/api/projects/{project.slug}/training-sets/{training_set.pk}",
+    )
+    return render(request, "judging/training_set_detail.html", context)

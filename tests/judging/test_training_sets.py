@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
@@ -291,3 +292,40 @@ def test_an_empty_accepted_set_gives_an_empty_ready_snapshot(project, django_cap
     assert training_set.items_selected == 0 and download(training_set) == b""
     assert training_set.sha256 == hashlib.sha256(b"").hexdigest()
     assert GateDecision.objects.count() == 0
+
+
+def test_leads_snapshot_from_the_page_smes_and_outsiders_cannot(
+    client, project, decided, lead, sme, outsider, django_capture_on_commit_callbacks
+):
+    url = reverse("judging:training_sets", args=[project.slug])
+    client.force_login(outsider)
+    assert client.get(url).status_code == 404
+    client.force_login(sme)
+    assert client.get(url).status_code == 403
+    client.force_login(lead)
+    page = client.get(url)
+    assert page.status_code == 200 and b"Snapshot a new training set" in page.content
+    form = {"format": "dpo", "validation_fraction": "0", "seed": "0", "dedupe": "on", "source_models": ["small"]}
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(url, form)
+    training_set = TrainingSet.objects.get()
+    assert response.status_code == 302 and response["Location"] == training_set.get_absolute_url()
+    assert training_set.filters == {"source_models": ["small"]}
+    detail = client.get(training_set.get_absolute_url()).content.decode()
+    assert "2 train + 0 validation rows" in detail and training_set.sha256 in detail
+    assert "no rejected response to the same prompt and context" in detail  # b1 is listed, not dropped
+
+
+def test_the_page_form_reports_bad_options(client, project, decided, lead):
+    client.force_login(lead)
+    url = reverse("judging:training_sets", args=[project.slug])
+    response = client.post(url, {"format": "dpo", "validation_fraction": "0.9", "seed": "x"})
+    assert response.status_code == 200 and not TrainingSet.objects.exists()
+    assert response.context["form"].errors.keys() == {"validation_fraction", "seed"}
+
+
+def test_a_failed_build_keeps_no_rows_and_says_why(project, decided, django_capture_on_commit_callbacks):
+    training_set = TrainingSet.objects.create(project=project, filters={"judge_run": 424242})
+    training_set = training_set_build(training_set_id=training_set.pk)
+    assert training_set.status == TrainingSet.Status.FAILED and "no judge run 424242" in training_set.error
+    assert training_set.rows.count() == 0
