@@ -193,7 +193,9 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(live_
         "1",
         "--no-color",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    result = subprocess.run(  # in tmp_path, where schemathesis keeps its cache
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"}, cwd=tmp_path
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert "No issues found" in output or "passed" in output, output[-3000:]
