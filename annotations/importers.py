@@ -12,25 +12,45 @@ nothing of it is stored; the rest of the file imports. Rows whose
 ``external_id`` already exists in the project are skipped, so re-importing a
 file changes nothing. An item with no id gets the first 24 hex digits of the
 sha256 of its prompt, context and response.
+
+Sizes: one field (a text field, or ``metadata`` as JSON) may be at most
+``settings.LARRY_IMPORT_MAX_FIELD_BYTES`` bytes of UTF-8 (default 1 MiB);
+a larger one makes its row an error. One line (JSONL) or one CSV cell may be
+at most ``ROW_FIELDS`` times that: a longer JSONL line is reported and
+skipped in small blocks without being held in memory; a longer CSV line or
+cell stops a CSV import with a clear fatal error (CSV rows cannot be found
+again reliably after it), keeping what was stored before.
+
+On PostgreSQL each batch is sent with ``COPY`` into a temporary table and
+inserted with ``ON CONFLICT DO NOTHING``, items and labels in one statement;
+elsewhere (SQLite) with ``bulk_create``. Both count created and existing
+items the same way.
 """
 
 import csv
 import hashlib
-import io
 import json
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from django.db import transaction
+import orjson
+from django.conf import settings
+from django.db import connection, transaction
 
 from annotations.models import Decision, Item, Project, Review
 
 TEXT_FIELDS = ("prompt", "context", "response", "reference", "source_model", "task_type")
 REQUIRED_FIELDS = ("prompt", "response")
 ID_FIELDS = ("external_id", "id")
-BATCH_SIZE = 1000
+BATCH_SIZE = 2000
 FORMATS = ("jsonl", "csv")
+# A line (or CSV cell) may hold several fields at the limit; past this many times it, it is not read.
+ROW_FIELDS = 8
+BOM = b"\xef\xbb\xbf"
+_SKIP_BLOCK = 1 << 16
 
 
 class ImportFormatError(ValueError):
@@ -79,81 +99,192 @@ def detect_format(filename: str) -> str:
     raise ImportFormatError(f"{filename}: unknown format (expected .jsonl or .csv)")
 
 
-def _jsonl_records(stream: IO[bytes]) -> Iterator[tuple[int, dict | None, str]]:
-    for line_no, raw in enumerate(stream, start=1):
-        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+def max_field_bytes() -> int:
+    """The largest field accepted, in bytes of UTF-8 (``LARRY_IMPORT_MAX_FIELD_BYTES``)."""
+    return settings.LARRY_IMPORT_MAX_FIELD_BYTES
+
+
+def _lines(stream: IO[bytes], cap: int) -> Iterator[tuple[bytes | None, int]]:
+    """``(line, size)`` per physical line; a line over ``cap`` bytes (newline excluded) is skipped
+    in blocks of 64 KiB and yields ``(None, its size)``, so it is never held in memory."""
+    while True:
+        raw = stream.readline(cap + 1)
+        if not raw:
+            return
+        if len(raw) <= cap or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        size = len(raw)
+        while not raw.endswith(b"\n"):
+            raw = stream.readline(_SKIP_BLOCK)
+            if not raw:
+                break
+            size += len(raw)
+        yield None, size
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_slowly(raw: bytes) -> tuple[Any, str]:
+    """What orjson refused, parsed by the standard library for a precise reason (or for
+    what it accepts and orjson does not, such as integers over 64 bits)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 (byte {exc.start + 1} of the line)"
+    try:
+        record = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+    except ValueError as exc:
+        return None, f"invalid JSON: {exc}"
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "invalid JSON: a \\u escape makes a lone surrogate, which is not text"
+    return record, ""
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(isinstance(v, float | dict | list) and _has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(isinstance(v, float | dict | list) and _has_float(v) for v in value)
+    return isinstance(value, float)
+
+
+def _jsonl_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | None, str]]:
+    cap = limit * ROW_FIELDS
+    for line_no, (raw, size) in enumerate(_lines(stream, cap), start=1):
+        if raw is None:
+            yield line_no, None, f"the line is {size:,} bytes, over the limit of {cap:,} for one line; not read"
+            continue
+        if line_no == 1 and raw.startswith(BOM):
             raw = raw[3:]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield line_no, None, f"not UTF-8 (byte {exc.start})"
-            continue
-        if not text.strip():
+        if not raw.strip():
             continue
         try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield line_no, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
-            continue
+            record = orjson.loads(raw)
+            if _has_float(record):
+                # orjson reads integers over 64 bits as floats, losing digits; the standard library does not.
+                record = json.loads(raw)
+        except orjson.JSONDecodeError:
+            record, problem = _parse_slowly(raw)
+            if problem:
+                yield line_no, None, problem
+                continue
         if not isinstance(record, dict):
             yield line_no, None, f"expected a JSON object, got {type(record).__name__}"
             continue
         yield line_no, record, ""
 
 
-def _csv_records(stream: IO[bytes]) -> Iterator[tuple[int, dict | None, str]]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.DictReader(text)
-    start = 2
+def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | None, str]]:
+    cap = limit * ROW_FIELDS
+    physical = 0
+
+    def lines() -> Iterator[str]:
+        # Decoded line by line, so a fault is reported with its exact line.
+        nonlocal physical
+        for raw, size in _lines(stream, cap):
+            physical += 1
+            if raw is None:
+                raise ImportFormatError(
+                    f"line {physical} is {size:,} bytes, over the limit of {cap:,} for one line; stopped there"
+                )
+            if physical == 1 and raw.startswith(BOM):
+                raw = raw[3:]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ImportFormatError(
+                    f"line {physical} is not UTF-8 (byte {exc.start + 1} of the line); stopped there"
+                ) from None
+
+    # A cell may be as long as a line; the csv module's default limit (131,072 characters) is lower.
+    csv.field_size_limit(cap)
+    reader = csv.reader(lines())
     try:
-        if not reader.fieldnames:
+        header = next(reader, None)
+        if not header:
             raise ImportFormatError("the CSV file has no header row")
-        missing = [name for name in REQUIRED_FIELDS if name not in reader.fieldnames]
+        missing = [name for name in REQUIRED_FIELDS if name not in header]
         if missing:
             raise ImportFormatError(f"the CSV header has no {' or '.join(missing)} column")
+        done = reader.line_num
         for row in reader:
-            if None in row:
-                yield (
-                    start,
-                    None,
-                    f"{len(reader.fieldnames) + len(row[None])} cells for {len(reader.fieldnames)} columns",
-                )
-            elif any(value is None for value in row.values()):
-                yield start, None, f"fewer cells than the {len(reader.fieldnames)} columns"
-            else:
-                record = dict(row)
-                if record.get("metadata"):
-                    try:
-                        record["metadata"] = json.loads(record["metadata"])
-                    except json.JSONDecodeError as exc:
-                        yield start, None, f"metadata is not valid JSON: {exc.msg}"
-                        start = reader.line_num + 1
-                        continue
-                yield start, record, ""
-            start = reader.line_num + 1
-    except UnicodeDecodeError as exc:
-        raise ImportFormatError(f"not UTF-8 near line {start} (byte {exc.start} of a read block)") from None
+            start, done = done + 1, reader.line_num
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                how = "fewer cells than the" if len(row) < len(header) else f"{len(row)} cells for"
+                yield start, None, f"{how} {len(header)} columns"
+                continue
+            record = dict(zip(header, row, strict=True))
+            if record.get("metadata"):
+                try:
+                    record["metadata"] = json.loads(record["metadata"], parse_constant=_refuse_constant)
+                except ValueError as exc:
+                    yield start, None, f"metadata is not valid JSON: {getattr(exc, 'msg', exc)}"
+                    continue
+            yield start, record, ""
     except csv.Error as exc:
-        raise ImportFormatError(f"CSV error at line {reader.line_num}: {exc}") from None
-    finally:
-        text.detach()
+        raise ImportFormatError(f"CSV error at line {reader.line_num}: {exc}; stopped there") from None
 
 
-def iter_records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, dict | None, str]]:
+def iter_records(stream: IO[bytes], fmt: str, *, limit: int | None = None) -> Iterator[tuple[int, dict | None, str]]:
     """``(line, record, problem)`` per JSONL line or CSV row; ``record`` is None when ``problem`` says why.
 
+    ``limit`` is the largest field in bytes (default ``max_field_bytes()``).
     Raises ImportFormatError for an unknown format or, for CSV, a file that
-    cannot be read further (not UTF-8, broken quoting).
+    cannot be read further (not UTF-8, broken quoting, a line or cell over
+    ``ROW_FIELDS * limit``).
     """
+    limit = limit or max_field_bytes()
     if fmt == "jsonl":
-        return _jsonl_records(stream)
+        return _jsonl_records(stream, limit)
     if fmt == "csv":
-        return _csv_records(stream)
+        return _csv_records(stream, limit)
     raise ImportFormatError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
 
 
-def _clean(record: dict, label_field: str) -> tuple[dict, str | None]:
-    """Validate one record; returns (item fields, label or None). Raises ValueError with the reason."""
+def _dump_json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # e.g. an integer over 64 bits, which the standard library writes
+        return json.dumps(value, ensure_ascii=False)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _check_size(name: str, text: str, limit: int) -> None:
+    # UTF-8 takes at most 4 bytes a character: only long texts need encoding to be measured.
+    if len(text) * 4 > limit and (size := len(text.encode("utf-8"))) > limit:
+        raise ValueError(f"{name} is {size:,} bytes, over the limit of {limit:,} (LARRY_IMPORT_MAX_FIELD_BYTES)")
+
+
+@dataclass
+class _Row:
+    fields: dict[str, Any]
+    label: str | None
+    metadata_json: str
+
+
+def _clean(record: dict, label_field: str, limit: int) -> _Row:
+    """Validate one record into the item's fields, its label (or None) and its metadata as JSON.
+
+    Raises ValueError with the reason.
+    """
     fields: dict[str, Any] = {}
     for name in TEXT_FIELDS:
         value = record.get(name, "")
@@ -161,6 +292,9 @@ def _clean(record: dict, label_field: str) -> tuple[dict, str | None]:
             value = ""
         if not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+        if "\x00" in value:
+            raise ValueError(f"{name} contains a NUL character, which the database cannot store")
+        _check_size(name, value, limit)
         fields[name] = value
     for name in REQUIRED_FIELDS:
         if not fields[name].strip():
@@ -174,37 +308,167 @@ def _clean(record: dict, label_field: str) -> tuple[dict, str | None]:
     external_id = str(external_id)
     if len(external_id) > 255:
         raise ValueError("external_id is longer than 255 characters")
+    if "\x00" in external_id:
+        raise ValueError("external_id contains a NUL character")
     metadata = record.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise ValueError(f"metadata must be an object, got {type(metadata).__name__}")
     known = {*TEXT_FIELDS, *ID_FIELDS, "metadata", label_field}
     extra = {k: v for k, v in record.items() if k not in known and v not in (None, "")}
     fields["metadata"] = {**extra, **metadata}
+    metadata_json = _dump_json(fields["metadata"])
+    _check_size("metadata (with the extra fields)", metadata_json, limit)
+    if "\\u0000" in metadata_json and _has_nul(fields["metadata"]):
+        raise ValueError("metadata contains a NUL character, which the database cannot store")
     fields["external_id"] = external_id
     label = record.get(label_field)
     if label in (None, ""):
-        return fields, None
-    if not isinstance(label, str) or label.strip().lower() not in Decision.values:
-        raise ValueError(f"{label_field} must be accept or reject, got {label!r}")
-    return fields, label.strip().lower()
+        return _Row(fields, None, metadata_json)
+    if not isinstance(label, str) or label.strip().lower() not in _DECISIONS:
+        raise ValueError(f"{label_field} must be accept or reject, got {str(label)[:80]!r}")
+    return _Row(fields, label.strip().lower(), metadata_json)
 
 
-def _store(project: Project, batch: list[tuple[dict, str | None]], report: ImportReport) -> None:
-    ids = [fields["external_id"] for fields, _ in batch]
+_DECISIONS = frozenset(Decision.values)
+_COPY_COLUMNS = ("pos", "external_id", *TEXT_FIELDS, "metadata", "label")
+
+
+def _store_copy(project: Project, batch: list[_Row]) -> tuple[int, int]:
+    """PostgreSQL: COPY the batch into a temporary table, then insert the new items and their labels
+    in one statement. Returns (items created, labels created)."""
+    items, reviews = Item._meta.db_table, Review._meta.db_table
+    text_columns = ", ".join(TEXT_FIELDS)
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Dropped below, not ON COMMIT: the import may run inside a caller's transaction.
+        cursor.execute(
+            "CREATE TEMPORARY TABLE larry_import_batch (pos integer, external_id text, "
+            + ", ".join(f"{name} text" for name in TEXT_FIELDS)
+            + ", metadata jsonb, label text)"
+        )
+        with cursor.copy(f"COPY larry_import_batch ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
+            for pos, row in enumerate(batch):
+                f = row.fields
+                copy.write_row(
+                    (pos, f["external_id"], *(f[name] for name in TEXT_FIELDS), row.metadata_json, row.label)
+                )
+        cursor.execute(
+            f"""
+            WITH new AS (
+                INSERT INTO {items} (project_id, external_id, {text_columns}, metadata, in_sme_queue, priority,
+                                     created_at)
+                SELECT %s, external_id, {text_columns}, metadata, false, 0, now()
+                FROM larry_import_batch ORDER BY pos
+                ON CONFLICT (project_id, external_id) DO NOTHING
+                RETURNING id, external_id
+            ), labels AS (
+                INSERT INTO {reviews} (item_id, reviewer_id, decision, reason, comment, corrected_response, origin,
+                                       seconds_spent, created_at, updated_at)
+                SELECT new.id, NULL, b.label, '', '', '', %s, NULL, now(), now()
+                FROM new JOIN larry_import_batch b USING (external_id)
+                WHERE b.label IS NOT NULL
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM labels)
+            """,
+            [project.pk, Review.Origin.IMPORT],
+        )
+        created, labels = cursor.fetchone()
+        cursor.execute("DROP TABLE larry_import_batch")
+    return created, labels
+
+
+def _store_orm(project: Project, batch: list[_Row]) -> tuple[int, int]:
+    """Any database: an existence query and bulk_create. Returns (items created, labels created)."""
+    ids = [row.fields["external_id"] for row in batch]
     with transaction.atomic():
         existing = set(Item.objects.filter(project=project, external_id__in=ids).values_list("external_id", flat=True))
-        new = [(fields, label) for fields, label in batch if fields["external_id"] not in existing]
-        Item.objects.bulk_create([Item(project=project, **fields) for fields, _ in new])
-        labelled = {fields["external_id"]: label for fields, label in new if label}
+        new = [row for row in batch if row.fields["external_id"] not in existing]
+        Item.objects.bulk_create([Item(project=project, **row.fields) for row in new])
+        labelled = {row.fields["external_id"]: row.label for row in new if row.label}
         if labelled:
             # bulk_create sets pks on PostgreSQL and SQLite, but look them up to stay backend-neutral.
             pks = Item.objects.filter(project=project, external_id__in=list(labelled)).values_list("external_id", "pk")
             Review.objects.bulk_create(
                 [Review(item_id=pk, decision=labelled[ext], origin=Review.Origin.IMPORT) for ext, pk in pks]
             )
-    report.created += len(new)
-    report.existing += len(existing)
-    report.labels += len(labelled)
+    return len(new), len(labelled)
+
+
+def _store(project: Project, batch: list[_Row], report: ImportReport) -> None:
+    store = _store_copy if connection.vendor == "postgresql" else _store_orm
+    created, labels = store(project, batch)
+    report.created += created
+    report.existing += len(batch) - created
+    report.labels += labels
+
+
+def _batches(records, label_field: str, limit: int, report: ImportReport) -> Iterator[list[_Row]]:
+    """Valid rows in batches of ``BATCH_SIZE``; bad rows and in-file duplicates go to ``report.errors``,
+    and a fatal fault to ``report.fatal`` (after the last full batch)."""
+    seen: dict[str, int] = {}
+    batch: list[_Row] = []
+    try:
+        for line_no, record, problem in records:
+            if record is None:
+                report.errors.append(RowError(line_no, problem))
+                continue
+            try:
+                row = _clean(record, label_field, limit)
+            except ValueError as exc:
+                report.errors.append(RowError(line_no, str(exc)))
+                continue
+            external_id = row.fields["external_id"]
+            first = seen.setdefault(external_id, line_no)
+            if first != line_no:
+                shown = external_id if len(external_id) <= 80 else external_id[:80] + "..."
+                report.errors.append(RowError(line_no, f"duplicate external_id {shown!r} (first on line {first})"))
+                continue
+            batch.append(row)
+            if len(batch) >= BATCH_SIZE:
+                yield batch
+                batch = []
+    except ImportFormatError as exc:
+        report.fatal = str(exc)
+    if batch:
+        yield batch
+
+
+def _read_ahead(batches: Iterator[list[_Row]]) -> Iterator[list[_Row]]:
+    """The batches, parsed one ahead in a thread while the caller stores the previous one.
+
+    Parsing is Python work and storing mostly waits on PostgreSQL, so the two
+    overlap; at most two batches are in memory. The thread never touches the
+    database. Its exceptions are raised here; stopping early stops it.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        handoff.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put(end)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            handoff.put(exc)
+
+    thread = threading.Thread(target=produce, name="larry-import-parser", daemon=True)
+    thread.start()
+    try:
+        while (item := handoff.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def import_items(
@@ -220,41 +484,21 @@ def import_items(
 
     ``fmt`` is ``"jsonl"`` or ``"csv"``. With ``import_labels`` false the label
     field is ignored (kept in metadata). ``progress(rows_read)`` is called
-    after every batch. Returns an ImportReport; a file that cannot be read at
-    all (unknown format, CSV not UTF-8) sets ``report.fatal`` after storing the
-    rows read before the fault.
+    after every batch of ``BATCH_SIZE`` rows and at the end. Returns an
+    ImportReport; a file that cannot be read further (unknown format; for CSV
+    not UTF-8, broken quoting, an over-long line) sets ``report.fatal`` after
+    storing the rows read before the fault. Memory stays flat: two batches,
+    and the external ids seen (to report duplicates inside the file).
+    Database errors are raised (the batch being stored is rolled back).
     """
-    records = iter_records(stream, fmt)
+    limit = max_field_bytes()
     report = ImportReport()
+    records = iter_records(stream, fmt, limit=limit)
     effective_label_field = label_field if import_labels else "\x00no-label"
-    seen: dict[str, int] = {}
-    batch: list[tuple[dict, str | None]] = []
-    try:
-        for line_no, record, problem in records:
-            if record is None:
-                report.errors.append(RowError(line_no, problem))
-                continue
-            try:
-                fields, label = _clean(record, effective_label_field)
-            except ValueError as exc:
-                report.errors.append(RowError(line_no, str(exc)))
-                continue
-            first = seen.setdefault(fields["external_id"], line_no)
-            if first != line_no:
-                report.errors.append(
-                    RowError(line_no, f"duplicate external_id {fields['external_id']!r} (first on line {first})")
-                )
-                continue
-            batch.append((fields, label))
-            if len(batch) >= BATCH_SIZE:
-                _store(project, batch, report)
-                batch = []
-                if progress:
-                    progress(report.rows)
-    except ImportFormatError as exc:
-        report.fatal = str(exc)
-    if batch:
+    for batch in _read_ahead(_batches(records, effective_label_field, limit, report)):
         _store(project, batch, report)
-    if progress:
-        progress(report.rows)
+        if progress:
+            progress(report.rows)
+    if progress and not report.rows:
+        progress(0)
     return report

@@ -179,6 +179,11 @@ LARRY_JUDGE_TIMEOUT_S = env_int("LARRY_JUDGE_TIMEOUT_S", 120)
 LARRY_JUDGE_MAX_RETRIES = env_int("LARRY_JUDGE_MAX_RETRIES", 3)
 LARRY_JUDGE_CHUNK_SIZE = env_int("LARRY_JUDGE_CHUNK_SIZE", 256)
 
+# Import: the largest field accepted, in bytes of UTF-8; a line may be 8 times that (annotations/importers.py).
+LARRY_IMPORT_MAX_FIELD_BYTES = env_int("LARRY_IMPORT_MAX_FIELD_BYTES", 1_048_576)
+if LARRY_IMPORT_MAX_FIELD_BYTES < 1024:
+    raise ImproperlyConfigured(f"LARRY_IMPORT_MAX_FIELD_BYTES={LARRY_IMPORT_MAX_FIELD_BYTES} is below 1024")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
