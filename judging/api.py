@@ -4,7 +4,7 @@ from django.http import StreamingHttpResponse
 from rest_framework.views import APIView
 
 from annotations.api import project_for_api
-from judging.export import iter_chat_jsonl
+from judging.export import in_blocks, iter_chat_jsonl
 from judging.selectors import latest_finished_run
 
 
@@ -18,7 +18,9 @@ class ExportChatJsonlApi(APIView):
     def get(self, request, slug: str) -> StreamingHttpResponse:
         project = project_for_api(request, slug)
         run = latest_finished_run(project)
-        response = StreamingHttpResponse(iter_chat_jsonl(project), content_type="application/jsonl; charset=utf-8")
+        response = StreamingHttpResponse(
+            in_blocks(iter_chat_jsonl(project)), content_type="application/jsonl; charset=utf-8"
+        )
         response["Content-Disposition"] = f'attachment; filename="{project.slug}-accepted.jsonl"'
         response["X-Larry-Judge"] = run.judge_label if run else "none (SME ground truth only)"
         return response
