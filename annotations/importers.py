@@ -99,6 +99,21 @@ def detect_format(filename: str) -> str:
     raise ImportFormatError(f"{filename}: unknown format (expected .jsonl or .csv)")
 
 
+def sniff_format(filename: str, head: bytes) -> str:
+    """The format from the file name, else from the first bytes: a ``{`` first means JSONL, else CSV.
+
+    ``head`` is the start of the file (a few KiB). Raises ImportFormatError for an empty file.
+    """
+    try:
+        return detect_format(filename)
+    except ImportFormatError:
+        pass
+    text = head.removeprefix(BOM).lstrip()
+    if not text:
+        raise ImportFormatError(f"{filename}: the file is empty") from None
+    return "jsonl" if text.startswith(b"{") else "csv"
+
+
 def max_field_bytes() -> int:
     """The largest field accepted, in bytes of UTF-8 (``LARRY_IMPORT_MAX_FIELD_BYTES``)."""
     return settings.LARRY_IMPORT_MAX_FIELD_BYTES

@@ -8,6 +8,8 @@
 | SECRET_KEY | a development key | a long random string |
 | DEBUG | off | off |
 | ALLOWED_HOSTS | ``127.0.0.1,localhost`` | the site's host names |
+| LARRY_MEDIA_ROOT | ``media/`` in the project folder | a volume shared by web and worker |
+| LARRY_IMPORT_MAX_FIELD_BYTES | 1048576 (1 MiB) | the same |
 
 Values are parsed strictly: a malformed boolean or integer stops start-up with
 an error that names the variable.
@@ -142,6 +144,10 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
+# Uploaded import files (annotations.ImportJob). Web and worker must both see this
+# folder (one volume in docker-compose.yml). Never served as static files: uploads are data.
+MEDIA_ROOT = Path(env_str("LARRY_MEDIA_ROOT", str(BASE_DIR / "media")))
+MEDIA_URL = "media/"
 # ...and so STATIC_ROOT may not exist yet: that is expected, not worth a warning.
 warnings.filterwarnings("ignore", message="No directory at: ")
 
