@@ -146,13 +146,13 @@ def _parse_slowly(raw: bytes) -> tuple[Any, str]:
     """What orjson refused, parsed by the standard library for a precise reason (or for
     what it accepts and orjson does not, such as integers over 64 bits)."""
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         return None, f"not UTF-8 (byte {exc.start + 1} of the line)"
     try:
         record = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
     except ValueError as exc:
         return None, f"invalid JSON: {exc}"
     try:
