@@ -318,3 +318,14 @@ def test_the_orm_path_used_off_postgresql_stores_what_copy_stores(project, monke
 
     assert stored(project) == stored(other)
     assert stored(project)[1][:1] == [("a1", "accept", "import")]
+
+
+def test_ids_stored_by_another_import_meanwhile_count_as_existing(project, monkeypatch):
+    """The COPY path asks which ids exist, then COPYs; should another import store one in between, the
+    unique constraint stops the COPY and the batch goes through the ON CONFLICT path instead."""
+    import_items(project=project, stream=jsonl(GOOD), fmt="jsonl")
+    monkeypatch.setattr(importers, "_existing_ids", lambda cursor, project, batch: set())  # it looked too early
+    report = import_items(project=project, stream=jsonl(GOOD, {**GOOD, "id": "a2"}), fmt="jsonl")
+    assert (report.created, report.existing, report.labels) == (1, 1, 1)
+    assert sorted(Item.objects.values_list("external_id", flat=True)) == ["a1", "a2"]
+    assert Review.objects.count() == 2
