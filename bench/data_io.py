@@ -10,8 +10,11 @@ in ``../shared/data`` (synthetic items of similar sizes when that is
 absent), each with a unique id and the file's ``human_label``, and a file of
 its first half. Each file is imported into a project of its own by a fresh
 process (``import_items``, as ``manage.py import_items`` does): items/s is
-the larger import's rows over the time of ``import_items`` alone, and the
-peak RSS of each importing process is its ``ru_maxrss``.
+the larger import's rows over the time of ``import_items`` alone (every row
+has a prior label, so each item also stores an SME review), and the peak
+RSS of each importing process is its ``ru_maxrss``. The large file is then
+imported once more into a third project with labels ignored, for
+``import_items_per_s_no_labels``.
 
 Every item is then marked accepted (one ``GateDecision`` row each, written
 in SQL), and 1 % of them get an SME correction, so the export reads them.
@@ -66,7 +69,7 @@ def write_items(path: Path, n: int, seed: int = 0) -> str:
     return origin
 
 
-def child_import(slug: str, path: str) -> None:
+def child_import(slug: str, path: str, labels: bool = True) -> None:
     """In a fresh process: import ``path`` into a new project ``slug``; print one JSON line."""
     import django
 
@@ -77,7 +80,7 @@ def child_import(slug: str, path: str) -> None:
     project = Project.objects.create(slug=slug, name=slug)
     started = time.perf_counter()
     with open(path, "rb") as stream:
-        report = import_items(project=project, stream=stream, fmt="jsonl")
+        report = import_items(project=project, stream=stream, fmt="jsonl", import_labels=labels)
     seconds = time.perf_counter() - started
     print(
         json.dumps(
@@ -186,8 +189,14 @@ def main() -> None:
         file_mb = big.stat().st_size / 1e6
         print(f"{args.items} items ({file_mb:.1f} MB) sampled from {origin}", flush=True)
         imported = {}
-        for slug, path, n in (("half", small, half), ("full", big, args.items)):
-            result, rss = run_child("--child-import", slug, str(path))
+        for slug, path, n in (("half", small, half), ("full", big, args.items), ("nolabels", big, args.items)):
+            result, rss = run_child("--child-import", slug, str(path), *(["--no-labels"] if slug == "nolabels" else []))
+            if slug == "nolabels":
+                no_labels_per_s = n / result["seconds"]
+                print(
+                    f"import {n} without labels: {result['seconds']:.2f} s, {no_labels_per_s:,.0f} items/s", flush=True
+                )
+                continue
             assert result["created"] == n and result["errors"] == 0, result
             imported[n] = {**result, "peak_rss_mb": rss, "items_per_s": n / result["seconds"]}
             print(
@@ -231,6 +240,7 @@ def main() -> None:
         "file_mb": round(file_mb, 1),
         "import_items_per_s": round(imported[args.items]["items_per_s"]),
         "import_items_per_s_50k": round(imported[half]["items_per_s"]),
+        "import_items_per_s_no_labels": round(no_labels_per_s),
         "import_peak_rss_mb_50k": round(imported[half]["peak_rss_mb"], 1),
         "import_peak_rss_mb_100k": round(imported[args.items]["peak_rss_mb"], 1),
         "export_mb": round(full["bytes"] / 1e6, 1),
@@ -250,6 +260,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "larry_web.settings")
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child-import"]:
-        child_import(sys.argv[2], sys.argv[3])
+        child_import(sys.argv[2], sys.argv[3], labels="--no-labels" not in sys.argv[4:])
     else:
         main()
