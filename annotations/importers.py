@@ -35,15 +35,16 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.utils import timezone
 
 from annotations.models import Decision, Item, Project, Review
 
+T = TypeVar("T")
 TEXT_FIELDS = ("prompt", "context", "response", "reference", "source_model", "task_type")
 REQUIRED_FIELDS = ("prompt", "response")
 ID_FIELDS = ("external_id", "id")
@@ -527,12 +528,16 @@ def _batches(records, label_field: str, limit: int, report: ImportReport) -> Ite
         yield batch
 
 
-def _read_ahead(batches: Iterator[list[_Row]]) -> Iterator[list[_Row]]:
-    """The batches, parsed one ahead in a thread while the caller stores the previous one.
+def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
+    """The same chunks, produced one ahead by a thread while the caller works on the previous one.
 
-    Parsing is Python work and storing mostly waits on PostgreSQL, so the two
-    overlap; at most two batches are in memory. The thread never touches the
-    database. Its exceptions are raised here; stopping early stops it.
+    Used where one side is Python work and the other waits on PostgreSQL
+    (import: parse while storing; export: read the next page while writing).
+    At most two chunks are in memory. The thread's exceptions are raised
+    here; closing the iterator early stops the thread. A thread has its own
+    database connection (Django's are per thread), closed when it ends; so a
+    producer that queries must not be used inside a transaction whose rows it
+    must see.
     """
     handoff: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -540,10 +545,10 @@ def _read_ahead(batches: Iterator[list[_Row]]) -> Iterator[list[_Row]]:
 
     def produce() -> None:
         try:
-            for batch in batches:
+            for chunk in chunks:
                 while not stop.is_set():
                     try:
-                        handoff.put(batch, timeout=0.1)
+                        handoff.put(chunk, timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -552,8 +557,10 @@ def _read_ahead(batches: Iterator[list[_Row]]) -> Iterator[list[_Row]]:
             handoff.put(end)
         except BaseException as exc:  # handed to the caller's thread, which raises it
             handoff.put(exc)
+        finally:
+            connections.close_all()
 
-    thread = threading.Thread(target=produce, name="larry-import-parser", daemon=True)
+    thread = threading.Thread(target=produce, name="larry-read-ahead", daemon=True)
     thread.start()
     try:
         while (item := handoff.get()) is not end:
@@ -589,7 +596,7 @@ def import_items(
     report = ImportReport()
     records = iter_records(stream, fmt, limit=limit)
     effective_label_field = label_field if import_labels else "\x00no-label"
-    for batch in _read_ahead(_batches(records, effective_label_field, limit, report)):
+    for batch in read_ahead(_batches(records, effective_label_field, limit, report)):
         _store(project, batch, report)
         if progress:
             progress(report.rows)

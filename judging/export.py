@@ -19,7 +19,9 @@ size of the accepted set and the first line comes at once.
 from collections.abc import Iterable, Iterator
 
 import orjson
+from django.db import connection
 
+from annotations.importers import read_ahead
 from annotations.models import Item, Project, Review
 from judging.models import GateDecision
 
@@ -44,19 +46,8 @@ def accepted_items(project: Project):
     return Item.objects.filter(project=project, gate_decision__outcome=GateDecision.Outcome.ACCEPT).order_by("id")
 
 
-def iter_chat_jsonl(project: Project) -> Iterator[bytes]:
-    """UTF-8 JSONL lines of the accepted set, one ``bytes`` per item (newline included), in item order.
-
-    Where an SME wrote a corrected response, the latest correction (by
-    ``updated_at``, then id) is the assistant turn instead of the original
-    response. Read in pages of ``CHUNK_ROWS`` items by id (keyset), each page
-    one query for the items and one for their corrections: the first line
-    comes after one small page whatever the size of the set, memory holds
-    one page, and no transaction stays open while a client downloads. Each
-    page sees the database as it is when it is read; a caller that needs one
-    snapshot wraps the iteration in a REPEATABLE READ transaction.
-    """
-    dumps = orjson.dumps
+def _pages(project: Project) -> Iterator[list[tuple[str, str, str]]]:
+    """``(prompt, context, response to export)`` of the accepted set, a page of ``CHUNK_ROWS`` at a time."""
     items = accepted_items(project).values_list("id", "prompt", "context", "response")
     last = 0
     # The bound on both sides of the join lets PostgreSQL start both index scans at the page.
@@ -70,8 +61,29 @@ def iter_chat_jsonl(project: Project) -> Iterator[bytes]:
             .order_by("item_id", "updated_at", "id")  # the latest correction of an item comes last and wins
             .values_list("item_id", "corrected_response")
         )
-        for item_id, prompt, context, original in page:
-            response = corrections.get(item_id) or original
+        yield [(prompt, context, corrections.get(pk) or response) for pk, prompt, context, response in page]
+
+
+def iter_chat_jsonl(project: Project) -> Iterator[bytes]:
+    """UTF-8 JSONL lines of the accepted set, one ``bytes`` per item (newline included), in item order.
+
+    Where an SME wrote a corrected response, the latest correction (by
+    ``updated_at``, then id) is the assistant turn instead of the original
+    response. Read in pages of ``CHUNK_ROWS`` items by id (keyset), each page
+    one query for the items and one for their corrections: the first line
+    comes after one small page whatever the size of the set, memory holds
+    two pages, and no transaction stays open while a client downloads.
+    Outside a transaction the next page is read by a thread on its own
+    connection while this one is written (``read_ahead``); inside one (whose
+    rows another connection would not see) pages are read in turn. Each page
+    sees the database as it is when it is read.
+    """
+    pages = _pages(project)
+    if not connection.in_atomic_block:
+        pages = read_ahead(pages)
+    dumps = orjson.dumps
+    for page in pages:
+        for prompt, context, response in page:
             user, assistant = chat_record(prompt=prompt, context=context, response=response)["messages"]
             yield b"".join((_USER, dumps(user["content"]), _ASSISTANT, dumps(assistant["content"]), _END))
 

@@ -1,7 +1,9 @@
 """The chat JSONL export: the bytes of ``json.dumps``, paging by id, the latest SME correction, few queries."""
 
 import json
+import threading
 
+import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -53,3 +55,41 @@ def test_blocks_regroup_whole_lines_without_changing_a_byte():
     blocks = list(in_blocks(lines, size=100))
     assert b"".join(blocks) == b"".join(lines)
     assert all(block.endswith(b"\n") for block in blocks) and len(blocks) < len(lines)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_pages_are_read_ahead_by_a_thread_with_the_same_bytes(project, monkeypatch, sme):
+    monkeypatch.setattr(export, "CHUNK_ROWS", 4)
+    items = make_items(project, [f"Answer {i}" for i in range(11)])
+    accept(items)
+    Review.objects.create(item=items[9], reviewer=sme, decision="accept", corrected_response="fixed")
+    threads = []
+    real_thread = threading.Thread
+
+    def spy(*args, **kwargs):
+        threads.append(real_thread(*args, **kwargs))
+        return threads[-1]
+
+    monkeypatch.setattr(threading, "Thread", spy)
+    lines = list(iter_chat_jsonl(project))
+    assert len(threads) == 1 and not threads[0].is_alive()
+    expected = [
+        (
+            json.dumps(
+                chat_record(prompt=i.prompt, context="", response="fixed" if n == 9 else i.response), ensure_ascii=False
+            )
+            + "\n"
+        ).encode()
+        for n, i in enumerate(items)
+    ]
+    assert lines == expected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_client_that_stops_reading_stops_the_reading_thread(project, monkeypatch):
+    monkeypatch.setattr(export, "CHUNK_ROWS", 2)
+    accept(make_items(project, [f"Answer {i}" for i in range(20)]))
+    lines = iter_chat_jsonl(project)
+    assert next(lines).startswith(b'{"messages": ')
+    lines.close()
+    assert not [t for t in threading.enumerate() if t.name == "larry-read-ahead"]
