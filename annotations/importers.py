@@ -367,6 +367,12 @@ _DECISIONS = frozenset(Decision.values)
 _COPY_COLUMNS = ("pos", "external_id", *TEXT_FIELDS, "metadata", "label")
 
 
+def _copy_escape(text: str) -> str:
+    """A value in COPY's text format: backslash, newline, carriage return and tab escaped
+    (four C-speed scans, each a no-op where the character is absent)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
 def _existing_ids(cursor, project: Project, batch: list[_Row]) -> set[str]:
     cursor.execute(
         f"SELECT external_id FROM {Item._meta.db_table} WHERE project_id = %s AND external_id = ANY(%s)",
@@ -396,33 +402,31 @@ def _store_copy(project: Project, batch: list[_Row]) -> tuple[int, int]:
                 "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [items, len(new)]
             )
             pks = [pk for (pk,) in cursor.fetchall()]
-            now = timezone.now()
+            now = timezone.now().isoformat()
             columns = ", ".join(
                 ("id", "project_id", "external_id", *TEXT_FIELDS, "metadata", "in_sme_queue", "priority")
             )
+            head = f"\t{project.pk}\t"
+            tail = f"\tf\t0\t{now}\n"
             with cursor.copy(f"COPY {items} ({columns}, created_at) FROM STDIN") as copy:
+                # Sent in blocks, so PostgreSQL stores the first rows while the next are written.
+                lines = []
                 for pk, row in zip(pks, new, strict=True):
                     f = row.fields
-                    copy.write_row(
-                        (
-                            pk,
-                            project.pk,
-                            f["external_id"],
-                            *(f[n] for n in TEXT_FIELDS),
-                            row.metadata_json,
-                            False,
-                            0,
-                            now,
-                        )
-                    )
+                    texts = (f["external_id"], *(f[n] for n in TEXT_FIELDS), row.metadata_json)
+                    lines.append(str(pk) + head + "\t".join(map(_copy_escape, texts)) + tail)
+                    if len(lines) == 100:
+                        copy.write("".join(lines))
+                        lines = []
+                copy.write("".join(lines))
+            origin = Review.Origin.IMPORT.value
             labelled = [(pk, row.label) for pk, row in zip(pks, new, strict=True) if row.label]
             if labelled:
                 review_columns = (
                     "item_id, decision, reason, comment, corrected_response, origin, created_at, updated_at"
                 )
                 with cursor.copy(f"COPY {reviews} ({review_columns}) FROM STDIN") as copy:
-                    for pk, label in labelled:
-                        copy.write_row((pk, label, "", "", "", Review.Origin.IMPORT.value, now, now))
+                    copy.write("".join(f"{pk}\t{label}\t\t\t\t{origin}\t{now}\t{now}\n" for pk, label in labelled))
             return len(new), len(labelled)
     except IntegrityError:
         return _store_upsert(project, batch)

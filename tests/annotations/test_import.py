@@ -329,3 +329,15 @@ def test_ids_stored_by_another_import_meanwhile_count_as_existing(project, monke
     assert (report.created, report.existing, report.labels) == (1, 1, 1)
     assert sorted(Item.objects.values_list("external_id", flat=True)) == ["a1", "a2"]
     assert Review.objects.count() == 2
+
+
+def test_text_with_copy_special_characters_is_stored_exactly(project):
+    tricky = 'tab\there, new\nline, cr\r\nlf, back\\slash, \\N, \\t literally, "quotes", é 中文 😀'
+    record = {"id": "x\\t1", "prompt": tricky, "response": tricky, "context": "\\", "metadata": {"k": tricky}}
+    report = import_items(
+        project=project, stream=jsonl(record, {**record, "id": "x2", "human_label": "reject"}), fmt="jsonl"
+    )
+    assert (report.created, report.labels, report.errors) == (2, 1, [])
+    item = Item.objects.get(external_id="x\\t1")
+    assert (item.prompt, item.response, item.context, item.metadata) == (tricky, tricky, "\\", {"k": tricky})
+    assert Review.objects.get().item.external_id == "x2"
