@@ -34,6 +34,7 @@ def test_lines_are_the_bytes_of_json_dumps_of_chat_record(project):
 
 
 def test_pages_cover_every_accepted_item_once_in_order_with_the_latest_correction(project, monkeypatch, sme, lead):
+    monkeypatch.setattr(export, "FIRST_PAGE_ROWS", 2)
     monkeypatch.setattr(export, "CHUNK_ROWS", 3)
     items = make_items(project, [f"Answer {i}" for i in range(10)])
     accept([i for n, i in enumerate(items) if n not in (4, 7)])
@@ -46,7 +47,7 @@ def test_pages_cover_every_accepted_item_once_in_order_with_the_latest_correctio
         lines = [json.loads(line) for line in iter_chat_jsonl(project)]
     answers = [line["messages"][1]["content"] for line in lines]
     assert answers == ["Answer 0", "Answer 1", "later fix", "Answer 3", "Answer 5", "Answer 6", "Answer 8", "Answer 9"]
-    # Two queries a page of 3 (items, corrections) for 3 pages, and the empty page that ends it.
+    # Two queries a page (items, corrections): pages of 2, 3 and 3, and the empty page that ends it.
     assert len(queries) == 7
 
 
@@ -59,6 +60,7 @@ def test_blocks_regroup_whole_lines_without_changing_a_byte():
 
 @pytest.mark.django_db(transaction=True)
 def test_outside_a_transaction_pages_are_read_ahead_by_a_thread_with_the_same_bytes(project, monkeypatch, sme):
+    monkeypatch.setattr(export, "FIRST_PAGE_ROWS", 4)
     monkeypatch.setattr(export, "CHUNK_ROWS", 4)
     items = make_items(project, [f"Answer {i}" for i in range(11)])
     accept(items)
@@ -87,6 +89,7 @@ def test_outside_a_transaction_pages_are_read_ahead_by_a_thread_with_the_same_by
 
 @pytest.mark.django_db(transaction=True)
 def test_a_client_that_stops_reading_stops_the_reading_thread(project, monkeypatch):
+    monkeypatch.setattr(export, "FIRST_PAGE_ROWS", 2)
     monkeypatch.setattr(export, "CHUNK_ROWS", 2)
     accept(make_items(project, [f"Answer {i}" for i in range(20)]))
     lines = iter_chat_jsonl(project)
