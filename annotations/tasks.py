@@ -1,7 +1,6 @@
 """Celery tasks of the annotations app: imports uploaded in the browser. Tasks take ids and re-fetch."""
 
 from celery import shared_task
-from django.db.models import Q
 from django.utils import timezone
 
 from annotations.importers import import_items
@@ -19,7 +18,7 @@ def run_import_job(job_id: int) -> None:
     ``failed`` with the error on the row.
     """
     claimed = ImportJob.objects.filter(
-        Q(status=ImportJob.Status.QUEUED) | Q(status=ImportJob.Status.RUNNING), pk=job_id
+        pk=job_id, status__in=[ImportJob.Status.QUEUED, ImportJob.Status.RUNNING]
     ).update(status=ImportJob.Status.RUNNING, started_at=timezone.now(), rows_read=0, bytes_read=0)
     if not claimed:
         return

@@ -126,3 +126,14 @@ def test_the_project_page_links_leads_to_the_import_page(client, lead, project):
     client.force_login(lead)
     page = client.get(reverse("judging:project_detail", args=[project.slug])).content.decode()
     assert f'href="{reverse("annotations:import", args=[project.slug])}"' in page
+
+
+def test_the_admin_lists_imports_read_only(client, project):
+    from django.contrib.auth import get_user_model
+
+    admin = get_user_model().objects.create_superuser("root", password="root-pass-123")
+    ImportJob.objects.create(project=project, filename="<i>items</i>.jsonl", format="jsonl", status="failed")
+    client.force_login(admin)
+    page = client.get(reverse("admin:annotations_importjob_changelist")).content.decode()
+    assert "&lt;i&gt;items&lt;/i&gt;.jsonl" in page and "failed" in page
+    assert client.get(reverse("admin:annotations_importjob_add")).status_code == 403
