@@ -49,6 +49,8 @@ TEXT_FIELDS = ("prompt", "context", "response", "reference", "source_model", "ta
 REQUIRED_FIELDS = ("prompt", "response")
 ID_FIELDS = ("external_id", "id")
 BATCH_SIZE = 2000
+# Connections storing batches at once on PostgreSQL (outside a transaction).
+WRITERS = 2
 FORMATS = ("jsonl", "csv")
 # A line (or CSV cell) may hold several fields at the limit; past this many times it, it is not read.
 ROW_FIELDS = 8
@@ -381,13 +383,24 @@ def _existing_ids(cursor, project: Project, batch: list[_Row]) -> set[str]:
     return {external_id for (external_id,) in cursor.fetchall()}
 
 
-def _store_copy(project: Project, batch: list[_Row]) -> tuple[int, int]:
+def _allocate_ids(n: int) -> list[int]:
+    """``n`` item ids from the table's sequence, in order (sequences ignore transactions)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [Item._meta.db_table, n]
+        )
+        return [pk for (pk,) in cursor.fetchall()]
+
+
+def _store_copy(project: Project, batch: list[_Row], pks: list[int] | None = None) -> tuple[int, int]:
     """PostgreSQL: the batch's new items and labels, COPYed straight into their tables.
 
-    Which ids are new is asked first, and item ids are taken from the table's
-    sequence so the labels can name their items. Should another import store
-    one of the ids in between (a unique violation), the batch is rolled back
-    and stored by ``_store_upsert``, which lets the database decide.
+    Which ids are new is asked first; item ids are ``pks`` (one per row of
+    the batch, taken earlier so that items keep the file's order when batches
+    are stored in parallel) or else taken from the table's sequence now, so
+    the labels can name their items. Should another import store one of the
+    ids in between (a unique violation), the batch is rolled back and stored
+    by ``_store_upsert``, which lets the database decide.
     Returns (items created, labels created).
     """
     items, reviews = Item._meta.db_table, Review._meta.db_table
@@ -395,13 +408,16 @@ def _store_copy(project: Project, batch: list[_Row]) -> tuple[int, int]:
         # wrap_database_errors: psycopg's own errors from COPY become Django's IntegrityError.
         with transaction.atomic(), connection.wrap_database_errors, connection.cursor() as cursor:
             existing = _existing_ids(cursor, project, batch)
-            new = [row for row in batch if row.fields["external_id"] not in existing]
+            if pks is None:
+                new = [row for row in batch if row.fields["external_id"] not in existing]
+                pks = _allocate_ids(len(new)) if new else []
+            else:
+                kept = [
+                    (pk, row) for pk, row in zip(pks, batch, strict=True) if row.fields["external_id"] not in existing
+                ]
+                pks, new = [pk for pk, _ in kept], [row for _, row in kept]
             if not new:
                 return 0, 0
-            cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [items, len(new)]
-            )
-            pks = [pk for (pk,) in cursor.fetchall()]
             now = timezone.now().isoformat()
             columns = ", ".join(
                 ("id", "project_id", "external_id", *TEXT_FIELDS, "metadata", "in_sme_queue", "priority")
@@ -495,10 +511,59 @@ def _store_orm(project: Project, batch: list[_Row]) -> tuple[int, int]:
 
 def _store(project: Project, batch: list[_Row], report: ImportReport) -> None:
     store = _store_copy if connection.vendor == "postgresql" else _store_orm
-    created, labels = store(project, batch)
+    _count(report, batch, *store(project, batch))
+
+
+def _count(report: ImportReport, batch: list[_Row], created: int, labels: int) -> None:
     report.created += created
     report.existing += len(batch) - created
     report.labels += labels
+
+
+def _store_in_parallel(project: Project, batches: Iterator[list[_Row]], report: ImportReport, progress) -> None:
+    """PostgreSQL, outside a transaction: store the batches with ``WRITERS`` threads, each on its own
+    connection, so the database works on several batches at once (it, not Python, is the limit).
+
+    Ids are taken here in file order before a batch is handed out, so items
+    keep the file's order whichever batch commits first. Counts and
+    ``progress`` are updated under a lock, in order of completion. The first
+    error stops the hand-out and is raised once the writers have stopped.
+    """
+    todo: queue.Queue = queue.Queue(maxsize=WRITERS)
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            while (job := todo.get()) is not None:
+                if failures:
+                    continue  # keep taking jobs, so the hand-out never blocks
+                try:
+                    created, labels = _store_copy(project, *job)
+                    with lock:
+                        _count(report, job[0], created, labels)
+                        if progress:
+                            progress(report.rows)
+                except BaseException as exc:
+                    failures.append(exc)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    writers = [threading.Thread(target=write, name="larry-import-writer", daemon=True) for _ in range(WRITERS)]
+    for writer in writers:
+        writer.start()
+    try:
+        for batch in batches:
+            if failures:
+                break
+            todo.put((batch, _allocate_ids(len(batch))))
+    finally:
+        for _ in writers:
+            todo.put(None)
+        for writer in writers:
+            writer.join()
+    if failures:
+        raise failures[0]
 
 
 def _batches(records, label_field: str, limit: int, report: ImportReport) -> Iterator[list[_Row]]:
@@ -600,10 +665,14 @@ def import_items(
     report = ImportReport()
     records = iter_records(stream, fmt, limit=limit)
     effective_label_field = label_field if import_labels else "\x00no-label"
-    for batch in read_ahead(_batches(records, effective_label_field, limit, report)):
-        _store(project, batch, report)
-        if progress:
-            progress(report.rows)
+    batches = read_ahead(_batches(records, effective_label_field, limit, report))
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        _store_in_parallel(project, batches, report, progress)
+    else:  # inside a transaction (whose rows other connections would not see), or not PostgreSQL
+        for batch in batches:
+            _store(project, batch, report)
+            if progress:
+                progress(report.rows)
     if progress and not report.rows:
         progress(0)
     return report

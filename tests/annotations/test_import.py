@@ -341,3 +341,38 @@ def test_text_with_copy_special_characters_is_stored_exactly(project):
     item = Item.objects.get(external_id="x\\t1")
     assert (item.prompt, item.response, item.context, item.metadata) == (tricky, tricky, "\\", {"k": tricky})
     assert Review.objects.get().item.external_id == "x2"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_batches_are_stored_in_parallel_keeping_the_file_order(project, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(importers, "BATCH_SIZE", 3)
+    import_items(project=project, stream=jsonl({**GOOD, "id": "p4"}), fmt="jsonl")  # already there: existing
+    records = [{**GOOD, "id": f"p{i}", "human_label": "accept" if i % 2 else ""} for i in range(20)]
+    records.insert(7, '{"broken"')
+    seen = []
+    report = import_items(project=project, stream=jsonl(*records), fmt="jsonl", progress=seen.append)
+    assert (report.created, report.existing, report.labels) == (19, 1, 10)
+    assert [(e.line, e.reason[:12]) for e in report.errors] == [(8, "invalid JSON")]
+    assert seen == sorted(seen) and seen[-1] == 21
+    stored = list(Item.objects.filter(project=project).order_by("id").values_list("external_id", flat=True))
+    assert stored == ["p4"] + [f"p{i}" for i in range(20) if i != 4]  # ids follow the file
+    labelled = set(Review.objects.values_list("item__external_id", flat=True))
+    assert labelled == {"p4"} | {f"p{i}" for i in range(20) if i % 2}  # p4's label is from the first import
+    assert not [t for t in threading.enumerate() if t.name.startswith("larry-import")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_in_a_parallel_writer_is_raised_and_stops_the_import(project, monkeypatch):
+    monkeypatch.setattr(importers, "BATCH_SIZE", 2)
+    calls = []
+
+    def failing(project, batch, pks=None):
+        calls.append(batch)
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(importers, "_store_copy", failing)
+    with pytest.raises(RuntimeError, match="went away"):
+        import_items(project=project, stream=jsonl(*[{**GOOD, "id": f"e{i}"} for i in range(40)]), fmt="jsonl")
+    assert len(calls) < 20  # the hand-out stopped early
