@@ -21,10 +21,12 @@ skipped in small blocks without being held in memory; a longer CSV line or
 cell stops a CSV import with a clear fatal error (CSV rows cannot be found
 again reliably after it), keeping what was stored before.
 
-On PostgreSQL each batch is sent with ``COPY`` into a temporary table and
-inserted with ``ON CONFLICT DO NOTHING``, items and labels in one statement;
-elsewhere (SQLite) with ``bulk_create``. Both count created and existing
-items the same way.
+Speed (bench/data_io.py, docs/PERFORMANCE.md): lines are parsed with orjson
+by a thread ahead of the storing. On PostgreSQL each batch's new items and
+labels are ``COPY``ed straight into their tables (``ON CONFLICT DO NOTHING``
+through a temporary table when ids race with another import), by two
+connections at once outside a transaction; elsewhere (SQLite) with
+``bulk_create``. All paths count created and existing items the same way.
 """
 
 import csv
