@@ -30,6 +30,10 @@ COPY . .
 # serves. No database and no environment needed: the settings' defaults do.
 RUN python manage.py collectstatic --noinput
 
+# Uploaded import files (LARRY_MEDIA_ROOT, a volume in docker-compose.yml): the one
+# folder the app writes to. A new named volume takes this folder's owner.
+RUN mkdir -p /app/media && chown larry:larry /app/media
+
 USER larry
 
 EXPOSE 8000

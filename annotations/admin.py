@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from annotations.models import Adjudication, Item, Membership, Project, Review, ReviewChange
+from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange
 from annotations.queue import slots_sync
 
 
@@ -59,3 +59,18 @@ class ReviewChangeAdmin(admin.ModelAdmin):
 class AdjudicationAdmin(admin.ModelAdmin):
     list_display = ("item", "decision", "reason", "decided_by", "decided_at")
     raw_id_fields = ("item",)
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(admin.ModelAdmin):
+    """Imports uploaded on the import page, read-only: their outcome lives on the row."""
+
+    list_display = ("id", "project", "filename", "status", "rows_read", "created_by", "created_at", "finished_at")
+    list_filter = ("status",)
+    exclude = ("report",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

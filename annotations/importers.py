@@ -12,25 +12,52 @@ nothing of it is stored; the rest of the file imports. Rows whose
 ``external_id`` already exists in the project are skipped, so re-importing a
 file changes nothing. An item with no id gets the first 24 hex digits of the
 sha256 of its prompt, context and response.
+
+Sizes: one field (a text field, or ``metadata`` as JSON) may be at most
+``settings.LARRY_IMPORT_MAX_FIELD_BYTES`` bytes of UTF-8 (default 1 MiB);
+a larger one makes its row an error. One line (JSONL) or one CSV cell may be
+at most ``ROW_FIELDS`` times that: a longer JSONL line is reported and
+skipped in small blocks without being held in memory; a longer CSV line or
+cell stops a CSV import with a clear fatal error (CSV rows cannot be found
+again reliably after it), keeping what was stored before.
+
+Speed (bench/data_io.py, docs/PERFORMANCE.md): lines are parsed with orjson
+by a thread ahead of the storing. On PostgreSQL each batch's new items and
+labels are ``COPY``ed straight into their tables (``ON CONFLICT DO NOTHING``
+through a temporary table when ids race with another import), by two
+connections at once outside a transaction; elsewhere (SQLite) with
+``bulk_create``. All paths count created and existing items the same way.
 """
 
 import csv
+import functools
 import hashlib
-import io
 import json
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from django.db import transaction
+import orjson
+from django.conf import settings
+from django.db import IntegrityError, connection, connections, transaction
+from django.utils import timezone
 
 from annotations.models import Decision, Item, Project, Review
 
+T = TypeVar("T")
 TEXT_FIELDS = ("prompt", "context", "response", "reference", "source_model", "task_type")
 REQUIRED_FIELDS = ("prompt", "response")
 ID_FIELDS = ("external_id", "id")
-BATCH_SIZE = 1000
+BATCH_SIZE = 2000
+# Connections storing batches at once on PostgreSQL (outside a transaction).
+WRITERS = 2
 FORMATS = ("jsonl", "csv")
+# A line (or CSV cell) may hold several fields at the limit; past this many times it, it is not read.
+ROW_FIELDS = 8
+BOM = b"\xef\xbb\xbf"
+_SKIP_BLOCK = 1 << 16
 
 
 class ImportFormatError(ValueError):
@@ -79,132 +106,541 @@ def detect_format(filename: str) -> str:
     raise ImportFormatError(f"{filename}: unknown format (expected .jsonl or .csv)")
 
 
-def _jsonl_records(stream: IO[bytes]) -> Iterator[tuple[int, dict | None, str]]:
-    for line_no, raw in enumerate(stream, start=1):
-        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+def sniff_format(filename: str, head: bytes) -> str:
+    """The format from the file name, else from the first bytes: a ``{`` first means JSONL, else CSV.
+
+    ``head`` is the start of the file (a few KiB). Raises ImportFormatError for an empty file.
+    """
+    try:
+        return detect_format(filename)
+    except ImportFormatError:
+        pass
+    text = head.removeprefix(BOM).lstrip()
+    if not text:
+        raise ImportFormatError(f"{filename}: the file is empty") from None
+    return "jsonl" if text.startswith(b"{") else "csv"
+
+
+def max_field_bytes() -> int:
+    """The largest field accepted, in bytes of UTF-8 (``LARRY_IMPORT_MAX_FIELD_BYTES``)."""
+    return settings.LARRY_IMPORT_MAX_FIELD_BYTES
+
+
+def _lines(stream: IO[bytes], cap: int) -> Iterator[tuple[bytes | None, int]]:
+    """``(line, size)`` per physical line; a line over ``cap`` bytes (newline excluded) is skipped
+    in blocks of 64 KiB and yields ``(None, its size)``, so it is never held in memory."""
+    while True:
+        raw = stream.readline(cap + 1)
+        if not raw:
+            return
+        if len(raw) <= cap or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        size = len(raw)
+        while not raw.endswith(b"\n"):
+            raw = stream.readline(_SKIP_BLOCK)
+            if not raw:
+                break
+            size += len(raw)
+        yield None, size
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_slowly(raw: bytes) -> tuple[Any, str]:
+    """What orjson refused, parsed by the standard library for a precise reason (or for
+    what it accepts and orjson does not, such as integers over 64 bits)."""
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 (byte {exc.start + 1} of the line)"
+    try:
+        record = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    except ValueError as exc:
+        return None, f"invalid JSON: {exc}"
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "invalid JSON: a \\u escape makes a lone surrogate, which is not text"
+    return record, ""
+
+
+def _has_float(value: dict | list) -> bool:
+    """Whether a float is anywhere in the parsed value (plain loops: this runs on every line)."""
+    for v in value.values() if type(value) is dict else value:
+        kind = type(v)
+        if kind is float or ((kind is dict or kind is list) and _has_float(v)):
+            return True
+    return False
+
+
+def _jsonl_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | None, str]]:
+    cap = limit * ROW_FIELDS
+    for line_no, (raw, size) in enumerate(_lines(stream, cap), start=1):
+        if raw is None:
+            yield line_no, None, f"the line is {size:,} bytes, over the limit of {cap:,} for one line; not read"
+            continue
+        if line_no == 1 and raw.startswith(BOM):
             raw = raw[3:]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield line_no, None, f"not UTF-8 (byte {exc.start})"
-            continue
-        if not text.strip():
+        if not raw.strip():
             continue
         try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield line_no, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
-            continue
+            record = orjson.loads(raw)
+            if _has_float(record):
+                # orjson reads integers over 64 bits as floats, losing digits; the standard library does not.
+                record = json.loads(raw)
+        except orjson.JSONDecodeError:
+            record, problem = _parse_slowly(raw)
+            if problem:
+                yield line_no, None, problem
+                continue
         if not isinstance(record, dict):
             yield line_no, None, f"expected a JSON object, got {type(record).__name__}"
             continue
         yield line_no, record, ""
 
 
-def _csv_records(stream: IO[bytes]) -> Iterator[tuple[int, dict | None, str]]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.DictReader(text)
-    start = 2
+def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | None, str]]:
+    cap = limit * ROW_FIELDS
+    physical = 0
+
+    def lines() -> Iterator[str]:
+        # Decoded line by line, so a fault is reported with its exact line.
+        nonlocal physical
+        for raw, size in _lines(stream, cap):
+            physical += 1
+            if raw is None:
+                raise ImportFormatError(
+                    f"line {physical} is {size:,} bytes, over the limit of {cap:,} for one line; stopped there"
+                )
+            if physical == 1 and raw.startswith(BOM):
+                raw = raw[3:]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ImportFormatError(
+                    f"line {physical} is not UTF-8 (byte {exc.start + 1} of the line); stopped there"
+                ) from None
+
+    # A cell may be as long as a line; the csv module's default limit (131,072 characters) is lower.
+    csv.field_size_limit(cap)
+    reader = csv.reader(lines())
     try:
-        if not reader.fieldnames:
+        header = next(reader, None)
+        if not header:
             raise ImportFormatError("the CSV file has no header row")
-        missing = [name for name in REQUIRED_FIELDS if name not in reader.fieldnames]
+        missing = [name for name in REQUIRED_FIELDS if name not in header]
         if missing:
             raise ImportFormatError(f"the CSV header has no {' or '.join(missing)} column")
+        done = reader.line_num
         for row in reader:
-            if None in row:
-                yield (
-                    start,
-                    None,
-                    f"{len(reader.fieldnames) + len(row[None])} cells for {len(reader.fieldnames)} columns",
-                )
-            elif any(value is None for value in row.values()):
-                yield start, None, f"fewer cells than the {len(reader.fieldnames)} columns"
-            else:
-                record = dict(row)
-                if record.get("metadata"):
-                    try:
-                        record["metadata"] = json.loads(record["metadata"])
-                    except json.JSONDecodeError as exc:
-                        yield start, None, f"metadata is not valid JSON: {exc.msg}"
-                        start = reader.line_num + 1
-                        continue
-                yield start, record, ""
-            start = reader.line_num + 1
-    except UnicodeDecodeError as exc:
-        raise ImportFormatError(f"not UTF-8 near line {start} (byte {exc.start} of a read block)") from None
+            start, done = done + 1, reader.line_num
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                how = "fewer cells than the" if len(row) < len(header) else f"{len(row)} cells for"
+                yield start, None, f"{how} {len(header)} columns"
+                continue
+            record = dict(zip(header, row, strict=True))
+            if record.get("metadata"):
+                try:
+                    record["metadata"] = json.loads(record["metadata"], parse_constant=_refuse_constant)
+                except ValueError as exc:
+                    yield start, None, f"metadata is not valid JSON: {getattr(exc, 'msg', exc)}"
+                    continue
+            yield start, record, ""
     except csv.Error as exc:
-        raise ImportFormatError(f"CSV error at line {reader.line_num}: {exc}") from None
-    finally:
-        text.detach()
+        raise ImportFormatError(f"CSV error at line {reader.line_num}: {exc}; stopped there") from None
 
 
-def iter_records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, dict | None, str]]:
+def iter_records(stream: IO[bytes], fmt: str, *, limit: int | None = None) -> Iterator[tuple[int, dict | None, str]]:
     """``(line, record, problem)`` per JSONL line or CSV row; ``record`` is None when ``problem`` says why.
 
+    ``limit`` is the largest field in bytes (default ``max_field_bytes()``).
     Raises ImportFormatError for an unknown format or, for CSV, a file that
-    cannot be read further (not UTF-8, broken quoting).
+    cannot be read further (not UTF-8, broken quoting, a line or cell over
+    ``ROW_FIELDS * limit``).
     """
+    limit = limit or max_field_bytes()
     if fmt == "jsonl":
-        return _jsonl_records(stream)
+        return _jsonl_records(stream, limit)
     if fmt == "csv":
-        return _csv_records(stream)
+        return _csv_records(stream, limit)
     raise ImportFormatError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
 
 
-def _clean(record: dict, label_field: str) -> tuple[dict, str | None]:
-    """Validate one record; returns (item fields, label or None). Raises ValueError with the reason."""
+def _dump_json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # e.g. an integer over 64 bits, which the standard library writes
+        return json.dumps(value, ensure_ascii=False)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _check_size(name: str, text: str, limit: int) -> None:
+    # UTF-8 takes at most 4 bytes a character: only long texts need encoding to be measured.
+    if len(text) * 4 > limit and (size := len(text.encode("utf-8"))) > limit:
+        raise ValueError(f"{name} is {size:,} bytes, over the limit of {limit:,} (LARRY_IMPORT_MAX_FIELD_BYTES)")
+
+
+@dataclass
+class _Row:
+    fields: dict[str, Any]
+    label: str | None
+    metadata_json: str
+
+
+def _clean(record: dict, label_field: str, limit: int) -> _Row:
+    """Validate one record into the item's fields, its label (or None) and its metadata as JSON.
+
+    Raises ValueError with the reason. Written for speed: it runs on every row.
+    """
     fields: dict[str, Any] = {}
+    get = record.get
+    short = limit // 4  # UTF-8 takes at most 4 bytes a character: shorter texts need no measuring
     for name in TEXT_FIELDS:
-        value = record.get(name, "")
+        value = get(name)
         if value is None:
             value = ""
-        if not isinstance(value, str):
+        elif type(value) is not str:
             raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+        elif "\x00" in value:
+            raise ValueError(f"{name} contains a NUL character, which the database cannot store")
+        elif len(value) > short:
+            _check_size(name, value, limit)
         fields[name] = value
     for name in REQUIRED_FIELDS:
         if not fields[name].strip():
             raise ValueError(f"{name} is missing or empty")
-    external_id = next((record[k] for k in ID_FIELDS if record.get(k) not in (None, "")), None)
-    if external_id is None:
+    external_id = get("external_id")
+    if external_id is None or external_id == "":
+        external_id = get("id")
+    if external_id is None or external_id == "":
         digest = hashlib.sha256("\x1f".join((fields["prompt"], fields["context"], fields["response"])).encode())
         external_id = digest.hexdigest()[:24]
-    if not isinstance(external_id, str | int) or isinstance(external_id, bool):
+    elif type(external_id) is int:
+        external_id = str(external_id)
+    elif type(external_id) is not str:
         raise ValueError(f"external_id must be a string or integer, got {type(external_id).__name__}")
-    external_id = str(external_id)
     if len(external_id) > 255:
         raise ValueError("external_id is longer than 255 characters")
-    metadata = record.get("metadata") or {}
-    if not isinstance(metadata, dict):
+    if "\x00" in external_id:
+        raise ValueError("external_id contains a NUL character")
+    metadata = get("metadata") or {}
+    if type(metadata) is not dict:
         raise ValueError(f"metadata must be an object, got {type(metadata).__name__}")
-    known = {*TEXT_FIELDS, *ID_FIELDS, "metadata", label_field}
-    extra = {k: v for k, v in record.items() if k not in known and v not in (None, "")}
-    fields["metadata"] = {**extra, **metadata}
+    known = _known_fields(label_field)
+    extra = {k: v for k, v in record.items() if k not in known and v is not None and v != ""}
+    if extra:
+        metadata = {**extra, **metadata}
+    fields["metadata"] = metadata
+    metadata_json = _dump_json(metadata)
+    if len(metadata_json) > short:
+        _check_size("metadata (with the extra fields)", metadata_json, limit)
+    if "\\u0000" in metadata_json and _has_nul(metadata):
+        raise ValueError("metadata contains a NUL character, which the database cannot store")
     fields["external_id"] = external_id
-    label = record.get(label_field)
-    if label in (None, ""):
-        return fields, None
-    if not isinstance(label, str) or label.strip().lower() not in Decision.values:
-        raise ValueError(f"{label_field} must be accept or reject, got {label!r}")
-    return fields, label.strip().lower()
+    label = get(label_field)
+    if label is None or label == "":
+        return _Row(fields, None, metadata_json)
+    decision = label.strip().lower() if type(label) is str else None
+    if decision not in _DECISIONS:
+        raise ValueError(f"{label_field} must be accept or reject, got {str(label)[:80]!r}")
+    return _Row(fields, decision, metadata_json)
 
 
-def _store(project: Project, batch: list[tuple[dict, str | None]], report: ImportReport) -> None:
-    ids = [fields["external_id"] for fields, _ in batch]
+@functools.cache
+def _known_fields(label_field: str) -> frozenset[str]:
+    return frozenset((*TEXT_FIELDS, *ID_FIELDS, "metadata", label_field))
+
+
+_DECISIONS = frozenset(Decision.values)
+_COPY_COLUMNS = ("pos", "external_id", *TEXT_FIELDS, "metadata", "label")
+
+
+def _copy_escape(text: str) -> str:
+    """A value in COPY's text format: backslash, newline, carriage return and tab escaped
+    (four C-speed scans, each a no-op where the character is absent)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+def _existing_ids(cursor, project: Project, batch: list[_Row]) -> set[str]:
+    cursor.execute(
+        f"SELECT external_id FROM {Item._meta.db_table} WHERE project_id = %s AND external_id = ANY(%s)",
+        [project.pk, [row.fields["external_id"] for row in batch]],
+    )
+    return {external_id for (external_id,) in cursor.fetchall()}
+
+
+def _allocate_ids(n: int) -> list[int]:
+    """``n`` item ids from the table's sequence, in order (sequences ignore transactions)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [Item._meta.db_table, n]
+        )
+        return [pk for (pk,) in cursor.fetchall()]
+
+
+def _store_copy(project: Project, batch: list[_Row], pks: list[int] | None = None) -> tuple[int, int]:
+    """PostgreSQL: the batch's new items and labels, COPYed straight into their tables.
+
+    Which ids are new is asked first; item ids are ``pks`` (one per row of
+    the batch, taken earlier so that items keep the file's order when batches
+    are stored in parallel) or else taken from the table's sequence now, so
+    the labels can name their items. Should another import store one of the
+    ids in between (a unique violation), the batch is rolled back and stored
+    by ``_store_upsert``, which lets the database decide.
+    Returns (items created, labels created).
+    """
+    items, reviews = Item._meta.db_table, Review._meta.db_table
+    try:
+        # wrap_database_errors: psycopg's own errors from COPY become Django's IntegrityError.
+        with transaction.atomic(), connection.wrap_database_errors, connection.cursor() as cursor:
+            existing = _existing_ids(cursor, project, batch)
+            if pks is None:
+                new = [row for row in batch if row.fields["external_id"] not in existing]
+                pks = _allocate_ids(len(new)) if new else []
+            else:
+                kept = [
+                    (pk, row) for pk, row in zip(pks, batch, strict=True) if row.fields["external_id"] not in existing
+                ]
+                pks, new = [pk for pk, _ in kept], [row for _, row in kept]
+            if not new:
+                return 0, 0
+            now = timezone.now().isoformat()
+            columns = ", ".join(
+                ("id", "project_id", "external_id", *TEXT_FIELDS, "metadata", "in_sme_queue", "priority")
+            )
+            head = f"\t{project.pk}\t"
+            tail = f"\tf\t0\t{now}\n"
+            with cursor.copy(f"COPY {items} ({columns}, created_at) FROM STDIN") as copy:
+                # Sent in blocks, so PostgreSQL stores the first rows while the next are written.
+                lines = []
+                for pk, row in zip(pks, new, strict=True):
+                    f = row.fields
+                    texts = (f["external_id"], *(f[n] for n in TEXT_FIELDS), row.metadata_json)
+                    lines.append(str(pk) + head + "\t".join(map(_copy_escape, texts)) + tail)
+                    if len(lines) == 100:
+                        copy.write("".join(lines))
+                        lines = []
+                copy.write("".join(lines))
+            origin = Review.Origin.IMPORT.value
+            labelled = [(pk, row.label) for pk, row in zip(pks, new, strict=True) if row.label]
+            if labelled:
+                review_columns = (
+                    "item_id, decision, reason, comment, corrected_response, origin, created_at, updated_at"
+                )
+                with cursor.copy(f"COPY {reviews} ({review_columns}) FROM STDIN") as copy:
+                    copy.write("".join(f"{pk}\t{label}\t\t\t\t{origin}\t{now}\t{now}\n" for pk, label in labelled))
+            return len(new), len(labelled)
+    except IntegrityError:
+        return _store_upsert(project, batch)
+
+
+def _store_upsert(project: Project, batch: list[_Row]) -> tuple[int, int]:
+    """PostgreSQL, when ids race: COPY the batch into a temporary table, then insert the new items
+    (``ON CONFLICT DO NOTHING``) and their labels in one statement. Returns (items created, labels created)."""
+    items, reviews = Item._meta.db_table, Review._meta.db_table
+    text_columns = ", ".join(TEXT_FIELDS)
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Dropped below, not ON COMMIT: the import may run inside a caller's transaction.
+        cursor.execute(
+            "CREATE TEMPORARY TABLE larry_import_batch (pos integer, external_id text, "
+            + ", ".join(f"{name} text" for name in TEXT_FIELDS)
+            + ", metadata jsonb, label text)"
+        )
+        with cursor.copy(f"COPY larry_import_batch ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
+            for pos, row in enumerate(batch):
+                f = row.fields
+                copy.write_row(
+                    (pos, f["external_id"], *(f[name] for name in TEXT_FIELDS), row.metadata_json, row.label)
+                )
+        cursor.execute(
+            f"""
+            WITH new AS (
+                INSERT INTO {items} (project_id, external_id, {text_columns}, metadata, in_sme_queue, priority,
+                                     created_at)
+                SELECT %s, external_id, {text_columns}, metadata, false, 0, now()
+                FROM larry_import_batch ORDER BY pos
+                ON CONFLICT (project_id, external_id) DO NOTHING
+                RETURNING id, external_id
+            ), labels AS (
+                INSERT INTO {reviews} (item_id, reviewer_id, decision, reason, comment, corrected_response, origin,
+                                       seconds_spent, created_at, updated_at)
+                SELECT new.id, NULL, b.label, '', '', '', %s, NULL, now(), now()
+                FROM new JOIN larry_import_batch b USING (external_id)
+                WHERE b.label IS NOT NULL
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM labels)
+            """,
+            [project.pk, Review.Origin.IMPORT],
+        )
+        created, labels = cursor.fetchone()
+        cursor.execute("DROP TABLE larry_import_batch")
+    return created, labels
+
+
+def _store_orm(project: Project, batch: list[_Row]) -> tuple[int, int]:
+    """Any database: an existence query and bulk_create. Returns (items created, labels created)."""
+    ids = [row.fields["external_id"] for row in batch]
     with transaction.atomic():
         existing = set(Item.objects.filter(project=project, external_id__in=ids).values_list("external_id", flat=True))
-        new = [(fields, label) for fields, label in batch if fields["external_id"] not in existing]
-        Item.objects.bulk_create([Item(project=project, **fields) for fields, _ in new])
-        labelled = {fields["external_id"]: label for fields, label in new if label}
+        new = [row for row in batch if row.fields["external_id"] not in existing]
+        Item.objects.bulk_create([Item(project=project, **row.fields) for row in new])
+        labelled = {row.fields["external_id"]: row.label for row in new if row.label}
         if labelled:
             # bulk_create sets pks on PostgreSQL and SQLite, but look them up to stay backend-neutral.
             pks = Item.objects.filter(project=project, external_id__in=list(labelled)).values_list("external_id", "pk")
             Review.objects.bulk_create(
                 [Review(item_id=pk, decision=labelled[ext], origin=Review.Origin.IMPORT) for ext, pk in pks]
             )
-    report.created += len(new)
-    report.existing += len(existing)
-    report.labels += len(labelled)
+    return len(new), len(labelled)
+
+
+def _store(project: Project, batch: list[_Row], report: ImportReport) -> None:
+    store = _store_copy if connection.vendor == "postgresql" else _store_orm
+    _count(report, batch, *store(project, batch))
+
+
+def _count(report: ImportReport, batch: list[_Row], created: int, labels: int) -> None:
+    report.created += created
+    report.existing += len(batch) - created
+    report.labels += labels
+
+
+def _store_in_parallel(project: Project, batches: Iterator[list[_Row]], report: ImportReport, progress) -> None:
+    """PostgreSQL, outside a transaction: store the batches with ``WRITERS`` threads, each on its own
+    connection, so the database works on several batches at once (it, not Python, is the limit).
+
+    Ids are taken here in file order before a batch is handed out, so items
+    keep the file's order whichever batch commits first. Counts and
+    ``progress`` are updated under a lock, in order of completion. The first
+    error stops the hand-out and is raised once the writers have stopped.
+    """
+    todo: queue.Queue = queue.Queue(maxsize=WRITERS)
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            while (job := todo.get()) is not None:
+                if failures:
+                    continue  # keep taking jobs, so the hand-out never blocks
+                try:
+                    created, labels = _store_copy(project, *job)
+                    with lock:
+                        _count(report, job[0], created, labels)
+                        if progress:
+                            progress(report.rows)
+                except BaseException as exc:
+                    failures.append(exc)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    writers = [threading.Thread(target=write, name="larry-import-writer", daemon=True) for _ in range(WRITERS)]
+    for writer in writers:
+        writer.start()
+    try:
+        for batch in batches:
+            if failures:
+                break
+            todo.put((batch, _allocate_ids(len(batch))))
+    finally:
+        for _ in writers:
+            todo.put(None)
+        for writer in writers:
+            writer.join()
+    if failures:
+        raise failures[0]
+
+
+def _batches(records, label_field: str, limit: int, report: ImportReport) -> Iterator[list[_Row]]:
+    """Valid rows in batches of ``BATCH_SIZE``; bad rows and in-file duplicates go to ``report.errors``,
+    and a fatal fault to ``report.fatal`` (after the last full batch)."""
+    seen: dict[str, int] = {}
+    batch: list[_Row] = []
+    try:
+        for line_no, record, problem in records:
+            if record is None:
+                report.errors.append(RowError(line_no, problem))
+                continue
+            try:
+                row = _clean(record, label_field, limit)
+            except ValueError as exc:
+                report.errors.append(RowError(line_no, str(exc)))
+                continue
+            external_id = row.fields["external_id"]
+            first = seen.setdefault(external_id, line_no)
+            if first != line_no:
+                shown = external_id if len(external_id) <= 80 else external_id[:80] + "..."
+                report.errors.append(RowError(line_no, f"duplicate external_id {shown!r} (first on line {first})"))
+                continue
+            batch.append(row)
+            if len(batch) >= BATCH_SIZE:
+                yield batch
+                batch = []
+    except ImportFormatError as exc:
+        report.fatal = str(exc)
+    if batch:
+        yield batch
+
+
+def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
+    """The same chunks, produced one ahead by a thread while the caller works on the previous one.
+
+    Used where one side is Python work and the other waits on PostgreSQL
+    (import: parse while storing; export: read the next page while writing).
+    At most two chunks are in memory. The thread's exceptions are raised
+    here; closing the iterator early stops the thread. A thread has its own
+    database connection (Django's are per thread), closed when it ends; so a
+    producer that queries must not be used inside a transaction whose rows it
+    must see.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        handoff.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put(end)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            handoff.put(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=produce, name="larry-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := handoff.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def import_items(
@@ -220,41 +656,25 @@ def import_items(
 
     ``fmt`` is ``"jsonl"`` or ``"csv"``. With ``import_labels`` false the label
     field is ignored (kept in metadata). ``progress(rows_read)`` is called
-    after every batch. Returns an ImportReport; a file that cannot be read at
-    all (unknown format, CSV not UTF-8) sets ``report.fatal`` after storing the
-    rows read before the fault.
+    after every batch of ``BATCH_SIZE`` rows and at the end. Returns an
+    ImportReport; a file that cannot be read further (unknown format; for CSV
+    not UTF-8, broken quoting, an over-long line) sets ``report.fatal`` after
+    storing the rows read before the fault. Memory stays flat: two batches,
+    and the external ids seen (to report duplicates inside the file).
+    Database errors are raised (the batch being stored is rolled back).
     """
-    records = iter_records(stream, fmt)
+    limit = max_field_bytes()
     report = ImportReport()
+    records = iter_records(stream, fmt, limit=limit)
     effective_label_field = label_field if import_labels else "\x00no-label"
-    seen: dict[str, int] = {}
-    batch: list[tuple[dict, str | None]] = []
-    try:
-        for line_no, record, problem in records:
-            if record is None:
-                report.errors.append(RowError(line_no, problem))
-                continue
-            try:
-                fields, label = _clean(record, effective_label_field)
-            except ValueError as exc:
-                report.errors.append(RowError(line_no, str(exc)))
-                continue
-            first = seen.setdefault(fields["external_id"], line_no)
-            if first != line_no:
-                report.errors.append(
-                    RowError(line_no, f"duplicate external_id {fields['external_id']!r} (first on line {first})")
-                )
-                continue
-            batch.append((fields, label))
-            if len(batch) >= BATCH_SIZE:
-                _store(project, batch, report)
-                batch = []
-                if progress:
-                    progress(report.rows)
-    except ImportFormatError as exc:
-        report.fatal = str(exc)
-    if batch:
-        _store(project, batch, report)
-    if progress:
-        progress(report.rows)
+    batches = read_ahead(_batches(records, effective_label_field, limit, report))
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        _store_in_parallel(project, batches, report, progress)
+    else:  # inside a transaction (whose rows other connections would not see), or not PostgreSQL
+        for batch in batches:
+            _store(project, batch, report)
+            if progress:
+                progress(report.rows)
+    if progress and not report.rows:
+        progress(0)
     return report

@@ -263,3 +263,61 @@ class Adjudication(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} {self.item_id} (adjudicated)"
+
+
+class ImportJob(models.Model):
+    """A file uploaded in the browser and imported by a Celery task (``annotations.tasks.run_import_job``).
+
+    Progress (``rows_read``, ``bytes_read`` of ``bytes_total``) is written after
+    every batch; ``report`` is ``ImportReport.as_dict()`` when the job ends:
+    ``{"created", "existing", "labels", "errors": [{"line", "reason"}], "fatal"}``.
+    A job that could not read its file to the end is ``failed`` with the reason
+    in ``error``; what it stored before the fault is in ``report``.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    class Format(models.TextChoices):
+        JSONL = "jsonl", "JSONL"
+        CSV = "csv", "CSV"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
+    file = models.FileField(upload_to="imports/%Y/%m/%d/", max_length=500)
+    filename = models.CharField(max_length=255, help_text="The name the file was uploaded with.")
+    format = models.CharField(max_length=5, choices=Format.choices)
+    import_labels = models.BooleanField(default=True, help_text="Import prior labels as SME reviews.")
+    label_field = models.CharField(max_length=100, default="human_label")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    status = models.CharField(max_length=7, choices=Status.choices, default=Status.QUEUED)
+    rows_read = models.PositiveIntegerField(default=0)
+    bytes_read = models.PositiveBigIntegerField(default=0)
+    bytes_total = models.PositiveBigIntegerField(default=0)
+    report = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"import {self.pk} of {self.filename} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("annotations:import_job", args=[self.project.slug, self.pk])
+
+    @property
+    def percent(self) -> int:
+        """Bytes read as a whole percentage of the file (100 once done)."""
+        if self.status == self.Status.DONE:
+            return 100
+        return min(100, self.bytes_read * 100 // self.bytes_total) if self.bytes_total else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)

@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from annotations.models import Adjudication, Decision, Item, Project, Review, ReviewChange, Slot
+from annotations.models import Adjudication, Decision, ImportJob, Item, Project, Review, ReviewChange, Slot
 from annotations.queue import queue_add, slots_sync
 
 MAX_TEXT = 100_000
@@ -195,3 +195,35 @@ def prior_labels_import(*, project: Project, labels: dict[str, str]) -> int:
         slots_sync(project=project)
         _ground_truth_changed(project.pk, labelled)
     return imported.count() - before
+
+
+def import_job_create(
+    *, project: Project, upload, fmt: str, import_labels: bool, user, label_field: str = "human_label"
+) -> ImportJob:
+    """Save an uploaded file as an ImportJob and enqueue its import after commit.
+
+    ``upload`` is a Django ``UploadedFile``; ``fmt`` is ``"jsonl"``, ``"csv"``
+    or ``""`` to detect it (``importers.sniff_format``: the file name, else the
+    first non-blank byte). Raises ImportFormatError when the format cannot be
+    told. Without a broker the import runs in-process before this returns.
+    """
+    from annotations.importers import sniff_format
+    from annotations.tasks import run_import_job
+
+    if not fmt:
+        head = upload.read(4096)
+        upload.seek(0)
+        fmt = sniff_format(upload.name, head)
+    job = ImportJob(
+        project=project,
+        filename=upload.name[:255],
+        format=fmt,
+        import_labels=import_labels,
+        label_field=label_field,
+        created_by=user,
+        bytes_total=upload.size,
+    )
+    job.file.save(upload.name, upload, save=False)
+    job.save()
+    transaction.on_commit(lambda: run_import_job.delay(job.pk))
+    return job

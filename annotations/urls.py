@@ -15,5 +15,8 @@ urlpatterns = [
     path("projects/<slug:slug>/my-reviews/<int:review_id>/", views.review_change, name="review_change"),
     path("projects/<slug:slug>/agreement/", views.agreement, name="agreement"),
     path("projects/<slug:slug>/adjudication/", views.adjudication, name="adjudication"),
+    path("projects/<slug:slug>/import/", views.import_upload, name="import"),
+    path("projects/<slug:slug>/import/<int:job_id>/", views.import_job, name="import_job"),
+    path("projects/<slug:slug>/import/<int:job_id>/errors.csv", views.import_job_errors, name="import_job_errors"),
     path("api/projects/<slug:slug>/import/", api.ImportItemsApi.as_view(), name="api_import"),
 ]

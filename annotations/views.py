@@ -1,5 +1,8 @@
-"""SME-facing pages: project list, review screen (htmx), my reviews, agreement, adjudication."""
+"""SME-facing pages: project list, review screen (htmx), my reviews, agreement, adjudication; leads' import page."""
 
+import csv
+
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -9,9 +12,21 @@ from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
 
 from annotations import queue
-from annotations.models import Item, Membership, Project, Review
+from annotations.importers import ImportFormatError
+from annotations.models import ImportJob, Item, Membership, Project, Review
 from annotations.selectors import agreement_report, disagreements, projects_for
-from annotations.services import ReviewError, adjudicate, review_edit, review_submit, review_undo
+from annotations.services import (
+    ReviewError,
+    adjudicate,
+    import_job_create,
+    review_edit,
+    review_submit,
+    review_undo,
+)
+from annotations.spreadsheets import neutralise_formula
+
+# Errors listed on an import's page; all of them are in the CSV download.
+ERRORS_SHOWN = 100
 
 
 def _last_review_key(project: Project) -> str:
@@ -201,3 +216,68 @@ def api_token(request: HttpRequest) -> HttpResponse:
         return redirect("annotations:api_token")
     token, _ = Token.objects.get_or_create(user=request.user)
     return render(request, "annotations/api_token.html", {"token": token})
+
+
+class ImportForm(forms.Form):
+    """The upload form: a JSONL or CSV file, its format (detected when left on auto), prior labels or not."""
+
+    file = forms.FileField(help_text="JSONL (one JSON object a line) or CSV with a header row.")
+    format = forms.ChoiceField(
+        choices=[("", "Detect from the file"), *ImportJob.Format.choices], required=False, label="Format"
+    )
+    import_labels = forms.BooleanField(
+        required=False, initial=True, label="Import prior labels (human_label: accept/reject) as SME reviews"
+    )
+
+
+@login_required
+def import_upload(request: HttpRequest, slug: str) -> HttpResponse:
+    """Leads upload a file to import; the import runs as a Celery task and has a page of its own."""
+    project = get_project_for_lead(request, slug)
+    form = ImportForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = import_job_create(
+                project=project,
+                upload=form.cleaned_data["file"],
+                fmt=form.cleaned_data["format"],
+                import_labels=form.cleaned_data["import_labels"],
+                user=request.user,
+            )
+        except ImportFormatError as exc:
+            form.add_error("file", str(exc))
+        else:
+            return redirect(job)
+    jobs = ImportJob.objects.filter(project=project).select_related("created_by")[:20]
+    status = 400 if form.errors else 200
+    return render(request, "annotations/import.html", {"project": project, "form": form, "jobs": jobs}, status=status)
+
+
+def _get_job(request: HttpRequest, slug: str, job_id: int) -> ImportJob:
+    project = get_project_for_lead(request, slug)
+    return get_object_or_404(ImportJob.objects.select_related("project", "created_by"), pk=job_id, project=project)
+
+
+@login_required
+def import_job(request: HttpRequest, slug: str, job_id: int) -> HttpResponse:
+    """An import's live progress (the partial, polled by htmx while it runs), then its report."""
+    job = _get_job(request, slug, job_id)
+    errors = job.report.get("errors", [])
+    context = {"project": job.project, "job": job, "errors": errors[:ERRORS_SHOWN], "n_errors": len(errors)}
+    if request.htmx:
+        return render(request, "annotations/import_job.html#progress", context)
+    return render(request, "annotations/import_job.html", context)
+
+
+@login_required
+def import_job_errors(request: HttpRequest, slug: str, job_id: int) -> HttpResponse:
+    """Every line the import did not store, as CSV (``line,reason``)."""
+    job = _get_job(request, slug, job_id)
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="import-{job.pk}-errors.csv"'
+    writer = csv.writer(response)
+    writer.writerow(["line", "reason"])
+    for error in job.report.get("errors", []):
+        # The reasons quote untrusted text: no formula may reach a spreadsheet.
+        writer.writerow([error["line"], neutralise_formula(error["reason"])])
+    return response

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from annotations.api import PROJECT_SLUG, ProjectScopedViewSet, project_for_api
 from annotations.models import Decision
 from judging import training_sets
-from judging.export import iter_chat_jsonl
+from judging.export import in_blocks, iter_chat_jsonl
 from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.selectors import latest_finished_run, run_progress
 from judging.services import judge_run_create
@@ -43,7 +43,7 @@ class ExportChatJsonlApi(APIView):
     def get(self, request, slug: str) -> StreamingHttpResponse:
         project = project_for_api(request, slug)
         run = latest_finished_run(project)
-        response = StreamingHttpResponse(iter_chat_jsonl(project), content_type=JSONL)
+        response = StreamingHttpResponse(in_blocks(iter_chat_jsonl(project)), content_type=JSONL)
         response["Content-Disposition"] = f'attachment; filename="{project.slug}-accepted.jsonl"'
         response["X-Larry-Judge"] = run.judge_label if run else "none (SME ground truth only)"
         return response

@@ -53,13 +53,13 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from annotations.models import Adjudication, Item, Project, Review
+from annotations.spreadsheets import neutralise_formula
 from judging.export import chat_record
 from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 
 logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("external_id", "prompt", "context", "response", "source_model", "task_type")
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 WRITE_BATCH = 1000
 READ_CHUNK = 2000
 DOWNLOAD_BUFFER = 256 * 1024
@@ -68,15 +68,6 @@ SPLITS = (TrainingSetRow.Split.TRAIN, TrainingSetRow.Split.VALIDATION)
 
 class TrainingSetError(ValueError):
     """The options of a training set are not usable (a filter names an unknown judge run, say)."""
-
-
-def neutralise_formula(value: str) -> str:
-    """Prefix a cell that a spreadsheet would evaluate (``= + - @``, tab, CR first) with ``'``.
-
-    Source: OWASP, "CSV Injection". The prefix shows in the cell, so the text
-    stays readable and is never run.
-    """
-    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
 def _json_line(record: dict) -> str:

@@ -8,6 +8,8 @@
 | SECRET_KEY | a development key | a long random string |
 | DEBUG | off | off |
 | ALLOWED_HOSTS | ``127.0.0.1,localhost`` | the site's host names |
+| LARRY_MEDIA_ROOT | ``media/`` in the project folder | a volume shared by web and worker |
+| LARRY_IMPORT_MAX_FIELD_BYTES | 1048576 (1 MiB) | the same |
 
 Values are parsed strictly: a malformed boolean or integer stops start-up with
 an error that names the variable.
@@ -145,6 +147,10 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
+# Uploaded import files (annotations.ImportJob). Web and worker must both see this
+# folder (one volume in docker-compose.yml). Never served as static files: uploads are data.
+MEDIA_ROOT = Path(env_str("LARRY_MEDIA_ROOT", str(BASE_DIR / "media")))
+MEDIA_URL = "media/"
 # ...and so STATIC_ROOT may not exist yet: that is expected, not worth a warning.
 warnings.filterwarnings("ignore", message="No directory at: ")
 
@@ -200,6 +206,11 @@ LARRY_JUDGE_API_KEY = env_str("LARRY_JUDGE_API_KEY")
 LARRY_JUDGE_TIMEOUT_S = env_int("LARRY_JUDGE_TIMEOUT_S", 120)
 LARRY_JUDGE_MAX_RETRIES = env_int("LARRY_JUDGE_MAX_RETRIES", 3)
 LARRY_JUDGE_CHUNK_SIZE = env_int("LARRY_JUDGE_CHUNK_SIZE", 256)
+
+# Import: the largest field accepted, in bytes of UTF-8; a line may be 8 times that (annotations/importers.py).
+LARRY_IMPORT_MAX_FIELD_BYTES = env_int("LARRY_IMPORT_MAX_FIELD_BYTES", 1_048_576)
+if LARRY_IMPORT_MAX_FIELD_BYTES < 1024:
+    raise ImproperlyConfigured(f"LARRY_IMPORT_MAX_FIELD_BYTES={LARRY_IMPORT_MAX_FIELD_BYTES} is below 1024")
 
 LOGGING = {
     "version": 1,

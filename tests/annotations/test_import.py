@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from annotations.importers import ImportFormatError, detect_format, import_items
+from annotations import importers
+from annotations.importers import BATCH_SIZE, ImportFormatError, detect_format, import_items
 from annotations.models import Item, Review
 
 
@@ -124,10 +125,15 @@ def test_csv_with_quotes_newlines_and_bad_rows(project):
     assert Review.objects.get().item == c1
 
 
-def test_a_csv_that_is_not_utf8_stops_with_a_clear_error(project):
-    text = b"id,prompt,response\nk1,p,r\n" + b"k2,\xff\xfe,r\n"
+def test_a_csv_that_is_not_utf8_stops_with_a_clear_error_that_says_where_and_keeps_what_came_before(project):
+    rows = b"".join(b"k%d,p,r\n" % i for i in range(BATCH_SIZE + 5))
+    text = b"id,prompt,response\n" + rows + b"bad,\xe9t\xe9,r\nafter,p,r\n"
     report = import_items(project=project, stream=io.BytesIO(text), fmt="csv")
-    assert "not UTF-8" in report.fatal
+    bad_line = BATCH_SIZE + 7
+    assert report.fatal == f"line {bad_line} is not UTF-8 (byte 5 of the line); stopped there"
+    # Every row before the fault is stored (a full batch and the partial one), nothing after it.
+    assert report.created == BATCH_SIZE + 5 == Item.objects.count()
+    assert not Item.objects.filter(external_id__in=["bad", "after"]).exists()
 
 
 def test_the_format_comes_from_the_file_name():
@@ -140,3 +146,233 @@ def test_a_csv_without_a_required_column_is_refused_once(project):
     report = import_items(project=project, stream=io.BytesIO(b"id,prompt\n1,p\n2,q\n"), fmt="csv")
     assert report.fatal == "the CSV header has no response column" and report.errors == []
     assert not Item.objects.exists()
+
+
+def test_wrong_types_are_reported_per_field(project):
+    stream = jsonl(
+        {"id": "t1", "prompt": ["a", "list"], "response": "r"},
+        {"id": "t2", "prompt": "p", "response": "r", "metadata": "not an object"},
+        {"id": ["x"], "prompt": "p", "response": "r"},
+        {"id": "t4", "prompt": "p", "response": "r", "human_label": 1},
+        {"id": "t5", "prompt": "p", "response": "r", "context": None, "source_model": 3.5},
+        {"id": True, "prompt": "p", "response": "r"},
+        {"id": 7, "prompt": "p", "response": "r"},
+    )
+    report = import_items(project=project, stream=stream, fmt="jsonl")
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (1, "prompt must be a string, got list"),
+        (2, "metadata must be an object, got str"),
+        (3, "external_id must be a string or integer, got list"),
+        (4, "human_label must be accept or reject, got '1'"),
+        (5, "source_model must be a string, got float"),
+        (6, "external_id must be a string or integer, got bool"),
+    ]
+    assert list(Item.objects.values_list("external_id", flat=True)) == ["7"]
+
+
+def test_missing_required_fields_are_reported(project):
+    stream = jsonl({"id": "m1", "response": "r"}, {"id": "m2", "prompt": "  ", "response": "r"}, {"id": "m3"})
+    report = import_items(project=project, stream=stream, fmt="jsonl")
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (1, "prompt is missing or empty"),
+        (2, "prompt is missing or empty"),
+        (3, "prompt is missing or empty"),
+    ]
+    csv_report = import_items(project=project, stream=io.BytesIO(b"id,prompt,response\nm4,p,\n"), fmt="csv")
+    assert [(e.line, e.reason) for e in csv_report.errors] == [(2, "response is missing or empty")]
+    assert not Item.objects.exists()
+
+
+def test_text_the_database_cannot_store_is_a_row_error_not_a_crash(project):
+    stream = jsonl(
+        '{"id": "n1", "prompt": "p\\u0000", "response": "r"}',
+        '{"id": "n2", "prompt": "p", "response": "r", "metadata": {"k": "v\\u0000"}}',
+        '{"id": "n3", "prompt": "p", "response": "r", "score": NaN}',
+        '{"id": "n4", "prompt": "\\ud800", "response": "r"}',
+        '{"id": "n5", "prompt": "p", "response": "r", "big": 123456789012345678901234567890}',
+    )
+    report = import_items(project=project, stream=stream, fmt="jsonl")
+    reasons = {e.line: e.reason for e in report.errors}
+    assert reasons[1] == "prompt contains a NUL character, which the database cannot store"
+    assert reasons[2] == "metadata contains a NUL character, which the database cannot store"
+    assert reasons[3] == "invalid JSON: NaN is not valid JSON"
+    assert "lone surrogate" in reasons[4]
+    assert sorted(reasons) == [1, 2, 3, 4]
+    assert Item.objects.get().metadata == {"big": 123456789012345678901234567890}
+
+
+def test_a_bom_is_accepted_in_csv(project):
+    text = "\ufeffid,prompt,response\nb1,p,r\n".encode()
+    report = import_items(project=project, stream=io.BytesIO(text), fmt="csv")
+    assert (report.created, report.errors, report.fatal) == (1, [], "")
+    assert Item.objects.get().external_id == "b1"
+
+
+def test_csv_rows_after_multi_line_cells_and_blank_lines_have_their_own_line_numbers(project):
+    text = (
+        "id,prompt,response\n"
+        'q1,"one\ntwo\nthree","a ""quoted"", comma-ful\nanswer"\n'  # lines 2-5
+        "\n"  # line 6, blank
+        "q2,p\n"  # line 7: too few cells
+        'q3,"x\r\ny",r\n'  # lines 8-9
+        "q4,p,\n"  # line 10: empty response
+    )
+    report = import_items(project=project, stream=io.BytesIO(text.encode()), fmt="csv")
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (7, "fewer cells than the 3 columns"),
+        (10, "response is missing or empty"),
+    ]
+    q1 = Item.objects.get(external_id="q1")
+    assert (q1.prompt, q1.response) == ("one\ntwo\nthree", 'a "quoted", comma-ful\nanswer')
+    assert Item.objects.get(external_id="q3").prompt == "x\r\ny"
+
+
+def test_a_big_field_under_the_limit_imports_and_one_over_it_is_a_row_error(project, settings):
+    settings.LARRY_IMPORT_MAX_FIELD_BYTES = 300_000
+    big = "é" * 100_000  # 200,000 bytes: over the csv module's default 131,072-character cell limit
+    over = "x" * 300_001
+    stream = jsonl({"id": "j1", "prompt": "p", "response": big}, {"id": "j2", "prompt": "p", "response": over})
+    report = import_items(project=project, stream=stream, fmt="jsonl")
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (2, "response is 300,001 bytes, over the limit of 300,000 (LARRY_IMPORT_MAX_FIELD_BYTES)")
+    ]
+    text = f"id,prompt,response\nc1,p,{big}\nc2,{over},r\nc3,p,r\n"
+    report = import_items(project=project, stream=io.BytesIO(text.encode()), fmt="csv")
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (3, "prompt is 300,001 bytes, over the limit of 300,000 (LARRY_IMPORT_MAX_FIELD_BYTES)")
+    ]
+    assert report.fatal == ""
+    assert Item.objects.get(external_id="j1").response == big == Item.objects.get(external_id="c1").response
+    assert set(Item.objects.values_list("external_id", flat=True)) == {"j1", "c1", "c3"}
+
+
+def test_metadata_over_the_limit_is_a_row_error(project, settings):
+    settings.LARRY_IMPORT_MAX_FIELD_BYTES = 2048
+    stream = jsonl({"id": "m1", "prompt": "p", "response": "r", "notes": "n" * 3000})
+    report = import_items(project=project, stream=stream, fmt="jsonl")
+    assert report.errors[0].reason.startswith("metadata (with the extra fields) is 3,")
+    assert not Item.objects.exists()
+
+
+class ReadSizes(io.BytesIO):
+    """A byte stream that remembers the largest block any single read returned."""
+
+    largest = 0
+
+    def readline(self, size=-1):
+        line = super().readline(size)
+        self.largest = max(self.largest, len(line))
+        return line
+
+
+def test_a_50_mb_jsonl_line_is_reported_without_being_read_whole(project):
+    cap = importers.ROW_FIELDS * 1_048_576
+    huge = '{"id": "huge", "prompt": "p", "response": "' + "x" * 50_000_000 + '"}'
+    stream = ReadSizes(
+        jsonl(
+            {"id": "before", "prompt": "p", "response": "r"}, huge, {"id": "after", "prompt": "p", "response": "r"}
+        ).getvalue()
+    )
+    report = import_items(project=project, stream=stream, fmt="jsonl")
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (2, f"the line is {len(huge) + 1:,} bytes, over the limit of {cap:,} for one line; not read")
+    ]
+    assert stream.largest <= cap + 1
+    assert set(Item.objects.values_list("external_id", flat=True)) == {"before", "after"}
+
+
+def test_a_csv_cell_over_the_line_limit_stops_the_import_clearly_keeping_what_came_before(project, settings):
+    settings.LARRY_IMPORT_MAX_FIELD_BYTES = 1024
+    cap = importers.ROW_FIELDS * 1024
+    text = f'id,prompt,response\nk1,p,r\nk2,"{"a" * 5000}\n{"b" * 5000}",r\nk3,p,r\n'
+    report = import_items(project=project, stream=ReadSizes(text.encode()), fmt="csv")
+    assert report.fatal == f"CSV error at line 4: field larger than field limit ({cap}); stopped there"
+    assert list(Item.objects.values_list("external_id", flat=True)) == ["k1"]
+    long_line = f"id,prompt,response\nk1,p,r\nk2,p,{'x' * (cap + 10)}\nk3,p,r\n"
+    stream = ReadSizes(long_line.encode())
+    report = import_items(project=project, stream=stream, fmt="csv")
+    assert report.fatal == f"line 3 is {cap + 16:,} bytes, over the limit of {cap:,} for one line; stopped there"
+    assert stream.largest <= cap + 1
+
+
+def test_the_orm_path_used_off_postgresql_stores_what_copy_stores(project, monkeypatch):
+    from annotations.models import Project
+
+    records = [GOOD, {**GOOD, "id": "a2", "human_label": ""}, {**GOOD, "id": "a3", "metadata": {"k": [1, 2]}}]
+    import_items(project=project, stream=jsonl(*records), fmt="jsonl")
+    other = Project.objects.create(slug="other", name="Other")
+    monkeypatch.setattr(importers, "_store_copy", importers._store_orm)
+    import_items(project=other, stream=jsonl(*records), fmt="jsonl")
+    report = import_items(project=other, stream=jsonl(*records, {**GOOD, "id": "a4"}), fmt="jsonl")
+    assert (report.created, report.existing, report.labels) == (1, 3, 1)
+
+    def stored(p):
+        fields = ("external_id", "prompt", "context", "response", "reference", "source_model", "task_type", "metadata")
+        items = list(Item.objects.filter(project=p, external_id__in=["a1", "a2", "a3"]).values_list(*fields))
+        labels = list(
+            Review.objects.filter(item__project=p, item__external_id__lt="a4").values_list(
+                "item__external_id", "decision", "origin"
+            )
+        )
+        return items, labels
+
+    assert stored(project) == stored(other)
+    assert stored(project)[1][:1] == [("a1", "accept", "import")]
+
+
+def test_ids_stored_by_another_import_meanwhile_count_as_existing(project, monkeypatch):
+    """The COPY path asks which ids exist, then COPYs; should another import store one in between, the
+    unique constraint stops the COPY and the batch goes through the ON CONFLICT path instead."""
+    import_items(project=project, stream=jsonl(GOOD), fmt="jsonl")
+    monkeypatch.setattr(importers, "_existing_ids", lambda cursor, project, batch: set())  # it looked too early
+    report = import_items(project=project, stream=jsonl(GOOD, {**GOOD, "id": "a2"}), fmt="jsonl")
+    assert (report.created, report.existing, report.labels) == (1, 1, 1)
+    assert sorted(Item.objects.values_list("external_id", flat=True)) == ["a1", "a2"]
+    assert Review.objects.count() == 2
+
+
+def test_text_with_copy_special_characters_is_stored_exactly(project):
+    tricky = 'tab\there, new\nline, cr\r\nlf, back\\slash, \\N, \\t literally, "quotes", é 中文 😀'
+    record = {"id": "x\\t1", "prompt": tricky, "response": tricky, "context": "\\", "metadata": {"k": tricky}}
+    report = import_items(
+        project=project, stream=jsonl(record, {**record, "id": "x2", "human_label": "reject"}), fmt="jsonl"
+    )
+    assert (report.created, report.labels, report.errors) == (2, 1, [])
+    item = Item.objects.get(external_id="x\\t1")
+    assert (item.prompt, item.response, item.context, item.metadata) == (tricky, tricky, "\\", {"k": tricky})
+    assert Review.objects.get().item.external_id == "x2"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_batches_are_stored_in_parallel_keeping_the_file_order(project, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(importers, "BATCH_SIZE", 3)
+    import_items(project=project, stream=jsonl({**GOOD, "id": "p4"}), fmt="jsonl")  # already there: existing
+    records = [{**GOOD, "id": f"p{i}", "human_label": "accept" if i % 2 else ""} for i in range(20)]
+    records.insert(7, '{"broken"')
+    seen = []
+    report = import_items(project=project, stream=jsonl(*records), fmt="jsonl", progress=seen.append)
+    assert (report.created, report.existing, report.labels) == (19, 1, 10)
+    assert [(e.line, e.reason[:12]) for e in report.errors] == [(8, "invalid JSON")]
+    assert seen == sorted(seen) and seen[-1] == 21
+    stored = list(Item.objects.filter(project=project).order_by("id").values_list("external_id", flat=True))
+    assert stored == ["p4"] + [f"p{i}" for i in range(20) if i != 4]  # ids follow the file
+    labelled = set(Review.objects.values_list("item__external_id", flat=True))
+    assert labelled == {"p4"} | {f"p{i}" for i in range(20) if i % 2}  # p4's label is from the first import
+    assert not [t for t in threading.enumerate() if t.name.startswith("larry-import")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_in_a_parallel_writer_is_raised_and_stops_the_import(project, monkeypatch):
+    monkeypatch.setattr(importers, "BATCH_SIZE", 2)
+    calls = []
+
+    def failing(project, batch, pks=None):
+        calls.append(batch)
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(importers, "_store_copy", failing)
+    with pytest.raises(RuntimeError, match="went away"):
+        import_items(project=project, stream=jsonl(*[{**GOOD, "id": f"e{i}"} for i in range(40)]), fmt="jsonl")
+    assert len(calls) < 20  # the hand-out stopped early

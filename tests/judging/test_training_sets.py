@@ -11,9 +11,10 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from annotations.models import Item, Project, Review
+from annotations.spreadsheets import neutralise_formula
 from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, Verdict
 from judging.services import gate_apply, label_functions_apply
-from judging.training_sets import iter_file, neutralise_formula, training_set_build, training_set_create
+from judging.training_sets import iter_file, training_set_build, training_set_create
 
 ITEMS = [
     # external_id, prompt, context, response, how it is decided

@@ -1,0 +1,53 @@
+"""Celery tasks of the annotations app: imports uploaded in the browser. Tasks take ids and re-fetch."""
+
+from celery import shared_task
+from django.utils import timezone
+
+from annotations.importers import import_items
+from annotations.models import ImportJob
+
+
+@shared_task(acks_late=True)
+def run_import_job(job_id: int) -> None:
+    """Import the job's file, writing progress after every batch and the report at the end.
+
+    Claimed with a conditional UPDATE, so one worker runs it. A job found
+    ``running`` is one whose worker died (acks_late delivered it again): it
+    is run again from the start, which is safe since items already stored
+    are skipped (they then count as existing). Any error ends the job as
+    ``failed`` with the error on the row.
+    """
+    claimed = ImportJob.objects.filter(
+        pk=job_id, status__in=[ImportJob.Status.QUEUED, ImportJob.Status.RUNNING]
+    ).update(status=ImportJob.Status.RUNNING, started_at=timezone.now(), rows_read=0, bytes_read=0)
+    if not claimed:
+        return
+    job = ImportJob.objects.select_related("project").get(pk=job_id)
+    try:
+        with job.file.open("rb") as stream:
+
+            def progress(rows: int) -> None:
+                ImportJob.objects.filter(pk=job_id).update(rows_read=rows, bytes_read=stream.tell())
+
+            report = import_items(
+                project=job.project,
+                stream=stream,
+                fmt=job.format,
+                label_field=job.label_field,
+                import_labels=job.import_labels,
+                progress=progress,
+            )
+            bytes_read = stream.tell()
+    except Exception as exc:
+        ImportJob.objects.filter(pk=job_id).update(
+            status=ImportJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
+        )
+        raise
+    ImportJob.objects.filter(pk=job_id).update(
+        status=ImportJob.Status.FAILED if report.fatal else ImportJob.Status.DONE,
+        error=report.fatal,
+        report=report.as_dict(),
+        rows_read=report.rows,
+        bytes_read=job.bytes_total if not report.fatal else bytes_read,
+        finished_at=timezone.now(),
+    )
