@@ -6,9 +6,9 @@ Usage (from the project folder; PostgreSQL and Redis on 127.0.0.1 as on our mach
 
 A local OpenAI-compatible server (tests/judge_server.py) answers every chat
 completion after ``--latency-ms``, as a GPU server that is never the
-bottleneck would. The database ``larry_bench_judge`` is (re)created; one
-project with ``--items`` items and ``judge_max_in_flight = --in-flight`` is
-judged by one Celery worker process (``--pool solo``, so its CPU time is the
+bottleneck would. The database ``<DATABASE_URL's name>_bench_judge`` (see
+common.py) is (re)created; one project with ``--items`` items and
+``judge_max_in_flight = --in-flight`` is judged by one Celery worker process (``--pool solo``, so its CPU time is the
 app's) fed over Redis. Reported: items/s from run start to finish;
 efficiency = items/s / (C / L), the share of the ideal rate with C requests
 always in flight; and the worker's CPU time per judged item (from
@@ -25,9 +25,9 @@ import time
 import uuid
 from pathlib import Path
 
-from common import ROOT, database_url, recreate_database
+from common import ROOT, database_name, database_url, recreate_database
 
-DB_NAME = "larry_bench_judge"
+DB_NAME = database_name("judge")
 QUEUE = f"larry-bench-{uuid.uuid4().hex[:8]}"
 ENV = {
     "DATABASE_URL": database_url(DB_NAME),
