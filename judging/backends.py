@@ -156,14 +156,21 @@ class JudgeResult:
 
 
 def openai_client(config: JudgeConfig):
-    """An ``openai.AsyncOpenAI`` client for the server; its own retries cover 429/5xx/timeouts with backoff."""
-    from openai import AsyncOpenAI
+    """An ``openai.AsyncOpenAI`` client for the server; its own retries cover 429/5xx/timeouts with backoff.
+
+    Its HTTP transport is aiohttp (``openai[aiohttp]``) rather than the
+    default httpx: with 64 requests in flight httpx's connection-pool
+    bookkeeping cost ~1.5 ms of CPU per request, which bounded a worker's
+    throughput (docs/PERFORMANCE.md, "Judge throughput").
+    """
+    from openai import AsyncOpenAI, DefaultAioHttpClient
 
     return AsyncOpenAI(
         base_url=config.base_url,
         api_key=config.api_key or "not-needed",
         timeout=settings.LARRY_JUDGE_TIMEOUT_S,
         max_retries=settings.LARRY_JUDGE_MAX_RETRIES,
+        http_client=DefaultAioHttpClient(),
     )
 
 
