@@ -5,9 +5,14 @@ when set, else ``LARRY_JUDGE_BASE_URL``/``LARRY_JUDGE_MODEL`` from the
 environment, else the local classifier trained on the project's SME labels.
 """
 
+import asyncio
+import atexit
 import json
+import os
 import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -319,15 +324,28 @@ async def judge_many(
     prefix: list[dict[str, str]],
     run_settings: dict,
     max_in_flight: int,
+    client=None,
 ) -> list[JudgeResult]:
     """Judge ``items`` with at most ``max_in_flight`` requests open at once, so vLLM's continuous batching is fed.
 
     The run's ``requests_per_minute`` and ``tokens_per_minute`` (in
     ``run_settings``; missing or None: unlimited) pace all these requests
     together (``RateLimits``): the limits hold per call, that is per chunk,
-    per worker process.
+    per worker process. ``client`` (an ``openai_client`` made on the running
+    event loop, see ``JudgeLoop``) is used and left open; without one a
+    client is made for this call and closed after it. Should anything raise,
+    no request of this call outlives it.
     """
-    import asyncio
+    if client is None:
+        async with openai_client(config) as own_client:
+            return await judge_many(
+                config,
+                items,
+                prefix=prefix,
+                run_settings=run_settings,
+                max_in_flight=max_in_flight,
+                client=own_client,
+            )
 
     gate = asyncio.Semaphore(max_in_flight)
     rpm, tpm = run_settings.get("requests_per_minute"), run_settings.get("tokens_per_minute")
@@ -337,15 +355,74 @@ async def judge_many(
             (estimate_tokens(build_messages(it, prefix), run_settings["max_tokens"]) for it in items), default=0
         )
         limits = RateLimits(requests_per_minute=rpm, tokens_per_minute=tpm, largest_request=largest)
-    async with openai_client(config) as client:
 
-        async def one(item: Item) -> JudgeResult:
-            async with gate:
-                return await judge_with_openai(
-                    client, model=config.model, item=item, prefix=prefix, run_settings=run_settings, limits=limits
-                )
+    async def one(item: Item) -> JudgeResult:
+        async with gate:
+            return await judge_with_openai(
+                client, model=config.model, item=item, prefix=prefix, run_settings=run_settings, limits=limits
+            )
 
-        return list(await asyncio.gather(*(one(item) for item in items)))
+    tasks = [asyncio.ensure_future(one(item)) for item in items]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        pending = [task for task in tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+class JudgeLoop:
+    """A long-lived event loop for one thread, and the judge clients made on it, one per server and settings.
+
+    A worker process judges chunk after chunk; with one loop and one client
+    per judge server for all of them, the client's start-up (an SSL context,
+    ~40 ms) and its keep-alive connections serve every chunk instead of one
+    each. Clients are kept for ``(base_url, api_key, LARRY_JUDGE_TIMEOUT_S,
+    LARRY_JUDGE_MAX_RETRIES)``, the ``KEEP`` most recently used. Get this
+    thread's with ``judge_loop()``.
+    """
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.clients: OrderedDict[tuple, object] = OrderedDict()
+
+    def client(self, config: JudgeConfig):
+        key = (config.base_url, config.api_key, settings.LARRY_JUDGE_TIMEOUT_S, settings.LARRY_JUDGE_MAX_RETRIES)
+        if key in self.clients:
+            self.clients.move_to_end(key)
+        else:
+            self.clients[key] = openai_client(config)
+            while len(self.clients) > self.KEEP:
+                _key, oldest = self.clients.popitem(last=False)
+                self.loop.run_until_complete(oldest.close())
+        return self.clients[key]
+
+    def judge_many(self, config: JudgeConfig, items: list[Item], **options) -> list[JudgeResult]:
+        """``judge_many`` on this loop with its client for ``config``; same arguments, run to completion."""
+        return self.loop.run_until_complete(judge_many(config, items, client=self.client(config), **options))
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            self.loop.run_until_complete(client.close())
+        self.clients.clear()
+        self.loop.close()
+
+
+_this_thread = threading.local()
+
+
+def judge_loop() -> JudgeLoop:
+    """This thread's ``JudgeLoop``, made on first use (and anew in a forked child process); closed at exit."""
+    current = getattr(_this_thread, "judge_loop", None)
+    if current is None or _this_thread.pid != os.getpid():
+        current = _this_thread.judge_loop = JudgeLoop()
+        _this_thread.pid = os.getpid()
+        atexit.register(current.close)
+    return current
 
 
 class NotEnoughLabels(ValueError):
