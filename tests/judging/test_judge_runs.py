@@ -77,6 +77,16 @@ def test_bad_replies_become_errors_not_verdicts_and_the_gate_keeps_them_pending(
     }
 
 
+def test_a_reply_that_is_no_chat_completion_becomes_an_error(llm_project, judge_server, start_run):
+    make_items(llm_project, ["ok", "x [no-choices]", "y [html]"])
+    run = start_run(llm_project)
+    assert (run.status, run.items_done, run.items_error) == ("finished", 1, 2)
+    got = verdicts(run)
+    assert got["x [no-choices]"].error == got["y [html]"].error == "reply has no choices"
+    assert got["x [no-choices]"].verdict == got["y [html]"].verdict == ""
+    assert len(judge_server.requests) == 3  # nothing to repair: no reply to send back
+
+
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
