@@ -12,10 +12,14 @@ in this process instead, which costs far more CPU. The database
 ``<DATABASE_URL's name>_bench_judge`` (see common.py) is (re)created; one
 project with ``--items`` items and ``judge_max_in_flight = --in-flight`` is
 judged by one Celery worker process (``--pool solo``, so its CPU time is the
-app's) fed over Redis. Reported: items/s from run start to finish;
-efficiency = items/s / (C / L), the share of the ideal rate with C requests
-always in flight; the worker's CPU time per judged item (from
-/proc/<pid>/stat, user + system, measured from just before the run starts);
+app's) fed over Redis; ``--processes N`` runs a prefork pool of N processes
+instead, each judging its own chunk with ``--in-flight`` requests open, so
+up to N x C are open while the efficiency is still reckoned against C.
+
+Reported: items/s from run start to finish; efficiency = items/s / (C / L),
+the share of the ideal rate with C requests always in flight; the worker's
+CPU time per judged item (from /proc/<pid>/stat, user + system, of the
+worker and its pool processes, measured from just before the run starts);
 and the server's. The last line of output is one JSON object with the
 figures.
 """
@@ -47,6 +51,12 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, from /proc (clock ticks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time of the worker process and of its pool processes (prefork), by pid."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {p: cpu_seconds(p) for p in [pid, *map(int, children)]}
 
 
 class LeanServer:
@@ -98,6 +108,12 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=200)
     parser.add_argument("--test-server", action="store_true", help="use tests/judge_server.py (threads, costly)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker pool processes: 1 is --pool solo; more is prefork, each with --in-flight requests open",
+    )
     args = parser.parse_args()
 
     recreate_database(DB_NAME)
@@ -124,8 +140,9 @@ def main() -> None:
         Item(project=project, external_id=f"item-{i}", prompt=f"What is {i} + {i}?", response=f"It is {2 * i}.")
         for i in range(args.items)
     )
+    pool = ("--pool", "solo") if args.processes == 1 else ("--pool", "prefork", "-c", str(args.processes))
     worker = subprocess.Popen(
-        worker_command(QUEUE, "--pool", "solo", "-l", "info"),
+        worker_command(QUEUE, *pool, "-l", "info"),
         cwd=ROOT,
         env={**os.environ, **ENV},
         stdout=subprocess.PIPE,
@@ -138,7 +155,7 @@ def main() -> None:
                 break
         # Keep reading the worker's log, or it blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in worker.stdout], daemon=True).start()
-        cpu_before = cpu_seconds(worker.pid)
+        cpu_before = worker_cpu_seconds(worker.pid)
         server_cpu_before = server.cpu_seconds()
         started = time.perf_counter()
         run = judge_run_create(project=project)
@@ -148,7 +165,8 @@ def main() -> None:
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(worker.pid) - cpu_before
+        cpu_after = worker_cpu_seconds(worker.pid)
+        cpu = sum(cpu_after[p] - cpu_before.get(p, 0) for p in cpu_after)
         server_cpu = server.cpu_seconds() - server_cpu_before
     finally:
         worker.terminate()
@@ -160,6 +178,7 @@ def main() -> None:
         "benchmark": "judge_throughput",
         "items": args.items,
         "in_flight": args.in_flight,
+        "processes": args.processes,
         "latency_ms": args.latency_ms,
         "judged": run.items_done,
         "errors": run.items_error,
