@@ -165,8 +165,8 @@ def openai_client(config: JudgeConfig):
 
     Its HTTP transport is aiohttp (``openai[aiohttp]``) rather than the
     default httpx: with 64 requests in flight httpx's connection-pool
-    bookkeeping cost ~1.5 ms of CPU per request, which bounded a worker's
-    throughput (docs/PERFORMANCE.md, "Judge throughput").
+    bookkeeping cost about 1 ms of CPU per request more, which bounded a
+    worker's throughput (docs/PERFORMANCE.md, "Judge throughput").
     """
     from openai import AsyncOpenAI, DefaultAioHttpClient
 

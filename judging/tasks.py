@@ -5,8 +5,8 @@ splits the run into chunks of ``LARRY_JUDGE_CHUNK_SIZE`` items, one
 ``judge_chunk`` task each; a chunk keeps up to the project's
 ``judge_max_in_flight`` requests open at once (asyncio and ``AsyncOpenAI`` on
 the worker thread's long-lived ``backends.JudgeLoop``), paced by the run's
-requests/tokens-per-minute limits when it has them. Every
-chunk sends the system prompt and few-shot examples recorded on the run.
+requests/tokens-per-minute limits when it has them. Every chunk sends the
+system prompt and few-shot examples recorded on the run.
 No database transaction is open during a judge call.
 """
 
