@@ -4,7 +4,7 @@ Usage (from the project folder; PostgreSQL on 127.0.0.1:5432 with trust auth, as
 
     .venv/bin/python bench/data_io.py [--items 100000] [--port 8765]
 
-It (re)creates the database ``larry_bench_data_io`` and migrates it. It
+It (re)creates its database (``larry_bench_data_io``, see bench/common.py) and migrates it. It
 writes a JSONL file of ``--items`` items sampled (seeded) from the real data
 in ``../shared/data`` (synthetic items of similar sizes when that is
 absent), each with a unique id and the file's ``human_label``, and a file of
@@ -39,9 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, database_url, recreate_database
+from common import ROOT, database_name, database_url, recreate_database
 
-DB_NAME = "larry_bench_data_io"
+DB_NAME = database_name("data_io")
 SHARED = ROOT.parent / "shared" / "data"
 
 

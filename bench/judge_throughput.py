@@ -4,30 +4,39 @@ Usage (from the project folder; PostgreSQL and Redis on 127.0.0.1 as on our mach
 
     .venv/bin/python bench/judge_throughput.py [--items 2000] [--in-flight 64] [--latency-ms 200]
 
-A local OpenAI-compatible server (tests/judge_server.py) answers every chat
-completion after ``--latency-ms``, as a GPU server that is never the
-bottleneck would. The database ``larry_bench_judge`` is (re)created; one
+A lean local OpenAI-compatible server (bench/fake_judge.py, an asyncio
+server in a process of its own) answers every chat completion after
+``--latency-ms``, as a GPU server that is never the bottleneck would;
+``--test-server`` uses the tests' threaded server (tests/judge_server.py)
+in this process instead, which costs far more CPU. The database
+``<DATABASE_URL's name>_bench_judge`` (see common.py) is (re)created; one
 project with ``--items`` items and ``judge_max_in_flight = --in-flight`` is
 judged by one Celery worker process (``--pool solo``, so its CPU time is the
-app's) fed over Redis. Reported: items/s from run start to finish;
-efficiency = items/s / (C / L), the share of the ideal rate with C requests
-always in flight; and the worker's CPU time per judged item (from
-/proc/<pid>/stat, user + system, measured from just before the run starts).
-The last line of output is one JSON object with the figures.
+app's) fed over Redis; ``--processes N`` runs a prefork pool of N processes
+instead, each judging its own chunk with ``--in-flight`` requests open, so
+up to N x C are open while the efficiency is still reckoned against C.
+
+Reported: items/s from run start to finish; efficiency = items/s / (C / L),
+the share of the ideal rate with C requests always in flight; the worker's
+CPU time per judged item (from /proc/<pid>/stat, user + system, of the
+worker and its pool processes, measured from just before the run starts);
+and the server's. The last line of output is one JSON object with the
+figures.
 """
 
 import argparse
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from common import ROOT, database_url, recreate_database
+from common import ROOT, database_name, database_url, recreate_database
 
-DB_NAME = "larry_bench_judge"
+DB_NAME = database_name("judge")
 QUEUE = f"larry-bench-{uuid.uuid4().hex[:8]}"
 ENV = {
     "DATABASE_URL": database_url(DB_NAME),
@@ -44,11 +53,67 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def worker_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time of the worker process and of its pool processes (prefork), by pid."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {p: cpu_seconds(p) for p in [pid, *map(int, children)]}
+
+
+class LeanServer:
+    """bench/fake_judge.py in a process of its own."""
+
+    def __init__(self, latency_ms: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "fake_judge.py"), "--latency-ms", str(latency_ms)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.process.stdout.readline()
+        if not line.startswith("port "):
+            self.process.kill()
+            raise RuntimeError(f"bench/fake_judge.py did not start: {line!r}")
+        self.base_url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class ThreadedTestServer:
+    """tests/judge_server.py in this process (its CPU is this process's, which also polls the run)."""
+
+    def __init__(self, latency_ms: float) -> None:
+        from tests.judge_server import JudgeServer
+
+        self.server = JudgeServer(latency=latency_ms / 1000).start()
+        self.base_url = self.server.base_url
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(os.getpid())
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_server(latency_ms: float, *, test_server: bool):
+    return ThreadedTestServer(latency_ms) if test_server else LeanServer(latency_ms)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=200)
+    parser.add_argument("--test-server", action="store_true", help="use tests/judge_server.py (threads, costly)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker pool processes: 1 is --pool solo; more is prefork, each with --in-flight requests open",
+    )
     args = parser.parse_args()
 
     recreate_database(DB_NAME)
@@ -61,10 +126,9 @@ def main() -> None:
     from judging.models import JudgeRun
     from judging.services import judge_run_create
     from tests.celery_worker import worker_command
-    from tests.judge_server import JudgeServer
 
     call_command("migrate", verbosity=0)
-    server = JudgeServer(latency=args.latency_ms / 1000).start()
+    server = start_server(args.latency_ms, test_server=args.test_server)
     project = Project.objects.create(
         slug="bench",
         name="Judge benchmark",
@@ -76,8 +140,9 @@ def main() -> None:
         Item(project=project, external_id=f"item-{i}", prompt=f"What is {i} + {i}?", response=f"It is {2 * i}.")
         for i in range(args.items)
     )
+    pool = ("--pool", "solo") if args.processes == 1 else ("--pool", "prefork", "-c", str(args.processes))
     worker = subprocess.Popen(
-        worker_command(QUEUE, "--pool", "solo", "-l", "info"),
+        worker_command(QUEUE, *pool, "-l", "info"),
         cwd=ROOT,
         env={**os.environ, **ENV},
         stdout=subprocess.PIPE,
@@ -90,7 +155,8 @@ def main() -> None:
                 break
         # Keep reading the worker's log, or it blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in worker.stdout], daemon=True).start()
-        cpu_before = cpu_seconds(worker.pid)
+        cpu_before = worker_cpu_seconds(worker.pid)
+        server_cpu_before = server.cpu_seconds()
         started = time.perf_counter()
         run = judge_run_create(project=project)
         while True:
@@ -99,7 +165,9 @@ def main() -> None:
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(worker.pid) - cpu_before
+        cpu_after = worker_cpu_seconds(worker.pid)
+        cpu = sum(cpu_after[p] - cpu_before.get(p, 0) for p in cpu_after)
+        server_cpu = server.cpu_seconds() - server_cpu_before
     finally:
         worker.terminate()
         worker.wait(timeout=30)
@@ -110,6 +178,7 @@ def main() -> None:
         "benchmark": "judge_throughput",
         "items": args.items,
         "in_flight": args.in_flight,
+        "processes": args.processes,
         "latency_ms": args.latency_ms,
         "judged": run.items_done,
         "errors": run.items_error,
@@ -118,6 +187,8 @@ def main() -> None:
         "ideal_items_per_s": round(ideal, 1),
         "efficiency": round(items_per_s / ideal, 3),
         "cpu_ms_per_item": round(cpu * 1000 / max(run.items_done, 1), 3),
+        "server": "tests" if args.test_server else "lean",
+        "server_cpu_ms_per_item": round(server_cpu * 1000 / max(run.items_done, 1), 3),
     }
     print(
         f"{run.items_done} judged ({run.items_error} errors) in {elapsed:.1f} s: {items_per_s:.0f} items/s of an ideal "

@@ -4,7 +4,7 @@ Usage (from the project folder; PostgreSQL on 127.0.0.1:5432 with trust auth, as
 
     .venv/bin/python bench/review_queue.py [--items 200000] [--reviewers 20] [--seconds 30] [--think-ms 1000]
 
-It (re)creates the database ``larry_bench_queue``, migrates it, imports
+It (re)creates the database ``<DATABASE_URL's name>_bench_queue`` (see common.py), migrates it, imports
 ``--items`` items into one project and queues them all (one review wanted per
 item). Then ``--reviewers`` threads, each with its own database connection,
 act as SMEs for ``--seconds``: ask for the next item, wait about
@@ -27,9 +27,9 @@ import statistics
 import threading
 import time
 
-from common import database_url, recreate_database
+from common import database_name, database_url, recreate_database
 
-DB_NAME = "larry_bench_queue"
+DB_NAME = database_name("queue")
 os.environ["DATABASE_URL"] = database_url(DB_NAME)
 os.environ.pop("CELERY_BROKER_URL", None)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "larry_web.settings")

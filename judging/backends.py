@@ -5,9 +5,14 @@ when set, else ``LARRY_JUDGE_BASE_URL``/``LARRY_JUDGE_MODEL`` from the
 environment, else the local classifier trained on the project's SME labels.
 """
 
+import asyncio
+import atexit
 import json
+import os
 import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,14 +161,21 @@ class JudgeResult:
 
 
 def openai_client(config: JudgeConfig):
-    """An ``openai.AsyncOpenAI`` client for the server; its own retries cover 429/5xx/timeouts with backoff."""
-    from openai import AsyncOpenAI
+    """An ``openai.AsyncOpenAI`` client for the server; its own retries cover 429/5xx/timeouts with backoff.
+
+    Its HTTP transport is aiohttp (``openai[aiohttp]``) rather than the
+    default httpx: with 64 requests in flight httpx's connection-pool
+    bookkeeping cost about 1 ms of CPU per request more, which bounded a
+    worker's throughput (docs/PERFORMANCE.md, "Judge throughput").
+    """
+    from openai import AsyncOpenAI, DefaultAioHttpClient
 
     return AsyncOpenAI(
         base_url=config.base_url,
         api_key=config.api_key or "not-needed",
         timeout=settings.LARRY_JUDGE_TIMEOUT_S,
         max_retries=settings.LARRY_JUDGE_MAX_RETRIES,
+        http_client=DefaultAioHttpClient(),
     )
 
 
@@ -173,19 +185,41 @@ REPAIR_PROMPT = (
 )
 
 
-def _reply_problem(choice) -> str:
-    """Why a reply is not a verdict, or "" when it parses. Never trusts a cut-off reply."""
+def _first_choice(reply) -> dict | None:
+    """``choices[0]`` of a chat completion's JSON, or None when the reply has none (or is no chat completion)."""
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return None
+
+
+def _content(choice: dict) -> str | None:
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else None
+
+
+def _reply_problem(choice: dict | None) -> str:
+    """Why a reply (a choice's JSON) is not a verdict, or "" when it parses. Never trusts a cut-off reply."""
     if choice is None:
         return "reply has no choices"
-    if choice.finish_reason == "length":
+    if choice.get("finish_reason") == "length":
         return "reply cut off at max_tokens (finish_reason=length)"
-    if getattr(choice.message, "refusal", None):
-        return f"the model refused: {choice.message.refusal[:200]}"
+    message = choice.get("message")
+    refusal = message.get("refusal") if isinstance(message, dict) else None
+    if refusal:
+        return f"the model refused: {str(refusal)[:200]}"
     try:
-        parse_verdict(choice.message.content)
+        parse_verdict(_content(choice))
     except VerdictParseError as exc:
         return str(exc)
     return ""
+
+
+def _tokens(reply, name: str) -> int:
+    usage = reply.get("usage") if isinstance(reply, dict) else None
+    count = usage.get(name) if isinstance(usage, dict) else None
+    return count if isinstance(count, int) else 0
 
 
 def estimate_tokens(messages: list[dict], max_tokens: int) -> int:
@@ -257,7 +291,6 @@ async def judge_with_openai(
     latency add up over both attempts.
     """
     import openai
-    from openai.types.chat import ChatCompletion
 
     started = time.perf_counter()
     result = JudgeResult(item.pk)
@@ -267,11 +300,12 @@ async def judge_with_openai(
             await limits.wait(estimate_tokens(messages, run_settings["max_tokens"]))
         try:
             # client.post (the openai client's documented way to send a body as is) rather than
-            # chat.completions.create: the same request, retries and parsing, without create()'s
-            # per-call walk over the typed params, which cost ~3 ms of CPU per request.
+            # chat.completions.create: the same request, retries and error handling, without create()'s
+            # per-call walk over the typed params (~3 ms of CPU per request). cast_to=object gives the
+            # reply's JSON as is: building a ChatCompletion model from it cost ~0.2 ms more.
             reply = await client.post(
                 "/chat/completions",
-                cast_to=ChatCompletion,
+                cast_to=object,
                 body={
                     "model": model,
                     "messages": messages,
@@ -284,13 +318,12 @@ async def judge_with_openai(
         except openai.OpenAIError as exc:
             result.error = f"{type(exc).__name__}: {exc}"[:2000]
             break
-        if reply.usage:
-            result.tokens_in += reply.usage.prompt_tokens or 0
-            result.tokens_out += reply.usage.completion_tokens or 0
-        choice = reply.choices[0] if reply.choices else None
+        result.tokens_in += _tokens(reply, "prompt_tokens")
+        result.tokens_out += _tokens(reply, "completion_tokens")
+        choice = _first_choice(reply)
         problem = _reply_problem(choice)
         if not problem:
-            result.verdict, result.rationale = parse_verdict(choice.message.content)
+            result.verdict, result.rationale = parse_verdict(_content(choice))
             result.error = ""
             break
         result.error = problem if attempt == 1 else f"{problem} (after one repair attempt)"
@@ -298,7 +331,7 @@ async def judge_with_openai(
             break
         messages = [
             *messages,
-            {"role": "assistant", "content": choice.message.content or ""},
+            {"role": "assistant", "content": _content(choice) or ""},
             {"role": "user", "content": REPAIR_PROMPT.format(problem=problem)},
         ]
     result.latency_ms = round((time.perf_counter() - started) * 1000)
@@ -312,15 +345,28 @@ async def judge_many(
     prefix: list[dict[str, str]],
     run_settings: dict,
     max_in_flight: int,
+    client=None,
 ) -> list[JudgeResult]:
     """Judge ``items`` with at most ``max_in_flight`` requests open at once, so vLLM's continuous batching is fed.
 
     The run's ``requests_per_minute`` and ``tokens_per_minute`` (in
     ``run_settings``; missing or None: unlimited) pace all these requests
     together (``RateLimits``): the limits hold per call, that is per chunk,
-    per worker process.
+    per worker process. ``client`` (an ``openai_client`` made on the running
+    event loop, see ``JudgeLoop``) is used and left open; without one a
+    client is made for this call and closed after it. Should anything raise,
+    no request of this call outlives it.
     """
-    import asyncio
+    if client is None:
+        async with openai_client(config) as own_client:
+            return await judge_many(
+                config,
+                items,
+                prefix=prefix,
+                run_settings=run_settings,
+                max_in_flight=max_in_flight,
+                client=own_client,
+            )
 
     gate = asyncio.Semaphore(max_in_flight)
     rpm, tpm = run_settings.get("requests_per_minute"), run_settings.get("tokens_per_minute")
@@ -330,15 +376,74 @@ async def judge_many(
             (estimate_tokens(build_messages(it, prefix), run_settings["max_tokens"]) for it in items), default=0
         )
         limits = RateLimits(requests_per_minute=rpm, tokens_per_minute=tpm, largest_request=largest)
-    async with openai_client(config) as client:
 
-        async def one(item: Item) -> JudgeResult:
-            async with gate:
-                return await judge_with_openai(
-                    client, model=config.model, item=item, prefix=prefix, run_settings=run_settings, limits=limits
-                )
+    async def one(item: Item) -> JudgeResult:
+        async with gate:
+            return await judge_with_openai(
+                client, model=config.model, item=item, prefix=prefix, run_settings=run_settings, limits=limits
+            )
 
-        return list(await asyncio.gather(*(one(item) for item in items)))
+    tasks = [asyncio.ensure_future(one(item)) for item in items]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        pending = [task for task in tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+class JudgeLoop:
+    """A long-lived event loop for one thread, and the judge clients made on it, one per server and settings.
+
+    A worker process judges chunk after chunk; with one loop and one client
+    per judge server for all of them, the client's start-up (an SSL context,
+    ~40 ms) and its keep-alive connections serve every chunk instead of one
+    each. Clients are kept for ``(base_url, api_key, LARRY_JUDGE_TIMEOUT_S,
+    LARRY_JUDGE_MAX_RETRIES)``, the ``KEEP`` most recently used. Get this
+    thread's with ``judge_loop()``.
+    """
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.clients: OrderedDict[tuple, object] = OrderedDict()
+
+    def client(self, config: JudgeConfig):
+        key = (config.base_url, config.api_key, settings.LARRY_JUDGE_TIMEOUT_S, settings.LARRY_JUDGE_MAX_RETRIES)
+        if key in self.clients:
+            self.clients.move_to_end(key)
+        else:
+            self.clients[key] = openai_client(config)
+            while len(self.clients) > self.KEEP:
+                _key, oldest = self.clients.popitem(last=False)
+                self.loop.run_until_complete(oldest.close())
+        return self.clients[key]
+
+    def judge_many(self, config: JudgeConfig, items: list[Item], **options) -> list[JudgeResult]:
+        """``judge_many`` on this loop with its client for ``config``; same arguments, run to completion."""
+        return self.loop.run_until_complete(judge_many(config, items, client=self.client(config), **options))
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            self.loop.run_until_complete(client.close())
+        self.clients.clear()
+        self.loop.close()
+
+
+_this_thread = threading.local()
+
+
+def judge_loop() -> JudgeLoop:
+    """This thread's ``JudgeLoop``, made on first use (and anew in a forked child process); closed at exit."""
+    current = getattr(_this_thread, "judge_loop", None)
+    if current is None or _this_thread.pid != os.getpid():
+        current = _this_thread.judge_loop = JudgeLoop()
+        _this_thread.pid = os.getpid()
+        atexit.register(current.close)
+    return current
 
 
 class NotEnoughLabels(ValueError):

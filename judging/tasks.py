@@ -3,13 +3,12 @@
 ``start_judge_run`` either judges everything with the local classifier or
 splits the run into chunks of ``LARRY_JUDGE_CHUNK_SIZE`` items, one
 ``judge_chunk`` task each; a chunk keeps up to the project's
-``judge_max_in_flight`` requests open at once (asyncio and ``AsyncOpenAI``),
-paced by the run's requests/tokens-per-minute limits when it has them. Every
-chunk sends the system prompt and few-shot examples recorded on the run.
+``judge_max_in_flight`` requests open at once (asyncio and ``AsyncOpenAI`` on
+the worker thread's long-lived ``backends.JudgeLoop``), paced by the run's
+requests/tokens-per-minute limits when it has them. Every chunk sends the
+system prompt and few-shot examples recorded on the run.
 No database transaction is open during a judge call.
 """
-
-import asyncio
 
 from celery import shared_task
 from django.conf import settings
@@ -68,14 +67,12 @@ def judge_chunk(run_id: int, item_ids: list[int]) -> None:
     if items:
         # No transaction is open here: read, call the judge, then write.
         config = backends.JudgeConfig(run.base_url, run.model, backends.judge_config_for(run.project).api_key)
-        results = asyncio.run(
-            backends.judge_many(
-                config,
-                items,
-                prefix=_prompt_prefix(run),
-                run_settings=run.config,
-                max_in_flight=run.config.get("max_in_flight", run.project.judge_max_in_flight),
-            )
+        results = backends.judge_loop().judge_many(
+            config,
+            items,
+            prefix=_prompt_prefix(run),
+            run_settings=run.config,
+            max_in_flight=run.config.get("max_in_flight", run.project.judge_max_in_flight),
         )
         services.verdicts_store(run=run, results=results)
     services.judge_run_finish_if_complete(run_id=run_id)

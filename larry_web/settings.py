@@ -217,4 +217,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "WARNING")},
+    # The judge client's HTTP library logs every request at INFO: hundreds of lines a second, and their
+    # CPU, from a worker at `-l info`. Failures still show: openai logs retries and errors.
+    "loggers": {"httpx2": {"level": "WARNING"}},
 }

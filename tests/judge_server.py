@@ -15,6 +15,8 @@ Markers in the response text pick a fault:
 | ``[http500]`` | HTTP 500 every time |
 | ``[429-once]`` | HTTP 429 with ``Retry-After: 1`` the first time, then a verdict |
 | ``[slow-once]`` | an answer after ``server.httpd.slow_s`` (3 s) the first time, then at once |
+| ``[no-choices]`` | a chat completion with an empty ``choices`` list |
+| ``[html]`` | HTTP 200 with an HTML page, not JSON (as a misconfigured proxy might send) |
 
 ``latency`` (seconds) delays every answer, as a busy GPU would. Every
 request body is kept in ``server.requests``, and its arrival time in
@@ -61,6 +63,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(429, {"error": {"message": "slow down"}}, headers={"Retry-After": "1"})
         if "[slow-once]" in user and seen == 1:
             time.sleep(self.server.slow_s)  # past the client's timeout
+        if "[no-choices]" in user:
+            return self._send(200, {"id": "chatcmpl-test", "object": "chat.completion", "choices": []})
+        if "[html]" in user:
+            return self._send(200, b"<html><body>Bad gateway, sort of</body></html>", content_type="text/html")
         verdict = "reject" if "WRONG" in user else "accept"
         content = json.dumps({"verdict": verdict, "rationale": f"the test server said {verdict}"})
         finish, refusal = "stop", None
@@ -94,12 +100,14 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
+    def _send(
+        self, status: int, payload: dict | bytes, headers: dict | None = None, content_type: str = "application/json"
+    ) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

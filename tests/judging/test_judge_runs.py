@@ -77,6 +77,42 @@ def test_bad_replies_become_errors_not_verdicts_and_the_gate_keeps_them_pending(
     }
 
 
+def test_a_reply_that_is_no_chat_completion_becomes_an_error(llm_project, judge_server, start_run):
+    make_items(llm_project, ["ok", "x [no-choices]", "y [html]"])
+    run = start_run(llm_project)
+    assert (run.status, run.items_done, run.items_error) == ("finished", 1, 2)
+    got = verdicts(run)
+    assert got["x [no-choices]"].error == got["y [html]"].error == "reply has no choices"
+    assert got["x [no-choices]"].verdict == got["y [html]"].verdict == ""
+    assert len(judge_server.requests) == 3  # nothing to repair: no reply to send back
+
+
+def test_chunks_judged_one_after_another_share_one_client_per_server_and_settings(
+    llm_project, judge_server, start_run, settings, monkeypatch
+):
+    from judging import backends
+
+    made = []
+
+    def counting_client(config):
+        made.append((config.base_url, settings.LARRY_JUDGE_TIMEOUT_S))
+        return real_client(config)
+
+    real_client = backends.openai_client
+    monkeypatch.setattr(backends, "openai_client", counting_client)
+    settings.LARRY_JUDGE_CHUNK_SIZE = 2
+    make_items(llm_project, ["a", "b", "c", "d WRONG", "e"])
+    run = start_run(llm_project)
+    assert (run.status, run.items_done, run.items_error) == ("finished", 5, 0)
+    assert made == [(judge_server.base_url, settings.LARRY_JUDGE_TIMEOUT_S)]  # 3 chunks, one client
+    # Other settings (or another server) get a client of their own.
+    settings.LARRY_JUDGE_TIMEOUT_S = 7
+    run = start_run(llm_project)
+    assert (run.status, run.items_done) == ("finished", 5)
+    assert made[1:] == [(judge_server.base_url, 7)]
+    assert len(judge_server.requests) == 10
+
+
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
