@@ -122,7 +122,8 @@ class Item(models.Model):
     here, so that nothing else the judge said reaches the review screen.
     """
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    # No index of its own: the unique (project, external_id) index serves lookups by project.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items", db_index=False)
     external_id = models.CharField(max_length=255)
     prompt = models.TextField()
     context = models.TextField(blank=True)
@@ -152,7 +153,8 @@ class Review(models.Model):
         UI = "ui", "Review screen"
         IMPORT = "import", "Imported label"
 
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="reviews")
+    # No index of its own: the unique (item, reviewer) index serves lookups by item.
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="reviews", db_index=False)
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="reviews"
     )

@@ -28,7 +28,8 @@ def _server_url() -> str:
 def database_name(bench: str) -> str:
     """The database of benchmark ``bench`` (``judge``, ``queue``): ``<DATABASE_URL's database>_bench_<bench>``."""
     base = urlsplit(_server_url()).path.lstrip("/") or "larry"
-    name = f"{base}_bench_{bench}"
+    # A benchmark's child processes inherit DATABASE_URL already pointing at the benchmark's database.
+    name = base if base.endswith(f"_bench_{bench}") else f"{base}_bench_{bench}"
     if not re.fullmatch(r"[A-Za-z0-9_]{1,63}", name):
         raise ValueError(f"cannot name a benchmark database {name!r}; set DATABASE_URL to a plain database name")
     return name
