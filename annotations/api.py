@@ -15,7 +15,7 @@ from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
@@ -49,6 +49,18 @@ class IdCursorPagination(CursorPagination):
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
+
+    def decode_cursor(self, request):
+        """DRF's cursor, refused (404, "Invalid cursor") when its position is not an id."""
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            try:
+                valid = 0 <= int(cursor.position) < 2**63
+            except ValueError:
+                valid = False
+            if not valid:
+                raise NotFound(self.invalid_cursor_message)
+        return cursor
 
 
 class ProjectScopedViewSet(viewsets.GenericViewSet):
@@ -88,6 +100,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     serializer_class = ProjectSerializer
     pagination_class = IdCursorPagination
     lookup_field = "slug"
+    lookup_value_regex = r"[-a-zA-Z0-9_]+"
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):

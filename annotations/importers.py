@@ -228,11 +228,15 @@ def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | No
 
     # A cell may be as long as a line; the csv module's default limit (131,072 characters) is lower.
     csv.field_size_limit(cap)
-    reader = csv.reader(lines())
+    # strict: a stray quote is an error, never a cell that swallows the rows after it.
+    reader = csv.reader(lines(), strict=True)
     try:
         header = next(reader, None)
         if not header:
             raise ImportFormatError("the CSV file has no header row")
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise ImportFormatError(f"the CSV header repeats the column {', '.join(map(repr, repeated))}")
         missing = [name for name in REQUIRED_FIELDS if name not in header]
         if missing:
             raise ImportFormatError(f"the CSV header has no {' or '.join(missing)} column")

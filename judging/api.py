@@ -12,7 +12,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -160,9 +161,10 @@ class VerdictViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectSc
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Verdict.objects.none()
-        return Verdict.objects.filter(run__project=self.get_project(), run_id=self.kwargs["run_id"]).select_related(
-            "item"
-        )
+        run = JudgeRun.objects.filter(project=self.get_project(), pk=int(self.kwargs["run_id"])).first()
+        if run is None:
+            raise NotFound("No such judge run in this project.")
+        return Verdict.objects.filter(run=run).select_related("item")
 
 
 class LabelFunctionSerializer(serializers.ModelSerializer):
@@ -268,6 +270,7 @@ class TrainingSetViewSet(
     """Training-set snapshots: create one (202-style: ``status`` is ``building`` until built), poll, download."""
 
     serializer_class = TrainingSetSerializer
+    parser_classes = [JSONParser]  # the options nest (filters): JSON only, never a silently flattened form
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):

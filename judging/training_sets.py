@@ -19,7 +19,8 @@ Formats, one row per item:
   (TRL's dataset formats, "preference"). *Chosen* is an accepted response (an
   SME's correction wins over the original) or an SME's correction of a rejected
   response; *rejected* is a rejected response to the same prompt and context
-  (for a correction, the response it corrects). An accepted item whose prompt
+  from any item of the project, whatever the filters (they choose the chosen
+  side), or, for a correction, the response it corrects. An accepted item whose prompt
   has no rejected response cannot be written and is listed in the report.
 - ``judge``: judge-distillation rows for training a small judge,
   ``{"prompt", "context", "response", "verdict", "rationale", "basis"}`` for
@@ -75,9 +76,11 @@ def _json_line(record: dict) -> str:
 
 
 def _csv_line(cells) -> str:
+    # The csv module quotes a cell holding a character of the line terminator: with "\r\n", a cell with a
+    # line break is quoted (so it stays one cell, and no formula can start a line of its own).
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow([neutralise_formula(str(cell)) for cell in cells])
-    return buffer.getvalue()
+    csv.writer(buffer, lineterminator="\r\n").writerow([neutralise_formula(str(cell)) for cell in cells])
+    return buffer.getvalue().removesuffix("\r\n")
 
 
 def _user_text(prompt: str, context: str) -> str:
@@ -401,6 +404,8 @@ def _build(training_set: TrainingSet) -> None:
     training_set.duplicates, training_set.unwritable = len(duplicates), len(unwritable)
     training_set.report = {"duplicates": duplicates, "unwritable": unwritable}
     training_set.lineage = _lineage(training_set, items)
+    if fmt == TrainingSet.Format.DPO:
+        training_set.lineage["dpo_rejected_responses"] = sum(len(responses) for responses in pool.values())
     training_set.files, training_set.sha256, training_set.size_bytes = files, sha256, size
     training_set.status, training_set.finished_at = TrainingSet.Status.READY, timezone.now()
     training_set.save()

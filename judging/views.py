@@ -112,8 +112,12 @@ def runs_compare_page(request: HttpRequest, slug: str) -> HttpResponse:
     """Compare two runs of the project (``?a=<run id>&b=<run id>``)."""
     project = get_project_for_lead(request, slug)
     runs = JudgeRun.objects.filter(project=project)
-    first = get_object_or_404(runs, pk=request.GET.get("a") or 0)
-    second = get_object_or_404(runs, pk=request.GET.get("b") or 0)
+    try:
+        first_id, second_id = int(request.GET.get("a", "")), int(request.GET.get("b", ""))
+    except ValueError:
+        raise Http404("Give two run ids: ?a=<run id>&b=<run id>") from None
+    first = get_object_or_404(runs, pk=first_id)
+    second = get_object_or_404(runs, pk=second_id)
     context = {"project": project, "first": first, "second": second, "comparison": runs_compare(first, second)}
     return render(request, "judging/runs_compare.html", context)
 
@@ -200,7 +204,7 @@ def training_sets_page(request: HttpRequest, slug: str) -> HttpResponse:
         else:
             return redirect(training_set)
     context = {"project": project, "form": form, "training_sets": TrainingSet.objects.filter(project=project)[:50]}
-    return render(request, "judging/training_sets.html", context)
+    return render(request, "judging/training_sets.html", context, status=400 if form.errors else 200)
 
 
 @login_required

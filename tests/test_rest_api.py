@@ -199,3 +199,32 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(live_
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert "No issues found" in output or "passed" in output, output[-3000:]
+
+
+@pytest.mark.parametrize("position", ["abc", "%00", "1e5", "9" * 5000, "-1"])
+def test_a_cursor_that_is_not_an_id_is_a_404_not_a_500(client, project, decided, lead, position):
+    import base64
+
+    cursor = base64.b64encode(f"p={position}".encode()).decode()
+    for url in ("/api/projects/", f"/api/projects/{project.slug}/items/"):
+        assert client.get(url, {"cursor": cursor}, **auth(lead)).status_code == 404, url
+
+
+def test_malformed_slugs_and_tokens_are_refused_cleanly(client, project, sme):
+    assert client.get("/api/projects/support%00/", **auth(sme)).status_code == 404
+    assert client.get("/api/projects/", HTTP_AUTHORIZATION="Token \x00").status_code == 401
+    assert client.get("/api/projects/", HTTP_AUTHORIZATION="Token " + "a" * 41).status_code == 401
+
+
+def test_verdicts_of_another_projects_run_are_a_404(client, project, decided, lead):
+    other = Project.objects.create(slug="other", name="Other")
+    foreign = decide_items(other)
+    url = f"/api/projects/{project.slug}/runs/{foreign.pk}/verdicts/"
+    assert client.get(url, **auth(lead)).status_code == 404
+    assert client.get(f"/api/projects/{project.slug}/runs/{decided.pk}/verdicts/", **auth(lead)).status_code == 200
+
+
+def test_training_set_options_come_as_json_only(client, project, decided, lead):
+    url = f"/api/projects/{project.slug}/training-sets/"
+    assert client.post(url, {"format": "chat", "filters": "x"}, **auth(lead)).status_code == 415
+    assert not TrainingSet.objects.exists()

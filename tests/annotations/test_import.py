@@ -376,3 +376,24 @@ def test_a_database_error_in_a_parallel_writer_is_raised_and_stops_the_import(pr
     with pytest.raises(RuntimeError, match="went away"):
         import_items(project=project, stream=jsonl(*[{**GOOD, "id": f"e{i}"} for i in range(40)]), fmt="jsonl")
     assert len(calls) < 20  # the hand-out stopped early
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A quote never closed: the rows after it must not vanish into one cell.
+        b'external_id,prompt,response\r\nq0,p0,r0\r\nq1,"oops,r\r\nq2,p2,r2\r\nq3,p3,r3\r\n',
+        # A quote closed mid-way: the rows in between must not be glued into a stored item.
+        b'external_id,prompt,response\r\nq0,p0,r0\r\nq5,"oops,r\r\nq6,p6,r6\r\nq7,"p7",r7\r\nq8,p8,r8\r\n',
+    ],
+)
+def test_a_stray_csv_quote_stops_the_import_with_a_clear_error_keeping_the_rows_before(project, body):
+    report = import_items(project=project, stream=io.BytesIO(body), fmt="csv")
+    assert report.fatal.startswith("CSV error at line") and "stopped there" in report.fatal
+    assert list(Item.objects.values_list("external_id", flat=True)) == ["q0"]
+
+
+def test_a_csv_header_that_repeats_a_column_is_refused(project):
+    body = b"external_id,prompt,response,prompt\r\nq1,p,r,p2\r\n"
+    report = import_items(project=project, stream=io.BytesIO(body), fmt="csv")
+    assert report.fatal == "the CSV header repeats the column 'prompt'" and not Item.objects.exists()

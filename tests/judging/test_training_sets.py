@@ -321,7 +321,7 @@ def test_the_page_form_reports_bad_options(client, project, decided, lead):
     client.force_login(lead)
     url = reverse("judging:training_sets", args=[project.slug])
     response = client.post(url, {"format": "dpo", "validation_fraction": "0.9", "seed": "x"})
-    assert response.status_code == 200 and not TrainingSet.objects.exists()
+    assert response.status_code == 400 and not TrainingSet.objects.exists()
     assert response.context["form"].errors.keys() == {"validation_fraction", "seed"}
 
 
@@ -330,3 +330,21 @@ def test_a_failed_build_keeps_no_rows_and_says_why(project, decided, django_capt
     training_set = training_set_build(training_set_id=training_set.pk)
     assert training_set.status == TrainingSet.Status.FAILED and "no judge run 424242" in training_set.error
     assert training_set.rows.count() == 0
+
+
+def test_csv_cells_with_line_breaks_stay_one_quoted_cell(project, decided, django_capture_on_commit_callbacks):
+    Item.objects.filter(project=project, external_id="b1").update(prompt="hello\r\n=cmd|' /C calc'!A0")
+    Item.objects.filter(project=project, external_id="f1").update(response="\r=1+1")
+    training_set = build(project, django_capture_on_commit_callbacks, format="csv")
+    text = download(training_set).decode()
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert len(rows) == training_set.rows_train == 5  # f1 no longer repeats f2
+    assert next(row for row in rows if row["external_id"] == "b1")["prompt"] == "hello\r\n=cmd|' /C calc'!A0"
+    assert next(row for row in rows if row["external_id"] == "f1")["response"] == "'\r=1+1"
+    assert "\"hello\r\n=cmd|' /C calc'!A0\"" in text  # quoted: the formula is inside a cell that starts "hello"
+
+
+def test_dpo_lineage_counts_the_rejected_responses_drawn_from(project, decided, django_capture_on_commit_callbacks):
+    training_set = build(project, django_capture_on_commit_callbacks, format="dpo", filters={"source_models": ["big"]})
+    # a2, c1, d1 (vetoed) and h1: the pool is the whole project's rejects, not only the filtered "big" ones.
+    assert training_set.lineage["dpo_rejected_responses"] == 4
