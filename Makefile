@@ -30,7 +30,7 @@ demo: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput -v0
 	@echo "Serving on http://127.0.0.1:$(PORT)/ (Ctrl-C to stop)"
-	$(VENV)/bin/gunicorn larry_web.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --access-logfile -
+	$(VENV)/bin/gunicorn larry_web.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --timeout 120 --access-logfile -
 
 test: $(VENV)/.installed
 	$(PY) manage.py makemigrations --check --dry-run -v0

@@ -11,9 +11,10 @@ for SMEs, who review blind). Lists are cursor-paginated (``?cursor=``,
 import datetime
 
 import django_filters
+from django.db.models import Q
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.pagination import CursorPagination
@@ -38,7 +39,9 @@ def project_for_api(request, slug: str) -> Project:
     if project is None or not project.is_visible_to(request.user):
         raise Http404("No such project")
     if not project.is_lead(request.user):
-        raise PermissionDenied("Only project leads and staff import and export.")
+        raise PermissionDenied(
+            "Only the project's leads and staff reach its items, reviews and results; SMEs review blind."
+        )
     return project
 
 
@@ -80,7 +83,7 @@ class ProjectScopedViewSet(viewsets.GenericViewSet):
 
 
 class ProjectSerializer(serializers.ModelSerializer):
-    role = serializers.SerializerMethodField(help_text="Your role: lead, sme, or staff (staff who are not members).")
+    role = serializers.SerializerMethodField(help_text="Your role: staff (who reach every project), lead or sme.")
 
     class Meta:
         model = Project
@@ -88,8 +91,9 @@ class ProjectSerializer(serializers.ModelSerializer):
 
     def get_role(self, project: Project) -> str:
         user = self.context["request"].user
-        membership = next((m for m in project.memberships.all() if m.user_id == user.pk), None)
-        return membership.role if membership else "staff"
+        if user.is_staff:
+            return "staff"
+        return next(m.role for m in project.memberships.all() if m.user_id == user.pk)
 
 
 @extend_schema(tags=["projects"])
@@ -109,8 +113,8 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
 
 class ItemSerializer(serializers.ModelSerializer):
-    gate_outcome = serializers.CharField(
-        source="gate_decision.outcome", read_only=True, default=None, help_text="accept, reject, pending, or null"
+    gate_outcome = serializers.SerializerMethodField(
+        help_text="accept, reject or pending (pending too for an item not gated yet)"
     )
 
     class Meta:
@@ -129,6 +133,11 @@ class ItemSerializer(serializers.ModelSerializer):
             "gate_outcome",
             "created_at",
         ]
+
+    @extend_schema_field(serializers.ChoiceField(choices=["accept", "reject", "pending"]))
+    def get_gate_outcome(self, item: Item) -> str:
+        decision = getattr(item, "gate_decision", None)  # RelatedObjectDoesNotExist is an AttributeError
+        return decision.outcome if decision else "pending"
 
 
 class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
@@ -149,8 +158,7 @@ class ItemFilter(django_filters.FilterSet):
     task_type = django_filters.CharFilter()
     in_sme_queue = django_filters.BooleanFilter()
     gate_outcome = django_filters.ChoiceFilter(
-        field_name="gate_decision__outcome",
-        choices=[("accept", "accept"), ("reject", "reject"), ("pending", "pending")],
+        choices=[("accept", "accept"), ("reject", "reject"), ("pending", "pending")], method="filter_gate_outcome"
     )
     created_after = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
@@ -158,6 +166,12 @@ class ItemFilter(django_filters.FilterSet):
     class Meta:
         model = Item
         fields = ["external_id", "source_model", "task_type", "in_sme_queue", "gate_outcome"]
+
+    def filter_gate_outcome(self, queryset, name, value):
+        """``pending`` also takes items not gated yet (the gate's rule 4: no review, no verdict)."""
+        if value == "pending":
+            return queryset.filter(Q(gate_decision__outcome="pending") | Q(gate_decision__isnull=True))
+        return queryset.filter(gate_decision__outcome=value)
 
 
 @extend_schema(tags=["items"])

@@ -200,7 +200,9 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
             "rows_validation": training_set.rows_validation,
             "duplicates": training_set.duplicates,
             "sha256": training_set.sha256,
-            "files": {split: str(path) for split, path in snapshot_paths.items()},
+            "files": {
+                split: {"path": str(path), **training_set.files[split]} for split, path in snapshot_paths.items()
+            },
         },
     }
     (out / "report.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -56,7 +56,8 @@ def test_the_main_job_on_the_example_file(transactional_db, tmp_path):
     assert report["judge"]["name"] == "local classifier tfidf-logreg (not an LLM)"
     # The training-set snapshot: both splits are valid chat JSONL and hold the whole accepted set.
     snapshot = report["training_set"]
-    train, validation = (Path(snapshot["files"][split]) for split in ("train", "validation"))
+    train, validation = (Path(snapshot["files"][split]["path"]) for split in ("train", "validation"))
+    assert hashlib.sha256(train.read_bytes()).hexdigest() == snapshot["files"]["train"]["sha256"]
     rows = assert_valid_chat_jsonl(train) + assert_valid_chat_jsonl(validation)
     assert rows == snapshot["rows_train"] + snapshot["rows_validation"] == funnel["accepted"] - snapshot["duplicates"]
     assert hashlib.sha256(train.read_bytes() + validation.read_bytes()).hexdigest() == snapshot["sha256"]
@@ -97,6 +98,7 @@ def test_make_demo_on_the_real_halueval_file(tmp_path):
     assert f"Cohen's kappa {unseen['cohen_kappa']:.3f}" in result.stdout
     assert "Judge: local classifier tfidf-logreg (not an LLM)" in result.stdout
     snapshot = report["training_set"]
-    assert f"/api/projects/{report['project']}/training-sets/{snapshot['id']}/download/" in result.stdout
+    assert f"/api/projects/{report['project']}/training-sets/{snapshot['id']}/download/?split=train" in result.stdout
+    assert f"sha256 {snapshot['files']['train']['sha256']}" in result.stdout
     # Better than chance on labels it never saw.
     assert unseen["cohen_kappa"] > 0 and held_back["cohen_kappa"] > 0

@@ -228,3 +228,13 @@ def test_training_set_options_come_as_json_only(client, project, decided, lead):
     url = f"/api/projects/{project.slug}/training-sets/"
     assert client.post(url, {"format": "chat", "filters": "x"}, **auth(lead)).status_code == 415
     assert not TrainingSet.objects.exists()
+
+
+def test_items_not_gated_yet_are_pending(client, project, decided, lead, staff):
+    Item.objects.create(project=project, external_id="new", prompt="p", response="r")
+    url = f"/api/projects/{project.slug}/items/"
+    pending = client.get(url, {"gate_outcome": "pending"}, **auth(lead)).json()["results"]
+    assert {item["external_id"] for item in pending} == {"e1", "new"}
+    assert {item["gate_outcome"] for item in pending} == {"pending"}
+    assert client.get("/api/projects/support/", **auth(staff)).json()["role"] == "staff"
+    assert client.get("/api/projects/support/", **auth(lead)).json()["role"] == "lead"

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 
-from annotations.models import Project
+from annotations.models import Membership, Project
 from judging.pipeline import run_main_job
 
 
@@ -61,16 +61,16 @@ class Command(BaseCommand):
         )
         ts = report["training_set"]
         self.stdout.write(
-            f"Training set {ts['id']} ({ts['format']}): {ts['rows_train']} train + {ts['rows_validation']} validation "
-            f"rows ({ts['duplicates']} duplicates left out), sha256 {ts['sha256'][:16]}..., "
-            f"written to {ts['files']['train']} and {ts['files']['validation']}"
+            f"Training set {ts['id']} ({ts['format']}, {ts['duplicates']} duplicates left out), frozen and written:"
         )
+        for split, file in ts["files"].items():
+            self.stdout.write(f"  {split}: {file['rows']} rows in {file['path']}, sha256 {file['sha256']}")
         password, token = self._demo_user(report["project"])
         self.stdout.write(f"Browse as user 'demo', password '{password}' (reset on every demo run).")
+        url = f"http://127.0.0.1:{port}/api/projects/{report['project']}/training-sets/{ts['id']}/download/"
         self.stdout.write(
-            "Download the training set over REST once the app is served:\n"
-            f"  curl -H 'Authorization: Token {token}' -OJ "
-            f"http://127.0.0.1:{port}/api/projects/{report['project']}/training-sets/{ts['id']}/download/"
+            "Download the training set over REST once the app is served (make serve):\n"
+            f"  curl -H 'Authorization: Token {token}' -OJ '{url}?split=train'"
         )
 
     def _demo_user(self, slug: str) -> tuple[str, str]:
@@ -80,6 +80,6 @@ class Command(BaseCommand):
         user.is_staff = user.is_superuser = True
         user.set_password(password)
         user.save()
-        Project.objects.get(slug=slug).members.add(user)
+        Project.objects.get(slug=slug).members.add(user, through_defaults={"role": Membership.Role.LEAD})
         token, _ = Token.objects.get_or_create(user=user)
         return password, token.key
