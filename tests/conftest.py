@@ -6,6 +6,8 @@ from django.contrib.auth import get_user_model
 from annotations.models import Item, Project
 from tests.judge_server import JudgeServer
 
+pytest_plugins = ["tests.browser"]  # browser and page, for the UI tests
+
 
 @pytest.fixture
 def staff(db):

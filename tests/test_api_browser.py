@@ -10,14 +10,14 @@ import pytest
 from playwright.sync_api import expect
 
 from judging.models import TrainingSet
-from tests.annotations.test_review_browser import browser, log_in, page  # noqa: F401 (fixtures)
+from tests.browser import log_in
 from tests.judging.test_training_sets import decide_items
 from tests.services import require
 
 pytestmark = pytest.mark.browser
 
 
-def test_a_lead_copies_their_token_and_calls_the_api_from_the_docs(live_server, page, project, lead):  # noqa: F811
+def test_a_lead_copies_their_token_and_calls_the_api_from_the_docs(live_server, page, project, lead):
     require("chromium")
     decide_items(project)
     log_in(page, live_server, "lead", "lead-pass-123")
@@ -39,7 +39,7 @@ def test_a_lead_copies_their_token_and_calls_the_api_from_the_docs(live_server, 
     expect(operation.locator(".live-responses-table")).not_to_contain_text('"external_id": "a2"')  # rejected
 
 
-def test_a_lead_snapshots_a_training_set_and_downloads_it(live_server, page, project, lead):  # noqa: F811
+def test_a_lead_snapshots_a_training_set_and_downloads_it(live_server, page, project, lead):
     require("chromium")
     decide_items(project)
     log_in(page, live_server, "lead", "lead-pass-123")
