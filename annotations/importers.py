@@ -169,9 +169,16 @@ def _parse_slowly(raw: bytes) -> tuple[Any, str]:
     return record, ""
 
 
-def _has_float(value: dict | list) -> bool:
-    """Whether a float is anywhere in the parsed value (plain loops: this runs on every line)."""
-    for v in value.values() if type(value) is dict else value:
+def _has_float(value: Any) -> bool:
+    """Whether a float is anywhere in a parsed JSON value (plain loops: this runs on every line)."""
+    kind = type(value)
+    if kind is float:
+        return True
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return False  # a string, an integer, true, false or null
+    for v in value:
         kind = type(v)
         if kind is float or ((kind is dict or kind is list) and _has_float(v)):
             return True

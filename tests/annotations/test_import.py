@@ -397,3 +397,11 @@ def test_a_csv_header_that_repeats_a_column_is_refused(project):
     body = b"external_id,prompt,response,prompt\r\nq1,p,r,p2\r\n"
     report = import_items(project=project, stream=io.BytesIO(body), fmt="csv")
     assert report.fatal == "the CSV header repeats the column 'prompt'" and not Item.objects.exists()
+
+
+@pytest.mark.parametrize("line", ["166", "1.5", '"text"', "true", "null", "[1.5]"])
+def test_a_line_that_is_json_but_not_an_object_is_reported(project, line):
+    # Found by schemathesis: a PDF uploaded as JSONL has a line "166", which used to crash the import.
+    report = import_items(project=project, stream=io.BytesIO(line.encode() + b"\n"), fmt="jsonl")
+    assert [error.line for error in report.errors] == [1] and not report.fatal
+    assert "expected a JSON object" in report.errors[0].reason
