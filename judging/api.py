@@ -8,6 +8,7 @@ SMEs). Lists are cursor-paginated.
 import django_filters
 from django.db import transaction
 from django.http import StreamingHttpResponse
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status
@@ -235,9 +236,8 @@ class TrainingSetSerializer(serializers.ModelSerializer):
         read_only_fields = [f for f in fields if f not in training_sets.TrainingSetOptions().fields]
 
     def get_download(self, training_set: TrainingSet) -> str:
-        return self.context["request"].build_absolute_uri(
-            f"/api/projects/{training_set.project.slug}/training-sets/{training_set.pk}/download/"
-        )
+        path = reverse("training-set-download", args=[training_set.project.slug, training_set.pk])
+        return self.context["request"].build_absolute_uri(path)
 
 
 class TrainingSetReportSerializer(serializers.Serializer):

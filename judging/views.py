@@ -8,6 +8,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
@@ -219,6 +220,6 @@ def training_set_detail(request: HttpRequest, slug: str, training_set_id: int) -
     context.update(
         duplicates=report.get("duplicates", [])[:200],
         unwritable=report.get("unwritable", [])[:200],
-        api=f"/api/projects/{project.slug}/training-sets/{training_set.pk}",
+        api=reverse("training-set-detail", args=[project.slug, training_set.pk]).rstrip("/"),
     )
     return render(request, "judging/training_set_detail.html", context)
