@@ -27,6 +27,7 @@ from annotations.models import Decision, Item, Project, Review
 from annotations.selectors import projects_for
 
 PROJECT_SLUG = OpenApiParameter("project_slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")
+SLUG = OpenApiParameter("slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")
 
 
 def project_for_api(request, slug: str) -> Project:
@@ -67,9 +68,24 @@ class IdCursorPagination(CursorPagination):
 
 
 class ProjectScopedViewSet(viewsets.GenericViewSet):
-    """A viewset under ``/api/projects/<project_slug>/``, reachable by the project's leads and staff."""
+    """A viewset under ``/api/projects/<project_slug>/``, reachable by the project's leads and staff.
+
+    Subclasses set ``model`` and define ``scoped_queryset(project)``: the
+    objects of that project the viewset serves. (While drf-spectacular builds
+    the schema there is no request, hence no project: an empty queryset of
+    ``model`` tells it the types.)
+    """
 
     pagination_class = IdCursorPagination
+    model = None
+
+    def scoped_queryset(self, project: Project):
+        raise NotImplementedError
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.model.objects.none()
+        return self.scoped_queryset(self.get_project())
 
     def get_project(self) -> Project:
         if not hasattr(self, "_project"):
@@ -174,21 +190,19 @@ class ItemFilter(django_filters.FilterSet):
         return queryset.filter(gate_decision__outcome=value)
 
 
-@extend_schema(tags=["items"])
+@extend_schema(tags=["items"], parameters=[PROJECT_SLUG])
 @extend_schema_view(
-    list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's items, filtered"),
-    retrieve=extend_schema(parameters=[PROJECT_SLUG]),
+    list=extend_schema(summary="The project's items, filtered"),
 )
 class ItemViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
     """A project's items with their gate outcome (import them with ``POST .../import/``)."""
 
     serializer_class = ItemSerializer
     filterset_class = ItemFilter
+    model = Item
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return Item.objects.none()
-        return Item.objects.filter(project=self.get_project()).select_related("gate_decision")
+    def scoped_queryset(self, project: Project):
+        return Item.objects.filter(project=project).select_related("gate_decision")
 
 
 class ReviewSerializer(serializers.ModelSerializer):
@@ -224,21 +238,19 @@ class ReviewFilter(django_filters.FilterSet):
         fields = ["decision", "origin", "reviewer", "item"]
 
 
-@extend_schema(tags=["reviews"])
+@extend_schema(tags=["reviews"], parameters=[PROJECT_SLUG])
 @extend_schema_view(
-    list=extend_schema(parameters=[PROJECT_SLUG], summary="SME reviews and imported labels of the project"),
-    retrieve=extend_schema(parameters=[PROJECT_SLUG]),
+    list=extend_schema(summary="SME reviews and imported labels of the project"),
 )
 class ReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
     """SME reviews (and imported prior labels, which have no reviewer) of a project's items."""
 
     serializer_class = ReviewSerializer
     filterset_class = ReviewFilter
+    model = Review
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return Review.objects.none()
-        return Review.objects.filter(item__project=self.get_project()).select_related("reviewer", "item")
+    def scoped_queryset(self, project: Project):
+        return Review.objects.filter(item__project=project).select_related("reviewer", "item")
 
 
 class ImportReportSerializer(serializers.Serializer):
@@ -268,7 +280,7 @@ class ImportItemsApi(APIView):
         label_field = serializers.CharField(required=False, default="human_label")
 
     @extend_schema(
-        parameters=[OpenApiParameter("slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")],
+        parameters=[SLUG],
         request={"multipart/form-data": InputSerializer},
         responses={200: ImportReportSerializer},
     )

@@ -18,8 +18,8 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotations.api import PROJECT_SLUG, ProjectScopedViewSet, project_for_api
-from annotations.models import Decision
+from annotations.api import PROJECT_SLUG, SLUG, ProjectScopedViewSet, project_for_api
+from annotations.models import Decision, Project
 from judging import training_sets
 from judging.export import in_blocks, iter_chat_jsonl
 from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
@@ -41,7 +41,7 @@ class ExportChatJsonlApi(APIView):
     frozen, hashed, reproducible set, create a training set instead.
     """
 
-    @extend_schema(parameters=[PROJECT_SLUG], responses={(200, "application/jsonl"): OpenApiTypes.BINARY})
+    @extend_schema(parameters=[SLUG], responses={(200, "application/jsonl"): OpenApiTypes.BINARY})
     def get(self, request, slug: str) -> StreamingHttpResponse:
         project = project_for_api(request, slug)
         run = latest_finished_run(project)
@@ -85,23 +85,19 @@ class JudgeRunSerializer(serializers.ModelSerializer):
         return {k: v for k, v in run_progress(run).items() if isinstance(v, int | float | None)}
 
 
-@extend_schema(tags=["judge runs"])
+@extend_schema(tags=["judge runs"], parameters=[PROJECT_SLUG])
 @extend_schema_view(
-    list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's judge runs, newest first"),
-    retrieve=extend_schema(parameters=[PROJECT_SLUG]),
-    create=extend_schema(
-        parameters=[PROJECT_SLUG], request=None, summary="Start a judge run over all items (staff only)"
-    ),
+    list=extend_schema(summary="The project's judge runs, newest first"),
+    create=extend_schema(request=None, summary="Start a judge run over all items (staff only)"),
 )
 class JudgeRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, ProjectScopedViewSet):
     """Judge runs with their snapshot (``config``), progress, tokens and cost."""
 
     serializer_class = JudgeRunSerializer
+    model = JudgeRun
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return JudgeRun.objects.none()
-        return JudgeRun.objects.filter(project=self.get_project())
+    def scoped_queryset(self, project: Project):
+        return JudgeRun.objects.filter(project=project)
 
     def create(self, request, *args, **kwargs) -> Response:
         if not request.user.is_staff:
@@ -148,21 +144,17 @@ class VerdictFilter(django_filters.FilterSet):
 RUN_ID = OpenApiParameter("run_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="Judge run id")
 
 
-@extend_schema(tags=["judge runs"])
-@extend_schema_view(
-    list=extend_schema(parameters=[PROJECT_SLUG, RUN_ID], summary="A run's verdicts and errors"),
-    retrieve=extend_schema(parameters=[PROJECT_SLUG, RUN_ID]),
-)
+@extend_schema(tags=["judge runs"], parameters=[PROJECT_SLUG, RUN_ID])
+@extend_schema_view(list=extend_schema(summary="A run's verdicts and errors"))
 class VerdictViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
     """Verdicts of one judge run; an item whose judging failed has ``verdict`` empty and ``error`` set."""
 
     serializer_class = VerdictSerializer
     filterset_class = VerdictFilter
+    model = Verdict
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return Verdict.objects.none()
-        run = JudgeRun.objects.filter(project=self.get_project(), pk=int(self.kwargs["run_id"])).first()
+    def scoped_queryset(self, project: Project):
+        run = JudgeRun.objects.filter(project=project, pk=int(self.kwargs["run_id"])).first()
         if run is None:
             raise NotFound("No such judge run in this project.")
         return Verdict.objects.filter(run=run).select_related("item")
@@ -186,21 +178,19 @@ class LabelFunctionSerializer(serializers.ModelSerializer):
         ]
 
 
-@extend_schema(tags=["label functions"])
+@extend_schema(tags=["label functions"], parameters=[PROJECT_SLUG])
 @extend_schema_view(
-    list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's label functions (edited in the admin)"),
-    retrieve=extend_schema(parameters=[PROJECT_SLUG]),
+    list=extend_schema(summary="The project's label functions (edited in the admin)"),
 )
 class LabelFunctionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
     """Label functions with their current version; staff edit them in the Django admin."""
 
     serializer_class = LabelFunctionSerializer
     filterset_fields = ["active", "kind"]
+    model = LabelFunction
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return LabelFunction.objects.none()
-        return LabelFunction.objects.filter(project=self.get_project())
+    def scoped_queryset(self, project: Project):
+        return LabelFunction.objects.filter(project=project)
 
 
 class TrainingSetSerializer(serializers.ModelSerializer):
@@ -253,12 +243,10 @@ SPLIT = OpenApiParameter(
 )
 
 
-@extend_schema(tags=["training sets"])
+@extend_schema(tags=["training sets"], parameters=[PROJECT_SLUG])
 @extend_schema_view(
-    list=extend_schema(parameters=[PROJECT_SLUG], summary="The project's training-set snapshots, newest first"),
-    retrieve=extend_schema(parameters=[PROJECT_SLUG]),
-    create=extend_schema(parameters=[PROJECT_SLUG], summary="Snapshot a training set (built in the background)"),
-    destroy=extend_schema(parameters=[PROJECT_SLUG]),
+    list=extend_schema(summary="The project's training-set snapshots, newest first"),
+    create=extend_schema(summary="Snapshot a training set (built in the background)"),
 )
 class TrainingSetViewSet(
     mixins.ListModelMixin,
@@ -271,11 +259,10 @@ class TrainingSetViewSet(
 
     serializer_class = TrainingSetSerializer
     parser_classes = [JSONParser]  # the options nest (filters): JSON only, never a silently flattened form
+    model = TrainingSet
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return TrainingSet.objects.none()
-        return TrainingSet.objects.filter(project=self.get_project()).select_related("project")
+    def scoped_queryset(self, project: Project):
+        return TrainingSet.objects.filter(project=project).select_related("project")
 
     def create(self, request, *args, **kwargs) -> Response:
         with transaction.atomic():
@@ -285,7 +272,7 @@ class TrainingSetViewSet(
         training_set.refresh_from_db()
         return Response(self.get_serializer(training_set).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(parameters=[PROJECT_SLUG], responses=TrainingSetReportSerializer)
+    @extend_schema(responses=TrainingSetReportSerializer)
     @action(detail=True)
     def report(self, request, project_slug: str, pk: str) -> Response:
         """Every selected item that is not a row: duplicates (with the row they repeat) and unwritable ones (why)."""
@@ -298,7 +285,7 @@ class TrainingSetViewSet(
         )
 
     @extend_schema(
-        parameters=[PROJECT_SLUG, SPLIT],
+        parameters=[SPLIT],
         responses={
             (200, "application/jsonl"): OpenApiTypes.BINARY,
             (200, "text/csv"): OpenApiTypes.BINARY,
