@@ -25,6 +25,7 @@ from rest_framework.views import APIView
 from annotations.importers import FORMATS, ImportFormatError, detect_format, import_items
 from annotations.models import Decision, Item, Project, Review
 from annotations.selectors import projects_for
+from annotations.services import items_imported
 
 PROJECT_SLUG = OpenApiParameter("project_slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")
 SLUG = OpenApiParameter("slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")
@@ -270,6 +271,8 @@ class ImportItemsApi(APIView):
     Optional fields: ``format`` (jsonl/csv; else from the file name),
     ``label_field`` (default ``human_label``). Answers 200 with the import
     report: ``{"created", "existing", "labels", "errors": [{"line", "reason"}], "fatal"}``.
+    When items were created, the project is re-gated in the background
+    (label functions, then the gate), so their prior labels count.
     """
 
     parser_classes = [MultiPartParser]
@@ -296,4 +299,6 @@ class ImportItemsApi(APIView):
         report = import_items(
             project=project, stream=upload.file, fmt=fmt, label_field=data.validated_data["label_field"]
         )
+        if report.created:
+            items_imported(project.pk)
         return Response(report.as_dict())

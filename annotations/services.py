@@ -30,6 +30,25 @@ def _ground_truth_changed(project_id: int, item_ids: list[int]) -> None:
         transaction.on_commit(partial(listener, project_id, list(item_ids)))
 
 
+ImportListener = Callable[[int], None]
+_import_listeners: list[ImportListener] = []
+
+
+def on_items_imported(listener: ImportListener) -> None:
+    """Register ``listener(project_id)``, called after commit when an import stored new items in the project.
+
+    ``judging`` re-runs the label functions and re-gates the project, so
+    imported items and their prior labels count without anyone asking.
+    """
+    _import_listeners.append(listener)
+
+
+def items_imported(project_id: int) -> None:
+    """Tell the listeners (after commit) that an import stored new items in the project."""
+    for listener in _import_listeners:
+        transaction.on_commit(partial(listener, project_id))
+
+
 class ReviewError(ValueError):
     """A review that cannot be stored; the message says why."""
 

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from annotations.importers import import_items
 from annotations.models import ImportJob
+from annotations.services import items_imported
 
 
 @shared_task(acks_late=True)
@@ -15,7 +16,9 @@ def run_import_job(job_id: int) -> None:
     ``running`` is one whose worker died (acks_late delivered it again): it
     is run again from the start, which is safe since items already stored
     are skipped (they then count as existing). Any error ends the job as
-    ``failed`` with the error on the row.
+    ``failed`` with the error on the row. When items were created (even by
+    a job that stopped at a fatal fault), the project is re-gated afterwards
+    (``services.items_imported``).
     """
     claimed = ImportJob.objects.filter(
         pk=job_id, status__in=[ImportJob.Status.QUEUED, ImportJob.Status.RUNNING]
@@ -51,3 +54,5 @@ def run_import_job(job_id: int) -> None:
         bytes_read=job.bytes_total if not report.fatal else bytes_read,
         finished_at=timezone.now(),
     )
+    if report.created:
+        items_imported(job.project_id)

@@ -4,7 +4,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
@@ -26,6 +26,21 @@ from judging.models import (
 from judging.selectors import few_shot_examples, latest_finished_run
 
 WRITE_BATCH = 2000
+# Keys of PostgreSQL advisory locks (first of two int4 keys; the second is the project id).
+RULE_HITS_LOCK, GATE_LOCK = 0x1A770001, 0x1A770002
+
+
+def _serialise(project: Project, key: int) -> None:
+    """Wait, until the current transaction ends, for any other transaction holding ``(key, project)``.
+
+    Rule hits and gate decisions are replaced as a whole (delete, then
+    insert); two such writes at once would both insert the same rows and one
+    would fail on a unique constraint. A PostgreSQL transaction-level advisory
+    lock queues them instead; on other databases this does nothing.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [key, project.pk])
 
 
 @transaction.atomic
@@ -223,15 +238,17 @@ def label_functions_apply(*, project: Project) -> int:
 
     Hits of the project's rules are replaced as a whole, so the stored hits
     always match the active rules; each hit records its rule's version.
-    Returns the number of hits.
+    Returns the number of hits. Concurrent calls for one project run one
+    after the other (``_serialise``), each reading what the previous stored.
     """
-    active = list(project.label_functions.filter(active=True))
-    hits = [
-        RuleHit(label_function=lf, item_id=item_id, version=lf.version)
-        for item_id, rejecting in rule_rejections(project=project, label_functions=active)
-        for lf in rejecting
-    ]
     with transaction.atomic():
+        _serialise(project, RULE_HITS_LOCK)
+        active = list(project.label_functions.filter(active=True))
+        hits = [
+            RuleHit(label_function=lf, item_id=item_id, version=lf.version)
+            for item_id, rejecting in rule_rejections(project=project, label_functions=active)
+            for lf in rejecting
+        ]
         RuleHit.objects.filter(label_function__project=project).delete()
         RuleHit.objects.bulk_create(hits, batch_size=WRITE_BATCH)
     return len(hits)
@@ -302,38 +319,43 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
 
     Inputs: SME ground truth, verdicts of the latest finished run, hits of
     active label functions. Returns ``{"accept": n, "reject": n, "pending": n}``
-    over the items decided.
+    over the items decided. Concurrent calls for one project (an import, a
+    rule edit and an SME decision re-gating at once) run one after the other,
+    each reading what the previous stored.
     """
-    items = project.items.all() if item_ids is None else project.items.filter(pk__in=item_ids)
-    truth = ground_truth(item_ids, project=project)
-    run = latest_finished_run(project)
-    verdicts_qs = Verdict.objects.filter(run=run).exclude(verdict="")
-    hits = RuleHit.objects.filter(label_function__project=project, label_function__active=True)
-    if item_ids is not None:
-        verdicts_qs, hits = verdicts_qs.filter(item_id__in=item_ids), hits.filter(item_id__in=item_ids)
-    verdicts = dict(verdicts_qs.values_list("item_id", "verdict")) if run else {}
-    rejections: dict[int, list[str]] = defaultdict(list)
-    for item_id, reason in hits.values_list("item_id", "label_function__reason"):
-        rejections[item_id].append(reason)
-    decisions = []
-    counts = {"accept": 0, "reject": 0, "pending": 0}
-    for item_id in items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
-        outcome = gate.decide(
-            ground_truth=truth.get(item_id), verdict=verdicts.get(item_id), rule_rejections=rejections.get(item_id, [])
-        )
-        counts[outcome.outcome] += 1
-        decisions.append(
-            GateDecision(
-                item_id=item_id,
-                outcome=outcome.outcome,
-                basis=outcome.basis,
-                basis_decision=outcome.basis_decision,
-                vetoed=outcome.vetoed,
-                reasons=outcome.reasons,
-                judge_run=run if outcome.basis == "judge" else None,
-            )
-        )
     with transaction.atomic():
+        _serialise(project, GATE_LOCK)
+        items = project.items.all() if item_ids is None else project.items.filter(pk__in=item_ids)
+        truth = ground_truth(item_ids, project=project)
+        run = latest_finished_run(project)
+        verdicts_qs = Verdict.objects.filter(run=run).exclude(verdict="")
+        hits = RuleHit.objects.filter(label_function__project=project, label_function__active=True)
+        if item_ids is not None:
+            verdicts_qs, hits = verdicts_qs.filter(item_id__in=item_ids), hits.filter(item_id__in=item_ids)
+        verdicts = dict(verdicts_qs.values_list("item_id", "verdict")) if run else {}
+        rejections: dict[int, list[str]] = defaultdict(list)
+        for item_id, reason in hits.values_list("item_id", "label_function__reason"):
+            rejections[item_id].append(reason)
+        decisions = []
+        counts = {"accept": 0, "reject": 0, "pending": 0}
+        for item_id in items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
+            outcome = gate.decide(
+                ground_truth=truth.get(item_id),
+                verdict=verdicts.get(item_id),
+                rule_rejections=rejections.get(item_id, []),
+            )
+            counts[outcome.outcome] += 1
+            decisions.append(
+                GateDecision(
+                    item_id=item_id,
+                    outcome=outcome.outcome,
+                    basis=outcome.basis,
+                    basis_decision=outcome.basis_decision,
+                    vetoed=outcome.vetoed,
+                    reasons=outcome.reasons,
+                    judge_run=run if outcome.basis == "judge" else None,
+                )
+            )
         GateDecision.objects.filter(item__in=items).delete()
         GateDecision.objects.bulk_create(decisions, batch_size=WRITE_BATCH)
     return counts

@@ -405,3 +405,24 @@ def test_a_line_that_is_json_but_not_an_object_is_reported(project, line):
     report = import_items(project=project, stream=io.BytesIO(line.encode() + b"\n"), fmt="jsonl")
     assert [error.line for error in report.errors] == [1] and not report.fatal
     assert "expected a JSON object" in report.errors[0].reason
+
+
+def test_the_import_command_reports_and_re_gates_the_project(project, tmp_path, django_capture_on_commit_callbacks):
+    from django.core.management import call_command
+
+    from judging.models import GateDecision
+
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(jsonl(GOOD, {**GOOD, "id": "a2", "human_label": ""}, {"id": "bad"}).getvalue())
+    out, err = io.StringIO(), io.StringIO()
+    with django_capture_on_commit_callbacks(execute=True):  # no broker in tests: the re-gating runs here
+        call_command("import_items", project.slug, str(path), stdout=out, stderr=err)
+    assert "2 items created, 0 already present, 1 labels imported as SME reviews, 1 lines not stored" in out.getvalue()
+    assert "re-gating support now: label functions, then the gate" in out.getvalue()
+    assert f"{path}:3: prompt is missing or empty" in err.getvalue()
+    assert dict(GateDecision.objects.values_list("item__external_id", "outcome")) == {"a1": "accept", "a2": "pending"}
+
+    path.write_bytes(jsonl({**GOOD, "id": "a3"}).getvalue())
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        call_command("import_items", project.slug, str(path), "--no-gate", stdout=out, stderr=err)
+    assert callbacks == [] and not GateDecision.objects.filter(item__external_id="a3").exists()

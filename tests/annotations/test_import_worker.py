@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from django.db import connection
 
 from annotations.importers import BATCH_SIZE
 from annotations.models import ImportJob, Item, Review
+from judging.models import GateDecision
 from tests.celery_worker import worker_command
 from tests.services import require
 
@@ -75,6 +77,9 @@ def test_a_real_worker_imports_an_upload_and_reports_progress_every_batch(projec
             if job.finished:
                 break
             time.sleep(0.01)
+        # Then the same worker re-gates the project: the imported labels decide their items.
+        while time.monotonic() < deadline and GateDecision.objects.filter(item__project=project).count() < n:
+            time.sleep(0.1)
     finally:
         worker.terminate()
         log = worker.communicate(timeout=30)[0]
@@ -93,3 +98,5 @@ def test_a_real_worker_imports_an_upload_and_reports_progress_every_batch(projec
     assert all(0 < read <= job.bytes_total for _, read in running)
     assert running == sorted(running)
     assert "annotations.tasks.run_import_job[" in log and "succeeded" in log
+    outcomes = GateDecision.objects.filter(item__project=project).values_list("outcome", flat=True)
+    assert sorted(Counter(outcomes).items()) == [("accept", n // 2), ("pending", n - n // 2)], log[-3000:]

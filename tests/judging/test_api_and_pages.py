@@ -95,6 +95,34 @@ def test_import_over_rest_reports_bad_lines(client, lead, project):
     }
 
 
+def test_an_import_re_gates_the_project_so_prior_labels_and_rules_count(
+    client, lead, project, django_capture_on_commit_callbacks
+):
+    LabelFunction.objects.create(
+        project=project, name="competitor", kind="keywords", params={"keywords": ["Dropbox"]}, reason="competitor"
+    )
+    rows = [
+        {"id": "a", "prompt": "Price?", "response": "Plus is $4 a month.", "human_label": "accept"},
+        {"id": "r", "prompt": "Price?", "response": "Plus is free.", "human_label": "reject"},
+        {"id": "v", "prompt": "Sync?", "response": "Switch to Dropbox.", "human_label": "accept"},
+        {"id": "u", "prompt": "Sync?", "response": "Use the desktop app."},
+    ]
+    upload = io.BytesIO(b"".join(json.dumps(row).encode() + b"\n" for row in rows))
+    upload.name = "items.jsonl"
+    url, auth = reverse("annotations:api_import", args=[project.slug]), token_header(lead)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:  # the re-gating task runs in-process
+        response = client.post(url, {"file": upload}, **auth)
+    assert response.status_code == 200 and len(callbacks) == 1
+    outcomes = dict(GateDecision.objects.values_list("item__external_id", "outcome"))
+    assert outcomes == {"a": "accept", "r": "reject", "v": "reject", "u": "pending"}
+    assert GateDecision.objects.get(item__external_id="v").reasons == ["competitor"]
+    # Importing the same file again creates nothing, so nothing is re-gated.
+    upload.seek(0)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert client.post(url, {"file": upload}, **auth).json()["existing"] == 4
+    assert callbacks == []
+
+
 def test_import_over_rest_refuses_an_unknown_format_smes_and_outsiders(client, lead, sme, outsider, project):
     url = reverse("annotations:api_import", args=[project.slug])
     upload = io.BytesIO(b"x")

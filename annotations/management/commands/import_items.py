@@ -1,10 +1,12 @@
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.text import slugify
 
 from annotations.importers import ImportFormatError, detect_format, import_items
 from annotations.models import Project
+from annotations.services import items_imported
 
 
 class Command(BaseCommand):
@@ -16,8 +18,13 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=["jsonl", "csv"], help="default: from the file name")
         parser.add_argument("--label-field", default="human_label", help="field with a prior accept/reject label")
         parser.add_argument("--no-labels", action="store_true", help="do not import prior labels as SME reviews")
+        parser.add_argument(
+            "--no-gate",
+            action="store_true",
+            help="do not re-run the label functions and re-gate the project afterwards",
+        )
 
-    def handle(self, *args, project, file, format, label_field, no_labels, **options):
+    def handle(self, *args, project, file, format, label_field, no_labels, no_gate, **options):
         if not file.is_file():
             raise CommandError(f"{file}: no such file")
         try:
@@ -48,5 +55,9 @@ class Command(BaseCommand):
             f"{report.created} items created, {report.existing} already present, "
             f"{report.labels} labels imported as SME reviews, {len(report.errors)} lines not stored"
         )
+        if report.created and not no_gate:
+            where = "now" if settings.CELERY_TASK_ALWAYS_EAGER else "in the background (Celery worker)"
+            self.stdout.write(f"re-gating {target.slug} {where}: label functions, then the gate")
+            items_imported(target.pk)  # runs here, outside a transaction, when there is no broker
         if report.fatal:
             raise CommandError(f"{file}: {report.fatal}")

@@ -1,0 +1,43 @@
+"""Re-gating one project from several places at once (an import, a rule edit, SME decisions)."""
+
+import threading
+
+import pytest
+from django.db import connections
+
+from judging.models import GateDecision, LabelFunction, RuleHit
+from judging.services import gate_apply, label_functions_apply
+from tests.conftest import make_items
+
+ITEMS = 3000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_rule_runs_and_gatings_of_one_project_queue_instead_of_failing(project):
+    # Each call replaces the project's rows as a whole; before the advisory lock, two at once
+    # inserted the same rows and one failed on a unique constraint (every time, at this size).
+    make_items(project, [f"{'curt' if i % 3 == 0 else 'kind'} answer {i}" for i in range(ITEMS)])
+    LabelFunction.objects.create(
+        project=project, name="curt", kind="keywords", params={"keywords": ["curt"]}, reason="curt", active=True
+    )
+    errors: list[BaseException] = []
+
+    def call(write) -> None:
+        try:
+            write(project=project)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()  # this thread's connection
+
+    for _ in range(3):
+        for write in (label_functions_apply, gate_apply):
+            threads = [threading.Thread(target=call, args=(write,)) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    assert errors == []
+    assert RuleHit.objects.count() == ITEMS // 3
+    assert GateDecision.objects.count() == ITEMS
+    assert GateDecision.objects.filter(outcome="reject", vetoed=True).count() == ITEMS // 3
