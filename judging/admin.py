@@ -134,15 +134,30 @@ class JudgeSettingsForm(forms.ModelForm):
 
     class Meta:
         model = JudgeSettings
-        fields = ("project", "rubric", "few_shot", "requests_per_minute", "tokens_per_minute")
+        fields = ("project", "rubric", "few_shot", "few_shot_pinned", "requests_per_minute", "tokens_per_minute")
         error_messages = {
             "rubric": {"required": "Write the criteria the judge applies; the default rubric is a good start."}
         }
         widgets = {"rubric": forms.Textarea(attrs={"rows": 12, "cols": 100})}
 
+    # External ids one per line, stored as a list (the model's clean() checks them against the project).
+    few_shot_pinned = forms.CharField(
+        label="Pinned few-shot examples",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 40}),
+        help_text=JudgeSettings._meta.get_field("few_shot_pinned").help_text,
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initial["few_shot_pinned"] = "\n".join(self.instance.few_shot_pinned or [])
+
     def clean_rubric(self):
         # Browsers send CRLF; store what the hash will be taken of.
         return self.cleaned_data["rubric"].replace("\r\n", "\n").strip()
+
+    def clean_few_shot_pinned(self) -> list[str]:
+        return [line.strip() for line in self.cleaned_data["few_shot_pinned"].splitlines() if line.strip()]
 
 
 class RubricVersionInline(admin.TabularInline):

@@ -3,11 +3,13 @@
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 from django.db import models
 from django.urls import reverse
 
 from annotations.models import Decision, Item, Project
+from annotations.selectors import ground_truth
 from judging import prompts
 
 FEW_SHOT_MAX = 20
@@ -109,6 +111,14 @@ class JudgeSettings(models.Model):
         "Drawn with a fixed seed, half accepted and half rejected where the labels allow; they are left out of "
         "the run's calibration against the SMEs.",
     )
+    few_shot_pinned = models.JSONField(
+        "pinned few-shot examples",
+        default=list,
+        blank=True,
+        help_text="External ids of SME-reviewed items always shown first, one per line, in this order; they count "
+        "towards the number above, and the rest are drawn. An item whose SME ground truth is gone by the time of "
+        "a run is left out and another is drawn in its place.",
+    )
     requests_per_minute = models.PositiveIntegerField(
         null=True,
         blank=True,
@@ -133,6 +143,35 @@ class JudgeSettings(models.Model):
 
     def __str__(self) -> str:
         return f"judge settings of {self.project}"
+
+    def clean(self) -> None:
+        """Pinned examples: a list of at most ``few_shot`` distinct external ids of items of the project that
+        have SME ground truth. Raises ValidationError on ``few_shot_pinned`` naming the ids at fault."""
+        pinned = self.few_shot_pinned
+        if not isinstance(pinned, list) or not all(isinstance(e, str) and e for e in pinned):
+            raise ValidationError({"few_shot_pinned": "a list of external ids (non-empty strings)"})
+        repeated = sorted({e for e in pinned if pinned.count(e) > 1})
+        if repeated:
+            raise ValidationError({"few_shot_pinned": f"pinned twice: {', '.join(repeated)}"})
+        if len(pinned) > (self.few_shot or 0):
+            raise ValidationError(
+                {"few_shot_pinned": f"{len(pinned)} pinned but only {self.few_shot or 0} few-shot examples: "
+                 "raise the number or pin fewer"}
+            )  # fmt: skip
+        if not pinned or not self.project_id:
+            return
+        ids = dict(Item.objects.filter(project_id=self.project_id, external_id__in=pinned).values_list(
+            "external_id", "id"
+        ))  # fmt: skip
+        missing = [e for e in pinned if e not in ids]
+        if missing:
+            raise ValidationError({"few_shot_pinned": f"no item in the project with the id {', '.join(missing)}"})
+        truth = ground_truth(list(ids.values()), project=self.project)
+        unreviewed = [e for e in pinned if ids[e] not in truth]
+        if unreviewed:
+            raise ValidationError(
+                {"few_shot_pinned": f"no SME ground truth yet (review or adjudicate first): {', '.join(unreviewed)}"}
+            )
 
 
 class RubricVersion(models.Model):

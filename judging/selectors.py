@@ -2,6 +2,7 @@
 
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -52,13 +53,16 @@ def funnel(project: Project) -> dict[str, int]:
     }
 
 
-def few_shot_examples(project: Project, *, count: int, seed: int) -> list[dict]:
+def few_shot_examples(project: Project, *, count: int, seed: int, pinned: Sequence[str] = ()) -> list[dict]:
     """Up to ``count`` items with SME ground truth to show the judge as worked examples, drawn reproducibly.
 
-    Half are accepted and half rejected (the odd one accepted) when the
-    ground truth has enough of each, else the other label fills in; with
-    ``random.Random(seed)`` over the item ids in order, the same ground truth
-    and seed always give the same examples in the same (shuffled) order.
+    ``pinned`` external ids come first, in their order (those without SME
+    ground truth now, or not in the project, are left out); the rest are
+    drawn. The draw makes the whole set half accepted and half rejected (the
+    odd one accepted) when the ground truth has enough of each, else the
+    other label fills in; with ``random.Random(seed)`` over the item ids in
+    order, the same ground truth, pins and seed always give the same
+    examples in the same order (the drawn ones shuffled).
     Returns ``[{"item_id", "verdict", "rationale"}]``: the rationale is the
     comment of an SME review that agrees with the ground truth (or a lead's
     adjudication reason) when there is one, else a sentence naming the
@@ -68,15 +72,18 @@ def few_shot_examples(project: Project, *, count: int, seed: int) -> list[dict]:
     if count <= 0:
         return []
     truth = ground_truth(project=project)
-    accepts = sorted(i for i, label in truth.items() if label == "accept")
-    rejects = sorted(i for i, label in truth.items() if label == "reject")
-    n_reject = min(count // 2, len(rejects))
-    n_accept = min(count - n_reject, len(accepts))
-    n_reject = min(count - n_accept, len(rejects))
+    pinned_ids = dict(project.items.filter(external_id__in=list(pinned)).values_list("external_id", "id"))
+    chosen = [pinned_ids[e] for e in dict.fromkeys(pinned) if pinned_ids.get(e) in truth][:count]
+    left = count - len(chosen)
+    accepts = sorted(i for i, label in truth.items() if label == "accept" and i not in chosen)
+    rejects = sorted(i for i, label in truth.items() if label == "reject" and i not in chosen)
+    n_reject = min(max(count // 2 - sum(truth[i] == "reject" for i in chosen), 0), left, len(rejects))
+    n_accept = min(left - n_reject, len(accepts))
+    n_reject = min(left - n_accept, len(rejects))
     rng = random.Random(seed)
-    chosen = rng.sample(accepts, n_accept) + rng.sample(rejects, n_reject)
-    rng.shuffle(chosen)
-    return [{"item_id": i, "verdict": truth[i], "rationale": _sme_rationale(i, truth[i])} for i in chosen]
+    drawn = rng.sample(accepts, n_accept) + rng.sample(rejects, n_reject)
+    rng.shuffle(drawn)
+    return [{"item_id": i, "verdict": truth[i], "rationale": _sme_rationale(i, truth[i])} for i in chosen + drawn]
 
 
 def _sme_rationale(item_id: int, decision: str) -> str:

@@ -95,7 +95,7 @@ def judge_run_create(*, project: Project, user=None) -> JudgeRun:
     environment now, so later setting changes do not alter it) and, for an
     LLM judge, the snapshot of what determines its output (``backends.run_config``):
     the rubric version and the exact system prompt, and the few-shot examples
-    drawn now from SME ground truth (``selectors.few_shot_examples``).
+    pinned by staff or drawn now from SME ground truth (``selectors.few_shot_examples``).
     """
     config = backends.judge_config_for(project)
     if config.is_local:
@@ -119,7 +119,12 @@ def judge_run_create(*, project: Project, user=None) -> JudgeRun:
                     config,
                     system_prompt=prompts.system_prompt(judge_settings.rubric, project.guidelines),
                     rubric_version=judge_settings.rubric_version,
-                    few_shot=few_shot_examples(project, count=judge_settings.few_shot, seed=backends.SEED),
+                    few_shot=few_shot_examples(
+                        project,
+                        count=judge_settings.few_shot,
+                        seed=backends.SEED,
+                        pinned=judge_settings.few_shot_pinned,
+                    ),
                     max_in_flight=project.judge_max_in_flight,
                     requests_per_minute=judge_settings.requests_per_minute,
                     tokens_per_minute=judge_settings.tokens_per_minute,

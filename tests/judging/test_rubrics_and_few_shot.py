@@ -38,6 +38,7 @@ def settings_form(project, judge_settings=None, **fields) -> dict:
         "versions-INITIAL_FORMS": str(len(versions)),
         "rubric": RUBRIC,
         "few_shot": "0",
+        "few_shot_pinned": "",
         "requests_per_minute": "",
         "tokens_per_minute": "",
         **fields,
@@ -202,6 +203,60 @@ def test_few_shot_takes_what_the_labels_allow(project, labelled):
     Review.objects.filter(item=item).update(comment="")
     rationale = {e["item_id"]: e["rationale"] for e in few_shot_examples(project, count=20, seed=0)}[item.pk]
     assert rationale == "A subject-matter expert rejected it as mentions a competitor."
+
+
+def test_pinned_few_shot_examples_come_first_and_the_draw_fills_and_balances_the_rest(project, labelled):
+    by_external = {item.external_id: item.pk for item in labelled}
+    picked = few_shot_examples(project, count=4, seed=0, pinned=["r7", "r2", "r8"])
+    ids = [e["item_id"] for e in picked]
+    assert ids[:3] == [by_external["r7"], by_external["r2"], by_external["r8"]]
+    # Two rejects pinned already make half of four: the one drawn is an accept, and seeded.
+    assert picked[3]["verdict"] == "accept" and ids[3] not in ids[:3]
+    assert few_shot_examples(project, count=4, seed=0, pinned=["r7", "r2", "r8"]) == picked
+    # A pinned item that has lost its ground truth (or is not in the project) is replaced by the draw.
+    Review.objects.filter(item_id=by_external["r2"]).delete()
+    picked = few_shot_examples(project, count=4, seed=0, pinned=["r7", "r2", "r8", "nowhere"])
+    assert [e["item_id"] for e in picked][:2] == [by_external["r7"], by_external["r8"]] and len(picked) == 4
+    assert by_external["r2"] not in [e["item_id"] for e in picked]
+    # More pins than examples: the first ones win.
+    assert [e["item_id"] for e in few_shot_examples(project, count=1, seed=0, pinned=["r9", "r0"])] == [
+        by_external["r9"]
+    ]
+
+
+def test_staff_pin_few_shot_examples_in_the_admin_and_runs_show_them_first(
+    admin_client, llm_project, labelled, judge_server, start_run
+):
+    add = reverse("admin:judging_judgesettings_add")
+    form = settings_form(llm_project, few_shot="3", few_shot_pinned="r8\r\n  r1 \r\n\r\n")
+    response = admin_client.post(add, form)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    judge_settings = JudgeSettings.objects.get(project=llm_project)
+    assert judge_settings.few_shot_pinned == ["r8", "r1"]
+    change = reverse("admin:judging_judgesettings_change", args=[judge_settings.pk])
+    assert ">\nr8\nr1</textarea>" in admin_client.get(change).content.decode()  # one per line, as typed
+
+    run = start_run(llm_project)
+    by_external = {item.external_id: item.pk for item in labelled}
+    assert run.config["few_shot_item_ids"][:2] == [by_external["r8"], by_external["r1"]]
+    assert len(run.config["few_shot_item_ids"]) == 3
+    body = next(r for r in judge_server.requests if "unlabelled a" in r["messages"][-1]["content"])
+    assert f"<response>\n{labelled[8].response}\n</response>" in body["messages"][1]["content"]  # r8 first
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"few_shot": "2", "few_shot_pinned": "r0\nr1\nr2"}, "3 pinned but only 2 few-shot examples"),
+        ({"few_shot": "4", "few_shot_pinned": "r0\nr0"}, "pinned twice: r0"),
+        ({"few_shot": "4", "few_shot_pinned": "r0\nnope"}, "no item in the project with the id nope"),
+        ({"few_shot": "4", "few_shot_pinned": "r11"}, "no SME ground truth yet (review or adjudicate first): r11"),
+    ],
+)
+def test_bad_pins_are_refused_with_the_ids_at_fault(admin_client, llm_project, labelled, fields, message):
+    response = admin_client.post(reverse("admin:judging_judgesettings_add"), settings_form(llm_project, **fields))
+    assert response.status_code == 200 and message in response.content.decode()
+    assert not JudgeSettings.objects.exists()
 
 
 def test_few_shot_items_are_left_out_of_calibration(client, lead, llm_project, labelled, judge_server, start_run):
