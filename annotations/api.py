@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations.importers import FORMATS, ImportFormatError, detect_format, import_items
-from annotations.models import Decision, Item, Project, Review
+from annotations.models import Decision, Item, Project, Review, validate_reject_reasons
 from annotations.selectors import projects_for
 from annotations.services import items_imported
 
@@ -101,10 +101,19 @@ class ProjectScopedViewSet(viewsets.GenericViewSet):
 
 class ProjectSerializer(serializers.ModelSerializer):
     role = serializers.SerializerMethodField(help_text="Your role: staff (who reach every project), lead or sme.")
+    reject_reasons = serializers.ListField(
+        child=serializers.CharField(max_length=200),
+        min_length=1,
+        max_length=9,
+        required=False,
+        validators=[validate_reject_reasons],
+        help_text="Reasons SMEs pick from when rejecting (1 to 9, distinct; keys 1-9 pick them).",
+    )
 
     class Meta:
         model = Project
         fields = ["id", "slug", "name", "guidelines", "reviews_per_item", "reject_reasons", "role", "created_at"]
+        extra_kwargs = {"reviews_per_item": {"min_value": 1, "max_value": 20}}
 
     def get_role(self, project: Project) -> str:
         user = self.context["request"].user
@@ -114,9 +123,14 @@ class ProjectSerializer(serializers.ModelSerializer):
 
 
 @extend_schema(tags=["projects"])
-@extend_schema_view(list=extend_schema(summary="Projects you are a member of (all, for staff)"))
-class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Projects the user may see; looked up by slug."""
+@extend_schema_view(
+    list=extend_schema(summary="Projects you are a member of (all, for staff)"),
+    create=extend_schema(summary="Create a project (staff only); add its leads and SMEs in the admin"),
+)
+class ProjectViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Projects the user may see, looked up by slug; staff create them (``slug`` and ``name`` required)."""
 
     serializer_class = ProjectSerializer
     pagination_class = IdCursorPagination
@@ -128,11 +142,20 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             return Project.objects.none()
         return projects_for(self.request.user).prefetch_related("memberships")
 
+    def create(self, request, *args, **kwargs) -> Response:
+        if not request.user.is_staff:
+            raise PermissionDenied("Only staff create projects.")
+        return super().create(request, *args, **kwargs)
+
 
 class ItemSerializer(serializers.ModelSerializer):
     gate_outcome = serializers.SerializerMethodField(
         help_text="accept, reject or pending (pending too for an item not gated yet)"
     )
+    gate_basis = serializers.SerializerMethodField(
+        help_text="what decided it: sme (ground truth), judge (the latest run's verdict) or none"
+    )
+    gate_reasons = serializers.SerializerMethodField(help_text="the reasons of the label functions that vetoed it")
 
     class Meta:
         model = Item
@@ -148,13 +171,29 @@ class ItemSerializer(serializers.ModelSerializer):
             "metadata",
             "in_sme_queue",
             "gate_outcome",
+            "gate_basis",
+            "gate_reasons",
             "created_at",
         ]
 
+    @staticmethod
+    def _decision(item: Item):
+        return getattr(item, "gate_decision", None)  # RelatedObjectDoesNotExist is an AttributeError
+
     @extend_schema_field(serializers.ChoiceField(choices=["accept", "reject", "pending"]))
     def get_gate_outcome(self, item: Item) -> str:
-        decision = getattr(item, "gate_decision", None)  # RelatedObjectDoesNotExist is an AttributeError
+        decision = self._decision(item)
         return decision.outcome if decision else "pending"
+
+    @extend_schema_field(serializers.ChoiceField(choices=["sme", "judge", "none"]))
+    def get_gate_basis(self, item: Item) -> str:
+        decision = self._decision(item)
+        return decision.basis if decision else "none"
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_gate_reasons(self, item: Item) -> list[str]:
+        decision = self._decision(item)
+        return list(decision.reasons) if decision else []
 
 
 class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
@@ -262,6 +301,10 @@ class ImportReportSerializer(serializers.Serializer):
     labels = serializers.IntegerField()
     errors = serializers.ListField(child=serializers.DictField(), help_text='[{"line": int, "reason": str}]')
     fatal = serializers.CharField(allow_blank=True)
+    regating = serializers.BooleanField(
+        help_text="true when items were created: the project's label functions and gate run again, on the Celery "
+        "worker when there is one (until then the new items are pending)"
+    )
 
 
 @extend_schema(tags=["import and export"])
@@ -270,7 +313,7 @@ class ImportItemsApi(APIView):
 
     Optional fields: ``format`` (jsonl/csv; else from the file name),
     ``label_field`` (default ``human_label``). Answers 200 with the import
-    report: ``{"created", "existing", "labels", "errors": [{"line", "reason"}], "fatal"}``.
+    report: ``{"created", "existing", "labels", "errors": [{"line", "reason"}], "fatal", "regating"}``.
     When items were created, the project is re-gated in the background
     (label functions, then the gate), so their prior labels count.
     """
@@ -301,4 +344,4 @@ class ImportItemsApi(APIView):
         )
         if report.created:
             items_imported(project.pk)
-        return Response(report.as_dict())
+        return Response({**report.as_dict(), "regating": report.created > 0})

@@ -24,6 +24,8 @@ def validate_reject_reasons(value) -> None:
         raise ValidationError("reasons must be distinct")
     if any(len(r) > 200 for r in value):
         raise ValidationError("a reason is at most 200 characters")
+    if any("\x00" in r for r in value):
+        raise ValidationError("a reason cannot contain a NUL character")
 
 
 class Decision(models.TextChoices):

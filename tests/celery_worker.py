@@ -1,6 +1,29 @@
-"""The command line of a real Celery worker for tests and benchmarks."""
+"""The command line of a real Celery worker for tests and benchmarks, and a queue of a test's own."""
 
+import contextlib
 import sys
+import uuid
+from collections.abc import Iterator
+
+# The tests' Redis database: a test worker listens on a queue of its own there.
+BROKER = "redis://127.0.0.1:6379/15"
+
+
+@contextlib.contextmanager
+def own_queue() -> Iterator[str]:
+    """A unique queue name (``larry-test-<8 hex>``); afterwards every Redis key naming it is deleted
+    (the queue and kombu's bindings), so test runs leave nothing behind in ``BROKER``."""
+    import redis
+
+    queue = f"larry-test-{uuid.uuid4().hex[:8]}"
+    try:
+        yield queue
+    finally:
+        client = redis.Redis.from_url(BROKER)
+        keys = list(client.scan_iter(match=f"*{queue}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 def worker_command(queue: str, *options: str) -> list[str]:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from django.db import connection
 from annotations.models import Review
 from judging.models import GateDecision, JudgeRun, Verdict
 from judging.services import gate_apply
-from tests.celery_worker import worker_command
+from tests.celery_worker import BROKER, own_queue, worker_command
 from tests.conftest import make_items
 from tests.judge_server import JudgeServer
 from tests.services import require
@@ -32,14 +31,14 @@ pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.django_db(tr
 def worker_env():
     require("postgres", "redis")
     db = connection.settings_dict
-    queue = f"larry-test-{uuid.uuid4().hex[:8]}"
-    return {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/15",
-        "LARRY_CELERY_QUEUE": queue,
-        "LARRY_JUDGE_CHUNK_SIZE": "8",
-    }
+    with own_queue() as queue:
+        yield {
+            **os.environ,
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            "CELERY_BROKER_URL": BROKER,
+            "LARRY_CELERY_QUEUE": queue,
+            "LARRY_JUDGE_CHUNK_SIZE": "8",
+        }
 
 
 @pytest.fixture

@@ -426,3 +426,4 @@ def test_the_import_command_reports_and_re_gates_the_project(project, tmp_path, 
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         call_command("import_items", project.slug, str(path), "--no-gate", stdout=out, stderr=err)
     assert callbacks == [] and not GateDecision.objects.filter(item__external_id="a3").exists()
+    assert f"not re-gated (--no-gate): run `manage.py apply_rules {project.slug}` when ready" in out.getvalue()

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -21,22 +20,28 @@ from django.db import connection
 from annotations.importers import BATCH_SIZE
 from annotations.models import ImportJob, Item, Review
 from judging.models import GateDecision
-from tests.celery_worker import worker_command
+from tests.celery_worker import BROKER, own_queue, worker_command
 from tests.services import require
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_real_worker_imports_an_upload_and_reports_progress_every_batch(project, lead, settings, tmp_path):
+@pytest.fixture
+def queue():
     require("postgres", "redis")
+    with own_queue() as name:
+        yield name
+
+
+def test_a_real_worker_imports_an_upload_and_reports_progress_every_batch(project, lead, settings, tmp_path, queue):
     settings.MEDIA_ROOT = tmp_path
     db = connection.settings_dict
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/15",
-        "LARRY_CELERY_QUEUE": f"larry-test-{uuid.uuid4().hex[:8]}",
+        "CELERY_BROKER_URL": BROKER,
+        "LARRY_CELERY_QUEUE": queue,
         "LARRY_MEDIA_ROOT": str(tmp_path),
     }
     n = BATCH_SIZE * 12 + 7

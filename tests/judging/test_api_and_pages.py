@@ -92,6 +92,7 @@ def test_import_over_rest_reports_bad_lines(client, lead, project):
         "labels": 1,
         "fatal": "",
         "errors": [{"line": 2, "reason": "prompt is missing or empty"}],
+        "regating": True,
     }
 
 
@@ -116,10 +117,14 @@ def test_an_import_re_gates_the_project_so_prior_labels_and_rules_count(
     outcomes = dict(GateDecision.objects.values_list("item__external_id", "outcome"))
     assert outcomes == {"a": "accept", "r": "reject", "v": "reject", "u": "pending"}
     assert GateDecision.objects.get(item__external_id="v").reasons == ["competitor"]
+    items = client.get(f"/api/projects/{project.slug}/items/", **auth).json()["results"]
+    gate = {i["external_id"]: (i["gate_outcome"], i["gate_basis"], i["gate_reasons"]) for i in items}
+    assert gate["v"] == ("reject", "sme", ["competitor"]) and gate["u"] == ("pending", "none", [])
     # Importing the same file again creates nothing, so nothing is re-gated.
     upload.seek(0)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        assert client.post(url, {"file": upload}, **auth).json()["existing"] == 4
+        again = client.post(url, {"file": upload}, **auth).json()
+    assert again["existing"] == 4 and again["regating"] is False
     assert callbacks == []
 
 

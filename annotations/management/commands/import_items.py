@@ -59,5 +59,7 @@ class Command(BaseCommand):
             where = "now" if settings.CELERY_TASK_ALWAYS_EAGER else "in the background (Celery worker)"
             self.stdout.write(f"re-gating {target.slug} {where}: label functions, then the gate")
             items_imported(target.pk)  # runs here, outside a transaction, when there is no broker
+        elif report.created:
+            self.stdout.write(f"not re-gated (--no-gate): run `manage.py apply_rules {target.slug}` when ready")
         if report.fatal:
             raise CommandError(f"{file}: {report.fatal}")

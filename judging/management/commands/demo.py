@@ -70,7 +70,7 @@ class Command(BaseCommand):
         url = f"http://127.0.0.1:{port}/api/projects/{report['project']}/training-sets/{ts['id']}/download/"
         self.stdout.write(
             "Download the training set over REST once the app is served (make serve):\n"
-            f"  curl -H 'Authorization: Token {token}' -OJ '{url}?split=train'"
+            f"  curl -H 'Authorization: Token {token}' -o train.jsonl '{url}?split=train'"
         )
 
     def _demo_user(self, slug: str) -> tuple[str, str]:
