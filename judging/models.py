@@ -154,15 +154,14 @@ class JudgeSettings(models.Model):
         if repeated:
             raise ValidationError({"few_shot_pinned": f"pinned twice: {', '.join(repeated)}"})
         if len(pinned) > (self.few_shot or 0):
-            raise ValidationError(
-                {"few_shot_pinned": f"{len(pinned)} pinned but only {self.few_shot or 0} few-shot examples: "
-                 "raise the number or pin fewer"}
-            )  # fmt: skip
+            message = (
+                f"{len(pinned)} pinned but only {self.few_shot or 0} few-shot examples: raise the number or pin fewer"
+            )
+            raise ValidationError({"few_shot_pinned": message})
         if not pinned or not self.project_id:
             return
-        ids = dict(Item.objects.filter(project_id=self.project_id, external_id__in=pinned).values_list(
-            "external_id", "id"
-        ))  # fmt: skip
+        items = Item.objects.filter(project_id=self.project_id, external_id__in=pinned)
+        ids = dict(items.values_list("external_id", "id"))
         missing = [e for e in pinned if e not in ids]
         if missing:
             raise ValidationError({"few_shot_pinned": f"no item in the project with the id {', '.join(missing)}"})
