@@ -24,11 +24,13 @@ again reliably after it), keeping what was stored before.
 Speed (bench/data_io.py, docs/PERFORMANCE.md): lines are parsed with orjson
 by a thread ahead of the storing. On PostgreSQL each batch's new items and
 labels are ``COPY``ed straight into their tables (``ON CONFLICT DO NOTHING``
-through a temporary table when ids race with another import), by two
-connections at once outside a transaction; elsewhere (SQLite) with
-``bulk_create``. All paths count created and existing items the same way.
+through a temporary table should an id be stored by other means meanwhile),
+by two connections at once outside a transaction; imports into one project
+take turns (an advisory lock), so they never deadlock on each other's ids.
+Elsewhere (SQLite) with ``bulk_create``. All paths count created and existing items the same way.
 """
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -53,6 +55,8 @@ ID_FIELDS = ("external_id", "id")
 BATCH_SIZE = 2000
 # Connections storing batches at once on PostgreSQL (outside a transaction).
 WRITERS = 2
+# Key of the PostgreSQL advisory lock that makes imports into one project take turns (with the project id).
+IMPORT_LOCK = 0x1A770003
 FORMATS = ("jsonl", "csv")
 # A line (or CSV cell) may hold several fields at the limit; past this many times it, it is not read.
 ROW_FIELDS = 8
@@ -666,13 +670,39 @@ def import_items(
     records = iter_records(stream, fmt, limit=limit)
     effective_label_field = label_field if import_labels else "\x00no-label"
     batches = read_ahead(_batches(records, effective_label_field, limit, report))
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        _store_in_parallel(project, batches, report, progress)
-    else:  # inside a transaction (whose rows other connections would not see), or not PostgreSQL
-        for batch in batches:
-            _store(project, batch, report)
-            if progress:
-                progress(report.rows)
+    with _one_import_at_a_time(project):
+        if connection.vendor == "postgresql" and not connection.in_atomic_block:
+            _store_in_parallel(project, batches, report, progress)
+        else:  # inside a transaction (whose rows other connections would not see), or not PostgreSQL
+            for batch in batches:
+                _store(project, batch, report)
+                if progress:
+                    progress(report.rows)
     if progress and not report.rows:
         progress(0)
     return report
+
+
+@contextlib.contextmanager
+def _one_import_at_a_time(project: Project) -> Iterator[None]:
+    """PostgreSQL: wait until no other import into ``project`` runs, and keep the others waiting until this
+    one ends (an advisory lock on this connection; its writer threads store for it).
+
+    Two imports of the same ids in other orders would otherwise lock each
+    other's index entries and one would fail with a deadlock. Inside a
+    transaction the lock is the transaction's (released at its end). A
+    process that dies releases it with its connection.
+    """
+    if connection.vendor != "postgresql":
+        yield
+        return
+    key = [IMPORT_LOCK, project.pk]
+    in_transaction = connection.in_atomic_block
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT pg_advisory{'_xact' if in_transaction else ''}_lock(%s, %s)", key)
+    try:
+        yield
+    finally:
+        if not in_transaction:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", key)

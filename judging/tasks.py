@@ -12,12 +12,14 @@ No database transaction is open during a judge call.
 
 from celery import shared_task
 from django.conf import settings
+from django.db import IntegrityError, OperationalError
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from annotations.models import Item, Project
 from annotations.selectors import ground_truth
 from judging import backends, prompts, services, training_sets
-from judging.models import JudgeRun
+from judging.models import JudgeRun, Verdict
 
 
 @shared_task(acks_late=True)
@@ -32,9 +34,13 @@ def start_judge_run(run_id: int) -> None:
     if run.backend == JudgeRun.Backend.LOCAL:
         _judge_locally(run)
         return
-    todo = list(
-        Item.objects.filter(project=run.project).exclude(verdicts__run=run).order_by("id").values_list("id", flat=True)
-    )
+    # One statement, so one snapshot: the run covers the items present now (more may have been imported since
+    # it was created, or since a cancel), and items_total counts exactly those, judged or not.
+    judged = Verdict.objects.filter(run=run, item=OuterRef("pk"))
+    items = Item.objects.filter(project=run.project).annotate(judged=Exists(judged)).order_by("id")
+    rows = list(items.values_list("id", "judged"))
+    JudgeRun.objects.filter(pk=run.pk).update(items_total=len(rows))
+    todo = [item_id for item_id, done in rows if not done]
     if not todo:
         services.judge_run_finish_if_complete(run_id=run.pk)
         return
@@ -45,6 +51,7 @@ def start_judge_run(run_id: int) -> None:
 
 def _judge_locally(run: JudgeRun) -> None:
     items = list(Item.objects.filter(project=run.project).only("id", "prompt", "context", "response"))
+    JudgeRun.objects.filter(pk=run.pk).update(items_total=len(items))  # the items present now
     try:
         results, info = backends.judge_with_local_classifier(
             items, ground_truth(project=run.project), seed=run.config.get("seed", 0)
@@ -87,7 +94,17 @@ def _prompt_prefix(run: JudgeRun) -> list[dict[str, str]]:
     return prompts.prefix_messages(system, [(items[e["item_id"]], e) for e in examples if e["item_id"] in items])
 
 
-@shared_task(acks_late=True)
+# A re-gating that loses a race (an item deleted between reading it and storing its decision: a foreign-key
+# violation; or a deadlock) is simply run again, a little later.
+REGATE_RETRY = {
+    "autoretry_for": (IntegrityError, OperationalError),
+    "retry_backoff": True,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
+
+
+@shared_task(acks_late=True, **REGATE_RETRY)
 def regate_items(project_id: int, item_ids: list[int]) -> None:
     """Re-gate items whose SME ground truth changed (a decision, an undo, an edit, an adjudication)."""
     project = Project.objects.filter(pk=project_id).first()
@@ -95,7 +112,7 @@ def regate_items(project_id: int, item_ids: list[int]) -> None:
         services.gate_apply(project=project, item_ids=item_ids)
 
 
-@shared_task(acks_late=True)
+@shared_task(acks_late=True, **REGATE_RETRY)
 def regate_project(project_id: int) -> None:
     """Re-run the project's label functions and re-gate every item (after a rule changed)."""
     project = Project.objects.filter(pk=project_id).first()

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from annotations.models import Review
+from annotations.models import Item, Review
 from judging.backends import VERDICT_SCHEMA, VerdictParseError, parse_verdict
 from judging.models import GateDecision, JudgeRun, Verdict
 from judging.selectors import run_agreement
@@ -204,3 +204,25 @@ def test_transport_faults_are_retried_and_every_item_ends_with_a_verdict_or_an_e
     assert sum("b [slow-once]" in a for a in attempts) == 2  # timed out once, then answered
     assert sum("c [http500]" in a for a in attempts) == 3  # the first try and two retries
     assert time.monotonic() - started >= 1  # Retry-After was honoured
+
+
+def test_a_run_judges_the_items_present_when_it_starts_even_those_imported_after_it_was_created(
+    llm_project, judge_server, django_capture_on_commit_callbacks
+):
+    from judging.services import judge_run_create
+
+    make_items(llm_project, ["Plus costs $4.", "Plus costs $400. WRONG"])
+    with django_capture_on_commit_callbacks() as callbacks:  # created, not started yet
+        run = judge_run_create(project=llm_project)
+    assert run.items_total == 2
+    # Imported while the run waits in the queue:
+    Item.objects.bulk_create(
+        Item(project=llm_project, external_id=f"late{i}", prompt="p", response="r") for i in range(3)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        for callback in callbacks:
+            callback()
+    run.refresh_from_db()
+    # Before, the run finished at 2 of 5 and the gate never saw the later verdicts.
+    assert (run.status, run.items_total, run.items_done) == ("finished", 5, 5)
+    assert GateDecision.objects.filter(judge_run=run).count() == 5

@@ -41,3 +41,24 @@ def test_concurrent_rule_runs_and_gatings_of_one_project_queue_instead_of_failin
     assert RuleHit.objects.count() == ITEMS // 3
     assert GateDecision.objects.count() == ITEMS
     assert GateDecision.objects.filter(outcome="reject", vetoed=True).count() == ITEMS // 3
+
+
+def test_a_re_gating_that_loses_a_race_is_run_again(project, monkeypatch):
+    from django.db import IntegrityError
+
+    from judging import services, tasks
+
+    make_items(project, ["fine answer"])
+    calls = []
+    real = services.project_regate
+
+    def racing(*, project):
+        calls.append(project.pk)
+        if len(calls) == 1:  # as when an item is deleted while its decision is being stored
+            raise IntegrityError('insert on "judging_gatedecision" violates foreign key constraint')
+        return real(project=project)
+
+    monkeypatch.setattr(services, "project_regate", racing)
+    tasks.regate_project.apply(args=[project.pk], throw=False)  # as a worker runs it: retried, not raised
+    assert calls == [project.pk, project.pk]
+    assert GateDecision.objects.get().outcome == "pending"
