@@ -11,6 +11,7 @@ for SMEs, who review blind). Lists are cursor-paginated (``?cursor=``,
 import datetime
 
 import django_filters
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
@@ -125,7 +126,7 @@ class ProjectSerializer(serializers.ModelSerializer):
 @extend_schema(tags=["projects"])
 @extend_schema_view(
     list=extend_schema(summary="Projects you are a member of (all, for staff)"),
-    create=extend_schema(summary="Create a project (staff only); add its leads and SMEs in the admin"),
+    create=extend_schema(summary="Create a project (staff allowed to add projects); add its members in the admin"),
 )
 class ProjectViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
@@ -143,9 +144,17 @@ class ProjectViewSet(
         return projects_for(self.request.user).prefetch_related("memberships")
 
     def create(self, request, *args, **kwargs) -> Response:
-        if not request.user.is_staff:
-            raise PermissionDenied("Only staff create projects.")
+        # As in the admin: staff with the permission to add projects (superusers have it).
+        if not (request.user.is_staff and request.user.has_perm("annotations.add_project")):
+            raise PermissionDenied("Only staff allowed to add projects create them.")
         return super().create(request, *args, **kwargs)
+
+    def perform_create(self, serializer) -> None:
+        try:
+            with transaction.atomic():
+                serializer.save()
+        except IntegrityError:  # the same slug, created by another request a moment ago
+            raise serializers.ValidationError({"slug": ["project with this slug already exists."]}) from None
 
 
 class ItemSerializer(serializers.ModelSerializer):
@@ -339,9 +348,13 @@ class ImportItemsApi(APIView):
             fmt = data.validated_data.get("format") or detect_format(upload.name)
         except ImportFormatError as exc:
             return Response({"format": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
-        report = import_items(
-            project=project, stream=upload.file, fmt=fmt, label_field=data.validated_data["label_field"]
-        )
+        try:
+            report = import_items(
+                project=project, stream=upload.file, fmt=fmt, label_field=data.validated_data["label_field"]
+            )
+        except BaseException:
+            items_imported(project.pk)  # batches stored before the error count too
+            raise
         if report.created:
             items_imported(project.pk)
         return Response({**report.as_dict(), "regating": report.created > 0})

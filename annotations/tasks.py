@@ -17,8 +17,8 @@ def run_import_job(job_id: int) -> None:
     is run again from the start, which is safe since items already stored
     are skipped (they then count as existing). Any error ends the job as
     ``failed`` with the error on the row. When items were created (even by
-    a job that stopped at a fatal fault), the project is re-gated afterwards
-    (``services.items_imported``).
+    a job that stopped at a fatal fault), or an error may have left some
+    stored, the project is re-gated afterwards (``services.items_imported``).
     """
     claimed = ImportJob.objects.filter(
         pk=job_id, status__in=[ImportJob.Status.QUEUED, ImportJob.Status.RUNNING]
@@ -45,6 +45,7 @@ def run_import_job(job_id: int) -> None:
         ImportJob.objects.filter(pk=job_id).update(
             status=ImportJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
         )
+        items_imported(job.project_id)  # batches stored before the error count too
         raise
     ImportJob.objects.filter(pk=job_id).update(
         status=ImportJob.Status.FAILED if report.fatal else ImportJob.Status.DONE,

@@ -1,5 +1,6 @@
 """Judge runs and verdicts, label functions and their hits, and the gate's decision."""
 
+from collections import Counter
 from decimal import Decimal
 
 from django.conf import settings
@@ -145,28 +146,32 @@ class JudgeSettings(models.Model):
         return f"judge settings of {self.project}"
 
     def clean(self) -> None:
-        """Pinned examples: a list of at most ``few_shot`` distinct external ids of items of the project that
-        have SME ground truth. Raises ValidationError on ``few_shot_pinned`` naming the ids at fault."""
+        """Pinned examples: a list of at most ``few_shot`` distinct external ids; each newly pinned one must name
+        an item of the project with SME ground truth. Pins saved before that have since lost their item or its
+        ground truth may stay (a run skips them). Raises ValidationError on ``few_shot_pinned`` naming the ids."""
         pinned = self.few_shot_pinned
         if not isinstance(pinned, list) or not all(isinstance(e, str) and e for e in pinned):
             raise ValidationError({"few_shot_pinned": "a list of external ids (non-empty strings)"})
-        repeated = sorted({e for e in pinned if pinned.count(e) > 1})
-        if repeated:
-            raise ValidationError({"few_shot_pinned": f"pinned twice: {', '.join(repeated)}"})
         if len(pinned) > (self.few_shot or 0):
             message = (
                 f"{len(pinned)} pinned but only {self.few_shot or 0} few-shot examples: raise the number or pin fewer"
             )
             raise ValidationError({"few_shot_pinned": message})
-        if not pinned or not self.project_id:
+        repeated = sorted(e for e, n in Counter(pinned).items() if n > 1)
+        if repeated:
+            raise ValidationError({"few_shot_pinned": f"pinned twice: {', '.join(repeated)}"})
+        saved = JudgeSettings.objects.filter(pk=self.pk).values_list("few_shot_pinned", flat=True).first() or []
+        new = [e for e in pinned if e not in saved]
+        if not new or not self.project_id:
             return
-        items = Item.objects.filter(project_id=self.project_id, external_id__in=pinned)
-        ids = dict(items.values_list("external_id", "id"))
-        missing = [e for e in pinned if e not in ids]
+        ids = dict(
+            Item.objects.filter(project_id=self.project_id, external_id__in=new).values_list("external_id", "id")
+        )
+        missing = [e for e in new if e not in ids]
         if missing:
             raise ValidationError({"few_shot_pinned": f"no item in the project with the id {', '.join(missing)}"})
         truth = ground_truth(list(ids.values()), project=self.project)
-        unreviewed = [e for e in pinned if ids[e] not in truth]
+        unreviewed = [e for e in new if ids[e] not in truth]
         if unreviewed:
             raise ValidationError(
                 {"few_shot_pinned": f"no SME ground truth yet (review or adjudicate first): {', '.join(unreviewed)}"}

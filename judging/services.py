@@ -305,7 +305,12 @@ def label_function_save(*, rule: LabelFunction, user=None, regate: bool = True) 
 
 @transaction.atomic
 def label_function_delete(*, rule: LabelFunction, user=None) -> None:
-    """Delete a rule, keeping its history, and re-gate its project in the background."""
+    """Delete a rule, keeping its history, and re-gate its project in the background.
+
+    Waits for a ``label_functions_apply`` of the project that is running, which
+    would otherwise store hits of the deleted rule (a foreign-key violation).
+    """
+    _serialise(rule.project, RULE_HITS_LOCK)
     LabelFunctionVersion.objects.create(
         label_function=rule,
         project=rule.project,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
@@ -203,10 +203,8 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(live_
         assert "No issues found" in output or "passed" in output, output[-3000:]
 
     schemathesis(lead)  # every operation, as a project's lead
-    # Creating projects is for staff only (a lead gets 403 whatever the body): fuzz the POSTs as staff too.
-    schemathesis(
-        User.objects.create_user("staff", is_staff=True), "--include-method", "POST", "--include-path", "/api/projects/"
-    )
+    # Creating projects is for staff only (a lead gets 403 whatever the body): fuzz the POSTs as a superuser too.
+    schemathesis(User.objects.create_superuser("root"), "--include-method", "POST", "--include-path", "/api/projects/")
 
 
 @pytest.mark.parametrize("position", ["abc", "%00", "1e5", "9" * 5000, "-1"])
@@ -252,6 +250,10 @@ def test_staff_create_projects_over_the_api_and_others_may_not(client, project, 
     body = {"slug": "billing", "name": "Billing copilot", "reject_reasons": ["inaccurate", "curt"]}
     assert client.post("/api/projects/", body, content_type="application/json", **auth(lead)).status_code == 403
     assert not Project.objects.filter(slug="billing").exists()
+    # Staff need the permission to add projects, as in the admin.
+    assert client.post("/api/projects/", body, content_type="application/json", **auth(staff)).status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="add_project"))
+    staff = User.objects.get(pk=staff.pk)  # a fresh permission cache
     response = client.post("/api/projects/", body, content_type="application/json", **auth(staff))
     assert response.status_code == 201, response.content
     assert response.json()["role"] == "staff" and response.json()["reviews_per_item"] == 1

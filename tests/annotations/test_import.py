@@ -457,3 +457,20 @@ def test_concurrent_imports_of_the_same_ids_into_one_project_take_turns(project)
     assert errors == []
     assert sorted((r.created, r.existing) for r in reports) == [(0, n), (0, n), (n, 0)]
     assert Item.objects.filter(project=project).count() == n and Review.objects.count() == n
+
+
+def test_the_import_command_uses_an_existing_slug_as_it_is_and_refuses_one_that_slugifies_to_nothing(
+    project, tmp_path
+):
+    from django.core.management import CommandError, call_command
+
+    from annotations.models import Project
+
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(jsonl(GOOD).getvalue())
+    Project.objects.create(slug="Acme", name="Acme")  # as the API may create it
+    call_command("import_items", "Acme", str(path), "--no-gate", stdout=io.StringIO(), stderr=io.StringIO())
+    assert Item.objects.get(external_id="a1").project.slug == "Acme" and not Project.objects.filter(slug="acme")
+    with pytest.raises(CommandError, match="makes no slug"):
+        call_command("import_items", "日本語", str(path), stdout=io.StringIO(), stderr=io.StringIO())
+    assert not Project.objects.filter(slug="").exists()

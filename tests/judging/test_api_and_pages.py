@@ -128,6 +128,26 @@ def test_an_import_re_gates_the_project_so_prior_labels_and_rules_count(
     assert callbacks == []
 
 
+def test_an_import_that_fails_midway_still_re_gates_what_it_stored(
+    client, lead, project, monkeypatch, django_capture_on_commit_callbacks
+):
+    from annotations import api
+    from annotations.models import Item
+
+    def stores_then_fails(*, project, **options):
+        item = Item.objects.create(project=project, external_id="stored", prompt="p", response="r")
+        Review.objects.create(item=item, decision="accept", origin="import")
+        raise RuntimeError("the connection dropped")
+
+    monkeypatch.setattr(api, "import_items", stores_then_fails)
+    upload = io.BytesIO(b'{"id": "x", "prompt": "p", "response": "r"}\n')
+    upload.name = "items.jsonl"
+    url, auth = reverse("annotations:api_import", args=[project.slug]), token_header(lead)
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError, match="dropped"):
+        client.post(url, {"file": upload}, **auth)
+    assert GateDecision.objects.get(item__external_id="stored").outcome == "accept"
+
+
 def test_import_over_rest_refuses_an_unknown_format_smes_and_outsiders(client, lead, sme, outsider, project):
     url = reverse("annotations:api_import", args=[project.slug])
     upload = io.BytesIO(b"x")

@@ -62,3 +62,35 @@ def test_a_re_gating_that_loses_a_race_is_run_again(project, monkeypatch):
     tasks.regate_project.apply(args=[project.pk], throw=False)  # as a worker runs it: retried, not raised
     assert calls == [project.pk, project.pk]
     assert GateDecision.objects.get().outcome == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_rule_waits_for_a_rule_pass_that_is_storing_its_hits(project):
+    import psycopg
+    from django.db import connection
+
+    from judging.services import RULE_HITS_LOCK, label_function_delete
+
+    rule = LabelFunction.objects.create(
+        project=project, name="curt", kind="keywords", params={"keywords": ["curt"]}, reason="curt", active=True
+    )
+    db = connection.settings_dict
+    deleted = threading.Event()
+
+    def delete() -> None:
+        try:
+            label_function_delete(rule=rule)
+            deleted.set()
+        finally:
+            connections.close_all()
+
+    # Another connection stands for label_functions_apply between reading the rules and committing its hits.
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"]) as rule_pass:
+        rule_pass.execute("SELECT pg_advisory_xact_lock(%s, %s)", [RULE_HITS_LOCK, project.pk])
+        thread = threading.Thread(target=delete)
+        thread.start()
+        assert not deleted.wait(0.5)  # the deletion waits ...
+        rule_pass.commit()
+        assert deleted.wait(10)  # ... until the pass has committed
+    thread.join()
+    assert not LabelFunction.objects.exists()

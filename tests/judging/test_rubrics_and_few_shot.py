@@ -243,6 +243,14 @@ def test_staff_pin_few_shot_examples_in_the_admin_and_runs_show_them_first(
     body = next(r for r in judge_server.requests if "unlabelled a" in r["messages"][-1]["content"])
     assert f"<response>\n{labelled[8].response}\n</response>" in body["messages"][1]["content"]  # r8 first
 
+    # A pin whose review is undone later stays saved (runs skip it) and does not block other edits.
+    Review.objects.filter(item=labelled[1]).delete()
+    judge_settings.refresh_from_db()
+    form = settings_form(llm_project, judge_settings, few_shot="3", few_shot_pinned="r8\nr1", rubric="Be strict.")
+    assert admin_client.post(change, form).status_code == 302
+    assert start_run(llm_project).config["few_shot_item_ids"][0] == by_external["r8"]
+    assert by_external["r1"] not in start_run(llm_project).config["few_shot_item_ids"]
+
 
 @pytest.mark.parametrize(
     ("fields", "message"),

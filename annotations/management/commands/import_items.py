@@ -31,9 +31,14 @@ class Command(BaseCommand):
             fmt = format or detect_format(file.name)
         except ImportFormatError as exc:
             raise CommandError(str(exc)) from None
-        target, created = Project.objects.get_or_create(slug=slugify(project), defaults={"name": project})
-        if created:
-            self.stdout.write(f"created project {target.slug}")
+        target = Project.objects.filter(slug=project).first()  # an existing slug is used as it is
+        if target is None:
+            slug = slugify(project)[:50]
+            if not slug:
+                raise CommandError(f"{project!r} makes no slug: use letters, digits, - or _")
+            target, created = Project.objects.get_or_create(slug=slug, defaults={"name": project})
+            if created:
+                self.stdout.write(f"created project {target.slug}")
 
         def progress(rows: int) -> None:
             self.stderr.write(f"\r{rows} rows read", ending="")
