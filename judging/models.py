@@ -338,6 +338,19 @@ class GateDecision(models.Model):
         return f"{self.outcome} {self.item_id}"
 
 
+class RegateRequest(models.Model):
+    """How many times a project's full re-gating (rules, then the gate) has been asked for.
+
+    Each request bumps ``generation`` and queues a task carrying the new
+    value; a task that finds a higher generation skips its work, since the
+    later task will do it with newer data. So a burst of imports costs one
+    re-gating, not one each (see ``services.regate_request``).
+    """
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    generation = models.PositiveBigIntegerField(default=0)
+
+
 class TrainingSet(models.Model):
     """A frozen, reproducible training set cut from a project's decided items (a snapshot).
 

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from annotations.models import Project
@@ -19,6 +19,7 @@ from judging.models import (
     JudgeSettings,
     LabelFunction,
     LabelFunctionVersion,
+    RegateRequest,
     RubricVersion,
     RuleHit,
     Verdict,
@@ -265,10 +266,23 @@ def project_regate(*, project: Project) -> tuple[int, dict[str, int]]:
     return hits, gate_apply(project=project)
 
 
-def _regate_after_commit(project_id: int) -> None:
+def regate_request(project_id: int) -> int:
+    """Ask for the project to be re-gated in full (rules, then the gate) after commit; returns the request's
+    generation. Requests that pile up while one waits or runs cost one re-gating (``RegateRequest``)."""
     from judging.tasks import regate_project
 
-    transaction.on_commit(lambda: regate_project.delay(project_id))
+    with transaction.atomic():
+        RegateRequest.objects.get_or_create(project_id=project_id)
+        RegateRequest.objects.filter(project_id=project_id).update(generation=F("generation") + 1)
+        generation = RegateRequest.objects.get(project_id=project_id).generation
+    transaction.on_commit(lambda: regate_project.delay(project_id, generation))
+    return generation
+
+
+def regate_superseded(project_id: int, generation: int) -> bool:
+    """Whether a later request for the project exists, whose task will re-gate with newer data."""
+    latest = RegateRequest.objects.filter(project_id=project_id).values_list("generation", flat=True).first()
+    return latest is not None and latest > generation
 
 
 @transaction.atomic
@@ -299,7 +313,7 @@ def label_function_save(*, rule: LabelFunction, user=None, regate: bool = True) 
         changed_by=user,
     )
     if regate:
-        _regate_after_commit(rule.project_id)
+        regate_request(rule.project_id)
     return rule
 
 
@@ -321,7 +335,7 @@ def label_function_delete(*, rule: LabelFunction, user=None) -> None:
     )
     project_id = rule.project_id
     rule.delete()
-    _regate_after_commit(project_id)
+    regate_request(project_id)
 
 
 def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[str, int]:

@@ -113,8 +113,14 @@ def regate_items(project_id: int, item_ids: list[int]) -> None:
 
 
 @shared_task(acks_late=True, **REGATE_RETRY)
-def regate_project(project_id: int) -> None:
-    """Re-run the project's label functions and re-gate every item (after a rule changed)."""
+def regate_project(project_id: int, generation: int | None = None) -> None:
+    """Re-run the project's label functions and re-gate every item (after a rule changed, or an import).
+
+    ``generation`` is the request's (``services.regate_request``); when a later
+    request exists, this one does nothing: the later task re-gates with newer data.
+    """
+    if generation is not None and services.regate_superseded(project_id, generation):
+        return
     project = Project.objects.filter(pk=project_id).first()
     if project is not None:
         services.project_regate(project=project)

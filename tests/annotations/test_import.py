@@ -459,9 +459,7 @@ def test_concurrent_imports_of_the_same_ids_into_one_project_take_turns(project)
     assert Item.objects.filter(project=project).count() == n and Review.objects.count() == n
 
 
-def test_the_import_command_uses_an_existing_slug_as_it_is_and_refuses_one_that_slugifies_to_nothing(
-    project, tmp_path
-):
+def test_the_import_command_uses_an_existing_slug_as_it_is_and_refuses_one_that_slugifies_to_nothing(project, tmp_path):
     from django.core.management import CommandError, call_command
 
     from annotations.models import Project

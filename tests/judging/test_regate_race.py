@@ -94,3 +94,24 @@ def test_deleting_a_rule_waits_for_a_rule_pass_that_is_storing_its_hits(project)
         assert deleted.wait(10)  # ... until the pass has committed
     thread.join()
     assert not LabelFunction.objects.exists()
+
+
+def test_re_gatings_asked_for_while_one_waits_cost_one(project, monkeypatch, django_capture_on_commit_callbacks):
+    from judging import services
+
+    make_items(project, ["fine answer"])
+    runs = []
+    real = services.project_regate
+    monkeypatch.setattr(services, "project_regate", lambda *, project: runs.append(project.pk) or real(project=project))
+    # Ten imports in a row queue ten tasks before the worker takes the first (captured here, run after).
+    with django_capture_on_commit_callbacks() as queued:
+        generations = [services.regate_request(project.pk) for _ in range(10)]
+    assert generations == list(range(1, 11)) and len(queued) == 10
+    for task in queued:
+        task()
+    assert runs == [project.pk]  # only the last request's task re-gated; the others saw it coming and skipped
+    assert GateDecision.objects.count() == 1
+    # A request made after that one ran is served too.
+    with django_capture_on_commit_callbacks(execute=True):
+        services.regate_request(project.pk)
+    assert runs == [project.pk, project.pk]
