@@ -350,6 +350,9 @@ class RegateRequest(models.Model):
     project = models.OneToOneField(Project, on_delete=models.CASCADE, primary_key=True, related_name="+")
     generation = models.PositiveBigIntegerField(default=0)
 
+    def __str__(self) -> str:
+        return f"re-gating of project {self.project_id}: request {self.generation}"
+
 
 class TrainingSet(models.Model):
     """A frozen, reproducible training set cut from a project's decided items (a snapshot).
