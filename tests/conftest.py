@@ -1,7 +1,10 @@
 """Shared fixtures: personas (SME, staff, outsider), a project with items, the test judge server."""
 
+import threading
+
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from annotations.models import Item, Project
 from tests.judge_server import JudgeServer
@@ -47,6 +50,27 @@ def make_items(project: Project, responses: list[str], **fields) -> list[Item]:
         Item(project=project, external_id=f"r{i}", prompt=fields.get("prompt", f"Question {i}?"), response=response)
         for i, response in enumerate(responses)
     )
+
+
+def run_concurrently(call, arguments: list[tuple]) -> list[BaseException]:
+    """``call(*args)`` for each tuple of ``arguments``, each in a thread of its own with its own database
+    connection, all at once; returns what they raised (``[]`` when none did)."""
+    errors: list[BaseException] = []
+
+    def run(*args) -> None:
+        try:
+            call(*args)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()  # this thread's connection
+
+    threads = [threading.Thread(target=run, args=args) for args in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import pytest
 from annotations import importers
 from annotations.importers import BATCH_SIZE, ImportFormatError, detect_format, import_items
 from annotations.models import Item, Review
+from tests.conftest import run_concurrently
 
 
 def jsonl(*records) -> io.BytesIO:
@@ -431,28 +432,14 @@ def test_the_import_command_reports_and_re_gates_the_project(project, tmp_path, 
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_imports_of_the_same_ids_into_one_project_take_turns(project):
-    import threading
-
-    from django.db import connections
-
     n = 3 * BATCH_SIZE
     records = [{**GOOD, "id": f"c{i}"} for i in range(n)]
     files = [jsonl(*records), jsonl(*reversed(records)), jsonl(*records[::2], *records[1::2])]
-    reports, errors = [], []
-
-    def run(stream) -> None:
-        try:
-            reports.append(import_items(project=project, stream=stream, fmt="jsonl"))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(stream,)) for stream in files]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    reports = []
+    errors = run_concurrently(
+        lambda stream: reports.append(import_items(project=project, stream=stream, fmt="jsonl")),
+        [(stream,) for stream in files],
+    )
     # Before imports into one project took turns, COPYs of the same ids in other orders deadlocked.
     assert errors == []
     assert sorted((r.created, r.existing) for r in reports) == [(0, n), (0, n), (n, 0)]

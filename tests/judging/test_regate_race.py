@@ -7,7 +7,7 @@ from django.db import connections
 
 from judging.models import GateDecision, LabelFunction, RuleHit
 from judging.services import gate_apply, label_functions_apply
-from tests.conftest import make_items
+from tests.conftest import make_items, run_concurrently
 
 ITEMS = 3000
 
@@ -20,23 +20,10 @@ def test_concurrent_rule_runs_and_gatings_of_one_project_queue_instead_of_failin
     LabelFunction.objects.create(
         project=project, name="curt", kind="keywords", params={"keywords": ["curt"]}, reason="curt", active=True
     )
-    errors: list[BaseException] = []
-
-    def call(write) -> None:
-        try:
-            write(project=project)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()  # this thread's connection
-
+    errors = []
     for _ in range(3):
         for write in (label_functions_apply, gate_apply):
-            threads = [threading.Thread(target=call, args=(write,)) for _ in range(2)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            errors += run_concurrently(lambda write: write(project=project), [(write,), (write,)])
     assert errors == []
     assert RuleHit.objects.count() == ITEMS // 3
     assert GateDecision.objects.count() == ITEMS
