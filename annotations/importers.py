@@ -27,7 +27,8 @@ labels are ``COPY``ed straight into their tables (``ON CONFLICT DO NOTHING``
 through a temporary table should an id be stored by other means meanwhile),
 by two connections at once outside a transaction; imports into one project
 take turns (an advisory lock), so they never deadlock on each other's ids.
-Elsewhere (SQLite) with ``bulk_create``. All paths count created and existing items the same way.
+Elsewhere (SQLite) with ``bulk_create``. All paths count created and
+existing items the same way.
 """
 
 import contextlib
