@@ -162,7 +162,8 @@ class ItemSerializer(serializers.ModelSerializer):
         help_text="accept, reject or pending (pending too for an item not gated yet)"
     )
     gate_basis = serializers.SerializerMethodField(
-        help_text="what decided it: sme (ground truth), judge (the latest run's verdict) or none"
+        help_text="what decided it before any rule veto: sme (ground truth), judge (the latest run's verdict) or "
+        "none; a veto shows in gate_reasons"
     )
     gate_reasons = serializers.SerializerMethodField(help_text="the reasons of the label functions that vetoed it")
 

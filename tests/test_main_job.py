@@ -100,5 +100,7 @@ def test_make_demo_on_the_real_halueval_file(tmp_path):
     snapshot = report["training_set"]
     assert f"/api/projects/{report['project']}/training-sets/{snapshot['id']}/download/?split=train" in result.stdout
     assert f"sha256 {snapshot['files']['train']['sha256']}" in result.stdout
+    token = result.stdout.split("API token of user 'demo': ")[1].split()[0]
+    assert f"Authorization: Token {token}" in result.stdout  # the same token as in the printed curl
     # Better than chance on labels it never saw.
     assert unseen["cohen_kappa"] > 0 and held_back["cohen_kappa"] > 0

@@ -14,9 +14,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("project", help="project slug; created if it does not exist")
-        parser.add_argument("file", type=Path)
+        parser.add_argument("file", type=Path, help="a JSONL or CSV file of items")
         parser.add_argument("--format", choices=["jsonl", "csv"], help="default: from the file name")
-        parser.add_argument("--label-field", default="human_label", help="field with a prior accept/reject label")
+        parser.add_argument(
+            "--label-field", default="human_label", help="field with a prior accept/reject label (default: human_label)"
+        )
         parser.add_argument("--no-labels", action="store_true", help="do not import prior labels as SME reviews")
         parser.add_argument(
             "--no-gate",

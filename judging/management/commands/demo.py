@@ -67,6 +67,7 @@ class Command(BaseCommand):
             self.stdout.write(f"  {split}: {file['rows']} rows in {file['path']}, sha256 {file['sha256']}")
         password, token = self._demo_user(report["project"])
         self.stdout.write(f"Browse as user 'demo', password '{password}' (reset on every demo run).")
+        self.stdout.write(f"API token of user 'demo': {token}")
         url = f"http://127.0.0.1:{port}/api/projects/{report['project']}/training-sets/{ts['id']}/download/"
         self.stdout.write(
             "Download the training set over REST once the app is served (make serve):\n"
