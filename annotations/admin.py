@@ -4,6 +4,39 @@ from annotations.models import Adjudication, ImportJob, Item, Membership, Projec
 from annotations.queue import slots_sync
 
 
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Rows that are a record (derived by a service, or history): shown in the admin, never added, changed
+    or deleted there, whatever the user's permissions. The admin's own log ("Changed outcome.") is no
+    audit trail; the history rows are, so nothing may bypass the services that write them."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class OwnsRecordsAdmin(admin.ModelAdmin):
+    """An admin whose rows own records (ViewOnlyAdmin rows, or rows another admin marks
+    ``deleted_only_with_parent``): deleting the row deletes them with it, although none may be deleted alone.
+
+    Django refuses a deletion that cascades to a model whose admin refuses deletion; these are records of
+    the row being deleted (a project's history goes with the project), so only real permission gaps count.
+    """
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        records = {
+            model._meta.verbose_name
+            for model, model_admin in self.admin_site._registry.items()
+            if isinstance(model_admin, ViewOnlyAdmin) or getattr(model_admin, "deleted_only_with_parent", False)
+        }
+        return deleted, counts, perms_needed - records, protected
+
+
 class MembershipInline(admin.TabularInline):
     """Who may see and review the project (SME), and who also adjudicates (lead)."""
 
@@ -13,7 +46,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(OwnsRecordsAdmin):
     list_display = ("name", "slug", "reviews_per_item", "lease_minutes", "judge_model", "created_at")
     prepopulated_fields = {"slug": ("name",)}
     search_fields = ("name", "slug")
@@ -26,7 +59,7 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(Item)
-class ItemAdmin(admin.ModelAdmin):
+class ItemAdmin(OwnsRecordsAdmin):
     list_display = ("external_id", "project", "source_model", "task_type", "in_sme_queue")
     list_filter = ("project", "in_sme_queue", "task_type")
     search_fields = ("external_id", "prompt", "response")
