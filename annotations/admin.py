@@ -1,7 +1,16 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 
 from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange
 from annotations.queue import slots_sync
+from annotations.services import (
+    ReviewError,
+    adjudicate,
+    adjudication_delete,
+    review_reason_clean,
+    review_staff_delete,
+    review_staff_edit,
+)
 
 
 class ViewOnlyAdmin(admin.ModelAdmin):
@@ -58,40 +67,134 @@ class ProjectAdmin(OwnsRecordsAdmin):
             slots_sync(project=obj)  # open (or trim) review slots to match
 
 
+class ReviewChangeInline(admin.TabularInline):
+    """The item's history of SME decisions and adjudications, newest first."""
+
+    model = ReviewChange
+    fields = ("changed_at", "action", "reviewer", "changed_by", "before", "after")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Item)
 class ItemAdmin(OwnsRecordsAdmin):
+    """Items are imported, never added or rewritten here: their text is what the SMEs and the judge saw."""
+
     list_display = ("external_id", "project", "source_model", "task_type", "in_sme_queue")
     list_filter = ("project", "in_sme_queue", "task_type")
     search_fields = ("external_id", "prompt", "response")
     list_select_related = ("project",)
     show_full_result_count = False
+    inlines = [ReviewChangeInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class ReviewAdminForm(forms.ModelForm):
+    """The fields an SME edits on "My reviews", checked by the same rules (a reject needs one of the reasons)."""
+
+    class Meta:
+        model = Review
+        fields = ("decision", "reason", "comment", "corrected_response")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            reasons = ", ".join(self.instance.item.project.reject_reasons)
+            self.fields["reason"].help_text = f"For a reject, one of: {reasons}."
+
+    def clean(self):
+        cleaned = super().clean()
+        if "decision" in cleaned:
+            try:
+                cleaned["reason"] = review_reason_clean(
+                    project=self.instance.item.project, decision=cleaned["decision"], reason=cleaned.get("reason", "")
+                )
+            except ReviewError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return cleaned
 
 
 @admin.register(Review)
 class ReviewAdmin(admin.ModelAdmin):
+    """Staff edit or delete a decision through the review services: kept in history (with who did it) and
+    re-gated. Reviews are made on the review screen or imported, never added here."""
+
+    form = ReviewAdminForm
     list_display = ("item", "decision", "reason", "reviewer", "origin", "created_at")
     list_filter = ("decision", "origin", "item__project")
-    raw_id_fields = ("item",)
     list_select_related = ("item__project", "reviewer")
+    fields = ("item", "reviewer", "origin", "decision", "reason", "comment", "corrected_response", "seconds_spent")
+    readonly_fields = ("item", "reviewer", "origin", "seconds_spent")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        try:
+            review_staff_edit(
+                review=obj,
+                staff=request.user,
+                decision=obj.decision,
+                reason=obj.reason,
+                comment=obj.comment,
+                corrected_response=obj.corrected_response,
+            )
+        except ReviewError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+
+    def delete_model(self, request, obj):
+        review_staff_delete(review=obj, staff=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for review in queryset.select_related("item"):
+            review_staff_delete(review=review, staff=request.user)
 
 
 @admin.register(ReviewChange)
-class ReviewChangeAdmin(admin.ModelAdmin):
-    list_display = ("item", "reviewer", "action", "changed_at")
+class ReviewChangeAdmin(ViewOnlyAdmin):
+    """The history of ground truth (append-only): the record of who changed which decision."""
+
+    list_display = ("item", "action", "reviewer", "changed_by", "changed_at")
     list_filter = ("action", "item__project")
-    raw_id_fields = ("item",)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
+    list_select_related = ("item", "reviewer", "changed_by")
 
 
 @admin.register(Adjudication)
 class AdjudicationAdmin(admin.ModelAdmin):
+    """A lead's decision, changed or withdrawn here through the adjudication services (kept in history,
+    re-gated); leads adjudicate on the project's adjudication page, so nothing is added here."""
+
     list_display = ("item", "decision", "reason", "decided_by", "decided_at")
-    raw_id_fields = ("item",)
+    fields = ("item", "decision", "reason", "decided_by", "decided_at")
+    readonly_fields = ("item", "decided_by", "decided_at")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        try:
+            adjudicate(item=obj.item, lead=request.user, decision=obj.decision, reason=obj.reason)
+        except ReviewError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+
+    def delete_model(self, request, obj):
+        adjudication_delete(adjudication=obj, user=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for adjudication in queryset.select_related("item__project"):
+            adjudication_delete(adjudication=adjudication, user=request.user)
 
 
 @admin.register(ImportJob)
