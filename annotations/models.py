@@ -28,6 +28,18 @@ def validate_reject_reasons(value) -> None:
         raise ValidationError("a reason cannot contain a NUL character")
 
 
+def validate_no_credentials(url: str) -> None:
+    """Refuse a URL carrying a user name or password: judge URLs are shown on run pages and in exports."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ValidationError(
+            "this URL carries credentials, and the judge's URL is shown on every run page: "
+            "remove them and put the key in the API key field"
+        )
+
+
 class Decision(models.TextChoices):
     """A binary judgement, shared by SME reviews, judge verdicts and the gate."""
 
@@ -59,8 +71,14 @@ class Project(models.Model):
         validators=[validate_reject_reasons],
         help_text='Reasons SMEs pick from when rejecting (1 to 9), e.g. ["inaccurate", "tone"].',
     )
-    judge_base_url = models.URLField(blank=True, help_text="OpenAI-compatible base URL, e.g. http://vllm:8000/v1")
+    judge_base_url = models.URLField(
+        blank=True,
+        validators=[validate_no_credentials],
+        help_text="OpenAI-compatible base URL, e.g. http://vllm:8000/v1",
+    )
     judge_model = models.CharField(max_length=200, blank=True)
+    # Write-only: the admin never shows it (annotations.admin.ProjectAdminForm), the API has no field for it,
+    # and runs record the URL and model only (judging.backends.JudgeConfig).
     judge_api_key = models.CharField(max_length=200, blank=True)
     judge_max_in_flight = models.PositiveSmallIntegerField(
         default=32, help_text="Requests one worker keeps open at once to the judge server."
