@@ -261,15 +261,10 @@ class AdjudicationAdmin(admin.ModelAdmin):
 
 
 @admin.register(ImportJob)
-class ImportJobAdmin(admin.ModelAdmin):
-    """Imports uploaded on the import page, read-only: their outcome lives on the row."""
+class ImportJobAdmin(ViewOnlyAdmin):
+    """Imports uploaded on the import page: their outcome lives on the row, which also names who uploaded
+    the file (its prior labels became ground truth)."""
 
     list_display = ("id", "project", "filename", "status", "rows_read", "created_by", "created_at", "finished_at")
     list_filter = ("status",)
     exclude = ("report",)
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False

@@ -213,3 +213,13 @@ def test_an_import_with_no_history_leaves_slots_consistent_after_a_staff_delete(
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(reverse("admin:annotations_review_delete", args=[label.pk]), {"post": "yes"})
     assert Slot.objects.filter(item=item, done=False).count() == 1
+
+
+def test_an_imports_record_cannot_be_deleted_in_the_admin(admin_client, project, root):
+    """It names who uploaded the file whose prior labels became ground truth."""
+    from annotations.models import ImportJob
+
+    job = ImportJob.objects.create(project=project, filename="labels.jsonl", format="jsonl", created_by=root)
+    response = admin_client.post(reverse("admin:annotations_importjob_delete", args=[job.pk]), {"post": "yes"})
+    assert response.status_code == 403
+    assert ImportJob.objects.filter(pk=job.pk).exists()
