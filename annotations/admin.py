@@ -1,7 +1,51 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 
 from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange
 from annotations.queue import slots_sync
+from annotations.services import (
+    ReviewError,
+    adjudicate,
+    adjudication_delete,
+    review_reason_clean,
+    review_staff_delete,
+    review_staff_edit,
+)
+
+
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Rows that are a record (derived by a service, or history): shown in the admin, never added, changed
+    or deleted there, whatever the user's permissions. The admin's own log ("Changed outcome.") is no
+    audit trail; the history rows are, so nothing may bypass the services that write them."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class OwnsRecordsAdmin(admin.ModelAdmin):
+    """An admin whose rows own records (ViewOnlyAdmin rows, or rows another admin marks
+    ``deleted_only_with_parent``): deleting the row deletes them with it, although none may be deleted alone.
+
+    Django refuses a deletion that cascades to a model whose admin refuses deletion; these are records of
+    the row being deleted (a project's history goes with the project), so only real permission gaps count.
+    """
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        records = {
+            model._meta.verbose_name
+            for model, model_admin in self.admin_site._registry.items()
+            if isinstance(model_admin, ViewOnlyAdmin) or getattr(model_admin, "deleted_only_with_parent", False)
+        }
+        return deleted, counts, perms_needed - records, protected
 
 
 class MembershipInline(admin.TabularInline):
@@ -12,12 +56,73 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ("user",)
 
 
+class ProjectAdminForm(forms.ModelForm):
+    """The project, with its judge's API key write-only: never rendered, replaced by typing a new one."""
+
+    judge_api_key_new = forms.CharField(
+        label="Judge API key",
+        required=False,
+        max_length=Project._meta.get_field("judge_api_key").max_length,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+    judge_api_key_clear = forms.BooleanField(label="Clear the stored judge API key", required=False)
+
+    class Meta:
+        model = Project
+        fields = (  # every field but judge_api_key
+            "slug",
+            "name",
+            "guidelines",
+            "reviews_per_item",
+            "lease_minutes",
+            "reject_reasons",
+            "judge_base_url",
+            "judge_model",
+            "judge_api_key_new",
+            "judge_api_key_clear",
+            "judge_max_in_flight",
+            "judge_price_in",
+            "judge_price_out",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        stored = "A key is stored" if self.instance.judge_api_key else "No key is stored"
+        self.fields["judge_api_key_new"].help_text = (
+            f"{stored}. Write-only: it is never shown again. Leave blank to keep the stored key; type a new one "
+            "to replace it. Blank with none stored: LARRY_JUDGE_API_KEY, when the environment's judge is used."
+        )
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("judge_api_key_new") and cleaned.get("judge_api_key_clear"):
+            raise forms.ValidationError("Either type a new key or clear the stored one, not both.")
+        return cleaned
+
+    def save(self, commit=True):
+        project = super().save(commit=False)
+        if self.cleaned_data.get("judge_api_key_clear"):
+            project.judge_api_key = ""
+        elif self.cleaned_data.get("judge_api_key_new"):
+            project.judge_api_key = self.cleaned_data["judge_api_key_new"]
+        if commit:
+            project.save()
+            self._save_m2m()
+        return project
+
+
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(OwnsRecordsAdmin):
+    form = ProjectAdminForm
     list_display = ("name", "slug", "reviews_per_item", "lease_minutes", "judge_model", "created_at")
     prepopulated_fields = {"slug": ("name",)}
     search_fields = ("name", "slug")
     inlines = [MembershipInline]
+
+    @method_decorator(sensitive_post_parameters("judge_api_key_new"))
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Error reports (mails to ADMINS, the debug page) would otherwise list the typed key.
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
@@ -25,52 +130,141 @@ class ProjectAdmin(admin.ModelAdmin):
             slots_sync(project=obj)  # open (or trim) review slots to match
 
 
+class ReviewChangeInline(admin.TabularInline):
+    """The item's history of SME decisions and adjudications, newest first."""
+
+    model = ReviewChange
+    fields = ("changed_at", "action", "reviewer", "changed_by", "before", "after")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Item)
-class ItemAdmin(admin.ModelAdmin):
+class ItemAdmin(OwnsRecordsAdmin):
+    """Items are imported, never added or rewritten here: their text is what the SMEs and the judge saw."""
+
     list_display = ("external_id", "project", "source_model", "task_type", "in_sme_queue")
     list_filter = ("project", "in_sme_queue", "task_type")
     search_fields = ("external_id", "prompt", "response")
     list_select_related = ("project",)
     show_full_result_count = False
-
-
-@admin.register(Review)
-class ReviewAdmin(admin.ModelAdmin):
-    list_display = ("item", "decision", "reason", "reviewer", "origin", "created_at")
-    list_filter = ("decision", "origin", "item__project")
-    raw_id_fields = ("item",)
-    list_select_related = ("item__project", "reviewer")
-
-
-@admin.register(ReviewChange)
-class ReviewChangeAdmin(admin.ModelAdmin):
-    list_display = ("item", "reviewer", "action", "changed_at")
-    list_filter = ("action", "item__project")
-    raw_id_fields = ("item",)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-
-@admin.register(Adjudication)
-class AdjudicationAdmin(admin.ModelAdmin):
-    list_display = ("item", "decision", "reason", "decided_by", "decided_at")
-    raw_id_fields = ("item",)
-
-
-@admin.register(ImportJob)
-class ImportJobAdmin(admin.ModelAdmin):
-    """Imports uploaded on the import page, read-only: their outcome lives on the row."""
-
-    list_display = ("id", "project", "filename", "status", "rows_read", "created_by", "created_at", "finished_at")
-    list_filter = ("status",)
-    exclude = ("report",)
+    inlines = [ReviewChangeInline]
 
     def has_add_permission(self, request) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+class ReviewAdminForm(forms.ModelForm):
+    """The fields an SME edits on "My reviews", checked by the same rules (a reject needs one of the reasons)."""
+
+    class Meta:
+        model = Review
+        fields = ("decision", "reason", "comment", "corrected_response")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            reasons = ", ".join(self.instance.item.project.reject_reasons)
+            self.fields["reason"].help_text = f"For a reject, one of: {reasons}."
+
+    def clean(self):
+        cleaned = super().clean()
+        if "decision" in cleaned:
+            try:
+                cleaned["reason"] = review_reason_clean(
+                    project=self.instance.item.project, decision=cleaned["decision"], reason=cleaned.get("reason", "")
+                )
+            except ReviewError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return cleaned
+
+
+@admin.register(Review)
+class ReviewAdmin(admin.ModelAdmin):
+    """Staff edit or delete a decision through the review services: kept in history (with who did it) and
+    re-gated. Reviews are made on the review screen or imported, never added here."""
+
+    form = ReviewAdminForm
+    list_display = ("item", "decision", "reason", "reviewer", "origin", "created_at")
+    list_filter = ("decision", "origin", "item__project")
+    list_select_related = ("item__project", "reviewer")
+    fields = ("item", "reviewer", "origin", "decision", "reason", "comment", "corrected_response", "seconds_spent")
+    readonly_fields = ("item", "reviewer", "origin", "seconds_spent")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        try:
+            review_staff_edit(
+                review=obj,
+                staff=request.user,
+                decision=obj.decision,
+                reason=obj.reason,
+                comment=obj.comment,
+                corrected_response=obj.corrected_response,
+            )
+        except ReviewError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+
+    def delete_model(self, request, obj):
+        review_staff_delete(review=obj, staff=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for review in queryset.select_related("item"):
+            review_staff_delete(review=review, staff=request.user)
+
+
+@admin.register(ReviewChange)
+class ReviewChangeAdmin(ViewOnlyAdmin):
+    """The history of ground truth (append-only): the record of who changed which decision."""
+
+    list_display = ("item", "action", "reviewer", "changed_by", "changed_at")
+    list_filter = ("action", "item__project")
+    list_select_related = ("item", "reviewer", "changed_by")
+
+
+@admin.register(Adjudication)
+class AdjudicationAdmin(admin.ModelAdmin):
+    """A lead's decision, changed or withdrawn here through the adjudication services (kept in history,
+    re-gated); leads adjudicate on the project's adjudication page, so nothing is added here."""
+
+    list_display = ("item", "decision", "reason", "decided_by", "decided_at")
+    fields = ("item", "decision", "reason", "decided_by", "decided_at")
+    readonly_fields = ("item", "decided_by", "decided_at")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        try:
+            adjudicate(item=obj.item, lead=request.user, decision=obj.decision, reason=obj.reason)
+        except ReviewError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+
+    def delete_model(self, request, obj):
+        adjudication_delete(adjudication=obj, user=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for adjudication in queryset.select_related("item__project"):
+            adjudication_delete(adjudication=adjudication, user=request.user)
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(ViewOnlyAdmin):
+    """Imports uploaded on the import page: their outcome lives on the row, which also names who uploaded
+    the file (its prior labels became ground truth)."""
+
+    list_display = ("id", "project", "filename", "status", "rows_read", "created_by", "created_at", "finished_at")
+    list_filter = ("status",)
+    exclude = ("report",)

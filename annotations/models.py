@@ -28,6 +28,18 @@ def validate_reject_reasons(value) -> None:
         raise ValidationError("a reason cannot contain a NUL character")
 
 
+def validate_no_credentials(url: str) -> None:
+    """Refuse a URL carrying a user name or password: judge URLs are shown on run pages and in exports."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ValidationError(
+            "this URL carries credentials, and the judge's URL is shown on every run page: "
+            "remove them and put the key in the API key field"
+        )
+
+
 class Decision(models.TextChoices):
     """A binary judgement, shared by SME reviews, judge verdicts and the gate."""
 
@@ -59,8 +71,14 @@ class Project(models.Model):
         validators=[validate_reject_reasons],
         help_text='Reasons SMEs pick from when rejecting (1 to 9), e.g. ["inaccurate", "tone"].',
     )
-    judge_base_url = models.URLField(blank=True, help_text="OpenAI-compatible base URL, e.g. http://vllm:8000/v1")
+    judge_base_url = models.URLField(
+        blank=True,
+        validators=[validate_no_credentials],
+        help_text="OpenAI-compatible base URL, e.g. http://vllm:8000/v1",
+    )
     judge_model = models.CharField(max_length=200, blank=True)
+    # Write-only: the admin never shows it (annotations.admin.ProjectAdminForm), the API has no field for it,
+    # and runs record the URL and model only (judging.backends.JudgeConfig).
     judge_api_key = models.CharField(max_length=200, blank=True)
     judge_max_in_flight = models.PositiveSmallIntegerField(
         default=32, help_text="Requests one worker keeps open at once to the judge server."
@@ -157,8 +175,9 @@ class Review(models.Model):
 
     # No index of its own: the unique (item, reviewer) index serves lookups by item.
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="reviews", db_index=False)
+    # PROTECT: a deleted SME would turn their reviews into imported labels; deactivate the user instead.
     reviewer = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="reviews"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="reviews"
     )
     decision = models.CharField(max_length=6, choices=Decision.choices)
     reason = models.CharField(max_length=200, blank=True)
@@ -191,16 +210,36 @@ class Review(models.Model):
 
 
 class ReviewChange(models.Model):
-    """History of SME decisions: who changed which item's review, when, from what to what."""
+    """History of ground truth: who changed which item's review or adjudication, when, from what to what.
+
+    Append-only: rows are written by the services in ``annotations.services``
+    and never changed or deleted (the admin shows them, the API has none);
+    they go only with their item. ``reviewer`` is whose decision it is (the
+    SME, none for an imported label, the lead for an adjudication);
+    ``changed_by`` is who made the change (the SME on the review screen, staff
+    in the admin). Neither user can be deleted while their history exists.
+    """
 
     class Action(models.TextChoices):
-        CREATE = "create"
-        EDIT = "edit"
-        UNDO = "undo"
+        CREATE = "create", "Decision"
+        EDIT = "edit", "Edit"
+        UNDO = "undo", "Undo (by the SME)"
+        DELETE = "delete", "Deleted by staff"
+        ADJUDICATE = "adjudicate", "Adjudication"
+        UNADJUDICATE = "unadjudicate", "Adjudication deleted"
 
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="review_changes")
-    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
-    action = models.CharField(max_length=6, choices=Action.choices)
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+", help_text="Whose decision."
+    )
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Who made the change: the SME, or staff in the admin.",
+    )
+    action = models.CharField(max_length=12, choices=Action.choices)
     before = models.JSONField(default=dict, blank=True)
     after = models.JSONField(default=dict, blank=True)
     changed_at = models.DateTimeField(auto_now_add=True)
@@ -209,7 +248,7 @@ class ReviewChange(models.Model):
         ordering = ["-changed_at", "-id"]
 
     def __str__(self) -> str:
-        return f"{self.action} {self.item_id} by {self.reviewer_id}"
+        return f"{self.action} {self.item_id} by {self.changed_by_id}"
 
 
 class Slot(models.Model):
@@ -267,6 +306,9 @@ class Adjudication(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} {self.item_id} (adjudicated)"
+
+    def snapshot(self) -> dict:
+        return {"decision": self.decision, "reason": self.reason}
 
 
 class ImportJob(models.Model):

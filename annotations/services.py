@@ -77,8 +77,12 @@ def sample_for_review(*, project: Project, n: int | None = None, fraction: float
     return queue_add(project=project, item_ids=chosen)
 
 
-def _clean_decision(project: Project, decision: str, reason: str) -> str:
-    """The reason to store; raises ReviewError for a bad decision or reject reason."""
+def review_reason_clean(*, project: Project, decision: str, reason: str) -> str:
+    """The reject reason to store for ``decision`` in ``project`` ("" for an accept).
+
+    Raises ReviewError for a decision other than accept/reject, a reject
+    without a reason, or a reason outside the project's list.
+    """
     if decision not in Decision.values:
         raise ReviewError(f"decision must be accept or reject, got {decision!r}")
     if decision == Decision.ACCEPT:
@@ -91,6 +95,11 @@ def _clean_decision(project: Project, decision: str, reason: str) -> str:
     return reason
 
 
+def _require_staff(user, permission: str) -> None:
+    if not (user.is_staff and user.has_perm(permission)):
+        raise ReviewError(f"only staff with the permission {permission} change another's decision")
+
+
 def review_submit(
     *, item: Item, reviewer, decision: str, reason: str = "", comment: str = "", corrected_response: str = ""
 ) -> Review:
@@ -101,7 +110,7 @@ def review_submit(
     Raises ReviewError for a bad decision, an item outside the SME queue, an
     item whose lease went to another SME, or a second review by the same SME.
     """
-    reason = _clean_decision(item.project, decision, reason)
+    reason = review_reason_clean(project=item.project, decision=decision, reason=reason)
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -126,7 +135,11 @@ def review_submit(
             )
             Slot.objects.filter(pk=slot.pk).update(done=True, reviewer=reviewer, leased_until=None)
             ReviewChange.objects.create(
-                item=item, reviewer=reviewer, action=ReviewChange.Action.CREATE, after=review.snapshot()
+                item=item,
+                reviewer=reviewer,
+                changed_by=reviewer,
+                action=ReviewChange.Action.CREATE,
+                after=review.snapshot(),
             )
             _ground_truth_changed(item.project_id, [item.pk])
             return review
@@ -141,7 +154,7 @@ def review_undo(*, review: Review, reviewer) -> Item:
     item, now = review.item, timezone.now()
     with transaction.atomic():
         ReviewChange.objects.create(
-            item=item, reviewer=reviewer, action=ReviewChange.Action.UNDO, before=review.snapshot()
+            item=item, reviewer=reviewer, changed_by=reviewer, action=ReviewChange.Action.UNDO, before=review.snapshot()
         )
         review.delete()
         Slot.objects.filter(item=item, reviewer=reviewer, done=True).update(
@@ -157,33 +170,137 @@ def review_edit(
     """Change a past decision (the SME's own); the change is kept in history. Raises ReviewError."""
     if review.reviewer_id != reviewer.pk:
         raise ReviewError("only the SME who made a decision can edit it")
-    reason = _clean_decision(review.item.project, decision, reason)
-    before = review.snapshot()
-    review.decision, review.reason = decision, reason[:200]
-    review.comment, review.corrected_response = comment.strip()[:MAX_TEXT], corrected_response.strip()[:MAX_TEXT]
-    if review.snapshot() == before:
-        return review
+    return _review_change(
+        review=review,
+        user=reviewer,
+        decision=decision,
+        reason=reason,
+        comment=comment,
+        corrected_response=corrected_response,
+    )
+
+
+def review_staff_edit(
+    *, review: Review, staff, decision: str, reason: str = "", comment: str = "", corrected_response: str = ""
+) -> Review:
+    """Staff change someone's decision (an SME's review or an imported label), as the SME would on the review
+    screen: same checks, same history, the item re-gated. The review stays the SME's; the history names
+    ``staff`` as who changed it. Raises ReviewError (not staff with ``annotations.change_review``, bad decision).
+    """
+    _require_staff(staff, "annotations.change_review")
+    return _review_change(
+        review=review,
+        user=staff,
+        decision=decision,
+        reason=reason,
+        comment=comment,
+        corrected_response=corrected_response,
+    )
+
+
+def _review_change(
+    *, review: Review, user, decision: str, reason: str, comment: str, corrected_response: str
+) -> Review:
+    reason = review_reason_clean(project=review.item.project, decision=decision, reason=reason)
     with transaction.atomic():
-        review.save()
+        stored = Review.objects.select_for_update().filter(pk=review.pk).first()
+        if stored is None:
+            raise ReviewError(f"this decision on item {review.item.external_id} was taken back or deleted meanwhile")
+        before = stored.snapshot()
+        stored.decision, stored.reason = decision, reason[:200]
+        stored.comment, stored.corrected_response = comment.strip()[:MAX_TEXT], corrected_response.strip()[:MAX_TEXT]
+        if stored.snapshot() == before:
+            return stored
+        stored.save()
         ReviewChange.objects.create(
-            item=review.item, reviewer=reviewer, action=ReviewChange.Action.EDIT, before=before, after=review.snapshot()
+            item_id=stored.item_id,
+            reviewer_id=stored.reviewer_id,
+            changed_by=user,
+            action=ReviewChange.Action.EDIT,
+            before=before,
+            after=stored.snapshot(),
         )
-        _ground_truth_changed(review.item.project_id, [review.item_id])
-    return review
+        _ground_truth_changed(review.item.project_id, [stored.item_id])
+    return stored
+
+
+def review_staff_delete(*, review: Review, staff) -> Item:
+    """Staff delete a decision (an SME's review or an imported label); kept in history as ``delete``.
+
+    The item is re-gated, and a queued item's slot that the review had
+    closed opens again, so another SME reviews it. Raises ReviewError (not
+    staff with ``annotations.delete_review``, or the review is already gone).
+    """
+    _require_staff(staff, "annotations.delete_review")
+    with transaction.atomic():
+        stored = Review.objects.select_for_update().filter(pk=review.pk).select_related("item").first()
+        if stored is None:
+            raise ReviewError(f"this decision on item {review.item.external_id} was taken back or deleted meanwhile")
+        ReviewChange.objects.create(
+            item_id=stored.item_id,
+            reviewer_id=stored.reviewer_id,
+            changed_by=staff,
+            action=ReviewChange.Action.DELETE,
+            before=stored.snapshot(),
+        )
+        stored.delete()
+        # The SME's own slot, or (an imported label) one that slots_sync closed for it.
+        slot = Slot.objects.filter(item_id=stored.item_id, done=True, reviewer_id=stored.reviewer_id).first()
+        if slot is not None:
+            Slot.objects.filter(pk=slot.pk).update(done=False, reviewer=None, leased_at=None, leased_until=None)
+        _ground_truth_changed(stored.item.project_id, [stored.item_id])
+    return stored.item
 
 
 def adjudicate(*, item: Item, lead, decision: str, reason: str = "") -> Adjudication:
-    """A project lead's decision on an item; it becomes the item's ground truth. Raises ReviewError."""
+    """A project lead's decision on an item; it becomes the item's ground truth, and is kept in history.
+
+    A second call replaces the decision (history keeps both, as ``adjudicate``
+    with before and after); the lead who decided last is ``decided_by``.
+    Raises ReviewError (not a lead or staff, bad decision).
+    """
     if not item.project.is_lead(lead):
         raise ReviewError("only a project lead or staff can adjudicate")
     if decision not in Decision.values:
         raise ReviewError(f"decision must be accept or reject, got {decision!r}")
     with transaction.atomic():
+        previous = Adjudication.objects.select_for_update().filter(item=item).first()
         adjudication, _ = Adjudication.objects.update_or_create(
             item=item, defaults={"decision": decision, "reason": reason.strip()[:200], "decided_by": lead}
         )
+        before = previous.snapshot() if previous else {}
+        if adjudication.snapshot() != before:
+            ReviewChange.objects.create(
+                item=item,
+                reviewer=lead,
+                changed_by=lead,
+                action=ReviewChange.Action.ADJUDICATE,
+                before=before,
+                after=adjudication.snapshot(),
+            )
         _ground_truth_changed(item.project_id, [item.pk])
     return adjudication
+
+
+def adjudication_delete(*, adjudication: Adjudication, user) -> Item:
+    """Withdraw an adjudication (a lead or staff): the SMEs' reviews are the item's ground truth again.
+
+    Kept in history as ``unadjudicate``; the item is re-gated and, when its
+    SMEs disagree, it is back on the adjudication page. Raises ReviewError.
+    """
+    item = adjudication.item
+    if not item.project.is_lead(user):
+        raise ReviewError("only a project lead or staff can withdraw an adjudication")
+    with transaction.atomic():
+        stored = Adjudication.objects.select_for_update().filter(pk=adjudication.pk).first()
+        if stored is None:
+            raise ReviewError(f"the adjudication of item {item.external_id} was deleted meanwhile")
+        ReviewChange.objects.create(
+            item=item, reviewer=user, changed_by=user, action=ReviewChange.Action.UNADJUDICATE, before=stored.snapshot()
+        )
+        stored.delete()
+        _ground_truth_changed(item.project_id, [item.pk])
+    return item
 
 
 def prior_labels_import(*, project: Project, labels: dict[str, str]) -> int:

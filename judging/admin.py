@@ -4,6 +4,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html
 from rest_framework.exceptions import ValidationError as DrfValidationError
 
+from annotations.admin import OwnsRecordsAdmin, ViewOnlyAdmin
 from annotations.models import Project
 from judging import prompts
 from judging.label_functions import KINDS, validate_params
@@ -79,7 +80,7 @@ class LabelFunctionVersionInline(admin.TabularInline):
 
 
 @admin.register(LabelFunction)
-class LabelFunctionAdmin(admin.ModelAdmin):
+class LabelFunctionAdmin(OwnsRecordsAdmin):
     """Editing needs the model's change permission (staff with it, or superusers)."""
 
     form = LabelFunctionForm
@@ -114,19 +115,9 @@ class LabelFunctionAdmin(admin.ModelAdmin):
 
 
 @admin.register(LabelFunctionVersion)
-class LabelFunctionVersionAdmin(admin.ModelAdmin):
+class LabelFunctionVersionAdmin(ViewOnlyAdmin):
     list_display = ("__str__", "project", "action", "changed_by", "changed_at")
     list_filter = ("project", "action")
-    readonly_fields = ("label_function", "project", "version", "action", "before", "after", "changed_by", "changed_at")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class JudgeSettingsForm(forms.ModelForm):
@@ -178,6 +169,7 @@ class JudgeSettingsAdmin(admin.ModelAdmin):
     """A project's rubric (versioned), few-shot examples and rate limits for its LLM judge runs."""
 
     form = JudgeSettingsForm
+    deleted_only_with_parent = True  # with its project
     list_display = ("project", "rubric_version", "few_shot", "requests_per_minute", "tokens_per_minute", "updated_at")
     readonly_fields = ("rubric_version", "always_added")
     inlines = [RubricVersionInline]
@@ -198,14 +190,15 @@ class JudgeSettingsAdmin(admin.ModelAdmin):
 
 
 @admin.register(JudgeRun)
-class JudgeRunAdmin(admin.ModelAdmin):
+class JudgeRunAdmin(ViewOnlyAdmin):
+    """Runs are started, cancelled and resumed on the project's pages (services with their checks), never here."""
+
     list_display = ("id", "project", "backend", "model", "status", "items_total", "items_done", "items_error")
     list_filter = ("project", "backend", "status")
-    readonly_fields = ("created_at", "started_at", "finished_at")
 
 
 @admin.register(Verdict)
-class VerdictAdmin(admin.ModelAdmin):
+class VerdictAdmin(ViewOnlyAdmin):
     list_display = ("item", "run", "verdict", "tokens_in", "tokens_out", "latency_ms", "error")
     list_filter = ("verdict", "run")
     raw_id_fields = ("item", "run")
@@ -213,14 +206,18 @@ class VerdictAdmin(admin.ModelAdmin):
 
 
 @admin.register(RuleHit)
-class RuleHitAdmin(admin.ModelAdmin):
-    list_display = ("label_function", "item", "created_at")
+class RuleHitAdmin(ViewOnlyAdmin):
+    """Hits are replaced as a whole when the rules run (the label functions' "apply" action re-gates)."""
+
+    list_display = ("label_function", "item", "version", "created_at")
     list_filter = ("label_function",)
     raw_id_fields = ("item",)
 
 
 @admin.register(GateDecision)
-class GateDecisionAdmin(admin.ModelAdmin):
+class GateDecisionAdmin(ViewOnlyAdmin):
+    """The gate's output; to change a decision, change what it is decided from (a review, a rule) and re-gate."""
+
     list_display = ("item", "outcome", "basis", "basis_decision", "vetoed", "decided_at")
     list_filter = ("outcome", "basis", "vetoed")
     raw_id_fields = ("item", "judge_run")

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from django.conf import settings
@@ -42,11 +42,16 @@ LOCAL_MODEL_NAME = "tfidf-logreg"
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """Where the judge is: ``base_url`` empty means the local classifier."""
+    """Where the judge is: ``base_url`` empty means the local classifier.
+
+    ``api_key`` is sent to the judge and nowhere else: it is left out of the
+    repr (so of tracebacks and logs), of run snapshots (``run_config``) and of
+    everything stored from a reply (``redact``).
+    """
 
     base_url: str
     model: str
-    api_key: str
+    api_key: str = field(repr=False)
 
     @property
     def is_local(self) -> bool:
@@ -144,6 +149,29 @@ def parse_verdict(content: str | None) -> tuple[str, str]:
         raise VerdictParseError(f"verdict must be accept or reject, got {data.get('verdict')!r}")
     rationale = data.get("rationale", "")
     return verdict, rationale if isinstance(rationale, str) else json.dumps(rationale)
+
+
+REDACTED = "[redacted]"
+
+
+def redact(value, secret: str):
+    """``value`` (a string, or lists and dicts of them) with every occurrence of ``secret`` (the judge's API
+    key) replaced by ``[redacted]``; other values are returned as they are.
+
+    A server or proxy may quote the request's ``Authorization`` header in an
+    error ("invalid credentials: Bearer sk-..."), which would then be stored
+    and shown on the run page; the ``openai`` client's messages quote the
+    server's body as is.
+    """
+    if not secret:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, REDACTED)
+    if isinstance(value, list):
+        return [redact(v, secret) for v in value]
+    if isinstance(value, dict):
+        return {redact(k, secret): redact(v, secret) for k, v in value.items()}
+    return value
 
 
 @dataclass
@@ -385,13 +413,17 @@ async def judge_many(
 
     tasks = [asyncio.ensure_future(one(item)) for item in items]
     try:
-        return list(await asyncio.gather(*tasks))
+        results = list(await asyncio.gather(*tasks))
     finally:
         pending = [task for task in tasks if not task.done()]
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+    for result in results:  # whatever the server said, the key is stored nowhere
+        for name in (f.name for f in fields(result)):
+            setattr(result, name, redact(getattr(result, name), config.api_key))
+    return results
 
 
 class JudgeLoop:

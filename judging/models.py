@@ -185,7 +185,8 @@ class RubricVersion(models.Model):
     version = models.PositiveIntegerField()
     rubric = models.TextField()
     sha256 = models.CharField(max_length=64, help_text="Of the rubric text alone (runs record the whole prompt's).")
-    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # PROTECT: history keeps its author; a user who changed something is deactivated, not deleted.
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
     changed_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -284,7 +285,8 @@ class LabelFunctionVersion(models.Model):
     action = models.CharField(max_length=6, choices=Action.choices)
     before = models.JSONField(default=dict, blank=True)
     after = models.JSONField(default=dict, blank=True)
-    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # PROTECT: history keeps its author; a user who changed something is deactivated, not deleted.
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
     changed_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -17,10 +17,12 @@ Markers in the response text pick a fault:
 | ``[slow-once]`` | an answer after ``server.httpd.slow_s`` (3 s) the first time, then at once |
 | ``[no-choices]`` | a chat completion with an empty ``choices`` list |
 | ``[html]`` | HTTP 200 with an HTML page, not JSON (as a misconfigured proxy might send) |
+| ``[echo-auth]`` | HTTP 401 whose error message quotes the request's ``Authorization`` header |
 
 ``latency`` (seconds) delays every answer, as a busy GPU would. Every
-request body is kept in ``server.requests``, and its arrival time in
-``server.request_times``, for assertions. The item judged is the last user
+request body is kept in ``server.requests``, its arrival time in
+``server.request_times`` and its ``Authorization`` header in
+``server.authorizations``, for assertions. The item judged is the last user
 message (few-shot examples come before it), or the one before a repair request; set
 ``server.httpd.down = True`` to answer 503 to everything.
 """
@@ -44,6 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.requests.append(body)
             self.server.request_times.append(time.monotonic())
+            self.server.authorizations.append(self.headers.get("Authorization", ""))
         if not self.path.endswith("/chat/completions"):
             return self._send(404, {"error": {"message": "not found"}})
         # The item is the last user message, or the one before it when the last asks for a repair;
@@ -55,6 +58,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.server.latency)
         if self.server.down:
             return self._send(503, {"error": {"message": "the test server is down"}})
+        if "[echo-auth]" in user:  # as a careless proxy might answer
+            message = f"invalid credentials: {self.headers.get('Authorization', '')}"
+            return self._send(401, {"error": {"message": message}})
         if "[http500]" in user:
             return self._send(500, {"error": {"message": "injected fault"}})
         with self.server.lock:
@@ -119,6 +125,7 @@ class JudgeServer:
     def __init__(self, latency: float = 0.0) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.requests, self.httpd.request_times = [], []  # bodies, and when each arrived (time.monotonic)
+        self.httpd.authorizations = []  # each request's Authorization header
         self.httpd.down = False  # answer 503 to everything while True
         self.httpd.latency = latency
         self.httpd.seen, self.httpd.lock, self.httpd.slow_s = {}, threading.Lock(), 3.0
@@ -132,6 +139,10 @@ class JudgeServer:
     @property
     def requests(self) -> list[dict]:
         return self.httpd.requests
+
+    @property
+    def authorizations(self) -> list[str]:
+        return self.httpd.authorizations
 
     @property
     def request_times(self) -> list[float]:

@@ -270,3 +270,48 @@ def test_staff_create_projects_over_the_api_and_others_may_not(client, project, 
         answer = client.post("/api/projects/", bad, content_type="application/json", **auth(staff))
         assert answer.status_code == 400 and field in answer.json(), (bad, answer.content)
     assert Project.objects.count() == 2
+
+
+# Every operation of the API that writes, and what it writes. History (review changes, label-function and
+# rubric versions) and derived rows (verdicts, gate decisions, rule hits) are never written over the API.
+API_WRITES = {
+    ("post", "/api/projects/"),  # a new project (staff)
+    ("post", "/api/projects/{slug}/import/"),  # new items and prior labels
+    ("post", "/api/projects/{project_slug}/runs/"),  # a new judge run (staff)
+    ("post", "/api/projects/{project_slug}/training-sets/"),  # a new snapshot
+    ("delete", "/api/projects/{project_slug}/training-sets/{id}/"),  # a snapshot (not history: built from it)
+    ("post", "/api/token/"),  # the caller's own token
+}
+
+
+def test_the_api_writes_no_history_and_no_derived_rows():
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    writes = {
+        (method, path)
+        for path, operations in schema["paths"].items()
+        for method in operations
+        if method in ("post", "put", "patch", "delete")
+    }
+    assert writes == API_WRITES
+    components = set(schema["components"]["schemas"])
+    assert not components & {"ReviewChange", "LabelFunctionVersion", "RubricVersion", "GateDecision", "RuleHit"}
+
+
+def test_reviews_verdicts_and_rules_refuse_writes_even_from_staff(client, project, decided, staff):
+    from annotations.models import Review
+    from judging.models import JudgeRun, LabelFunction, Verdict
+
+    base = f"/api/projects/{project.slug}"
+    run = JudgeRun.objects.get()
+    for url in (
+        f"{base}/reviews/{Review.objects.first().pk}/",
+        f"{base}/runs/{run.pk}/",
+        f"{base}/runs/{run.pk}/verdicts/{Verdict.objects.first().pk}/",
+        f"{base}/label-functions/{LabelFunction.objects.first().pk}/",
+    ):
+        for method in (client.put, client.patch, client.delete):
+            response = method(url, {"decision": "accept"}, content_type="application/json", **auth(staff))
+            assert response.status_code == 405, (method, url)
+    assert Review.objects.count() == 3 and Verdict.objects.count() == 6

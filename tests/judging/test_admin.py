@@ -108,3 +108,151 @@ def test_adding_and_editing_in_the_admin_versions_the_rule_and_regates(
     assert dict(GateDecision.objects.values_list("item__response", "outcome"))["Use Dropbox."] == "reject"
     history = admin_client.get(change).content.decode()
     assert "update" in history and "create" in history  # the history inline on the rule's page
+
+
+# Derived rows (the gate's decisions, verdicts, rule hits, runs) and history rows are the record: the admin
+# shows them and changes nothing. Each model's admin is tried as a superuser, who holds every permission.
+READ_ONLY = ["gatedecision", "verdict", "rulehit", "judgerun", "labelfunctionversion"]
+
+
+def _rows(project, model: str):
+    from annotations.models import ReviewChange
+    from judging.models import JudgeRun, RuleHit, Verdict
+
+    models = {
+        "gatedecision": GateDecision,
+        "verdict": Verdict,
+        "rulehit": RuleHit,
+        "judgerun": JudgeRun,
+        "labelfunctionversion": LabelFunctionVersion,
+        "reviewchange": ReviewChange,
+    }
+    return models[model].objects.all()
+
+
+@pytest.fixture
+def decided_project(project):
+    from tests.judging.test_training_sets import decide_items
+
+    decide_items(project)
+    label_function = LabelFunction.objects.get()
+    LabelFunctionVersion.objects.create(
+        label_function=label_function, project=project, version=1, action="create", after=label_function.snapshot()
+    )
+    return project
+
+
+@pytest.mark.parametrize("model", READ_ONLY)
+def test_derived_and_history_rows_are_view_only_in_the_admin(admin_client, decided_project, model):
+    rows = _rows(decided_project, model)
+    row = rows.first()
+    before = list(rows.order_by("pk").values())
+    change = reverse(f"admin:judging_{model}_change", args=[row.pk])
+    page = admin_client.get(change)
+    assert page.status_code == 200  # shown...
+    assert 'name="_save"' not in page.content.decode()  # ...with no Save button
+    assert admin_client.get(reverse(f"admin:judging_{model}_changelist")).status_code == 200
+    assert admin_client.get(reverse(f"admin:judging_{model}_add")).status_code == 403
+    assert admin_client.post(change, {}).status_code == 403
+    delete = reverse(f"admin:judging_{model}_delete", args=[row.pk])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    admin_client.post(
+        reverse(f"admin:judging_{model}_changelist"),
+        {"action": "delete_selected", "_selected_action": [r.pk for r in rows], "post": "yes"},
+    )
+    assert list(rows.order_by("pk").values()) == before
+
+
+def test_staff_cannot_flip_a_vetoed_item_to_accept_in_the_admin(
+    admin_client, decided_project, django_capture_on_commit_callbacks
+):
+    """The reported exploit: a vetoed item's decision set to accept in the admin was exported."""
+    from tests.judging.test_training_sets import build
+
+    vetoed = GateDecision.objects.get(item__external_id="d1")
+    assert (vetoed.outcome, vetoed.vetoed) == ("reject", True)
+    response = admin_client.post(
+        reverse("admin:judging_gatedecision_change", args=[vetoed.pk]),
+        {
+            "item": vetoed.item_id,
+            "outcome": "accept",
+            "basis": "judge",
+            "basis_decision": "accept",
+            "reasons": "[]",
+            "judge_run": "",
+        },
+    )
+    assert response.status_code == 403
+    vetoed.refresh_from_db()
+    assert (vetoed.outcome, vetoed.vetoed) == ("reject", True)
+    training_set = build(decided_project, django_capture_on_commit_callbacks)
+    exported = set(training_set.rows.values_list("external_id", flat=True))
+    assert exported and "d1" not in exported
+
+
+def test_staff_cannot_turn_a_verdict_into_an_accept_in_the_admin(admin_client, decided_project):
+    from judging.models import Verdict
+
+    verdict = Verdict.objects.get(item__external_id="h1")
+    response = admin_client.post(
+        reverse("admin:judging_verdict_change", args=[verdict.pk]),
+        {
+            "run": verdict.run_id,
+            "item": verdict.item_id,
+            "verdict": "accept",
+            "rationale": "fine",
+            "tokens_in": 0,
+            "tokens_out": 0,
+            "latency_ms": 0,
+        },
+    )
+    assert response.status_code == 403
+    verdict.refresh_from_db()
+    assert verdict.verdict == "reject"
+    assert GateDecision.objects.get(item__external_id="h1").outcome == "reject"
+
+
+def test_staff_cannot_delete_a_rule_hit_to_lift_a_veto(admin_client, decided_project):
+    from judging.models import RuleHit
+
+    hit = RuleHit.objects.get(item__external_id="d1")
+    response = admin_client.post(reverse("admin:judging_rulehit_delete", args=[hit.pk]), {"post": "yes"})
+    assert response.status_code == 403
+    assert RuleHit.objects.filter(pk=hit.pk).exists()
+
+
+def test_staff_cannot_mark_a_run_finished_in_the_admin(admin_client, decided_project):
+    from judging.models import JudgeRun
+
+    run = JudgeRun.objects.create(project=decided_project, backend="openai", model="m", status="running")
+    response = admin_client.post(
+        reverse("admin:judging_judgerun_change", args=[run.pk]),
+        {"project": decided_project.pk, "backend": "openai", "model": "m", "status": "finished", "config": "{}"},
+    )
+    assert response.status_code == 403
+    run.refresh_from_db()
+    assert run.status == "running"
+
+
+def test_deleting_a_rule_in_the_admin_takes_its_hits_and_keeps_its_history(
+    admin_client, decided_project, django_capture_on_commit_callbacks
+):
+    rule = LabelFunction.objects.get()
+    assert rule.hits.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(reverse("admin:judging_labelfunction_delete", args=[rule.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    assert not LabelFunction.objects.exists()
+    assert LabelFunctionVersion.objects.filter(action="delete", changed_by__username="root").exists()
+    assert GateDecision.objects.get(item__external_id="d1").outcome == "accept"  # re-gated without the rule
+
+
+def test_deleting_a_project_in_the_admin_takes_everything_in_it(admin_client, decided_project):
+    """The project is gone, and with it its records (the one way a history row goes)."""
+    from annotations.models import Item
+
+    response = admin_client.post(
+        reverse("admin:annotations_project_delete", args=[decided_project.pk]), {"post": "yes"}
+    )
+    assert response.status_code == 302
+    assert not Item.objects.exists() and not GateDecision.objects.exists()
