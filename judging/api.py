@@ -10,7 +10,13 @@ from django.db import transaction
 from django.http import StreamingHttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
@@ -24,7 +30,7 @@ from judging import training_sets
 from judging.export import in_blocks, iter_chat_jsonl
 from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.selectors import latest_finished_run, run_progress
-from judging.services import judge_run_create
+from judging.services import judge_run_create, judge_run_queue_errors
 
 CONTENT_TYPES = {
     TrainingSet.Format.CSV: "text/csv; charset=utf-8",
@@ -107,6 +113,16 @@ class JudgeRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
         run.refresh_from_db()
         return Response(self.get_serializer(run).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(
+        request=None,
+        responses={200: inline_serializer("QueuedErrors", {"queued": serializers.IntegerField()})},
+        summary="Queue the run's items without a verdict for SME review (leads)",
+    )
+    @action(detail=True, methods=["post"], url_path="queue-errors")
+    def queue_errors(self, request, project_slug: str, pk: str) -> Response:
+        """Items whose judging failed for good stay pending; this sends them to the SMEs (safe to repeat)."""
+        return Response({"queued": judge_run_queue_errors(run=self.get_object())})
+
 
 class VerdictSerializer(serializers.ModelSerializer):
     external_id = serializers.CharField(source="item.external_id", read_only=True)
@@ -119,11 +135,16 @@ class VerdictSerializer(serializers.ModelSerializer):
             "external_id",
             "verdict",
             "rationale",
+            "reasoning",
             "score",
             "tokens_in",
             "tokens_out",
             "latency_ms",
             "error",
+            "error_class",
+            "raw_reply",
+            "attempts",
+            "answered_by",
             "created_at",
         ]
 
@@ -132,10 +153,11 @@ class VerdictFilter(django_filters.FilterSet):
     verdict = django_filters.ChoiceFilter(choices=Decision.choices)
     error = django_filters.BooleanFilter(method="filter_error", help_text="true: only errors; false: only verdicts")
     item = django_filters.NumberFilter(field_name="item_id")
+    error_class = django_filters.ChoiceFilter(choices=Verdict.ErrorClass.choices)
 
     class Meta:
         model = Verdict
-        fields = ["verdict", "item"]
+        fields = ["verdict", "item", "error_class"]
 
     def filter_error(self, queryset, name, value):
         return queryset.exclude(error="") if value else queryset.filter(error="")

@@ -7,9 +7,8 @@ environment, else the local classifier trained on the project's SME labels.
 
 import asyncio
 import atexit
-import json
+import contextvars
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -23,17 +22,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 
 from annotations.models import Item, Project
-from judging import prompts
-
-VERDICT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "verdict": {"type": "string", "enum": ["accept", "reject"]},
-        "rationale": {"type": "string"},
-    },
-    "required": ["verdict", "rationale"],
-    "additionalProperties": False,
-}
+from judging import prompts, replies
+from judging.replies import VERDICT_SCHEMA
 
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}}
 
@@ -113,45 +103,10 @@ def run_config(
     }
 
 
-class VerdictParseError(ValueError):
-    """The judge's reply is not a verdict; the message says what was wrong."""
-
-
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
-
-
-def parse_verdict(content: str | None) -> tuple[str, str]:
-    """``(verdict, rationale)`` from a reply; tolerates code fences and text around one JSON object.
-
-    Raises VerdictParseError for an empty reply, no JSON object, or a verdict
-    other than accept/reject.
-    """
-    if not content or not content.strip():
-        raise VerdictParseError("empty reply")
-    text = content.strip()
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        start, end = text.find("{"), text.rfind("}")
-        if start < 0 or end <= start:
-            raise VerdictParseError(f"no JSON object in reply: {content[:200]!r}") from None
-        try:
-            data = json.loads(text[start : end + 1])
-        except json.JSONDecodeError as exc:
-            raise VerdictParseError(f"invalid JSON in reply ({exc.msg}): {content[:200]!r}") from None
-    if not isinstance(data, dict):
-        raise VerdictParseError(f"reply is not a JSON object: {content[:200]!r}")
-    verdict = str(data.get("verdict", "")).strip().lower()
-    if verdict not in ("accept", "reject"):
-        raise VerdictParseError(f"verdict must be accept or reject, got {data.get('verdict')!r}")
-    rationale = data.get("rationale", "")
-    return verdict, rationale if isinstance(rationale, str) else json.dumps(rationale)
-
-
 REDACTED = "[redacted]"
+# Shorter "keys" (vLLM's placeholder "EMPTY", a test's "x") are no secret, and replacing them would blank
+# ordinary words in rationales.
+REDACT_MIN_LENGTH = 8
 
 
 def redact(value, secret: str):
@@ -163,7 +118,7 @@ def redact(value, secret: str):
     and shown on the run page; the ``openai`` client's messages quote the
     server's body as is.
     """
-    if not secret:
+    if len(secret) < REDACT_MIN_LENGTH:
         return value
     if isinstance(value, str):
         return value.replace(secret, REDACTED)
@@ -176,16 +131,62 @@ def redact(value, secret: str):
 
 @dataclass
 class JudgeResult:
-    """One item's outcome: ``verdict`` empty and ``error`` set when judging failed."""
+    """One item's outcome: ``verdict`` empty and ``error`` (with ``error_class``) set when judging failed.
+
+    ``tokens_in``/``tokens_out`` are None when a reply had no usage block
+    (unknown, not zero); ``attempts`` lists every HTTP exchange (see
+    ``Verdict.attempts``); ``raw_reply`` is the last reply's content, capped
+    at ``replies.RAW_REPLY_MAX`` characters.
+    """
 
     item_id: int
     verdict: str = ""
     rationale: str = ""
-    tokens_in: int = 0
-    tokens_out: int = 0
+    tokens_in: int | None = 0
+    tokens_out: int | None = 0
     latency_ms: int = 0
     error: str = ""
     score: float | None = None
+    error_class: str = ""
+    reasoning: str = ""
+    raw_reply: str = ""
+    attempts: list[dict] = field(default_factory=list)
+    answered_by: str = ""
+
+    def add_tokens(self, reading: "replies.Reading") -> None:
+        """Count a reply's tokens; once one reply did not say, the item's count is unknown (None)."""
+        self.tokens_in = (
+            None if self.tokens_in is None or reading.tokens_in is None else self.tokens_in + reading.tokens_in
+        )
+        self.tokens_out = (
+            None if self.tokens_out is None or reading.tokens_out is None else self.tokens_out + reading.tokens_out
+        )
+
+
+# The HTTP exchanges of the item being judged in this asyncio task (``judge_with_openai`` sets it).
+_exchanges: contextvars.ContextVar[list[dict] | None] = contextvars.ContextVar("larry_judge_exchanges", default=None)
+MAX_EXCHANGES_KEPT = 20
+
+
+def _recording_client_class():
+    """``openai.DefaultAioHttpClient`` that notes each HTTP exchange (status, or the transport fault) in
+    ``_exchanges``, so the record shows every retry the ``openai`` client made on its own."""
+    from openai import DefaultAioHttpClient
+
+    class RecordingAioHttpClient(DefaultAioHttpClient):
+        async def send(self, request, **kwargs):
+            log = _exchanges.get()
+            try:
+                response = await super().send(request, **kwargs)
+            except Exception as exc:
+                if log is not None and len(log) < MAX_EXCHANGES_KEPT:
+                    log.append({"error": replies.transport_fault(exc), "detail": str(exc)[:300]})
+                raise
+            if log is not None and len(log) < MAX_EXCHANGES_KEPT:
+                log.append({"status": response.status_code})
+            return response
+
+    return RecordingAioHttpClient
 
 
 def openai_client(config: JudgeConfig):
@@ -196,14 +197,14 @@ def openai_client(config: JudgeConfig):
     bookkeeping cost about 1 ms of CPU per request more, which bounded a
     worker's throughput (docs/PERFORMANCE.md, "Judge throughput").
     """
-    from openai import AsyncOpenAI, DefaultAioHttpClient
+    from openai import AsyncOpenAI
 
     return AsyncOpenAI(
         base_url=config.base_url,
         api_key=config.api_key or "not-needed",
         timeout=settings.LARRY_JUDGE_TIMEOUT_S,
         max_retries=settings.LARRY_JUDGE_MAX_RETRIES,
-        http_client=DefaultAioHttpClient(),
+        http_client=_recording_client_class()(),
     )
 
 
@@ -211,43 +212,6 @@ REPAIR_PROMPT = (
     "Your reply was not a valid verdict ({problem}). Reply again with only the JSON object "
     '{{"verdict": "accept" or "reject", "rationale": "<one or two sentences>"}} and nothing else.'
 )
-
-
-def _first_choice(reply) -> dict | None:
-    """``choices[0]`` of a chat completion's JSON, or None when the reply has none (or is no chat completion)."""
-    choices = reply.get("choices") if isinstance(reply, dict) else None
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        return choices[0]
-    return None
-
-
-def _content(choice: dict) -> str | None:
-    message = choice.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    return content if isinstance(content, str) else None
-
-
-def _reply_problem(choice: dict | None) -> str:
-    """Why a reply (a choice's JSON) is not a verdict, or "" when it parses. Never trusts a cut-off reply."""
-    if choice is None:
-        return "reply has no choices"
-    if choice.get("finish_reason") == "length":
-        return "reply cut off at max_tokens (finish_reason=length)"
-    message = choice.get("message")
-    refusal = message.get("refusal") if isinstance(message, dict) else None
-    if refusal:
-        return f"the model refused: {str(refusal)[:200]}"
-    try:
-        parse_verdict(_content(choice))
-    except VerdictParseError as exc:
-        return str(exc)
-    return ""
-
-
-def _tokens(reply, name: str) -> int:
-    usage = reply.get("usage") if isinstance(reply, dict) else None
-    count = usage.get(name) if isinstance(usage, dict) else None
-    return count if isinstance(count, int) else 0
 
 
 def estimate_tokens(messages: list[dict], max_tokens: int) -> int:
@@ -304,7 +268,7 @@ async def judge_with_openai(
     run_settings: dict,
     limits: RateLimits | None = None,
 ) -> JudgeResult:
-    """Ask the server for one verdict; never raises: failures come back as ``error``.
+    """Ask the server for one verdict; never raises: failures come back as ``error`` and ``error_class``.
 
     ``prefix`` is the system prompt and the few-shot pairs (``prompts.prefix_messages``);
     ``run_settings`` is the run's snapshot (``run_config``). Each request
@@ -312,56 +276,70 @@ async def judge_with_openai(
     A coroutine, so that one worker keeps many requests in flight (see
     ``judge_many``). Transport faults (429 with Retry-After, 5xx, timeouts, dropped
     connections) are retried by the ``openai`` client with exponential
-    backoff and jitter. A reply that is not a verdict (not JSON, wrong
-    schema, ``finish_reason == "length"``, a refusal) gets one repair
-    attempt: the reply and a request for the bare JSON object are sent back.
-    If that fails too, the item ends with ``error`` and no verdict. Tokens and
+    backoff and jitter; every try is on the record (``attempts``). A reply is
+    read strictly (``replies.read_reply``); one that is not a verdict (not
+    exactly one JSON object valid against the schema, cut off at
+    ``max_tokens``) gets one repair attempt: the reply and a request for the
+    bare JSON object are sent back. A refusal (``message.refusal``,
+    ``finish_reason`` "content_filter") is not asked again. If the repair
+    fails too, the item ends with ``error`` and no verdict. Tokens and
     latency add up over both attempts.
     """
     import openai
 
     started = time.perf_counter()
     result = JudgeResult(item.pk)
+    token = _exchanges.set(result.attempts)
     messages = build_messages(item, prefix)
-    for attempt in (1, 2):
-        if limits is not None:
-            await limits.wait(estimate_tokens(messages, run_settings["max_tokens"]))
-        try:
-            # client.post (the openai client's documented way to send a body as is) rather than
-            # chat.completions.create: the same request, retries and error handling, without create()'s
-            # per-call walk over the typed params (~3 ms of CPU per request). cast_to=object gives the
-            # reply's JSON as is: building a ChatCompletion model from it cost ~0.2 ms more.
-            reply = await client.post(
-                "/chat/completions",
-                cast_to=object,
-                body={
-                    "model": model,
-                    "messages": messages,
-                    "temperature": run_settings["temperature"],
-                    "max_tokens": run_settings["max_tokens"],
-                    "seed": run_settings["seed"],
-                    "response_format": RESPONSE_FORMAT,
-                },
-            )
-        except openai.OpenAIError as exc:
-            result.error = f"{type(exc).__name__}: {exc}"[:2000]
-            break
-        result.tokens_in += _tokens(reply, "prompt_tokens")
-        result.tokens_out += _tokens(reply, "completion_tokens")
-        choice = _first_choice(reply)
-        problem = _reply_problem(choice)
-        if not problem:
-            result.verdict, result.rationale = parse_verdict(_content(choice))
-            result.error = ""
-            break
-        result.error = problem if attempt == 1 else f"{problem} (after one repair attempt)"
-        if choice is None:
-            break
-        messages = [
-            *messages,
-            {"role": "assistant", "content": _content(choice) or ""},
-            {"role": "user", "content": REPAIR_PROMPT.format(problem=problem)},
-        ]
+    try:
+        for attempt in (1, 2):
+            if limits is not None:
+                await limits.wait(estimate_tokens(messages, run_settings["max_tokens"]))
+            try:
+                # client.post (the openai client's documented way to send a body as is) rather than
+                # chat.completions.create: the same request, retries and error handling, without create()'s
+                # per-call walk over the typed params (~3 ms of CPU per request). cast_to=object gives the
+                # reply's JSON as is: building a ChatCompletion model from it cost ~0.2 ms more.
+                reply = await client.post(
+                    "/chat/completions",
+                    cast_to=object,
+                    body={
+                        "model": model,
+                        "messages": messages,
+                        "temperature": run_settings["temperature"],
+                        "max_tokens": run_settings["max_tokens"],
+                        "seed": run_settings["seed"],
+                        "response_format": RESPONSE_FORMAT,
+                    },
+                )
+            except openai.OpenAIError as exc:
+                result.error_class, message = replies.classify_exception(exc)
+                result.error = message[:2000]
+                break
+            reading = replies.read_reply(reply)
+            result.add_tokens(reading)
+            result.answered_by = reading.model or result.answered_by
+            result.raw_reply = reading.content[: replies.RAW_REPLY_MAX]
+            result.reasoning = reading.reasoning[: replies.REASONING_MAX]
+            if reading.verdict is not None:
+                result.verdict, result.rationale = reading.verdict.verdict, reading.verdict.rationale
+                result.error, result.error_class = "", ""
+                break
+            if result.attempts and "status" in result.attempts[-1]:
+                result.attempts[-1]["problem"] = reading.problem[:300]
+            result.error_class = reading.error_class
+            result.error = reading.problem if attempt == 1 else f"{reading.problem} (after one repair attempt)"
+            if not reading.repairable:
+                break
+            messages = [
+                *messages,
+                {"role": "assistant", "content": reading.content},
+                {"role": "user", "content": REPAIR_PROMPT.format(problem=reading.problem)},
+            ]
+    finally:
+        _exchanges.reset(token)
+    if not result.attempts and result.error:
+        result.attempts.append({"error": result.error_class, "detail": result.error[:300]})
     result.latency_ms = round((time.perf_counter() - started) * 1000)
     return result
 
@@ -374,8 +352,13 @@ async def judge_many(
     run_settings: dict,
     max_in_flight: int,
     client=None,
+    deadline_s: float | None = None,
 ) -> list[JudgeResult]:
     """Judge ``items`` with at most ``max_in_flight`` requests open at once, so vLLM's continuous batching is fed.
+
+    With ``deadline_s`` (seconds from now), requests still open then are
+    cancelled and only the items finished by then have a result: the caller
+    judges the rest later. Without one, every item has a result, in order.
 
     The run's ``requests_per_minute`` and ``tokens_per_minute`` (in
     ``run_settings``; missing or None: unlimited) pace all these requests
@@ -394,6 +377,7 @@ async def judge_many(
                 run_settings=run_settings,
                 max_in_flight=max_in_flight,
                 client=own_client,
+                deadline_s=deadline_s,
             )
 
     gate = asyncio.Semaphore(max_in_flight)
@@ -413,7 +397,11 @@ async def judge_many(
 
     tasks = [asyncio.ensure_future(one(item)) for item in items]
     try:
-        results = list(await asyncio.gather(*tasks))
+        if deadline_s is None:
+            results = list(await asyncio.gather(*tasks))
+        else:
+            await asyncio.wait(tasks, timeout=deadline_s)
+            results = [task.result() for task in tasks if task.done() and not task.cancelled()]
     finally:
         pending = [task for task in tasks if not task.done()]
         for task in pending:

@@ -200,17 +200,52 @@ class RubricVersion(models.Model):
 
 
 class Verdict(models.Model):
-    """The judge's verdict on one item in one run; ``verdict`` is empty when judging failed."""
+    """The judge's verdict on one item in one run; ``verdict`` is empty when judging failed.
+
+    The evidence is kept with it (``judging.replies``): the reply as the
+    server sent it (capped), the reasoning of a reasoning model, every HTTP
+    exchange (``attempts``: ``[{"status": 429}, {"status": 200, "problem":
+    "..."}, {"error": "refused", "detail": "..."}]``, retries and the repair
+    request included), and the model the server says answered. Tokens are
+    None ("unknown") when a reply had no usage block.
+    """
+
+    class ErrorClass(models.TextChoices):
+        TIMEOUT = "timeout", "timeout"
+        REFUSED = "refused", "connection refused"
+        CONNECTION = "connection", "connection failed"
+        RATE_LIMITED = "rate_limited", "rate limited (429)"
+        SERVER_ERROR = "server_error", "server error (5xx)"
+        CLIENT_ERROR = "client_error", "request refused (4xx)"
+        INVALID_REPLY = "invalid_reply", "invalid reply"
+        TRUNCATED = "truncated", "truncated reply"
+        REFUSAL = "refusal", "refusal"
+        DEADLINE = "deadline", "chunk deadline passed"
+
+    # Faults of the connection or the server, not of the item: worth judging again as they are.
+    TRANSIENT = (
+        ErrorClass.TIMEOUT,
+        ErrorClass.REFUSED,
+        ErrorClass.CONNECTION,
+        ErrorClass.RATE_LIMITED,
+        ErrorClass.SERVER_ERROR,
+        ErrorClass.DEADLINE,
+    )
 
     run = models.ForeignKey(JudgeRun, on_delete=models.CASCADE, related_name="verdicts")
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="verdicts")
     verdict = models.CharField(max_length=6, choices=Decision.choices, blank=True)
     rationale = models.TextField(blank=True)
+    reasoning = models.TextField(blank=True, help_text="A reasoning model's thoughts before its verdict (capped).")
     score = models.FloatField(null=True, blank=True, help_text="P(accept) for the local classifier.")
-    tokens_in = models.PositiveIntegerField(default=0)
-    tokens_out = models.PositiveIntegerField(default=0)
+    tokens_in = models.PositiveIntegerField(null=True, blank=True, help_text="None: the reply did not say.")
+    tokens_out = models.PositiveIntegerField(null=True, blank=True, help_text="None: the reply did not say.")
     latency_ms = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    error_class = models.CharField(max_length=14, choices=ErrorClass.choices, blank=True)
+    raw_reply = models.TextField(blank=True, help_text="The last reply's content as sent (first 16 KB).")
+    attempts = models.JSONField(default=list, blank=True, help_text="Every HTTP exchange, in order.")
+    answered_by = models.CharField(max_length=200, blank=True, help_text="The model the server says answered.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

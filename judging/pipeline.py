@@ -16,6 +16,8 @@ from django.utils.text import slugify
 
 from annotations.importers import detect_format, import_items, iter_records
 from annotations.models import Decision, Project
+from annotations.queue import queue_add
+from annotations.selectors import ground_truth
 from annotations.services import prior_labels_import, sample_for_review
 from judging.export import iter_chat_jsonl
 from judging.metrics import agreement
@@ -113,8 +115,12 @@ def read_labels(path: Path, label_field: str = "human_label") -> dict[str, str]:
 def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0, progress: Progress) -> dict:
     """Run the whole pipeline on ``data`` into a fresh project; write ``out/accepted.jsonl`` and ``out/report.json``.
 
-    Returns the report: ``{"data", "project", "judge", "import", "sme_labels", "held_back_labels", "funnel",
-    "agreement": {"sme_unseen", "held_back_human_labels"}, "export", "training_set"}``.
+    Returns the report: ``{"data", "project", "judge", "waiting_for_smes", "import", "sme_labels",
+    "held_back_labels", "funnel", "agreement": {"sme_unseen", "held_back_human_labels"}, "export",
+    "training_set"}``. When the local judge cannot train (too few SME labels, or of one kind only), the job
+    still finishes: ``judge.status`` is ``failed`` with the reason in ``judge.error``, the items without
+    SME ground truth stay pending and are queued for SME review (``waiting_for_smes``), and what the SMEs
+    decided is exported. An LLM judge's failed run raises RuntimeError.
     The training set is a chat snapshot with 10 % held out for validation,
     written as ``out/training-set-train.jsonl`` and ``-validation.jsonl``.
     ``sme_unseen`` compares the judge with SME labels it did not train on;
@@ -148,8 +154,20 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
         rules_install_examples(project)
     label_functions_apply(project=project)
     run = judge_and_wait(project, progress)
+    waiting_for_smes = 0
     if run.status != JudgeRun.Status.FINISHED:
-        raise RuntimeError(f"judge run {run.pk} failed: {run.error}")
+        if run.backend != JudgeRun.Backend.LOCAL:
+            raise RuntimeError(f"judge run {run.pk} failed: {run.error}")
+        # Too few SME labels (or of one kind only) to train on: what the SMEs decided still goes out, the rest
+        # waits for them.
+        truth = ground_truth(project=project)
+        undecided = [pk for pk in project.items.values_list("id", flat=True) if pk not in truth]
+        queue_add(project=project, item_ids=undecided)
+        waiting_for_smes = len(undecided)
+        progress(
+            f"the local judge cannot train yet: {run.error}. The {waiting_for_smes} items without SME ground truth "
+            "stay pending and are queued for SME review; label more of them and run the judge again."
+        )
     gate_apply(project=project)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -179,10 +197,13 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
             "run": run.pk,
             "backend": run.backend,
             "name": run.judge_label,
+            "status": run.status,
+            "error": run.error,
             "config": run.config,
             "tokens_in": run.tokens_in,
             "tokens_out": run.tokens_out,
         },
+        "waiting_for_smes": waiting_for_smes,
         "import": report.as_dict() | {"errors": report.as_dict()["errors"][:50]},
         "sme_labels": len(sme_labels),
         "held_back_labels": len(held_back),

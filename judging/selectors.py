@@ -206,9 +206,12 @@ def label_function_stats(project: Project) -> list[dict]:
 
 
 def run_progress(run: JudgeRun) -> dict:
-    """``{"done", "errors", "total", "percent", "rate_per_s", "eta_s"}`` of a run, from its verdict rows."""
+    """``{"done", "errors", "tokens_unknown", "total", "percent", "rate_per_s", "eta_s"}`` of a run, from its
+    verdict rows; ``tokens_unknown`` counts items whose replies did not say how many tokens they used."""
     counts = Verdict.objects.filter(run=run).aggregate(
-        done=Count("id", filter=~Q(verdict="")), errors=Count("id", filter=Q(verdict=""))
+        done=Count("id", filter=~Q(verdict="")),
+        errors=Count("id", filter=Q(verdict="")),
+        tokens_unknown=Count("id", filter=Q(tokens_in__isnull=True) | Q(tokens_out__isnull=True)),
     )
     finished = counts["done"] + counts["errors"]
     elapsed = ((run.finished_at or timezone.now()) - run.started_at).total_seconds() if run.started_at else 0
@@ -289,3 +292,22 @@ def runs_compare(first: JudgeRun, second: JudgeRun) -> dict:
         "second": run_agreement(second, truth),
         "few_shot_excluded": len(shown),
     }
+
+
+def run_errors(run: JudgeRun) -> dict:
+    """The run's items without a verdict, by class of error: ``{"by_class": [(label, n)], "transient": n,
+    "unqueued": n}`` where ``transient`` counts faults of the connection or the server (worth re-running
+    as they are), and ``unqueued`` the failed items not yet in the SME queue nor with SME ground truth.
+
+    ``by_class`` follows ``Verdict.ErrorClass``'s order; errors stored before errors had classes count
+    as "unclassified".
+    """
+    errors = Verdict.objects.filter(run=run, verdict="")
+    counts = dict(errors.values_list("error_class").annotate(n=Count("id")).order_by())
+    by_class = [(label, counts[value]) for value, label in Verdict.ErrorClass.choices if counts.get(value)]
+    if counts.get(""):
+        by_class.append(("unclassified", counts[""]))
+    truth = ground_truth(errors.values_list("item_id", flat=True), project=run.project)
+    unqueued = errors.filter(item__in_sme_queue=False).exclude(item_id__in=list(truth)).count()
+    transient = sum(counts.get(value, 0) for value in Verdict.TRANSIENT)
+    return {"by_class": by_class, "transient": transient, "unqueued": unqueued}

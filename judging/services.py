@@ -9,6 +9,7 @@ from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from annotations.models import Project
+from annotations.queue import queue_add
 from annotations.selectors import ground_truth
 from judging import backends, gate, prompts
 from judging.backends import JudgeResult
@@ -150,11 +151,16 @@ def verdicts_store(*, run: JudgeRun, results: list[JudgeResult]) -> None:
             item_id=r.item_id,
             verdict=r.verdict,
             rationale=r.rationale,
+            reasoning=r.reasoning,
             score=r.score,
             tokens_in=r.tokens_in,
             tokens_out=r.tokens_out,
             latency_ms=r.latency_ms,
             error=r.error,
+            error_class=r.error_class,
+            raw_reply=r.raw_reply,
+            attempts=r.attempts,
+            answered_by=r.answered_by,
         )
         for r in results
     ]
@@ -213,6 +219,18 @@ def judge_run_resume(*, run: JudgeRun, retry_errors: bool = False) -> None:
             Verdict.objects.filter(run=run, verdict="").delete()
         JudgeRun.objects.filter(pk=run.pk).update(status=JudgeRun.Status.RUNNING, finished_at=None, error="")
         transaction.on_commit(lambda: start_judge_run.delay(run.pk))
+
+
+def judge_run_queue_errors(*, run: JudgeRun) -> int:
+    """Queue the run's items that have no verdict (judging failed for good) for SME review.
+
+    Items with SME ground truth already, or already queued, are left as they
+    are; the gate keeps the others pending until an SME decides them. Safe to
+    call twice. Returns how many items were newly queued.
+    """
+    failed = list(Verdict.objects.filter(run=run, verdict="").values_list("item_id", flat=True))
+    truth = ground_truth(failed, project=run.project)
+    return queue_add(project=run.project, item_ids=[item_id for item_id in failed if item_id not in truth])
 
 
 def judge_run_fail(*, run_id: int, error: str) -> None:

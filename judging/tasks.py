@@ -44,9 +44,19 @@ def start_judge_run(run_id: int) -> None:
     if not todo:
         services.judge_run_finish_if_complete(run_id=run.pk)
         return
-    size = settings.LARRY_JUDGE_CHUNK_SIZE
+    size = chunk_size(run)
     for start in range(0, len(todo), size):
         judge_chunk.delay(run.pk, todo[start : start + size])
+
+
+def chunk_size(run: JudgeRun) -> int:
+    """Items per chunk: ``LARRY_JUDGE_CHUNK_SIZE``, fewer when the run's requests-per-minute limit would not let
+    that many be judged within most of a chunk's deadline (``LARRY_JUDGE_CHUNK_DEADLINE_S``)."""
+    size = settings.LARRY_JUDGE_CHUNK_SIZE
+    rpm = run.config.get("requests_per_minute")
+    if rpm:
+        size = min(size, max(1, int(rpm * settings.LARRY_JUDGE_CHUNK_DEADLINE_S / 60 * 0.8)))
+    return size
 
 
 def _judge_locally(run: JudgeRun) -> None:
@@ -66,7 +76,14 @@ def _judge_locally(run: JudgeRun) -> None:
 
 @shared_task(acks_late=True)
 def judge_chunk(run_id: int, item_ids: list[int]) -> None:
-    """Judge the chunk's items that have no verdict in this run yet, then maybe finish the run."""
+    """Judge the chunk's items that have no verdict in this run yet, then maybe finish the run.
+
+    The chunk stops at ``LARRY_JUDGE_CHUNK_DEADLINE_S`` (well inside the
+    task's time limits and the broker's visibility timeout), stores what it
+    judged, and queues the rest as a new chunk. Should it have judged nothing
+    at all by then, the rest end as ``deadline`` errors instead (re-run them
+    from the run page), so a judge that never answers cannot loop for ever.
+    """
     run = JudgeRun.objects.select_related("project").get(pk=run_id)
     if run.status != JudgeRun.Status.RUNNING:
         return
@@ -74,14 +91,27 @@ def judge_chunk(run_id: int, item_ids: list[int]) -> None:
     if items:
         # No transaction is open here: read, call the judge, then write.
         config = backends.JudgeConfig(run.base_url, run.model, backends.judge_config_for(run.project).api_key)
+        deadline = settings.LARRY_JUDGE_CHUNK_DEADLINE_S
         results = backends.judge_loop().judge_many(
             config,
             items,
             prefix=_prompt_prefix(run),
             run_settings=run.config,
             max_in_flight=run.config.get("max_in_flight", run.project.judge_max_in_flight),
+            deadline_s=deadline,
         )
+        finished = {result.item_id for result in results}
+        left = [item.pk for item in items if item.pk not in finished]
+        if left and not results:
+            error = f"deadline: no reply within the chunk's {deadline} s (LARRY_JUDGE_CHUNK_DEADLINE_S)"
+            results = [
+                backends.JudgeResult(item_id, error=error, error_class=Verdict.ErrorClass.DEADLINE) for item_id in left
+            ]
+            left = []
         services.verdicts_store(run=run, results=results)
+        if left:
+            judge_chunk.delay(run_id, left)
+            return
     services.judge_run_finish_if_complete(run_id=run_id)
 
 

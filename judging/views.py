@@ -8,6 +8,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
@@ -21,10 +22,17 @@ from judging.selectors import (
     latest_finished_run,
     run_agreement,
     run_calibration,
+    run_errors,
     run_progress,
     runs_compare,
 )
-from judging.services import judge_run_cancel, judge_run_create, judge_run_resume, project_regate
+from judging.services import (
+    judge_run_cancel,
+    judge_run_create,
+    judge_run_queue_errors,
+    judge_run_resume,
+    project_regate,
+)
 from judging.training_sets import training_set_create
 
 
@@ -86,7 +94,7 @@ def _get_run(request: HttpRequest, slug: str, run_id: int) -> JudgeRun:
 def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
     """A run: which judge, live progress, errors, and its calibration against SME ground truth."""
     run = _get_run(request, slug, run_id)
-    context = {"project": run.project, "run": run, "progress": run_progress(run)}
+    context = {"project": run.project, "run": run, "progress": run_progress(run), "run_errors": run_errors(run)}
     if request.htmx:
         return render(request, "judging/run_detail.html#progress", context)
     calibration = run_calibration(run)
@@ -98,7 +106,7 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
             for sme, row in matrix.items()
             for judge, n in row.items()
         ]
-    errors = run.verdicts.filter(verdict="").select_related("item")[:50]
+    errors = run.verdicts.filter(verdict="").select_related("item").order_by("item_id")[:50]
     # The prompt and the examples get their own sections; the rest of the snapshot is a table.
     snapshot = {k: v for k, v in sorted(run.config.items()) if k not in ("system_prompt", "few_shot_examples")}
     examples = run.config.get("few_shot_examples") or []
@@ -126,10 +134,14 @@ def runs_compare_page(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_POST
 def run_control(request: HttpRequest, slug: str, run_id: int, action: str) -> HttpResponse:
-    """Cancel a run, resume it, or re-run its errors (staff only)."""
+    """Cancel a run, resume it, or re-run its errors (staff only); queue its errors for SMEs (leads too)."""
     run = _get_run(request, slug, run_id)
-    if action not in ("cancel", "resume", "retry-errors"):
+    if action not in ("cancel", "resume", "retry-errors", "queue-errors"):
         raise Http404("No such action")
+    if action == "queue-errors":
+        queued = judge_run_queue_errors(run=run)
+        messages.info(request, f"{queued} item{pluralize(queued)} without a verdict queued for SME review.")
+        return redirect(run)
     if not request.user.is_staff:
         raise PermissionDenied("Only staff control judge runs.")
     if action == "cancel":

@@ -190,13 +190,26 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = env_str("LARRY_CELERY_QUEUE", "celery")
 # Tasks are acked late, so a task whose worker died is delivered again once its
-# visibility timeout passes: keep it above the longest task (a judge chunk).
+# visibility timeout passes. Every task must end before that, or Redis hands it to
+# a second worker while the first still runs: soft limit < hard limit < visibility
+# timeout. At the soft limit a task gets SoftTimeLimitExceeded (and records the
+# failure on its row); at the hard limit its process is killed and the task is
+# marked failed, never delivered again. A judge chunk stops itself well before
+# (LARRY_JUDGE_CHUNK_DEADLINE_S) and leaves the rest of its items to a new chunk.
 _VISIBILITY_TIMEOUT = env_int("LARRY_CELERY_VISIBILITY_TIMEOUT", 3600)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": _VISIBILITY_TIMEOUT,
     "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 4)),
     "unacked_restore_throttle": 1,
 }
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("LARRY_TASK_SOFT_TIME_LIMIT_S", 1500)
+CELERY_TASK_TIME_LIMIT = env_int("LARRY_TASK_TIME_LIMIT_S", 1800)
+if not 0 < CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < _VISIBILITY_TIMEOUT:
+    raise ImproperlyConfigured(
+        f"need 0 < LARRY_TASK_SOFT_TIME_LIMIT_S ({CELERY_TASK_SOFT_TIME_LIMIT}) < LARRY_TASK_TIME_LIMIT_S "
+        f"({CELERY_TASK_TIME_LIMIT}) < LARRY_CELERY_VISIBILITY_TIMEOUT ({_VISIBILITY_TIMEOUT}): a task must end "
+        "before the broker hands it to another worker"
+    )
 
 # The judge: an OpenAI-compatible server (vLLM); none means the local classifier.
 LARRY_JUDGE_BASE_URL = env_str("LARRY_JUDGE_BASE_URL")
@@ -205,6 +218,14 @@ LARRY_JUDGE_API_KEY = env_str("LARRY_JUDGE_API_KEY")
 LARRY_JUDGE_TIMEOUT_S = env_int("LARRY_JUDGE_TIMEOUT_S", 120)
 LARRY_JUDGE_MAX_RETRIES = env_int("LARRY_JUDGE_MAX_RETRIES", 3)
 LARRY_JUDGE_CHUNK_SIZE = env_int("LARRY_JUDGE_CHUNK_SIZE", 256)
+# A chunk judges for at most this long, then stores what it has and queues the rest as a new chunk;
+# at most the soft time limit less a minute, so that storing always finishes in time.
+LARRY_JUDGE_CHUNK_DEADLINE_S = min(env_int("LARRY_JUDGE_CHUNK_DEADLINE_S", 600), CELERY_TASK_SOFT_TIME_LIMIT - 60)
+if LARRY_JUDGE_CHUNK_DEADLINE_S < 1:
+    raise ImproperlyConfigured(
+        f"LARRY_JUDGE_CHUNK_DEADLINE_S is {LARRY_JUDGE_CHUNK_DEADLINE_S} s: give at least 1 s, and a soft time "
+        "limit over 61 s"
+    )
 
 # Import: the largest field accepted, in bytes of UTF-8; a line may be 8 times that (annotations/importers.py).
 LARRY_IMPORT_MAX_FIELD_BYTES = env_int("LARRY_IMPORT_MAX_FIELD_BYTES", 1_048_576)

@@ -18,7 +18,19 @@ Markers in the response text pick a fault:
 | ``[no-choices]`` | a chat completion with an empty ``choices`` list |
 | ``[html]`` | HTTP 200 with an HTML page, not JSON (as a misconfigured proxy might send) |
 | ``[echo-auth]`` | HTTP 401 whose error message quotes the request's ``Authorization`` header |
+| ``[dup-key]`` | an object whose ``verdict`` is ``reject``, then again ``accept`` (a repeated key) |
+| ``[no-rationale]`` | ``{"verdict": "accept"}``: a required field missing |
+| ``[extra-key]`` | an accept with a key the schema does not allow |
+| ``[prose-accept]`` | prose that rejects, quoting an example accept object |
+| ``[think-draft]`` | a ``<think>`` block holding a draft accept, and nothing after it |
+| ``[content-filter]`` | ``finish_reason: "content_filter"`` with an accept as content |
+| ``[think]`` | a valid verdict after a ``<think>…</think>`` block (a reasoning model without a parser) |
+| ``[reasoning-field]`` | a valid verdict with the reasoning in ``message.reasoning_content`` (vLLM's parser) |
+| ``[no-usage]`` | a valid verdict with no ``usage`` block |
 
+Every fault above but ``[garbage-once]`` is answered again to the repair request.
+``server.httpd.answer_model`` (when set) is the ``model`` the replies name, as
+a server serving another model than the one asked for would.
 ``latency`` (seconds) delays every answer, as a busy GPU would. Every
 request body is kept in ``server.requests``, its arrival time in
 ``server.request_times`` and its ``Authorization`` header in
@@ -75,8 +87,29 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, b"<html><body>Bad gateway, sort of</body></html>", content_type="text/html")
         verdict = "reject" if "WRONG" in user else "accept"
         content = json.dumps({"verdict": verdict, "rationale": f"the test server said {verdict}"})
-        finish, refusal = "stop", None
-        if "[fenced]" in user:
+        finish, refusal, message_extra, usage = "stop", None, {}, True
+        if "[dup-key]" in user:
+            content = '{"verdict": "reject", "rationale": "it is wrong", "verdict": "accept"}'
+        elif "[no-rationale]" in user:
+            content = '{"verdict": "accept"}'
+        elif "[extra-key]" in user:
+            content = '{"verdict": "accept", "rationale": "fine", "confidence": 0.99}'
+        elif "[prose-accept]" in user:
+            content = (
+                "I must reject this. An acceptable answer would look like "
+                '{"verdict": "accept", "rationale": "it states the price correctly"}'
+            )
+        elif "[think-draft]" in user:
+            content = '<think>Draft: {"verdict": "accept", "rationale": "looks fine"} but wait, the price</think>'
+        elif "[content-filter]" in user:
+            finish = "content_filter"
+        elif "[think]" in user:
+            content = f"<think>The price is $4, as the context says.</think>\n{content}"
+        elif "[reasoning-field]" in user:
+            message_extra = {"reasoning_content": "The price is $4, as the context says."}
+        elif "[no-usage]" in user:
+            usage = False
+        elif "[fenced]" in user:
             content = f"```json\n{content}\n```"
         elif "[garbage]" in user or ("[garbage-once]" in user and not repairing):
             content = "I think this answer is fine."
@@ -84,27 +117,26 @@ class _Handler(BaseHTTPRequestHandler):
             content, refusal = None, "I can't help with that."
         elif "[truncated]" in user:
             content, finish = content[: len(content) // 2], "length"
-        self._send(
-            200,
-            {
-                "id": "chatcmpl-test",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body.get("model", ""),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content, "refusal": refusal},
-                        "finish_reason": finish,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": len(user) // 4,
-                    "completion_tokens": 12,
-                    "total_tokens": len(user) // 4 + 12,
-                },
-            },
-        )
+        reply = {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": self.server.answer_model or body.get("model", ""),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": refusal, **message_extra},
+                    "finish_reason": finish,
+                }
+            ],
+        }
+        if usage:
+            reply["usage"] = {
+                "prompt_tokens": len(user) // 4,
+                "completion_tokens": 12,
+                "total_tokens": len(user) // 4 + 12,
+            }
+        self._send(200, reply)
 
     def _send(
         self, status: int, payload: dict | bytes, headers: dict | None = None, content_type: str = "application/json"
@@ -129,6 +161,7 @@ class JudgeServer:
         self.httpd.down = False  # answer 503 to everything while True
         self.httpd.latency = latency
         self.httpd.seen, self.httpd.lock, self.httpd.slow_s = {}, threading.Lock(), 3.0
+        self.httpd.answer_model = ""
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

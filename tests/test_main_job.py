@@ -104,3 +104,42 @@ def test_make_demo_on_the_real_halueval_file(tmp_path):
     assert f"Authorization: Token {token}" in result.stdout  # the same token as in the printed curl
     # Better than chance on labels it never saw.
     assert unseen["cohen_kappa"] > 0 and held_back["cohen_kappa"] > 0
+
+
+def test_the_main_job_finishes_when_the_local_judge_cannot_train_yet(transactional_db, tmp_path):
+    """96 items, one of them rejected: a 10 % SME sample holds at most one reject, too few to train on."""
+    data = tmp_path / "lopsided.jsonl"
+    rows = [
+        {
+            "id": f"q{i}",
+            "prompt": f"Question {i}?",
+            "response": f"Answer {i}.",
+            "human_label": "reject" if i == 7 else "accept",
+        }
+        for i in range(96)
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "demo", "--data", str(data), "--out", str(tmp_path / "out"), "--fraction", "0.1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "the local judge cannot train yet: the local classifier needs at least 2 accepted and 2 rejected" in (
+        result.stderr
+    )
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    funnel = report["funnel"]
+    assert report["judge"]["status"] == "failed" and "at least 2 accepted" in report["judge"]["error"]
+    assert funnel["imported"] == 96 and funnel["sme_reviewed"] == 10 and funnel["judged"] == 0
+    assert funnel["pending"] == report["waiting_for_smes"] == 86 and funnel["sme_queued"] == 96
+    # What the SMEs decided is the only thing decided; what they accepted is exported, nothing else.
+    assert funnel["accepted"] + funnel["rejected"] == 10 and funnel["accepted"] >= 9
+    assert assert_valid_chat_jsonl(tmp_path / "out" / "accepted.jsonl") == funnel["accepted"]
+    assert "The judge could not judge" in result.stdout and "86 items wait for SME review" in result.stdout

@@ -51,3 +51,34 @@ def test_a_malformed_value_stops_start_up_naming_the_variable():
     result = settings_with(DEBUG="maybe")
     assert result.returncode != 0
     assert "DEBUG='maybe' is not a boolean" in result.stderr
+
+
+def test_every_task_ends_before_the_broker_would_hand_it_to_a_second_worker():
+    probe = (
+        "import json, django; django.setup(); from django.conf import settings as s; "
+        "from larry_web.celery import app; "
+        "print(json.dumps([app.conf.task_soft_time_limit, app.conf.task_time_limit, "
+        "app.conf.broker_transport_options['visibility_timeout'], s.LARRY_JUDGE_CHUNK_DEADLINE_S]))"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LARRY_TASK", "LARRY_CELERY", "LARRY_JUDGE"))}
+    env = {**base, "DJANGO_SETTINGS_MODULE": "larry_web.settings"}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, env=env)
+    soft, hard, visibility, chunk_deadline = json.loads(result.stdout)
+    assert chunk_deadline < soft < hard < visibility
+    for bad in (
+        {"LARRY_TASK_SOFT_TIME_LIMIT_S": "1800"},  # not below the hard limit
+        {"LARRY_TASK_TIME_LIMIT_S": "4000"},  # over the visibility timeout
+        {"LARRY_CELERY_VISIBILITY_TIMEOUT": "900"},
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, env={**env, **bad}
+        )
+        assert result.returncode != 0 and "a task must end before the broker hands it" in result.stderr, bad
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**env, "LARRY_JUDGE_CHUNK_DEADLINE_S": "5000"},
+    )
+    assert json.loads(result.stdout)[3] == 1440  # capped at the soft limit less a minute

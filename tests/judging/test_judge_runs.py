@@ -5,8 +5,8 @@ import time
 import pytest
 
 from annotations.models import Item, Review
-from judging.backends import VERDICT_SCHEMA, VerdictParseError, parse_verdict
 from judging.models import GateDecision, JudgeRun, Verdict
+from judging.replies import VERDICT_SCHEMA
 from judging.selectors import run_agreement
 from tests.conftest import make_items
 
@@ -57,15 +57,17 @@ def test_bad_replies_become_errors_not_verdicts_and_the_gate_keeps_them_pending(
     run = start_run(llm_project)
     assert (run.status, run.items_done, run.items_error) == ("finished", 2, 4)
     got = verdicts(run)
-    assert "no JSON object" in got["x [garbage]"].error and "after one repair attempt" in got["x [garbage]"].error
+    assert "not exactly one JSON object" in got["x [garbage]"].error
+    assert "after one repair attempt" in got["x [garbage]"].error
     assert "finish_reason=length" in got["y [truncated]"].error
     assert "InternalServerError" in got["z [http500]"].error
     assert "the model refused" in got["w [refusal]"].error
     assert all(got[r].verdict == "" for r in ("x [garbage]", "y [truncated]", "z [http500]", "w [refusal]"))
-    # One repair attempt mended the reply that was garbage once; a 500 is not "repaired", it is retried.
+    # One repair attempt mended the reply that was garbage once; a 500 is not "repaired", it is retried;
+    # a refusal is not asked again.
     assert (got["v [garbage-once]"].verdict, got["v [garbage-once]"].error) == ("accept", "")
     repairs = [r for r in judge_server.requests if len(r["messages"]) > 2]
-    assert len(repairs) == 4 and "not a valid verdict" in repairs[0]["messages"][-1]["content"]
+    assert len(repairs) == 3 and "not a valid verdict" in repairs[0]["messages"][-1]["content"]
     outcomes = dict(GateDecision.objects.values_list("item__response", "outcome"))
     assert outcomes == {
         "ok": "accept",
@@ -82,7 +84,9 @@ def test_a_reply_that_is_no_chat_completion_becomes_an_error(llm_project, judge_
     run = start_run(llm_project)
     assert (run.status, run.items_done, run.items_error) == ("finished", 1, 2)
     got = verdicts(run)
-    assert got["x [no-choices]"].error == got["y [html]"].error == "reply has no choices"
+    assert got["x [no-choices]"].error == "the reply has no choices"
+    assert got["y [html]"].error == "the reply is not a chat completion (not a JSON object)"
+    assert got["x [no-choices]"].error_class == got["y [html]"].error_class == "invalid_reply"
     assert got["x [no-choices]"].verdict == got["y [html]"].verdict == ""
     assert len(judge_server.requests) == 3  # nothing to repair: no reply to send back
 
@@ -111,24 +115,6 @@ def test_chunks_judged_one_after_another_share_one_client_per_server_and_setting
     assert (run.status, run.items_done) == ("finished", 5)
     assert made[1:] == [(judge_server.base_url, 7)]
     assert len(judge_server.requests) == 10
-
-
-@pytest.mark.parametrize(
-    ("reply", "expected"),
-    [
-        ('{"verdict": "accept", "rationale": "fine"}', ("accept", "fine")),
-        ('```json\n{"verdict": "REJECT", "rationale": "no"}\n```', ("reject", "no")),
-        ('Sure! {"verdict": "reject", "rationale": "x"} Hope that helps.', ("reject", "x")),
-    ],
-)
-def test_tolerant_parsing_of_servers_that_ignore_the_schema(reply, expected):
-    assert parse_verdict(reply) == expected
-
-
-@pytest.mark.parametrize("reply", ["", "accept", '{"verdict": "maybe", "rationale": ""}', "[1, 2]", '{"verdict": '])
-def test_replies_that_are_not_verdicts_are_refused(reply):
-    with pytest.raises(VerdictParseError):
-        parse_verdict(reply)
 
 
 def test_the_local_classifier_judges_sme_items_out_of_fold(project, start_run):
@@ -226,3 +212,46 @@ def test_a_run_judges_the_items_present_when_it_starts_even_those_imported_after
     # Before, the run finished at 2 of 5 and the gate never saw the later verdicts.
     assert (run.status, run.items_total, run.items_done) == ("finished", 5, 5)
     assert GateDecision.objects.filter(judge_run=run).count() == 5
+
+
+@pytest.fixture
+def chunks(monkeypatch):
+    """The item ids of every judge chunk queued, in order (the chunks still run)."""
+    from judging import tasks
+
+    queued, delay = [], tasks.judge_chunk.delay
+
+    def record(run_id, item_ids):
+        queued.append(list(item_ids))
+        return delay(run_id, item_ids)
+
+    monkeypatch.setattr(tasks.judge_chunk, "delay", record)
+    return queued
+
+
+def test_a_chunk_at_its_deadline_keeps_what_it_judged_and_queues_the_rest_as_a_new_chunk(
+    llm_project, judge_server, start_run, settings, chunks
+):
+    settings.LARRY_JUDGE_CHUNK_DEADLINE_S = 1
+    judge_server.httpd.latency = 0.6
+    llm_project.judge_max_in_flight = 2
+    llm_project.save()
+    make_items(llm_project, ["a", "b", "c", "d WRONG", "e", "f"])
+    run = start_run(llm_project)
+    assert (run.status, run.items_done, run.items_error) == ("finished", 6, 0)
+    # Two requests at a time of 0.6 s each: two answers fit in a 1 s chunk, the rest go on in new chunks.
+    assert [len(c) for c in chunks] == [6, 4, 2]
+    assert Verdict.objects.get(run=run, item__response="d WRONG").verdict == "reject"
+
+
+def test_a_chunk_that_judged_nothing_by_its_deadline_ends_its_items_as_deadline_errors(
+    llm_project, judge_server, start_run, settings, chunks
+):
+    settings.LARRY_JUDGE_CHUNK_DEADLINE_S = 1
+    judge_server.httpd.latency = 2
+    make_items(llm_project, ["a", "b"])
+    run = start_run(llm_project)
+    assert (run.status, run.items_done, run.items_error) == ("finished", 0, 2)
+    assert len(chunks) == 1
+    assert set(Verdict.objects.filter(run=run).values_list("error_class", flat=True)) == {"deadline"}
+    assert GateDecision.objects.filter(outcome="pending").count() == 2

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from judging.backends import parse_verdict
 from judging.models import Verdict
+from judging.replies import parse_verdict
 from tests.conftest import make_items
 
 VLLM_URL = os.environ.get("LARRY_TEST_VLLM_URL", "")
@@ -54,7 +54,7 @@ def test_a_judge_run_against_real_vllm_gets_schema_valid_verdicts(project, start
 def test_vllm_honours_the_json_schema_directly():
     from openai import OpenAI
 
-    from judging.backends import VERDICT_SCHEMA
+    from judging.replies import VERDICT_SCHEMA
 
     client = OpenAI(base_url=VLLM_URL, api_key="not-needed", timeout=60)
     reply = client.chat.completions.create(
@@ -67,5 +67,5 @@ def test_vllm_honours_the_json_schema_directly():
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "stop", choice
-    verdict, rationale = parse_verdict(choice.message.content)
-    assert verdict in ("accept", "reject") and isinstance(rationale, str)
+    parsed = parse_verdict(choice.message.content)
+    assert parsed.verdict in ("accept", "reject") and isinstance(parsed.rationale, str)

@@ -40,6 +40,11 @@ class Command(BaseCommand):
             self.stderr.write("")
         f = report["funnel"]
         self.stdout.write(f"\nJudge: {report['judge']['name']}")
+        if report["judge"]["status"] != "finished":
+            self.stdout.write(
+                f"The judge could not judge: {report['judge']['error']}. {report['waiting_for_smes']} items wait "
+                "for SME review (pending, never exported); what the SMEs decided is exported."
+            )
         self.stdout.write(
             f"Funnel: {f['imported']} imported -> {f['sme_reviewed']} SME reviewed -> {f['judged']} judged -> "
             f"{f['accepted_before_rules']} accepted by SME or judge -> {f['vetoed_accepts']} vetoed by rules -> "
