@@ -12,6 +12,8 @@ PORT ?= 8000
 FRACTION ?= 0.2
 SEED ?= 0
 PYTEST_ARGS ?=
+# VLLM=0 leaves the vLLM server out of `make test` (its two tests skip): a quicker run.
+VLLM ?= 1
 
 .PHONY: demo test lint serve clean
 
@@ -32,11 +34,13 @@ serve: $(VENV)/.installed
 	@echo "Serving on http://127.0.0.1:$(PORT)/ (Ctrl-C to stop)"
 	$(VENV)/bin/gunicorn larry_web.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --timeout 120 --access-logfile -
 
+# The services the tests need are started (or installed) first, and the vLLM server is stopped after:
+# scripts/test_services.sh says what it does.
 test: $(VENV)/.installed
 	$(PY) manage.py makemigrations --check --dry-run -v0
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	LARRY_TEST_VLLM=$(VLLM) scripts/test_services.sh $(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .

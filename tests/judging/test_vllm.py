@@ -1,7 +1,8 @@
 """A judge run against a real vLLM OpenAI-compatible server (CPU, tiny random model).
 
-``scripts/vllm_judge.sh start`` (run by ``.ci/run``) starts the server and
-prints ``LARRY_TEST_VLLM_URL`` and ``LARRY_TEST_VLLM_MODEL``. The model is
+``make test`` starts the server (scripts/test_services.sh runs
+``scripts/vllm_judge.sh start``) and exports ``LARRY_TEST_VLLM_URL`` and
+``LARRY_TEST_VLLM_MODEL``; without them these tests skip, saying why. The model is
 random: these tests check the protocol and the bookkeeping (schema-constrained
 JSON that parses into a verdict, token counts, every item accounted for),
 never which verdict it picks.
@@ -14,15 +15,15 @@ import pytest
 from judging.models import Verdict
 from judging.replies import parse_verdict
 from tests.conftest import make_items
+from tests.services import require
 
 VLLM_URL = os.environ.get("LARRY_TEST_VLLM_URL", "")
 VLLM_MODEL = os.environ.get("LARRY_TEST_VLLM_MODEL", "tiny-judge")
 
-pytestmark = pytest.mark.skipif(
-    not VLLM_URL,
-    reason=os.environ.get("LARRY_VLLM_UNAVAILABLE")
-    or "no vLLM server: run `scripts/vllm_judge.sh start` and set the variables it prints (.ci/run does)",
-)
+
+@pytest.fixture(autouse=True)
+def _vllm_server():
+    require("vllm")
 
 
 def test_a_judge_run_against_real_vllm_gets_schema_valid_verdicts(project, start_run):
