@@ -28,7 +28,13 @@ Formats, one row per item:
   comment or reason, or the vetoing rules' reasons, and ``basis`` says which.
 - ``csv``: ``external_id,prompt,context,response,source_model,task_type`` with
   a header row (RFC 4180, CRLF), cells that a spreadsheet would run as a
-  formula neutralised (OWASP "CSV injection").
+  formula neutralised (OWASP "CSV injection"); a row holding a character
+  where ``str.splitlines()`` breaks a line is quoted whole.
+
+Every JSON row is ``judging.jsonl.json_line``: ``json.dumps(..., ensure_ascii=False)``
+with U+0080-U+009F, U+2028 and U+2029 escaped, so that readers splitting on
+Unicode line boundaries see one record per line. Rows of snapshots built
+before that (they are frozen text) keep their bytes.
 
 The user turn of chat, ShareGPT and DPO rows is ``"Context:\\n<context>\\n\\n<prompt>"``
 when the item has a context, as in ``judging.export``.
@@ -42,8 +48,8 @@ gives the same file and the same sha256, whatever the item ids or dates.
 import csv
 import hashlib
 import io
-import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +62,7 @@ from rest_framework import serializers
 from annotations.models import Adjudication, Item, Project, Review
 from annotations.spreadsheets import neutralise_formula
 from judging.export import chat_record
+from judging.jsonl import json_line
 from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 
 logger = logging.getLogger(__name__)
@@ -71,15 +78,19 @@ class TrainingSetError(ValueError):
     """The options of a training set are not usable (a filter names an unknown judge run, say)."""
 
 
-def _json_line(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False)
+# Where str.splitlines() breaks a line, besides CR and LF (which the csv module quotes already).
+_OTHER_LINE_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def _csv_line(cells) -> str:
     # The csv module quotes a cell holding a character of the line terminator: with "\r\n", a cell with a
-    # line break is quoted (so it stays one cell, and no formula can start a line of its own).
+    # line break is quoted (so it stays one cell, and no formula can start a line of its own). A row with
+    # another character str.splitlines() breaks at is quoted whole, so that a reader splitting lines first
+    # still reads one record (CSV has no escapes: the character itself stays, as RFC 4180 readers want).
+    cells = [neutralise_formula(str(cell)) for cell in cells]
+    quote_all = any(_OTHER_LINE_BREAKS.search(cell) for cell in cells)
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerow([neutralise_formula(str(cell)) for cell in cells])
+    csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerow(cells)
     return buffer.getvalue().removesuffix("\r\n")
 
 
@@ -135,17 +146,17 @@ def write_row(fmt: str, candidate: _Candidate, *, system_prompt: str = "", rejec
     user = _user_text(candidate.prompt, candidate.context)
     if fmt == TrainingSet.Format.CHAT:
         record = chat_record(prompt=candidate.prompt, context=candidate.context, response=candidate.best_response)
-        return _json_line({"messages": _with_system(system_prompt, record["messages"])})
+        return json_line({"messages": _with_system(system_prompt, record["messages"])})
     if fmt == TrainingSet.Format.ALPACA:
         row = {"instruction": candidate.prompt, "input": candidate.context, "output": candidate.best_response}
-        return _json_line({"system": system_prompt, **row} if system_prompt else row)
+        return json_line({"system": system_prompt, **row} if system_prompt else row)
     if fmt == TrainingSet.Format.SHAREGPT:
         turns = [{"from": "human", "value": user}, {"from": "gpt", "value": candidate.best_response}]
         if system_prompt:
             turns.insert(0, {"from": "system", "value": system_prompt})
-        return _json_line({"conversations": turns})
+        return json_line({"conversations": turns})
     if fmt == TrainingSet.Format.DPO:
-        return _json_line(
+        return json_line(
             {
                 "prompt": _with_system(system_prompt, [{"role": "user", "content": user}]),
                 "chosen": [{"role": "assistant", "content": candidate.best_response}],
@@ -153,7 +164,7 @@ def write_row(fmt: str, candidate: _Candidate, *, system_prompt: str = "", rejec
             }
         )
     if fmt == TrainingSet.Format.JUDGE:
-        return _json_line(
+        return json_line(
             {
                 "prompt": candidate.prompt,
                 "context": candidate.context,

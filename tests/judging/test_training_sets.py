@@ -348,3 +348,83 @@ def test_dpo_lineage_counts_the_rejected_responses_drawn_from(project, decided, 
     training_set = build(project, django_capture_on_commit_callbacks, format="dpo", filters={"source_models": ["big"]})
     # a2, c1, d1 (vetoed) and h1: the pool is the whole project's rejects, not only the filtered "big" ones.
     assert training_set.lineage["dpo_rejected_responses"] == 4
+
+
+# What str.splitlines() breaks at: raw in JSON (U+0085, U+2028, U+2029), escaped by JSON already (U+000A-U+000D,
+# U+001C-U+001E); and the other C1 controls, escaped too.
+BREAKERS = "\x85\u2028\u2029" + "".join(map(chr, range(0x80, 0xA0))) + "\x0b\x0c\x1c\x1d\x1e\r\n"
+
+
+@pytest.fixture
+def breakers(project):
+    """Per character ``c`` of BREAKERS, a prompt with an accepted and a rejected response, ``c`` in every field."""
+    for i, c in enumerate(BREAKERS):
+        for ext, decision, response in ((f"good{i}", "accept", f"good{c}answer"), (f"bad{i}", "reject", f"bad{c}")):
+            item = Item.objects.create(
+                project=project,
+                external_id=ext,
+                prompt=f"Q{i}{c}?",
+                context=f"ctx{c}",
+                response=response,
+                source_model=f"model{c}",
+            )
+            Review.objects.create(item=item, decision=decision, origin="import", comment=f"why{c}")
+    gate_apply(project=project)
+
+
+def strings_in(value) -> set[str]:
+    if isinstance(value, str):
+        return {value}
+    children = value.values() if isinstance(value, dict) else value
+    return set().union(*(strings_in(child) for child in children))
+
+
+@pytest.mark.parametrize("fmt", ["chat", "alpaca", "sharegpt", "dpo", "judge"])
+def test_no_unicode_line_break_splits_a_row_of_any_jsonl_format(
+    fmt, project, breakers, django_capture_on_commit_callbacks
+):
+    system = "" if fmt == "judge" else f"system{BREAKERS}"
+    training_set = build(
+        project, django_capture_on_commit_callbacks, format=fmt, system_prompt=system, validation_fraction=0.3, seed=1
+    )
+    lines = download(training_set).decode().splitlines()
+    n = len(BREAKERS) * (2 if fmt == "judge" else 1)
+    assert len(lines) == training_set.rows_train + training_set.rows_validation == n
+    assert training_set.rows_validation > 0
+    found = strings_in([json.loads(line) for line in lines])
+    expected = {f"good{c}answer" for c in BREAKERS}
+    if fmt in ("dpo", "judge"):
+        expected |= {f"bad{c}" for c in BREAKERS}
+    if fmt in ("chat", "sharegpt", "dpo"):
+        expected |= {f"Context:\nctx{c}\n\nQ{i}{c}?" for i, c in enumerate(BREAKERS)}
+    else:
+        expected |= {f"Q{i}{c}?" for i, c in enumerate(BREAKERS)} | {f"ctx{c}" for c in BREAKERS}
+    if fmt == "judge":
+        expected |= {f"why{c}" for c in BREAKERS}
+    assert expected | ({system} if system else set()) <= found
+    # Each split's file too: its own sha256 is of what a reader splits.
+    for split in ("train", "validation"):
+        assert len(download(training_set, split).decode().splitlines()) == training_set.files[split]["rows"]
+
+
+def test_a_csv_row_with_unicode_line_breaks_stays_one_record(project, breakers, django_capture_on_commit_callbacks):
+    training_set = build(project, django_capture_on_commit_callbacks, format="csv")
+    text = download(training_set).decode()
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert len(rows) == training_set.rows_train == len(BREAKERS)
+    assert {row["response"] for row in rows} == {f"good{c}answer" for c in BREAKERS}
+    assert {row["source_model"] for row in rows} == {f"model{c}" for c in BREAKERS}
+    # A reader that splits lines first (str.splitlines()) and parses CSV after still sees one record per row,
+    # since such cells are quoted (it loses the break character itself: it took it for a line end).
+    records = list(csv.reader(text.splitlines()))
+    assert len(records) == 1 + len(BREAKERS)
+    kept = {c for c in BREAKERS if len(f"a{c}b".splitlines()) == 1}
+    assert {record[3] for record in records[1:]} == {f"good{c}answer" for c in kept} | {"goodanswer"}
+
+
+def test_rows_stored_before_escaping_keep_their_bytes(project):
+    """A snapshot is frozen text: rows written raw by an earlier version download exactly as stored."""
+    raw = '{"messages": [{"role": "user", "content": "Q\u2028?"}, {"role": "assistant", "content": "A\x85"}]}'
+    training_set = TrainingSet.objects.create(project=project, status=TrainingSet.Status.READY)
+    training_set.rows.create(split="train", content_sha256="0" * 64, external_id="old", line=raw)
+    assert download(training_set) == (raw + "\n").encode()
