@@ -18,10 +18,18 @@ Formats, one row per item:
   ``{"prompt": [system?, user], "chosen": [assistant], "rejected": [assistant]}``
   (TRL's dataset formats, "preference"). *Chosen* is an accepted response (an
   SME's correction wins over the original) or an SME's correction of a rejected
-  response; *rejected* is a rejected response to the same prompt and context
-  from any item of the project, whatever the filters (they choose the chosen
-  side), or, for a correction, the response it corrects. An accepted item whose prompt
-  has no rejected response cannot be written and is listed in the report.
+  response; *rejected* is, for a correction, the response it corrects, and for
+  an accepted response a rejected response to the same prompt and context from
+  any item of the project, whatever the filters (they choose the chosen side).
+  Pairing is one-to-one within a prompt and context, so no rejected response
+  is used twice while another is unused: corrections first take the responses
+  they correct; then the accepted responses, ordered by ``sha256(seed, text)``,
+  take the remaining distinct rejected responses, ordered the same way, one
+  each (never one equal to the chosen text). A prompt thus gives at most as
+  many pairs as it has distinct rejected responses; an accepted item left
+  without a partner (the prompt has no rejected response, or all are taken)
+  cannot be written and is listed in the report with why. The pairs depend
+  only on the content and the seed.
 - ``judge``: judge-distillation rows for training a small judge,
   ``{"prompt", "context", "response", "verdict", "rationale", "basis"}`` for
   every accepted and rejected item; ``rationale`` is the judge's, the SME's
@@ -50,7 +58,7 @@ import hashlib
 import io
 import logging
 import re
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -274,27 +282,57 @@ def _group_key(prompt: str, context: str) -> str:
     return hashlib.sha256(f"{prompt}\x1f{context}".encode()).hexdigest()
 
 
-def _rejected_pool(project: Project) -> dict[str, list[str]]:
-    """Rejected responses of the project per (prompt, context), distinct and sorted: DPO's rejected side."""
+def _rejected_pool(project: Project) -> dict[str, set[str]]:
+    """Rejected responses of the project per (prompt, context), distinct: DPO's rejected side."""
     pool: dict[str, set[str]] = defaultdict(set)
     rows = Item.objects.filter(project=project, gate_decision__outcome=GateDecision.Outcome.REJECT)
     for prompt, context, response in rows.values_list("prompt", "context", "response").iterator(chunk_size=READ_CHUNK):
         pool[_group_key(prompt, context)].add(response)
-    return {key: sorted(responses) for key, responses in pool.items()}
+    return pool
 
 
-def _dpo_rejected(candidate: _Candidate, pool: dict[str, list[str]], seed: int) -> tuple[str | None, str]:
-    """The rejected side of a DPO pair for ``candidate``, or (None, why not)."""
-    chosen = candidate.best_response
-    if candidate.outcome == GateDecision.Outcome.REJECT:
-        if chosen == candidate.response:
-            return None, "the SME correction equals the rejected response"
-        return candidate.response, ""
-    partners = [r for r in pool.get(_group_key(candidate.prompt, candidate.context), ()) if r != chosen]
-    if not partners:
-        return None, "no rejected response to the same prompt and context"
-    pick = int(hashlib.sha256(f"{seed}\x1f{chosen}".encode()).hexdigest()[:15], 16) % len(partners)
-    return partners[pick], ""
+def _rank(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}\x1f{text}".encode()).hexdigest()
+
+
+def _dpo_pairs(candidates: list[_Candidate], pool: dict[str, set[str]], seed: int) -> dict[int, tuple[str | None, str]]:
+    """``{item_id: (rejected response, "")}`` for every candidate that gets a DPO pair, ``(None, why not)`` for
+    the others: one-to-one within a prompt group, as the module docstring says."""
+    groups: dict[str, list[_Candidate]] = defaultdict(list)
+    for candidate in candidates:
+        groups[_group_key(candidate.prompt, candidate.context)].append(candidate)
+    pairs: dict[int, tuple[str | None, str]] = {}
+    for key, members in groups.items():
+        used = set()
+        for candidate in members:
+            if candidate.outcome == GateDecision.Outcome.REJECT:  # an SME's correction: paired with what it corrects
+                if candidate.best_response == candidate.response:
+                    pairs[candidate.item_id] = None, "the SME correction equals the rejected response"
+                else:
+                    pairs[candidate.item_id] = candidate.response, ""
+                    used.add(candidate.response)
+        free = deque(sorted(pool.get(key, set()) - used, key=lambda text: _rank(seed, text)))
+        accepted = [c for c in members if c.outcome != GateDecision.Outcome.REJECT]
+        for candidate in sorted(accepted, key=lambda c: (_rank(seed, c.best_response), c.item_id)):
+            chosen = candidate.best_response
+            # The first free response that is not the chosen text itself (free texts are distinct: one at most is).
+            if free and free[0] != chosen:
+                pairs[candidate.item_id] = free.popleft(), ""
+                continue
+            if len(free) > 1:
+                pairs[candidate.item_id] = free[1], ""
+                del free[1]
+                continue
+            partners = len(pool.get(key, set()) - {chosen})
+            pairs[candidate.item_id] = (
+                None,
+                (
+                    f"each rejected response to the same prompt and context pairs once, and all {partners} are taken"
+                    if partners
+                    else "no rejected response to the same prompt and context"
+                ),
+            )
+    return pairs
 
 
 def _content_sha256(fmt: str, candidate: _Candidate, line: str) -> str:
@@ -369,20 +407,25 @@ def _ordered_rows(training_set: TrainingSet, split: str | None = None) -> QueryS
 def _build(training_set: TrainingSet) -> None:
     fmt, seed = training_set.format, training_set.seed
     items = selected_items(training_set.project, fmt, training_set.filters)
-    pool = _rejected_pool(training_set.project) if fmt == TrainingSet.Format.DPO else {}
+    candidates = _candidates(items, fmt)
+    pool, pairs = {}, {}
+    if fmt == TrainingSet.Format.DPO:
+        # Pairs are formed within a prompt group, whatever the item order: the selection is held in memory.
+        pool, candidates = _rejected_pool(training_set.project), list(candidates)
+        pairs = _dpo_pairs(candidates, pool, seed)
     first_of: dict[str, str] = {}
     duplicates, unwritable, batch = [], [], []
     selected = 0
     rows_by_split = {split: 0 for split in SPLITS}
     total = items.count()
     TrainingSet.objects.filter(pk=training_set.pk).update(items_selected=total, items_done=0)
-    for candidate in _candidates(items, fmt):
+    for candidate in candidates:
         selected += 1
         if selected % WRITE_BATCH == 0:
             TrainingSet.objects.filter(pk=training_set.pk).update(items_done=selected)
         rejected = ""
         if fmt == TrainingSet.Format.DPO:
-            rejected, problem = _dpo_rejected(candidate, pool, seed)
+            rejected, problem = pairs[candidate.item_id]
             if rejected is None:
                 unwritable.append({"external_id": candidate.external_id, "reason": problem})
                 continue

@@ -428,3 +428,89 @@ def test_rows_stored_before_escaping_keep_their_bytes(project):
     training_set = TrainingSet.objects.create(project=project, status=TrainingSet.Status.READY)
     training_set.rows.create(split="train", content_sha256="0" * 64, external_id="old", line=raw)
     assert download(training_set) == (raw + "\n").encode()
+
+
+def answers_to_one_prompt(project, accepted: list[str], rejected: list[str], corrections: dict | None = None):
+    """SME-decided items answering one prompt: ``accepted`` and ``rejected`` responses (a rejected response in
+    ``corrections`` gets the SME's corrected response), gated."""
+    corrections = corrections or {}
+    answers = [("acc", response, "accept") for response in accepted] + [("rej", r, "reject") for r in rejected]
+    for n, (prefix, response, decision) in enumerate(answers):
+        item = Item.objects.create(project=project, external_id=f"{prefix}{n}", prompt="Plus price?", response=response)
+        Review.objects.create(
+            item=item, decision=decision, origin="import", corrected_response=corrections.get(response, "")
+        )
+    gate_apply(project=project)
+
+
+def dpo_pairs(training_set) -> list[tuple[str, str]]:
+    return sorted((row["chosen"][0]["content"], row["rejected"][0]["content"]) for row in jsonl(download(training_set)))
+
+
+def test_dpo_pairs_three_accepted_with_two_rejected_one_to_one_and_lists_the_third(
+    project, django_capture_on_commit_callbacks
+):
+    answers_to_one_prompt(project, ["$4.", "$4 a month.", "Four dollars."], ["Free.", "$40."])
+    for seed in range(12):
+        training_set = build(project, django_capture_on_commit_callbacks, format="dpo", seed=seed)
+        pairs = dpo_pairs(training_set)
+        # Each rejected response pairs once; each chosen one at most once; the third chosen has no partner left.
+        assert sorted(rejected for _, rejected in pairs) == ["$40.", "Free."], (seed, pairs)
+        assert len({chosen for chosen, _ in pairs}) == 2
+        assert [entry["reason"] for entry in training_set.report["unwritable"]] == [
+            "each rejected response to the same prompt and context pairs once, and all 2 are taken"
+        ]
+        assert training_set.items_selected == 3
+        assert_counts_add_up(training_set)
+
+
+def test_dpo_pairs_two_accepted_with_two_of_three_rejected_never_one_twice(
+    project, django_capture_on_commit_callbacks
+):
+    answers_to_one_prompt(project, ["$4.", "$4 a month."], ["Free.", "$40.", "Ask sales."])
+    used = set()
+    for seed in range(12):
+        training_set = build(project, django_capture_on_commit_callbacks, format="dpo", seed=seed)
+        pairs = dpo_pairs(training_set)
+        assert sorted(chosen for chosen, _ in pairs) == sorted(["$4.", "$4 a month."]), (seed, pairs)
+        assert len({rejected for _, rejected in pairs}) == 2, (seed, pairs)
+        assert training_set.unwritable == 0 and training_set.items_selected == 2
+        used |= {rejected for _, rejected in pairs}
+    assert used == {"Free.", "$40.", "Ask sales."}  # the seed chooses which two: none is always left out
+
+
+def test_a_dpo_correction_pairs_with_the_response_it_corrects_and_that_response_is_not_reused(
+    project, django_capture_on_commit_callbacks
+):
+    answers_to_one_prompt(
+        project, ["$4.", "$4 a month."], ["Free.", "$40."], corrections={"Free.": "Plus costs $4 a month."}
+    )
+    for seed in range(12):
+        training_set = build(project, django_capture_on_commit_callbacks, format="dpo", seed=seed)
+        pairs = dpo_pairs(training_set)
+        assert ("Plus costs $4 a month.", "Free.") in pairs
+        # "Free." is taken by its correction, so one accepted response pairs with "$40." and the other is listed.
+        assert sorted(rejected for _, rejected in pairs) == ["$40.", "Free."], (seed, pairs)
+        assert training_set.items_selected == 3 and training_set.unwritable == 1
+        assert_counts_add_up(training_set)
+
+
+def test_dpo_pairing_depends_only_on_the_content_and_the_seed(project, django_capture_on_commit_callbacks):
+    accepted, rejected = ["$4.", "$4 a month.", "Four dollars.", "4 USD."], ["Free.", "$40.", "Ask sales."]
+    answers_to_one_prompt(project, accepted, rejected, corrections={"$40.": "It is $4."})
+    first = build(project, django_capture_on_commit_callbacks, format="dpo", seed=5)
+    assert build(project, django_capture_on_commit_callbacks, format="dpo", seed=5).sha256 == first.sha256
+    other = Project.objects.create(slug="copy", name="Copy")
+    answers_to_one_prompt(other, accepted[::-1], rejected[::-1], corrections={"$40.": "It is $4."})
+    copy = build(other, django_capture_on_commit_callbacks, format="dpo", seed=5)
+    assert copy.sha256 == first.sha256 and dpo_pairs(copy) == dpo_pairs(first)
+    seeds = {build(project, django_capture_on_commit_callbacks, format="dpo", seed=s).sha256 for s in range(8)}
+    assert len(seeds) > 1  # the seed does choose the pairs
+
+
+def test_a_dpo_pair_never_rejects_the_chosen_text_itself(project, django_capture_on_commit_callbacks):
+    answers_to_one_prompt(project, ["$4."], ["$4.", "Free."])  # "$4." was also rejected, on another item
+    for seed in range(8):
+        assert dpo_pairs(build(project, django_capture_on_commit_callbacks, format="dpo", seed=seed)) == [
+            ("$4.", "Free.")
+        ]
