@@ -57,13 +57,18 @@ import csv
 import hashlib
 import io
 import logging
+import os
 import re
+import socket
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Now
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -404,25 +409,77 @@ def _ordered_rows(training_set: TrainingSet, split: str | None = None) -> QueryS
     return rows.order_by("split", "content_sha256", "id")
 
 
-def _build(training_set: TrainingSet) -> None:
+class ClaimLost(RuntimeError):
+    """Another build attempt holds the set now (this one's lease ran out, or the set was deleted)."""
+
+
+@dataclass
+class _Claim:
+    """A build attempt's hold on a ``building`` set: every write goes through ``update``, which checks it."""
+
+    training_set_id: int
+    token: str
+
+    def update(self, **fields) -> None:
+        """Write ``fields`` on the set and renew the lease, if this attempt still holds it; else raise ClaimLost.
+
+        Inside a transaction the set's row stays locked until commit, so no other attempt can take the set
+        over between this check and the writes that follow it in the same transaction.
+        """
+        held = TrainingSet.objects.filter(
+            pk=self.training_set_id, claimed_by=self.token, status=TrainingSet.Status.BUILDING
+        )
+        if not held.update(**{"claimed_until": _lease_end(), **fields}):
+            raise ClaimLost(f"training set {self.training_set_id} is no longer held by {self.token}")
+
+
+def _lease_end():
+    # The database's clock, not the worker's: workers on several machines compare the same times.
+    return Now() + timezone.timedelta(seconds=settings.LARRY_TRAINING_SET_LEASE_S)
+
+
+def _claim(training_set_id: int) -> _Claim | None:
+    """Claim a ``building`` set that no live attempt holds (none ever did, or its lease ran out), and delete
+    the rows an earlier attempt left; None when the set is built, failed, gone, or held by a live attempt."""
+    claim = _Claim(training_set_id, f"{socket.gethostname()[:100]}/{os.getpid()}/{uuid.uuid4().hex[:12]}")
+    with transaction.atomic():
+        claimed = (
+            TrainingSet.objects.filter(pk=training_set_id, status=TrainingSet.Status.BUILDING)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=Now()))
+            .update(claimed_by=claim.token, claimed_until=_lease_end(), items_done=0)
+        )
+        if not claimed:
+            return None
+        TrainingSetRow.objects.filter(training_set_id=training_set_id).delete()
+    return claim
+
+
+def _write(claim: _Claim, batch: list[TrainingSetRow], items_done: int) -> None:
+    with transaction.atomic():
+        claim.update(items_done=items_done)
+        TrainingSetRow.objects.bulk_create(batch)
+
+
+def _build(training_set: TrainingSet, claim: _Claim) -> None:
     fmt, seed = training_set.format, training_set.seed
     items = selected_items(training_set.project, fmt, training_set.filters)
+    claim.update(items_selected=items.count())
     candidates = _candidates(items, fmt)
     pool, pairs = {}, {}
     if fmt == TrainingSet.Format.DPO:
         # Pairs are formed within a prompt group, whatever the item order: the selection is held in memory.
         pool, candidates = _rejected_pool(training_set.project), list(candidates)
         pairs = _dpo_pairs(candidates, pool, seed)
+        claim.update()
     first_of: dict[str, str] = {}
     duplicates, unwritable, batch = [], [], []
     selected = 0
     rows_by_split = {split: 0 for split in SPLITS}
-    total = items.count()
-    TrainingSet.objects.filter(pk=training_set.pk).update(items_selected=total, items_done=0)
     for candidate in candidates:
         selected += 1
         if selected % WRITE_BATCH == 0:
-            TrainingSet.objects.filter(pk=training_set.pk).update(items_done=selected)
+            _write(claim, batch, selected)
+            batch = []
         rejected = ""
         if fmt == TrainingSet.Format.DPO:
             rejected, problem = pairs[candidate.item_id]
@@ -447,48 +504,78 @@ def _build(training_set: TrainingSet) -> None:
                 line=line,
             )
         )
-        if len(batch) >= WRITE_BATCH:
-            TrainingSetRow.objects.bulk_create(batch)
-            batch = []
-    TrainingSetRow.objects.bulk_create(batch)
+    _write(claim, batch, selected)
     files, sha256, size = _hash_files(training_set)
-    training_set.items_selected = training_set.items_done = selected
-    training_set.rows_train = rows_by_split[TrainingSetRow.Split.TRAIN]
-    training_set.rows_validation = rows_by_split[TrainingSetRow.Split.VALIDATION]
-    training_set.duplicates, training_set.unwritable = len(duplicates), len(unwritable)
-    training_set.report = {"duplicates": duplicates, "unwritable": unwritable}
-    training_set.lineage = _lineage(training_set, items)
+    claim.update()
+    lineage = _lineage(training_set, items)
     if fmt == TrainingSet.Format.DPO:
-        training_set.lineage["dpo_rejected_responses"] = sum(len(responses) for responses in pool.values())
-    training_set.files, training_set.sha256, training_set.size_bytes = files, sha256, size
-    training_set.status, training_set.finished_at = TrainingSet.Status.READY, timezone.now()
-    training_set.save()
+        lineage["dpo_rejected_responses"] = sum(len(responses) for responses in pool.values())
+    # Ready only if this attempt still holds the set: then no other attempt has touched its rows.
+    claim.update(
+        items_selected=selected,
+        items_done=selected,
+        rows_train=rows_by_split[TrainingSetRow.Split.TRAIN],
+        rows_validation=rows_by_split[TrainingSetRow.Split.VALIDATION],
+        duplicates=len(duplicates),
+        unwritable=len(unwritable),
+        report={"duplicates": duplicates, "unwritable": unwritable},
+        lineage=lineage,
+        files=files,
+        sha256=sha256,
+        size_bytes=size,
+        status=TrainingSet.Status.READY,
+        finished_at=Now(),
+        claimed_until=None,
+    )
 
 
 def training_set_build(*, training_set_id: int) -> TrainingSet:
-    """Build a training set that is still ``building``; a set already built or failed is left as it is.
+    """Build a training set that is still ``building``, unless another attempt holds it; returns the set.
 
-    Progress shows in ``items_done`` of ``items_selected``. On any error
-    nothing of the rows stays, and the set is marked ``failed`` with the error (a TrainingSetError's message
-    names the option at fault); nothing is raised. Returns the training set.
+    A set already built or failed is left as it is. The build first claims
+    the set with a conditional UPDATE (``TrainingSet.claimed_by``), for a
+    lease of ``LARRY_TRAINING_SET_LEASE_S`` seconds that it renews with every
+    batch of rows it writes, each in one transaction with the renewal. So a
+    second delivery of the task while the first attempt runs finds the set
+    held and returns it still ``building`` (the caller may look again when
+    ``claimed_until`` has passed); an attempt whose worker died is taken over
+    once its lease has run out, its rows deleted first; and an attempt that
+    finds its claim gone (it stalled past its lease) stops without touching
+    anything. Progress shows in ``items_done`` of ``items_selected``. On any
+    other error nothing of the rows stays, and the set is marked ``failed``
+    with the error (a TrainingSetError's message names the option at fault);
+    nothing is raised. Raises TrainingSet.DoesNotExist for an unknown id.
     """
-    training_set = TrainingSet.objects.select_related("project").get(pk=training_set_id)
-    if training_set.status != TrainingSet.Status.BUILDING:
-        return training_set
-    # Not one transaction, so that the progress shows; the set is not downloadable until ``ready``.
-    try:
-        TrainingSetRow.objects.filter(training_set=training_set).delete()  # a redelivered task starts over
-        _build(training_set)
-    except Exception as exc:
-        # Recorded on the set, where its owner looks (API and admin), and logged in full for operators.
-        TrainingSetRow.objects.filter(training_set=training_set).delete()
-        TrainingSet.objects.filter(pk=training_set.pk).update(
-            status=TrainingSet.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
-        )
-        if not isinstance(exc, TrainingSetError):
-            logger.exception("building training set %s failed", training_set.pk)
-    training_set.refresh_from_db()
-    return training_set
+    claim = _claim(training_set_id)
+    if claim is not None:
+        # Not one transaction, so that the progress shows; the set is not downloadable until ``ready``.
+        try:
+            _build(TrainingSet.objects.select_related("project").get(pk=training_set_id), claim)
+        except ClaimLost:
+            logger.warning("training set %s was taken over or deleted; %s stops", training_set_id, claim.token)
+        except Exception as exc:
+            # Recorded on the set, where its owner looks (API and admin), and logged in full for operators.
+            with transaction.atomic():
+                failed = TrainingSet.objects.filter(
+                    pk=training_set_id, claimed_by=claim.token, status=TrainingSet.Status.BUILDING
+                ).update(
+                    status=TrainingSet.Status.FAILED,
+                    error=f"{type(exc).__name__}: {exc}",
+                    finished_at=Now(),
+                    claimed_until=None,
+                )
+                if failed:
+                    TrainingSetRow.objects.filter(training_set_id=training_set_id).delete()
+            if not isinstance(exc, TrainingSetError):
+                logger.exception("building training set %s failed", training_set_id)
+    return TrainingSet.objects.select_related("project").get(pk=training_set_id)
+
+
+def claim_seconds_left(training_set: TrainingSet) -> float:
+    """Seconds until the lease of the attempt building ``training_set`` runs out (0 when none holds it)."""
+    if training_set.claimed_until is None:
+        return 0.0
+    return max(0.0, (training_set.claimed_until - timezone.now()).total_seconds())
 
 
 def iter_file(training_set: TrainingSet, split: str | None = None) -> Iterator[bytes]:

@@ -4,6 +4,7 @@ import csv
 import hashlib
 import io
 import json
+import time
 
 import pytest
 from django.urls import reverse
@@ -12,10 +13,14 @@ from rest_framework.exceptions import ValidationError
 
 from annotations.models import Item, Project, Review
 from annotations.spreadsheets import neutralise_formula
-from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, Verdict
+from judging import training_sets
+from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.services import gate_apply, label_functions_apply
+from judging.tasks import build_training_set
 from judging.training_sets import iter_file, training_set_build, training_set_create
+from tests.conftest import run_concurrently
 
+SECOND = timezone.timedelta(seconds=1)
 ITEMS = [
     # external_id, prompt, context, response, how it is decided
     ("a1", "What is 2+2?", "", "4", "sme-accept"),
@@ -464,9 +469,7 @@ def test_dpo_pairs_three_accepted_with_two_rejected_one_to_one_and_lists_the_thi
         assert_counts_add_up(training_set)
 
 
-def test_dpo_pairs_two_accepted_with_two_of_three_rejected_never_one_twice(
-    project, django_capture_on_commit_callbacks
-):
+def test_dpo_pairs_two_accepted_with_two_of_three_rejected_never_one_twice(project, django_capture_on_commit_callbacks):
     answers_to_one_prompt(project, ["$4.", "$4 a month."], ["Free.", "$40.", "Ask sales."])
     used = set()
     for seed in range(12):
@@ -514,3 +517,96 @@ def test_a_dpo_pair_never_rejects_the_chosen_text_itself(project, django_capture
         assert dpo_pairs(build(project, django_capture_on_commit_callbacks, format="dpo", seed=seed)) == [
             ("$4.", "Free.")
         ]
+
+
+def build_directly(project, **options) -> TrainingSet:
+    """A set built in this thread, for its sha256 and counts."""
+    training_set = training_set_build(training_set_id=TrainingSet.objects.create(project=project, **options).pk)
+    assert training_set.status == TrainingSet.Status.READY, training_set.error
+    return training_set
+
+
+def slow_candidates(monkeypatch, seconds: float, then=None) -> list[int]:
+    """Slow the build down (``seconds`` per item read) so that builds overlap; ``then(n)`` runs before the
+    ``n``-th item is handed out. Returns the list of builds that started reading items (one entry each)."""
+    real, started = training_sets._candidates, []
+
+    def candidates(*args):
+        started.append(1)
+        for n, candidate in enumerate(real(*args), start=1):
+            time.sleep(seconds)
+            if then:
+                then(n)
+            yield candidate
+
+    monkeypatch.setattr(training_sets, "_candidates", candidates)
+    return started
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_deliveries_of_one_build_at_once_make_one_build_with_the_right_sha256(project, monkeypatch):
+    decide_items(project)
+    options = {"format": "chat", "validation_fraction": 0.5, "seed": 3}
+    reference = build_directly(project, **options)
+    monkeypatch.setattr(training_sets, "WRITE_BATCH", 1)
+    started = slow_candidates(monkeypatch, 0.1)
+    training_set = TrainingSet.objects.create(project=project, **options)
+    errors = run_concurrently(lambda pk: training_set_build(training_set_id=pk), [(training_set.pk,)] * 2)
+    assert errors == []
+    training_set.refresh_from_db()
+    assert len(started) == 1  # the second delivery found the set claimed and left it alone
+    assert (training_set.status, training_set.sha256) == (TrainingSet.Status.READY, reference.sha256)
+    assert training_set.rows.count() == training_set.rows_train + training_set.rows_validation == 4
+    assert hashlib.sha256(download(training_set)).hexdigest() == reference.sha256
+
+
+def test_a_build_whose_lease_ran_out_is_taken_over_and_a_live_one_is_left_alone(project, decided):
+    reference = build_directly(project, format="chat")
+    now = timezone.now()
+    live, dead = (
+        TrainingSet.objects.create(project=project, claimed_by=name, claimed_until=until)
+        for name, until in (("live-worker", now + timezone.timedelta(hours=1)), ("dead-worker", now - SECOND))
+    )
+    for training_set in (live, dead):  # rows the claim holder wrote before the check
+        training_set.rows.create(split="train", content_sha256="0" * 64, external_id="half-built", line="{}")
+    live = training_set_build(training_set_id=live.pk)
+    assert (live.status, live.claimed_by, list(live.rows.values_list("external_id", flat=True))) == (
+        TrainingSet.Status.BUILDING,
+        "live-worker",
+        ["half-built"],
+    )
+    dead = training_set_build(training_set_id=dead.pk)
+    assert (dead.status, dead.sha256) == (TrainingSet.Status.READY, reference.sha256)
+    assert dead.rows.count() == dead.rows_train == 4 and not dead.rows.filter(external_id="half-built").exists()
+    assert dead.claimed_by not in ("", "dead-worker") and dead.claimed_until is None
+
+
+def test_a_build_that_lost_its_claim_stops_and_touches_nothing_of_the_new_holders(project, decided, monkeypatch):
+    training_set = TrainingSet.objects.create(project=project, format="judge")
+    monkeypatch.setattr(training_sets, "WRITE_BATCH", 1)
+
+    def taken_over(n: int) -> None:
+        if n == 3:  # this build stalled past its lease; another worker claimed the set and started over
+            TrainingSet.objects.filter(pk=training_set.pk).update(
+                claimed_by="new-holder", claimed_until=timezone.now() + timezone.timedelta(hours=1)
+            )
+            TrainingSetRow.objects.filter(training_set=training_set).delete()
+            training_set.rows.create(split="train", content_sha256="0" * 64, external_id="new-holder's", line="{}")
+
+    slow_candidates(monkeypatch, 0, then=taken_over)
+    result = training_set_build(training_set_id=training_set.pk)
+    assert (result.status, result.error, result.claimed_by) == (TrainingSet.Status.BUILDING, "", "new-holder")
+    assert list(result.rows.values_list("external_id", flat=True)) == ["new-holder's"]
+
+
+def test_a_set_deleted_while_it_builds_stays_deleted_and_its_task_ends_quietly(project, decided, monkeypatch):
+    training_set = TrainingSet.objects.create(project=project, format="judge")
+    monkeypatch.setattr(training_sets, "WRITE_BATCH", 1)
+
+    def delete(n: int) -> None:
+        if n == 3:
+            TrainingSet.objects.filter(pk=training_set.pk).delete()
+
+    slow_candidates(monkeypatch, 0, then=delete)
+    assert build_training_set(training_set.pk) is None
+    assert not TrainingSet.objects.exists() and not TrainingSetRow.objects.exists()
