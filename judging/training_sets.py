@@ -23,7 +23,7 @@ Formats, one row per item:
   any item of the project, whatever the filters (they choose the chosen side).
   Pairing is one-to-one within a prompt and context, so no rejected response
   is used twice while another is unused: corrections first take the responses
-  they correct; then the accepted responses, ordered by ``sha256(seed, text)``,
+  they correct (two corrections of the same text both pair with it); then the accepted responses, ordered by ``sha256(seed, text)``,
   take the remaining distinct rejected responses, ordered the same way, one
   each (never one equal to the chosen text). A prompt thus gives at most as
   many pairs as it has distinct rejected responses; an accepted item left
