@@ -30,6 +30,9 @@ _TEXT_ESCAPES = {c: f"\\u{ord(c):04x}" for c in ESCAPED}
 # In UTF-8, U+0080-U+009F are C2 80 to C2 9F, and U+2028 and U+2029 are E2 80 A8 and E2 80 A9. The lead bytes
 # C2 and E2 never occur inside another character, so these byte patterns find exactly those characters.
 _UTF8 = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+# The separators alone: a pattern with a literal prefix, which the regex engine finds several times faster
+# than the alternation above, or than two substring searches.
+_UTF8_SEPARATORS = re.compile(rb"\xe2\x80[\xa8\xa9]")
 _UTF8_ESCAPES = {c.encode(): escape.encode() for c, escape in _TEXT_ESCAPES.items()}
 
 
@@ -38,13 +41,13 @@ def escape_unicode_line_breaks(line: AnyStr) -> AnyStr:
     ``\\uXXXX`` escapes; the same object when it holds none of them.
 
     Cheap when there is nothing to do: an ASCII ``str`` is known in constant time, ASCII ``bytes`` in
-    one fast pass, and other ``bytes`` take three substring searches before any substitution
-    (bench/data_io.py, docs/PERFORMANCE.md).
+    one fast pass, and other ``bytes`` take a byte search and a prefix search before any substitution
+    (docs/PERFORMANCE.md, "Data in and out").
     """
     if line.isascii():
         return line
     if isinstance(line, bytes):
-        if b"\xc2" in line or b"\xe2\x80\xa8" in line or b"\xe2\x80\xa9" in line:
+        if b"\xc2" in line or _UTF8_SEPARATORS.search(line):
             return _UTF8.sub(lambda match: _UTF8_ESCAPES[match.group()], line)
         return line
     return _TEXT.sub(lambda match: _TEXT_ESCAPES[match.group()], line)

@@ -22,14 +22,15 @@ Formats, one row per item:
   an accepted response a rejected response to the same prompt and context from
   any item of the project, whatever the filters (they choose the chosen side).
   Pairing is one-to-one within a prompt and context, so no rejected response
-  is used twice while another is unused: corrections first take the responses
-  they correct (two corrections of the same text both pair with it); then the accepted responses, ordered by ``sha256(seed, text)``,
-  take the remaining distinct rejected responses, ordered the same way, one
-  each (never one equal to the chosen text). A prompt thus gives at most as
-  many pairs as it has distinct rejected responses; an accepted item left
-  without a partner (the prompt has no rejected response, or all are taken)
-  cannot be written and is listed in the report with why. The pairs depend
-  only on the content and the seed.
+  is used twice while another is unused: corrections first take the
+  responses they correct (two corrections of the same text both pair with
+  it); then the accepted responses, ordered by ``sha256(seed, text)``, take
+  the remaining distinct rejected responses, ordered the same way, one each
+  (never one equal to the chosen text). A prompt thus gives at most as many
+  pairs as it has distinct rejected responses; an accepted item left without
+  a partner (the prompt has no rejected response, or all are taken) cannot
+  be written and is listed in the report with why. The pairs depend only on
+  the content and the seed.
 - ``judge``: judge-distillation rows for training a small judge,
   ``{"prompt", "context", "response", "verdict", "rationale", "basis"}`` for
   every accepted and rejected item; ``rationale`` is the judge's, the SME's

@@ -14,6 +14,7 @@ from rest_framework.authtoken.models import Token
 from annotations.models import Item, Review
 from judging import export
 from judging.export import chat_record, in_blocks, iter_chat_jsonl
+from judging.jsonl import escape_unicode_line_breaks, json_line
 from judging.models import GateDecision
 from tests.conftest import make_items
 
@@ -133,3 +134,16 @@ def test_for_every_code_point_a_line_is_json_dumps_with_only_the_c1_controls_and
     (line,) = iter_chat_jsonl(project)
     assert line.decode() == dumps_escaped(chat_record(prompt="Question 0?", context="", response=everything)) + "\n"
     assert orjson.loads(line)["messages"][1]["content"] == everything
+
+
+def test_the_escape_is_the_same_on_str_and_on_utf8_bytes_and_leaves_other_lines_alone():
+    everything = "".join(chr(c) for c in range(1, sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    text = json.dumps({"all": everything, "é": "\u2028"}, ensure_ascii=False)
+    expected = dumps_escaped({"all": everything, "é": "\u2028"})
+    assert escape_unicode_line_breaks(text) == expected
+    assert escape_unicode_line_breaks(text.encode()) == expected.encode()
+    assert json_line({"all": everything, "é": "\u2028"}) == expected
+    for untouched in ('{"a": "plain"}', '{"a": "é ü 中文 😀 “quotes” — … \\u2028"}'):
+        assert escape_unicode_line_breaks(untouched) is untouched
+        data = untouched.encode()
+        assert escape_unicode_line_breaks(data) is data
