@@ -9,11 +9,13 @@ when there is one, wins over the original. When the item has a context
 (retrieved passages), the user turn is ``"Context:\\n<context>\\n\\n<prompt>"``
 so the student sees what the teacher saw.
 
-The bytes are those of ``json.dumps(chat_record(...), ensure_ascii=False)``
-plus a newline; orjson escapes the two strings (it escapes exactly as the
-standard library does with ``ensure_ascii=False``, and is several times
-faster). Rows are read in pages by id, so memory does not grow with the
-size of the accepted set and the first line comes at once.
+The bytes are those of ``judging.jsonl.json_line(chat_record(...))`` (that is
+``json.dumps(..., ensure_ascii=False)`` with U+0080-U+009F, U+2028 and U+2029
+escaped, so no reader splits a record) plus a newline; orjson escapes the two
+strings (it escapes exactly as the standard library does with
+``ensure_ascii=False``, and is several times faster). Rows are read in pages
+by id, so memory does not grow with the size of the accepted set and the
+first line comes at once.
 """
 
 from collections.abc import Iterable, Iterator
@@ -23,6 +25,7 @@ from django.db import connection
 
 from annotations.importers import read_ahead
 from annotations.models import Item, Project, Review
+from judging.jsonl import escape_unicode_line_breaks
 from judging.models import GateDecision
 
 # One read from the database; big enough that per-chunk round trips do not count.
@@ -89,7 +92,10 @@ def iter_chat_jsonl(project: Project) -> Iterator[bytes]:
     for page in pages:
         for prompt, context, response in page:
             user, assistant = chat_record(prompt=prompt, context=context, response=response)["messages"]
-            yield b"".join((_USER, dumps(user["content"]), _ASSISTANT, dumps(assistant["content"]), _END))
+            user, assistant = user["content"], assistant["content"]
+            line = b"".join((_USER, dumps(user), _ASSISTANT, dumps(assistant), _END))
+            # An ASCII str is known as such in constant time: most lines skip even the escape's scan of the bytes.
+            yield line if user.isascii() and assistant.isascii() else escape_unicode_line_breaks(line)
 
 
 def in_blocks(lines: Iterable[bytes], size: int = BLOCK_BYTES) -> Iterator[bytes]:

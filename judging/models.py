@@ -401,6 +401,11 @@ class TrainingSet(models.Model):
     rows), and depends only on the content and the options, never on ids or
     dates. Row counts add up: ``items_selected == rows_train +
     rows_validation + duplicates + unwritable``.
+
+    One build attempt at a time holds a set that is ``building``: it claims the
+    set (``claimed_by``) with a conditional UPDATE, for a lease
+    (``claimed_until``) it renews as it writes; another attempt (a redelivered
+    task) may take the set over only once that lease has run out.
     """
 
     class Format(models.TextChoices):
@@ -440,6 +445,12 @@ class TrainingSet(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(
+        max_length=200, blank=True, help_text="The build attempt (host/pid/random) that last claimed the set."
+    )
+    claimed_until = models.DateTimeField(
+        null=True, blank=True, help_text="While building: the claim's lease, renewed as rows are written."
+    )
 
     class Meta:
         ordering = ["-id"]

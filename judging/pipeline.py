@@ -20,6 +20,7 @@ from annotations.queue import queue_add
 from annotations.selectors import ground_truth
 from annotations.services import prior_labels_import, sample_for_review
 from judging.export import iter_chat_jsonl
+from judging.jsonl import escape_unicode_line_breaks
 from judging.metrics import agreement
 from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.selectors import funnel, run_agreement
@@ -226,5 +227,8 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
             },
         },
     }
-    (out / "report.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    # Not JSON lines, but read with line-oriented tools all the same, and it holds project text (the judge prompt).
+    (out / "report.json").write_text(
+        escape_unicode_line_breaks(json.dumps(result, indent=2, ensure_ascii=False)) + "\n"
+    )
     return result

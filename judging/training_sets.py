@@ -18,17 +18,32 @@ Formats, one row per item:
   ``{"prompt": [system?, user], "chosen": [assistant], "rejected": [assistant]}``
   (TRL's dataset formats, "preference"). *Chosen* is an accepted response (an
   SME's correction wins over the original) or an SME's correction of a rejected
-  response; *rejected* is a rejected response to the same prompt and context
-  from any item of the project, whatever the filters (they choose the chosen
-  side), or, for a correction, the response it corrects. An accepted item whose prompt
-  has no rejected response cannot be written and is listed in the report.
+  response; *rejected* is, for a correction, the response it corrects, and for
+  an accepted response a rejected response to the same prompt and context from
+  any item of the project, whatever the filters (they choose the chosen side).
+  Pairing is one-to-one within a prompt and context, so no rejected response
+  is used twice while another is unused: corrections first take the
+  responses they correct (two corrections of the same text both pair with
+  it); then the accepted responses, ordered by ``sha256(seed, text)``, take
+  the remaining distinct rejected responses, ordered the same way, one each
+  (never one equal to the chosen text). A prompt thus gives at most as many
+  pairs as it has distinct rejected responses; an accepted item left without
+  a partner (the prompt has no rejected response, or all are taken) cannot
+  be written and is listed in the report with why. The pairs depend only on
+  the content and the seed.
 - ``judge``: judge-distillation rows for training a small judge,
   ``{"prompt", "context", "response", "verdict", "rationale", "basis"}`` for
   every accepted and rejected item; ``rationale`` is the judge's, the SME's
   comment or reason, or the vetoing rules' reasons, and ``basis`` says which.
 - ``csv``: ``external_id,prompt,context,response,source_model,task_type`` with
   a header row (RFC 4180, CRLF), cells that a spreadsheet would run as a
-  formula neutralised (OWASP "CSV injection").
+  formula neutralised (OWASP "CSV injection"); a row holding a character
+  where ``str.splitlines()`` breaks a line is quoted whole.
+
+Every JSON row is ``judging.jsonl.json_line``: ``json.dumps(..., ensure_ascii=False)``
+with U+0080-U+009F, U+2028 and U+2029 escaped, so that readers splitting on
+Unicode line boundaries see one record per line. Rows of snapshots built
+before that (they are frozen text) keep their bytes.
 
 The user turn of chat, ShareGPT and DPO rows is ``"Context:\\n<context>\\n\\n<prompt>"``
 when the item has a context, as in ``judging.export``.
@@ -42,20 +57,26 @@ gives the same file and the same sha256, whatever the item ids or dates.
 import csv
 import hashlib
 import io
-import json
 import logging
-from collections import defaultdict
+import os
+import re
+import socket
+import uuid
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Now
 from django.utils import timezone
 from rest_framework import serializers
 
 from annotations.models import Adjudication, Item, Project, Review
 from annotations.spreadsheets import neutralise_formula
 from judging.export import chat_record
+from judging.jsonl import json_line
 from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 
 logger = logging.getLogger(__name__)
@@ -71,15 +92,19 @@ class TrainingSetError(ValueError):
     """The options of a training set are not usable (a filter names an unknown judge run, say)."""
 
 
-def _json_line(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False)
+# Where str.splitlines() breaks a line, besides CR and LF (which the csv module quotes already).
+_OTHER_LINE_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def _csv_line(cells) -> str:
     # The csv module quotes a cell holding a character of the line terminator: with "\r\n", a cell with a
-    # line break is quoted (so it stays one cell, and no formula can start a line of its own).
+    # line break is quoted (so it stays one cell, and no formula can start a line of its own). A row with
+    # another character str.splitlines() breaks at is quoted whole, so that a reader splitting lines first
+    # still reads one record (CSV has no escapes: the character itself stays, as RFC 4180 readers want).
+    cells = [neutralise_formula(str(cell)) for cell in cells]
+    quote_all = any(_OTHER_LINE_BREAKS.search(cell) for cell in cells)
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerow([neutralise_formula(str(cell)) for cell in cells])
+    csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerow(cells)
     return buffer.getvalue().removesuffix("\r\n")
 
 
@@ -135,17 +160,17 @@ def write_row(fmt: str, candidate: _Candidate, *, system_prompt: str = "", rejec
     user = _user_text(candidate.prompt, candidate.context)
     if fmt == TrainingSet.Format.CHAT:
         record = chat_record(prompt=candidate.prompt, context=candidate.context, response=candidate.best_response)
-        return _json_line({"messages": _with_system(system_prompt, record["messages"])})
+        return json_line({"messages": _with_system(system_prompt, record["messages"])})
     if fmt == TrainingSet.Format.ALPACA:
         row = {"instruction": candidate.prompt, "input": candidate.context, "output": candidate.best_response}
-        return _json_line({"system": system_prompt, **row} if system_prompt else row)
+        return json_line({"system": system_prompt, **row} if system_prompt else row)
     if fmt == TrainingSet.Format.SHAREGPT:
         turns = [{"from": "human", "value": user}, {"from": "gpt", "value": candidate.best_response}]
         if system_prompt:
             turns.insert(0, {"from": "system", "value": system_prompt})
-        return _json_line({"conversations": turns})
+        return json_line({"conversations": turns})
     if fmt == TrainingSet.Format.DPO:
-        return _json_line(
+        return json_line(
             {
                 "prompt": _with_system(system_prompt, [{"role": "user", "content": user}]),
                 "chosen": [{"role": "assistant", "content": candidate.best_response}],
@@ -153,7 +178,7 @@ def write_row(fmt: str, candidate: _Candidate, *, system_prompt: str = "", rejec
             }
         )
     if fmt == TrainingSet.Format.JUDGE:
-        return _json_line(
+        return json_line(
             {
                 "prompt": candidate.prompt,
                 "context": candidate.context,
@@ -263,27 +288,57 @@ def _group_key(prompt: str, context: str) -> str:
     return hashlib.sha256(f"{prompt}\x1f{context}".encode()).hexdigest()
 
 
-def _rejected_pool(project: Project) -> dict[str, list[str]]:
-    """Rejected responses of the project per (prompt, context), distinct and sorted: DPO's rejected side."""
+def _rejected_pool(project: Project) -> dict[str, set[str]]:
+    """Rejected responses of the project per (prompt, context), distinct: DPO's rejected side."""
     pool: dict[str, set[str]] = defaultdict(set)
     rows = Item.objects.filter(project=project, gate_decision__outcome=GateDecision.Outcome.REJECT)
     for prompt, context, response in rows.values_list("prompt", "context", "response").iterator(chunk_size=READ_CHUNK):
         pool[_group_key(prompt, context)].add(response)
-    return {key: sorted(responses) for key, responses in pool.items()}
+    return pool
 
 
-def _dpo_rejected(candidate: _Candidate, pool: dict[str, list[str]], seed: int) -> tuple[str | None, str]:
-    """The rejected side of a DPO pair for ``candidate``, or (None, why not)."""
-    chosen = candidate.best_response
-    if candidate.outcome == GateDecision.Outcome.REJECT:
-        if chosen == candidate.response:
-            return None, "the SME correction equals the rejected response"
-        return candidate.response, ""
-    partners = [r for r in pool.get(_group_key(candidate.prompt, candidate.context), ()) if r != chosen]
-    if not partners:
-        return None, "no rejected response to the same prompt and context"
-    pick = int(hashlib.sha256(f"{seed}\x1f{chosen}".encode()).hexdigest()[:15], 16) % len(partners)
-    return partners[pick], ""
+def _rank(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}\x1f{text}".encode()).hexdigest()
+
+
+def _dpo_pairs(candidates: list[_Candidate], pool: dict[str, set[str]], seed: int) -> dict[int, tuple[str | None, str]]:
+    """``{item_id: (rejected response, "")}`` for every candidate that gets a DPO pair, ``(None, why not)`` for
+    the others: one-to-one within a prompt group, as the module docstring says."""
+    groups: dict[str, list[_Candidate]] = defaultdict(list)
+    for candidate in candidates:
+        groups[_group_key(candidate.prompt, candidate.context)].append(candidate)
+    pairs: dict[int, tuple[str | None, str]] = {}
+    for key, members in groups.items():
+        used = set()
+        for candidate in members:
+            if candidate.outcome == GateDecision.Outcome.REJECT:  # an SME's correction: paired with what it corrects
+                if candidate.best_response == candidate.response:
+                    pairs[candidate.item_id] = None, "the SME correction equals the rejected response"
+                else:
+                    pairs[candidate.item_id] = candidate.response, ""
+                    used.add(candidate.response)
+        free = deque(sorted(pool.get(key, set()) - used, key=lambda text: _rank(seed, text)))
+        accepted = [c for c in members if c.outcome != GateDecision.Outcome.REJECT]
+        for candidate in sorted(accepted, key=lambda c: (_rank(seed, c.best_response), c.item_id)):
+            chosen = candidate.best_response
+            # The first free response that is not the chosen text itself (free texts are distinct: one at most is).
+            if free and free[0] != chosen:
+                pairs[candidate.item_id] = free.popleft(), ""
+                continue
+            if len(free) > 1:
+                pairs[candidate.item_id] = free[1], ""
+                del free[1]
+                continue
+            partners = len(pool.get(key, set()) - {chosen})
+            pairs[candidate.item_id] = (
+                None,
+                (
+                    f"each rejected response to the same prompt and context pairs once, and all {partners} are taken"
+                    if partners
+                    else "no rejected response to the same prompt and context"
+                ),
+            )
+    return pairs
 
 
 def _content_sha256(fmt: str, candidate: _Candidate, line: str) -> str:
@@ -355,23 +410,80 @@ def _ordered_rows(training_set: TrainingSet, split: str | None = None) -> QueryS
     return rows.order_by("split", "content_sha256", "id")
 
 
-def _build(training_set: TrainingSet) -> None:
+class ClaimLost(RuntimeError):
+    """Another build attempt holds the set now (this one's lease ran out, or the set was deleted)."""
+
+
+@dataclass
+class _Claim:
+    """A build attempt's hold on a ``building`` set: every write goes through ``update``, which checks it."""
+
+    training_set_id: int
+    token: str
+
+    def update(self, **fields) -> None:
+        """Write ``fields`` on the set and renew the lease, if this attempt still holds it; else raise ClaimLost.
+
+        Inside a transaction the set's row stays locked until commit, so no other attempt can take the set
+        over between this check and the writes that follow it in the same transaction.
+        """
+        held = TrainingSet.objects.filter(
+            pk=self.training_set_id, claimed_by=self.token, status=TrainingSet.Status.BUILDING
+        )
+        if not held.update(**{"claimed_until": _lease_end(), **fields}):
+            raise ClaimLost(f"training set {self.training_set_id} is no longer held by {self.token}")
+
+
+def _lease_end():
+    # The database's clock, not the worker's: workers on several machines compare the same times.
+    return Now() + timezone.timedelta(seconds=settings.LARRY_TRAINING_SET_LEASE_S)
+
+
+def _claim(training_set_id: int) -> _Claim | None:
+    """Claim a ``building`` set that no live attempt holds (none ever did, or its lease ran out), and delete
+    the rows an earlier attempt left; None when the set is built, failed, gone, or held by a live attempt."""
+    claim = _Claim(training_set_id, f"{socket.gethostname()[:100]}/{os.getpid()}/{uuid.uuid4().hex[:12]}")
+    with transaction.atomic():
+        claimed = (
+            TrainingSet.objects.filter(pk=training_set_id, status=TrainingSet.Status.BUILDING)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=Now()))
+            .update(claimed_by=claim.token, claimed_until=_lease_end(), items_done=0)
+        )
+        if not claimed:
+            return None
+        TrainingSetRow.objects.filter(training_set_id=training_set_id).delete()
+    return claim
+
+
+def _write(claim: _Claim, batch: list[TrainingSetRow], items_done: int) -> None:
+    with transaction.atomic():
+        claim.update(items_done=items_done)
+        TrainingSetRow.objects.bulk_create(batch)
+
+
+def _build(training_set: TrainingSet, claim: _Claim) -> None:
     fmt, seed = training_set.format, training_set.seed
     items = selected_items(training_set.project, fmt, training_set.filters)
-    pool = _rejected_pool(training_set.project) if fmt == TrainingSet.Format.DPO else {}
+    claim.update(items_selected=items.count())
+    candidates = _candidates(items, fmt)
+    pool, pairs = {}, {}
+    if fmt == TrainingSet.Format.DPO:
+        # Pairs are formed within a prompt group, whatever the item order: the selection is held in memory.
+        pool, candidates = _rejected_pool(training_set.project), list(candidates)
+        pairs = _dpo_pairs(candidates, pool, seed)
+        claim.update()
     first_of: dict[str, str] = {}
     duplicates, unwritable, batch = [], [], []
     selected = 0
     rows_by_split = {split: 0 for split in SPLITS}
-    total = items.count()
-    TrainingSet.objects.filter(pk=training_set.pk).update(items_selected=total, items_done=0)
-    for candidate in _candidates(items, fmt):
+    for candidate in candidates:
         selected += 1
         if selected % WRITE_BATCH == 0:
-            TrainingSet.objects.filter(pk=training_set.pk).update(items_done=selected)
+            _write(claim, batch, selected)
+            batch = []
         rejected = ""
         if fmt == TrainingSet.Format.DPO:
-            rejected, problem = _dpo_rejected(candidate, pool, seed)
+            rejected, problem = pairs[candidate.item_id]
             if rejected is None:
                 unwritable.append({"external_id": candidate.external_id, "reason": problem})
                 continue
@@ -393,48 +505,78 @@ def _build(training_set: TrainingSet) -> None:
                 line=line,
             )
         )
-        if len(batch) >= WRITE_BATCH:
-            TrainingSetRow.objects.bulk_create(batch)
-            batch = []
-    TrainingSetRow.objects.bulk_create(batch)
+    _write(claim, batch, selected)
     files, sha256, size = _hash_files(training_set)
-    training_set.items_selected = training_set.items_done = selected
-    training_set.rows_train = rows_by_split[TrainingSetRow.Split.TRAIN]
-    training_set.rows_validation = rows_by_split[TrainingSetRow.Split.VALIDATION]
-    training_set.duplicates, training_set.unwritable = len(duplicates), len(unwritable)
-    training_set.report = {"duplicates": duplicates, "unwritable": unwritable}
-    training_set.lineage = _lineage(training_set, items)
+    claim.update()
+    lineage = _lineage(training_set, items)
     if fmt == TrainingSet.Format.DPO:
-        training_set.lineage["dpo_rejected_responses"] = sum(len(responses) for responses in pool.values())
-    training_set.files, training_set.sha256, training_set.size_bytes = files, sha256, size
-    training_set.status, training_set.finished_at = TrainingSet.Status.READY, timezone.now()
-    training_set.save()
+        lineage["dpo_rejected_responses"] = sum(len(responses) for responses in pool.values())
+    # Ready only if this attempt still holds the set: then no other attempt has touched its rows.
+    claim.update(
+        items_selected=selected,
+        items_done=selected,
+        rows_train=rows_by_split[TrainingSetRow.Split.TRAIN],
+        rows_validation=rows_by_split[TrainingSetRow.Split.VALIDATION],
+        duplicates=len(duplicates),
+        unwritable=len(unwritable),
+        report={"duplicates": duplicates, "unwritable": unwritable},
+        lineage=lineage,
+        files=files,
+        sha256=sha256,
+        size_bytes=size,
+        status=TrainingSet.Status.READY,
+        finished_at=Now(),
+        claimed_until=None,
+    )
 
 
 def training_set_build(*, training_set_id: int) -> TrainingSet:
-    """Build a training set that is still ``building``; a set already built or failed is left as it is.
+    """Build a training set that is still ``building``, unless another attempt holds it; returns the set.
 
-    Progress shows in ``items_done`` of ``items_selected``. On any error
-    nothing of the rows stays, and the set is marked ``failed`` with the error (a TrainingSetError's message
-    names the option at fault); nothing is raised. Returns the training set.
+    A set already built or failed is left as it is. The build first claims
+    the set with a conditional UPDATE (``TrainingSet.claimed_by``), for a
+    lease of ``LARRY_TRAINING_SET_LEASE_S`` seconds that it renews with every
+    batch of rows it writes, each in one transaction with the renewal. So a
+    second delivery of the task while the first attempt runs finds the set
+    held and returns it still ``building`` (the caller may look again when
+    ``claimed_until`` has passed); an attempt whose worker died is taken over
+    once its lease has run out, its rows deleted first; and an attempt that
+    finds its claim gone (it stalled past its lease) stops without touching
+    anything. Progress shows in ``items_done`` of ``items_selected``. On any
+    other error nothing of the rows stays, and the set is marked ``failed``
+    with the error (a TrainingSetError's message names the option at fault);
+    nothing is raised. Raises TrainingSet.DoesNotExist for an unknown id.
     """
-    training_set = TrainingSet.objects.select_related("project").get(pk=training_set_id)
-    if training_set.status != TrainingSet.Status.BUILDING:
-        return training_set
-    # Not one transaction, so that the progress shows; the set is not downloadable until ``ready``.
-    try:
-        TrainingSetRow.objects.filter(training_set=training_set).delete()  # a redelivered task starts over
-        _build(training_set)
-    except Exception as exc:
-        # Recorded on the set, where its owner looks (API and admin), and logged in full for operators.
-        TrainingSetRow.objects.filter(training_set=training_set).delete()
-        TrainingSet.objects.filter(pk=training_set.pk).update(
-            status=TrainingSet.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
-        )
-        if not isinstance(exc, TrainingSetError):
-            logger.exception("building training set %s failed", training_set.pk)
-    training_set.refresh_from_db()
-    return training_set
+    claim = _claim(training_set_id)
+    if claim is not None:
+        # Not one transaction, so that the progress shows; the set is not downloadable until ``ready``.
+        try:
+            _build(TrainingSet.objects.select_related("project").get(pk=training_set_id), claim)
+        except ClaimLost:
+            logger.warning("training set %s was taken over or deleted; %s stops", training_set_id, claim.token)
+        except Exception as exc:
+            # Recorded on the set, where its owner looks (API and admin), and logged in full for operators.
+            with transaction.atomic():
+                failed = TrainingSet.objects.filter(
+                    pk=training_set_id, claimed_by=claim.token, status=TrainingSet.Status.BUILDING
+                ).update(
+                    status=TrainingSet.Status.FAILED,
+                    error=f"{type(exc).__name__}: {exc}",
+                    finished_at=Now(),
+                    claimed_until=None,
+                )
+                if failed:
+                    TrainingSetRow.objects.filter(training_set_id=training_set_id).delete()
+            if not isinstance(exc, TrainingSetError):
+                logger.exception("building training set %s failed", training_set_id)
+    return TrainingSet.objects.select_related("project").get(pk=training_set_id)
+
+
+def claim_seconds_left(training_set: TrainingSet) -> float:
+    """Seconds until the lease of the attempt building ``training_set`` runs out (0 when none holds it)."""
+    if training_set.claimed_until is None:
+        return 0.0
+    return max(0.0, (training_set.claimed_until - timezone.now()).total_seconds())
 
 
 def iter_file(training_set: TrainingSet, split: str | None = None) -> Iterator[bytes]:

@@ -227,6 +227,12 @@ if LARRY_JUDGE_CHUNK_DEADLINE_S < 1:
         "limit over 61 s"
     )
 
+# A training-set build renews its claim on the set every 1,000 items (and between phases); a build whose
+# worker died is taken over by a redelivered task once this many seconds have passed since its last renewal.
+LARRY_TRAINING_SET_LEASE_S = env_int("LARRY_TRAINING_SET_LEASE_S", 300)
+if LARRY_TRAINING_SET_LEASE_S < 1:
+    raise ImproperlyConfigured(f"LARRY_TRAINING_SET_LEASE_S={LARRY_TRAINING_SET_LEASE_S} is below 1")
+
 # Import: the largest field accepted, in bytes of UTF-8; a line may be 8 times that (annotations/importers.py).
 LARRY_IMPORT_MAX_FIELD_BYTES = env_int("LARRY_IMPORT_MAX_FIELD_BYTES", 1_048_576)
 if LARRY_IMPORT_MAX_FIELD_BYTES < 1024:

@@ -5,6 +5,7 @@ production: ``manage.py run_judge`` enqueues over Redis and polls the run's
 row; the worker judges against the test judge server on 127.0.0.1.
 """
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from annotations.models import Review
-from judging.models import GateDecision, JudgeRun, Verdict
+from annotations.models import Item, Review
+from judging.models import GateDecision, JudgeRun, TrainingSet, Verdict
 from judging.services import gate_apply
+from judging.training_sets import iter_file, training_set_build
 from tests.celery_worker import BROKER, own_queue, worker_command
 from tests.conftest import make_items
 from tests.judge_server import JudgeServer
@@ -167,3 +169,46 @@ def test_a_worker_killed_mid_run_loses_nothing_and_judges_nothing_twice(project,
     assert set(Verdict.objects.values_list("item_id", flat=True)) == set(project.items.values_list("id", flat=True))
     # Only the chunk that was in flight at the kill was sent to the judge again.
     assert 40 <= len(server.requests) <= 40 + 10
+
+
+def test_two_deliveries_of_one_training_set_build_on_real_workers_make_one_build(project, worker_env):
+    """The same build task delivered twice at once (as Redis does when a visibility timeout passes while the
+    first still runs): one worker process builds, the other finds the set claimed and looks again later."""
+    env = {**worker_env, "LARRY_TRAINING_SET_LEASE_S": "3"}
+    items = Item.objects.bulk_create(
+        Item(project=project, external_id=f"i{n}", prompt=f"Question {n}?", response=f"Answer {n}.")
+        for n in range(20_000)
+    )
+    GateDecision.objects.bulk_create(GateDecision(item=item, outcome="accept", basis="sme") for item in items)
+    options = {"format": "chat", "validation_fraction": 0.1, "seed": 2}
+    reference = training_set_build(training_set_id=TrainingSet.objects.create(project=project, **options).pk)
+    training_set = TrainingSet.objects.create(project=project, **options)
+    process = subprocess.Popen(
+        worker_command(env["LARRY_CELERY_QUEUE"], "-c", "2", "-l", "info"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        send_twice = (
+            f"from judging.tasks import build_training_set as t; t.delay({training_set.pk}); t.delay({training_set.pk})"
+        )
+        subprocess.run([sys.executable, "manage.py", "shell", "-c", send_twice], cwd=ROOT, env=env, check=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            training_set.refresh_from_db()
+            if training_set.status != TrainingSet.Status.BUILDING:
+                break
+            time.sleep(0.2)
+        time.sleep(5)  # the second delivery's look again, a lease later, finds the set ready
+    finally:
+        process.terminate()
+        log = process.communicate(timeout=30)[0]
+    assert (training_set.status, training_set.error) == (TrainingSet.Status.READY, ""), log
+    assert training_set.sha256 == reference.sha256 and training_set.rows_train == reference.rows_train, log
+    assert training_set.rows.count() == training_set.rows_train + training_set.rows_validation == 20_000
+    assert hashlib.sha256(b"".join(iter_file(training_set))).hexdigest() == reference.sha256
+    assert "build_training_set[" in log and "retry: Retry in" in log, log
+    assert log.count("succeeded") == 2, log

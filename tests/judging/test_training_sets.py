@@ -4,6 +4,7 @@ import csv
 import hashlib
 import io
 import json
+import time
 
 import pytest
 from django.urls import reverse
@@ -12,10 +13,14 @@ from rest_framework.exceptions import ValidationError
 
 from annotations.models import Item, Project, Review
 from annotations.spreadsheets import neutralise_formula
-from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, Verdict
+from judging import training_sets
+from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.services import gate_apply, label_functions_apply
+from judging.tasks import build_training_set
 from judging.training_sets import iter_file, training_set_build, training_set_create
+from tests.conftest import run_concurrently
 
+SECOND = timezone.timedelta(seconds=1)
 ITEMS = [
     # external_id, prompt, context, response, how it is decided
     ("a1", "What is 2+2?", "", "4", "sme-accept"),
@@ -348,3 +353,260 @@ def test_dpo_lineage_counts_the_rejected_responses_drawn_from(project, decided, 
     training_set = build(project, django_capture_on_commit_callbacks, format="dpo", filters={"source_models": ["big"]})
     # a2, c1, d1 (vetoed) and h1: the pool is the whole project's rejects, not only the filtered "big" ones.
     assert training_set.lineage["dpo_rejected_responses"] == 4
+
+
+# What str.splitlines() breaks at: raw in JSON (U+0085, U+2028, U+2029), escaped by JSON already (U+000A-U+000D,
+# U+001C-U+001E); and the other C1 controls, escaped too.
+BREAKERS = "\x85\u2028\u2029" + "".join(map(chr, range(0x80, 0xA0))) + "\x0b\x0c\x1c\x1d\x1e\r\n"
+
+
+@pytest.fixture
+def breakers(project):
+    """Per character ``c`` of BREAKERS, a prompt with an accepted and a rejected response, ``c`` in every field."""
+    for i, c in enumerate(BREAKERS):
+        for ext, decision, response in ((f"good{i}", "accept", f"good{c}answer"), (f"bad{i}", "reject", f"bad{c}")):
+            item = Item.objects.create(
+                project=project,
+                external_id=ext,
+                prompt=f"Q{i}{c}?",
+                context=f"ctx{c}",
+                response=response,
+                source_model=f"model{c}",
+            )
+            Review.objects.create(item=item, decision=decision, origin="import", comment=f"why{c}")
+    gate_apply(project=project)
+
+
+def strings_in(value) -> set[str]:
+    if isinstance(value, str):
+        return {value}
+    children = value.values() if isinstance(value, dict) else value
+    return set().union(*(strings_in(child) for child in children))
+
+
+@pytest.mark.parametrize("fmt", ["chat", "alpaca", "sharegpt", "dpo", "judge"])
+def test_no_unicode_line_break_splits_a_row_of_any_jsonl_format(
+    fmt, project, breakers, django_capture_on_commit_callbacks
+):
+    system = "" if fmt == "judge" else f"system{BREAKERS}"
+    training_set = build(
+        project, django_capture_on_commit_callbacks, format=fmt, system_prompt=system, validation_fraction=0.3, seed=1
+    )
+    lines = download(training_set).decode().splitlines()
+    n = len(BREAKERS) * (2 if fmt == "judge" else 1)
+    assert len(lines) == training_set.rows_train + training_set.rows_validation == n
+    assert training_set.rows_validation > 0
+    found = strings_in([json.loads(line) for line in lines])
+    expected = {f"good{c}answer" for c in BREAKERS}
+    if fmt in ("dpo", "judge"):
+        expected |= {f"bad{c}" for c in BREAKERS}
+    if fmt in ("chat", "sharegpt", "dpo"):
+        expected |= {f"Context:\nctx{c}\n\nQ{i}{c}?" for i, c in enumerate(BREAKERS)}
+    else:
+        expected |= {f"Q{i}{c}?" for i, c in enumerate(BREAKERS)} | {f"ctx{c}" for c in BREAKERS}
+    if fmt == "judge":
+        expected |= {f"why{c}" for c in BREAKERS}
+    assert expected | ({system} if system else set()) <= found
+    # Each split's file too: its own sha256 is of what a reader splits.
+    for split in ("train", "validation"):
+        assert len(download(training_set, split).decode().splitlines()) == training_set.files[split]["rows"]
+
+
+def test_a_csv_row_with_unicode_line_breaks_stays_one_record(project, breakers, django_capture_on_commit_callbacks):
+    training_set = build(project, django_capture_on_commit_callbacks, format="csv")
+    text = download(training_set).decode()
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert len(rows) == training_set.rows_train == len(BREAKERS)
+    assert {row["response"] for row in rows} == {f"good{c}answer" for c in BREAKERS}
+    assert {row["source_model"] for row in rows} == {f"model{c}" for c in BREAKERS}
+    # A reader that splits lines first (str.splitlines()) and parses CSV after still sees one record per row,
+    # since such cells are quoted (it loses the break character itself: it took it for a line end).
+    records = list(csv.reader(text.splitlines()))
+    assert len(records) == 1 + len(BREAKERS)
+    kept = {c for c in BREAKERS if len(f"a{c}b".splitlines()) == 1}
+    assert {record[3] for record in records[1:]} == {f"good{c}answer" for c in kept} | {"goodanswer"}
+
+
+def test_rows_stored_before_escaping_keep_their_bytes(project):
+    """A snapshot is frozen text: rows written raw by an earlier version download exactly as stored."""
+    raw = '{"messages": [{"role": "user", "content": "Q\u2028?"}, {"role": "assistant", "content": "A\x85"}]}'
+    training_set = TrainingSet.objects.create(project=project, status=TrainingSet.Status.READY)
+    training_set.rows.create(split="train", content_sha256="0" * 64, external_id="old", line=raw)
+    assert download(training_set) == (raw + "\n").encode()
+
+
+def answers_to_one_prompt(project, accepted: list[str], rejected: list[str], corrections: dict | None = None):
+    """SME-decided items answering one prompt: ``accepted`` and ``rejected`` responses (a rejected response in
+    ``corrections`` gets the SME's corrected response), gated."""
+    corrections = corrections or {}
+    answers = [("acc", response, "accept") for response in accepted] + [("rej", r, "reject") for r in rejected]
+    for n, (prefix, response, decision) in enumerate(answers):
+        item = Item.objects.create(project=project, external_id=f"{prefix}{n}", prompt="Plus price?", response=response)
+        Review.objects.create(
+            item=item, decision=decision, origin="import", corrected_response=corrections.get(response, "")
+        )
+    gate_apply(project=project)
+
+
+def dpo_pairs(training_set) -> list[tuple[str, str]]:
+    return sorted((row["chosen"][0]["content"], row["rejected"][0]["content"]) for row in jsonl(download(training_set)))
+
+
+def test_dpo_pairs_three_accepted_with_two_rejected_one_to_one_and_lists_the_third(
+    project, django_capture_on_commit_callbacks
+):
+    answers_to_one_prompt(project, ["$4.", "$4 a month.", "Four dollars."], ["Free.", "$40."])
+    for seed in range(12):
+        training_set = build(project, django_capture_on_commit_callbacks, format="dpo", seed=seed)
+        pairs = dpo_pairs(training_set)
+        # Each rejected response pairs once; each chosen one at most once; the third chosen has no partner left.
+        assert sorted(rejected for _, rejected in pairs) == ["$40.", "Free."], (seed, pairs)
+        assert len({chosen for chosen, _ in pairs}) == 2
+        assert [entry["reason"] for entry in training_set.report["unwritable"]] == [
+            "each rejected response to the same prompt and context pairs once, and all 2 are taken"
+        ]
+        assert training_set.items_selected == 3
+        assert_counts_add_up(training_set)
+
+
+def test_dpo_pairs_two_accepted_with_two_of_three_rejected_never_one_twice(project, django_capture_on_commit_callbacks):
+    answers_to_one_prompt(project, ["$4.", "$4 a month."], ["Free.", "$40.", "Ask sales."])
+    used = set()
+    for seed in range(12):
+        training_set = build(project, django_capture_on_commit_callbacks, format="dpo", seed=seed)
+        pairs = dpo_pairs(training_set)
+        assert sorted(chosen for chosen, _ in pairs) == sorted(["$4.", "$4 a month."]), (seed, pairs)
+        assert len({rejected for _, rejected in pairs}) == 2, (seed, pairs)
+        assert training_set.unwritable == 0 and training_set.items_selected == 2
+        used |= {rejected for _, rejected in pairs}
+    assert used == {"Free.", "$40.", "Ask sales."}  # the seed chooses which two: none is always left out
+
+
+def test_a_dpo_correction_pairs_with_the_response_it_corrects_and_that_response_is_not_reused(
+    project, django_capture_on_commit_callbacks
+):
+    answers_to_one_prompt(
+        project, ["$4.", "$4 a month."], ["Free.", "$40."], corrections={"Free.": "Plus costs $4 a month."}
+    )
+    for seed in range(12):
+        training_set = build(project, django_capture_on_commit_callbacks, format="dpo", seed=seed)
+        pairs = dpo_pairs(training_set)
+        assert ("Plus costs $4 a month.", "Free.") in pairs
+        # "Free." is taken by its correction, so one accepted response pairs with "$40." and the other is listed.
+        assert sorted(rejected for _, rejected in pairs) == ["$40.", "Free."], (seed, pairs)
+        assert training_set.items_selected == 3 and training_set.unwritable == 1
+        assert_counts_add_up(training_set)
+
+
+def test_dpo_pairing_depends_only_on_the_content_and_the_seed(project, django_capture_on_commit_callbacks):
+    accepted, rejected = ["$4.", "$4 a month.", "Four dollars.", "4 USD."], ["Free.", "$40.", "Ask sales."]
+    answers_to_one_prompt(project, accepted, rejected, corrections={"$40.": "It is $4."})
+    first = build(project, django_capture_on_commit_callbacks, format="dpo", seed=5)
+    assert build(project, django_capture_on_commit_callbacks, format="dpo", seed=5).sha256 == first.sha256
+    other = Project.objects.create(slug="copy", name="Copy")
+    answers_to_one_prompt(other, accepted[::-1], rejected[::-1], corrections={"$40.": "It is $4."})
+    copy = build(other, django_capture_on_commit_callbacks, format="dpo", seed=5)
+    assert copy.sha256 == first.sha256 and dpo_pairs(copy) == dpo_pairs(first)
+    seeds = {build(project, django_capture_on_commit_callbacks, format="dpo", seed=s).sha256 for s in range(8)}
+    assert len(seeds) > 1  # the seed does choose the pairs
+
+
+def test_a_dpo_pair_never_rejects_the_chosen_text_itself(project, django_capture_on_commit_callbacks):
+    answers_to_one_prompt(project, ["$4."], ["$4.", "Free."])  # "$4." was also rejected, on another item
+    for seed in range(8):
+        assert dpo_pairs(build(project, django_capture_on_commit_callbacks, format="dpo", seed=seed)) == [
+            ("$4.", "Free.")
+        ]
+
+
+def build_directly(project, **options) -> TrainingSet:
+    """A set built in this thread, for its sha256 and counts."""
+    training_set = training_set_build(training_set_id=TrainingSet.objects.create(project=project, **options).pk)
+    assert training_set.status == TrainingSet.Status.READY, training_set.error
+    return training_set
+
+
+def slow_candidates(monkeypatch, seconds: float, then=None) -> list[int]:
+    """Slow the build down (``seconds`` per item read) so that builds overlap; ``then(n)`` runs before the
+    ``n``-th item is handed out. Returns the list of builds that started reading items (one entry each)."""
+    real, started = training_sets._candidates, []
+
+    def candidates(*args):
+        started.append(1)
+        for n, candidate in enumerate(real(*args), start=1):
+            time.sleep(seconds)
+            if then:
+                then(n)
+            yield candidate
+
+    monkeypatch.setattr(training_sets, "_candidates", candidates)
+    return started
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_deliveries_of_one_build_at_once_make_one_build_with_the_right_sha256(project, monkeypatch):
+    decide_items(project)
+    options = {"format": "chat", "validation_fraction": 0.5, "seed": 3}
+    reference = build_directly(project, **options)
+    monkeypatch.setattr(training_sets, "WRITE_BATCH", 1)
+    started = slow_candidates(monkeypatch, 0.1)
+    training_set = TrainingSet.objects.create(project=project, **options)
+    errors = run_concurrently(lambda pk: training_set_build(training_set_id=pk), [(training_set.pk,)] * 2)
+    assert errors == []
+    training_set.refresh_from_db()
+    assert len(started) == 1  # the second delivery found the set claimed and left it alone
+    assert (training_set.status, training_set.sha256) == (TrainingSet.Status.READY, reference.sha256)
+    assert training_set.rows.count() == training_set.rows_train + training_set.rows_validation == 4
+    assert hashlib.sha256(download(training_set)).hexdigest() == reference.sha256
+
+
+def test_a_build_whose_lease_ran_out_is_taken_over_and_a_live_one_is_left_alone(project, decided):
+    reference = build_directly(project, format="chat")
+    now = timezone.now()
+    live, dead = (
+        TrainingSet.objects.create(project=project, claimed_by=name, claimed_until=until)
+        for name, until in (("live-worker", now + timezone.timedelta(hours=1)), ("dead-worker", now - SECOND))
+    )
+    for training_set in (live, dead):  # rows the claim holder wrote before the check
+        training_set.rows.create(split="train", content_sha256="0" * 64, external_id="half-built", line="{}")
+    live = training_set_build(training_set_id=live.pk)
+    assert (live.status, live.claimed_by, list(live.rows.values_list("external_id", flat=True))) == (
+        TrainingSet.Status.BUILDING,
+        "live-worker",
+        ["half-built"],
+    )
+    dead = training_set_build(training_set_id=dead.pk)
+    assert (dead.status, dead.sha256) == (TrainingSet.Status.READY, reference.sha256)
+    assert dead.rows.count() == dead.rows_train == 4 and not dead.rows.filter(external_id="half-built").exists()
+    assert dead.claimed_by not in ("", "dead-worker") and dead.claimed_until is None
+
+
+def test_a_build_that_lost_its_claim_stops_and_touches_nothing_of_the_new_holders(project, decided, monkeypatch):
+    training_set = TrainingSet.objects.create(project=project, format="judge")
+    monkeypatch.setattr(training_sets, "WRITE_BATCH", 1)
+
+    def taken_over(n: int) -> None:
+        if n == 3:  # this build stalled past its lease; another worker claimed the set and started over
+            TrainingSet.objects.filter(pk=training_set.pk).update(
+                claimed_by="new-holder", claimed_until=timezone.now() + timezone.timedelta(hours=1)
+            )
+            TrainingSetRow.objects.filter(training_set=training_set).delete()
+            training_set.rows.create(split="train", content_sha256="0" * 64, external_id="new-holder's", line="{}")
+
+    slow_candidates(monkeypatch, 0, then=taken_over)
+    result = training_set_build(training_set_id=training_set.pk)
+    assert (result.status, result.error, result.claimed_by) == (TrainingSet.Status.BUILDING, "", "new-holder")
+    assert list(result.rows.values_list("external_id", flat=True)) == ["new-holder's"]
+
+
+def test_a_set_deleted_while_it_builds_stays_deleted_and_its_task_ends_quietly(project, decided, monkeypatch):
+    training_set = TrainingSet.objects.create(project=project, format="judge")
+    monkeypatch.setattr(training_sets, "WRITE_BATCH", 1)
+
+    def delete(n: int) -> None:
+        if n == 3:
+            TrainingSet.objects.filter(pk=training_set.pk).delete()
+
+    slow_candidates(monkeypatch, 0, then=delete)
+    assert build_training_set(training_set.pk) is None
+    assert not TrainingSet.objects.exists() and not TrainingSetRow.objects.exists()
