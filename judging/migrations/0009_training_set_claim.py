@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('judging', '0006_regate_requests'),
+        ('judging', '0008_verdict_evidence'),
     ]
 
     operations = [
