@@ -8,6 +8,9 @@
 | SECRET_KEY | a development key | a long random string |
 | DEBUG | off | off |
 | ALLOWED_HOSTS | ``127.0.0.1,localhost`` | the site's host names |
+| CSRF_TRUSTED_ORIGINS | none | ``https://`` + the site's host name |
+| LARRY_HTTPS | on when every CSRF trusted origin is https:// | on: Secure cookies, HSTS |
+| LARRY_TRUSTED_PROXIES | 0 | 1 behind one reverse proxy |
 | LARRY_MEDIA_ROOT | ``media/`` in the project folder | a volume shared by web and worker |
 | LARRY_IMPORT_MAX_FIELD_BYTES | 1048576 (1 MiB) | the same |
 
@@ -62,6 +65,31 @@ SECRET_KEY = env_str("SECRET_KEY", "larry-development-key-set-SECRET_KEY-in-prod
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+# HTTPS. "Served over HTTPS" is LARRY_HTTPS, or, when that is unset, every CSRF trusted origin being
+# https:// (docs/DEPLOY.md has a proxy that terminates TLS set them); `make demo` on http://127.0.0.1 sets neither.
+# It turns on Secure session and CSRF cookies and HSTS; each has its own switch too.
+LARRY_HTTPS = env_bool(
+    "LARRY_HTTPS", bool(CSRF_TRUSTED_ORIGINS) and all(o.startswith("https://") for o in CSRF_TRUSTED_ORIGINS)
+)
+# Reverse proxies in front of Larry, each appending to X-Forwarded-For. With one or more, the client's address
+# (for log-in lock-outs) is the one the outermost of them saw, and X-Forwarded-Proto says whether the request
+# came over HTTPS: the proxy must set that header, overwriting what the client sent.
+LARRY_TRUSTED_PROXIES = env_int("LARRY_TRUSTED_PROXIES", 0)
+if LARRY_TRUSTED_PROXIES < 0:
+    raise ImproperlyConfigured(f"LARRY_TRUSTED_PROXIES={LARRY_TRUSTED_PROXIES} is below 0")
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if LARRY_TRUSTED_PROXIES else None
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", LARRY_HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", LARRY_HTTPS)
+# On by default only behind a proxy: without one Larry cannot tell an https request from an http one
+# (unless gunicorn itself serves TLS, when there is no http to redirect from), and would redirect forever.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", LARRY_HTTPS and LARRY_TRUSTED_PROXIES > 0)
+# A year, the usual value (and hstspreload.org's minimum); sent on https responses only.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if LARRY_HTTPS else 0)
+if SECURE_HSTS_SECONDS < 0:
+    raise ImproperlyConfigured(f"SECURE_HSTS_SECONDS={SECURE_HSTS_SECONDS} is below 0")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
