@@ -13,6 +13,7 @@
 | LARRY_TRUSTED_PROXIES | 0 | 1 behind one reverse proxy |
 | LARRY_MEDIA_ROOT | ``media/`` in the project folder | a volume shared by web and worker |
 | LARRY_IMPORT_MAX_FIELD_BYTES | 1048576 (1 MiB) | the same |
+| LARRY_LOGIN_FAILURE_LIMIT, LARRY_LOGIN_LOCKOUT_S | 10 failures, 900 s | the same |
 
 Values are parsed strictly: a malformed boolean or integer stops start-up with
 an error that names the variable.
@@ -20,6 +21,7 @@ an error that names the variable.
 
 import os
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -106,6 +108,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "annotations",
     "judging",
 ]
@@ -120,6 +123,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: turns a log-in that django-axes refused into the lock-out page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "larry_web.urls"
@@ -151,6 +156,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # wait for it, instead of failing mid-transaction with "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Log-in lock-outs (django-axes) on /login/, /admin/login/ and POST /api/token/: after LARRY_LOGIN_FAILURE_LIMIT
+# wrong passwords for one username, or from one address, log-ins for that username, and from that address, are
+# refused (429) for LARRY_LOGIN_LOCKOUT_S after the last failure, whatever the password. Both, separately: the
+# username stops a spray on one account from many addresses, the address one client trying many accounts. The
+# price: anyone can lock an account they know the name of (staff lift it in the admin, Axes -> Access attempts).
+# The address is REMOTE_ADDR, or X-Forwarded-For behind LARRY_TRUSTED_PROXIES (larry_web.login.client_ip).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LARRY_LOGIN_FAILURE_LIMIT", 10)
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured(f"LARRY_LOGIN_FAILURE_LIMIT={AXES_FAILURE_LIMIT} is below 1")
+_LOCKOUT_S = env_int("LARRY_LOGIN_LOCKOUT_S", 900)
+if _LOCKOUT_S < 1:
+    raise ImproperlyConfigured(f"LARRY_LOGIN_LOCKOUT_S={_LOCKOUT_S} is below 1")
+AXES_COOLOFF_TIME = timedelta(seconds=_LOCKOUT_S)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# Tries during a lock-out are refused without counting, so the lock ends LARRY_LOGIN_LOCKOUT_S after the failure
+# that set it, as the page says, even for the owner trying the right password meanwhile.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "larry_web.login.lock_out_response"
+AXES_CLIENT_IP_CALLABLE = "larry_web.login.client_ip"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

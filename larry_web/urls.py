@@ -2,11 +2,11 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import SimpleRouter
 
 from annotations import api as annotations_api
 from judging import api as judging_api
+from larry_web.login import ObtainAuthTokenOrLockOut
 
 api = SimpleRouter()
 api.register("projects", annotations_api.ProjectViewSet, basename="project")
@@ -22,7 +22,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("api/token/", obtain_auth_token, name="api_token_obtain"),
+    path("api/token/", ObtainAuthTokenOrLockOut.as_view(), name="api_token_obtain"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
     path("api/", include(api.urls)),
