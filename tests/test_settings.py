@@ -67,6 +67,8 @@ SECURITY = (
     "SECURE_HSTS_SECONDS",
     "SECURE_HSTS_INCLUDE_SUBDOMAINS",
     "SECURE_HSTS_PRELOAD",
+    "LARRY_LOGIN_FAILURE_LIMIT",
+    "LARRY_LOGIN_LOCKOUT_S",
 )
 # The settings module alone (no django.setup()): a tenth of the time.
 SECURITY_PROBE = (
@@ -150,11 +152,23 @@ def test_each_switch_overrides_what_https_implies():
         ("SECURE_HSTS_SECONDS", "a year", "SECURE_HSTS_SECONDS='a year' is not an integer"),
         ("SECURE_HSTS_SECONDS", "-1", "SECURE_HSTS_SECONDS=-1 is below 0"),
         ("LARRY_TRUSTED_PROXIES", "-1", "LARRY_TRUSTED_PROXIES=-1 is below 0"),
+        ("LARRY_LOGIN_FAILURE_LIMIT", "0", "LARRY_LOGIN_FAILURE_LIMIT=0 is below 1"),
+        ("LARRY_LOGIN_LOCKOUT_S", "15m", "LARRY_LOGIN_LOCKOUT_S='15m' is not an integer"),
     ],
 )
 def test_a_malformed_security_switch_stops_start_up_naming_it(name, value, message):
     result = run_with(["-c", SECURITY_PROBE], **{name: value})
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_log_in_lock_outs_default_to_10_failures_and_15_minutes_and_follow_the_environment():
+    probe = (
+        "import json; import larry_web.settings as s; "
+        "print(json.dumps([s.AXES_FAILURE_LIMIT, s.AXES_COOLOFF_TIME.total_seconds(), s.AXES_LOCKOUT_PARAMETERS]))"
+    )
+    assert json.loads(run_with(["-c", probe]).stdout) == [10, 900, ["username", "ip_address"]]
+    changed = run_with(["-c", probe], LARRY_LOGIN_FAILURE_LIMIT="5", LARRY_LOGIN_LOCKOUT_S="3600")
+    assert json.loads(changed.stdout)[:2] == [5, 3600]
 
 
 def documented_production_env() -> dict[str, str]:
