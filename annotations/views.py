@@ -1,6 +1,7 @@
 """SME-facing pages: project list, review screen (htmx), my reviews, agreement, adjudication; leads' import page."""
 
 import csv
+import re
 
 from django import forms
 from django.contrib import messages
@@ -27,6 +28,23 @@ from annotations.spreadsheets import neutralise_formula
 
 # Errors listed on an import's page; all of them are in the CSV download.
 ERRORS_SHOWN = 100
+
+# A row id in a form field or query string: digits only, and few enough to fit a bigint.
+_ID = re.compile(r"[0-9]{1,18}")
+
+
+def parse_id(raw: str | None, what: str) -> int:
+    """The id a client sent (``raw``, from POST or GET) as an int; ``what`` names it in the error.
+
+    Raises ValueError with a message for people ("The item id 'abc' is not a number.") when ``raw``
+    is missing, blank, or anything but 1 to 18 ASCII digits (``int()`` alone would also take
+    ``" 1"``, ``"1_0"`` or Arabic-Indic digits).
+    """
+    if not raw:
+        raise ValueError(f"No {what} id was given.")
+    if not _ID.fullmatch(raw):
+        raise ValueError(f"The {what} id {raw[:40]!r} is not a number.")
+    return int(raw)
 
 
 def _last_review_key(project: Project) -> str:
@@ -186,17 +204,21 @@ def adjudication(request: HttpRequest, slug: str) -> HttpResponse:
         raise PermissionDenied("Only project leads adjudicate.")
     error = ""
     if request.method == "POST":
-        item = get_object_or_404(Item, pk=request.POST.get("item"), project=project)
         try:
-            adjudicate(
-                item=item,
-                lead=request.user,
-                decision=request.POST.get("decision", ""),
-                reason=request.POST.get("reason", ""),
-            )
-            return redirect("annotations:adjudication", slug=project.slug)
-        except ReviewError as exc:
+            item_id = parse_id(request.POST.get("item"), "item")
+        except ValueError as exc:
             error = str(exc)
+        else:
+            try:
+                adjudicate(
+                    item=get_object_or_404(Item, pk=item_id, project=project),
+                    lead=request.user,
+                    decision=request.POST.get("decision", ""),
+                    reason=request.POST.get("reason", ""),
+                )
+                return redirect("annotations:adjudication", slug=project.slug)
+            except ReviewError as exc:
+                error = str(exc)
     items = list(disagreements(project)[:50])
     reviews = Review.objects.filter(item__in=items).select_related("reviewer").order_by("item_id", "id")
     by_item: dict[int, list[Review]] = {}

@@ -180,7 +180,7 @@ class JudgeSettingsAdmin(admin.ModelAdmin):
 
     @admin.display(description="Always added after the rubric and guidelines")
     def always_added(self, obj):
-        return format_html('<pre style="white-space: pre-wrap">{}</pre>', prompts.FIXED_INSTRUCTIONS)
+        return format_html('<pre class="larry-pre-wrap">{}</pre>', prompts.FIXED_INSTRUCTIONS)
 
     def save_model(self, request, obj, form, change):
         judge_settings_save(judge_settings=obj, user=request.user)

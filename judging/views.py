@@ -6,7 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
 from annotations.selectors import ground_truth
-from annotations.views import get_project_for_lead
+from annotations.views import get_project_for_lead, parse_id
 from judging.models import JudgeRun, TrainingSet
 from judging.selectors import (
     funnel,
@@ -122,9 +122,9 @@ def runs_compare_page(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_lead(request, slug)
     runs = JudgeRun.objects.filter(project=project)
     try:
-        first_id, second_id = int(request.GET.get("a", "")), int(request.GET.get("b", ""))
-    except ValueError:
-        raise Http404("Give two run ids: ?a=<run id>&b=<run id>") from None
+        first_id, second_id = parse_id(request.GET.get("a"), "first run"), parse_id(request.GET.get("b"), "second run")
+    except ValueError as exc:
+        return HttpResponseBadRequest(f"{exc} Compare two runs with ?a=<run id>&b=<run id>.", content_type="text/plain")
     first = get_object_or_404(runs, pk=first_id)
     second = get_object_or_404(runs, pk=second_id)
     context = {"project": project, "first": first, "second": second, "comparison": runs_compare(first, second)}

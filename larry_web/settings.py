@@ -8,8 +8,12 @@
 | SECRET_KEY | a development key | a long random string |
 | DEBUG | off | off |
 | ALLOWED_HOSTS | ``127.0.0.1,localhost`` | the site's host names |
+| CSRF_TRUSTED_ORIGINS | none | ``https://`` + the site's host name |
+| LARRY_HTTPS | on when every CSRF trusted origin is https:// | on: Secure cookies, HSTS |
+| LARRY_TRUSTED_PROXIES | 0 | 1 behind one reverse proxy |
 | LARRY_MEDIA_ROOT | ``media/`` in the project folder | a volume shared by web and worker |
 | LARRY_IMPORT_MAX_FIELD_BYTES | 1048576 (1 MiB) | the same |
+| LARRY_LOGIN_FAILURE_LIMIT, LARRY_LOGIN_LOCKOUT_S | 10 failures, 900 s | the same |
 
 Values are parsed strictly: a malformed boolean or integer stops start-up with
 an error that names the variable.
@@ -17,9 +21,11 @@ an error that names the variable.
 
 import os
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -63,6 +69,31 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
+# HTTPS. "Served over HTTPS" is LARRY_HTTPS, or, when that is unset, every CSRF trusted origin being
+# https:// (docs/DEPLOY.md has a proxy that terminates TLS set them); `make demo` on http://127.0.0.1 sets neither.
+# It turns on Secure session and CSRF cookies and HSTS; each has its own switch too.
+LARRY_HTTPS = env_bool(
+    "LARRY_HTTPS", bool(CSRF_TRUSTED_ORIGINS) and all(o.startswith("https://") for o in CSRF_TRUSTED_ORIGINS)
+)
+# Reverse proxies in front of Larry, each appending to X-Forwarded-For. With one or more, the client's address
+# (for log-in lock-outs) is the one the outermost of them saw, and X-Forwarded-Proto says whether the request
+# came over HTTPS: the proxy must set that header, overwriting what the client sent.
+LARRY_TRUSTED_PROXIES = env_int("LARRY_TRUSTED_PROXIES", 0)
+if LARRY_TRUSTED_PROXIES < 0:
+    raise ImproperlyConfigured(f"LARRY_TRUSTED_PROXIES={LARRY_TRUSTED_PROXIES} is below 0")
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if LARRY_TRUSTED_PROXIES else None
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", LARRY_HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", LARRY_HTTPS)
+# On by default only behind a proxy: without one Larry cannot tell an https request from an http one
+# (unless gunicorn itself serves TLS, when there is no http to redirect from), and would redirect forever.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", LARRY_HTTPS and LARRY_TRUSTED_PROXIES > 0)
+# A year, the usual value (and hstspreload.org's minimum); sent on https responses only.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if LARRY_HTTPS else 0)
+if SECURE_HSTS_SECONDS < 0:
+    raise ImproperlyConfigured(f"SECURE_HSTS_SECONDS={SECURE_HSTS_SECONDS} is below 0")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -78,12 +109,15 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
+    "csp",
     "annotations",
     "judging",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -92,6 +126,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: turns a log-in that django-axes refused into the lock-out page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "larry_web.urls"
@@ -124,6 +160,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Log-in lock-outs (django-axes) on /login/, /admin/login/ and POST /api/token/: after LARRY_LOGIN_FAILURE_LIMIT
+# wrong passwords for one username, or from one address, log-ins for that username, and from that address, are
+# refused (429) for LARRY_LOGIN_LOCKOUT_S after the last failure, whatever the password. Both, separately: the
+# username stops a spray on one account from many addresses, the address one client trying many accounts. The
+# price: anyone can lock an account they know the name of (staff lift it in the admin, Axes -> Access attempts).
+# The address is REMOTE_ADDR, or X-Forwarded-For behind LARRY_TRUSTED_PROXIES (larry_web.login.client_ip).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LARRY_LOGIN_FAILURE_LIMIT", 10)
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured(f"LARRY_LOGIN_FAILURE_LIMIT={AXES_FAILURE_LIMIT} is below 1")
+_LOCKOUT_S = env_int("LARRY_LOGIN_LOCKOUT_S", 900)
+if _LOCKOUT_S < 1:
+    raise ImproperlyConfigured(f"LARRY_LOGIN_LOCKOUT_S={_LOCKOUT_S} is below 1")
+AXES_COOLOFF_TIME = timedelta(seconds=_LOCKOUT_S)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# Tries during a lock-out are refused without counting, so the lock ends LARRY_LOGIN_LOCKOUT_S after the failure
+# that set it, as the page says, even for the owner trying the right password meanwhile.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "larry_web.login.lock_out_response"
+AXES_CLIENT_IP_CALLABLE = "larry_web.login.client_ip"
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
@@ -154,12 +211,32 @@ MEDIA_URL = "media/"
 # ...and so STATIC_ROOT may not exist yet: that is expected, not worth a warning.
 warnings.filterwarnings("ignore", message="No directory at: ")
 
+# Content-Security-Policy on every response (django-csp): a second line of defence behind escaping. Scripts,
+# styles and everything else only from our own origin; no inline script or style (static/ holds them all; htmx's
+# inline indicator style is off, see templates/base.html), no eval, no plugins, no framing, forms post only here.
+# The API docs add data: images (Swagger UI's icons), on that page only (larry_web/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    }
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "larry_web.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: people try the API in the docs (/api/docs/). DRF's browsable HTML API would be a second web UI
+    # for untrusted text (jQuery, Bootstrap 3) whose templates need inline styles the CSP refuses.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }

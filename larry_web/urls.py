@@ -1,12 +1,13 @@
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
 from annotations import api as annotations_api
 from judging import api as judging_api
+from larry_web.login import ObtainAuthTokenOrLockOut
 
 api = SimpleRouter()
 api.register("projects", annotations_api.ProjectViewSet, basename="project")
@@ -22,9 +23,14 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("api/token/", obtain_auth_token, name="api_token_obtain"),
+    path("api/token/", ObtainAuthTokenOrLockOut.as_view(), name="api_token_obtain"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    # The split view serves Swagger UI's start-up script as a file (?script), so the page needs no inline script.
+    path(
+        "api/docs/",
+        csp_update({"img-src": ["data:"]})(SpectacularSwaggerSplitView.as_view(url_name="api_schema")),
+        name="api_docs",
+    ),
     path("api/", include(api.urls)),
     path("", include("annotations.urls")),
     path("", include("judging.urls")),

@@ -164,3 +164,31 @@ def test_the_agreement_page(client, sme, project, queue):
     page = client.get(url("agreement", project)).content.decode()
     assert "3 items reviewed by two or more of 2 SMEs" in page
     assert "<svg" in page and "Cohen" in page and "Krippendorff" in page
+
+
+@pytest.mark.parametrize(
+    "posted",
+    [{"item": "abc"}, {"item": ""}, {}, {"item": "1.5"}, {"item": "99999999999999999999999"}, {"item": "1\x00"}],
+    ids=["letters", "blank", "missing", "decimal", "beyond-bigint", "nul"],
+)
+def test_it_refuses_an_adjudication_whose_item_id_is_not_a_number_with_400(client, project, queue, posted):
+    lead = get_user_model().objects.create_user("lead")
+    Membership.objects.create(project=project, user=lead, role=Membership.Role.LEAD)
+    client.force_login(lead)
+    response = client.post(url("adjudication", project), {**posted, "decision": "accept"})
+    assert response.status_code == 400
+    assert "item id" in response.content.decode()
+    assert not Adjudication.objects.exists()
+
+
+def test_an_adjudication_of_an_item_of_another_project_is_not_found(client, project, queue):
+    from annotations.models import Project
+
+    other = Project.objects.create(slug="other", name="Other")
+    (foreign,) = make_items(other, ["elsewhere"])
+    lead = get_user_model().objects.create_user("lead")
+    Membership.objects.create(project=project, user=lead, role=Membership.Role.LEAD)
+    client.force_login(lead)
+    assert client.post(url("adjudication", project), {"item": foreign.pk, "decision": "accept"}).status_code == 404
+    assert client.post(url("adjudication", project), {"item": 10**15, "decision": "accept"}).status_code == 404
+    assert not Adjudication.objects.exists()

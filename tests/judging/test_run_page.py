@@ -147,6 +147,22 @@ def test_two_runs_are_compared_with_each_other_and_with_the_smes(client, lead, p
     assert f"{cohen_kappa_score(SME, JUDGE):.3f}" in page
 
 
+@pytest.mark.parametrize(
+    "query", ["", "?a=1", "?a=x&b=1", "?a=1&b=", "?a=1&b=99999999999999999999999", "?a=%00&b=1", "?a=1_0&b=1"]
+)
+def test_it_refuses_a_comparison_without_two_numeric_run_ids_with_400(client, lead, project, calibrated, query):
+    client.force_login(lead)
+    response = client.get(reverse("judging:runs_compare", args=[project.slug]) + query)
+    assert response.status_code == 400
+    assert "run id" in response.content.decode()
+
+
+def test_a_comparison_with_an_unknown_run_is_not_found(client, lead, project, calibrated):
+    client.force_login(lead)
+    url = reverse("judging:runs_compare", args=[project.slug])
+    assert client.get(url, {"a": calibrated.pk, "b": calibrated.pk + 1000}).status_code == 404
+
+
 def test_a_run_costs_its_tokens_at_the_recorded_prices(project):
     run = JudgeRun(
         project=project,
