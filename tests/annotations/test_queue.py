@@ -11,7 +11,7 @@ from django.utils import timezone
 from annotations import queue
 from annotations.models import Review, ReviewChange, Slot
 from annotations.services import ReviewError, prior_labels_import, review_edit, review_submit, review_undo
-from tests.conftest import make_items, queue_all
+from tests.conftest import make_items, queue_all, run_concurrently
 from tests.services import require
 
 
@@ -175,6 +175,60 @@ def test_twenty_concurrent_reviewers_never_share_an_item_and_lose_none(project):
     assert len(all_handed) == len(set(all_handed)) == 500  # zero handed out twice, zero lost
     assert Review.objects.count() == 500 and Slot.objects.filter(done=False).count() == 0
     assert sum(1 for items in handed.values() if items) > 1  # the work was really shared
+
+
+def ask_at_once(project, reviewer, n: int) -> list[int | None]:
+    """``n`` next-item requests of one SME at the same instant (a double click, several tabs), each on its
+    own PostgreSQL connection; the item ids they were given."""
+    start, got = threading.Barrier(n), []
+
+    def ask():
+        connection.ensure_connection()  # connecting is not part of the race
+        start.wait()
+        item = queue.next_item(project=project, reviewer=reviewer)
+        got.append(item and item.pk)
+
+    errors = run_concurrently(ask, [()] * n)
+    assert not errors, errors
+    return got
+
+
+def live_leases(reviewer) -> int:
+    return Slot.objects.filter(reviewer=reviewer, done=False, leased_until__gt=timezone.now()).count()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_of_one_sme_leave_the_last_items_to_the_others(project):
+    """The reported failure: two items left, Ann double-clicks (here: six requests at once), Bob asks next.
+
+    Each of Ann's requests must get the one item she holds, and Bob the other;
+    repeated, since a race shows only some of the time (10 in 40 as reported).
+    """
+    require("postgres")
+    make_items(project, ["a", "b"])
+    queue_all(project)
+    ann, bob = user("ann"), user("bob")
+    for attempt in range(30):
+        Slot.objects.update(reviewer=None, leased_at=None, leased_until=None)
+        got = ask_at_once(project, ann, 6)
+        other = queue.next_item(project=project, reviewer=bob)
+        assert other is not None, f"attempt {attempt}: Bob was told nothing is left; Ann was handed {got}"
+        assert len(set(got)) == 1 and got[0] not in (None, other.pk), f"attempt {attempt}: Ann was handed {got}"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_sme_holds_exactly_one_live_lease_after_many_concurrent_requests(project):
+    require("postgres")
+    make_items(project, [f"answer {i}" for i in range(50)])
+    queue_all(project)
+    ann = user("ann")
+    for attempt in range(10):
+        got = ask_at_once(project, ann, 8)
+        assert live_leases(ann) == 1, f"attempt {attempt}: Ann holds {live_leases(ann)} leases"
+        assert len(set(got)) == 1, f"attempt {attempt}: Ann was handed {got}"
+        review_submit(item=project.items.get(pk=got[0]), reviewer=ann, decision="accept")
 
 
 def test_changing_reviews_per_item_in_the_admin_opens_slots(client, project, queued):
