@@ -1,4 +1,4 @@
-"""The SME review queue: slots, leases, hand-out with SKIP LOCKED, skip.
+"""The SME review queue: slots, leases, hand-out with SKIP LOCKED.
 
 A queued item has ``project.reviews_per_item`` slots. ``next_item`` hands an
 SME a free slot: on PostgreSQL the candidate row is taken with
@@ -19,7 +19,7 @@ from django.db import connections, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from annotations.models import Item, Project, Review, Skip, Slot
+from annotations.models import Item, Project, Review, Slot
 
 BATCH = 2000
 
@@ -169,15 +169,6 @@ def _free_slots_exist(project: Project, now) -> bool:
         .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
         .exists()
     )
-
-
-def skip(*, item: Item, reviewer) -> None:
-    """Pass on an item: release the SME's lease so others get it, and never offer it to this SME again."""
-    with transaction.atomic():
-        Skip.objects.get_or_create(item=item, reviewer=reviewer)
-        Slot.objects.filter(item=item, reviewer=reviewer, done=False).update(
-            reviewer=None, leased_at=None, leased_until=None
-        )
 
 
 def progress(*, project: Project, reviewer) -> dict[str, int]:
