@@ -58,7 +58,7 @@ class ReviewConflict(ReviewError):
     """A decision or skip on an item that is no longer the SME's; nothing was stored or changed.
 
     ``case`` says why, and the message says it to the SME:
-    ``"decided"``: they already have a review of it (another tab or window decided);
+    ``"decided"``: they already have a review of it (from another tab or window, or an earlier click);
     ``"skipped"``: they skipped it and another SME has it now;
     ``"expired"``: their lease ran out and another SME has it now;
     ``"taken"``: another SME has it, and nothing shows it was ever theirs.
@@ -80,8 +80,8 @@ def _conflict(item: Item, reviewer, *, leased_at: datetime | None, now: datetime
     if mine is not None:
         stored = mine.decision + (f": {mine.reason}" if mine.reason else "")
         return ReviewConflict(
-            f"You already decided on {ext} ({stored}), in another tab or window; that decision stands and "
-            f"{lost}. To change it, edit it under My reviews.",
+            f"You already decided on {ext} ({stored}), in another tab or window or with an earlier click; that "
+            f"decision stands and {lost}. To change it, edit it under My reviews.",
             case="decided",
         )
     if Skip.objects.filter(item=item, reviewer=reviewer).exists():
