@@ -1,4 +1,4 @@
-"""The SME review queue: slots, leases, hand-out with SKIP LOCKED, skip.
+"""The SME review queue: slots, leases, hand-out with SKIP LOCKED.
 
 A queued item has ``project.reviews_per_item`` slots. ``next_item`` hands an
 SME a free slot: on PostgreSQL the candidate row is taken with
@@ -6,15 +6,20 @@ SME a free slot: on PostgreSQL the candidate row is taken with
 get different slots without waiting on each other; the lease is written in
 the same short transaction. A lease expires after ``project.lease_minutes``
 and the slot is free again. An SME never gets a second slot of an item they
-hold, reviewed or skipped. (On SQLite, which has one writer at a time, the
-same code is safe without the lock clause.)
+hold, reviewed or skipped, and holds at most one live lease per project: a
+second request (a double click, another tab) gets the item already leased,
+even when it arrives at the same instant (the SME's requests take turns, see
+``serialise_leases``). (On SQLite, which has one writer at a time, the same
+code is safe without the lock clause.)
 """
+
+from datetime import datetime
 
 from django.db import connections, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from annotations.models import Item, Project, Review, Skip, Slot
+from annotations.models import Item, Project, Review, Slot
 
 BATCH = 2000
 
@@ -67,15 +72,39 @@ def slots_sync(*, project: Project, item_ids: list[int] | None = None) -> None:
             Slot.objects.filter(pk__in=list(ids[:n])).delete()
 
 
+def serialise_leases(*, project: Project, reviewer) -> None:
+    """Wait, until the current transaction ends, for any other transaction changing this SME's leases here.
+
+    Two requests of one SME at once (a double click, two tabs) would otherwise
+    each see no live lease and each claim a slot, leaving other SMEs "nothing
+    left" while the extra leases run. On PostgreSQL a transaction-level
+    advisory lock keyed by (project, SME) makes them take turns; other SMEs
+    never wait for it. SQLite needs nothing: its transactions are IMMEDIATE
+    (see settings), so writers already take turns. Call it inside
+    ``transaction.atomic()``.
+    """
+    connection = connections[Slot.objects.db]
+    if connection.vendor == "postgresql":
+        # Larry's other advisory locks use the two-int4 key space; this one-bigint key never meets them.
+        # Ids past 2**31 may share a key with another pair: they then wait for each other, no more.
+        key = ((project.pk & 0x7FFFFFFF) << 32) | (reviewer.pk & 0xFFFFFFFF)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+
+
 # Claim one free slot in one statement: the inner SELECT takes the first free
 # slot in queue order that this SME may have, skipping rows other SMEs are
 # claiming at this instant (FOR UPDATE SKIP LOCKED, where the database has it),
-# and the UPDATE leases it. One round trip, one commit.
+# and the UPDATE leases it. One round trip. It claims nothing while the SME
+# holds a live lease in the project (evaluated once, not per row), which with
+# serialise_leases keeps one live lease per SME.
 _CLAIM = """
 UPDATE annotations_slot SET reviewer_id = %s, leased_at = %s, leased_until = %s
 WHERE id = (
     SELECT s.id FROM annotations_slot s
     WHERE s.project_id = %s AND NOT s.done AND (s.leased_until IS NULL OR s.leased_until <= %s)
+      AND NOT EXISTS (SELECT 1 FROM annotations_slot l WHERE l.project_id = %s AND l.reviewer_id = %s
+                      AND NOT l.done AND l.leased_until > %s)
       AND NOT EXISTS (SELECT 1 FROM annotations_slot m WHERE m.item_id = s.item_id AND m.reviewer_id = %s
                       AND (m.done OR m.leased_until > %s))
       AND NOT EXISTS (SELECT 1 FROM annotations_review r WHERE r.item_id = s.item_id AND r.reviewer_id = %s)
@@ -87,39 +116,51 @@ RETURNING item_id
 """
 
 
-def _claim(project: Project, reviewer, now) -> int | None:
+def _claim(project: Project, reviewer, now: datetime) -> tuple[int, datetime] | None:
     connection = connections[Slot.objects.db]
     lock = "FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    params = [reviewer.pk, now, now + project.lease, project.pk, now, reviewer.pk, now, reviewer.pk, reviewer.pk]
+    me = reviewer.pk
+    params = [me, now, now + project.lease, project.pk, now, project.pk, me, now, me, now, me, me]
     with connection.cursor() as cursor:
         cursor.execute(_CLAIM.format(lock=lock), params)
         row = cursor.fetchone()
-    return row[0] if row else None
+    return None if row is None else (row[0], now)
+
+
+def _live_lease(project: Project, reviewer, now: datetime) -> tuple[int, datetime] | None:
+    return (
+        Slot.objects.filter(project=project, reviewer=reviewer, done=False, leased_until__gt=now)
+        .order_by("-leased_at", "-id")
+        .values_list("item_id", "leased_at")
+        .first()
+    )
 
 
 def next_item(*, project: Project, reviewer) -> Item | None:
     """The item this SME should review now, leased to them; None when the queue has nothing for them.
 
-    An SME with a live lease gets that item again, the latest first (a reload
-    does not lose it, and an undone item comes straight back); otherwise the
-    highest-priority free slot of an item they have not held, reviewed or
-    skipped.
+    An SME with a live lease gets that item again (a reload, a double click or
+    another tab does not lose it or take a second one, and an undone item
+    comes straight back); otherwise the highest-priority free slot of an item
+    they have not held, reviewed or skipped. The item carries ``leased_at``
+    (an aware datetime), when this SME's lease on it began; the review screen
+    sends it back with the decision, so a late one can be told "your lease
+    expired".
     """
-    now = timezone.now()
-    item_id = (
-        Slot.objects.filter(project=project, reviewer=reviewer, done=False, leased_until__gt=now)
-        .order_by("-leased_at", "-id")
-        .values_list("item_id", flat=True)
-        .first()
-    )
-    if item_id is None:
+    with transaction.atomic():
+        serialise_leases(project=project, reviewer=reviewer)
+        now = timezone.now()
         # Under READ COMMITTED a row changed by a concurrent claim can make the
         # inner SELECT come back empty although other slots are free: try again.
         for _ in range(3):
-            item_id = _claim(project, reviewer, now)
-            if item_id is not None or not _free_slots_exist(project, now):
+            lease = _claim(project, reviewer, now) or _live_lease(project, reviewer, now)
+            if lease is not None or not _free_slots_exist(project, now):
                 break
-    return None if item_id is None else Item.objects.get(pk=item_id)
+    if lease is None:
+        return None
+    item = Item.objects.get(pk=lease[0])
+    item.leased_at = lease[1]
+    return item
 
 
 def _free_slots_exist(project: Project, now) -> bool:
@@ -128,15 +169,6 @@ def _free_slots_exist(project: Project, now) -> bool:
         .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
         .exists()
     )
-
-
-def skip(*, item: Item, reviewer) -> None:
-    """Pass on an item: release the SME's lease so others get it, and never offer it to this SME again."""
-    with transaction.atomic():
-        Skip.objects.get_or_create(item=item, reviewer=reviewer)
-        Slot.objects.filter(item=item, reviewer=reviewer, done=False).update(
-            reviewer=None, leased_at=None, leased_until=None
-        )
 
 
 def progress(*, project: Project, reviewer) -> dict[str, int]:

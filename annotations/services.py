@@ -2,14 +2,15 @@
 
 import random
 from collections.abc import Callable
+from datetime import datetime
 from functools import partial
 
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from annotations.models import Adjudication, Decision, ImportJob, Item, Project, Review, ReviewChange, Slot
-from annotations.queue import queue_add, slots_sync
+from annotations.models import Adjudication, Decision, ImportJob, Item, Project, Review, ReviewChange, Skip, Slot
+from annotations.queue import queue_add, serialise_leases, slots_sync
 
 MAX_TEXT = 100_000
 
@@ -51,6 +52,53 @@ def items_imported(project_id: int) -> None:
 
 class ReviewError(ValueError):
     """A review that cannot be stored; the message says why."""
+
+
+class ReviewConflict(ReviewError):
+    """A decision or skip on an item that is no longer the SME's; nothing was stored or changed.
+
+    ``case`` says why, and the message says it to the SME:
+    ``"decided"``: they already have a review of it (from another tab or window, or an earlier click);
+    ``"skipped"``: they skipped it and another SME has it now;
+    ``"expired"``: their lease ran out and another SME has it now;
+    ``"taken"``: another SME has it, and nothing shows it was ever theirs.
+    """
+
+    CASES = ("decided", "skipped", "expired", "taken")
+
+    def __init__(self, message: str, *, case: str):
+        if case not in self.CASES:
+            raise ValueError(f"case must be one of {', '.join(self.CASES)}, got {case!r}")
+        super().__init__(message)
+        self.case = case
+
+
+def _conflict(item: Item, reviewer, *, leased_at: datetime | None, now: datetime, skipping: bool) -> ReviewConflict:
+    """Why ``item`` is no longer this SME's, for a decision (or a skip) that arrives once it is not."""
+    ext, lost = item.external_id, "nothing was skipped" if skipping else "this decision was not stored"
+    mine = Review.objects.filter(item=item, reviewer=reviewer).first()
+    if mine is not None:
+        stored = mine.decision + (f": {mine.reason}" if mine.reason else "")
+        return ReviewConflict(
+            f"You already decided on {ext} ({stored}), in another tab or window or with an earlier click; that "
+            f"decision stands and {lost}. To change it, edit it under My reviews.",
+            case="decided",
+        )
+    if Skip.objects.filter(item=item, reviewer=reviewer).exists():
+        return ReviewConflict(
+            f"You skipped {ext} in another tab or window and another SME has it now; {lost}.", case="skipped"
+        )
+    # The review screen sends back when the lease it showed began; a lease that would have run out by now
+    # was this SME's and expired. Without one (or with one still running) nothing shows the item was theirs.
+    lease = item.project.lease
+    if leased_at is not None and leased_at <= now - lease:
+        minutes = round(lease.total_seconds() / 60)
+        return ReviewConflict(
+            f"Your lease on {ext} expired and another SME has it now (an item is yours for {minutes} minutes "
+            f"once handed to you); {lost}.",
+            case="expired",
+        )
+    return ReviewConflict(f"Another SME has {ext}; {lost}.", case="taken")
 
 
 def sample_for_review(*, project: Project, n: int | None = None, fraction: float | None = None, seed: int = 0) -> int:
@@ -101,14 +149,27 @@ def _require_staff(user, permission: str) -> None:
 
 
 def review_submit(
-    *, item: Item, reviewer, decision: str, reason: str = "", comment: str = "", corrected_response: str = ""
+    *,
+    item: Item,
+    reviewer,
+    decision: str,
+    reason: str = "",
+    comment: str = "",
+    corrected_response: str = "",
+    leased_at: datetime | None = None,
 ) -> Review:
     """Store one SME's decision on an item they hold (or one nobody else holds) and close its slot.
 
     ``decision`` is ``"accept"`` or ``"reject"``; a reject needs a reason from
-    the project's list. The time from hand-out to decision is recorded.
-    Raises ReviewError for a bad decision, an item outside the SME queue, an
-    item whose lease went to another SME, or a second review by the same SME.
+    the project's list. The time from hand-out to decision is recorded. A
+    decision on a lease that expired is still stored while no other SME has
+    taken the item. ``leased_at`` is when the lease the decision was made
+    under began (``next_item``'s ``item.leased_at``, sent back by the review
+    screen); it only tells "your lease expired" from "another SME has it".
+    Raises ReviewConflict (a ReviewError; see its ``case``) when the item is
+    no longer the SME's: they already decided it, skipped it, or another SME
+    has it; ReviewError for a bad decision or an item outside the SME queue.
+    Nothing is stored when it raises.
     """
     reason = review_reason_clean(project=item.project, decision=decision, reason=reason)
     now = timezone.now()
@@ -116,14 +177,14 @@ def review_submit(
         with transaction.atomic():
             slot = Slot.objects.select_for_update().filter(item=item, reviewer=reviewer, done=False).first()
             if slot is None:
+                if Review.objects.filter(item=item, reviewer=reviewer).exists():
+                    raise _conflict(item, reviewer, leased_at=leased_at, now=now, skipping=False)
                 free = Q(reviewer__isnull=True) | Q(leased_until__lte=now)
                 slot = Slot.objects.select_for_update().filter(item=item, done=False).filter(free).first()
             if slot is None:
                 if not Slot.objects.filter(item=item).exists():
                     raise ReviewError(f"item {item.external_id} is not in the SME queue")
-                raise ReviewError(
-                    f"item {item.external_id} is no longer yours: your lease expired and another SME has it"
-                )
+                raise _conflict(item, reviewer, leased_at=leased_at, now=now, skipping=False)
             review = Review.objects.create(
                 item=item,
                 reviewer=reviewer,
@@ -144,19 +205,53 @@ def review_submit(
             _ground_truth_changed(item.project_id, [item.pk])
             return review
     except IntegrityError:
-        raise ReviewError(f"{reviewer} has already reviewed item {item.external_id}") from None
+        # Another request of this SME stored a review of the item a moment ago (two tabs at once).
+        if not Review.objects.filter(item=item, reviewer=reviewer).exists():
+            raise
+        raise _conflict(item, reviewer, leased_at=leased_at, now=now, skipping=False) from None
+
+
+def review_skip(*, item: Item, reviewer, leased_at: datetime | None = None) -> None:
+    """Pass on an item: release the SME's lease so others get it, and never offer it to this SME again.
+
+    Skipping an item already skipped does nothing. ``leased_at`` is as for
+    ``review_submit``. Raises ReviewConflict when the item is no longer the
+    SME's (they decided it, or another SME has it); nothing changes then.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        mine = Slot.objects.select_for_update().filter(item=item, reviewer=reviewer, done=False)
+        if not mine.exists():
+            if Skip.objects.filter(item=item, reviewer=reviewer).exists():
+                return
+            free = Q(reviewer__isnull=True) | Q(leased_until__lte=now)
+            others = Slot.objects.filter(item=item).exclude(reviewer=reviewer)
+            decided = Review.objects.filter(item=item, reviewer=reviewer).exists()
+            if decided or (others.exists() and not others.filter(done=False).filter(free).exists()):
+                raise _conflict(item, reviewer, leased_at=leased_at, now=now, skipping=True)
+        Skip.objects.get_or_create(item=item, reviewer=reviewer)
+        mine.update(reviewer=None, leased_at=None, leased_until=None)
 
 
 def review_undo(*, review: Review, reviewer) -> Item:
-    """Take back a decision: the review goes (kept in history) and the item is leased back to the SME."""
+    """Take back a decision: the review goes (kept in history) and the item is leased back to the SME.
+
+    The SME holds one live lease per project, so the lease on the item they
+    were given next (if any) is released for others.
+    """
     if review.reviewer_id != reviewer.pk:
         raise ReviewError("only the SME who made a decision can undo it")
-    item, now = review.item, timezone.now()
+    item = review.item
     with transaction.atomic():
+        serialise_leases(project=item.project, reviewer=reviewer)
+        now = timezone.now()
         ReviewChange.objects.create(
             item=item, reviewer=reviewer, changed_by=reviewer, action=ReviewChange.Action.UNDO, before=review.snapshot()
         )
         review.delete()
+        Slot.objects.filter(project=item.project, reviewer=reviewer, done=False, leased_until__gt=now).update(
+            reviewer=None, leased_at=None, leased_until=None
+        )
         Slot.objects.filter(item=item, reviewer=reviewer, done=True).update(
             done=False, leased_at=now, leased_until=now + item.project.lease
         )

@@ -2,6 +2,7 @@
 
 import csv
 import re
+from datetime import datetime
 
 from django import forms
 from django.contrib import messages
@@ -9,6 +10,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
 
@@ -17,10 +19,12 @@ from annotations.importers import ImportFormatError
 from annotations.models import ImportJob, Item, Membership, Project, Review
 from annotations.selectors import agreement_report, disagreements, projects_for
 from annotations.services import (
+    ReviewConflict,
     ReviewError,
     adjudicate,
     import_job_create,
     review_edit,
+    review_skip,
     review_submit,
     review_undo,
 )
@@ -86,10 +90,22 @@ def _card(request: HttpRequest, project: Project, error: str = "", status: int =
         "error": error,
         "notice": notice,
     }
-    if request.htmx:
-        # htmx swaps only 2xx answers; the card shows the error itself.
-        return render(request, "annotations/review.html#card", context)
-    return render(request, "annotations/review.html", context, status=status)
+    # An error answers with its status and a working card, for htmx too: review.js swaps a 400 or 409 card in.
+    template = "annotations/review.html#card" if request.htmx else "annotations/review.html"
+    return render(request, template, context, status=status)
+
+
+def _leased_at(request: HttpRequest) -> datetime | None:
+    """When the lease the card was shown under began (sent back by the review form); None if absent or bad.
+
+    It only chooses the words of a conflict ("your lease expired"), so a bad value (not a time with its
+    offset, or one in the future) is ignored.
+    """
+    try:
+        value = datetime.fromisoformat(request.POST.get("leased_at", ""))
+    except ValueError:
+        return None
+    return value if timezone.is_aware(value) and value <= timezone.now() else None
 
 
 @login_required
@@ -112,7 +128,12 @@ def review_decide(request: HttpRequest, slug: str, item_id: int) -> HttpResponse
             reason=request.POST.get("reason", ""),
             comment=request.POST.get("comment", ""),
             corrected_response=request.POST.get("corrected_response", ""),
+            leased_at=_leased_at(request),
         )
+    except ReviewConflict as exc:
+        # Not the SME's item any more (another tab decided it, the lease went to another SME): say so, with
+        # their current item.
+        return _card(request, project, str(exc), status=409)
     except ReviewError as exc:
         return _card(request, project, str(exc), status=400)
     request.session[_last_review_key(project)] = stored.pk
@@ -121,10 +142,14 @@ def review_decide(request: HttpRequest, slug: str, item_id: int) -> HttpResponse
 
 @login_required
 @require_POST
-def review_skip(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
+def review_skip_item(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
     """Pass on the item: it goes back to the queue for others."""
     project = get_project_for_user(request, slug)
-    queue.skip(item=get_object_or_404(Item, pk=item_id, project=project), reviewer=request.user)
+    item = get_object_or_404(Item, pk=item_id, project=project)
+    try:
+        review_skip(item=item, reviewer=request.user, leased_at=_leased_at(request))
+    except ReviewConflict as exc:
+        return _card(request, project, str(exc), status=409)
     return _card(request, project)
 
 

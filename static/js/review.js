@@ -51,6 +51,18 @@
   document.addEventListener("change", function (event) {
     if (event.target.matches && event.target.matches('#review-card input[type="radio"]')) event.target.blur();
   });
+  // A refused decision (400) or one on an item that is no longer the SME's (409: another tab decided it,
+  // the lease went to another SME) answers with a card that says why and shows their current item.
+  // htmx swaps only 2xx answers unless told; swap those cards in as answers, not as errors.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var status = event.detail.xhr && event.detail.xhr.status;
+    var target = event.detail.target;
+    if ((status === 400 || status === 409) && target && target.id === "review-card" &&
+        /^\s*<section id="review-card"/.test(event.detail.serverResponse || "")) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
   // After a swap, keys go to the new card, not to a text box of the old one.
   document.addEventListener("htmx:afterSwap", function () { if (card()) card().focus({ preventScroll: true }); });
   // Guard against double submits while a decision is in flight.

@@ -93,6 +93,44 @@ def test_an_sme_reviews_with_the_keyboard_without_full_page_loads(live_server, p
     assert list(ReviewChange.objects.filter(action="undo").values_list("item__external_id", flat=True)) == ["r3"]
 
 
+def test_a_decision_in_a_second_tab_on_an_item_the_first_decided_says_so_on_a_working_card(
+    live_server, page, project, sme
+):
+    """One SME, two tabs on the same item: tab 1 accepts it; tab 2's reject is refused (409) with the reason.
+
+    Tab 2 shows "you already decided" and, in place, the SME's current item
+    (the one tab 1 moved on to); its keys work, and nothing tab 1 stored is lost.
+    """
+    require("chromium")
+    responses = ["Refunds take 5 days.", "Shipping is free.", "Call us anytime."]
+    make_items(project, responses)
+    queue_all(project)
+    log_in(page, live_server, "sme", "sme-pass-123")
+    tab_1, tab_2 = page, page.context.new_page()
+    for tab in (tab_1, tab_2):
+        tab.goto(review_url(live_server))
+        expect_card_ready(tab, responses[0])
+        tab.evaluate("window.__marker = 1")
+
+    tab_1.keyboard.press("a")
+    expect_card_ready(tab_1, responses[1])
+    with tab_2.expect_response(lambda r: r.request.method == "POST") as answer:
+        tab_2.keyboard.press("r")
+    assert answer.value.status == 409
+    alert = tab_2.locator("#review-card .error")
+    expect(alert).to_contain_text("You already decided on r0 (accept), in another tab or window")
+    expect_card_ready(tab_2, responses[1])
+    expect_same_document(tab_2)
+    assert list(Review.objects.values_list("item__external_id", "decision")) == [("r0", "accept")]
+
+    tab_2.keyboard.press("a")  # the card tab 2 was given works
+    expect_card_ready(tab_2, responses[2])
+    expect(tab_2.locator("#review-card .error")).to_have_count(0)
+    expect_same_document(tab_2)
+    reviews = Review.objects.order_by("item__external_id").values_list("item__external_id", "decision")
+    assert list(reviews) == [("r0", "accept"), ("r1", "accept")]
+
+
 def test_a_response_with_an_xss_payload_is_shown_not_run(live_server, page, project):
     """Markup in the prompt and response is escaped: shown as text, never run; Markdown still renders."""
     require("chromium")

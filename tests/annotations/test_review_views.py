@@ -1,10 +1,15 @@
 """The review screen and its sibling pages: access, htmx partials, decisions, undo, edit, agreement, adjudication."""
 
+import re
+from datetime import datetime, timedelta
+
 import pytest
 from django.contrib.auth import get_user_model
+from django.db.models import F
 from django.urls import reverse
 
-from annotations.models import Adjudication, Membership, Review
+from annotations import queue as sme_queue
+from annotations.models import Adjudication, Membership, Review, Skip, Slot
 from annotations.selectors import ground_truth
 from tests.conftest import make_items, queue_all
 
@@ -94,7 +99,84 @@ def test_a_bad_decision_is_refused_and_nothing_is_stored(client, sme, project, q
     path = url("review_decide", project, queue[0].pk)
     assert client.post(path, {"decision": "maybe"}).status_code == 400
     assert client.post(path, {"decision": "reject", "reason": "vibes"}).status_code == 400
+    response = htmx_post(client, path, {"decision": "maybe"})  # the card says why; review.js swaps it in
+    assert response.status_code == 400 and "decision must be accept or reject" in response.content.decode()
     assert not Review.objects.exists()
+
+
+def leased_at(page: str) -> str:
+    """The lease time the card sends back with a decision."""
+    return re.search(r'name="leased_at" value="([^"]+)"', page).group(1)
+
+
+def post(client, path, data, htmx: bool):
+    return htmx_post(client, path, data) if htmx else client.post(path, data)
+
+
+def expect_card(response, htmx: bool, message: str, showing: str) -> str:
+    """A 409 with ``message`` on a working card that shows ``showing`` (the whole page, or the htmx partial)."""
+    body = response.content.decode()
+    assert response.status_code == 409
+    assert ("<html" in body) is not htmx
+    assert message in body and showing in body
+    assert 'role="alert"' in body and '<form class="decide"' in body
+    return body
+
+
+@pytest.mark.parametrize("htmx", [True, False], ids=["htmx", "page"])
+def test_a_decision_from_another_tab_on_an_item_already_decided_is_a_409_on_the_current_item(
+    client, sme, project, queue, htmx
+):
+    client.force_login(sme)
+    tab_1 = client.get(url("review", project)).content.decode()
+    tab_2 = client.get(url("review", project)).content.decode()
+    assert "first answer" in tab_2 and leased_at(tab_2) == leased_at(tab_1)  # one lease, in both tabs
+    path = url("review_decide", project, queue[0].pk)
+    assert post(client, path, {"decision": "accept", "leased_at": leased_at(tab_1)}, htmx).status_code == 200
+    for action, data in [
+        (path, {"decision": "reject", "reason": "tone"}),
+        (url("review_skip", project, queue[0].pk), {}),
+    ]:
+        response = post(client, action, {**data, "leased_at": leased_at(tab_2)}, htmx)
+        body = expect_card(
+            response, htmx, "You already decided on r0 (accept), in another tab or window", "second answer"
+        )
+        assert "edit it under My reviews" in body
+    assert list(Review.objects.values_list("item__external_id", "decision")) == [("r0", "accept")]
+    assert not Skip.objects.exists()
+
+
+@pytest.mark.parametrize("htmx", [True, False], ids=["htmx", "page"])
+def test_a_late_decision_after_the_lease_went_to_another_sme_is_a_409(client, sme, project, queue, htmx):
+    bob = get_user_model().objects.create_user("bob")
+    client.force_login(sme)
+    card = client.get(url("review", project)).content.decode()
+    ago = project.lease + timedelta(seconds=1)  # as if the lease's length had passed
+    Slot.objects.filter(item=queue[0]).update(leased_at=F("leased_at") - ago, leased_until=F("leased_until") - ago)
+    sent_back = (datetime.fromisoformat(leased_at(card)) - ago).isoformat()
+    Slot.objects.exclude(item=queue[0]).update(done=True)
+    assert sme_queue.next_item(project=project, reviewer=bob) == queue[0]
+    Slot.objects.exclude(item=queue[0]).update(done=False)
+    response = post(
+        client, url("review_decide", project, queue[0].pk), {"decision": "accept", "leased_at": sent_back}, htmx
+    )
+    expect_card(response, htmx, "Your lease on r0 expired and another SME has it now", "second answer")
+    assert not Review.objects.exists() and Slot.objects.get(item=queue[0]).reviewer == bob
+
+
+@pytest.mark.parametrize("htmx", [True, False], ids=["htmx", "page"])
+def test_a_decision_or_skip_on_an_item_another_sme_has_is_a_409(client, sme, project, queue, htmx):
+    bob = get_user_model().objects.create_user("bob")
+    assert sme_queue.next_item(project=project, reviewer=bob) == queue[0]
+    client.force_login(sme)
+    for action, data in [
+        (url("review_decide", project, queue[0].pk), {"decision": "accept"}),
+        (url("review_skip", project, queue[0].pk), {"leased_at": "not a time"}),
+        (url("review_skip", project, queue[0].pk), {"leased_at": "9999-12-31T23:59:59.999999+00:00"}),
+        (url("review_decide", project, queue[0].pk), {"decision": "accept", "leased_at": "2001-01-01T00:00:00"}),
+    ]:
+        expect_card(post(client, action, data, htmx), htmx, "Another SME has r0", "second answer")
+    assert not Review.objects.exists() and not Skip.objects.exists()
 
 
 def test_an_outsider_cannot_post_a_decision(client, outsider, project, queue):
