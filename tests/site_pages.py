@@ -138,8 +138,14 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("sme", "annotations:adjudication", (slug,), status=403),  # the 403 page
         Page("sme", "judging:project_detail", (slug,), status=403),
         Page("sme", "annotations:review_skip", (slug, site["queued"][0].pk), method="post", htmx=True),
-        Page("sme", "annotations:review_decide", (slug, site["queued"][1].pk), "post", {"decision": "accept"}, True),
-        Page("sme", "annotations:review_undo", (slug,), method="post", htmx=True),
+        # The SME, lead and staff visits to the review screen above leased q0, q1 and q2; after the skip of q0 the
+        # SME holds q3. A decision on q1 gets the conflict card (409); the one on q3 is stored.
+        Page(
+            "sme", "annotations:review_decide", (slug, site["queued"][1].pk), "post", {"decision": "accept"}, True, 409
+        ),
+        Page("sme", "annotations:review_decide", (slug, site["queued"][3].pk), "post", {"decision": "accept"}, True),
+        # Each request logs in afresh, so the session holds no decision to undo: the card says so (400).
+        Page("sme", "annotations:review_undo", (slug,), method="post", htmx=True, status=400),
     ]
     run, running = site["run"], site["running_run"]
     for persona in ("lead", "staff"):
