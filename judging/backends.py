@@ -353,12 +353,15 @@ async def judge_many(
     max_in_flight: int,
     client=None,
     deadline_s: float | None = None,
+    grace_s: float = 0.0,
 ) -> list[JudgeResult]:
     """Judge ``items`` with at most ``max_in_flight`` requests open at once, so vLLM's continuous batching is fed.
 
-    With ``deadline_s`` (seconds from now), requests still open then are
-    cancelled and only the items finished by then have a result: the caller
-    judges the rest later. Without one, every item has a result, in order.
+    With ``deadline_s`` (seconds from now), no request starts after it;
+    requests open then get ``grace_s`` seconds more to finish (they are paid
+    for already) and are cancelled after that. Only the items finished by
+    then have a result: the caller judges the rest later. Without a
+    deadline, every item has a result, in order.
 
     The run's ``requests_per_minute`` and ``tokens_per_minute`` (in
     ``run_settings``; missing or None: unlimited) pace all these requests
@@ -378,6 +381,7 @@ async def judge_many(
                 max_in_flight=max_in_flight,
                 client=own_client,
                 deadline_s=deadline_s,
+                grace_s=grace_s,
             )
 
     gate = asyncio.Semaphore(max_in_flight)
@@ -389,8 +393,13 @@ async def judge_many(
         )
         limits = RateLimits(requests_per_minute=rpm, tokens_per_minute=tpm, largest_request=largest)
 
-    async def one(item: Item) -> JudgeResult:
+    loop = asyncio.get_running_loop()
+    stop_at = None if deadline_s is None else loop.time() + deadline_s
+
+    async def one(item: Item) -> JudgeResult | None:
         async with gate:
+            if stop_at is not None and loop.time() >= stop_at:
+                return None  # past the deadline: left for a later chunk
             return await judge_with_openai(
                 client, model=config.model, item=item, prefix=prefix, run_settings=run_settings, limits=limits
             )
@@ -400,8 +409,9 @@ async def judge_many(
         if deadline_s is None:
             results = list(await asyncio.gather(*tasks))
         else:
-            await asyncio.wait(tasks, timeout=deadline_s)
-            results = [task.result() for task in tasks if task.done() and not task.cancelled()]
+            await asyncio.wait(tasks, timeout=deadline_s + grace_s)
+            finished = [task.result() for task in tasks if task.done() and not task.cancelled()]
+            results = [result for result in finished if result is not None]
     finally:
         pending = [task for task in tasks if not task.done()]
         for task in pending:

@@ -78,7 +78,8 @@ def _judge_locally(run: JudgeRun) -> None:
 def judge_chunk(run_id: int, item_ids: list[int]) -> None:
     """Judge the chunk's items that have no verdict in this run yet, then maybe finish the run.
 
-    The chunk stops at ``LARRY_JUDGE_CHUNK_DEADLINE_S`` (well inside the
+    The chunk starts no request after ``LARRY_JUDGE_CHUNK_DEADLINE_S``, gives
+    the open ones ``LARRY_JUDGE_CHUNK_GRACE_S`` more (all well inside the
     task's time limits and the broker's visibility timeout), stores what it
     judged, and queues the rest as a new chunk. Should it have judged nothing
     at all by then, the rest end as ``deadline`` errors instead (re-run them
@@ -99,6 +100,7 @@ def judge_chunk(run_id: int, item_ids: list[int]) -> None:
             run_settings=run.config,
             max_in_flight=run.config.get("max_in_flight", run.project.judge_max_in_flight),
             deadline_s=deadline,
+            grace_s=settings.LARRY_JUDGE_CHUNK_GRACE_S,
         )
         finished = {result.item_id for result in results}
         left = [item.pk for item in items if item.pk not in finished]

@@ -295,13 +295,19 @@ LARRY_JUDGE_API_KEY = env_str("LARRY_JUDGE_API_KEY")
 LARRY_JUDGE_TIMEOUT_S = env_int("LARRY_JUDGE_TIMEOUT_S", 120)
 LARRY_JUDGE_MAX_RETRIES = env_int("LARRY_JUDGE_MAX_RETRIES", 3)
 LARRY_JUDGE_CHUNK_SIZE = env_int("LARRY_JUDGE_CHUNK_SIZE", 256)
-# A chunk judges for at most this long, then stores what it has and queues the rest as a new chunk;
-# at most the soft time limit less a minute, so that storing always finishes in time.
-LARRY_JUDGE_CHUNK_DEADLINE_S = min(env_int("LARRY_JUDGE_CHUNK_DEADLINE_S", 600), CELERY_TASK_SOFT_TIME_LIMIT - 60)
+# A chunk starts requests for at most this long, then stores what it has and queues the rest as a new chunk;
+# at most the soft time limit less a minute (a fifth of it, for limits under 5 minutes), so that storing
+# always finishes in time.
+_STORE_MARGIN_S = max(1, min(60, CELERY_TASK_SOFT_TIME_LIMIT // 5))
+LARRY_JUDGE_CHUNK_DEADLINE_S = min(
+    env_int("LARRY_JUDGE_CHUNK_DEADLINE_S", 600), CELERY_TASK_SOFT_TIME_LIMIT - _STORE_MARGIN_S
+)
+# Requests still open at the deadline (already paid for) get this long to finish before they are cancelled.
+LARRY_JUDGE_CHUNK_GRACE_S = _STORE_MARGIN_S / 2
 if LARRY_JUDGE_CHUNK_DEADLINE_S < 1:
     raise ImproperlyConfigured(
-        f"LARRY_JUDGE_CHUNK_DEADLINE_S is {LARRY_JUDGE_CHUNK_DEADLINE_S} s: give at least 1 s, and a soft time "
-        "limit over 61 s"
+        f"LARRY_JUDGE_CHUNK_DEADLINE_S is {LARRY_JUDGE_CHUNK_DEADLINE_S} s: give at least 1 s, with a soft time "
+        "limit of at least 2 s"
     )
 
 # A training-set build renews its claim on the set every 1,000 items (and between phases); a build whose

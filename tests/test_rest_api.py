@@ -278,6 +278,7 @@ API_WRITES = {
     ("post", "/api/projects/"),  # a new project (staff)
     ("post", "/api/projects/{slug}/import/"),  # new items and prior labels
     ("post", "/api/projects/{project_slug}/runs/"),  # a new judge run (staff)
+    ("post", "/api/projects/{project_slug}/runs/{id}/queue-errors/"),  # items without a verdict into the SME queue
     ("post", "/api/projects/{project_slug}/training-sets/"),  # a new snapshot
     ("delete", "/api/projects/{project_slug}/training-sets/{id}/"),  # a snapshot (not history: built from it)
     ("post", "/api/token/"),  # the caller's own token

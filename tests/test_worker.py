@@ -119,7 +119,13 @@ def test_saving_a_rule_regates_in_the_background_on_a_real_worker(project, worke
 def test_a_worker_killed_mid_run_loses_nothing_and_judges_nothing_twice(project, worker_env):
     """SIGKILL the worker while it judges a chunk; a new worker gets the chunk again and the run finishes."""
     server = JudgeServer(latency=0.3).start()
-    env = {**worker_env, "LARRY_CELERY_VISIBILITY_TIMEOUT": "4", "LARRY_JUDGE_CHUNK_SIZE": "10"}
+    env = {
+        **worker_env,
+        "LARRY_CELERY_VISIBILITY_TIMEOUT": "4",
+        "LARRY_TASK_SOFT_TIME_LIMIT_S": "2",  # below the hard limit, below the visibility timeout
+        "LARRY_TASK_TIME_LIMIT_S": "3",
+        "LARRY_JUDGE_CHUNK_SIZE": "10",
+    }
     make_items(project, [f"Answer {i}" for i in range(40)])
     project.judge_base_url, project.judge_model, project.judge_max_in_flight = server.base_url, "test-judge", 2
     project.save()

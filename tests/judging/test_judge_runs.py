@@ -232,22 +232,24 @@ def chunks(monkeypatch):
 def test_a_chunk_at_its_deadline_keeps_what_it_judged_and_queues_the_rest_as_a_new_chunk(
     llm_project, judge_server, start_run, settings, chunks
 ):
-    settings.LARRY_JUDGE_CHUNK_DEADLINE_S = 1
+    settings.LARRY_JUDGE_CHUNK_DEADLINE_S, settings.LARRY_JUDGE_CHUNK_GRACE_S = 1, 0.5
     judge_server.httpd.latency = 0.6
     llm_project.judge_max_in_flight = 2
     llm_project.save()
     make_items(llm_project, ["a", "b", "c", "d WRONG", "e", "f"])
     run = start_run(llm_project)
     assert (run.status, run.items_done, run.items_error) == ("finished", 6, 0)
-    # Two requests at a time of 0.6 s each: two answers fit in a 1 s chunk, the rest go on in new chunks.
-    assert [len(c) for c in chunks] == [6, 4, 2]
+    # Two requests at a time of 0.6 s each: two answers by the 1 s deadline, two more open then that finish
+    # in the grace period; the last two go on in a new chunk, and nothing is asked twice.
+    assert [len(c) for c in chunks] == [6, 2]
+    assert len(judge_server.requests) == 6
     assert Verdict.objects.get(run=run, item__response="d WRONG").verdict == "reject"
 
 
 def test_a_chunk_that_judged_nothing_by_its_deadline_ends_its_items_as_deadline_errors(
     llm_project, judge_server, start_run, settings, chunks
 ):
-    settings.LARRY_JUDGE_CHUNK_DEADLINE_S = 1
+    settings.LARRY_JUDGE_CHUNK_DEADLINE_S, settings.LARRY_JUDGE_CHUNK_GRACE_S = 1, 0.5
     judge_server.httpd.latency = 2
     make_items(llm_project, ["a", "b"])
     run = start_run(llm_project)
