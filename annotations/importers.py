@@ -21,6 +21,12 @@ skipped in small blocks without being held in memory; a longer CSV line or
 cell stops a CSV import with a clear fatal error (CSV rows cannot be found
 again reliably after it), keeping what was stored before.
 
+Nesting: arrays and objects may nest at most ``MAX_NESTING`` (64) levels in
+a JSONL line (its own object is level 1) or a CSV metadata cell; a deeper
+one makes its row an error ("nested deeper than 64 levels ..."), found
+before anything recursive walks it, so every later reader of the metadata
+(the float and NUL checks, serialisation, Django, DRF, the admin) is safe.
+
 Speed (bench/data_io.py, docs/PERFORMANCE.md): lines are parsed with orjson
 by a thread ahead of the storing. On PostgreSQL each batch's new items and
 labels are ``COPY``ed straight into their tables (``ON CONFLICT DO NOTHING``
@@ -61,6 +67,12 @@ IMPORT_LOCK = 0x1A770003
 FORMATS = ("jsonl", "csv")
 # A line (or CSV cell) may hold several fields at the limit; past this many times it, it is not read.
 ROW_FIELDS = 8
+# How deep arrays and objects may nest in a JSONL line or a CSV metadata cell (a line's own object is level 1).
+# Real metadata seldom nests ten levels; 64 stays far below every limit met by what walks it afterwards:
+# orjson writes 254 levels and reads 1,024, and Python's 1,000 frames are shared by the standard library's
+# json, our own checks, Django decoding a JSONField and DRF rendering it, which start some 100 frames deep.
+MAX_NESTING = 64
+TOO_DEEP = f"nested deeper than {MAX_NESTING} levels of arrays and objects"
 BOM = b"\xef\xbb\xbf"
 _SKIP_BLOCK = 1 << 16
 
@@ -154,19 +166,75 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse_slowly(raw: bytes) -> tuple[Any, str]:
-    """What orjson refused, parsed by the standard library for a precise reason (or for
-    what it accepts and orjson does not, such as integers over 64 bits)."""
+def _parse_json(text: bytes | str) -> tuple[Any, str]:
+    """``(value, "")`` for one JSON text (a JSONL line or a CSV metadata cell), else ``(None, reason)``.
+
+    Refused: invalid JSON (with the standard library's reason and column),
+    NaN and Infinity, lone surrogates, text that is not UTF-8, and arrays and
+    objects nested deeper than ``MAX_NESTING`` levels. The depth is settled
+    before any recursive walk: orjson (which stops by itself at 1,024 levels)
+    parses first, then ``_too_deep`` (a loop, not recursion) measures what it
+    read; the standard library, for what orjson refuses, is bounded by
+    Python's recursion limit, and its RecursionError is this same refusal.
+    Costs one ``bytes.count`` pair on a line with at most ``MAX_NESTING``
+    brackets, which cannot nest deeper.
+    """
     try:
-        text = raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 (byte {exc.start + 1} of the line)"
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _parse_slowly(text)
+    if _may_be_too_deep(text) and _too_deep(value):
+        return None, TOO_DEEP
+    if _has_float(value):
+        # orjson reads integers over 64 bits as floats, losing digits; the standard library does not.
+        value = json.loads(text)
+    return value, ""
+
+
+def _may_be_too_deep(text: bytes | str) -> bool:
+    if type(text) is bytes:
+        return text.count(b"[") + text.count(b"{") > MAX_NESTING
+    return text.count("[") + text.count("{") > MAX_NESTING
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether arrays and objects nest deeper than ``MAX_NESTING`` levels in a parsed JSON value (an array or
+    object counts as level 1). A loop over one level at a time, so any depth is safe to measure."""
+    level = [value] if type(value) in (dict, list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_NESTING:
+            return True
+        inner = []
+        for container in level:
+            for v in container.values() if type(container) is dict else container:
+                if type(v) is dict or type(v) is list:
+                    inner.append(v)
+        level = inner
+    return False
+
+
+def _parse_slowly(raw: bytes | str) -> tuple[Any, str]:
+    """What orjson refused, parsed by the standard library for a precise reason (or for
+    what the standard library accepts and orjson does not)."""
+    if type(raw) is bytes:
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            return None, f"not UTF-8 (byte {exc.start + 1} of the line)"
+    else:
+        text = raw
     try:
         record = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:  # nested deeper than Python's recursion limit allows, which is deeper than ours
+        return None, TOO_DEEP
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
     except ValueError as exc:
         return None, f"invalid JSON: {exc}"
+    if _may_be_too_deep(text) and _too_deep(record):
+        return None, TOO_DEEP
     try:
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -175,7 +243,9 @@ def _parse_slowly(raw: bytes) -> tuple[Any, str]:
 
 
 def _has_float(value: Any) -> bool:
-    """Whether a float is anywhere in a parsed JSON value (plain loops: this runs on every line)."""
+    """Whether a float is anywhere in a parsed JSON value (plain loops: this runs on every line).
+
+    Recursive: only for values ``_too_deep`` has passed (at most ``MAX_NESTING`` levels)."""
     kind = type(value)
     if kind is float:
         return True
@@ -200,16 +270,10 @@ def _jsonl_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | 
             raw = raw[3:]
         if not raw.strip():
             continue
-        try:
-            record = orjson.loads(raw)
-            if _has_float(record):
-                # orjson reads integers over 64 bits as floats, losing digits; the standard library does not.
-                record = json.loads(raw)
-        except orjson.JSONDecodeError:
-            record, problem = _parse_slowly(raw)
-            if problem:
-                yield line_no, None, problem
-                continue
+        record, problem = _parse_json(raw)
+        if problem:
+            yield line_no, None, problem
+            continue
         if not isinstance(record, dict):
             yield line_no, None, f"expected a JSON object, got {type(record).__name__}"
             continue
@@ -263,11 +327,14 @@ def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | No
                 continue
             record = dict(zip(header, row, strict=True))
             if record.get("metadata"):
-                try:
-                    record["metadata"] = json.loads(record["metadata"], parse_constant=_refuse_constant)
-                except ValueError as exc:
-                    yield start, None, f"metadata is not valid JSON: {getattr(exc, 'msg', exc)}"
+                value, problem = _parse_json(record["metadata"])
+                if problem:
+                    what = (
+                        problem if problem == TOO_DEEP else "not valid JSON: " + problem.removeprefix("invalid JSON: ")
+                    )
+                    yield start, None, f"metadata is {what}"
                     continue
+                record["metadata"] = value
             yield start, record, ""
     except csv.Error as exc:
         raise ImportFormatError(f"CSV error at line {reader.line_num}: {exc}; stopped there") from None
@@ -290,6 +357,7 @@ def iter_records(stream: IO[bytes], fmt: str, *, limit: int | None = None) -> It
 
 
 def _dump_json(value: Any) -> str:
+    """JSON text of a parsed value at most ``MAX_NESTING`` levels deep (orjson writes at most 254)."""
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # e.g. an integer over 64 bits, which the standard library writes
@@ -297,6 +365,7 @@ def _dump_json(value: Any) -> str:
 
 
 def _has_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string or key of a parsed value (recursive: at most ``MAX_NESTING``)."""
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
