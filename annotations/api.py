@@ -219,7 +219,8 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
 
 
 class ItemFilter(django_filters.FilterSet):
-    external_id = django_filters.CharFilter()
+    # Exact, white space included: imports strip the ids they store, so no stripping is needed to find them.
+    external_id = django_filters.CharFilter(strip=False)
     source_model = django_filters.CharFilter()
     task_type = django_filters.CharFilter()
     in_sme_queue = django_filters.BooleanFilter()

@@ -381,6 +381,18 @@ def _check_size(name: str, text: str, limit: int) -> None:
         raise ValueError(f"{name} is {size:,} bytes, over the limit of {limit:,} (LARRY_IMPORT_MAX_FIELD_BYTES)")
 
 
+def given_id(record: dict) -> Any:
+    """The record's id as given: ``external_id``, else ``id`` (whichever is first neither missing, null nor
+    blank), a string stripped of surrounding white space; None when there is none. Not checked further."""
+    for name in ID_FIELDS:
+        value = record.get(name)
+        if type(value) is str:
+            value = value.strip()
+        if value is not None and value != "":
+            return value
+    return None
+
+
 @dataclass
 class _Row:
     fields: dict[str, Any]
@@ -410,10 +422,8 @@ def _clean(record: dict, label_field: str, limit: int) -> _Row:
     for name in REQUIRED_FIELDS:
         if not fields[name].strip():
             raise ValueError(f"{name} is missing or empty")
-    external_id = get("external_id")
-    if external_id is None or external_id == "":
-        external_id = get("id")
-    if external_id is None or external_id == "":
+    external_id = given_id(record)
+    if external_id is None:
         digest = hashlib.sha256("\x1f".join((fields["prompt"], fields["context"], fields["response"])).encode())
         external_id = digest.hexdigest()[:24]
     elif type(external_id) is int:

@@ -459,3 +459,30 @@ def test_the_import_command_uses_an_existing_slug_as_it_is_and_refuses_one_that_
     with pytest.raises(CommandError, match="makes no slug"):
         call_command("import_items", "日本語", str(path), stdout=io.StringIO(), stderr=io.StringIO())
     assert not Project.objects.filter(slug="").exists()
+
+
+def test_surrounding_whitespace_of_ids_is_stripped_at_import(project):
+    stream = jsonl(
+        {**GOOD, "id": " a1 "},
+        {**GOOD, "id": "\ta2\n"},
+        {**GOOD, "external_id": "  ", "id": " a3"},  # a blank external_id falls back to id, as an empty one does
+        {**GOOD, "id": "a1"},  # the same id as line 1 once stripped
+        {**GOOD, "id": "   ", "response": "no id"},  # nothing left: the content hash, as for an empty id
+    )
+    report = import_items(project=project, stream=stream, fmt="jsonl")
+    assert [(e.line, e.reason) for e in report.errors] == [(4, "duplicate external_id 'a1' (first on line 1)")]
+    ids = list(Item.objects.order_by("id").values_list("external_id", flat=True))
+    assert ids[:3] == ["a1", "a2", "a3"] and len(ids[3]) == 24
+    csv_report = import_items(
+        project=project, stream=io.BytesIO(b"id,prompt,response\n a1 ,p,r\nc1\t,p,r\n"), fmt="csv"
+    )
+    assert (csv_report.created, csv_report.existing) == (1, 1)  # " a1 " is the a1 already stored
+    assert Item.objects.filter(external_id="c1").exists()
+
+
+def test_the_main_jobs_label_reader_strips_ids_as_the_import_does(tmp_path):
+    from judging.pipeline import read_labels
+
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(jsonl({**GOOD, "id": " a1 "}, {**GOOD, "id": "a2\t", "human_label": "reject"}).getvalue())
+    assert read_labels(path) == {"a1": "accept", "a2": "reject"}
