@@ -39,6 +39,7 @@ existing items the same way.
 
 import contextlib
 import csv
+import difflib
 import functools
 import hashlib
 import json
@@ -91,13 +92,19 @@ class RowError:
 
 @dataclass
 class ImportReport:
-    """What an import stored: counts, and every line that was not stored with its reason."""
+    """What an import stored: counts, and every line that was not stored with its reason.
+
+    ``blank`` counts the blank lines (JSONL) or rows (CSV: a blank line, or a
+    row whose every cell is empty or white space, as spreadsheets write them)
+    that were skipped; they are neither rows nor errors.
+    """
 
     created: int = 0
     existing: int = 0
     labels: int = 0
     errors: list[RowError] = field(default_factory=list)
     fatal: str = ""
+    blank: int = 0
 
     @property
     def rows(self) -> int:
@@ -108,6 +115,7 @@ class ImportReport:
             "created": self.created,
             "existing": self.existing,
             "labels": self.labels,
+            "blank": self.blank,
             "errors": [{"line": e.line, "reason": e.reason} for e in self.errors],
             "fatal": self.fatal,
         }
@@ -269,6 +277,7 @@ def _jsonl_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | 
         if line_no == 1 and raw.startswith(BOM):
             raw = raw[3:]
         if not raw.strip():
+            yield line_no, None, ""
             continue
         record, problem = _parse_json(raw)
         if problem:
@@ -315,12 +324,13 @@ def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | No
             raise ImportFormatError(f"the CSV header repeats the column {', '.join(map(repr, repeated))}")
         missing = [name for name in REQUIRED_FIELDS if name not in header]
         if missing:
-            raise ImportFormatError(f"the CSV header has no {' or '.join(missing)} column")
+            raise ImportFormatError(f"the CSV header has no {' or '.join(missing)} column{_guesses(missing, header)}")
         done = reader.line_num
         for row in reader:
             start, done = done + 1, reader.line_num
-            if not row:
-                continue  # a blank line
+            if not any(cell.strip() for cell in row):  # a blank line, or a row of empty cells
+                yield start, None, ""
+                continue
             if len(row) != len(header):
                 how = "fewer cells than the" if len(row) < len(header) else f"{len(row)} cells for"
                 yield start, None, f"{how} {len(header)} columns"
@@ -341,7 +351,8 @@ def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | No
 
 
 def iter_records(stream: IO[bytes], fmt: str, *, limit: int | None = None) -> Iterator[tuple[int, dict | None, str]]:
-    """``(line, record, problem)`` per JSONL line or CSV row; ``record`` is None when ``problem`` says why.
+    """``(line, record, problem)`` per JSONL line or CSV row; ``record`` is None when ``problem`` says why,
+    and ``(line, None, "")`` for a blank line (JSONL) or row (CSV: also a row of empty cells).
 
     ``limit`` is the largest field in bytes (default ``max_field_bytes()``).
     Raises ImportFormatError for an unknown format or, for CSV, a file that
@@ -379,6 +390,24 @@ def _check_size(name: str, text: str, limit: int) -> None:
     # UTF-8 takes at most 4 bytes a character: only long texts need encoding to be measured.
     if len(text) * 4 > limit and (size := len(text.encode("utf-8"))) > limit:
         raise ValueError(f"{name} is {size:,} bytes, over the limit of {limit:,} (LARRY_IMPORT_MAX_FIELD_BYTES)")
+
+
+def _near_miss(name: str, given) -> str | None:
+    """Of the ``given`` field names, the one most like the required ``name`` (compared without case or
+    surrounding white space; ``difflib`` ratio at least 0.8, so 'responce' or 'Prompt' but not 'resp'), if any."""
+    candidates = {n.strip().casefold(): n for n in given if type(n) is str and n not in _FIELDS}
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
+    return candidates[close[0]] if close else None
+
+
+def _guesses(missing: list[str], given) -> str:
+    """`` (did you mean 'responce'?)`` for the missing required fields that have a near miss in ``given``."""
+    near = {name: guess for name in missing if (guess := _near_miss(name, given))}
+    if not near:
+        return ""
+    if len(missing) == 1:
+        return f" (did you mean {near[missing[0]]!r}?)"
+    return " (did you mean " + ", ".join(f"{guess!r} for {name}" for name, guess in near.items()) + "?)"
 
 
 def given_id(record: dict) -> Any:
@@ -421,7 +450,8 @@ def _clean(record: dict, label_field: str, limit: int) -> _Row:
         fields[name] = value
     for name in REQUIRED_FIELDS:
         if not fields[name].strip():
-            raise ValueError(f"{name} is missing or empty")
+            near = get(name) is None and _near_miss(name, record)
+            raise ValueError(f"{name} is missing (did you mean {near!r}?)" if near else f"{name} is missing or empty")
     external_id = given_id(record)
     if external_id is None:
         digest = hashlib.sha256("\x1f".join((fields["prompt"], fields["context"], fields["response"])).encode())
@@ -463,6 +493,7 @@ def _known_fields(label_field: str) -> frozenset[str]:
 
 
 _DECISIONS = frozenset(Decision.values)
+_FIELDS = frozenset((*TEXT_FIELDS, *ID_FIELDS, "metadata"))
 _COPY_COLUMNS = ("pos", "external_id", *TEXT_FIELDS, "metadata", "label")
 
 
@@ -651,14 +682,17 @@ def _store_in_parallel(project: Project, batches: Iterator[list[_Row]], report: 
 
 
 def _batches(records, label_field: str, limit: int, report: ImportReport) -> Iterator[list[_Row]]:
-    """Valid rows in batches of ``BATCH_SIZE``; bad rows and in-file duplicates go to ``report.errors``,
-    and a fatal fault to ``report.fatal`` (after the last full batch)."""
+    """Valid rows in batches of ``BATCH_SIZE``; bad rows and in-file duplicates go to ``report.errors``, blank
+    ones to ``report.blank``, and a fatal fault to ``report.fatal`` (after the last full batch)."""
     seen: dict[str, int] = {}
     batch: list[_Row] = []
     try:
         for line_no, record, problem in records:
             if record is None:
-                report.errors.append(RowError(line_no, problem))
+                if problem:
+                    report.errors.append(RowError(line_no, problem))
+                else:
+                    report.blank += 1
                 continue
             try:
                 row = _clean(record, label_field, limit)
