@@ -11,7 +11,7 @@ the admin shows field errors) and contributes to a compiled ``RuleSet``:
 | ``length`` | ``min``, ``max`` (either may be null), ``unit`` (chars/words) | is shorter than min or longer than max |
 | ``must_contain`` | ``phrases``, ``mode`` (any/all) | lacks the phrase(s), any case (normalised, below) |
 | ``pii`` | ``types`` (email, phone, card) | holds an e-mail, a phone number, a card number (Luhn-checked) |
-| ``json`` | ``require_object`` (false) | is not valid JSON (or not an object) |
+| ``json`` | ``require_object`` (false) | is not valid JSON (or not an object, or nested too deep to parse) |
 | ``curt`` | ``max_words`` (5), ``min_prompt_words`` (20) | has <= max_words words, the prompt >= min_prompt_words |
 
 Keyword and phrase lists refuse a blank entry ("keyword 3 is blank");
@@ -408,13 +408,16 @@ _JSON_STARTS = frozenset('{["-0123456789tfn')
 
 
 def _parse_json(text: str):
-    """The parsed value, or _INVALID; skips json.loads when the first character rules JSON out."""
+    """The parsed value, or _INVALID; skips json.loads when the first character rules JSON out.
+
+    JSON nested deeper than Python's recursion limit lets the standard library parse (about 1,000 levels, less
+    the caller's stack) is _INVALID too: the field is untrusted text, and one item must not stop the rules."""
     stripped = text.lstrip()
     if not stripped or stripped[0] not in _JSON_STARTS:
         return _INVALID
     try:
         return json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):
         return _INVALID
 
 

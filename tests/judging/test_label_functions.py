@@ -212,6 +212,15 @@ def test_json():
     assert compile_rule("json", {})("```json\n{}\n```")
 
 
+def test_json_nested_too_deep_to_parse_is_invalid_not_a_crash():
+    # An imported response is untrusted: JSON nested thousands of levels used to raise RecursionError from the
+    # rule, which stopped the rules (and the re-gating) of the whole project.
+    deep = "[" * 5000 + "]" * 5000
+    assert compile_rule("json", {})(deep) and compile_rule("json", {})("[" * 5000)
+    rules = RuleSet([Rule("json", "json", {}), Rule("short", "length", {"max": 5})])
+    assert rules.rejections({"response": deep}) == ["json", "short"]
+
+
 # ---------------------------------------------------------------- the rule set
 
 
