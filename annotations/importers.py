@@ -24,8 +24,8 @@ again reliably after it), keeping what was stored before.
 Nesting: arrays and objects may nest at most ``MAX_NESTING`` (64) levels in
 a JSONL line (its own object is level 1) or a CSV metadata cell; a deeper
 one makes its row an error ("nested deeper than 64 levels ..."), found
-before anything recursive walks it, so every later reader of the metadata
-(the float and NUL checks, serialisation, Django, DRF, the admin) is safe.
+before anything walks it without a bound, so every later reader of the
+metadata (the NUL check, serialisation, Django, DRF, the admin) is safe.
 
 Speed (bench/data_io.py, docs/PERFORMANCE.md): lines are parsed with orjson
 by a thread ahead of the storing. On PostgreSQL each batch's new items and
@@ -180,23 +180,27 @@ def _parse_json(text: bytes | str) -> tuple[Any, str]:
     Refused: invalid JSON (with the standard library's reason and column),
     NaN and Infinity, lone surrogates, text that is not UTF-8, and arrays and
     objects nested deeper than ``MAX_NESTING`` levels. The depth is settled
-    before any recursive walk: orjson (which stops by itself at 1,024 levels)
-    parses first, then ``_too_deep`` (a loop, not recursion) measures what it
-    read; the standard library, for what orjson refuses, is bounded by
-    Python's recursion limit, and its RecursionError is this same refusal.
-    Costs one ``bytes.count`` pair on a line with at most ``MAX_NESTING``
-    brackets, which cannot nest deeper.
+    before anything walks the value recursively without a bound: orjson
+    (which stops by itself at 1,024 levels) parses first; the float check,
+    which visits every value of every line anyway, counts the levels as it
+    goes and stops past ``MAX_NESTING`` (so the common flat line pays
+    nothing more); the standard library, for what orjson refuses, is bounded
+    by Python's recursion limit, and its RecursionError is this same refusal.
     """
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return _parse_slowly(text)
+    try:
+        if not _has_float(value):
+            return value, ""
+    except _TooDeep:
+        return None, TOO_DEEP
+    # A float came first, so what follows it was not measured yet.
     if _may_be_too_deep(text) and _too_deep(value):
         return None, TOO_DEEP
-    if _has_float(value):
-        # orjson reads integers over 64 bits as floats, losing digits; the standard library does not.
-        value = json.loads(text)
-    return value, ""
+    # orjson reads integers over 64 bits as floats, losing digits; the standard library does not.
+    return json.loads(text), ""
 
 
 def _may_be_too_deep(text: bytes | str) -> bool:
@@ -250,10 +254,19 @@ def _parse_slowly(raw: bytes | str) -> tuple[Any, str]:
     return record, ""
 
 
-def _has_float(value: Any) -> bool:
+class _TooDeep(Exception):
+    """Arrays and objects nest deeper than ``MAX_NESTING`` levels."""
+
+
+def _has_float(value: Any, depth: int = 1) -> bool:
     """Whether a float is anywhere in a parsed JSON value (plain loops: this runs on every line).
 
-    Recursive: only for values ``_too_deep`` has passed (at most ``MAX_NESTING`` levels)."""
+    ``depth`` is the level of ``value`` (an array or object at the top is
+    level 1). Raises _TooDeep, rather than recursing further, at an array or
+    object deeper than ``MAX_NESTING``, unless a float was found first.
+    """
+    if depth > MAX_NESTING:
+        raise _TooDeep
     kind = type(value)
     if kind is float:
         return True
@@ -263,7 +276,7 @@ def _has_float(value: Any) -> bool:
         return False  # a string, an integer, true, false or null
     for v in value:
         kind = type(v)
-        if kind is float or ((kind is dict or kind is list) and _has_float(v)):
+        if kind is float or ((kind is dict or kind is list) and _has_float(v, depth + 1)):
             return True
     return False
 

@@ -53,9 +53,11 @@ JSONL_LINES = {
     7: '{"id": "extra-990", "prompt": "p", "response": "r", "trace": ' + arrays(990) + "}",
     # orjson refuses the lone surrogate first, so the standard library parses the 5,000 levels.
     8: line("surrogate-5000", 5000, note="\ud800"),
-    9: good("g2"),
+    # A float before the deep part: the float check stops at the float, so the depth is measured on its own.
+    9: line("float-first-900", 900, score=0.5),
+    10: good("g2"),
 }
-REFUSED = [2, 3, 4, 6, 7, 8]
+REFUSED = [2, 3, 4, 6, 7, 8, 9]
 STORED = {"g1", "at-the-limit", "g2"}
 
 
