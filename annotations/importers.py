@@ -352,10 +352,9 @@ def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | No
             if record.get("metadata"):
                 value, problem = _parse_json(record["metadata"])
                 if problem:
-                    what = (
-                        problem if problem == TOO_DEEP else "not valid JSON: " + problem.removeprefix("invalid JSON: ")
-                    )
-                    yield start, None, f"metadata is {what}"
+                    if problem != TOO_DEEP:
+                        problem = "not valid JSON: " + problem.removeprefix("invalid JSON: ")
+                    yield start, None, f"metadata is {problem}"
                     continue
                 record["metadata"] = value
             yield start, record, ""
