@@ -183,9 +183,9 @@ def _parse_json(text: bytes | str) -> tuple[Any, str]:
     before anything walks the value recursively without a bound: orjson
     (which stops by itself at 1,024 levels) parses first; the float check,
     which visits every value of every line anyway, counts the levels as it
-    goes and stops past ``MAX_NESTING`` (so the common flat line pays
-    nothing more); the standard library, for what orjson refuses, is bounded
-    by Python's recursion limit, and its RecursionError is this same refusal.
+    goes and stops past ``MAX_NESTING`` (so a line pays nothing more for the
+    limit); the standard library, for what orjson refuses, is bounded by
+    Python's recursion limit, and its RecursionError is this same refusal.
     """
     try:
         value = orjson.loads(text)
@@ -195,9 +195,6 @@ def _parse_json(text: bytes | str) -> tuple[Any, str]:
         if not _has_float(value):
             return value, ""
     except _TooDeep:
-        return None, TOO_DEEP
-    # A float came first, so what follows it was not measured yet.
-    if _may_be_too_deep(text) and _too_deep(value):
         return None, TOO_DEEP
     # orjson reads integers over 64 bits as floats, losing digits; the standard library does not.
     return json.loads(text), ""
@@ -262,8 +259,8 @@ def _has_float(value: Any, depth: int = 1) -> bool:
     """Whether a float is anywhere in a parsed JSON value (plain loops: this runs on every line).
 
     ``depth`` is the level of ``value`` (an array or object at the top is
-    level 1). Raises _TooDeep, rather than recursing further, at an array or
-    object deeper than ``MAX_NESTING``, unless a float was found first.
+    level 1). Every value is visited, a float or not, and an array or object
+    deeper than ``MAX_NESTING`` raises _TooDeep rather than recursing further.
     """
     if depth > MAX_NESTING:
         raise _TooDeep
@@ -274,11 +271,14 @@ def _has_float(value: Any, depth: int = 1) -> bool:
         value = value.values()
     elif kind is not list:
         return False  # a string, an integer, true, false or null
+    found = False
     for v in value:
         kind = type(v)
-        if kind is float or ((kind is dict or kind is list) and _has_float(v, depth + 1)):
-            return True
-    return False
+        if kind is float:
+            found = True
+        elif (kind is dict or kind is list) and _has_float(v, depth + 1):
+            found = True
+    return found
 
 
 def _jsonl_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | None, str]]:
