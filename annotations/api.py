@@ -219,7 +219,8 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
 
 
 class ItemFilter(django_filters.FilterSet):
-    external_id = django_filters.CharFilter()
+    # Exact, white space included: imports strip the ids they store, so no stripping is needed to find them.
+    external_id = django_filters.CharFilter(strip=False)
     source_model = django_filters.CharFilter()
     task_type = django_filters.CharFilter()
     in_sme_queue = django_filters.BooleanFilter()
@@ -309,6 +310,9 @@ class ImportReportSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     existing = serializers.IntegerField()
     labels = serializers.IntegerField()
+    blank = serializers.IntegerField(
+        help_text="blank lines (JSONL) or rows (CSV: also rows whose every cell is empty) skipped, not errors"
+    )
     errors = serializers.ListField(child=serializers.DictField(), help_text='[{"line": int, "reason": str}]')
     fatal = serializers.CharField(allow_blank=True)
     regating = serializers.BooleanField(
@@ -323,7 +327,7 @@ class ImportItemsApi(APIView):
 
     Optional fields: ``format`` (jsonl/csv; else from the file name),
     ``label_field`` (default ``human_label``). Answers 200 with the import
-    report: ``{"created", "existing", "labels", "errors": [{"line", "reason"}], "fatal", "regating"}``.
+    report: ``{"created", "existing", "labels", "blank", "errors": [{"line", "reason"}], "fatal", "regating"}``.
     When items were created, the project is re-gated in the background
     (label functions, then the gate), so their prior labels count.
     """

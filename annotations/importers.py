@@ -21,6 +21,12 @@ skipped in small blocks without being held in memory; a longer CSV line or
 cell stops a CSV import with a clear fatal error (CSV rows cannot be found
 again reliably after it), keeping what was stored before.
 
+Nesting: arrays and objects may nest at most ``MAX_NESTING`` (64) levels in
+a JSONL line (its own object is level 1) or a CSV metadata cell; a deeper
+one makes its row an error ("nested deeper than 64 levels ..."), found
+before anything walks it without a bound, so every later reader of the
+metadata (the NUL check, serialisation, Django, DRF, the admin) is safe.
+
 Speed (bench/data_io.py, docs/PERFORMANCE.md): lines are parsed with orjson
 by a thread ahead of the storing. On PostgreSQL each batch's new items and
 labels are ``COPY``ed straight into their tables (``ON CONFLICT DO NOTHING``
@@ -33,6 +39,7 @@ existing items the same way.
 
 import contextlib
 import csv
+import difflib
 import functools
 import hashlib
 import json
@@ -61,6 +68,12 @@ IMPORT_LOCK = 0x1A770003
 FORMATS = ("jsonl", "csv")
 # A line (or CSV cell) may hold several fields at the limit; past this many times it, it is not read.
 ROW_FIELDS = 8
+# How deep arrays and objects may nest in a JSONL line or a CSV metadata cell (a line's own object is level 1).
+# Real metadata seldom nests ten levels; 64 stays far below every limit met by what walks it afterwards:
+# orjson writes 254 levels and reads 1,024, and Python's 1,000 frames are shared by the standard library's
+# json, our own checks, Django decoding a JSONField and DRF rendering it, which start some 100 frames deep.
+MAX_NESTING = 64
+TOO_DEEP = f"nested deeper than {MAX_NESTING} levels of arrays and objects"
 BOM = b"\xef\xbb\xbf"
 _SKIP_BLOCK = 1 << 16
 
@@ -79,13 +92,19 @@ class RowError:
 
 @dataclass
 class ImportReport:
-    """What an import stored: counts, and every line that was not stored with its reason."""
+    """What an import stored: counts, and every line that was not stored with its reason.
+
+    ``blank`` counts the blank lines (JSONL) or rows (CSV: a blank line, or a
+    row whose every cell is empty or white space, as spreadsheets write them)
+    that were skipped; they are neither rows nor errors.
+    """
 
     created: int = 0
     existing: int = 0
     labels: int = 0
     errors: list[RowError] = field(default_factory=list)
     fatal: str = ""
+    blank: int = 0
 
     @property
     def rows(self) -> int:
@@ -96,6 +115,7 @@ class ImportReport:
             "created": self.created,
             "existing": self.existing,
             "labels": self.labels,
+            "blank": self.blank,
             "errors": [{"line": e.line, "reason": e.reason} for e in self.errors],
             "fatal": self.fatal,
         }
@@ -154,19 +174,76 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse_slowly(raw: bytes) -> tuple[Any, str]:
-    """What orjson refused, parsed by the standard library for a precise reason (or for
-    what it accepts and orjson does not, such as integers over 64 bits)."""
+def _parse_json(text: bytes | str) -> tuple[Any, str]:
+    """``(value, "")`` for one JSON text (a JSONL line or a CSV metadata cell), else ``(None, reason)``.
+
+    Refused: invalid JSON (with the standard library's reason and column),
+    NaN and Infinity, lone surrogates, text that is not UTF-8, and arrays and
+    objects nested deeper than ``MAX_NESTING`` levels. The depth is settled
+    before anything walks the value recursively without a bound: orjson
+    (which stops by itself at 1,024 levels) parses first; the float check,
+    which visits every value of every line anyway, counts the levels as it
+    goes and stops past ``MAX_NESTING`` (so a line pays nothing more for the
+    limit); the standard library, for what orjson refuses, is bounded by
+    Python's recursion limit, and its RecursionError is this same refusal.
+    """
     try:
-        text = raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 (byte {exc.start + 1} of the line)"
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _parse_slowly(text)
+    try:
+        if not _has_float(value):
+            return value, ""
+    except _TooDeep:
+        return None, TOO_DEEP
+    # orjson reads integers over 64 bits as floats, losing digits; the standard library does not.
+    return json.loads(text), ""
+
+
+def _may_be_too_deep(text: bytes | str) -> bool:
+    if type(text) is bytes:
+        return text.count(b"[") + text.count(b"{") > MAX_NESTING
+    return text.count("[") + text.count("{") > MAX_NESTING
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether arrays and objects nest deeper than ``MAX_NESTING`` levels in a parsed JSON value (an array or
+    object counts as level 1). A loop over one level at a time, so any depth is safe to measure."""
+    level = [value] if type(value) in (dict, list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_NESTING:
+            return True
+        inner = []
+        for container in level:
+            for v in container.values() if type(container) is dict else container:
+                if type(v) is dict or type(v) is list:
+                    inner.append(v)
+        level = inner
+    return False
+
+
+def _parse_slowly(raw: bytes | str) -> tuple[Any, str]:
+    """What orjson refused, parsed by the standard library for a precise reason (or for
+    what the standard library accepts and orjson does not)."""
+    if type(raw) is bytes:
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            return None, f"not UTF-8 (byte {exc.start + 1} of the line)"
+    else:
+        text = raw
     try:
         record = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:  # nested deeper than Python's recursion limit allows, which is deeper than ours
+        return None, TOO_DEEP
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
     except ValueError as exc:
         return None, f"invalid JSON: {exc}"
+    if _may_be_too_deep(text) and _too_deep(record):
+        return None, TOO_DEEP
     try:
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -174,8 +251,19 @@ def _parse_slowly(raw: bytes) -> tuple[Any, str]:
     return record, ""
 
 
-def _has_float(value: Any) -> bool:
-    """Whether a float is anywhere in a parsed JSON value (plain loops: this runs on every line)."""
+class _TooDeep(Exception):
+    """Arrays and objects nest deeper than ``MAX_NESTING`` levels."""
+
+
+def _has_float(value: Any, depth: int = 1) -> bool:
+    """Whether a float is anywhere in a parsed JSON value (plain loops: this runs on every line).
+
+    ``depth`` is the level of ``value`` (an array or object at the top is
+    level 1). Every value is visited, a float or not, and an array or object
+    deeper than ``MAX_NESTING`` raises _TooDeep rather than recursing further.
+    """
+    if depth > MAX_NESTING:
+        raise _TooDeep
     kind = type(value)
     if kind is float:
         return True
@@ -183,11 +271,14 @@ def _has_float(value: Any) -> bool:
         value = value.values()
     elif kind is not list:
         return False  # a string, an integer, true, false or null
+    found = False
     for v in value:
         kind = type(v)
-        if kind is float or ((kind is dict or kind is list) and _has_float(v)):
-            return True
-    return False
+        if kind is float:
+            found = True
+        elif (kind is dict or kind is list) and _has_float(v, depth + 1):
+            found = True
+    return found
 
 
 def _jsonl_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | None, str]]:
@@ -199,17 +290,12 @@ def _jsonl_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | 
         if line_no == 1 and raw.startswith(BOM):
             raw = raw[3:]
         if not raw.strip():
+            yield line_no, None, ""
             continue
-        try:
-            record = orjson.loads(raw)
-            if _has_float(record):
-                # orjson reads integers over 64 bits as floats, losing digits; the standard library does not.
-                record = json.loads(raw)
-        except orjson.JSONDecodeError:
-            record, problem = _parse_slowly(raw)
-            if problem:
-                yield line_no, None, problem
-                continue
+        record, problem = _parse_json(raw)
+        if problem:
+            yield line_no, None, problem
+            continue
         if not isinstance(record, dict):
             yield line_no, None, f"expected a JSON object, got {type(record).__name__}"
             continue
@@ -251,30 +337,34 @@ def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | No
             raise ImportFormatError(f"the CSV header repeats the column {', '.join(map(repr, repeated))}")
         missing = [name for name in REQUIRED_FIELDS if name not in header]
         if missing:
-            raise ImportFormatError(f"the CSV header has no {' or '.join(missing)} column")
+            raise ImportFormatError(f"the CSV header has no {' or '.join(missing)} column{_guesses(missing, header)}")
         done = reader.line_num
         for row in reader:
             start, done = done + 1, reader.line_num
-            if not row:
-                continue  # a blank line
+            if not any(cell.strip() for cell in row):  # a blank line, or a row of empty cells
+                yield start, None, ""
+                continue
             if len(row) != len(header):
                 how = "fewer cells than the" if len(row) < len(header) else f"{len(row)} cells for"
                 yield start, None, f"{how} {len(header)} columns"
                 continue
             record = dict(zip(header, row, strict=True))
             if record.get("metadata"):
-                try:
-                    record["metadata"] = json.loads(record["metadata"], parse_constant=_refuse_constant)
-                except ValueError as exc:
-                    yield start, None, f"metadata is not valid JSON: {getattr(exc, 'msg', exc)}"
+                value, problem = _parse_json(record["metadata"])
+                if problem:
+                    if problem != TOO_DEEP:
+                        problem = "not valid JSON: " + problem.removeprefix("invalid JSON: ")
+                    yield start, None, f"metadata is {problem}"
                     continue
+                record["metadata"] = value
             yield start, record, ""
     except csv.Error as exc:
         raise ImportFormatError(f"CSV error at line {reader.line_num}: {exc}; stopped there") from None
 
 
 def iter_records(stream: IO[bytes], fmt: str, *, limit: int | None = None) -> Iterator[tuple[int, dict | None, str]]:
-    """``(line, record, problem)`` per JSONL line or CSV row; ``record`` is None when ``problem`` says why.
+    """``(line, record, problem)`` per JSONL line or CSV row; ``record`` is None when ``problem`` says why,
+    and ``(line, None, "")`` for a blank line (JSONL) or row (CSV: also a row of empty cells).
 
     ``limit`` is the largest field in bytes (default ``max_field_bytes()``).
     Raises ImportFormatError for an unknown format or, for CSV, a file that
@@ -290,6 +380,7 @@ def iter_records(stream: IO[bytes], fmt: str, *, limit: int | None = None) -> It
 
 
 def _dump_json(value: Any) -> str:
+    """JSON text of a parsed value at most ``MAX_NESTING`` levels deep (orjson writes at most 254)."""
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # e.g. an integer over 64 bits, which the standard library writes
@@ -297,6 +388,7 @@ def _dump_json(value: Any) -> str:
 
 
 def _has_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string or key of a parsed value (recursive: at most ``MAX_NESTING``)."""
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
@@ -310,6 +402,36 @@ def _check_size(name: str, text: str, limit: int) -> None:
     # UTF-8 takes at most 4 bytes a character: only long texts need encoding to be measured.
     if len(text) * 4 > limit and (size := len(text.encode("utf-8"))) > limit:
         raise ValueError(f"{name} is {size:,} bytes, over the limit of {limit:,} (LARRY_IMPORT_MAX_FIELD_BYTES)")
+
+
+def _near_miss(name: str, given) -> str | None:
+    """Of the ``given`` field names, the one most like the required ``name`` (compared without case or
+    surrounding white space; ``difflib`` ratio at least 0.8, so 'responce' or 'Prompt' but not 'resp'), if any."""
+    candidates = {n.strip().casefold(): n for n in given if type(n) is str and n not in _FIELDS}
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
+    return candidates[close[0]] if close else None
+
+
+def _guesses(missing: list[str], given) -> str:
+    """`` (did you mean 'responce'?)`` for the missing required fields that have a near miss in ``given``."""
+    near = {name: guess for name in missing if (guess := _near_miss(name, given))}
+    if not near:
+        return ""
+    if len(missing) == 1:
+        return f" (did you mean {near[missing[0]]!r}?)"
+    return " (did you mean " + ", ".join(f"{guess!r} for {name}" for name, guess in near.items()) + "?)"
+
+
+def given_id(record: dict) -> Any:
+    """The record's id as given: ``external_id``, else ``id`` (whichever is first neither missing, null nor
+    blank), a string stripped of surrounding white space; None when there is none. Not checked further."""
+    for name in ID_FIELDS:
+        value = record.get(name)
+        if type(value) is str:
+            value = value.strip()
+        if value is not None and value != "":
+            return value
+    return None
 
 
 @dataclass
@@ -340,11 +462,10 @@ def _clean(record: dict, label_field: str, limit: int) -> _Row:
         fields[name] = value
     for name in REQUIRED_FIELDS:
         if not fields[name].strip():
-            raise ValueError(f"{name} is missing or empty")
-    external_id = get("external_id")
-    if external_id is None or external_id == "":
-        external_id = get("id")
-    if external_id is None or external_id == "":
+            near = get(name) is None and _near_miss(name, record)
+            raise ValueError(f"{name} is missing (did you mean {near!r}?)" if near else f"{name} is missing or empty")
+    external_id = given_id(record)
+    if external_id is None:
         digest = hashlib.sha256("\x1f".join((fields["prompt"], fields["context"], fields["response"])).encode())
         external_id = digest.hexdigest()[:24]
     elif type(external_id) is int:
@@ -384,6 +505,7 @@ def _known_fields(label_field: str) -> frozenset[str]:
 
 
 _DECISIONS = frozenset(Decision.values)
+_FIELDS = frozenset((*TEXT_FIELDS, *ID_FIELDS, "metadata"))
 _COPY_COLUMNS = ("pos", "external_id", *TEXT_FIELDS, "metadata", "label")
 
 
@@ -572,14 +694,17 @@ def _store_in_parallel(project: Project, batches: Iterator[list[_Row]], report: 
 
 
 def _batches(records, label_field: str, limit: int, report: ImportReport) -> Iterator[list[_Row]]:
-    """Valid rows in batches of ``BATCH_SIZE``; bad rows and in-file duplicates go to ``report.errors``,
-    and a fatal fault to ``report.fatal`` (after the last full batch)."""
+    """Valid rows in batches of ``BATCH_SIZE``; bad rows and in-file duplicates go to ``report.errors``, blank
+    ones to ``report.blank``, and a fatal fault to ``report.fatal`` (after the last full batch)."""
     seen: dict[str, int] = {}
     batch: list[_Row] = []
     try:
         for line_no, record, problem in records:
             if record is None:
-                report.errors.append(RowError(line_no, problem))
+                if problem:
+                    report.errors.append(RowError(line_no, problem))
+                else:
+                    report.blank += 1
                 continue
             try:
                 row = _clean(record, label_field, limit)

@@ -7,23 +7,49 @@ the admin shows field errors) and contributes to a compiled ``RuleSet``:
 | kind | params | rejects when the field ... |
 | --- | --- | --- |
 | ``regex`` | ``pattern``, ``case_sensitive`` (false) | matches the RE2 pattern anywhere |
-| ``keywords`` | ``keywords`` | contains any keyword as a whole word, any case |
+| ``keywords`` | ``keywords`` | contains any keyword as a whole word, any case (normalised, below) |
 | ``length`` | ``min``, ``max`` (either may be null), ``unit`` (chars/words) | is shorter than min or longer than max |
-| ``must_contain`` | ``phrases``, ``mode`` (any/all) | lacks the phrase(s), any case |
+| ``must_contain`` | ``phrases``, ``mode`` (any/all) | lacks the phrase(s), any case (normalised, below) |
 | ``pii`` | ``types`` (email, phone, card) | holds an e-mail, a phone number, a card number (Luhn-checked) |
-| ``json`` | ``require_object`` (false) | is not valid JSON (or not an object) |
+| ``json`` | ``require_object`` (false) | is not valid JSON (or not an object, or nested too deep to parse) |
 | ``curt`` | ``max_words`` (5), ``min_prompt_words`` (20) | has <= max_words words, the prompt >= min_prompt_words |
 
-Speed: per field, every pattern-like rule (regex, PII, must-contain phrases)
-goes into one ``re2.Set`` that scans the text once, and every keyword of every
-keyword rule into one Aho-Corasick automaton (``pyahocorasick``), so a text
-is read a fixed number of times however many rules there are. RE2 matches in
-time linear in the text (no backtracking), so no pattern can hang on hostile
-text. Rules are data: nothing in them is ever executed.
+Keyword and phrase lists refuse a blank entry ("keyword 3 is blank");
+surrounding white space of an entry is dropped.
+
+Normalisation and case: keyword and must-contain rules compare text
+normalised the same way on both sides, the rule's words and the item's
+field: Unicode NFC first (so "été" typed with combining accents is the same
+as "été" precomposed), then ``str.casefold`` (Unicode's full default case
+folding, so "STRASSE" finds "Straße"). A keyword matches as a whole word:
+the characters on either side are not letters, digits, ``_`` or combining
+marks (a mark belongs to the letter before it). Case folding is the same in
+every language, which surprises in Turkish and Azeri: capital dotted "İ"
+(U+0130) folds to "i" plus U+0307 COMBINING DOT ABOVE, capital "I" to an
+ordinary "i", and small dotless i (U+0131) stays itself. So "istanbul" does
+not find "İSTANBUL", and a word written with a dotless i is not found in
+capitals; list each spelling to be found (e.g. "İstanbul" and "istanbul").
+
+Regex rules see the text exactly as stored, code point by code point, and
+fold case (unless ``case_sensitive``) by RE2's simple case folding: a regex
+is the tool for finding exactly what was written (a combining mark, one
+form of an accent), and a pattern that wants both forms says so
+(``é|e\\x{301}``). Lengths count code points as stored.
+
+Speed: per field, every regex and PII pattern goes into one ``re2.Set``
+that scans the text once; every short keyword list and must-contain phrase
+into a second ``re2.Set`` over the normalised text; and every keyword of
+every long keyword list into one Aho-Corasick automaton (``pyahocorasick``)
+over the same normalised text, so a text is read a fixed number of times
+however many rules there are. NFC costs nothing on ASCII text (CPython
+knows it is NFC) and one quick pass on text already in NFC, as most is.
+RE2 matches in time linear in the text (no backtracking), so no pattern can
+hang on hostile text. Rules are data: nothing in them is ever executed.
 """
 
 import json
 import math
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -82,7 +108,13 @@ def _words(text: str) -> int:
 
 
 def _is_word_char(char: str) -> bool:
-    return char.isalnum() or char == "_"
+    """A letter, digit, ``_`` or combining mark: what ``\\pL``, ``\\pN``, ``_`` and ``\\pM`` match in RE2."""
+    return char.isalnum() or char == "_" or (not char.isascii() and unicodedata.category(char)[0] == "M")
+
+
+def fold(text: str) -> str:
+    """``text`` as keyword and must-contain rules compare it: NFC, then casefolded (see the module docstring)."""
+    return unicodedata.normalize("NFC", text).casefold()
 
 
 # ---------------------------------------------------------------- params schemas
@@ -102,10 +134,13 @@ class RegexParams(serializers.Serializer):
 
 
 def _phrase_list(value: list[str], what: str) -> list[str]:
-    phrases = [p.strip() for p in value if p.strip()]
-    if not phrases:
+    """The entries without surrounding white space; raises ValidationError naming each blank entry (from 1)."""
+    blank = [f"{what} {n} is blank" for n, phrase in enumerate(value, start=1) if not phrase.strip()]
+    if blank:
+        raise serializers.ValidationError(blank)
+    if not value:
         raise serializers.ValidationError(f"give at least one {what}")
-    return phrases
+    return [phrase.strip() for phrase in value]
 
 
 class KeywordParams(serializers.Serializer):
@@ -200,23 +235,24 @@ class Rule:
     task_types: tuple[str, ...] = ()
 
 
-# Roles of a pattern in a field's RE2 set.
+# Roles of a pattern in a field's RE2 sets.
 _REJECT, _CARD, _PHRASE = 0, 1, 2
 # Keyword lists this long go to Aho-Corasick; shorter ones into the RE2 set.
 AHO_CORASICK_MIN_KEYWORDS = 200
-_BOUNDARY_BEFORE, _BOUNDARY_AFTER = r"(?:^|[^\pL\pN_])", r"(?:$|[^\pL\pN_])"
+# Whole words: not next to a letter, digit, _ or combining mark (which belongs to the letter before it).
+_BOUNDARY_BEFORE, _BOUNDARY_AFTER = r"(?:^|[^\pL\pM\pN_])", r"(?:$|[^\pL\pM\pN_])"
 
 
 @dataclass
 class _FieldPlan:
     """What to compute on one field of an item; rule indexes point into RuleSet.rules."""
 
-    patterns: list[str] = field(default_factory=list)
+    patterns: list[str] = field(default_factory=list)  # matched on the text as stored
     pattern_owner: list[tuple[int, int]] = field(default_factory=list)  # (rule index, role)
     re_set: "re2.Set | None" = None
-    keyword_patterns: list[str] = field(default_factory=list)  # matched on the casefolded text
-    keyword_owner: list[int] = field(default_factory=list)
-    keyword_set: "re2.Set | None" = None
+    folded_patterns: list[str] = field(default_factory=list)  # matched on fold(text): keywords, phrases
+    folded_owner: list[tuple[int, int]] = field(default_factory=list)  # (rule index, _REJECT or _PHRASE)
+    folded_set: "re2.Set | None" = None
     automaton: "ahocorasick.Automaton | None" = None
     must: list[tuple[int, str, int]] = field(default_factory=list)  # (rule index, mode, phrase count)
     lengths: list[tuple[int, float, float, bool]] = field(default_factory=list)  # (i, min, max, in words?)
@@ -254,18 +290,19 @@ class RuleSet:
                 self._add_pattern(plan, f"{flags}(?:{params['pattern']})", index, _REJECT)
             elif rule.kind == "keywords" and len(params["keywords"]) >= AHO_CORASICK_MIN_KEYWORDS:
                 for word in params["keywords"]:
-                    long_lists[rule.field][word.casefold()].add(index)
+                    long_lists[rule.field][fold(word)].add(index)
             elif rule.kind == "keywords":
-                words = "|".join(re2.escape(word.casefold()) for word in params["keywords"])
-                plan.keyword_patterns.append(f"{_BOUNDARY_BEFORE}(?:{words}){_BOUNDARY_AFTER}")
-                plan.keyword_owner.append(index)
+                words = "|".join(re2.escape(fold(word)) for word in params["keywords"])
+                plan.folded_patterns.append(f"{_BOUNDARY_BEFORE}(?:{words}){_BOUNDARY_AFTER}")
+                plan.folded_owner.append((index, _REJECT))
             elif rule.kind == "pii":
                 for pii in params["types"]:
                     self._add_pattern(plan, PII_PATTERNS[pii], index, _CARD if pii == "card" else _REJECT)
             elif rule.kind == "must_contain":
                 plan.must.append((index, params["mode"], len(params["phrases"])))
                 for phrase in params["phrases"]:
-                    self._add_pattern(plan, f"(?i){re2.escape(phrase)}", index, _PHRASE)
+                    plan.folded_patterns.append(re2.escape(fold(phrase)))
+                    plan.folded_owner.append((index, _PHRASE))
             elif rule.kind == "length":
                 low = -1 if params["min"] is None else params["min"]
                 high = math.inf if params["max"] is None else params["max"]
@@ -279,8 +316,8 @@ class RuleSet:
             plan.curt_max_words = max((c[1] for c in plan.curts), default=-1)
             if plan.patterns:
                 plan.re_set = _compiled_set(plan.patterns)
-            if plan.keyword_patterns:
-                plan.keyword_set = _compiled_set(plan.keyword_patterns)
+            if plan.folded_patterns:
+                plan.folded_set = _compiled_set(plan.folded_patterns)
             if long_lists[name]:
                 plan.automaton = ahocorasick.Automaton()
                 for word, owners in long_lists[name].items():
@@ -309,24 +346,26 @@ class RuleSet:
         for name, plan in self.plans:
             text = item.get(name) or ""
             if plan.re_set is not None:
-                found: dict[int, int] = {}  # must_contain phrases seen, per rule
                 for hit in plan.re_set.Match(text) or ():
                     index, role = plan.pattern_owner[hit]
                     if role == _REJECT:
                         rejected.add(index)
-                    elif role == _PHRASE:
-                        found[index] = found.get(index, 0) + 1
                     elif index not in skip and _has_card_number(text):
                         rejected.add(index)
+            if plan.folded_set is not None or plan.automaton is not None:
+                # Word boundaries are read from the folded text itself: folding changes lengths ("ß" is "ss").
+                folded = fold(text)
+            if plan.folded_set is not None:
+                found: dict[int, int] = {}  # must_contain phrases seen, per rule
+                for hit in plan.folded_set.Match(folded) or ():
+                    index, role = plan.folded_owner[hit]
+                    if role == _REJECT:
+                        rejected.add(index)
+                    else:
+                        found[index] = found.get(index, 0) + 1
                 for index, mode, count in plan.must:
                     if found.get(index, 0) < (count if mode == "all" else 1):
                         rejected.add(index)
-            if plan.keyword_set is not None or plan.automaton is not None:
-                # Keywords match on casefolded text, so "STRASSE" finds "Straße".
-                folded = text.casefold()
-            if plan.keyword_set is not None:
-                for hit in plan.keyword_set.Match(folded) or ():
-                    rejected.add(plan.keyword_owner[hit])
             if plan.automaton is not None:
                 for end, (length, owners) in plan.automaton.iter(folded):
                     start = end - length + 1
@@ -369,13 +408,16 @@ _JSON_STARTS = frozenset('{["-0123456789tfn')
 
 
 def _parse_json(text: str):
-    """The parsed value, or _INVALID; skips json.loads when the first character rules JSON out."""
+    """The parsed value, or _INVALID; skips json.loads when the first character rules JSON out.
+
+    JSON nested deeper than Python's recursion limit lets the standard library parse (about 1,000 levels, less
+    the caller's stack) is _INVALID too: the field is untrusted text, and one item must not stop the rules."""
     stripped = text.lstrip()
     if not stripped or stripped[0] not in _JSON_STARTS:
         return _INVALID
     try:
         return json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):
         return _INVALID
 
 

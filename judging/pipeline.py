@@ -14,7 +14,7 @@ from pathlib import Path
 from django.db import transaction
 from django.utils.text import slugify
 
-from annotations.importers import detect_format, import_items, iter_records
+from annotations.importers import detect_format, given_id, import_items, iter_records
 from annotations.models import Decision, Project
 from annotations.queue import queue_add
 from annotations.selectors import ground_truth
@@ -100,15 +100,16 @@ def judge_and_wait(
 
 
 def read_labels(path: Path, label_field: str = "human_label") -> dict[str, str]:
-    """``{external_id: label}`` for the file's rows with an accept/reject label."""
+    """``{external_id: label}`` for the file's rows with an accept/reject label (ids read as the import reads
+    them: stripped of surrounding white space)."""
     labels = {}
     with path.open("rb") as stream:
         for _, record, _ in iter_records(stream, detect_format(path.name)):
             if not record:
                 continue
-            ext = record.get("external_id") or record.get("id")
+            ext = given_id(record)
             label = str(record.get(label_field) or "").strip().lower()
-            if ext not in (None, "") and label in Decision.values:
+            if ext is not None and label in Decision.values:
                 labels[str(ext)] = label
     return labels
 

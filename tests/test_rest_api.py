@@ -84,6 +84,25 @@ def test_items_page_with_a_cursor_and_filter(client, project, decided, lead):
     assert client.get(url, {"created_after": "0001-01-01T00:00:00+18:00"}, **auth(lead)).status_code == 400
 
 
+def test_the_external_id_filter_matches_exactly_and_imported_ids_are_stripped(client, project, lead):
+    import io
+
+    from annotations.importers import import_items
+
+    import_items(project=project, stream=io.BytesIO(b'{"id": " a1 ", "prompt": "p", "response": "r"}\n'), fmt="jsonl")
+    Item.objects.create(project=project, external_id=" spaced ", prompt="p", response="r")  # stored by other means
+    url = f"/api/projects/{project.slug}/items/"
+
+    def found(external_id: str) -> list[str]:
+        return [
+            item["external_id"]
+            for item in client.get(url, {"external_id": external_id}, **auth(lead)).json()["results"]
+        ]
+
+    assert found("a1") == ["a1"] and found(" a1 ") == []
+    assert found(" spaced ") == [" spaced "] and found("spaced") == []
+
+
 def test_reviews_runs_and_verdicts(client, project, decided, lead):
     base = f"/api/projects/{project.slug}"
     rejects = client.get(f"{base}/reviews/", {"decision": "reject"}, **auth(lead)).json()["results"]

@@ -414,11 +414,12 @@ def test_the_import_command_reports_and_re_gates_the_project(project, tmp_path, 
     from judging.models import GateDecision
 
     path = tmp_path / "items.jsonl"
-    path.write_bytes(jsonl(GOOD, {**GOOD, "id": "a2", "human_label": ""}, {"id": "bad"}).getvalue())
+    path.write_bytes(jsonl(GOOD, {**GOOD, "id": "a2", "human_label": ""}, {"id": "bad"}, "").getvalue())
     out, err = io.StringIO(), io.StringIO()
     with django_capture_on_commit_callbacks(execute=True):  # no broker in tests: the re-gating runs here
         call_command("import_items", project.slug, str(path), stdout=out, stderr=err)
-    assert "2 items created, 0 already present, 1 labels imported as SME reviews, 1 lines not stored" in out.getvalue()
+    summary = "2 items created, 0 already present, 1 labels imported as SME reviews, 1 lines not stored"
+    assert f"{summary}, 1 blank lines skipped" in out.getvalue()
     assert "re-gating support now: label functions, then the gate" in out.getvalue()
     assert f"{path}:3: prompt is missing or empty" in err.getvalue()
     assert dict(GateDecision.objects.values_list("item__external_id", "outcome")) == {"a1": "accept", "a2": "pending"}
@@ -459,3 +460,64 @@ def test_the_import_command_uses_an_existing_slug_as_it_is_and_refuses_one_that_
     with pytest.raises(CommandError, match="makes no slug"):
         call_command("import_items", "日本語", str(path), stdout=io.StringIO(), stderr=io.StringIO())
     assert not Project.objects.filter(slug="").exists()
+
+
+def test_surrounding_whitespace_of_ids_is_stripped_at_import(project):
+    stream = jsonl(
+        {**GOOD, "id": " a1 "},
+        {**GOOD, "id": "\ta2\n"},
+        {**GOOD, "external_id": "  ", "id": " a3"},  # a blank external_id falls back to id, as an empty one does
+        {**GOOD, "id": "a1"},  # the same id as line 1 once stripped
+        {**GOOD, "id": "   ", "response": "no id"},  # nothing left: the content hash, as for an empty id
+    )
+    report = import_items(project=project, stream=stream, fmt="jsonl")
+    assert [(e.line, e.reason) for e in report.errors] == [(4, "duplicate external_id 'a1' (first on line 1)")]
+    ids = list(Item.objects.order_by("id").values_list("external_id", flat=True))
+    assert ids[:3] == ["a1", "a2", "a3"] and len(ids[3]) == 24
+    csv_report = import_items(
+        project=project, stream=io.BytesIO(b"id,prompt,response\n a1 ,p,r\nc1\t,p,r\n"), fmt="csv"
+    )
+    assert (csv_report.created, csv_report.existing) == (1, 1)  # " a1 " is the a1 already stored
+    assert Item.objects.filter(external_id="c1").exists()
+
+
+def test_the_main_jobs_label_reader_strips_ids_as_the_import_does(tmp_path):
+    from judging.pipeline import read_labels
+
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(jsonl({**GOOD, "id": " a1 "}, {**GOOD, "id": "a2\t", "human_label": "reject"}).getvalue())
+    assert read_labels(path) == {"a1": "accept", "a2": "reject"}
+
+
+def test_blank_lines_and_rows_are_counted_in_the_report(project):
+    stream = jsonl(GOOD, "", "   ", {**GOOD, "id": "a2"}, "\t")
+    report = import_items(project=project, stream=stream, fmt="jsonl")
+    assert (report.created, report.blank, report.errors) == (2, 3, [])
+    assert report.as_dict()["blank"] == 3
+    # A blank line, and rows of empty cells as spreadsheets write them, are blank rows of a CSV file.
+    text = b"id,prompt,response\nc1,p,r\n\n,,\n  , ,\t\nc2,p,r\n"
+    csv_report = import_items(project=project, stream=io.BytesIO(text), fmt="csv")
+    assert (csv_report.created, csv_report.blank, csv_report.errors) == (2, 3, [])
+
+
+def test_a_missing_required_field_names_a_near_miss_that_is_present(project):
+    stream = jsonl(
+        {"id": "n1", "prompt": "p", "responce": "r"},
+        {"id": "n2", "Prompt ": "p", "response": "r"},
+        {"id": "n3", "prompt": "p", "answer": "r"},  # nothing close: no guess
+        {"id": "n4", "prompt": "p", "response": "", "responce": "r"},  # present but empty: not missing
+    )
+    report = import_items(project=project, stream=stream, fmt="jsonl")
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (1, "response is missing (did you mean 'responce'?)"),
+        (2, "prompt is missing (did you mean 'Prompt '?)"),
+        (3, "response is missing or empty"),
+        (4, "response is missing or empty"),
+    ]
+    one = import_items(project=project, stream=io.BytesIO(b"id,prompt,responce\n1,p,r\n"), fmt="csv")
+    assert one.fatal == "the CSV header has no response column (did you mean 'responce'?)"
+    two = import_items(project=project, stream=io.BytesIO(b"id,Prompt,responses\n1,p,r\n"), fmt="csv")
+    assert two.fatal == (
+        "the CSV header has no prompt or response column (did you mean 'Prompt' for prompt, 'responses' for response?)"
+    )
+    assert not Item.objects.exists()

@@ -35,13 +35,13 @@ def test_a_lead_uploads_a_file_and_sees_the_report_with_every_bad_line_escaped(
 ):
     client.force_login(lead)
     with django_capture_on_commit_callbacks(execute=True):
-        response = upload(client, project, ("\n".join(LINES) + "\n").encode())
+        response = upload(client, project, ("\n".join(LINES) + "\n\n").encode())
     job = ImportJob.objects.get()
     assert response.status_code == 302 and response["Location"] == job.get_absolute_url()
     assert (job.status, job.format, job.created_by, job.rows_read) == ("done", "jsonl", lead, 4)
-    assert job.bytes_read == job.bytes_total == len(("\n".join(LINES) + "\n").encode())
+    assert job.bytes_read == job.bytes_total == len(("\n".join(LINES) + "\n\n").encode())
     assert (job.report["created"], job.report["existing"], job.report["labels"]) == (2, 0, 1)
-    assert job.file.read().decode().splitlines() == LINES
+    assert job.file.read().decode().splitlines() == [*LINES, ""]
     assert set(Item.objects.values_list("external_id", flat=True)) == {"u1", "u4"}
     assert Review.objects.get().origin == "import"
 
@@ -49,6 +49,7 @@ def test_a_lead_uploads_a_file_and_sees_the_report_with_every_bad_line_escaped(
     assert "hx-trigger" not in page  # finished: no more polling
     assert "<th>Items created</th><td>2</td>" in page
     assert "<th>Lines not stored</th><td>2</td>" in page
+    assert "<th>Blank lines (skipped)</th><td>1</td>" in page
     assert "&lt;b&gt;maybe&lt;/b&gt;" in page and "<b>maybe</b>" not in page
     assert "invalid JSON" in page
 

@@ -42,6 +42,7 @@ def test_a_valid_rule_is_saved_with_its_defaults(admin_client, project):
     [
         ("regex", '{"pattern": "(?<=a)b"}', "RE2 cannot compile this pattern"),
         ("keywords", '{"keywords": []}', "give at least one keyword"),
+        ("keywords", '{"keywords": ["Dropbox", "   "]}', "keyword 2 is blank"),
         ("length", '{"min": 9, "max": 3}', "min (9) is greater than max (3)"),
         ("regex", "[1, 2]", "must be a JSON object"),
     ],

@@ -80,7 +80,7 @@ def test_smes_review_blind_the_judges_and_rules_pages_are_for_leads(client, sme,
 
 
 def test_import_over_rest_reports_bad_lines(client, lead, project):
-    data = b'{"id": "1", "prompt": "p", "response": "r", "human_label": "accept"}\n{"id": "2"}\n'
+    data = b'{"id": "1", "prompt": "p", "response": "r", "human_label": "accept"}\n{"id": "2"}\n\n'
     upload = io.BytesIO(data)
     upload.name = "items.jsonl"
     url = reverse("annotations:api_import", args=[project.slug])
@@ -90,6 +90,7 @@ def test_import_over_rest_reports_bad_lines(client, lead, project):
         "created": 1,
         "existing": 0,
         "labels": 1,
+        "blank": 1,
         "fatal": "",
         "errors": [{"line": 2, "reason": "prompt is missing or empty"}],
         "regating": True,

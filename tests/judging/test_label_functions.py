@@ -6,7 +6,14 @@ import time
 import pytest
 from rest_framework.exceptions import ValidationError
 
-from judging.label_functions import Rule, RuleSet, compile_rule, luhn_valid, validate_params
+from judging.label_functions import (
+    AHO_CORASICK_MIN_KEYWORDS,
+    Rule,
+    RuleSet,
+    compile_rule,
+    luhn_valid,
+    validate_params,
+)
 
 # ---------------------------------------------------------------- regex
 
@@ -86,6 +93,55 @@ def test_a_long_keyword_list_uses_one_automaton():
     assert rejects("switch to Competitor4321 today") and not rejects("switch to competitor99999")
 
 
+NFC, NFD = "\u00e9t\u00e9", "e\u0301te\u0301"  # "été" composed, and with combining accents
+MANY = [f"filler{i}" for i in range(AHO_CORASICK_MIN_KEYWORDS)]  # enough keywords for the Aho-Corasick path
+
+
+@pytest.mark.parametrize("filler", [[], MANY], ids=["re2", "aho-corasick"])
+def test_keywords_match_text_in_either_unicode_normal_form(filler):
+    for keyword, text in ((NFC, f"C'est l'{NFD}."), (NFD, f"C'est l'{NFC}."), (NFC, f"L'{NFD.upper()} !")):
+        assert compile_rule("keywords", {"keywords": [keyword, *filler]})(text), (keyword, text)
+
+
+@pytest.mark.parametrize("filler", [[], MANY], ids=["re2", "aho-corasick"])
+def test_a_combining_mark_belongs_to_its_word(filler):
+    rejects = compile_rule("keywords", {"keywords": ["cafe", *filler]})
+    assert not rejects("un cafe\u0301 noir")  # "café" with a combining accent is not the word "cafe"
+    assert not rejects("cafe\u0333")  # a mark with no composed form (double low line) is part of the word too
+    assert rejects("un cafe noir")
+
+
+@pytest.mark.parametrize("filler", [[], MANY], ids=["re2", "aho-corasick"])
+def test_casefolding_is_language_independent_as_documented(filler):
+    # Unicode's default case folding: Turkish dotted capital I folds to "i" + a combining dot above, and
+    # dotless small i stays itself, so Turkish spellings need keywords of their own.
+    dotted, dotless = "\u0130", "\u0131"
+
+    def rejects(keyword, text):
+        return compile_rule("keywords", {"keywords": [keyword, *filler]})(text)
+
+    assert rejects(f"{dotted}stanbul", f"{dotted}STANBUL'da") and rejects(
+        f"{dotless}l{dotless}k", f"{dotless}L{dotless}K"
+    )
+    assert not rejects("istanbul", f"{dotted}STANBUL") and not rejects(f"{dotless}l{dotless}k", "ILIK")
+    assert rejects("STRASSE", "die Stra\u00dfe")
+
+
+def test_must_contain_compares_normalised_and_casefolded_text():
+    rejects = compile_rule("must_contain", {"phrases": [NFC, "STRASSE"], "mode": "all"})
+    assert not rejects(f"L'{NFD.upper()} dans la Straße.")
+    assert rejects(f"L'{NFD} seulement.")
+    assert not compile_rule("must_contain", {"phrases": [NFD]})(f"un {NFC}")
+
+
+def test_regex_matches_the_text_as_stored_code_point_by_code_point():
+    # Decided: regexes are not normalised, so a pattern can find exactly what is written (a combining mark, a
+    # decomposed accent); a pattern that wants both forms says so.
+    assert compile_rule("regex", {"pattern": "e\\x{301}"})(f"l'{NFD}")
+    assert not compile_rule("regex", {"pattern": "e\\x{301}"})(f"l'{NFC}")
+    assert compile_rule("regex", {"pattern": f"(?:{NFC}|{NFD})"})(f"l'{NFD}")
+
+
 # ---------------------------------------------------------------- length and curt
 
 
@@ -156,6 +212,15 @@ def test_json():
     assert compile_rule("json", {})("```json\n{}\n```")
 
 
+def test_json_nested_too_deep_to_parse_is_invalid_not_a_crash():
+    # An imported response is untrusted: JSON nested thousands of levels used to raise RecursionError from the
+    # rule, which stopped the rules (and the re-gating) of the whole project.
+    deep = "[" * 5000 + "]" * 5000
+    assert compile_rule("json", {})(deep) and compile_rule("json", {})("[" * 5000)
+    rules = RuleSet([Rule("json", "json", {}), Rule("short", "length", {"max": 5})])
+    assert rules.rejections({"response": deep}) == ["json", "short"]
+
+
 # ---------------------------------------------------------------- the rule set
 
 
@@ -200,7 +265,9 @@ def test_text_is_never_executed_or_interpreted():
     [
         ("regex", {"pattern": "(unclosed"}, "pattern", "RE2 cannot compile"),
         ("keywords", {"keywords": []}, "keywords", "at least one keyword"),
-        ("keywords", {"keywords": ["", " "]}, "keywords", "at least one keyword"),
+        ("keywords", {"keywords": ["", " "]}, "keywords", "keyword 1 is blank"),
+        ("keywords", {"keywords": ["Dropbox", "Box", "   "]}, "keywords", "keyword 3 is blank"),
+        ("must_contain", {"phrases": ["thanks", "\t"]}, "phrases", "phrase 2 is blank"),
         ("length", {}, "non_field_errors", "give min, max or both"),
         ("length", {"min": 50, "max": 10}, "non_field_errors", "min (50) is greater than max (10)"),
         ("length", {"min": -1}, "min", "greater than or equal to 0"),

@@ -60,7 +60,8 @@ class Command(BaseCommand):
             self.stderr.write(f"{file}:{error.line}: {error.reason}")
         self.stdout.write(
             f"{report.created} items created, {report.existing} already present, "
-            f"{report.labels} labels imported as SME reviews, {len(report.errors)} lines not stored"
+            f"{report.labels} labels imported as SME reviews, {len(report.errors)} lines not stored, "
+            f"{report.blank} blank lines skipped"
         )
         if report.created and not no_gate:
             where = "now" if settings.CELERY_TASK_ALWAYS_EAGER else "in the background (Celery worker)"
