@@ -137,7 +137,15 @@ def review_decide(request: HttpRequest, slug: str, item_id: int) -> HttpResponse
     except ReviewError as exc:
         return _card(request, project, str(exc), status=400)
     request.session[_last_review_key(project)] = stored.pk
-    return _card(request, project)
+    return _next_card(request, project)
+
+
+def _next_card(request: HttpRequest, project: Project) -> HttpResponse:
+    """After a stored decision or skip: the next card for htmx; a plain form post is redirected to the
+    review screen (post/redirect/get), so a reload never posts again and the address is the screen's."""
+    if request.htmx:
+        return _card(request, project)
+    return redirect("annotations:review", slug=project.slug)
 
 
 @login_required
@@ -150,7 +158,7 @@ def review_skip_item(request: HttpRequest, slug: str, item_id: int) -> HttpRespo
         review_skip(item=item, reviewer=request.user, leased_at=_leased_at(request))
     except ReviewConflict as exc:
         return _card(request, project, str(exc), status=409)
-    return _card(request, project)
+    return _next_card(request, project)
 
 
 @login_required

@@ -63,9 +63,17 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
+def checkout_database_name() -> str:
+    """``larry_<8 hex>``: a database name of this checkout's own (from its path), so that two checkouts on
+    one machine running their suites at once never share (and drop) each other's test databases."""
+    import hashlib
+
+    return "larry_" + hashlib.sha256(str(Path(__file__).resolve().parent.parent).encode()).hexdigest()[:8]
+
+
 def _prepare_environment() -> None:
     if not os.environ.get("DATABASE_URL") and _answers(PG_HOST, PG_PORT):
-        os.environ["DATABASE_URL"] = f"postgres://postgres@{PG_HOST}:{PG_PORT}/larry"
+        os.environ["DATABASE_URL"] = f"postgres://postgres@{PG_HOST}:{PG_PORT}/{checkout_database_name()}"
     # Tests run tasks in-process unless a test starts a worker of its own.
     os.environ.pop("CELERY_BROKER_URL", None)
     for name in ("LARRY_JUDGE_BASE_URL", "LARRY_JUDGE_MODEL", "LARRY_JUDGE_API_KEY"):

@@ -132,7 +132,10 @@ def test_a_decision_from_another_tab_on_an_item_already_decided_is_a_409_on_the_
     tab_2 = client.get(url("review", project)).content.decode()
     assert "first answer" in tab_2 and leased_at(tab_2) == leased_at(tab_1)  # one lease, in both tabs
     path = url("review_decide", project, queue[0].pk)
-    assert post(client, path, {"decision": "accept", "leased_at": leased_at(tab_1)}, htmx).status_code == 200
+    # Stored: the next card (htmx), or a redirect to the review screen (a plain form post).
+    assert post(client, path, {"decision": "accept", "leased_at": leased_at(tab_1)}, htmx).status_code == (
+        200 if htmx else 302
+    )
     for action, data in [
         (path, {"decision": "reject", "reason": "tone"}),
         (url("review_skip", project, queue[0].pk), {}),
@@ -274,3 +277,14 @@ def test_an_adjudication_of_an_item_of_another_project_is_not_found(client, proj
     assert client.post(url("adjudication", project), {"item": foreign.pk, "decision": "accept"}).status_code == 404
     assert client.post(url("adjudication", project), {"item": 10**15, "decision": "accept"}).status_code == 404
     assert not Adjudication.objects.exists()
+
+
+def test_a_plain_form_decision_redirects_to_the_review_screen(client, sme, project, queue):
+    """Post/redirect/get: a reload after deciding must not post the decision again."""
+    client.force_login(sme)
+    client.get(url("review", project))
+    response = client.post(url("review_decide", project, queue[0].pk), {"decision": "accept"})
+    assert response.status_code == 302 and response["Location"] == url("review", project)
+    assert "second answer" in client.get(response["Location"]).content.decode()
+    response = client.post(url("review_skip", project, queue[1].pk))
+    assert response.status_code == 302 and response["Location"] == url("review", project)

@@ -1,7 +1,6 @@
 """Requests/minute and tokens/minute limits pace the concurrent requests of a chunk (the test server's timestamps)."""
 
 import asyncio
-import itertools
 import time
 
 import pytest
@@ -28,9 +27,11 @@ def test_a_requests_per_minute_limit_spaces_the_requests_of_a_chunk(llm_project,
     run = start_run(llm_project)
     assert run.status == "finished" and run.items_done == 6 and run.config["requests_per_minute"] == 120
     times = sorted(judge_server.request_times)
-    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert len(times) == 6
-    assert all(gap >= 0.5 - TOLERANCE_S for gap in gaps), gaps  # 120/min: one request every 0.5 s
+    # 120/min: one request every 0.5 s, so the k-th arrives at least k * 0.5 s after the first. (Compared with
+    # the first, not the one before: on a busy machine one arrival can be late and the next on time.)
+    since_first = [t - times[0] for t in times]
+    assert all(since_first[k] >= k * 0.5 - TOLERANCE_S for k in range(6)), since_first
     assert times[-1] - times[0] < 2.5 + 1.0  # paced, not stalled
 
 
