@@ -44,6 +44,7 @@ import functools
 import hashlib
 import json
 import queue
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -192,12 +193,50 @@ def _parse_json(text: bytes | str) -> tuple[Any, str]:
     except orjson.JSONDecodeError:
         return _parse_slowly(text)
     try:
-        if not _has_float(value):
-            return value, ""
+        has_float, keys = _scan(value)
     except _TooDeep:
         return None, TOO_DEEP
+    # A key written twice keeps only its last value in any parser: which "human_label" did the file mean?
+    # Fewer keys parsed than '"...":' in the text may be a repeated key (or a string holding '":'):
+    # the standard library then says which, exactly.
+    if len((_KEY_TOKEN if type(text) is bytes else _KEY_TOKEN_STR).findall(text)) > keys:
+        repeated = _repeated_key(text)
+        if repeated:
+            return None, repeated
+    if not has_float:
+        return value, ""
     # orjson reads integers over 64 bits as floats, losing digits; the standard library does not.
     return json.loads(text), ""
+
+
+_KEY_TOKEN = re.compile(rb'"\s*:')
+_KEY_TOKEN_STR = re.compile(r'"\s*:')
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _repeated_key(text: bytes | str) -> str:
+    """The reason a JSON text that parsed is refused for a key repeated in one object, or ""."""
+    try:
+        json.loads(text, object_pairs_hook=_refuse_repeats)
+    except _RepeatedKey as exc:
+        key = exc.args[0]
+        shown = key if len(key) <= 80 else key[:80] + "..."
+        return f"the key {shown!r} appears twice in one object: which value is meant cannot be told"
+    except (ValueError, RecursionError):
+        return ""
+    return ""
 
 
 def _may_be_too_deep(text: bytes | str) -> bool:
@@ -235,9 +274,12 @@ def _parse_slowly(raw: bytes | str) -> tuple[Any, str]:
     else:
         text = raw
     try:
-        record = json.loads(text, parse_constant=_refuse_constant)
+        record = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeats)
     except RecursionError:  # nested deeper than Python's recursion limit allows, which is deeper than ours
         return None, TOO_DEEP
+    except _RepeatedKey as exc:
+        key = exc.args[0]
+        return None, f"the key {key[:80]!r} appears twice in one object: which value is meant cannot be told"
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
     except ValueError as exc:
@@ -255,34 +297,41 @@ class _TooDeep(Exception):
     """Arrays and objects nest deeper than ``MAX_NESTING`` levels."""
 
 
-def _has_float(value: Any, depth: int = 1) -> bool:
-    """Whether a float is anywhere in a parsed JSON value (plain loops: this runs on every line).
+def _scan(value: Any, depth: int = 1) -> tuple[bool, int]:
+    """``(whether a float is anywhere in a parsed JSON value, how many object keys it has)`` (plain loops:
+    this runs on every line).
 
     ``depth`` is the level of ``value`` (an array or object at the top is
-    level 1). Every value is visited, a float or not, and an array or object
-    deeper than ``MAX_NESTING`` raises _TooDeep rather than recursing further.
+    level 1). Every value is visited, and an array or object deeper than
+    ``MAX_NESTING`` raises _TooDeep rather than recursing further.
     """
     if depth > MAX_NESTING:
         raise _TooDeep
     kind = type(value)
     if kind is float:
-        return True
+        return True, 0
     if kind is dict:
+        keys = len(value)
         value = value.values()
-    elif kind is not list:
-        return False  # a string, an integer, true, false or null
+    elif kind is list:
+        keys = 0
+    else:
+        return False, 0  # a string, an integer, true, false or null
     found = False
     for v in value:
         kind = type(v)
         if kind is float:
             found = True
-        elif (kind is dict or kind is list) and _has_float(v, depth + 1):
-            found = True
-    return found
+        elif kind is dict or kind is list:
+            inner_float, inner_keys = _scan(v, depth + 1)
+            found = found or inner_float
+            keys += inner_keys
+    return found, keys
 
 
 def _jsonl_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | None, str]]:
     cap = limit * ROW_FIELDS
+    _refuse_utf16(stream)
     for line_no, (raw, size) in enumerate(_lines(stream, cap), start=1):
         if raw is None:
             yield line_no, None, f"the line is {size:,} bytes, over the limit of {cap:,} for one line; not read"
@@ -304,6 +353,7 @@ def _jsonl_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | 
 
 def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | None, str]]:
     cap = limit * ROW_FIELDS
+    _refuse_utf16(stream)
     physical = 0
 
     def lines() -> Iterator[str]:
@@ -377,6 +427,23 @@ def iter_records(stream: IO[bytes], fmt: str, *, limit: int | None = None) -> It
     if fmt == "csv":
         return _csv_records(stream, limit)
     raise ImportFormatError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+
+
+def _refuse_utf16(stream: IO[bytes]) -> None:
+    """Raise ImportFormatError for a file in UTF-16 or UTF-32 (a byte-order mark of theirs, or NULs between
+    the first characters, as Windows tools save "Unicode" text), rather than a "not UTF-8" on every line.
+    Looks at the first bytes of a seekable stream and puts it back; a stream that cannot seek is not looked at."""
+    if not getattr(stream, "seekable", lambda: False)():
+        return
+    start = stream.tell()
+    head = stream.read(64)
+    stream.seek(start)
+    boms = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+    encoding = next((name for bom, name in boms.items() if head.startswith(bom)), None)
+    if encoding is None and len(head) >= 4 and head.count(b"\x00") >= len(head) // 3:
+        encoding = "UTF-16 or UTF-32"
+    if encoding:
+        raise ImportFormatError(f"the file is {encoding}, not UTF-8: save it as UTF-8 and import it again")
 
 
 def _dump_json(value: Any) -> str:

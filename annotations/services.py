@@ -116,7 +116,7 @@ def sample_for_review(*, project: Project, n: int | None = None, fraction: float
     if fraction is not None:
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        n = round(fraction * total)
+        n = max(1, round(fraction * total)) if total else 0  # a small file still gets one SME item
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     already = project.items.filter(in_sme_queue=True).count()

@@ -20,7 +20,6 @@ from drf_spectacular.utils import (
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -30,7 +29,8 @@ from judging import training_sets
 from judging.export import in_blocks, iter_chat_jsonl
 from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.selectors import latest_finished_run, run_progress
-from judging.services import judge_run_create, judge_run_queue_errors
+from judging.services import RunBusy, judge_run_create, judge_run_queue_errors
+from larry_web.parsers import JSONParser
 
 CONTENT_TYPES = {
     TrainingSet.Format.CSV: "text/csv; charset=utf-8",
@@ -121,7 +121,10 @@ class JudgeRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
     @action(detail=True, methods=["post"], url_path="queue-errors")
     def queue_errors(self, request, project_slug: str, pk: str) -> Response:
         """Items whose judging failed for good stay pending; this sends them to the SMEs (safe to repeat)."""
-        return Response({"queued": judge_run_queue_errors(run=self.get_object())})
+        try:
+            return Response({"queued": judge_run_queue_errors(run=self.get_object())})
+        except RunBusy as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
 
 
 class VerdictSerializer(serializers.ModelSerializer):

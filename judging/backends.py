@@ -153,6 +153,20 @@ class JudgeResult:
     attempts: list[dict] = field(default_factory=list)
     answered_by: str = ""
 
+    def storable(self) -> "JudgeResult":
+        """This result with every text cut to its column's size and cleaned of what PostgreSQL cannot store
+        (NUL, lone surrogates): a judge's reply may hold anything."""
+        clean = replies.storable
+        self.rationale = clean(self.rationale, RATIONALE_MAX)
+        self.reasoning = clean(self.reasoning, replies.REASONING_MAX)
+        self.raw_reply = clean(self.raw_reply, replies.RAW_REPLY_MAX)
+        self.error = clean(self.error, ERROR_MAX)
+        self.answered_by = clean(self.answered_by, 200)
+        self.attempts = [
+            {k: clean(v, 300) if isinstance(v, str) else v for k, v in attempt.items()} for attempt in self.attempts
+        ]
+        return self
+
     def add_tokens(self, reading: "replies.Reading") -> None:
         """Count a reply's tokens; once one reply did not say, the item's count is unknown (None)."""
         self.tokens_in = (
@@ -162,6 +176,9 @@ class JudgeResult:
             None if self.tokens_out is None or reading.tokens_out is None else self.tokens_out + reading.tokens_out
         )
 
+
+RATIONALE_MAX = 16 * 1024
+ERROR_MAX = 2000
 
 # The HTTP exchanges of the item being judged in this asyncio task (``judge_with_openai`` sets it).
 _exchanges: contextvars.ContextVar[list[dict] | None] = contextvars.ContextVar("larry_judge_exchanges", default=None)
@@ -313,35 +330,58 @@ async def judge_with_openai(
                     },
                 )
             except openai.OpenAIError as exc:
-                result.error_class, message = replies.classify_exception(exc)
-                result.error = message[:2000]
+                result.error_class, result.error = replies.classify_exception(exc)
+                if result.error_class == replies.ErrorClass.TIMEOUT:
+                    result.tokens_in = result.tokens_out = None  # the server may have worked on it: unknown
                 break
-            reading = replies.read_reply(reply)
+            except Exception as exc:  # a body the client could not read: not JSON, not UTF-8, cut short...
+                result.error_class, result.error = _unreadable(exc)
+                break
+            try:
+                reading = replies.read_reply(reply)
+            except Exception as exc:  # read_reply never raises; should it, the item fails, not the chunk
+                result.error_class, result.error = replies.ErrorClass.INVALID_REPLY, f"unreadable reply ({exc!r:.200})"
+                break
             result.add_tokens(reading)
             result.answered_by = reading.model or result.answered_by
-            result.raw_reply = reading.content[: replies.RAW_REPLY_MAX]
-            result.reasoning = reading.reasoning[: replies.REASONING_MAX]
+            result.raw_reply = reading.content
+            result.reasoning = reading.reasoning
             if reading.verdict is not None:
                 result.verdict, result.rationale = reading.verdict.verdict, reading.verdict.rationale
                 result.error, result.error_class = "", ""
                 break
             if result.attempts and "status" in result.attempts[-1]:
-                result.attempts[-1]["problem"] = reading.problem[:300]
+                result.attempts[-1]["problem"] = reading.problem
             result.error_class = reading.error_class
             result.error = reading.problem if attempt == 1 else f"{reading.problem} (after one repair attempt)"
             if not reading.repairable:
                 break
             messages = [
                 *messages,
-                {"role": "assistant", "content": reading.content},
-                {"role": "user", "content": REPAIR_PROMPT.format(problem=reading.problem)},
+                {"role": "assistant", "content": reading.content[: replies.RAW_REPLY_MAX]},
+                {"role": "user", "content": REPAIR_PROMPT.format(problem=reading.problem[:500])},
             ]
     finally:
         _exchanges.reset(token)
     if not result.attempts and result.error:
-        result.attempts.append({"error": result.error_class, "detail": result.error[:300]})
+        result.attempts.append({"error": result.error_class, "detail": result.error})
     result.latency_ms = round((time.perf_counter() - started) * 1000)
-    return result
+    return result.storable()
+
+
+def _unreadable(exc: Exception) -> tuple[str, str]:
+    """``(error class, message)`` for an exception the ``openai`` client let through: a transport fault
+    (aiohttp's or httpx's own) or a body that could not be read as JSON. The message names the type and
+    the first words only: some exceptions' repr carries the request, and its Authorization header."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientError | OSError) or type(exc).__module__.startswith(("httpx", "httpcore")):
+        fault = replies.transport_fault(exc)
+        return fault, f"{fault}: the reply could not be read ({type(exc).__name__}: {str(exc)[:200]})"
+    return (
+        replies.ErrorClass.INVALID_REPLY,
+        f"the reply's body is not a JSON chat completion ({type(exc).__name__}: {str(exc)[:200]})",
+    )
 
 
 async def judge_many(

@@ -143,6 +143,12 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
         )
     if report.fatal:
         raise ValueError(f"{data}: {report.fatal}")
+    if not project.items.exists():
+        shown = "; ".join(f"line {e.line}: {e.reason}" for e in report.errors[:3])
+        raise ValueError(
+            f"{data}: no item imported: every one of its {len(report.errors)} non-blank lines was refused"
+            + (f" ({shown}{'; ...' if len(report.errors) > 3 else ''})" if shown else "")
+        )
     sample_for_review(project=project, fraction=fraction, seed=seed)
     labels = read_labels(data)
     queued = set(project.items.filter(in_sme_queue=True).values_list("external_id", flat=True))
@@ -167,8 +173,13 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
         queue_add(project=project, item_ids=undecided)
         waiting_for_smes = len(undecided)
         progress(
-            f"the local judge cannot train yet: {run.error}. The {waiting_for_smes} items without SME ground truth "
-            "stay pending and are queued for SME review; label more of them and run the judge again."
+            f"the local judge cannot train yet: {run.error}. "
+            + (
+                f"The {waiting_for_smes} items without SME ground truth stay pending and are queued for SME "
+                "review; label more of them and run the judge again."
+                if waiting_for_smes
+                else "Every item has SME ground truth, so there is nothing left for it to judge."
+            )
         )
     gate_apply(project=project)
 

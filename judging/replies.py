@@ -3,10 +3,13 @@
 A faulty or doubtful reply must never become an accept, so a reply is a
 verdict only when all of these hold:
 
-1. it is a chat completion with a first choice whose ``finish_reason`` is
+1. it is a chat completion with exactly one choice (one was asked for), at
+   index 0, and no ``error`` beside it, whose ``finish_reason`` is
    ``"stop"`` (``"length"``: cut off, class ``truncated``; ``"content_filter"``
    or a ``message.refusal``: class ``refusal``; anything else, or none: class
-   ``invalid_reply``);
+   ``invalid_reply``), and whose content is at most ``CONTENT_MAX``
+   characters (a reply many times longer than ``max_tokens`` allows comes
+   from a server that ignored it);
 2. its ``message.content``, once surrounding white space, at most one leading
    reasoning block and at most one Markdown code fence are stripped, is one
    JSON object and nothing else (no prose around it, no second object);
@@ -50,8 +53,11 @@ _VALIDATOR = Draft202012Validator(VERDICT_SCHEMA)
 # What is kept of a reply as evidence, and of its reasoning (characters).
 RAW_REPLY_MAX = 16 * 1024
 REASONING_MAX = 64 * 1024
+# The longest content read as a verdict: 512 tokens are a few thousand characters, reasoning included.
+CONTENT_MAX = 64 * 1024
 
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _FENCE = re.compile(r"\A```(?:json|JSON)?[ \t]*\n?(.*?)\s*```\Z", re.DOTALL)
 
 
@@ -166,7 +172,9 @@ def _shown(text: str, limit: int = 200) -> str:
 def _usage(reply: dict, name: str) -> int | None:
     usage = reply.get("usage")
     count = usage.get(name) if isinstance(usage, dict) else None
-    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
+    # A count no real reply has (over 2^31: the column's range) is no count.
+    ok = isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 2**31
+    return count if ok else None
 
 
 def read_reply(reply: Any) -> Reading:
@@ -178,14 +186,23 @@ def read_reply(reply: Any) -> Reading:
     chat completion at all).
     """
     if not isinstance(reply, dict):
-        body = reply if isinstance(reply, str) else json.dumps(reply, default=str)
+        body = reply if isinstance(reply, str) else _dumped(reply)
         return _fault("the reply is not a chat completion (not a JSON object)", body, {}, repairable=False)
     choices = reply.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
-    if choice is None:
-        return _fault("the reply has no choices", json.dumps(reply, default=str), reply, repairable=False)
+    if reply.get("error") is not None or reply.get("object") == "error":
+        return _fault("the reply carries an error", _dumped(reply), reply, repairable=False)
+    if not isinstance(choices, list) or not choices:
+        return _fault("the reply has no choices", _dumped(reply), reply, repairable=False)
+    if len(choices) != 1:
+        return _fault(f"the reply has {len(choices)} choices; one was asked for", _dumped(reply), reply)
+    choice = choices[0]
+    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+        return _fault("the reply's choice is not choice 0", _dumped(reply), reply, repairable=False)
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     content = message.get("content") if isinstance(message.get("content"), str) else ""
+    if len(content) > CONTENT_MAX:
+        problem = f"the reply is {len(content):,} characters long, far over max_tokens: its server ignored it"
+        return _fault(problem, content[:RAW_REPLY_MAX], reply, repairable=False)
     reasoning = message.get("reasoning") or message.get("reasoning_content") or ""
     reasoning = reasoning if isinstance(reasoning, str) else ""
     finish = choice.get("finish_reason")
@@ -220,6 +237,26 @@ def read_reply(reply: Any) -> Reading:
         tokens_out=_usage(reply, "completion_tokens"),
         repairable=False,
     )
+
+
+def _dumped(value: Any) -> str:
+    """A reply as text for the record, whatever it holds (cut to ``RAW_REPLY_MAX``)."""
+    try:
+        return json.dumps(value, default=str)[:RAW_REPLY_MAX]
+    except (ValueError, RecursionError):
+        return repr(value)[:RAW_REPLY_MAX]
+
+
+def storable(text: str, limit: int) -> str:
+    """``text`` as PostgreSQL can store it and a page can show it: NUL and lone surrogates replaced by
+    U+FFFD, cut to ``limit`` characters (with "…" when cut)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = _SURROGATE.sub("\ufffd", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _model(reply: dict) -> str:

@@ -297,7 +297,8 @@ def runs_compare(first: JudgeRun, second: JudgeRun) -> dict:
 def run_errors(run: JudgeRun) -> dict:
     """The run's items without a verdict, by class of error: ``{"by_class": [(label, n)], "transient": n,
     "unqueued": n}`` where ``transient`` counts faults of the connection or the server (worth re-running
-    as they are), and ``unqueued`` the failed items not yet in the SME queue nor with SME ground truth.
+    as they are), and ``unqueued`` the failed items the gate left pending (no SME ground truth, no other
+    judge decided them) that are not in the SME queue yet.
 
     ``by_class`` follows ``Verdict.ErrorClass``'s order; errors stored before errors had classes count
     as "unclassified".
@@ -307,7 +308,17 @@ def run_errors(run: JudgeRun) -> dict:
     by_class = [(label, counts[value]) for value, label in Verdict.ErrorClass.choices if counts.get(value)]
     if counts.get(""):
         by_class.append(("unclassified", counts[""]))
-    truth = ground_truth(errors.values_list("item_id", flat=True), project=run.project)
-    unqueued = errors.filter(item__in_sme_queue=False).exclude(item_id__in=list(truth)).count()
+    pending = errors.filter(
+        Q(item__gate_decision__outcome=GateDecision.Outcome.PENDING) | Q(item__gate_decision__isnull=True)
+    )
+    unqueued = pending.filter(item__in_sme_queue=False).count()
     transient = sum(counts.get(value, 0) for value in Verdict.TRANSIENT)
     return {"by_class": by_class, "transient": transient, "unqueued": unqueued}
+
+
+def run_answered_by(run: JudgeRun) -> list[tuple[str, int, bool]]:
+    """The models the server said answered the run's requests: ``[(model, replies, other)]``, most first;
+    ``other`` is True for a name other than the one the run asked for (a proxy routing elsewhere, a
+    hosted model's dated version). Replies that named no model are counted under ``""``."""
+    rows = Verdict.objects.filter(run=run).values_list("answered_by").annotate(n=Count("id")).order_by("-n")
+    return [(name, n, bool(name) and name != run.model) for name, n in rows]

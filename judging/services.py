@@ -221,16 +221,28 @@ def judge_run_resume(*, run: JudgeRun, retry_errors: bool = False) -> None:
         transaction.on_commit(lambda: start_judge_run.delay(run.pk))
 
 
-def judge_run_queue_errors(*, run: JudgeRun) -> int:
-    """Queue the run's items that have no verdict (judging failed for good) for SME review.
+class RunBusy(ValueError):
+    """The run is still queued or running: what failed in it is not settled yet."""
 
-    Items with SME ground truth already, or already queued, are left as they
-    are; the gate keeps the others pending until an SME decides them. Safe to
-    call twice. Returns how many items were newly queued.
+
+def judge_run_queue_errors(*, run: JudgeRun) -> int:
+    """Queue the run's items that have no verdict (judging failed for good) and that the gate left pending,
+    for SME review.
+
+    Items with SME ground truth, items another judge decided, and items
+    already queued are left as they are. Safe to call twice. Returns how many
+    items were newly queued. Raises RunBusy while the run is queued or running.
     """
-    failed = list(Verdict.objects.filter(run=run, verdict="").values_list("item_id", flat=True))
-    truth = ground_truth(failed, project=run.project)
-    return queue_add(project=run.project, item_ids=[item_id for item_id in failed if item_id not in truth])
+    if run.status in (JudgeRun.Status.QUEUED, JudgeRun.Status.RUNNING):
+        raise RunBusy(f"run {run.pk} is still {run.status}: queue its errors once it has ended")
+    return queue_add(project=run.project, item_ids=list(_pending_failures(run).values_list("item_id", flat=True)))
+
+
+def _pending_failures(run: JudgeRun):
+    """The run's error verdicts whose item the gate left pending (or has not gated yet)."""
+    return Verdict.objects.filter(run=run, verdict="").filter(
+        Q(item__gate_decision__outcome=GateDecision.Outcome.PENDING) | Q(item__gate_decision__isnull=True)
+    )
 
 
 def judge_run_fail(*, run_id: int, error: str) -> None:

@@ -107,7 +107,15 @@ def judge_chunk(run_id: int, item_ids: list[int]) -> None:
         if left and not results:
             error = f"deadline: no reply within the chunk's {deadline} s (LARRY_JUDGE_CHUNK_DEADLINE_S)"
             results = [
-                backends.JudgeResult(item_id, error=error, error_class=Verdict.ErrorClass.DEADLINE) for item_id in left
+                backends.JudgeResult(
+                    item_id,
+                    error=error,
+                    error_class=Verdict.ErrorClass.DEADLINE,
+                    tokens_in=None,  # requests were sent and cancelled: what they cost is unknown
+                    tokens_out=None,
+                    attempts=[{"error": "deadline", "detail": "cancelled at the chunk's deadline"}],
+                )
+                for item_id in left
             ]
             left = []
         services.verdicts_store(run=run, results=results)

@@ -67,7 +67,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, connection, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -556,20 +556,38 @@ def training_set_build(*, training_set_id: int) -> TrainingSet:
             logger.warning("training set %s was taken over or deleted; %s stops", training_set_id, claim.token)
         except Exception as exc:
             # Recorded on the set, where its owner looks (API and admin), and logged in full for operators.
-            with transaction.atomic():
-                failed = TrainingSet.objects.filter(
-                    pk=training_set_id, claimed_by=claim.token, status=TrainingSet.Status.BUILDING
-                ).update(
-                    status=TrainingSet.Status.FAILED,
-                    error=f"{type(exc).__name__}: {exc}",
-                    finished_at=Now(),
-                    claimed_until=None,
-                )
-                if failed:
-                    TrainingSetRow.objects.filter(training_set_id=training_set_id).delete()
+            _record_failure(training_set_id, claim, exc)
             if not isinstance(exc, TrainingSetError):
                 logger.exception("building training set %s failed", training_set_id)
     return TrainingSet.objects.select_related("project").get(pk=training_set_id)
+
+
+def _record_failure(training_set_id: int, claim: "_Claim", exc: Exception) -> None:
+    """Mark the set failed with the error and drop its rows, if this attempt still holds it.
+
+    The error may have struck in the middle of a query (Celery's soft time limit is a signal): the
+    connection can then be left inside a transaction it cannot leave, so on a database error the failure
+    is written again on a fresh connection.
+    """
+
+    def write() -> None:
+        with transaction.atomic():
+            failed = TrainingSet.objects.filter(
+                pk=training_set_id, claimed_by=claim.token, status=TrainingSet.Status.BUILDING
+            ).update(
+                status=TrainingSet.Status.FAILED,
+                error=f"{type(exc).__name__}: {exc}"[:5000],
+                finished_at=Now(),
+                claimed_until=None,
+            )
+            if failed:
+                TrainingSetRow.objects.filter(training_set_id=training_set_id).delete()
+
+    try:
+        write()
+    except (DatabaseError, InterfaceError):
+        connection.close()
+        write()
 
 
 def claim_seconds_left(training_set: TrainingSet) -> float:

@@ -21,12 +21,14 @@ from judging.selectors import (
     label_function_stats,
     latest_finished_run,
     run_agreement,
+    run_answered_by,
     run_calibration,
     run_errors,
     run_progress,
     runs_compare,
 )
 from judging.services import (
+    RunBusy,
     judge_run_cancel,
     judge_run_create,
     judge_run_queue_errors,
@@ -112,7 +114,15 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
     examples = run.config.get("few_shot_examples") or []
     names = dict(run.project.items.filter(pk__in=[e["item_id"] for e in examples]).values_list("id", "external_id"))
     few_shot = [{**e, "external_id": names.get(e["item_id"], f"deleted item {e['item_id']}")} for e in examples]
-    context.update(calibration=calibration, errors=errors, snapshot=snapshot, few_shot=few_shot)
+    answered_by = run_answered_by(run)
+    context.update(
+        calibration=calibration,
+        errors=errors,
+        snapshot=snapshot,
+        few_shot=few_shot,
+        answered_by=answered_by,
+        answered_by_other=any(other for _name, _n, other in answered_by),
+    )
     return render(request, "judging/run_detail.html", context)
 
 
@@ -139,8 +149,12 @@ def run_control(request: HttpRequest, slug: str, run_id: int, action: str) -> Ht
     if action not in ("cancel", "resume", "retry-errors", "queue-errors"):
         raise Http404("No such action")
     if action == "queue-errors":
-        queued = judge_run_queue_errors(run=run)
-        messages.info(request, f"{queued} item{pluralize(queued)} without a verdict queued for SME review.")
+        try:
+            queued = judge_run_queue_errors(run=run)
+        except RunBusy as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.info(request, f"{queued} item{pluralize(queued)} without a verdict queued for SME review.")
         return redirect(run)
     if not request.user.is_staff:
         raise PermissionDenied("Only staff control judge runs.")

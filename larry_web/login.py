@@ -12,10 +12,12 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import exceptions, serializers
+from rest_framework import exceptions, parsers, serializers
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.response import Response
+
+from larry_web.parsers import JSONParser
 
 log = logging.getLogger(__name__)
 _warned_untrusted_forwarding = False
@@ -76,6 +78,10 @@ def lock_out_response(request: HttpRequest, original_response=None, credentials=
     return response
 
 
+# Django's usernames are at most 150 characters.
+USERNAME_MAX = 150
+
+
 class ObtainAuthTokenOrLockOut(ObtainAuthToken):
     """``POST /api/token/`` with a username and password: ``{"token": key}``; 429 when locked out.
 
@@ -83,6 +89,9 @@ class ObtainAuthTokenOrLockOut(ObtainAuthToken):
     ``authenticate(request=...)``) and refuses a locked-out account or address whatever the password;
     DRF's own view answers that with the 400 of a wrong password, which would leave a script retrying.
     """
+
+    # DRF's view lists its own parsers: the same, with a JSON body nested too deeply a 400.
+    parser_classes = (parsers.FormParser, parsers.MultiPartParser, JSONParser)
 
     @extend_schema(
         responses={
@@ -92,6 +101,10 @@ class ObtainAuthTokenOrLockOut(ObtainAuthToken):
         }
     )
     def post(self, request, *args, **kwargs):
+        username = request.data.get("username") if hasattr(request.data, "get") else None
+        if isinstance(username, str) and len(username) > USERNAME_MAX:
+            # No account has such a name, and the lock-out's records keep at most 255 characters of it.
+            raise exceptions.ValidationError({"username": [f"at most {USERNAME_MAX} characters"]})
         serializer = self.get_serializer(data=request.data)
         if not serializer.is_valid():
             # Set by django-axes on this (DRF) request when it refused the log-in or this failure locked it out.

@@ -59,6 +59,14 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
 
 
+def env_int_at_least(name: str, default: int, least: int, why: str = "") -> int:
+    """An integer of at least ``least``; raises ImproperlyConfigured naming the variable otherwise."""
+    value = env_int(name, default)
+    if value < least:
+        raise ImproperlyConfigured(f"{name}={value} is below {least}{f': {why}' if why else ''}")
+    return value
+
+
 def env_list(name: str, default: str) -> list[str]:
     """A comma-separated list, blanks dropped."""
     return [part.strip() for part in env_str(name, default).split(",") if part.strip()]
@@ -238,6 +246,11 @@ REST_FRAMEWORK = {
     # for untrusted text (jQuery, Bootstrap 3) whose templates need inline styles the CSP refuses.
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PARSER_CLASSES": [
+        "larry_web.parsers.JSONParser",  # DRF's, but a body nested too deeply is a 400, not a 500
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
@@ -292,16 +305,21 @@ if not 0 < CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < _VISIBILITY_TI
 LARRY_JUDGE_BASE_URL = env_str("LARRY_JUDGE_BASE_URL")
 LARRY_JUDGE_MODEL = env_str("LARRY_JUDGE_MODEL")
 LARRY_JUDGE_API_KEY = env_str("LARRY_JUDGE_API_KEY")
-LARRY_JUDGE_TIMEOUT_S = env_int("LARRY_JUDGE_TIMEOUT_S", 120)
-LARRY_JUDGE_MAX_RETRIES = env_int("LARRY_JUDGE_MAX_RETRIES", 3)
-LARRY_JUDGE_CHUNK_SIZE = env_int("LARRY_JUDGE_CHUNK_SIZE", 256)
+LARRY_JUDGE_TIMEOUT_S = env_int_at_least("LARRY_JUDGE_TIMEOUT_S", 120, 1, "a request needs some time to answer")
+LARRY_JUDGE_MAX_RETRIES = env_int_at_least("LARRY_JUDGE_MAX_RETRIES", 3, 0)
+LARRY_JUDGE_CHUNK_SIZE = env_int_at_least("LARRY_JUDGE_CHUNK_SIZE", 256, 1, "a chunk holds at least one item")
 # A chunk starts requests for at most this long, then stores what it has and queues the rest as a new chunk;
 # at most the soft time limit less a minute (a fifth of it, for limits under 5 minutes), so that storing
 # always finishes in time.
 _STORE_MARGIN_S = max(1, min(60, CELERY_TASK_SOFT_TIME_LIMIT // 5))
-LARRY_JUDGE_CHUNK_DEADLINE_S = min(
-    env_int("LARRY_JUDGE_CHUNK_DEADLINE_S", 600), CELERY_TASK_SOFT_TIME_LIMIT - _STORE_MARGIN_S
-)
+_DEADLINE_CAP_S = CELERY_TASK_SOFT_TIME_LIMIT - _STORE_MARGIN_S
+if env_str("LARRY_JUDGE_CHUNK_DEADLINE_S") and env_int("LARRY_JUDGE_CHUNK_DEADLINE_S", 0) > _DEADLINE_CAP_S:
+    raise ImproperlyConfigured(
+        f"LARRY_JUDGE_CHUNK_DEADLINE_S={env_int('LARRY_JUDGE_CHUNK_DEADLINE_S', 0)} is over {_DEADLINE_CAP_S} s, "
+        f"the soft time limit ({CELERY_TASK_SOFT_TIME_LIMIT} s) less {_STORE_MARGIN_S} s to store what the chunk "
+        "judged: lower it, or raise LARRY_TASK_SOFT_TIME_LIMIT_S"
+    )
+LARRY_JUDGE_CHUNK_DEADLINE_S = min(env_int("LARRY_JUDGE_CHUNK_DEADLINE_S", 600), _DEADLINE_CAP_S)
 # Requests still open at the deadline (already paid for) get this long to finish before they are cancelled.
 LARRY_JUDGE_CHUNK_GRACE_S = _STORE_MARGIN_S / 2
 if LARRY_JUDGE_CHUNK_DEADLINE_S < 1:
@@ -312,9 +330,14 @@ if LARRY_JUDGE_CHUNK_DEADLINE_S < 1:
 
 # A training-set build renews its claim on the set every 1,000 items (and between phases); a build whose
 # worker died is taken over by a redelivered task once this many seconds have passed since its last renewal.
-LARRY_TRAINING_SET_LEASE_S = env_int("LARRY_TRAINING_SET_LEASE_S", 300)
-if LARRY_TRAINING_SET_LEASE_S < 1:
-    raise ImproperlyConfigured(f"LARRY_TRAINING_SET_LEASE_S={LARRY_TRAINING_SET_LEASE_S} is below 1")
+LARRY_TRAINING_SET_LEASE_S = env_int_at_least("LARRY_TRAINING_SET_LEASE_S", 300, 1)
+if LARRY_TRAINING_SET_LEASE_S >= _VISIBILITY_TIMEOUT:
+    # A build that waits for a lease retries after it runs out; longer than the visibility timeout, and Redis
+    # hands the waiting task out again and again meanwhile.
+    raise ImproperlyConfigured(
+        f"LARRY_TRAINING_SET_LEASE_S={LARRY_TRAINING_SET_LEASE_S} must be below "
+        f"LARRY_CELERY_VISIBILITY_TIMEOUT ({_VISIBILITY_TIMEOUT})"
+    )
 
 # Import: the largest field accepted, in bytes of UTF-8; a line may be 8 times that (annotations/importers.py).
 LARRY_IMPORT_MAX_FIELD_BYTES = env_int("LARRY_IMPORT_MAX_FIELD_BYTES", 1_048_576)
@@ -324,7 +347,9 @@ if LARRY_IMPORT_MAX_FIELD_BYTES < 1024:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # Credentials a library might log (an Authorization header in an exception's repr) are blanked.
+    "filters": {"redact_secrets": {"()": "larry_web.logs.RedactSecrets"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact_secrets"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "WARNING")},
     # The judge client's HTTP library logs every request at INFO: hundreds of lines a second, and their
     # CPU, from a worker at `-l info`. Failures still show: openai logs retries and errors.

@@ -27,6 +27,15 @@ Markers in the response text pick a fault:
 | ``[think]`` | a valid verdict after a ``<think>…</think>`` block (a reasoning model without a parser) |
 | ``[reasoning-field]`` | a valid verdict with the reasoning in ``message.reasoning_content`` (vLLM's parser) |
 | ``[no-usage]`` | a valid verdict with no ``usage`` block |
+| ``[bad-json-body]`` | HTTP 200, ``application/json``, a body that is not JSON |
+| ``[not-utf8]`` | HTTP 200, ``application/json``, a body with a byte that is not UTF-8 |
+| ``[length-lie]`` | a ``Content-Length`` shorter than the body |
+| ``[nul]`` | an accept whose rationale and model name hold NUL (U+0000) and a lone surrogate |
+| ``[huge-tokens]`` | an accept whose usage says 10^12 prompt tokens |
+| ``[huge-content]`` | an accept with a rationale of 100,000 characters |
+| ``[two-choices]`` | two choices, an accept and a reject |
+| ``[index-1]`` | one choice, an accept, at index 1 |
+| ``[error-beside]`` | ``"object": "error"`` and an ``error`` beside an accept choice |
 
 Every fault above but ``[garbage-once]`` is answered again to the repair request.
 ``server.httpd.answer_model`` (when set) is the ``model`` the replies name, as
@@ -83,6 +92,21 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.server.slow_s)  # past the client's timeout
         if "[no-choices]" in user:
             return self._send(200, {"id": "chatcmpl-test", "object": "chat.completion", "choices": []})
+        raw = {
+            "[bad-json-body]": b"{not json",
+            "[not-utf8]": b'{"id": "x", "choices": [\xff]}',
+        }
+        for marker, data in raw.items():
+            if marker in user:
+                return self._send(200, data)
+        if "[length-lie]" in user:
+            data = json.dumps({"id": "x", "choices": [], "detail": "x" * 200}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data) // 2))
+            self.end_headers()
+            self.wfile.write(data)
+            return None
         if "[html]" in user:
             return self._send(200, b"<html><body>Bad gateway, sort of</body></html>", content_type="text/html")
         verdict = "reject" if "WRONG" in user else "accept"
@@ -109,6 +133,10 @@ class _Handler(BaseHTTPRequestHandler):
             message_extra = {"reasoning_content": "The price is $4, as the context says."}
         elif "[no-usage]" in user:
             usage = False
+        elif "[nul]" in user:
+            content = json.dumps({"verdict": verdict, "rationale": "fine\u0000 and \ud800 too"})
+        elif "[huge-content]" in user:
+            content = json.dumps({"verdict": verdict, "rationale": "fine " * 20_000})
         elif "[fenced]" in user:
             content = f"```json\n{content}\n```"
         elif "[garbage]" in user or ("[garbage-once]" in user and not repairing):
@@ -132,10 +160,21 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if usage:
             reply["usage"] = {
-                "prompt_tokens": len(user) // 4,
+                "prompt_tokens": 10**12 if "[huge-tokens]" in user else len(user) // 4,
                 "completion_tokens": 12,
                 "total_tokens": len(user) // 4 + 12,
             }
+        if "[nul]" in user:
+            reply["model"] = "judge\u0000model"
+        if "[two-choices]" in user:
+            other = json.dumps({"verdict": "reject", "rationale": "no"})
+            reply["choices"].append(
+                {"index": 1, "message": {"role": "assistant", "content": other}, "finish_reason": "stop"}
+            )
+        elif "[index-1]" in user:
+            reply["choices"][0]["index"] = 1
+        elif "[error-beside]" in user:
+            reply.update(object="error", error={"message": "overloaded", "type": "server_error"})
         self._send(200, reply)
 
     def _send(

@@ -159,3 +159,11 @@ def test_behind_a_trusted_proxy_clients_are_locked_out_by_their_own_address(clie
         "/login/", {"username": "bob", "password": "bob-right-pass-1"}, REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR=OTHER
     )
     assert other.status_code == 302
+
+
+def test_hostile_token_requests_are_refused_with_400_not_500(client, db):
+    deep = "[" * 100_000
+    response = client.post("/api/token/", deep, content_type="application/json")
+    assert response.status_code == 400 and "nested too deeply" in response.json()["detail"]
+    response = client.post("/api/token/", {"username": "x" * 300, "password": "p"}, content_type="application/json")
+    assert response.status_code == 400 and "at most 150 characters" in response.content.decode()

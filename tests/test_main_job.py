@@ -143,3 +143,22 @@ def test_the_main_job_finishes_when_the_local_judge_cannot_train_yet(transaction
     assert funnel["accepted"] + funnel["rejected"] == 10 and funnel["accepted"] >= 9
     assert assert_valid_chat_jsonl(tmp_path / "out" / "accepted.jsonl") == funnel["accepted"]
     assert "The judge could not judge" in result.stdout and "86 items wait for SME review" in result.stdout
+
+
+def test_the_main_job_on_a_file_with_no_good_line_says_every_line_was_refused(transactional_db, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "p"}\nnot json\n\n')
+    with pytest.raises(ValueError, match=r"no item imported: every one of its 2 non-blank lines was refused \(line 1"):
+        run_main_job(data=data, out=tmp_path / "out", progress=lambda message: None)
+
+
+def test_a_tiny_file_still_gets_an_sme_item(transactional_db, tmp_path):
+    data = tmp_path / "tiny.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "prompt": "p?", "response": f"r{i}", "human_label": "accept"}) + "\n"
+            for i in range(4)
+        )
+    )
+    report = run_main_job(data=data, out=tmp_path / "out", fraction=0.1, progress=lambda message: None)
+    assert report["sme_labels"] == 1

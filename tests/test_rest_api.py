@@ -335,3 +335,13 @@ def test_reviews_verdicts_and_rules_refuse_writes_even_from_staff(client, projec
             response = method(url, {"decision": "accept"}, content_type="application/json", **auth(staff))
             assert response.status_code == 405, (method, url)
     assert Review.objects.count() == 3 and Verdict.objects.count() == 6
+
+
+def test_a_json_body_nested_too_deeply_is_a_400_on_every_json_endpoint(client, lead, project):
+    from django.contrib.auth import get_user_model
+
+    root = get_user_model().objects.create_superuser("root", password="root-pass-123")
+    deep = "[" * 100_000
+    for url, user in ((f"/api/projects/{project.slug}/training-sets/", lead), ("/api/projects/", root)):
+        response = client.post(url, deep, content_type="application/json", **auth(user))
+        assert response.status_code == 400 and "nested too deeply" in response.json()["detail"], url

@@ -76,14 +76,17 @@ def test_every_task_ends_before_the_broker_would_hand_it_to_a_second_worker():
             [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, env={**env, **bad}
         )
         assert result.returncode != 0 and "a task must end before the broker hands it" in result.stderr, bad
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**env, "LARRY_JUDGE_CHUNK_DEADLINE_S": "5000"},
-    )
-    assert json.loads(result.stdout)[3] == 1440  # capped at the soft limit less a minute
+    for bad, message in (
+        ({"LARRY_JUDGE_CHUNK_DEADLINE_S": "5000"}, "is over 1440 s, the soft time limit (1500 s) less 60 s"),
+        ({"LARRY_JUDGE_CHUNK_SIZE": "0"}, "LARRY_JUDGE_CHUNK_SIZE=0 is below 1"),
+        ({"LARRY_JUDGE_CHUNK_SIZE": "-1"}, "LARRY_JUDGE_CHUNK_SIZE=-1 is below 1"),
+        ({"LARRY_JUDGE_TIMEOUT_S": "0"}, "LARRY_JUDGE_TIMEOUT_S=0 is below 1"),
+        ({"LARRY_TRAINING_SET_LEASE_S": "3600"}, "must be below LARRY_CELERY_VISIBILITY_TIMEOUT (3600)"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, env={**env, **bad}
+        )
+        assert result.returncode != 0 and message in result.stderr, (bad, result.stderr[-500:])
 
 
 SECURITY = (

@@ -521,3 +521,32 @@ def test_a_missing_required_field_names_a_near_miss_that_is_present(project):
         "the CSV header has no prompt or response column (did you mean 'Prompt' for prompt, 'responses' for response?)"
     )
     assert not Item.objects.exists()
+
+
+def test_a_key_written_twice_refuses_its_line_whichever_value_it_would_keep(project):
+    """A parser keeps the last of two values: a line saying both reject and accept must not become an
+    accept (the same ambiguity as a judge's reply with a repeated key)."""
+    lines = [
+        '{"external_id": "d1", "prompt": "p", "response": "r", "human_label": "reject", "human_label": "accept"}',
+        '{"external_id": "d2", "external_id": "d3", "prompt": "p", "response": "r"}',
+        '{"external_id": "d4", "prompt": "p", "response": "r", "metadata": {"a": 1, "a" : 2}}',
+        '{"external_id": "d5", "prompt": "He said \\"x\\": y", "response": "r \\":\\" ok", "human_label": "accept"}',
+        '{"external_id": "d6", "prompt": "p", "response": "r", "score": 1.5, "score": NaN}',
+    ]
+    report = import_items(project=project, stream=jsonl(*lines), fmt="jsonl")
+    assert [(e.line, e.reason) for e in report.errors][:3] == [
+        (1, "the key 'human_label' appears twice in one object: which value is meant cannot be told"),
+        (2, "the key 'external_id' appears twice in one object: which value is meant cannot be told"),
+        (3, "the key 'a' appears twice in one object: which value is meant cannot be told"),
+    ]
+    assert report.errors[3].line == 5  # NaN: refused for its own reason
+    assert list(project.items.values_list("external_id", flat=True)) == ["d5"]
+    assert Review.objects.get().decision == "accept"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_a_utf16_or_utf32_file_is_refused_as_a_whole_with_its_encoding_named(project, encoding):
+    text = json.dumps({"id": "a", "prompt": "p", "response": "r"}) + "\n"
+    report = import_items(project=project, stream=io.BytesIO(text.encode(encoding)), fmt="jsonl")
+    assert "not UTF-8: save it as UTF-8" in report.fatal and "UTF-" in report.fatal
+    assert report.errors == [] and not project.items.exists()

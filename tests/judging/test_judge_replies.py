@@ -249,3 +249,85 @@ def test_the_api_shows_the_evidence_and_queues_errors_for_leads_only(llm_project
     assert client.post(url).json() == {"queued": 1}
     assert client.post(url).json() == {"queued": 0}
     assert list(llm_project.items.filter(in_sme_queue=True).values_list("external_id", flat=True)) == ["r1"]
+
+
+MALFORMED = {
+    "a [bad-json-body]": "invalid_reply",
+    "b [not-utf8]": "invalid_reply",
+    "c [two-choices]": "invalid_reply",
+    "d [index-1]": "invalid_reply",
+    "e [error-beside]": "invalid_reply",
+    "f [huge-content]": "invalid_reply",
+}
+
+
+def test_a_malformed_body_fails_its_own_item_only_and_never_becomes_an_accept(llm_project, start_run):
+    """Each of these used to crash the whole chunk (the run stuck at 'running') or be read as an accept."""
+    make_items(llm_project, ["fine", *MALFORMED, "g [length-lie]", "also fine"])
+    run = start_run(llm_project)
+    assert run.status == "finished" and (run.items_done, run.items_error) == (2, len(MALFORMED) + 1)
+    got = by_response(run)
+    assert {r: got[r].error_class for r in MALFORMED} == MALFORMED
+    assert got["g [length-lie]"].verdict == "" and got["g [length-lie]"].error_class
+    assert "3 choices" not in got["c [two-choices]"].error and "2 choices" in got["c [two-choices]"].error
+    assert "100,0" in got["f [huge-content]"].error and len(got["f [huge-content]"].raw_reply) <= 16 * 1024
+    assert exported_responses(llm_project) == ["fine", "also fine"]
+
+
+def test_what_a_database_cannot_store_is_cleaned_not_crashed_on(llm_project, start_run):
+    make_items(llm_project, ["x [nul]", "y [huge-tokens]", "fine"])
+    run = start_run(llm_project)
+    assert run.status == "finished" and (run.items_done, run.items_error) == (3, 0)
+    got = by_response(run)
+    assert got["x [nul]"].rationale == "fine\ufffd and \ufffd too" and got["x [nul]"].answered_by == "judge\ufffdmodel"
+    assert got["y [huge-tokens]"].tokens_in is None  # a count no reply has is no count
+    assert got["fine"].tokens_in > 0
+
+
+def test_no_exception_of_a_reply_reaches_the_log_with_the_key(project, judge_server, start_run, caplog):
+    import logging
+
+    secret = "sk-larry-0123456789abcdef"
+    project.judge_base_url, project.judge_model, project.judge_api_key = judge_server.base_url, "test-judge", secret
+    project.save()
+    caplog.set_level(logging.DEBUG)
+    make_items(project, ["a [length-lie]", "b [not-utf8]", "c [bad-json-body]"])
+    run = start_run(project)
+    assert run.status == "finished" and run.items_error == 3
+    assert secret not in caplog.text
+    assert all(secret not in v.error for v in Verdict.objects.filter(run=run))
+
+
+def test_the_run_page_names_the_models_that_answered_and_flags_another_than_asked(
+    llm_project, judge_server, lead, client, start_run
+):
+    judge_server.httpd.answer_model = "<b>hostile-model</b>"
+    make_items(llm_project, ["ok"])
+    run = start_run(llm_project)
+    client.force_login(lead)
+    page = client.get(reverse("judging:run_detail", args=[llm_project.slug, run.pk])).content.decode()
+    assert "&lt;b&gt;hostile-model&lt;/b&gt;" in page and "<b>hostile-model" not in page
+    assert "not only the model asked for (test-judge)" in page
+
+
+def test_errors_are_queued_only_once_the_run_ended_and_only_those_left_pending(
+    llm_project, lead, client, start_run, django_capture_on_commit_callbacks
+):
+    from judging.models import JudgeRun
+    from judging.services import RunBusy, judge_run_queue_errors
+
+    make_items(llm_project, ["a [garbage]", "b [garbage]"])
+    old = start_run(llm_project)  # errors on both
+    fixed = llm_project.items.get(response="b [garbage]")
+    fixed.response = "b fine"
+    fixed.save()
+    start_run(llm_project)  # a later run, chosen for the gate, accepts b
+    assert GateDecision.objects.get(item=fixed).outcome == "accept"
+    assert judge_run_queue_errors(run=old) == 1  # a only: b is decided
+    JudgeRun.objects.filter(pk=old.pk).update(status="running")
+    old.refresh_from_db()
+    with pytest.raises(RunBusy):
+        judge_run_queue_errors(run=old)
+    client.force_login(lead)
+    answer = client.post(f"/api/projects/{llm_project.slug}/runs/{old.pk}/queue-errors/")
+    assert answer.status_code == 409 and "still running" in answer.json()["detail"]

@@ -284,3 +284,46 @@ def test_bad_params_are_refused_with_a_message_naming_the_field(kind, params, fi
         validate_params(kind, params)
     assert field in caught.value.detail
     assert re.search(re.escape(message), str(caught.value.detail[field]))
+
+
+def test_rules_too_many_for_one_re2_set_still_all_veto():
+    """40 rules of 199 twelve-letter keywords, or 3 of 1,000 long phrases: more than RE2 compiles as one set;
+    they used to stop every veto of the project (regating failed, stale hits kept)."""
+    import random
+    import string
+
+    rng = random.Random(0)
+
+    def word(n):
+        return "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
+
+    lists = [[word(12) for _ in range(199)] for _ in range(40)]
+    rules = RuleSet([Rule(i, "keywords", {"keywords": words}) for i, words in enumerate(lists)])
+    assert rules.rejections({"response": f"please use {lists[39][5]} now"}) == [39]
+    assert rules.rejections({"response": f"{lists[0][0]} and {lists[20][198]}"}) == [0, 20]
+    phrases = [word(500) for _ in range(1000)]
+    must = RuleSet([Rule(i, "must_contain", {"phrases": phrases, "mode": "any"}) for i in range(3)])
+    assert must.rejections({"response": "nothing of it"}) == [0, 1, 2]
+    assert must.rejections({"response": f"x {phrases[999]} y"}) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Try Drop\u00adbox today",  # a soft hyphen inside the word
+        "Try Drop\u200bbox today",  # a zero-width space
+        "Try \ufeffDropbox today",  # a byte-order mark before it
+        "Try \uff24\uff52\uff4f\uff50\uff42\uff4f\uff58 today",  # full-width letters
+        "Try\u00a0Dropbox\u00a0today",  # no-break spaces around it
+    ],
+)
+def test_invisible_or_compatibility_characters_do_not_slip_a_text_past_a_keyword(text):
+    assert compile_rule("keywords", {"keywords": ["Dropbox"]})(text)
+    assert not compile_rule("must_contain", {"phrases": ["dropbox"]})(text)
+
+
+def test_a_keyword_of_only_invisible_characters_is_refused_as_blank():
+    from rest_framework.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match="keyword 2 is blank"):
+        validate_params("keywords", {"keywords": ["Dropbox", "\u200b\u00ad"]})

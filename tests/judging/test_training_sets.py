@@ -610,3 +610,27 @@ def test_a_set_deleted_while_it_builds_stays_deleted_and_its_task_ends_quietly(p
     slow_candidates(monkeypatch, 0, then=delete)
     assert build_training_set(training_set.pk) is None
     assert not TrainingSet.objects.exists() and not TrainingSetRow.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_build_stopped_by_the_soft_time_limit_mid_query_is_marked_failed_not_left_building(project, monkeypatch):
+    """Celery's soft limit is a signal: it can strike inside a query and leave the connection in a transaction
+    it cannot leave ("can't change 'autocommit' now"); the set used to stay 'building' for ever."""
+    from celery.exceptions import SoftTimeLimitExceeded
+    from django.db import connection
+
+    from judging import training_sets
+
+    decide_items(project)
+    training_set = TrainingSet.objects.create(project=project, format="chat")
+
+    def interrupted(*args, **kwargs):
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN")  # a transaction Django does not know of, as a signal mid-query leaves
+            cursor.execute("SELECT 1")
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(training_sets, "_build", interrupted)
+    built = training_sets.training_set_build(training_set_id=training_set.pk)
+    assert built.status == "failed" and "SoftTimeLimitExceeded" in built.error
+    assert built.claimed_until is None and not built.rows.exists()
