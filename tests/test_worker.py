@@ -124,6 +124,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_judges_nothing_twice(project,
         "LARRY_CELERY_VISIBILITY_TIMEOUT": "4",
         "LARRY_TASK_SOFT_TIME_LIMIT_S": "2",  # below the hard limit, below the visibility timeout
         "LARRY_TASK_TIME_LIMIT_S": "3",
+        "LARRY_TRAINING_SET_LEASE_S": "3",  # below the visibility timeout, as start-up requires
         "LARRY_JUDGE_CHUNK_SIZE": "10",
     }
     make_items(project, [f"Answer {i}" for i in range(40)])
