@@ -146,7 +146,7 @@ class JudgeResult:
     tokens_out: int | None = 0
     latency_ms: int = 0
     error: str = ""
-    score: float | None = None
+    confidence: float | None = None
     error_class: str = ""
     reasoning: str = ""
     raw_reply: str = ""
@@ -563,7 +563,7 @@ def judge_with_local_classifier(
         for it, p in zip(group, probs, strict=True):
             verdict = "accept" if p >= 0.5 else "reject"
             results.append(
-                JudgeResult(it.pk, verdict, f"P(accept)={p:.2f} from {LOCAL_MODEL_NAME} ({how})", score=float(p))
+                JudgeResult(it.pk, verdict, f"P(accept)={p:.2f} from {LOCAL_MODEL_NAME} ({how})", confidence=float(p))
             )
     info = {"folds": folds, "train_accept": n_accept, "train_reject": n_reject, "seed": seed}
     return results, info

@@ -47,6 +47,9 @@ class JudgeRun(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    calibration = models.JSONField(
+        default=dict, blank=True, help_text="The recalibration map fit on SME labels, and how it was fit."
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -237,7 +240,18 @@ class Verdict(models.Model):
     verdict = models.CharField(max_length=6, choices=Decision.choices, blank=True)
     rationale = models.TextField(blank=True)
     reasoning = models.TextField(blank=True, help_text="A reasoning model's thoughts before its verdict (capped).")
-    score = models.FloatField(null=True, blank=True, help_text="P(accept) for the local classifier.")
+    confidence = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="The judge's raw P(accept): from the verdict token's log-probabilities for an LLM, the predicted "
+        "probability for the local classifier; None when the reply carried none.",
+    )
+    confidence_calibrated = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="P(accept) after the run's recalibration map fit on SME labels (cross-fitted: an SME-labelled "
+        "item's value comes from a map fit without its label); None until the run is calibrated.",
+    )
     tokens_in = models.PositiveIntegerField(null=True, blank=True, help_text="None: the reply did not say.")
     tokens_out = models.PositiveIntegerField(null=True, blank=True, help_text="None: the reply did not say.")
     latency_ms = models.PositiveIntegerField(default=0)

@@ -152,7 +152,7 @@ def verdicts_store(*, run: JudgeRun, results: list[JudgeResult]) -> None:
             verdict=r.verdict,
             rationale=r.rationale,
             reasoning=r.reasoning,
-            score=r.score,
+            confidence=r.confidence,
             tokens_in=r.tokens_in,
             tokens_out=r.tokens_out,
             latency_ms=r.latency_ms,
