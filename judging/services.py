@@ -487,7 +487,8 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
 
 
 def _write_calibrated(ids: list[int], values: list[float]) -> None:
-    """Set ``confidence_calibrated`` by verdict id: one UPDATE ... FROM unnest() per batch on PostgreSQL."""
+    """Set ``confidence_calibrated`` by verdict id: one UPDATE ... FROM unnest() per batch on PostgreSQL,
+    skipping rows whose value is already right (a repeat with the same labels writes nothing)."""
     if connection.vendor != "postgresql":
         Verdict.objects.bulk_update(
             [Verdict(pk=i, confidence_calibrated=v) for i, v in zip(ids, values, strict=True)],
@@ -500,7 +501,8 @@ def _write_calibrated(ids: list[int], values: list[float]) -> None:
         for start in range(0, len(ids), CALIBRATE_BATCH):
             cursor.execute(
                 f"UPDATE {table} AS v SET confidence_calibrated = d.c "
-                "FROM unnest(%s::bigint[], %s::float8[]) AS d(id, c) WHERE v.id = d.id",
+                "FROM unnest(%s::bigint[], %s::float8[]) AS d(id, c) "
+                "WHERE v.id = d.id AND v.confidence_calibrated IS DISTINCT FROM d.c",
                 [ids[start : start + CALIBRATE_BATCH], values[start : start + CALIBRATE_BATCH]],
             )
 
