@@ -1,5 +1,7 @@
 """Pages for the judging side: the project's funnel, judge runs, rules."""
 
+from datetime import datetime
+
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -122,6 +124,8 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
         if confidence[key]:
             confidence[key]["diagram"] = reliability_diagram(confidence[key]["bins"])
     confidence["kinds"] = [("raw", confidence["raw"]), ("calibrated", confidence["calibrated"])]
+    fitted_at = confidence["fit"].get("fitted_at")
+    confidence["fitted_at"] = datetime.fromisoformat(fitted_at) if fitted_at else None
     context.update(
         confidence=confidence,
         calibration=calibration,
