@@ -7,6 +7,7 @@ from itertools import product
 import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.urls import reverse
 from sklearn.calibration import calibration_curve
 from sklearn.isotonic import IsotonicRegression
@@ -197,6 +198,11 @@ def test_finishing_a_run_calibrates_every_verdict_with_a_confidence(judged):
     # Calibration brings the overconfident judge's ECE down, on out-of-fold values.
     report = run_confidence_report(judged)
     assert report["raw"]["n"] == report["calibrated"]["n"] == 118
+    assert connection.vendor == "postgresql"  # the values went through the UPDATE ... FROM unnest() path
+    # Safe to repeat: the same labels give the same values.
+    judge_run_calibrate(run=judged)
+    again = dict(Verdict.objects.filter(run=judged).values_list("item__external_id", "confidence_calibrated"))
+    assert again == values
     assert report["calibrated"]["ece"] < report["raw"]["ece"]
     assert report["n_without_confidence"] == 2 and report["few_shot_excluded"] == 1
 
