@@ -57,16 +57,19 @@ def test_a_judge_run_against_real_vllm_gets_schema_valid_verdicts(project, start
 
 
 def test_vllms_log_probabilities_with_the_json_schema_give_p_accept_at_the_verdicts_position():
-    import httpx
+    from openai import OpenAI
 
     from judging.backends import RESPONSE_FORMAT
     from judging.logprobs import reply_confidence
 
+    client = OpenAI(base_url=VLLM_URL, api_key="not-needed", timeout=60)
     seen = []
     for seed in range(4):
-        reply = httpx.post(
-            f"{VLLM_URL}/chat/completions",
-            json={
+        # As the judge loop sends it and reads it: the body as is, the reply's JSON as is.
+        reply = client.post(
+            "/chat/completions",
+            cast_to=object,
+            body={
                 "model": VLLM_MODEL,
                 "messages": [{"role": "user", "content": f"Judge answer {seed}: the sky is green."}],
                 "max_tokens": 256,
@@ -76,8 +79,7 @@ def test_vllms_log_probabilities_with_the_json_schema_give_p_accept_at_the_verdi
                 "logprobs": True,
                 "top_logprobs": 5,
             },
-            timeout=60,
-        ).json()
+        )
         choice = reply["choices"][0]
         if choice["finish_reason"] != "stop":
             continue  # the random model ran out of tokens: no verdict to weigh
