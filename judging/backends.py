@@ -79,10 +79,11 @@ def run_config(
 
     Output: base URL, model, prompt template, rubric version, the exact
     system prompt and its sha256, temperature, max tokens, seed, response
-    format, the number of alternatives asked for with each token's log-probability (``top_logprobs``,
-    0: none asked for, see ``logprob_options``), and the few-shot examples (``few_shot_item_ids`` in the order
-    shown, and ``few_shot_examples``: ``[{"item_id", "verdict", "rationale"}]``,
-    the replies shown for them). Pacing (does not change verdicts):
+    format, how many alternatives are asked for with each reply token's
+    log-probability (``top_logprobs``; 0: none, see ``logprob_options``),
+    and the few-shot examples (``few_shot_item_ids`` in the order shown, and
+    ``few_shot_examples``: ``[{"item_id", "verdict", "rationale"}]``, the
+    replies shown for them). Pacing (does not change verdicts):
     ``max_in_flight``, ``requests_per_minute``, ``tokens_per_minute`` (None: unlimited).
     """
     return {
