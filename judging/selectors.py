@@ -340,3 +340,47 @@ def run_answered_by(run: JudgeRun) -> list[tuple[str, int, bool]]:
     hosted model's dated version). Replies that named no model are counted under ``""``."""
     rows = Verdict.objects.filter(run=run).values_list("answered_by").annotate(n=Count("id")).order_by("-n")
     return [(name, n, bool(name) and name != run.model) for name, n in rows]
+
+
+def run_confidence_report(run: JudgeRun, *, truth: dict[int, str] | None = None) -> dict:
+    """How well the run's raw and calibrated P(accept) match SME ground truth, for the run page.
+
+    ``{"raw": calibration_summary | None, "calibrated": calibration_summary |
+    None, "n_with_confidence", "n_without_confidence", "few_shot_excluded",
+    "fit": run.calibration}`` (``judging.calibration.calibration_summary``:
+    reliability bins with Wilson intervals, ECE, AUROC with DeLong's
+    interval, each with its n). Items shown as few-shot examples are left
+    out; a summary is None when no labelled item has that confidence. The
+    calibrated values of labelled items are out-of-fold, so their figures are
+    honest estimates. Reads only the labelled items' verdicts, plus one count.
+    """
+    from judging.calibration import calibration_summary
+
+    shown = set(run.few_shot_item_ids)
+    if truth is None:
+        truth = ground_truth(project=run.project)
+    labels = {i: label == "accept" for i, label in truth.items() if i not in shown}
+    counts = Verdict.objects.filter(run=run).aggregate(
+        with_confidence=Count("id", filter=Q(confidence__isnull=False)),
+        without=Count("id", filter=Q(confidence__isnull=True)),
+    )
+    rows = (
+        Verdict.objects.filter(run=run, item_id__in=list(labels), confidence__isnull=False)
+        .values_list("item_id", "confidence", "confidence_calibrated")
+        .order_by("item_id")
+    )
+    raw_p, raw_y, cal_p, cal_y = [], [], [], []
+    for item_id, raw, calibrated in rows:
+        raw_p.append(raw)
+        raw_y.append(labels[item_id])
+        if calibrated is not None:
+            cal_p.append(calibrated)
+            cal_y.append(labels[item_id])
+    return {
+        "raw": calibration_summary(raw_p, raw_y) if raw_p else None,
+        "calibrated": calibration_summary(cal_p, cal_y) if cal_p else None,
+        "n_with_confidence": counts["with_confidence"],
+        "n_without_confidence": counts["without"],
+        "few_shot_excluded": len(shown),
+        "fit": run.calibration or {},
+    }

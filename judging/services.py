@@ -1,5 +1,6 @@
 """Writes for the judging app: judge runs, label-function hits, the gate's decisions."""
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -11,7 +12,7 @@ from django.utils import timezone
 from annotations.models import Project
 from annotations.queue import queue_add
 from annotations.selectors import ground_truth
-from judging import backends, gate, prompts
+from judging import backends, calibration, gate, prompts
 from judging.backends import JudgeResult
 from judging.label_functions import Rule, RuleSet, validate_params
 from judging.models import (
@@ -26,6 +27,8 @@ from judging.models import (
     Verdict,
 )
 from judging.selectors import few_shot_examples, latest_finished_run
+
+logger = logging.getLogger(__name__)
 
 WRITE_BATCH = 2000
 # Keys of PostgreSQL advisory locks (first of two int4 keys; the second is the project id).
@@ -168,10 +171,11 @@ def verdicts_store(*, run: JudgeRun, results: list[JudgeResult]) -> None:
 
 
 def judge_run_finish_if_complete(*, run_id: int) -> bool:
-    """Mark the run finished once every item has a verdict or an error, and gate the project.
+    """Mark the run finished once every item has a verdict or an error, calibrate it, and gate the project.
 
     Competing workers race here; a conditional UPDATE lets exactly one win,
-    and only the winner re-gates. Returns True for the winner.
+    and only the winner calibrates (``judge_run_calibrate_on_finish``, which
+    never raises) and re-gates. Returns True for the winner.
     """
     run = JudgeRun.objects.get(pk=run_id)
     counts = Verdict.objects.filter(run=run).aggregate(
@@ -193,6 +197,7 @@ def judge_run_finish_if_complete(*, run_id: int) -> bool:
         status=JudgeRun.Status.FINISHED, finished_at=timezone.now(), **fields
     )
     if won:
+        judge_run_calibrate_on_finish(run=run)
         gate_apply(project=run.project)
     return bool(won)
 
@@ -413,3 +418,109 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
         GateDecision.objects.filter(item__in=items).delete()
         GateDecision.objects.bulk_create(decisions, batch_size=WRITE_BATCH)
     return counts
+
+
+# Calibration against the SMEs (``judging.calibration``): a person's action, or part of a run's finish.
+
+
+def judge_run_calibrate(*, run: JudgeRun) -> dict:
+    """Fit the run's recalibration map on SME labels and write ``confidence_calibrated`` for all its verdicts.
+
+    Labels: SME ground truth of the run's items that have a raw confidence,
+    less the items the run showed as few-shot examples. Each labelled item's
+    calibrated value is out-of-fold (``calibration.cross_fit``); the others'
+    come from the map fit on all labels; verdicts without a raw confidence
+    stay None. With too few labels of a kind (``calibration.MIN_PER_CLASS``),
+    nothing is calibrated and every calibrated value of the run is cleared.
+    Returns the summary stored in ``run.calibration``: ``{"status":
+    "calibrated" | "not_enough_labels", "method", "map", "n_labels",
+    "n_accept", "n_reject", "need", "folds", "seed", "n_calibrated",
+    "n_without_confidence", "few_shot_excluded", "fitted_at", "reason"}``.
+    Safe to repeat: the same labels give the same values.
+    """
+    shown = set(run.few_shot_item_ids)
+    truth = {i: label for i, label in ground_truth(project=run.project).items() if i not in shown}
+    rows = list(
+        Verdict.objects.filter(run=run, confidence__isnull=False)
+        .order_by("item_id")
+        .values_list("id", "item_id", "confidence")
+    )
+    labelled = [(vid, conf, truth[item_id] == "accept") for vid, item_id, conf in rows if item_id in truth]
+    others = [(vid, conf) for vid, item_id, conf in rows if item_id not in truth]
+    y = [accepted for _, _, accepted in labelled]
+    summary = {
+        "n_labels": len(labelled),
+        "n_accept": sum(y),
+        "n_reject": len(y) - sum(y),
+        "need": calibration.MIN_PER_CLASS,
+        "seed": calibration.SEED,
+        "n_without_confidence": Verdict.objects.filter(run=run, confidence__isnull=True).count(),
+        "few_shot_excluded": len(shown),
+        "fitted_at": timezone.now().isoformat(),
+    }
+    try:
+        fit = calibration.cross_fit(
+            [conf for _, conf, _ in labelled], y, [conf for _, conf in others], seed=calibration.SEED
+        )
+    except calibration.NotEnoughLabels as exc:
+        summary.update(status="not_enough_labels", reason=str(exc), method=None, map=None, folds=0, n_calibrated=0)
+        with transaction.atomic():
+            Verdict.objects.filter(run=run, confidence_calibrated__isnull=False).update(confidence_calibrated=None)
+            JudgeRun.objects.filter(pk=run.pk).update(calibration=summary)
+        run.calibration = summary
+        return summary
+    ids = [vid for vid, _, _ in labelled] + [vid for vid, _ in others]
+    values = [float(v) for v in fit.labelled] + [float(v) for v in fit.unlabelled]
+    summary.update(
+        status="calibrated",
+        reason="",
+        method=fit.method,
+        map=fit.mapping,
+        folds=fit.folds,
+        n_calibrated=len(ids),
+    )
+    with transaction.atomic():
+        _write_calibrated(ids, values)
+        JudgeRun.objects.filter(pk=run.pk).update(calibration=summary)
+    run.calibration = summary
+    return summary
+
+
+def _write_calibrated(ids: list[int], values: list[float]) -> None:
+    """Set ``confidence_calibrated`` by verdict id: one UPDATE ... FROM unnest() per batch on PostgreSQL,
+    skipping rows whose value is already right (a repeat with the same labels writes nothing)."""
+    if connection.vendor != "postgresql":
+        Verdict.objects.bulk_update(
+            [Verdict(pk=i, confidence_calibrated=v) for i, v in zip(ids, values, strict=True)],
+            ["confidence_calibrated"],
+            batch_size=WRITE_BATCH,
+        )
+        return
+    table = Verdict._meta.db_table
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), CALIBRATE_BATCH):
+            cursor.execute(
+                f"UPDATE {table} AS v SET confidence_calibrated = d.c "
+                "FROM unnest(%s::bigint[], %s::float8[]) AS d(id, c) "
+                "WHERE v.id = d.id AND v.confidence_calibrated IS DISTINCT FROM d.c",
+                [ids[start : start + CALIBRATE_BATCH], values[start : start + CALIBRATE_BATCH]],
+            )
+
+
+CALIBRATE_BATCH = 50_000
+
+
+def judge_run_calibrate_on_finish(*, run: JudgeRun) -> None:
+    """Calibrate a run that has just finished; a failure is recorded in ``run.calibration``, never raised,
+    so the run still finishes (the Recalibrate button or ``manage.py run_calibrate`` tries again)."""
+    try:
+        with transaction.atomic():  # a savepoint: a database error here leaves the caller's transaction usable
+            judge_run_calibrate(run=run)
+    except Exception as exc:  # the run must finish whatever went wrong here
+        logger.exception("calibrating run %s failed", run.pk)
+        error = {
+            "status": "error",
+            "error": f"{type(exc).__name__}: {exc}"[:2000],
+            "fitted_at": timezone.now().isoformat(),
+        }
+        JudgeRun.objects.filter(pk=run.pk).update(calibration=error)

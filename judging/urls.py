@@ -18,6 +18,11 @@ urlpatterns = [
     path("projects/<slug:slug>/runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("projects/<slug:slug>/runs/compare/", views.runs_compare_page, name="runs_compare"),
     path(
+        "projects/<slug:slug>/runs/<int:run_id>/recalibrate/",
+        views.run_recalibrate,
+        name="run_recalibrate",
+    ),
+    path(
         "projects/<slug:slug>/runs/<int:run_id>/<str:action>/",
         views.run_control,
         name="run_control",

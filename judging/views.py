@@ -1,5 +1,7 @@
 """Pages for the judging side: the project's funnel, judge runs, rules."""
 
+from datetime import datetime
+
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -23,12 +25,14 @@ from judging.selectors import (
     run_agreement,
     run_answered_by,
     run_calibration,
+    run_confidence_report,
     run_errors,
     run_progress,
     runs_compare,
 )
 from judging.services import (
     RunBusy,
+    judge_run_calibrate,
     judge_run_cancel,
     judge_run_create,
     judge_run_queue_errors,
@@ -115,7 +119,15 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
     names = dict(run.project.items.filter(pk__in=[e["item_id"] for e in examples]).values_list("id", "external_id"))
     few_shot = [{**e, "external_id": names.get(e["item_id"], f"deleted item {e['item_id']}")} for e in examples]
     answered_by = run_answered_by(run)
+    confidence = run_confidence_report(run)
+    for key in ("raw", "calibrated"):
+        if confidence[key]:
+            confidence[key]["diagram"] = reliability_diagram(confidence[key]["bins"])
+    confidence["kinds"] = [("raw", confidence["raw"]), ("calibrated", confidence["calibrated"])]
+    fitted_at = confidence["fit"].get("fitted_at")
+    confidence["fitted_at"] = datetime.fromisoformat(fitted_at) if fitted_at else None
     context.update(
+        confidence=confidence,
         calibration=calibration,
         errors=errors,
         snapshot=snapshot,
@@ -124,6 +136,79 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
         answered_by_other=any(other for _name, _n, other in answered_by),
     )
     return render(request, "judging/run_detail.html", context)
+
+
+# The reliability diagram's frame, in SVG user units: the plot is a SIDE x SIDE square at (LEFT, TOP).
+LEFT, TOP, SIDE = 44, 12, 240
+
+
+def reliability_diagram(bins: list[dict]) -> dict:
+    """SVG geometry for ``calibration.reliability_bins``: per non-empty bin a bar (SME accept rate), its
+    Wilson 95 % whisker and a dot at the bin's mean confidence; the diagonal is perfect calibration."""
+
+    def x(value: float) -> float:
+        return round(LEFT + value * SIDE, 1)
+
+    def y(value: float) -> float:
+        return round(TOP + (1 - value) * SIDE, 1)
+
+    bars = []
+    for row in bins:
+        if not row["n"]:
+            continue
+        low, high = row["interval"]
+        middle = (row["low"] + row["high"]) / 2
+        bars.append(
+            {
+                **row,
+                "x": x(row["low"]) + 1,
+                "width": round((row["high"] - row["low"]) * SIDE - 2, 1),
+                "y": y(row["accept_rate"]),
+                "height": round(row["accept_rate"] * SIDE, 1),
+                "whisker_x": x(middle),
+                "whisker_low": y(low),
+                "whisker_high": y(high),
+                "dot_x": x(row["mean_confidence"]),
+                "dot_y": y(row["mean_confidence"]),
+            }
+        )
+    ticks = [{"value": t / 10, "x": x(t / 10), "y": y(t / 10)} for t in range(0, 11, 2)]
+    return {
+        "bars": bars,
+        "ticks": ticks,
+        "left": LEFT,
+        "top": TOP,
+        "side": SIDE,
+        "right": LEFT + SIDE,
+        "bottom": TOP + SIDE,
+        "width": LEFT + SIDE + 12,
+        "height": TOP + SIDE + 40,
+    }
+
+
+@login_required
+@require_POST
+def run_recalibrate(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
+    """Refit the run's recalibration map on the SME labels there are now (leads and staff).
+
+    A person's action: new SME labels change calibrated confidences, and so
+    what a policy reading them decides, only when someone asks for it here.
+    """
+    run = _get_run(request, slug, run_id)
+    if run.status in (JudgeRun.Status.QUEUED, JudgeRun.Status.RUNNING):
+        messages.error(request, f"Run {run.pk} is still {run.status}: it is calibrated when it finishes.")
+        return redirect(run)
+    summary = judge_run_calibrate(run=run)
+    if summary["status"] == "calibrated":
+        messages.info(
+            request,
+            f"Recalibrated on {summary['n_labels']} SME labels ({summary['n_accept']} accepts, "
+            f"{summary['n_reject']} rejects): {summary['method']} map, {summary['folds']} folds, "
+            f"{summary['n_calibrated']} verdicts calibrated.",
+        )
+    else:
+        messages.error(request, f"Nothing calibrated: {summary['reason']}.")
+    return redirect(run)
 
 
 @login_required
