@@ -79,9 +79,11 @@ def run_config(
 
     Output: base URL, model, prompt template, rubric version, the exact
     system prompt and its sha256, temperature, max tokens, seed, response
-    format, and the few-shot examples (``few_shot_item_ids`` in the order
-    shown, and ``few_shot_examples``: ``[{"item_id", "verdict", "rationale"}]``,
-    the replies shown for them). Pacing (does not change verdicts):
+    format, how many alternatives are asked for with each reply token's
+    log-probability (``top_logprobs``; 0: none, see ``logprob_options``),
+    and the few-shot examples (``few_shot_item_ids`` in the order shown, and
+    ``few_shot_examples``: ``[{"item_id", "verdict", "rationale"}]``, the
+    replies shown for them). Pacing (does not change verdicts):
     ``max_in_flight``, ``requests_per_minute``, ``tokens_per_minute`` (None: unlimited).
     """
     return {
@@ -100,7 +102,16 @@ def run_config(
         "max_in_flight": max_in_flight,
         "requests_per_minute": requests_per_minute,
         "tokens_per_minute": tokens_per_minute,
+        "top_logprobs": settings.LARRY_JUDGE_TOP_LOGPROBS,
     }
+
+
+def logprob_options(run_settings: dict) -> dict:
+    """The request fields that ask for token log-probabilities, from the run's ``top_logprobs`` (0, or
+    absent in runs made before it was recorded: none asked for): ``{"logprobs": True, "top_logprobs": K}``
+    or ``{}``. Verdicts get their confidence from them (``logprobs.verdict_confidence``)."""
+    k = run_settings.get("top_logprobs") or 0
+    return {"logprobs": True, "top_logprobs": k} if k else {}
 
 
 REDACTED = "[redacted]"
@@ -327,6 +338,7 @@ async def judge_with_openai(
                         "max_tokens": run_settings["max_tokens"],
                         "seed": run_settings["seed"],
                         "response_format": RESPONSE_FORMAT,
+                        **logprob_options(run_settings),
                     },
                 )
             except openai.OpenAIError as exc:
@@ -348,6 +360,7 @@ async def judge_with_openai(
             result.reasoning = reading.reasoning
             if reading.verdict is not None:
                 result.verdict, result.rationale = reading.verdict.verdict, reading.verdict.rationale
+                result.confidence = reading.confidence
                 result.error, result.error_class = "", ""
                 break
             if result.attempts and "status" in result.attempts[-1]:

@@ -35,10 +35,14 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from judging import logprobs
 from judging.models import Verdict
 
 ErrorClass = Verdict.ErrorClass
 
+# ``verdict`` comes first, in the schema (constrained decoding follows its order), the prompt and the
+# few-shot replies: the verdict's token log-probabilities are then read before any rationale can sway them
+# (``judging.logprobs``), and a reply that puts it elsewhere gets no confidence.
 VERDICT_SCHEMA = {
     "type": "object",
     "properties": {
@@ -80,6 +84,8 @@ class Reading:
 
     ``verdict`` is set only when the reply is a valid verdict; otherwise
     ``problem`` says why not and ``error_class`` is one of ``ErrorClass``.
+    ``confidence`` is P(accept) from the reply's token log-probabilities
+    (``logprobs.reply_confidence``), None when it has none usable.
     ``content`` is the message's text as sent (or the body, when the reply is
     no chat completion), for the record; ``model`` is the model the server
     says answered (``""`` when it does not say); ``tokens_in``/``tokens_out``
@@ -95,6 +101,7 @@ class Reading:
     tokens_in: int | None
     tokens_out: int | None
     repairable: bool
+    confidence: float | None = None
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict:
@@ -131,6 +138,20 @@ def split_reasoning(content: str) -> tuple[str, str]:
     return reasoning.strip(), text[end + len(_THINK_CLOSE) :].strip()
 
 
+def json_part(content: str) -> tuple[str, str]:
+    """``(reasoning, text)``: the reasoning block split off ``content`` and the text read as the verdict's
+    JSON, its Markdown code fence (if any) removed. ``text`` is a substring of ``content``, the last
+    part of it, so ``content.rfind(text)`` is where it starts.
+
+    Raises VerdictParseError for an unclosed reasoning block, or nothing after it.
+    """
+    reasoning, text = split_reasoning(content)
+    if not text:
+        raise VerdictParseError("no verdict after the reasoning block")
+    fenced = _FENCE.match(text)
+    return reasoning, fenced.group(1) if fenced else text
+
+
 def parse_verdict(content: str | None) -> ParsedVerdict:
     """The verdict in a reply's content, read strictly (rules 2 and 3 of the module docstring).
 
@@ -141,12 +162,7 @@ def parse_verdict(content: str | None) -> ParsedVerdict:
     """
     if not content or not content.strip():
         raise VerdictParseError("empty reply")
-    reasoning, text = split_reasoning(content)
-    if not text:
-        raise VerdictParseError("no verdict after the reasoning block")
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1)
+    reasoning, text = json_part(content)
     try:
         data = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
@@ -236,6 +252,7 @@ def read_reply(reply: Any) -> Reading:
         tokens_in=_usage(reply, "prompt_tokens"),
         tokens_out=_usage(reply, "completion_tokens"),
         repairable=False,
+        confidence=logprobs.reply_confidence(reply, parsed.verdict),
     )
 
 

@@ -206,10 +206,13 @@ def label_function_stats(project: Project) -> list[dict]:
 
 
 def run_progress(run: JudgeRun) -> dict:
-    """``{"done", "errors", "tokens_unknown", "total", "percent", "rate_per_s", "eta_s"}`` of a run, from its
-    verdict rows; ``tokens_unknown`` counts items whose replies did not say how many tokens they used."""
+    """``{"done", "errors", "tokens_unknown", "no_confidence", "total", "percent", "rate_per_s", "eta_s"}`` of a
+    run, from its verdict rows; ``tokens_unknown`` counts items whose replies did not say how many tokens they
+    used, ``no_confidence`` the verdicts (of ``done``) without a confidence (a reply without usable
+    log-probabilities, see ``judging.logprobs``)."""
     counts = Verdict.objects.filter(run=run).aggregate(
         done=Count("id", filter=~Q(verdict="")),
+        no_confidence=Count("id", filter=~Q(verdict="") & Q(confidence__isnull=True)),
         errors=Count("id", filter=Q(verdict="")),
         tokens_unknown=Count("id", filter=Q(tokens_in__isnull=True) | Q(tokens_out__isnull=True)),
     )
@@ -230,8 +233,8 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
     """How far the run's judge can be trusted, against SME ground truth (blind: the judge never saw it).
 
     Returns ``{"overall": agreement(...) + {"kappa_ci"}, "by_source_model":
-    {name: agreement(...)}, "by_task_type": {...}, "disagreements": [{"item",
-    "sme", "judge", "rationale"}], "few_shot_excluded": n}``; see
+    {name: agreement(...)}, "by_task_type": {...}, "disagreements": [{"item_id",
+    "external_id", "sme", "judge", "confidence", "rationale"}], "few_shot_excluded": n}``; see
     ``metrics.agreement`` and ``metrics.cohen_kappa_bootstrap_ci`` (95 %,
     2,000 resamples). The ``n`` items the run showed the judge as few-shot
     examples, with their SME labels, are left out of every figure.
@@ -243,7 +246,15 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
         for row in Verdict.objects.filter(run=run)
         .exclude(verdict="")
         .order_by("item_id")  # disagreements in item order, whatever plan the database picks
-        .values_list("item_id", "verdict", "rationale", "item__source_model", "item__task_type", "item__external_id")
+        .values_list(
+            "item_id",
+            "verdict",
+            "rationale",
+            "item__source_model",
+            "item__task_type",
+            "item__external_id",
+            "confidence",
+        )
         if row[0] in truth
     ]
     pairs_truth, pairs_judge = [truth[r[0]] for r in rows], [r[1] for r in rows]
@@ -264,7 +275,14 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
         "by_source_model": grouped(3),
         "by_task_type": grouped(4),
         "disagreements": [
-            {"item_id": r[0], "external_id": r[5], "sme": truth[r[0]], "judge": r[1], "rationale": r[2]}
+            {
+                "item_id": r[0],
+                "external_id": r[5],
+                "sme": truth[r[0]],
+                "judge": r[1],
+                "confidence": r[6],
+                "rationale": r[2],
+            }
             for r in rows
             if truth[r[0]] != r[1]
         ][:disagreements],

@@ -307,6 +307,13 @@ LARRY_JUDGE_MODEL = env_str("LARRY_JUDGE_MODEL")
 LARRY_JUDGE_API_KEY = env_str("LARRY_JUDGE_API_KEY")
 LARRY_JUDGE_TIMEOUT_S = env_int_at_least("LARRY_JUDGE_TIMEOUT_S", 120, 1, "a request needs some time to answer")
 LARRY_JUDGE_MAX_RETRIES = env_int_at_least("LARRY_JUDGE_MAX_RETRIES", 3, 0)
+# Ask the judge server for each reply token's log-probability and this many alternatives (the OpenAI API
+# allows 0 to 20), from which a verdict's confidence is read; 0 asks for none (verdicts then have no confidence).
+LARRY_JUDGE_TOP_LOGPROBS = env_int_at_least("LARRY_JUDGE_TOP_LOGPROBS", 5, 0)
+if LARRY_JUDGE_TOP_LOGPROBS > 20:
+    raise ImproperlyConfigured(
+        f"LARRY_JUDGE_TOP_LOGPROBS={LARRY_JUDGE_TOP_LOGPROBS} is over 20, the most the OpenAI chat API allows"
+    )
 LARRY_JUDGE_CHUNK_SIZE = env_int_at_least("LARRY_JUDGE_CHUNK_SIZE", 256, 1, "a chunk holds at least one item")
 # A chunk starts requests for at most this long, then stores what it has and queues the rest as a new chunk;
 # at most the soft time limit less a minute (a fifth of it, for limits under 5 minutes), so that storing

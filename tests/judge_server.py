@@ -37,6 +37,24 @@ Markers in the response text pick a fault:
 | ``[index-1]`` | one choice, an accept, at index 1 |
 | ``[error-beside]`` | ``"object": "error"`` and an ``error`` beside an accept choice |
 
+Log-probabilities: a request with ``"logprobs": true`` gets ``choices[0].logprobs.content`` as the
+OpenAI API sends it, one entry per token with its ``top_logprobs`` (``top_logprobs`` of the request,
+most likely first). At the verdict's first letter the accept tokens hold P(accept) x 0.95 of the mass,
+the reject tokens (1 - P(accept)) x 0.95, a white-space token 0.03, so the normalised P(accept) is
+exactly P(accept): 0.9 for an accept, 0.1 for a reject, or ``[p-accept=0.37]`` (any decimal). Other
+tokens have logprob -0.001 and themselves as their only alternative. Markers pick the tokenisation:
+
+| marker | at the verdict's position |
+| --- | --- |
+| (none) | ``accept`` / ``reject`` after a `` "`` token; alternatives the two words |
+| ``[lp-split]`` | ``acc`` + ``ept`` / ``rej`` + ``ect``; alternatives ``acc``, ``a`` (60/40 % of |
+| | the accept mass), ``rej``, ``r`` (70/30 % of the reject mass) |
+| ``[lp-glued]`` | `` "accept`` / `` "reject`` (quote and space glued on); alternatives also |
+| | ``"Accept`` / ``"REJECT`` (case, 20 % of each mass) and `` "`` (neither) |
+| ``[lp-one-class]`` | only the chosen word's tokens listed (its mass 0.9), then `` `` 0.01 and ``\n`` 0.005 |
+| ``[lp-contradict]`` | the token says the other word than the content |
+| ``[lp-none]`` | no ``logprobs`` at all, though asked for |
+
 Every fault above but ``[garbage-once]`` is answered again to the repair request.
 ``server.httpd.answer_model`` (when set) is the ``model`` the replies name, as
 a server serving another model than the one asked for would.
@@ -49,6 +67,8 @@ message (few-shot examples come before it), or the one before a repair request; 
 """
 
 import json
+import math
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -158,6 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             ],
         }
+        if body.get("logprobs") and isinstance(content, str) and "[lp-none]" not in user:
+            reply["choices"][0]["logprobs"] = {"content": _logprobs(content, user, body.get("top_logprobs") or 0)}
         if usage:
             reply["usage"] = {
                 "prompt_tokens": 10**12 if "[huge-tokens]" in user else len(user) // 4,
@@ -188,6 +210,62 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+_PIECES = re.compile(r"\w+|\s+|[^\w\s]+")
+_VALUE = re.compile(r'"verdict":\s*"(accept|reject)')
+_P_ACCEPT = re.compile(r"\[p-accept=([0-9.]+)\]")
+
+
+def _entry(token: str, alternatives: list[tuple[str, float]], k: int) -> dict:
+    """One ``logprobs.content`` entry: ``alternatives`` are ``(token, probability)``, the chosen one among them."""
+    listed = sorted(alternatives, key=lambda pair: -pair[1])[:k]
+    chosen = dict(alternatives)[token]
+    top = [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in listed]
+    return {"token": token, "logprob": math.log(chosen), "bytes": list(token.encode()), "top_logprobs": top}
+
+
+def _plain(text: str, k: int) -> list[dict]:
+    return [_entry(piece, [(piece, math.exp(-0.001))], k) for piece in _PIECES.findall(text)]
+
+
+def _logprobs(content: str, user: str, k: int) -> list[dict]:
+    """Crafted ``logprobs.content`` for ``content`` (see the module docstring's table)."""
+    match = _VALUE.search(content)
+    if match is None:
+        return _plain(content, k)
+    word = match.group(1)
+    other = "reject" if word == "accept" else "accept"
+    marked = _P_ACCEPT.search(user)
+    p_accept = float(marked.group(1)) if marked else (0.9 if word == "accept" else 0.1)
+    mass = {"accept": p_accept * 0.95, "reject": (1 - p_accept) * 0.95}
+    start, end = match.start(1), match.end(1)
+    head, tail = content[:start], content[end:]
+    if "[lp-split]" in user:
+        share = {"accept": (("acc", 0.6), ("a", 0.4)), "reject": (("rej", 0.7), ("r", 0.3))}
+        alternatives = [(t, mass[w] * f) for w in ("accept", "reject") for t, f in share[w]] + [(" ", 0.03)]
+        chosen = [
+            _entry(word[:3], alternatives, k),
+            _entry(word[3:], [(word[3:], math.exp(-0.001))], k),
+        ]
+        return _plain(head, k) + chosen + _plain(tail, k)
+    if "[lp-glued]" in user:
+        glue = ' "'
+        head = head[: -len(glue)] if head.endswith(glue) else head
+        alternatives = [
+            (glue + "accept", mass["accept"] * 0.8),
+            ('"Accept', mass["accept"] * 0.2),
+            (glue + "reject", mass["reject"] * 0.8),
+            ('"REJECT', mass["reject"] * 0.2),
+            (glue, 0.03),
+        ]
+        return [*_plain(head, k), _entry(glue + word, alternatives, k), *_plain(tail, k)]
+    if "[lp-one-class]" in user:
+        alternatives = [(word, 0.9), (" ", 0.01), ("\n", 0.005)]
+        return [*_plain(head, k), _entry(word, alternatives, k), *_plain(tail, k)]
+    alternatives = [("accept", mass["accept"]), ("reject", mass["reject"]), (" ", 0.03)]
+    token = other if "[lp-contradict]" in user else word
+    return [*_plain(head, k), _entry(token, alternatives, k), *_plain(tail, k)]
 
 
 class JudgeServer:

@@ -223,3 +223,34 @@ def test_check_deploy_is_clean_with_the_settings_docs_deploy_documents():
     assert bare.returncode != 0
     for warning in ("security.W004", "security.W008", "security.W012", "security.W016"):
         assert warning in bare.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("five", "LARRY_JUDGE_TOP_LOGPROBS='five' is not an integer"),
+        ("-1", "LARRY_JUDGE_TOP_LOGPROBS=-1 is below 0"),
+        ("21", "LARRY_JUDGE_TOP_LOGPROBS=21 is over 20"),
+    ],
+)
+def test_top_logprobs_is_parsed_strictly(value, message):
+    result = settings_with(LARRY_JUDGE_TOP_LOGPROBS=value)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-500:]
+
+
+def test_top_logprobs_defaults_to_5_and_0_turns_it_off():
+    probe = "import django; django.setup(); from django.conf import settings as s; print(s.LARRY_JUDGE_TOP_LOGPROBS)"
+    for env, expected in (
+        ({}, "5"),
+        ({"LARRY_JUDGE_TOP_LOGPROBS": "0"}, "0"),
+        ({"LARRY_JUDGE_TOP_LOGPROBS": "20"}, "20"),
+    ):
+        base = {k: v for k, v in os.environ.items() if k not in (*VARIABLES, "LARRY_JUDGE_TOP_LOGPROBS")}
+        result = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**base, "DJANGO_SETTINGS_MODULE": "larry_web.settings", **env},
+        )
+        assert result.stdout.strip() == expected, result.stderr[-500:]

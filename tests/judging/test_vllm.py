@@ -50,6 +50,46 @@ def test_a_judge_run_against_real_vllm_gets_schema_valid_verdicts(project, start
     for v in verdicts:
         assert bool(v.verdict) != bool(v.error)  # a verdict or an explicit error, never both, never neither
     assert run.tokens_in == sum(v.tokens_in for v in verdicts)
+    # Log-probabilities come through with schema-constrained output: every verdict has its P(accept).
+    assert run.config["top_logprobs"] == 5
+    for v in judged:
+        assert v.confidence is not None and 0 <= v.confidence <= 1, (v.confidence, v.raw_reply)
+
+
+def test_vllms_log_probabilities_with_the_json_schema_give_p_accept_at_the_verdicts_position():
+    from openai import OpenAI
+
+    from judging.backends import RESPONSE_FORMAT
+    from judging.logprobs import reply_confidence
+
+    client = OpenAI(base_url=VLLM_URL, api_key="not-needed", timeout=60)
+    seen = []
+    for seed in range(4):
+        # As the judge loop sends it and reads it: the body as is, the reply's JSON as is.
+        reply = client.post(
+            "/chat/completions",
+            cast_to=object,
+            body={
+                "model": VLLM_MODEL,
+                "messages": [{"role": "user", "content": f"Judge answer {seed}: the sky is green."}],
+                "max_tokens": 256,
+                "temperature": 0,
+                "seed": seed,
+                "response_format": RESPONSE_FORMAT,
+                "logprobs": True,
+                "top_logprobs": 5,
+            },
+        )
+        choice = reply["choices"][0]
+        if choice["finish_reason"] != "stop":
+            continue  # the random model ran out of tokens: no verdict to weigh
+        parsed = parse_verdict(choice["message"]["content"])
+        entries = choice["logprobs"]["content"]
+        assert entries and all(len(e["top_logprobs"]) == 5 for e in entries)
+        confidence = reply_confidence(reply, parsed.verdict)
+        assert confidence is not None and 0 <= confidence <= 1, entries[:12]
+        seen.append(confidence)
+    assert seen, "no reply of the tiny model ended normally"
 
 
 def test_vllm_honours_the_json_schema_directly():
