@@ -92,6 +92,7 @@ def choose_threshold(
     target: float,
     risk: float,
     candidates: Sequence[float] = DEFAULT_CANDIDATES,
+    min_items: int = 0,
 ) -> ThresholdChoice:
     """The smallest certainty threshold λ with agreement ≥ ``target`` at probability ≥ 1 - ``risk``.
 
@@ -109,7 +110,10 @@ def choose_threshold(
     ``items_needed(target, risk)`` items are skipped: no labels could reject
     there, and the skip depends on the certainties only, never on the labels,
     so the order stays fixed in advance of the tests and the family-wise
-    error stays at ``risk``.
+    error stays at ``risk``. ``min_items`` skips, likewise, candidates with
+    fewer labelled items than that: the scan then starts lower, where one
+    early disagreement ends it less often (more coverage, see
+    docs/QUALITY.md), at the price of never deciding only the very top.
 
     Raises ValueError when the sequences differ in length, a certainty lies
     outside [0, 1], or target/risk are outside (0, 1).
@@ -122,6 +126,7 @@ def choose_threshold(
     if c.size and (np.isnan(c).any() or c.min() < 0 or c.max() > 1):
         raise ValueError("certainty must lie in [0, 1]")
     needed = items_needed(target, risk)
+    first_tested = max(needed, min_items)
     n_labelled = int(c.size)
     base = {"target": target, "risk": risk, "n_labelled": n_labelled}
     wanted = f"agreement with the SMEs of at least {target:.0%} at risk {risk:.0%}"
@@ -146,7 +151,7 @@ def choose_threshold(
     failed = None
     for lam in sorted(candidates, reverse=True):
         n = int(np.searchsorted(-sorted_c, -lam, side="right"))  # items with certainty ≥ λ
-        if n < needed or n == last_n:
+        if n < first_tested or n == last_n:
             continue
         last_n = n
         k = int(cum_agree[n - 1])

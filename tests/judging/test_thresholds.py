@@ -119,3 +119,12 @@ def test_bad_arguments_raise():
         choose_threshold([0.9, 0.8], [True], target=0.9, risk=0.1)
     with pytest.raises(ValueError, match="lie in"):
         choose_threshold([1.2], [True], target=0.9, risk=0.1)
+
+
+def test_min_items_starts_the_scan_lower_past_an_early_disagreement():
+    # 25 most certain items with 2 disagreements fail on their own; 200 with the same 2 pass.
+    certainty = [0.99] * 25 + [0.9] * 175
+    agrees = [False] * 2 + [True] * 198
+    assert choose_threshold(certainty, agrees, target=0.9, risk=0.1).threshold is None
+    got = choose_threshold(certainty, agrees, target=0.9, risk=0.1, min_items=100)
+    assert got.threshold == 0.9 and got.n == 200 and got.agreement == pytest.approx(0.99)
