@@ -191,7 +191,7 @@ def test_a_run_can_use_an_endpoint_that_is_not_the_default(llm_project, judge_se
     run = start_run(llm_project, endpoint=small)
     assert run.status == "finished" and run.items_done == 2
     assert run.endpoint == small and run.model == "small-judge"
-    assert run.config["max_in_flight"] == 5 and run.config["price_in_per_million"] == "0.0500"
+    assert run.config["max_in_flight"] == 5 and Decimal(run.config["price_in_per_million"]) == Decimal("0.05")
     default_run = start_run(llm_project)
     assert default_run.endpoint == llm_project.judge_endpoints.get(is_default=True)
     assert default_run.model == "test-judge"
