@@ -1,7 +1,5 @@
 from django import forms
 from django.contrib import admin, messages
-from django.utils.decorators import method_decorator
-from django.views.decorators.debug import sensitive_post_parameters
 
 from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange
 from annotations.queue import slots_sync
@@ -56,73 +54,14 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ("user",)
 
 
-class ProjectAdminForm(forms.ModelForm):
-    """The project, with its judge's API key write-only: never rendered, replaced by typing a new one."""
-
-    judge_api_key_new = forms.CharField(
-        label="Judge API key",
-        required=False,
-        max_length=Project._meta.get_field("judge_api_key").max_length,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-    )
-    judge_api_key_clear = forms.BooleanField(label="Clear the stored judge API key", required=False)
-
-    class Meta:
-        model = Project
-        fields = (  # every field but judge_api_key
-            "slug",
-            "name",
-            "guidelines",
-            "reviews_per_item",
-            "lease_minutes",
-            "reject_reasons",
-            "judge_base_url",
-            "judge_model",
-            "judge_api_key_new",
-            "judge_api_key_clear",
-            "judge_max_in_flight",
-            "judge_price_in",
-            "judge_price_out",
-        )
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        stored = "A key is stored" if self.instance.judge_api_key else "No key is stored"
-        self.fields["judge_api_key_new"].help_text = (
-            f"{stored}. Write-only: it is never shown again. Leave blank to keep the stored key; type a new one "
-            "to replace it. Blank with none stored: LARRY_JUDGE_API_KEY, when the environment's judge is used."
-        )
-
-    def clean(self):
-        cleaned = super().clean()
-        if cleaned.get("judge_api_key_new") and cleaned.get("judge_api_key_clear"):
-            raise forms.ValidationError("Either type a new key or clear the stored one, not both.")
-        return cleaned
-
-    def save(self, commit=True):
-        project = super().save(commit=False)
-        if self.cleaned_data.get("judge_api_key_clear"):
-            project.judge_api_key = ""
-        elif self.cleaned_data.get("judge_api_key_new"):
-            project.judge_api_key = self.cleaned_data["judge_api_key_new"]
-        if commit:
-            project.save()
-            self._save_m2m()
-        return project
-
-
 @admin.register(Project)
 class ProjectAdmin(OwnsRecordsAdmin):
-    form = ProjectAdminForm
-    list_display = ("name", "slug", "reviews_per_item", "lease_minutes", "judge_model", "created_at")
+    # The project's judges are JudgeEndpoint rows, in their own admin (judging depends on annotations, not back).
+    fields = ("slug", "name", "guidelines", "reviews_per_item", "lease_minutes", "reject_reasons")
+    list_display = ("name", "slug", "reviews_per_item", "lease_minutes", "created_at")
     prepopulated_fields = {"slug": ("name",)}
     search_fields = ("name", "slug")
     inlines = [MembershipInline]
-
-    @method_decorator(sensitive_post_parameters("judge_api_key_new"))
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        # Error reports (mails to ADMINS, the debug page) would otherwise list the typed key.
-        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

@@ -50,8 +50,9 @@ class Decision(models.TextChoices):
 class Project(models.Model):
     """One task / one copilot being evaluated.
 
-    The judge fields override ``LARRY_JUDGE_*`` from the environment when set;
-    with neither, the project is judged by the local classifier.
+    Its judges are ``judging.JudgeEndpoint`` rows; the default one overrides
+    ``LARRY_JUDGE_*`` from the environment; with neither, the project is
+    judged by the local classifier.
     """
 
     slug = models.SlugField(unique=True)
@@ -70,24 +71,6 @@ class Project(models.Model):
         default=default_reject_reasons,
         validators=[validate_reject_reasons],
         help_text='Reasons SMEs pick from when rejecting (1 to 9), e.g. ["inaccurate", "tone"].',
-    )
-    judge_base_url = models.URLField(
-        blank=True,
-        validators=[validate_no_credentials],
-        help_text="OpenAI-compatible base URL, e.g. http://vllm:8000/v1",
-    )
-    judge_model = models.CharField(max_length=200, blank=True)
-    # Write-only: the admin never shows it (annotations.admin.ProjectAdminForm), the API has no field for it,
-    # and runs record the URL and model only (judging.backends.JudgeConfig).
-    judge_api_key = models.CharField(max_length=200, blank=True)
-    judge_max_in_flight = models.PositiveSmallIntegerField(
-        default=32, help_text="Requests one worker keeps open at once to the judge server."
-    )
-    judge_price_in = models.DecimalField(
-        max_digits=10, decimal_places=4, default=0, help_text="Price per million prompt tokens, for run costs."
-    )
-    judge_price_out = models.DecimalField(
-        max_digits=10, decimal_places=4, default=0, help_text="Price per million completion tokens."
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

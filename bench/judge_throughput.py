@@ -10,7 +10,7 @@ server in a process of its own) answers every chat completion after
 ``--test-server`` uses the tests' threaded server (tests/judge_server.py)
 in this process instead, which costs far more CPU. The database
 ``<DATABASE_URL's name>_bench_judge`` (see common.py) is (re)created; one
-project with ``--items`` items and ``judge_max_in_flight = --in-flight`` is
+project with ``--items`` items and a judge endpoint with ``max_in_flight = --in-flight`` is
 judged by one Celery worker process (``--pool solo``, so its CPU time is the
 app's) fed over Redis; ``--processes N`` runs a prefork pool of N processes
 instead, each judging its own chunk with ``--in-flight`` requests open, so
@@ -123,18 +123,20 @@ def main() -> None:
     from django.core.management import call_command
 
     from annotations.models import Item, Project
-    from judging.models import JudgeRun
+    from judging.models import JudgeEndpoint, JudgeRun
     from judging.services import judge_run_create
     from tests.celery_worker import worker_command
 
     call_command("migrate", verbosity=0)
     server = start_server(args.latency_ms, test_server=args.test_server)
-    project = Project.objects.create(
-        slug="bench",
-        name="Judge benchmark",
-        judge_base_url=server.base_url,
-        judge_model="bench-judge",
-        judge_max_in_flight=args.in_flight,
+    project = Project.objects.create(slug="bench", name="Judge benchmark")
+    JudgeEndpoint.objects.create(
+        project=project,
+        name="bench judge",
+        base_url=server.base_url,
+        model="bench-judge",
+        max_in_flight=args.in_flight,
+        is_default=True,
     )
     Item.objects.bulk_create(
         Item(project=project, external_id=f"item-{i}", prompt=f"What is {i} + {i}?", response=f"It is {2 * i}.")

@@ -1,7 +1,9 @@
 from django import forms
 from django.contrib import admin
 from django.template.response import TemplateResponse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework.exceptions import ValidationError as DrfValidationError
 
 from annotations.admin import OwnsRecordsAdmin, ViewOnlyAdmin
@@ -10,6 +12,7 @@ from judging import prompts
 from judging.label_functions import KINDS, validate_params
 from judging.models import (
     GateDecision,
+    JudgeEndpoint,
     JudgeRun,
     JudgeSettings,
     LabelFunction,
@@ -187,6 +190,76 @@ class JudgeSettingsAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # the rubric's history goes with the row
+
+
+class JudgeEndpointForm(forms.ModelForm):
+    """A judge endpoint, with its API key write-only: never rendered, replaced by typing a new one."""
+
+    api_key_new = forms.CharField(
+        label="API key",
+        required=False,
+        max_length=JudgeEndpoint._meta.get_field("api_key").max_length,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+    api_key_clear = forms.BooleanField(label="Clear the stored API key", required=False)
+
+    class Meta:
+        model = JudgeEndpoint
+        fields = (  # every field but api_key
+            "project",
+            "name",
+            "base_url",
+            "model",
+            "api_key_new",
+            "api_key_clear",
+            "max_in_flight",
+            "price_in",
+            "price_out",
+            "is_default",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        stored = "A key is stored" if self.instance.api_key else "No key is stored"
+        self.fields["api_key_new"].help_text = (
+            f"{stored}. Write-only: it is never shown again. Leave blank to keep the stored key; type a new one "
+            "to replace it."
+        )
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("api_key_new") and cleaned.get("api_key_clear"):
+            raise forms.ValidationError("Either type a new key or clear the stored one, not both.")
+        return cleaned
+
+    def save(self, commit=True):
+        endpoint = super().save(commit=False)
+        if self.cleaned_data.get("api_key_clear"):
+            endpoint.api_key = ""
+        elif self.cleaned_data.get("api_key_new"):
+            endpoint.api_key = self.cleaned_data["api_key_new"]
+        if commit:
+            endpoint.save()
+        return endpoint
+
+
+@admin.register(JudgeEndpoint)
+class JudgeEndpointAdmin(admin.ModelAdmin):
+    """A project's judge servers: the default judge, and the endpoints a cascade's tiers name."""
+
+    form = JudgeEndpointForm
+    list_display = ("name", "project", "model", "base_url", "max_in_flight", "price_in", "price_out", "is_default")
+    list_filter = ("project", "is_default")
+    search_fields = ("name", "model", "project__name")
+
+    def get_readonly_fields(self, request, obj=None):
+        # An endpoint stays with its project (its runs name it).
+        return ("project",) if obj else ()
+
+    @method_decorator(sensitive_post_parameters("api_key_new"))
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Error reports (mails to ADMINS, the debug page) would otherwise list the typed key.
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
 
 @admin.register(JudgeRun)

@@ -1,8 +1,9 @@
 """Judge backends: an OpenAI-compatible chat server (vLLM), or the local classifier.
 
-Which one judges a project: the project's own ``judge_base_url``/``judge_model``
-when set, else ``LARRY_JUDGE_BASE_URL``/``LARRY_JUDGE_MODEL`` from the
-environment, else the local classifier trained on the project's SME labels.
+Which one judges a project: the endpoint a run names (a cascade tier's), else
+the project's default ``JudgeEndpoint``, else ``LARRY_JUDGE_BASE_URL``/
+``LARRY_JUDGE_MODEL`` from the environment, else the local classifier trained
+on the project's SME labels (``judge_config_for``).
 """
 
 import asyncio
@@ -13,6 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 
 import numpy as np
 from django.conf import settings
@@ -23,6 +25,7 @@ from sklearn.pipeline import make_pipeline
 
 from annotations.models import Item, Project
 from judging import prompts, replies
+from judging.models import JudgeEndpoint
 from judging.replies import VERDICT_SCHEMA
 
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}}
@@ -42,17 +45,40 @@ class JudgeConfig:
     base_url: str
     model: str
     api_key: str = field(repr=False)
+    max_in_flight: int = 32
+    price_in: Decimal = Decimal(0)  # per million prompt tokens
+    price_out: Decimal = Decimal(0)  # per million completion tokens
+    endpoint_id: int | None = None  # the JudgeEndpoint row, None for the environment's judge or the local one
 
     @property
     def is_local(self) -> bool:
         return not self.base_url
 
 
-def judge_config_for(project: Project) -> JudgeConfig:
-    """The project's judge settings, falling back to the environment's."""
-    if project.judge_base_url:
-        return JudgeConfig(project.judge_base_url, project.judge_model, project.judge_api_key)
-    return JudgeConfig(settings.LARRY_JUDGE_BASE_URL, settings.LARRY_JUDGE_MODEL, settings.LARRY_JUDGE_API_KEY)
+def judge_config_for(project: Project, endpoint=None) -> JudgeConfig:
+    """Where and how to judge: ``endpoint`` (a ``JudgeEndpoint`` of ``project``) when given, else the project's
+    default endpoint, else ``LARRY_JUDGE_*`` from the environment (prices 0), whose empty base URL means the
+    local classifier. Raises ValueError when ``endpoint`` belongs to another project."""
+    if endpoint is None:
+        endpoint = JudgeEndpoint.objects.filter(project=project, is_default=True).first()
+    elif endpoint.project_id != project.pk:
+        raise ValueError(f"endpoint {endpoint.pk} belongs to another project than {project.slug}")
+    if endpoint is not None:
+        return JudgeConfig(
+            endpoint.base_url,
+            endpoint.model,
+            endpoint.api_key,
+            max_in_flight=endpoint.max_in_flight,
+            price_in=endpoint.price_in,
+            price_out=endpoint.price_out,
+            endpoint_id=endpoint.pk,
+        )
+    return JudgeConfig(
+        settings.LARRY_JUDGE_BASE_URL,
+        settings.LARRY_JUDGE_MODEL,
+        settings.LARRY_JUDGE_API_KEY,
+        max_in_flight=settings.LARRY_JUDGE_MAX_IN_FLIGHT,
+    )
 
 
 def build_messages(item: Item, prefix: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -9,12 +9,85 @@ from django.core.validators import MaxLengthValidator, MaxValueValidator, MinVal
 from django.db import models
 from django.urls import reverse
 
-from annotations.models import Decision, Item, Project
+from annotations.models import Decision, Item, Project, validate_no_credentials
 from annotations.selectors import ground_truth
 from judging import prompts
 
 FEW_SHOT_MAX = 20
 TOKENS_PER_MINUTE_MIN = 1000
+
+
+def validate_judge_url(url: str) -> None:
+    """An http(s) URL with a host; unlike Django's URLValidator, a host without a dot (``http://vllm:8000/v1``,
+    a service name inside docker compose) is allowed. Raises ValidationError."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ValidationError("enter a URL such as http://vllm:8000/v1") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise ValidationError("enter an http or https URL with a host, such as http://vllm:8000/v1")
+
+
+class JudgeEndpoint(models.Model):
+    """One OpenAI-compatible judge server and model a project may send items to (a cascade tier's, or the teacher's).
+
+    A project has any number; at most one is its default judge (``is_default``),
+    which a run uses unless it names another. With none marked default the
+    project is judged by ``LARRY_JUDGE_*`` from the environment, else the local
+    classifier. ``judging.backends.judge_config_for`` is the only reader that
+    turns a row into a ``JudgeConfig``.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judge_endpoints")
+    name = models.CharField(max_length=100, help_text="What the project calls it, e.g. 'Baby Larry' or 'big judge'.")
+    base_url = models.CharField(
+        max_length=500,
+        validators=[validate_judge_url, validate_no_credentials],
+        help_text="OpenAI-compatible base URL, e.g. http://vllm:8000/v1",
+    )
+    model = models.CharField(max_length=200, help_text="The model name the server expects.")
+    # Write-only: the admin never shows it (judging.admin.JudgeEndpointForm), the API has no field for it,
+    # and runs record the URL and model only (judging.backends.JudgeConfig).
+    api_key = models.CharField(max_length=200, blank=True)
+    max_in_flight = models.PositiveSmallIntegerField(
+        default=32,
+        validators=[MinValueValidator(1, "at least 1 request in flight")],
+        help_text="Requests one worker keeps open at once to the judge server.",
+    )
+    price_in = models.DecimalField(
+        max_digits=10, decimal_places=4, default=0, help_text="Price per million prompt tokens, for run costs."
+    )
+    price_out = models.DecimalField(
+        max_digits=10, decimal_places=4, default=0, help_text="Price per million completion tokens."
+    )
+    is_default = models.BooleanField(
+        "project's default judge",
+        default=False,
+        help_text="Runs use this endpoint unless they name another. At most one per project.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "-is_default", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "name"],
+                name="judge_endpoint_name_unique_per_project",
+                violation_error_message="The project already has an endpoint of this name.",
+            ),
+            models.UniqueConstraint(
+                fields=["project"],
+                condition=models.Q(is_default=True),
+                name="one_default_judge_endpoint_per_project",
+                violation_error_message="The project already has a default judge: unmark that one first.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.model} at {self.base_url})"
 
 
 class JudgeRun(models.Model):
@@ -35,6 +108,14 @@ class JudgeRun(models.Model):
     backend = models.CharField(max_length=10, choices=Backend.choices)
     model = models.CharField(max_length=200, help_text="Model name at the endpoint, or the local classifier's name.")
     base_url = models.CharField(max_length=500, blank=True)
+    endpoint = models.ForeignKey(
+        JudgeEndpoint,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="runs",
+        help_text="The endpoint the run judges with (None: the environment's judge or the local classifier).",
+    )
     config = models.JSONField(default=dict, blank=True, help_text="Everything that determines the output.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)

@@ -93,16 +93,19 @@ def judge_settings_for(project: Project) -> JudgeSettings:
         return JudgeSettings.objects.get(project=project)
 
 
-def judge_run_create(*, project: Project, user=None) -> JudgeRun:
+def judge_run_create(*, project: Project, user=None, endpoint=None) -> JudgeRun:
     """Create a run over all the project's items and enqueue it after commit.
 
-    The run records which judge it is (resolved from the project and the
-    environment now, so later setting changes do not alter it) and, for an
+    ``endpoint`` (a ``JudgeEndpoint`` of the project, e.g. a cascade tier's)
+    judges the run; None means the project's default endpoint, else the
+    environment's judge, else the local classifier (``backends.judge_config_for``).
+    The run records which judge it is (resolved now, so later setting changes
+    do not alter it) and, for an
     LLM judge, the snapshot of what determines its output (``backends.run_config``):
     the rubric version and the exact system prompt, and the few-shot examples
     pinned by staff or drawn now from SME ground truth (``selectors.few_shot_examples``).
     """
-    config = backends.judge_config_for(project)
+    config = backends.judge_config_for(project, endpoint)
     if config.is_local:
         run = JudgeRun.objects.create(
             project=project,
@@ -119,6 +122,7 @@ def judge_run_create(*, project: Project, user=None) -> JudgeRun:
             backend=JudgeRun.Backend.OPENAI,
             model=config.model,
             base_url=config.base_url,
+            endpoint_id=config.endpoint_id,
             config={
                 **backends.run_config(
                     config,
@@ -130,12 +134,12 @@ def judge_run_create(*, project: Project, user=None) -> JudgeRun:
                         seed=backends.SEED,
                         pinned=judge_settings.few_shot_pinned,
                     ),
-                    max_in_flight=project.judge_max_in_flight,
+                    max_in_flight=config.max_in_flight,
                     requests_per_minute=judge_settings.requests_per_minute,
                     tokens_per_minute=judge_settings.tokens_per_minute,
                 ),
-                "price_in_per_million": str(project.judge_price_in),
-                "price_out_per_million": str(project.judge_price_out),
+                "price_in_per_million": str(config.price_in),
+                "price_out_per_million": str(config.price_out),
             },
             items_total=project.items.count(),
             created_by=user,

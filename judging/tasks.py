@@ -2,8 +2,8 @@
 
 ``start_judge_run`` either judges everything with the local classifier or
 splits the run into chunks of ``LARRY_JUDGE_CHUNK_SIZE`` items, one
-``judge_chunk`` task each; a chunk keeps up to the project's
-``judge_max_in_flight`` requests open at once (asyncio and ``AsyncOpenAI`` on
+``judge_chunk`` task each; a chunk keeps up to the endpoint's
+``max_in_flight`` requests open at once (asyncio and ``AsyncOpenAI`` on
 the worker thread's long-lived ``backends.JudgeLoop``), paced by the run's
 requests/tokens-per-minute limits when it has them. Every chunk sends the
 system prompt and few-shot examples recorded on the run.
@@ -85,20 +85,21 @@ def judge_chunk(run_id: int, item_ids: list[int]) -> None:
     at all by then, the rest end as ``deadline`` errors instead (re-run them
     from the run page), so a judge that never answers cannot loop for ever.
     """
-    run = JudgeRun.objects.select_related("project").get(pk=run_id)
+    run = JudgeRun.objects.select_related("project", "endpoint").get(pk=run_id)
     if run.status != JudgeRun.Status.RUNNING:
         return
     items = list(Item.objects.filter(pk__in=item_ids).exclude(verdicts__run=run))
     if items:
         # No transaction is open here: read, call the judge, then write.
-        config = backends.JudgeConfig(run.base_url, run.model, backends.judge_config_for(run.project).api_key)
+        now = backends.judge_config_for(run.project, run.endpoint)  # the key is read now, never stored on the run
+        config = backends.JudgeConfig(run.base_url, run.model, now.api_key)
         deadline = settings.LARRY_JUDGE_CHUNK_DEADLINE_S
         results = backends.judge_loop().judge_many(
             config,
             items,
             prefix=_prompt_prefix(run),
             run_settings=run.config,
-            max_in_flight=run.config.get("max_in_flight", run.project.judge_max_in_flight),
+            max_in_flight=run.config.get("max_in_flight", now.max_in_flight),
             deadline_s=deadline,
             grace_s=settings.LARRY_JUDGE_CHUNK_GRACE_S,
         )

@@ -305,6 +305,8 @@ if not 0 < CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < _VISIBILITY_TI
 LARRY_JUDGE_BASE_URL = env_str("LARRY_JUDGE_BASE_URL")
 LARRY_JUDGE_MODEL = env_str("LARRY_JUDGE_MODEL")
 LARRY_JUDGE_API_KEY = env_str("LARRY_JUDGE_API_KEY")
+# Requests one worker keeps open to the environment's judge (a project's JudgeEndpoint sets its own).
+LARRY_JUDGE_MAX_IN_FLIGHT = env_int_at_least("LARRY_JUDGE_MAX_IN_FLIGHT", 32, 1, "at least one request in flight")
 LARRY_JUDGE_TIMEOUT_S = env_int_at_least("LARRY_JUDGE_TIMEOUT_S", 120, 1, "a request needs some time to answer")
 LARRY_JUDGE_MAX_RETRIES = env_int_at_least("LARRY_JUDGE_MAX_RETRIES", 3, 0)
 # Ask the judge server for each reply token's log-probability and this many alternatives (the OpenAI API

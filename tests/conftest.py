@@ -52,6 +52,19 @@ def make_items(project: Project, responses: list[str], **fields) -> list[Item]:
     )
 
 
+def use_judge(project: Project, base_url: str, model: str = "test-judge", **fields):
+    """Make ``project``'s default judge the endpoint at ``base_url`` serving ``model`` (created, or the existing
+    default updated); ``fields`` sets others (``api_key``, ``max_in_flight``, ``price_in``, ...). Returns it."""
+    from judging.models import JudgeEndpoint
+
+    endpoint, _ = JudgeEndpoint.objects.update_or_create(
+        project=project,
+        is_default=True,
+        defaults={"name": "default judge", "base_url": base_url, "model": model, **fields},
+    )
+    return endpoint
+
+
 def run_concurrently(call, arguments: list[tuple]) -> list[BaseException]:
     """``call(*args)`` for each tuple of ``arguments``, each in a thread of its own with its own database
     connection, all at once; returns what they raised (``[]`` when none did)."""
@@ -82,12 +95,13 @@ def judge_server():
 
 @pytest.fixture
 def start_run(django_capture_on_commit_callbacks):
-    """``start_run(project)``: create a judge run, run its tasks in-process, return the refreshed run."""
+    """``start_run(project)``: create a judge run (with ``endpoint``, when given), run its tasks in-process,
+    return the refreshed run."""
     from judging.services import judge_run_create
 
-    def start(project: Project, user=None):
+    def start(project: Project, user=None, endpoint=None):
         with django_capture_on_commit_callbacks(execute=True):
-            run = judge_run_create(project=project, user=user)
+            run = judge_run_create(project=project, user=user, endpoint=endpoint)
         run.refresh_from_db()
         return run
 

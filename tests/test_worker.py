@@ -21,7 +21,7 @@ from judging.models import GateDecision, JudgeRun, TrainingSet, Verdict
 from judging.services import gate_apply
 from judging.training_sets import iter_file, training_set_build
 from tests.celery_worker import BROKER, own_queue, worker_command
-from tests.conftest import make_items
+from tests.conftest import make_items, use_judge
 from tests.judge_server import JudgeServer
 from tests.services import require
 
@@ -70,8 +70,7 @@ def worker(worker_env):
 def test_a_real_worker_judges_a_whole_run_over_redis(project, judge_server, worker_env, worker):
     responses = [f"Answer {i}" + (" WRONG" if i % 3 == 0 else "") for i in range(30)]
     make_items(project, responses)
-    project.judge_base_url, project.judge_model = judge_server.base_url, "test-judge"
-    project.save()
+    use_judge(project, judge_server.base_url)
     command = subprocess.run(
         [sys.executable, "manage.py", "run_judge", project.slug, "--timeout", "90"],
         cwd=ROOT,
@@ -128,8 +127,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_judges_nothing_twice(project,
         "LARRY_JUDGE_CHUNK_SIZE": "10",
     }
     make_items(project, [f"Answer {i}" for i in range(40)])
-    project.judge_base_url, project.judge_model, project.judge_max_in_flight = server.base_url, "test-judge", 2
-    project.save()
+    use_judge(project, server.base_url, max_in_flight=2)
 
     def start_worker():
         return subprocess.Popen(

@@ -377,12 +377,6 @@ def test_changing_reviews_per_item_in_the_admin_opens_slots(client, project, que
         "reviews_per_item": 2,
         "lease_minutes": 10,
         "reject_reasons": '["inaccurate"]',
-        "judge_base_url": "",
-        "judge_model": "",
-        "judge_api_key": "",
-        "judge_max_in_flight": 32,
-        "judge_price_in": "0",
-        "judge_price_out": "0",
         "memberships-TOTAL_FORMS": "0",
         "memberships-INITIAL_FORMS": "0",
     }
@@ -409,9 +403,6 @@ def test_reject_reasons_are_checked_in_the_admin(client, project, reasons, messa
         "reviews_per_item": 1,
         "lease_minutes": 10,
         "reject_reasons": reasons,
-        "judge_price_in": "0",
-        "judge_price_out": "0",
-        "judge_max_in_flight": 32,
         "memberships-TOTAL_FORMS": "0",
         "memberships-INITIAL_FORMS": "0",
     }

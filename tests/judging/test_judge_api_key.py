@@ -1,7 +1,7 @@
 """The judge's API key is write-only: typed in the admin, sent to the judge, and echoed nowhere else.
 
 Not in any page (admin or app), API response or schema, run snapshot, training-set lineage, stored
-error, log line or demo report; whether it comes from the project or from ``LARRY_JUDGE_API_KEY``.
+error, log line or demo report; whether it comes from the project's judge endpoint or from ``LARRY_JUDGE_API_KEY``.
 """
 
 import json
@@ -15,8 +15,8 @@ from rest_framework.authtoken.models import Token
 
 from annotations.models import Project
 from judging.backends import JudgeConfig
-from judging.models import JudgeRun, Verdict
-from tests.conftest import make_items
+from judging.models import JudgeEndpoint, JudgeRun, Verdict
+from tests.conftest import make_items, use_judge
 
 SECRET = "sk-larry-9f8e7d6c5b4a3f2e1d0c"
 
@@ -34,88 +34,95 @@ def admin_client(client, root):
 
 @pytest.fixture
 def keyed_project(project, judge_server):
-    project.judge_base_url, project.judge_model, project.judge_api_key = judge_server.base_url, "test-judge", SECRET
-    project.save()
+    use_judge(project, judge_server.base_url, api_key=SECRET)
     return project
 
 
-def project_form(project: Project, **fields) -> dict:
+def endpoint_form(endpoint: JudgeEndpoint, **fields) -> dict:
     return {
-        "slug": project.slug,
-        "name": project.name,
-        "guidelines": project.guidelines,
-        "reviews_per_item": project.reviews_per_item,
-        "lease_minutes": project.lease_minutes,
-        "reject_reasons": json.dumps(project.reject_reasons),
-        "judge_base_url": project.judge_base_url,
-        "judge_model": project.judge_model,
-        "judge_max_in_flight": project.judge_max_in_flight,
-        "judge_price_in": "0",
-        "judge_price_out": "0",
-        "memberships-TOTAL_FORMS": "0",
-        "memberships-INITIAL_FORMS": "0",
+        "project": endpoint.project_id,
+        "name": endpoint.name,
+        "base_url": endpoint.base_url,
+        "model": endpoint.model,
+        "max_in_flight": endpoint.max_in_flight,
+        "price_in": "0",
+        "price_out": "0",
+        "is_default": "on" if endpoint.is_default else "",
         **fields,
     }
 
 
-def post_project(admin_client, project: Project, **fields):
+def post_endpoint(admin_client, project: Project, **fields):
+    endpoint = project.judge_endpoints.get()
     return admin_client.post(
-        reverse("admin:annotations_project_change", args=[project.pk]), project_form(project, **fields)
+        reverse("admin:judging_judgeendpoint_change", args=[endpoint.pk]), endpoint_form(endpoint, **fields)
     )
 
 
+def endpoint_page(admin_client, project: Project) -> str:
+    endpoint = project.judge_endpoints.get()
+    return admin_client.get(reverse("admin:judging_judgeendpoint_change", args=[endpoint.pk])).content.decode()
+
+
 def stored_key(project: Project) -> str:
-    return Project.objects.values_list("judge_api_key", flat=True).get(pk=project.pk)
+    return JudgeEndpoint.objects.values_list("api_key", flat=True).get(project=project)
 
 
 def test_the_admin_never_shows_the_key_and_a_blank_field_keeps_it(admin_client, keyed_project):
-    page = admin_client.get(reverse("admin:annotations_project_change", args=[keyed_project.pk])).content.decode()
+    page = endpoint_page(admin_client, keyed_project)
     assert SECRET not in page
     assert 'type="password"' in page and "A key is stored" in page
-    response = post_project(admin_client, keyed_project, judge_model="other-judge")
+    response = post_endpoint(admin_client, keyed_project, model="other-judge")
     assert response.status_code == 302, response.content.decode()[:3000]
     assert stored_key(keyed_project) == SECRET
-    history = admin_client.get(reverse("admin:annotations_project_history", args=[keyed_project.pk]))
-    assert "Judge API key" not in history.content.decode()  # not typed, so not changed
+    endpoint = keyed_project.judge_endpoints.get()
+    assert endpoint.model == "other-judge"
+    history = admin_client.get(reverse("admin:judging_judgeendpoint_history", args=[endpoint.pk]))
+    assert "API key" not in history.content.decode()  # not typed, so not changed
 
 
 def test_a_new_key_replaces_the_stored_one_and_clearing_removes_it(admin_client, keyed_project):
-    assert post_project(admin_client, keyed_project, judge_api_key_new=" sk-new-key ").status_code == 302
+    assert post_endpoint(admin_client, keyed_project, api_key_new=" sk-new-key ").status_code == 302
     assert stored_key(keyed_project) == "sk-new-key"
-    assert post_project(admin_client, keyed_project, judge_api_key_clear="on").status_code == 302
+    assert post_endpoint(admin_client, keyed_project, api_key_clear="on").status_code == 302
     assert stored_key(keyed_project) == ""
-    page = admin_client.get(reverse("admin:annotations_project_change", args=[keyed_project.pk])).content.decode()
-    assert "No key is stored" in page
+    assert "No key is stored" in endpoint_page(admin_client, keyed_project)
 
 
-def test_a_project_added_in_the_admin_keeps_its_key_unseen(admin_client, db):
-    form = project_form(Project(slug="new", name="New", reject_reasons=["tone"]), judge_api_key_new=SECRET)
-    response = admin_client.post(reverse("admin:annotations_project_add"), form)
-    assert response.status_code == 302, response.content.decode()[:3000]
-    project = Project.objects.get(slug="new")
-    assert project.judge_api_key == SECRET
-    page = admin_client.get(reverse("admin:annotations_project_change", args=[project.pk])).content.decode()
-    assert SECRET not in page and page.index('name="judge_model"') < page.index('name="judge_api_key_new"')
+def test_an_endpoint_added_in_the_admin_keeps_its_key_unseen(admin_client, project):
+    new = JudgeEndpoint(project=project, name="big judge", base_url="http://big:8000/v1", model="big", is_default=True)
+    response = admin_client.post(reverse("admin:judging_judgeendpoint_add"), endpoint_form(new, api_key_new=SECRET))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert stored_key(project) == SECRET
+    page = endpoint_page(admin_client, project)
+    assert SECRET not in page and page.index('name="model"') < page.index('name="api_key_new"')
+
+
+def test_a_second_default_judge_for_a_project_is_refused(admin_client, keyed_project):
+    other = JudgeEndpoint(project=keyed_project, name="other", base_url="http://o:8000/v1", model="o", is_default=True)
+    response = admin_client.post(reverse("admin:judging_judgeendpoint_add"), endpoint_form(other))
+    assert response.status_code == 200 and "already has a default judge" in response.content.decode()
+    assert keyed_project.judge_endpoints.count() == 1
 
 
 def test_typing_a_key_and_clearing_it_at_once_is_refused(admin_client, keyed_project):
-    response = post_project(admin_client, keyed_project, judge_api_key_new="sk-other", judge_api_key_clear="on")
+    response = post_endpoint(admin_client, keyed_project, api_key_new="sk-other", api_key_clear="on")
     assert response.status_code == 200 and "Either type a new key or clear the stored one" in response.content.decode()
     assert stored_key(keyed_project) == SECRET
 
 
 def test_the_key_would_be_masked_in_an_error_report_of_the_admin_form(admin_client, keyed_project):
     """Django's error reports (mails to ADMINS, the debug page) list POST data unless marked sensitive."""
-    response = post_project(admin_client, keyed_project, judge_api_key_new="sk-typed-in-the-form")
+    response = post_endpoint(admin_client, keyed_project, api_key_new="sk-typed-in-the-form")
     posted = SafeExceptionReporterFilter().get_post_parameters(response.wsgi_request)
-    assert posted["judge_api_key_new"] != "sk-typed-in-the-form"
+    assert posted["api_key_new"] != "sk-typed-in-the-form"
 
 
 def test_a_base_url_carrying_credentials_is_refused(admin_client, keyed_project):
     """The base URL is shown on every run page and in every export's judge name."""
-    response = post_project(admin_client, keyed_project, judge_base_url="https://judge:sk-in-the-url@llm.example/v1")
+    response = post_endpoint(admin_client, keyed_project, base_url="https://judge:sk-in-the-url@llm.example/v1")
     assert response.status_code == 200 and "put the key in the API key field" in response.content.decode()
-    assert "sk-in-the-url" not in Project.objects.get().judge_base_url
+    assert "sk-in-the-url" not in JudgeEndpoint.objects.get().base_url
 
 
 def test_the_config_never_prints_its_key():
@@ -151,6 +158,9 @@ def pages_and_api(client, project: Project, run: JudgeRun, training_set, user) -
         "api schema json": "/api/schema/?format=json",
         "api docs": "/api/docs/",
     }
+    for endpoint in project.judge_endpoints.all():
+        urls["admin endpoint"] = reverse("admin:judging_judgeendpoint_change", args=[endpoint.pk])
+        urls["admin endpoints"] = reverse("admin:judging_judgeendpoint_changelist")
     answers = {}
     for name, url in urls.items():
         response = client.get(url, **(token if url.startswith("/api/") else {}))

@@ -10,14 +10,12 @@ from annotations.models import Slot
 from judging.export import iter_chat_jsonl
 from judging.models import GateDecision, Verdict
 from judging.replies import VerdictParseError, parse_verdict, read_reply
-from tests.conftest import make_items
+from tests.conftest import make_items, use_judge
 
 
 @pytest.fixture
 def llm_project(project, judge_server):
-    project.judge_base_url = judge_server.base_url
-    project.judge_model = "test-judge"
-    project.save()
+    use_judge(project, judge_server.base_url)
     return project
 
 
@@ -123,8 +121,7 @@ def _closed_port() -> int:
 
 def test_a_refused_connection_is_reported_as_refused_not_as_a_timeout(project, start_run, settings):
     settings.LARRY_JUDGE_MAX_RETRIES = 1
-    project.judge_base_url, project.judge_model = f"http://127.0.0.1:{_closed_port()}/v1", "m"
-    project.save()
+    use_judge(project, f"http://127.0.0.1:{_closed_port()}/v1", "m")
     make_items(project, ["ok"])
     run = start_run(project)
     verdict = Verdict.objects.get(run=run)
@@ -288,8 +285,7 @@ def test_no_exception_of_a_reply_reaches_the_log_with_the_key(project, judge_ser
     import logging
 
     secret = "sk-larry-0123456789abcdef"
-    project.judge_base_url, project.judge_model, project.judge_api_key = judge_server.base_url, "test-judge", secret
-    project.save()
+    use_judge(project, judge_server.base_url, api_key=secret)
     caplog.set_level(logging.DEBUG)
     make_items(project, ["a [length-lie]", "b [not-utf8]", "c [bad-json-body]"])
     run = start_run(project)

@@ -1,6 +1,7 @@
 """Judge runs in-process: the OpenAI-compatible backend against a real HTTP server, and the local classifier."""
 
 import time
+from decimal import Decimal
 
 import pytest
 
@@ -8,14 +9,12 @@ from annotations.models import Item, Review
 from judging.models import GateDecision, JudgeRun, Verdict
 from judging.replies import VERDICT_SCHEMA
 from judging.selectors import run_agreement
-from tests.conftest import make_items
+from tests.conftest import make_items, use_judge
 
 
 @pytest.fixture
 def llm_project(project, judge_server):
-    project.judge_base_url = judge_server.base_url
-    project.judge_model = "test-judge"
-    project.save()
+    use_judge(project, judge_server.base_url)
     return project
 
 
@@ -143,17 +142,59 @@ def test_the_local_classifier_needs_labels_of_both_kinds(project, start_run):
     assert not Verdict.objects.exists()
 
 
-def test_project_settings_override_the_environment(project, settings):
+def test_the_default_endpoint_overrides_the_environment(project, settings):
     from judging.backends import judge_config_for
 
     settings.LARRY_JUDGE_BASE_URL, settings.LARRY_JUDGE_MODEL = "http://env:8000/v1", "env-model"
-    assert judge_config_for(project).base_url == "http://env:8000/v1"
-    project.judge_base_url, project.judge_model = "http://project:8000/v1", "project-model"
+    settings.LARRY_JUDGE_API_KEY, settings.LARRY_JUDGE_MAX_IN_FLIGHT = "env-key", 7
     config = judge_config_for(project)
-    assert (config.base_url, config.model) == ("http://project:8000/v1", "project-model")
+    assert (config.base_url, config.model, config.api_key) == ("http://env:8000/v1", "env-model", "env-key")
+    assert config.max_in_flight == 7 and config.price_in == 0 and config.endpoint_id is None
+    endpoint = use_judge(project, "http://project:8000/v1", "project-model", api_key="p-key", max_in_flight=3)
+    endpoint.price_in, endpoint.price_out = Decimal("0.2"), Decimal("0.6")
+    endpoint.save()
+    config = judge_config_for(project)
+    assert (config.base_url, config.model, config.api_key) == ("http://project:8000/v1", "project-model", "p-key")
+    assert (config.max_in_flight, config.price_in, config.price_out) == (3, Decimal("0.2"), Decimal("0.6"))
+    assert config.endpoint_id == endpoint.pk
+    endpoint.is_default = False  # an endpoint that is not the default judges only runs that name it
+    endpoint.save()
+    assert judge_config_for(project).base_url == "http://env:8000/v1"
+    assert judge_config_for(project, endpoint).base_url == "http://project:8000/v1"
     settings.LARRY_JUDGE_BASE_URL = ""
-    project.judge_base_url = ""
     assert judge_config_for(project).is_local
+
+
+def test_an_endpoint_of_another_project_is_refused(project):
+    from annotations.models import Project
+    from judging.backends import judge_config_for
+    from judging.models import JudgeEndpoint
+
+    other = Project.objects.create(slug="other", name="Other")
+    endpoint = JudgeEndpoint.objects.create(project=other, name="x", base_url="http://x:8000/v1", model="x")
+    with pytest.raises(ValueError, match="another project"):
+        judge_config_for(project, endpoint)
+
+
+def test_a_run_can_use_an_endpoint_that_is_not_the_default(llm_project, judge_server, start_run):
+    from judging.models import JudgeEndpoint
+
+    make_items(llm_project, ["a", "b"])
+    small = JudgeEndpoint.objects.create(
+        project=llm_project,
+        name="Baby Larry",
+        base_url=judge_server.base_url,
+        model="small-judge",
+        max_in_flight=5,
+        price_in=Decimal("0.05"),
+    )
+    run = start_run(llm_project, endpoint=small)
+    assert run.status == "finished" and run.items_done == 2
+    assert run.endpoint == small and run.model == "small-judge"
+    assert run.config["max_in_flight"] == 5 and Decimal(run.config["price_in_per_million"]) == Decimal("0.05")
+    default_run = start_run(llm_project)
+    assert default_run.endpoint == llm_project.judge_endpoints.get(is_default=True)
+    assert default_run.model == "test-judge"
 
 
 def test_a_redelivered_chunk_judges_nothing_twice(llm_project, judge_server, start_run):
@@ -234,8 +275,7 @@ def test_a_chunk_at_its_deadline_keeps_what_it_judged_and_queues_the_rest_as_a_n
 ):
     settings.LARRY_JUDGE_CHUNK_DEADLINE_S, settings.LARRY_JUDGE_CHUNK_GRACE_S = 1, 0.5
     judge_server.httpd.latency = 0.6
-    llm_project.judge_max_in_flight = 2
-    llm_project.save()
+    use_judge(llm_project, judge_server.base_url, max_in_flight=2)
     make_items(llm_project, ["a", "b", "c", "d WRONG", "e", "f"])
     run = start_run(llm_project)
     assert (run.status, run.items_done, run.items_error) == ("finished", 6, 0)

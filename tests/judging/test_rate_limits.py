@@ -8,16 +8,14 @@ import pytest
 from judging.backends import RateLimits, estimate_tokens
 from judging.models import JudgeSettings
 from judging.services import judge_settings_save
-from tests.conftest import make_items
+from tests.conftest import make_items, use_judge
 
 TOLERANCE_S = 0.05  # timer and thread scheduling slack on a busy machine
 
 
 @pytest.fixture
 def llm_project(project, judge_server):
-    project.judge_base_url, project.judge_model = judge_server.base_url, "test-judge"
-    project.judge_max_in_flight = 32  # concurrency alone would send everything at once
-    project.save()
+    use_judge(project, judge_server.base_url, max_in_flight=32)  # concurrency alone would send everything at once
     return project
 
 

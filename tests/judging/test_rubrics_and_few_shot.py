@@ -12,7 +12,7 @@ from judging.models import JudgeSettings, RubricVersion
 from judging.prompts import DEFAULT_RUBRIC, FIXED_INSTRUCTIONS, sha256
 from judging.selectors import few_shot_examples, run_agreement, run_calibration, runs_compare
 from judging.services import judge_settings_for, judge_settings_save
-from tests.conftest import make_items
+from tests.conftest import make_items, use_judge
 
 RUBRIC = "Accept only answers that quote the price in dollars and name the plan."
 
@@ -25,8 +25,7 @@ def admin_client(client, db):
 
 @pytest.fixture
 def llm_project(project, judge_server):
-    project.judge_base_url, project.judge_model = judge_server.base_url, "test-judge"
-    project.save()
+    use_judge(project, judge_server.base_url)
     return project
 
 

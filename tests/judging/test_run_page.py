@@ -11,7 +11,7 @@ from judging.models import GateDecision, JudgeRun, Verdict
 from judging.selectors import run_calibration
 from judging.services import judge_run_cancel, judge_run_resume
 from judging.tasks import judge_chunk
-from tests.conftest import make_items
+from tests.conftest import make_items, use_judge
 
 SME = ["accept"] * 6 + ["reject"] * 4 + ["accept"] * 2
 A, R = "accept", "reject"
@@ -78,8 +78,7 @@ def test_the_run_page_shows_calibration_and_a_live_progress_bar(client, sme, lea
 @pytest.fixture
 def llm_project(project, judge_server, settings):
     settings.LARRY_JUDGE_MAX_RETRIES = 0
-    project.judge_base_url, project.judge_model = judge_server.base_url, "test-judge"
-    project.save()
+    use_judge(project, judge_server.base_url)
     make_items(project, [f"answer {i}" for i in range(6)])
     return project
 

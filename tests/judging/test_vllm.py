@@ -14,7 +14,7 @@ import pytest
 
 from judging.models import Verdict
 from judging.replies import parse_verdict
-from tests.conftest import make_items
+from tests.conftest import make_items, use_judge
 from tests.services import require
 
 VLLM_URL = os.environ.get("LARRY_TEST_VLLM_URL", "")
@@ -27,8 +27,7 @@ def _vllm_server():
 
 
 def test_a_judge_run_against_real_vllm_gets_schema_valid_verdicts(project, start_run):
-    project.judge_base_url, project.judge_model = VLLM_URL, VLLM_MODEL
-    project.save()
+    use_judge(project, VLLM_URL, VLLM_MODEL)
     items = make_items(
         project,
         [
