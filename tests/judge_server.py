@@ -41,7 +41,9 @@ Log-probabilities: a request with ``"logprobs": true`` gets ``choices[0].logprob
 OpenAI API sends it, one entry per token with its ``top_logprobs`` (``top_logprobs`` of the request,
 most likely first). At the verdict's first letter the accept tokens hold P(accept) x 0.95 of the mass,
 the reject tokens (1 - P(accept)) x 0.95, a white-space token 0.03, so the normalised P(accept) is
-exactly P(accept): 0.9 for an accept, 0.1 for a reject, or ``[p-accept=0.37]`` (any decimal). Other
+exactly P(accept): 0.9 for an accept, 0.1 for a reject, or ``[p-accept=0.37]`` (any decimal). A marker
+naming the model asked for, ``[baby p-accept=0.37]``, sets both the verdict (accept at 0.5 or more) and
+P(accept) for that model only, so one server can play several judges with different errors. Other
 tokens have logprob -0.001 and themselves as their only alternative. Markers pick the tokenisation:
 
 | marker | at the verdict's position |
@@ -130,6 +132,10 @@ class _Handler(BaseHTTPRequestHandler):
         if "[html]" in user:
             return self._send(200, b"<html><body>Bad gateway, sort of</body></html>", content_type="text/html")
         verdict = "reject" if "WRONG" in user else "accept"
+        per_model = re.search(rf"\[{re.escape(str(body.get('model', '')))} p-accept=([0-9.]+)\]", user)
+        if per_model:
+            verdict = "accept" if float(per_model.group(1)) >= 0.5 else "reject"
+            user = f"[p-accept={per_model.group(1)}] {user}"
         content = json.dumps({"verdict": verdict, "rationale": f"the test server said {verdict}"})
         finish, refusal, message_extra, usage = "stop", None, {}, True
         if "[dup-key]" in user:

@@ -18,7 +18,7 @@ from rest_framework.authtoken.models import Token
 
 from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange
 from annotations.queue import queue_add
-from judging.models import JudgeRun, LabelFunction, TrainingSet, Verdict
+from judging.models import JudgeEndpoint, JudgeRun, LabelFunction, TrainingSet, Verdict
 from judging.services import judge_settings_for, judge_settings_save, label_function_save
 from tests.judging.test_training_sets import decide_items
 
@@ -102,6 +102,7 @@ def build_site(project: Project) -> dict:
     rule = LabelFunction.objects.get(project=project)
     rule.reason = "a competitor named"
     label_function_save(rule=rule, user=root, regate=False)  # a version in its history
+    JudgeEndpoint.objects.create(project=project, name="big judge", base_url="http://127.0.0.1:9/v1", model="j")
     return {
         "users": {"sme": sme, "lead": lead, "staff": staff, "root": root},
         "run": run,
@@ -169,6 +170,7 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("lead", "judging:run_control", (slug, run.pk, "cancel"), method="post", status=403),
         Page("staff", "judging:run_control", (slug, running.pk, "cancel"), method="post", status=302),
         Page("staff", "judging:regate", (slug,), method="post", status=302),
+        Page("lead", "judging:run_recalibrate", (slug, run.pk), method="post", status=302),
         Page("staff", "judging:judge_run_start", (slug,), method="post", status=302),
     ]
     pages += [Page("sme", "logout", method="post", status=302), Page("root", "admin:logout", method="post", status=302)]
