@@ -99,3 +99,14 @@ def queue_all(project: Project) -> None:
     from annotations.queue import queue_add
 
     queue_add(project=project, item_ids=list(project.items.values_list("id", flat=True)))
+
+
+def use_run(run, user=None, threshold: float | None = None):
+    """Make ``run`` the project's gating policy (one tier, by its verdicts alone unless ``threshold``), as a lead
+    would on the policy page, and run the re-gating it queues. Returns the policy."""
+    from django.test import TestCase
+
+    from judging.services import gating_policy_set
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return gating_policy_set(project=run.project, tiers=[(run, threshold)], user=user)
