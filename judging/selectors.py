@@ -12,7 +12,7 @@ from annotations.models import Adjudication, Project, Review
 from annotations.selectors import ground_truth
 from judging import gate
 from judging.metrics import agreement, cohen_kappa_bootstrap_ci
-from judging.models import GateDecision, GatingPolicy, JudgeRun, LabelFunction, PolicyTier, RuleHit, Verdict
+from judging.models import NO_POLICY, GateDecision, GatingPolicy, JudgeRun, LabelFunction, PolicyTier, RuleHit, Verdict
 
 
 def gating_policy(project: Project) -> GatingPolicy | None:
@@ -72,13 +72,14 @@ def policy_certainty(project: Project, *, policy: GatingPolicy | None = None) ->
     return best
 
 
-def funnel(project: Project) -> dict:
+def funnel(project: Project) -> dict[str, int | str]:
     """Counts along the pipeline, from the gate's stored decisions, and the gating policy in force.
 
     ``imported`` = ``accepted + rejected + pending``; ``accepted`` =
     ``accepted_before_rules - vetoed_accepts``. ``judged`` counts items with a
     verdict (not an error) from some run of the gating policy, ``judge_errors``
-    items with only errors from them; ``policy`` is the GatingPolicy or None.
+    items with only errors from them; ``policy`` names the policy in force
+    (``GatingPolicy.label``, or ``NO_POLICY``).
     """
     items = project.items
     policy = gating_policy(project)
@@ -105,7 +106,7 @@ def funnel(project: Project) -> dict:
         "judged": len(judged),
         "judge_errors": len(failed - judged),
         "undecided": imported - sum(decisions[k] for k in ("accepted", "rejected", "pending")),
-        "policy": policy,
+        "policy": policy.label if policy else NO_POLICY,
         **decisions,
     }
 

@@ -49,8 +49,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     truth = ground_truth(project=project)
     for run in runs:
         run.agreement = run_agreement(run, truth) if run.status == JudgeRun.Status.FINISHED else None
-    figures = funnel(project)
-    policy = figures["policy"]
+    figures, policy = funnel(project), gating_policy(project)
     in_policy = {tier.run_id for tier in policy.tiers.all()} if policy else set()
     for run in runs:
         run.in_policy = run.pk in in_policy

@@ -82,13 +82,16 @@ def judge_server():
 
 @pytest.fixture
 def start_run(django_capture_on_commit_callbacks):
-    """``start_run(project)``: create a judge run, run its tasks in-process, return the refreshed run."""
+    """``start_run(project)``: create a judge run, run its tasks in-process, return the refreshed run; with
+    ``use=True`` a lead then chooses it as the gating policy (``use_run``), as a finished run never gates alone."""
     from judging.services import judge_run_create
 
-    def start(project: Project, user=None):
+    def start(project: Project, user=None, use: bool = False):
         with django_capture_on_commit_callbacks(execute=True):
             run = judge_run_create(project=project, user=user)
         run.refresh_from_db()
+        if use:
+            use_run(run, user=user)
         return run
 
     return start
