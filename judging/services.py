@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from annotations.models import Project
@@ -425,8 +425,10 @@ def sme_queue_prioritise(*, project: Project) -> int:
     changed = [item for item, (_, old) in zip(changed, pending, strict=True) if item.priority != old]
     with transaction.atomic():
         Item.objects.bulk_update(changed, ["priority"], batch_size=WRITE_BATCH)
-        for item in changed:
-            Slot.objects.filter(item_id=item.pk, done=False).update(priority=item.priority)
+        if changed:  # open slots take their item's priority, in one statement
+            Slot.objects.filter(project=project, done=False).exclude(priority=F("item__priority")).update(
+                priority=Subquery(Item.objects.filter(pk=OuterRef("item_id")).values("priority")[:1])
+            )
     judged = set(
         Verdict.objects.filter(run_id__in=run_ids, item__in=[i for i, _ in pending])
         .exclude(verdict="")
