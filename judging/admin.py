@@ -22,7 +22,7 @@ from judging.models import (
     Verdict,
 )
 from judging.selectors import label_function_dry_run
-from judging.services import judge_settings_save, label_function_delete, label_function_save, project_regate
+from judging.services import judge_settings_save, label_function_delete, label_function_save, regate_request
 
 
 class LabelFunctionForm(forms.ModelForm):
@@ -110,11 +110,11 @@ class LabelFunctionAdmin(OwnsRecordsAdmin):
         context = {**self.admin_site.each_context(request), "title": "Dry run of label functions", "results": results}
         return TemplateResponse(request, "admin/judging/labelfunction/dry_run.html", context)
 
-    @admin.action(description="Run the active rules of the selected rules' projects, then re-gate them")
+    @admin.action(description="Queue: run the active rules of the selected rules' projects, then re-gate them")
     def apply_and_regate(self, request, queryset):
         for project in Project.objects.filter(label_functions__in=queryset).distinct():
-            hits, counts = project_regate(project=project)
-            self.message_user(request, f"{project}: {hits} rule hits; gate: {counts}")
+            generation = regate_request(project.pk)
+            self.message_user(request, f"{project}: re-gating queued (request {generation}); see the project page")
 
 
 @admin.register(LabelFunctionVersion)

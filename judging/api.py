@@ -27,9 +27,17 @@ from annotations.api import PROJECT_SLUG, SLUG, ProjectScopedViewSet, project_fo
 from annotations.models import Decision, Project
 from judging import training_sets
 from judging.export import in_blocks, iter_chat_jsonl
-from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
-from judging.selectors import latest_finished_run, run_progress
-from judging.services import RunBusy, judge_run_create, judge_run_queue_errors
+from judging.models import (
+    NO_POLICY,
+    GatingPolicyChange,
+    JudgeRun,
+    LabelFunction,
+    TrainingSet,
+    TrainingSetRow,
+    Verdict,
+)
+from judging.selectors import gating_policy, run_progress
+from judging.services import PolicyError, RunBusy, gating_policy_set, judge_run_create, judge_run_queue_errors
 from larry_web.parsers import JSONParser
 
 CONTENT_TYPES = {
@@ -42,19 +50,102 @@ JSONL = "application/jsonl; charset=utf-8"
 class ExportChatJsonlApi(APIView):
     """GET the project's accepted set as OpenAI chat fine-tuning JSONL, streamed (as it is now, not a snapshot).
 
-    Token-authenticated (``Authorization: Token <key>``). The judge whose
-    verdicts fed the gate is named in the ``X-Larry-Judge`` header. For a
+    Token-authenticated (``Authorization: Token <key>``). The gating policy
+    whose judges fed the gate is named in the ``X-Larry-Judge`` header. For a
     frozen, hashed, reproducible set, create a training set instead.
     """
 
     @extend_schema(parameters=[SLUG], responses={(200, "application/jsonl"): OpenApiTypes.BINARY})
     def get(self, request, slug: str) -> StreamingHttpResponse:
         project = project_for_api(request, slug)
-        run = latest_finished_run(project)
+        policy = gating_policy(project)
         response = StreamingHttpResponse(in_blocks(iter_chat_jsonl(project)), content_type=JSONL)
         response["Content-Disposition"] = f'attachment; filename="{project.slug}-accepted.jsonl"'
-        response["X-Larry-Judge"] = run.judge_label if run else "none (SME ground truth only)"
+        label = policy.label if policy else NO_POLICY
+        # A header is one line of Latin-1: the label's non-ASCII characters (a judge's model name, "≥") escaped.
+        response["X-Larry-Judge"] = label.encode("ascii", "backslashreplace").decode("ascii")
         return response
+
+
+class PolicyTierInput(serializers.Serializer):
+    run = serializers.IntegerField(min_value=1, help_text="A finished run of the project.")
+    threshold = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        min_value=0.5,
+        max_value=1.0,
+        help_text="Least calibrated certainty; null: the verdict alone decides.",
+    )
+
+
+class GatingPolicyInput(serializers.Serializer):
+    tiers = PolicyTierInput(many=True, help_text="In the order they are tried; [] leaves the gate to SMEs and rules.")
+    target_agreement = serializers.FloatField(required=False, allow_null=True, min_value=0.5, max_value=1.0)
+    risk = serializers.FloatField(required=False, allow_null=True, min_value=0.0, max_value=0.5)
+
+
+class GatingPolicyChangeOutput(serializers.ModelSerializer):
+    changed_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = GatingPolicyChange
+        fields = ["id", "changed_by", "changed_at", "before", "after"]
+
+
+def _policy_body(project: Project) -> dict:
+    policy = gating_policy(project)
+    return {
+        "policy": policy.snapshot() if policy else None,
+        "label": policy.label if policy else NO_POLICY,
+        "updated_by": str(policy.updated_by) if policy and policy.updated_by else None,
+        "updated_at": policy.updated_at if policy else None,
+        "changes": GatingPolicyChangeOutput(
+            GatingPolicyChange.objects.filter(project=project).select_related("changed_by")[:50], many=True
+        ).data,
+    }
+
+
+@extend_schema(tags=["judge runs"], parameters=[SLUG])
+class GatingPolicyApi(APIView):
+    """The project's gating policy (which runs decide, in which order, from what certainty) and its change log.
+
+    GET for leads and staff (403 for SMEs, 404 for outsiders); POST sets it (leads and staff), logs the change
+    and queues a re-gating. A new run never gates until it is chosen here or on the policy page.
+    """
+
+    parser_classes = [JSONParser]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="The gating policy in force and its last 50 changes")
+    def get(self, request, slug: str) -> Response:
+        return Response(_policy_body(project_for_api(request, slug)))
+
+    @extend_schema(
+        request=GatingPolicyInput,
+        responses={200: OpenApiTypes.OBJECT, 400: OpenApiResponse(description="A run not finished or not here")},
+        summary="Set the gating policy (leads); logged, re-gating queued",
+    )
+    def post(self, request, slug: str) -> Response:
+        project = project_for_api(request, slug)
+        data = GatingPolicyInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        runs = JudgeRun.objects.filter(project=project).in_bulk([t["run"] for t in data.validated_data["tiers"]])
+        missing = [t["run"] for t in data.validated_data["tiers"] if t["run"] not in runs]
+        if missing:
+            raise serializers.ValidationError(
+                {"tiers": [f"no judge run {run_id} in this project" for run_id in missing]}
+            )
+        try:
+            with transaction.atomic():
+                gating_policy_set(
+                    project=project,
+                    tiers=[(runs[t["run"]], t.get("threshold")) for t in data.validated_data["tiers"]],
+                    target=data.validated_data.get("target_agreement"),
+                    risk=data.validated_data.get("risk"),
+                    user=request.user,
+                )
+        except PolicyError as exc:
+            raise serializers.ValidationError({"tiers": [str(exc)]}) from exc
+        return Response(_policy_body(project))
 
 
 class JudgeRunSerializer(serializers.ModelSerializer):

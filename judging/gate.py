@@ -2,45 +2,115 @@
 
 The rules (../DESIGN.md, "Gate"):
 
-1. SME ground truth wins over the judge for reviewed items;
-2. otherwise the judge's verdict from the latest finished run;
+1. SME ground truth wins over the judges for reviewed items;
+2. otherwise the gating policy's decision: the first tier whose verdict is
+   certain enough (``tier_verdict``); no policy, no judge decides;
 3. any active label function that rejects -> reject, whatever the source;
-4. neither review nor verdict -> pending, never exported.
+4. neither review nor a deciding verdict -> pending, never exported.
 
 Rule 3 is a veto, so it also rejects an item that has neither a review nor a
 verdict: a rejection is never exported, and the rule's reason is recorded.
+
+``Outcome`` and ``Basis`` are the gate's whole vocabulary: the models,
+selectors, views and templates use these choices, never bare strings.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from django.db import models
+
+
+class Outcome(models.TextChoices):
+    """What the gate decided: only ``accept`` is ever exported."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    PENDING = "pending"
+
+
+class Basis(models.TextChoices):
+    """What the decision rests on, before any rule's veto."""
+
+    SME = "sme", "SME ground truth"
+    JUDGE = "judge", "Judge verdict (a tier without a threshold)"
+    TIER = "tier", "A tier's verdict, certain enough"
+    NONE = "none", "Neither"
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """``outcome`` is accept/reject/pending; ``basis`` is sme/judge/none; ``reasons`` lists rule reasons."""
+class GateResult:
+    """``outcome`` is an Outcome; ``basis`` a Basis; ``basis_decision`` the SME's or judge's decision before
+    the rules ("" for none); ``reasons`` lists the vetoing rules' reasons; ``tier`` the index of the policy's
+    tier that decided (None unless a judge did)."""
 
     outcome: str
     basis: str
     basis_decision: str
     vetoed: bool
     reasons: list[str] = field(default_factory=list)
+    tier: int | None = None
 
 
-def decide(*, ground_truth: str | None, verdict: str | None, rule_rejections: list[str]) -> Outcome:
+@dataclass(frozen=True)
+class TierVerdict:
+    """One tier's say on one item: its verdict ("accept"/"reject" or None: no verdict, an error) and its
+    calibrated P(accept) (None: not calibrated), against the tier's ``threshold`` on certainty max(p, 1 - p)
+    (None: the verdict alone decides)."""
+
+    verdict: str | None
+    confidence_calibrated: float | None
+    threshold: float | None
+
+
+def certainty(p_accept: float | None) -> float | None:
+    """How sure a verdict is, whichever way it goes: max(p, 1 - p) of a P(accept) in [0, 1]; None for None."""
+    return None if p_accept is None else max(p_accept, 1.0 - p_accept)
+
+
+def tier_verdict(tiers: Sequence[TierVerdict]) -> tuple[int, str] | None:
+    """``(index, verdict)`` of the first tier, in order, with a verdict whose certainty clears its threshold.
+
+    A tier without a threshold decides by its verdict alone; a tier with one
+    decides nothing on an item whose verdict is not calibrated. None when no
+    tier decides (the item stays pending unless the SMEs or a rule decide it).
+    """
+    for index, tier in enumerate(tiers):
+        if tier.verdict is None:
+            continue
+        if tier.threshold is None:
+            return index, tier.verdict
+        sure = certainty(tier.confidence_calibrated)
+        if sure is not None and sure >= tier.threshold:
+            return index, tier.verdict
+    return None
+
+
+def decide(
+    *,
+    ground_truth: str | None,
+    verdict: str | None,
+    rule_rejections: list[str],
+    verdict_basis: str = Basis.JUDGE,
+    tier: int | None = None,
+) -> GateResult:
     """Decide one item.
 
     ``ground_truth`` and ``verdict`` are ``"accept"``, ``"reject"`` or None
-    (no SME ground truth; no verdict, e.g. judging ended in an error).
-    ``rule_rejections`` holds the reasons of the active label functions that
-    rejected the item (empty when all abstained).
+    (no SME ground truth; no deciding verdict: no policy, no tier sure
+    enough, or judging ended in an error). ``verdict_basis`` is the basis of a
+    deciding verdict (``Basis.JUDGE`` or ``Basis.TIER``) and ``tier`` the
+    index of the tier it came from. ``rule_rejections`` holds the reasons of
+    the active label functions that rejected the item (empty when all abstained).
     """
     if ground_truth is not None:
-        basis, basis_decision = "sme", ground_truth
+        basis, basis_decision, tier = Basis.SME, ground_truth, None
     elif verdict is not None:
-        basis, basis_decision = "judge", verdict
+        basis, basis_decision = verdict_basis, verdict
     else:
-        basis, basis_decision = "none", ""
+        basis, basis_decision, tier = Basis.NONE, "", None
     if rule_rejections:
-        return Outcome("reject", basis, basis_decision, True, list(rule_rejections))
-    if basis == "none":
-        return Outcome("pending", basis, basis_decision, False)
-    return Outcome(basis_decision, basis, basis_decision, False)
+        return GateResult(Outcome.REJECT, basis, basis_decision, True, list(rule_rejections), tier)
+    if basis == Basis.NONE:
+        return GateResult(Outcome.PENDING, basis, basis_decision, False)
+    return GateResult(Outcome(basis_decision), basis, basis_decision, False, tier=tier)

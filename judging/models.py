@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from annotations.models import Decision, Item, Project, validate_no_credentials
 from annotations.selectors import ground_truth
-from judging import prompts
+from judging import gate, prompts
 
 FEW_SHOT_MAX = 20
 TOKENS_PER_MINUTE_MIN = 1000
@@ -442,17 +442,11 @@ class RuleHit(models.Model):
 
 
 class GateDecision(models.Model):
-    """The gate's final decision on an item (see ``judging.gate.decide``)."""
+    """The gate's final decision on an item (see ``judging.gate.decide``); ``judge_run`` and ``tier`` name the
+    policy's tier that decided it (basis judge or tier), else they are empty."""
 
-    class Outcome(models.TextChoices):
-        ACCEPT = "accept"
-        REJECT = "reject"
-        PENDING = "pending"
-
-    class Basis(models.TextChoices):
-        SME = "sme", "SME ground truth"
-        JUDGE = "judge", "Judge verdict"
-        NONE = "none", "Neither"
+    Outcome = gate.Outcome
+    Basis = gate.Basis
 
     item = models.OneToOneField(Item, on_delete=models.CASCADE, related_name="gate_decision")
     outcome = models.CharField(max_length=7, choices=Outcome.choices)
@@ -461,6 +455,7 @@ class GateDecision(models.Model):
     vetoed = models.BooleanField(default=False, help_text="An active label function rejected it.")
     reasons = models.JSONField(default=list, blank=True)
     judge_run = models.ForeignKey(JudgeRun, null=True, blank=True, on_delete=models.SET_NULL)
+    tier = models.PositiveSmallIntegerField(null=True, blank=True, help_text="The policy tier (1, 2...) that decided.")
     decided_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -471,19 +466,136 @@ class GateDecision(models.Model):
 
 
 class RegateRequest(models.Model):
-    """How many times a project's full re-gating (rules, then the gate) has been asked for.
+    """How many times a project's full re-gating (rules, then the gate) has been asked for, and how the last
+    one ended.
 
     Each request bumps ``generation`` and queues a task carrying the new
     value; a task that finds a higher generation skips its work, since the
     later task will do it with newer data. So a burst of imports costs one
-    re-gating, not one each (see ``services.regate_request``).
+    re-gating, not one each (see ``services.regate_request``). A re-gating
+    that failed for good leaves ``last_error`` (cleared by the next success).
     """
 
     project = models.OneToOneField(Project, on_delete=models.CASCADE, primary_key=True, related_name="+")
     generation = models.PositiveBigIntegerField(default=0)
+    last_generation_done = models.PositiveBigIntegerField(default=0)
+    last_finished_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
 
     def __str__(self) -> str:
         return f"re-gating of project {self.project_id}: request {self.generation}"
+
+
+NO_POLICY = "none (SME ground truth only)"
+
+
+class GatingPolicy(models.Model):
+    """Which judges decide a project's items, chosen by a lead (one per project; none: only SMEs and rules).
+
+    Its ``tiers`` are tried in order (``judging.gate.tier_verdict``). Change it
+    only through ``services.gating_policy_set``, which logs each change as a
+    ``GatingPolicyChange``. ``target_agreement`` and ``risk`` are what the lead
+    asks of each tier's agreement with the SMEs (used to choose thresholds).
+    """
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="gating_policy")
+    target_agreement = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
+        help_text="Agreement with the SMEs each tier must reach on the items it decides (0.5 to 1).",
+    )
+    risk = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        help_text="The probability, at most, that a tier falls short of the target (0 to 0.5).",
+    )
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "gating policies"
+
+    def __str__(self) -> str:
+        return f"gating policy of {self.project}"
+
+    def snapshot(self) -> dict:
+        """The policy as the change log keeps it: ``{"target_agreement", "risk", "tiers": [{"tier", "run",
+        "judge", "threshold", "decides", "note"}]}``."""
+        return {
+            "target_agreement": self.target_agreement,
+            "risk": self.risk,
+            "tiers": [tier.snapshot() for tier in self.tiers.select_related("run")],
+        }
+
+    @property
+    def label(self) -> str:
+        """How screens and exports name the policy: its tiers' runs and judges."""
+        tiers = list(self.tiers.select_related("run")) if self.pk else []
+        if not tiers:
+            return NO_POLICY
+        return "; ".join(tier.label for tier in tiers)
+
+
+class PolicyTier(models.Model):
+    """One tier of a gating policy: a finished run whose verdicts decide items whose calibrated certainty
+    (max(p, 1 - p) of ``Verdict.confidence_calibrated``) reaches ``threshold``; a null threshold decides by the
+    verdict alone. A tier with ``decides`` False decides nothing (it could not reach the target: ``note``)."""
+
+    policy = models.ForeignKey(GatingPolicy, on_delete=models.CASCADE, related_name="tiers")
+    tier = models.PositiveSmallIntegerField(help_text="1 is tried first.")
+    # RESTRICT: a run a policy uses cannot vanish from under the gate (unless its whole project goes).
+    run = models.ForeignKey(JudgeRun, on_delete=models.RESTRICT, related_name="policy_tiers")
+    threshold = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
+        help_text="Least calibrated certainty, 0.5 to 1; blank: the verdict alone decides.",
+    )
+    decides = models.BooleanField(default=True)
+    note = models.TextField(blank=True, help_text="Why the tier decides nothing, or how its threshold was chosen.")
+
+    class Meta:
+        ordering = ["tier"]
+        constraints = [models.UniqueConstraint(fields=["policy", "tier"], name="policy_tier_once")]
+
+    def __str__(self) -> str:
+        return f"tier {self.tier} of {self.policy}"
+
+    def snapshot(self) -> dict:
+        return {
+            "tier": self.tier,
+            "run": self.run_id,
+            "judge": self.run.judge_label,
+            "threshold": self.threshold,
+            "decides": self.decides,
+            "note": self.note,
+        }
+
+    @property
+    def label(self) -> str:
+        sure = "by its verdict alone" if self.threshold is None else f"certainty >= {self.threshold:g}"
+        decides = "" if self.decides else ", decides nothing"
+        return f"tier {self.tier}: run {self.run_id} ({self.run.judge_label}), {sure}{decides}"
+
+
+class GatingPolicyChange(models.Model):
+    """One change of a project's gating policy, append-only: who, when, the policy before and after
+    (``GatingPolicy.snapshot``; ``before`` is ``{}`` for the first)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="gating_policy_changes")
+    # PROTECT: history keeps its author; a user who changed something is deactivated, not deleted.
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    changed_at = models.DateTimeField(auto_now_add=True)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"gating policy change {self.pk} of project {self.project_id}"
 
 
 class TrainingSet(models.Model):

@@ -24,7 +24,13 @@ from judging.jsonl import escape_unicode_line_breaks
 from judging.metrics import agreement
 from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.selectors import funnel, run_agreement
-from judging.services import gate_apply, judge_run_create, label_function_save, label_functions_apply
+from judging.services import (
+    gate_apply,
+    gating_policy_set,
+    judge_run_create,
+    label_function_save,
+    label_functions_apply,
+)
 from judging.training_sets import iter_file, training_set_build
 
 # Example label functions: rules SMEs commonly ask for.
@@ -163,7 +169,11 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
     label_functions_apply(project=project)
     run = judge_and_wait(project, progress)
     waiting_for_smes = 0
-    if run.status != JudgeRun.Status.FINISHED:
+    if run.status == JudgeRun.Status.FINISHED:
+        # Whoever runs the demo chooses its one run as the gating policy (logged, with no user).
+        gating_policy_set(project=project, tiers=[(run, None)])
+        progress(f"gating policy: run {run.pk} decides the items without SME ground truth")
+    else:
         if run.backend != JudgeRun.Backend.LOCAL:
             raise RuntimeError(f"judge run {run.pk} failed: {run.error}")
         # Too few SME labels (or of one kind only) to train on: what the SMEs decided still goes out, the rest

@@ -1,56 +1,127 @@
-"""Reads for the judging app: latest run, funnel, agreement, few-shot examples, label-function analytics."""
+"""Reads for the judging app: the gating policy, funnel, agreement, few-shot examples, label-function analytics."""
 
 import random
 from collections import defaultdict
 from collections.abc import Sequence
 
-from django.db.models import Count, Q
+from django.db.models import Count, Prefetch, Q
 from django.utils import timezone
+from scipy.stats import binomtest
 
 from annotations.models import Adjudication, Project, Review
 from annotations.selectors import ground_truth
+from judging import gate
 from judging.metrics import agreement, cohen_kappa_bootstrap_ci
-from judging.models import GateDecision, JudgeRun, LabelFunction, RuleHit, Verdict
+from judging.models import NO_POLICY, GateDecision, GatingPolicy, JudgeRun, LabelFunction, PolicyTier, RuleHit, Verdict
 
 
-def latest_finished_run(project: Project) -> JudgeRun | None:
-    """The run whose verdicts the gate uses: the most recently finished one."""
+def gating_policy(project: Project) -> GatingPolicy | None:
+    """The project's gating policy in force, its tiers (with their runs) prefetched; None when no lead has
+    chosen one: then no judge decides, only SME ground truth and the rules (``services.gating_policy_set``)."""
     return (
-        JudgeRun.objects.filter(project=project, status=JudgeRun.Status.FINISHED)
-        .order_by("-finished_at", "-id")
+        GatingPolicy.objects.filter(project=project)
+        .select_related("updated_by")
+        .prefetch_related(Prefetch("tiers", queryset=PolicyTier.objects.select_related("run")))
         .first()
     )
 
 
-def funnel(project: Project) -> dict[str, int]:
-    """Counts along the pipeline, from the gate's stored decisions.
+def policy_verdicts(
+    project: Project, *, policy: GatingPolicy | None = None, item_ids: list[int] | None = None
+) -> dict[int, tuple[PolicyTier, str]]:
+    """``{item_id: (tier, verdict)}`` for the items some tier of the project's gating policy decides
+    (``gate.tier_verdict``: the first tier, in order, whose verdict's calibrated certainty clears its threshold);
+    ``{}`` without a policy. Tiers that decide nothing are skipped. Pass ``policy`` when already read."""
+    policy = policy if policy is not None else gating_policy(project)
+    if policy is None:
+        return {}
+    tiers = [tier for tier in policy.tiers.all() if tier.decides]
+    nothing = gate.TierVerdict(None, None, None)
+    by_item: dict[int, list] = defaultdict(lambda: [nothing] * len(tiers))
+    for index, tier in enumerate(tiers):
+        rows = Verdict.objects.filter(run_id=tier.run_id).exclude(verdict="")
+        if item_ids is not None:
+            rows = rows.filter(item_id__in=item_ids)
+        for item_id, verdict, p in rows.values_list("item_id", "verdict", "confidence_calibrated").iterator(
+            chunk_size=2000
+        ):
+            by_item[item_id][index] = gate.TierVerdict(verdict, p, tier.threshold)
+    decided = {}
+    for item_id, says in by_item.items():
+        found = gate.tier_verdict(says)
+        if found is not None:
+            decided[item_id] = (tiers[found[0]], found[1])
+    return decided
+
+
+def policy_certainty(project: Project, *, policy: GatingPolicy | None = None) -> dict[int, float]:
+    """``{item_id: certainty}``: the highest calibrated certainty max(p, 1 - p) any of the policy's tiers has on
+    the item (items with no calibrated verdict are left out); ``{}`` without a policy. Orders the SME queue."""
+    policy = policy if policy is not None else gating_policy(project)
+    if policy is None:
+        return {}
+    run_ids = [tier.run_id for tier in policy.tiers.all()]
+    best: dict[int, float] = {}
+    rows = (
+        Verdict.objects.filter(run_id__in=run_ids, confidence_calibrated__isnull=False)
+        .exclude(verdict="")
+        .values_list("item_id", "confidence_calibrated")
+    )
+    for item_id, p in rows.iterator(chunk_size=2000):
+        best[item_id] = max(best.get(item_id, 0.0), gate.certainty(p))
+    return best
+
+
+def funnel(project: Project) -> dict[str, int | str]:
+    """Counts along the pipeline, from the gate's stored decisions, and the gating policy in force.
 
     ``imported`` = ``accepted + rejected + pending``; ``accepted`` =
     ``accepted_before_rules - vetoed_accepts``. ``judged`` counts items with a
-    verdict (not an error) in the latest finished run.
+    verdict (not an error) from some run of the gating policy, ``judge_errors``
+    items with only errors from them; ``policy`` names the policy in force
+    (``GatingPolicy.label``, or ``NO_POLICY``).
     """
     items = project.items
-    run = latest_finished_run(project)
+    policy = gating_policy(project)
+    run_ids = [tier.run_id for tier in policy.tiers.all()] if policy else []
+    Outcome, Basis = GateDecision.Outcome, GateDecision.Basis
     decisions = GateDecision.objects.filter(item__project=project).aggregate(
-        accepted=Count("id", filter=Q(outcome="accept")),
-        rejected=Count("id", filter=Q(outcome="reject")),
-        pending=Count("id", filter=Q(outcome="pending")),
-        by_sme=Count("id", filter=Q(basis="sme")),
-        by_judge=Count("id", filter=Q(basis="judge")),
-        accepted_before_rules=Count("id", filter=Q(basis_decision="accept")),
+        accepted=Count("id", filter=Q(outcome=Outcome.ACCEPT)),
+        rejected=Count("id", filter=Q(outcome=Outcome.REJECT)),
+        pending=Count("id", filter=Q(outcome=Outcome.PENDING)),
+        by_sme=Count("id", filter=Q(basis=Basis.SME)),
+        by_judge=Count("id", filter=Q(basis__in=[Basis.JUDGE, Basis.TIER])),
+        accepted_before_rules=Count("id", filter=Q(basis_decision=Outcome.ACCEPT)),
         vetoed_total=Count("id", filter=Q(vetoed=True)),
-        vetoed_accepts=Count("id", filter=Q(vetoed=True, basis_decision="accept")),
+        vetoed_accepts=Count("id", filter=Q(vetoed=True, basis_decision=Outcome.ACCEPT)),
     )
     imported = items.count()
+    verdicts = Verdict.objects.filter(run_id__in=run_ids)
+    judged = set(verdicts.exclude(verdict="").values_list("item_id", flat=True)) if run_ids else set()
+    failed = set(verdicts.filter(verdict="").values_list("item_id", flat=True)) if run_ids else set()
     return {
         "imported": imported,
         "sme_queued": items.filter(in_sme_queue=True).count(),
         "sme_reviewed": len(ground_truth(project=project)),
-        "judged": Verdict.objects.filter(run=run).exclude(verdict="").count() if run else 0,
-        "judge_errors": Verdict.objects.filter(run=run, verdict="").count() if run else 0,
+        "judged": len(judged),
+        "judge_errors": len(failed - judged),
         "undecided": imported - sum(decisions[k] for k in ("accepted", "rejected", "pending")),
+        "policy": policy.label if policy else NO_POLICY,
         **decisions,
     }
+
+
+def gating_policy_candidates(project: Project) -> list[dict]:
+    """Every finished run of the project as a candidate for the gating policy, newest first:
+    ``[{"run", "agreement": run_agreement(..., interval=True), "in_policy": bool}]`` (Cohen's kappa with its
+    95 % bootstrap interval, on the ``n`` SME-labelled items the run judged; see ``metrics``)."""
+    policy = gating_policy(project)
+    in_policy = {tier.run_id for tier in policy.tiers.all()} if policy else set()
+    truth = ground_truth(project=project)
+    return [
+        {"run": run, "agreement": run_agreement(run, truth, interval=True), "in_policy": run.pk in in_policy}
+        for run in JudgeRun.objects.filter(project=project, status=JudgeRun.Status.FINISHED).order_by("-id")
+    ]
 
 
 def few_shot_examples(project: Project, *, count: int, seed: int, pinned: Sequence[str] = ()) -> list[dict]:
@@ -102,12 +173,14 @@ def _sme_rationale(item_id: int, decision: str) -> str:
     return "A subject-matter expert rejected it" + (f" as {reason}." if reason else ".")
 
 
-def run_agreement(run: JudgeRun, truth: dict[int, str] | None = None) -> dict:
+def run_agreement(run: JudgeRun, truth: dict[int, str] | None = None, *, interval: bool = False) -> dict:
     """The run's agreement with SME ground truth, on the items that have both (see metrics.agreement).
 
     Items the run showed the judge as few-shot examples are left out: it saw
     their labels. Pass ``truth`` (``ground_truth(project=...)``) when comparing
-    several runs, to read it once.
+    several runs, to read it once. With ``interval``, ``"kappa_ci"`` is added
+    (``metrics.cohen_kappa_bootstrap_ci``, 95 %), and ``"accuracy_ci"``, the
+    95 % Wilson score interval of the agreement (``scipy.stats.binomtest``).
     """
     if truth is None:
         truth = ground_truth(project=run.project)
@@ -117,14 +190,20 @@ def run_agreement(run: JudgeRun, truth: dict[int, str] | None = None) -> dict:
         for item_id, verdict in Verdict.objects.filter(run=run).exclude(verdict="").values_list("item_id", "verdict")
         if item_id in truth and item_id not in shown
     ]
-    return agreement([t for t, _ in pairs], [v for _, v in pairs])
+    result = agreement([t for t, _ in pairs], [v for _, v in pairs])
+    if interval:
+        result["kappa_ci"] = cohen_kappa_bootstrap_ci([t for t, _ in pairs], [v for _, v in pairs])
+        result["accuracy_ci"] = None
+        if pairs:
+            agree = sum(t == v for t, v in pairs)
+            ci = binomtest(agree, len(pairs)).proportion_ci(confidence_level=0.95, method="wilson")
+            result["accuracy_ci"] = (ci.low, ci.high)
+    return result
 
 
-def _latest_verdicts(project: Project) -> dict[int, str]:
-    run = latest_finished_run(project)
-    if run is None:
-        return {}
-    return dict(Verdict.objects.filter(run=run).exclude(verdict="").values_list("item_id", "verdict"))
+def _policy_verdicts(project: Project) -> dict[int, str]:
+    """``{item_id: verdict}`` of the items the gating policy's tiers decide (before SMEs and rules)."""
+    return {item_id: verdict for item_id, (_, verdict) in policy_verdicts(project).items()}
 
 
 def label_function_dry_run(*, label_function: LabelFunction, examples: int = 5) -> dict:
@@ -133,13 +212,13 @@ def label_function_dry_run(*, label_function: LabelFunction, examples: int = 5) 
     Returns ``{"rule", "items", "would_reject", "sme_accepted", "sme_rejected",
     "judge_accepted", "examples": [{"external_id", "response", "sme", "judge"}]}``
     where ``sme_accepted`` counts rejected items whose SME ground truth is
-    accept (a conflict with the SMEs), and ``judge_accepted`` those the latest
-    finished judge run accepted.
+    accept (a conflict with the SMEs), and ``judge_accepted`` those the gating
+    policy's judges accepted.
     """
     from judging.services import rule_rejections
 
     project = label_function.project
-    truth, verdicts = ground_truth(project=project), _latest_verdicts(project)
+    truth, verdicts = ground_truth(project=project), _policy_verdicts(project)
     rejected = [item_id for item_id, _ in rule_rejections(project=project, label_functions=[label_function])]
     shown = {item.pk: item for item in project.items.filter(pk__in=rejected[:examples]).only("external_id", "response")}
     return {
@@ -168,14 +247,14 @@ def label_function_stats(project: Project) -> list[dict]:
     For each label function: ``hits``; ``coverage`` (share of items it
     rejects); ``overlap`` (share of items it rejects that another active rule
     also rejects); ``conflict`` (share of items it rejects although the SME
-    ground truth, or failing that the latest judge verdict, accepts them) with
+    ground truth, or failing that the gating policy's verdict, accepts them) with
     ``conflict_sme`` and ``conflict_judge`` counts; ``empirical_accuracy``
     (of its hits on SME-labelled items, the share the SMEs rejected; None
     without any) over ``labelled_hits``. A rule rejects or abstains, so its
     accuracy is that of its rejections. Inactive rules have no stored hits.
     """
     total = project.items.count()
-    truth, verdicts = ground_truth(project=project), _latest_verdicts(project)
+    truth, verdicts = ground_truth(project=project), _policy_verdicts(project)
     hits_by_rule: dict[int, set[int]] = defaultdict(set)
     rules_by_item: dict[int, int] = defaultdict(int)
     for lf_id, item_id in RuleHit.objects.filter(label_function__project=project).values_list(

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from annotations.models import Project
@@ -17,16 +17,19 @@ from judging.backends import JudgeResult
 from judging.label_functions import Rule, RuleSet, validate_params
 from judging.models import (
     GateDecision,
+    GatingPolicy,
+    GatingPolicyChange,
     JudgeRun,
     JudgeSettings,
     LabelFunction,
     LabelFunctionVersion,
+    PolicyTier,
     RegateRequest,
     RubricVersion,
     RuleHit,
     Verdict,
 )
-from judging.selectors import few_shot_examples, latest_finished_run
+from judging.selectors import few_shot_examples, gating_policy, policy_certainty, policy_verdicts
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +178,15 @@ def verdicts_store(*, run: JudgeRun, results: list[JudgeResult]) -> None:
 
 
 def judge_run_finish_if_complete(*, run_id: int) -> bool:
-    """Mark the run finished once every item has a verdict or an error, calibrate it, and gate the project.
+    """Mark the run finished once every item has a verdict or an error, calibrate it, and ask for the
+    project's re-gating.
 
     Competing workers race here; a conditional UPDATE lets exactly one win,
     and only the winner calibrates (``judge_run_calibrate_on_finish``, which
-    never raises) and re-gates. Returns True for the winner.
+    never raises) and asks (``regate_request``: queued, coalesced and
+    retried, never inline). A finished run decides nothing until a lead puts
+    it in the gating policy (``gating_policy_set``); the re-gating still
+    refreshes what the page offers. Returns True for the winner.
     """
     run = JudgeRun.objects.get(pk=run_id)
     counts = Verdict.objects.filter(run=run).aggregate(
@@ -202,7 +209,7 @@ def judge_run_finish_if_complete(*, run_id: int) -> bool:
     )
     if won:
         judge_run_calibrate_on_finish(run=run)
-        gate_apply(project=run.project)
+        regate_request(run.project_id)
     return bool(won)
 
 
@@ -300,14 +307,20 @@ def label_functions_apply(*, project: Project) -> int:
 
 
 def project_regate(*, project: Project) -> tuple[int, dict[str, int]]:
-    """Run the active label functions, then gate every item: ``(rule hits, {"accept", "reject", "pending"})``."""
+    """Run the active label functions, gate every item, then order the SME queue by the policy's uncertainty
+    (``sme_queue_prioritise``): ``(rule hits, {"accept", "reject", "pending"})``.
+
+    Called by the ``regate_project`` task only; everything else asks through ``regate_request``.
+    """
     hits = label_functions_apply(project=project)
-    return hits, gate_apply(project=project)
+    counts = gate_apply(project=project)
+    sme_queue_prioritise(project=project)
+    return hits, counts
 
 
 def regate_request(project_id: int) -> int:
-    """Ask for the project to be re-gated in full (rules, then the gate) after commit; returns the request's
-    generation. Requests that pile up while one waits or runs cost one re-gating (``RegateRequest``)."""
+    """Ask for the project to be re-gated in full (rules, gate, SME-queue order) after commit; returns the
+    request's generation. Requests that pile up while one waits or runs cost one re-gating (``RegateRequest``)."""
     from judging.tasks import regate_project
 
     with transaction.atomic():
@@ -322,6 +335,116 @@ def regate_superseded(project_id: int, generation: int) -> bool:
     """Whether a later request for the project exists, whose task will re-gate with newer data."""
     latest = RegateRequest.objects.filter(project_id=project_id).values_list("generation", flat=True).first()
     return latest is not None and latest > generation
+
+
+def regate_finished(*, project_id: int, generation: int | None, error: str = "") -> None:
+    """Record how a re-gating ended: ``error`` "" for success (clearing an earlier error), else why it failed
+    (the project page shows it). A success also records the generation it covered."""
+    fields = {"last_finished_at": timezone.now(), "last_error": error[:5000]}
+    if not error and generation is not None:
+        fields["last_generation_done"] = generation
+    RegateRequest.objects.get_or_create(project_id=project_id)
+    RegateRequest.objects.filter(project_id=project_id).update(**fields)
+
+
+class PolicyError(ValueError):
+    """A gating policy that cannot be set: a run of another project, an unfinished run, a bad threshold..."""
+
+
+def gating_policy_set(
+    *,
+    project: Project,
+    tiers: list[tuple],
+    target: float | None = None,
+    risk: float | None = None,
+    user=None,
+) -> GatingPolicy:
+    """Set the project's gating policy, log the change, and ask for a re-gating; the one way a judge comes to
+    decide items.
+
+    ``tiers`` is ``[(run, threshold)]`` or ``[(run, threshold, decides, note)]`` in the order they are tried:
+    ``threshold`` is the least calibrated certainty max(p, 1 - p) in [0.5, 1] for the tier to decide an item,
+    None for the verdict alone; ``decides`` False keeps the tier in the policy but lets it decide nothing
+    (``note`` says why). ``[]`` leaves the gate to the SMEs and the rules. ``target`` (agreement with the SMEs,
+    0.5 to 1) and ``risk`` (0 to 0.5) are recorded for choosing thresholds. The policy and a
+    ``GatingPolicyChange`` (who, when, before and after as ``GatingPolicy.snapshot``) are written in one
+    transaction; a change that changes nothing logs nothing. Raises PolicyError for a run of another project,
+    a run not finished, a run named twice, a threshold, target or risk out of range.
+    """
+    specs = []
+    for spec in tiers:
+        run, threshold, decides, note = (*spec, True, "")[:4] if len(spec) == 2 else spec
+        if run.project_id != project.pk:
+            raise PolicyError(f"run {run.pk} is not a run of project {project.slug}")
+        if run.status != run.Status.FINISHED:
+            raise PolicyError(f"run {run.pk} is {run.status}: only a finished run can gate")
+        if threshold is not None and not 0.5 <= threshold <= 1.0:
+            raise PolicyError(f"threshold {threshold} of run {run.pk}: a certainty max(p, 1 - p) is 0.5 to 1")
+        specs.append((run, threshold, bool(decides), note or ""))
+    if len({run.pk for run, *_ in specs}) != len(specs):
+        raise PolicyError("a run can be only one tier of the policy")
+    if target is not None and not 0.5 <= target <= 1.0:
+        raise PolicyError(f"target agreement {target}: 0.5 to 1")
+    if risk is not None and not 0.0 < risk <= 0.5:
+        raise PolicyError(f"risk {risk}: above 0, at most 0.5")
+    with transaction.atomic():
+        policy, _ = GatingPolicy.objects.get_or_create(project=project)
+        policy = GatingPolicy.objects.select_for_update().get(pk=policy.pk)  # one change at a time
+        had_tiers = policy.tiers.exists()
+        before = policy.snapshot() if had_tiers or policy.target_agreement is not None else {}
+        policy.tiers.all().delete()
+        PolicyTier.objects.bulk_create(
+            PolicyTier(policy=policy, tier=n, run=run, threshold=threshold, decides=decides, note=note)
+            for n, (run, threshold, decides, note) in enumerate(specs, start=1)
+        )
+        policy.target_agreement, policy.risk, policy.updated_by = target, risk, user
+        policy.save()
+        after = policy.snapshot()
+        if before != after:
+            GatingPolicyChange.objects.create(project=project, changed_by=user, before=before, after=after)
+            regate_request(project.pk)
+    return policy
+
+
+def sme_queue_prioritise(*, project: Project) -> int:
+    """Order the SME queue by the gating policy's uncertainty, and queue what the policy cannot decide.
+
+    Every item the gate left pending gets priority 1 - certainty, its best
+    calibrated certainty max(p, 1 - p) among the policy's tiers (0 to 0.5),
+    or 1 when no tier has a calibrated verdict on it (least certain of all);
+    the queue hands out the highest first (``annotations.queue``), and open
+    slots take the new priority. Pending items that some tier judged (so the
+    policy could not decide them) are queued for SME review; items no tier
+    judged at all (errors) are queued from the run page (``judge_run_queue_errors``).
+    Without a policy, nothing changes. Returns how many items were newly queued.
+    """
+    policy = gating_policy(project)
+    if policy is None or not policy.tiers.all():
+        return 0
+    from annotations.models import Item, Slot
+
+    certain = policy_certainty(project, policy=policy)
+    run_ids = [tier.run_id for tier in policy.tiers.all()]
+    pending = list(
+        project.items.filter(gate_decision__outcome=GateDecision.Outcome.PENDING).values_list("id", "priority")
+    )
+    changed = [
+        Item(pk=item_id, priority=1.0 - certain[item_id] if item_id in certain else 1.0)
+        for item_id, priority in pending
+    ]
+    changed = [item for item, (_, old) in zip(changed, pending, strict=True) if item.priority != old]
+    with transaction.atomic():
+        Item.objects.bulk_update(changed, ["priority"], batch_size=WRITE_BATCH)
+        if changed:  # open slots take their item's priority, in one statement
+            Slot.objects.filter(project=project, done=False).exclude(priority=F("item__priority")).update(
+                priority=Subquery(Item.objects.filter(pk=OuterRef("item_id")).values("priority")[:1])
+            )
+    judged = set(
+        Verdict.objects.filter(run_id__in=run_ids, item__in=[i for i, _ in pending])
+        .exclude(verdict="")
+        .values_list("item_id", flat=True)
+    )
+    return queue_add(project=project, item_ids=sorted(judged))
 
 
 @transaction.atomic
@@ -380,43 +503,47 @@ def label_function_delete(*, rule: LabelFunction, user=None) -> None:
 def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[str, int]:
     """Decide the project's items (all, or ``item_ids``) with ``gate.decide`` and store the decisions.
 
-    Inputs: SME ground truth, verdicts of the latest finished run, hits of
-    active label functions. Returns ``{"accept": n, "reject": n, "pending": n}``
-    over the items decided. Concurrent calls for one project (an import, a
-    rule edit and an SME decision re-gating at once) run one after the other,
-    each reading what the previous stored.
+    Inputs: SME ground truth, the gating policy's verdicts (``selectors.policy_verdicts``: the first tier
+    whose calibrated certainty clears its threshold; none without a policy), hits of active label functions.
+    Returns ``{"accept": n, "reject": n, "pending": n}`` over the items decided. Concurrent calls for one
+    project (an import, a rule edit and an SME decision re-gating at once) run one after the other, each
+    reading what the previous stored.
     """
+    Basis, Outcome = GateDecision.Basis, GateDecision.Outcome
     with transaction.atomic():
         _serialise(project, GATE_LOCK)
         items = project.items.all() if item_ids is None else project.items.filter(pk__in=item_ids)
         truth = ground_truth(item_ids, project=project)
-        run = latest_finished_run(project)
-        verdicts_qs = Verdict.objects.filter(run=run).exclude(verdict="")
+        decided = policy_verdicts(project, item_ids=item_ids)
         hits = RuleHit.objects.filter(label_function__project=project, label_function__active=True)
         if item_ids is not None:
-            verdicts_qs, hits = verdicts_qs.filter(item_id__in=item_ids), hits.filter(item_id__in=item_ids)
-        verdicts = dict(verdicts_qs.values_list("item_id", "verdict")) if run else {}
+            hits = hits.filter(item_id__in=item_ids)
         rejections: dict[int, list[str]] = defaultdict(list)
         for item_id, reason in hits.values_list("item_id", "label_function__reason"):
             rejections[item_id].append(reason)
         decisions = []
-        counts = {"accept": 0, "reject": 0, "pending": 0}
+        counts = {Outcome.ACCEPT.value: 0, Outcome.REJECT.value: 0, Outcome.PENDING.value: 0}
         for item_id in items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
-            outcome = gate.decide(
+            tier, verdict = decided.get(item_id, (None, None))
+            result = gate.decide(
                 ground_truth=truth.get(item_id),
-                verdict=verdicts.get(item_id),
+                verdict=verdict,
                 rule_rejections=rejections.get(item_id, []),
+                verdict_basis=Basis.JUDGE if tier is None or tier.threshold is None else Basis.TIER,
+                tier=tier.tier if tier is not None else None,
             )
-            counts[outcome.outcome] += 1
+            counts[result.outcome] += 1
+            by_judge = result.basis in (Basis.JUDGE, Basis.TIER)
             decisions.append(
                 GateDecision(
                     item_id=item_id,
-                    outcome=outcome.outcome,
-                    basis=outcome.basis,
-                    basis_decision=outcome.basis_decision,
-                    vetoed=outcome.vetoed,
-                    reasons=outcome.reasons,
-                    judge_run=run if outcome.basis == "judge" else None,
+                    outcome=result.outcome,
+                    basis=result.basis,
+                    basis_decision=result.basis_decision,
+                    vetoed=result.vetoed,
+                    reasons=result.reasons,
+                    judge_run_id=tier.run_id if by_judge else None,
+                    tier=tier.tier if by_judge else None,
                 )
             )
         GateDecision.objects.filter(item__in=items).delete()

@@ -163,8 +163,15 @@ def regate_project(project_id: int, generation: int | None = None) -> None:
     if generation is not None and services.regate_superseded(project_id, generation):
         return
     project = Project.objects.filter(pk=project_id).first()
-    if project is not None:
+    if project is None:
+        return
+    try:
         services.project_regate(project=project)
+    except Exception as exc:
+        # Recorded for the project page (each failed attempt; the next success clears it), then retried or not.
+        services.regate_finished(project_id=project_id, generation=generation, error=f"{type(exc).__name__}: {exc}")
+        raise
+    services.regate_finished(project_id=project_id, generation=generation)
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None)

@@ -78,6 +78,7 @@ from annotations.spreadsheets import neutralise_formula
 from judging.export import chat_record
 from judging.jsonl import json_line
 from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
+from judging.selectors import gating_policy
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def _candidates(items: QuerySet[Item], fmt: str) -> Iterator[_Candidate]:
             judge_rationale, adjudication_reason, sme_comment, sme_reason = row[12:]
             if candidate.vetoed:
                 candidate.rationale = "Rejected by rule: " + "; ".join(candidate.reasons)
-            elif candidate.basis == GateDecision.Basis.JUDGE:
+            elif candidate.basis in (GateDecision.Basis.JUDGE, GateDecision.Basis.TIER):
                 candidate.rationale = judge_rationale or ""
             else:
                 candidate.rationale = adjudication_reason or sme_comment or sme_reason or ""
@@ -360,6 +361,7 @@ def _lineage(training_set: TrainingSet, items: QuerySet[Item]) -> dict:
         for row in items.order_by().values("gate_decision__basis").annotate(n=Count("id"))
     }
     runs = JudgeRun.objects.filter(pk__in=items.order_by().values("gate_decision__judge_run")).order_by("id")
+    policy = gating_policy(training_set.project)
     reviews = Review.objects.filter(item_id__in=ids)
     return {
         "format": training_set.format,
@@ -368,7 +370,12 @@ def _lineage(training_set: TrainingSet, items: QuerySet[Item]) -> dict:
         "validation_fraction": training_set.validation_fraction,
         "dedupe": training_set.dedupe,
         "system_prompt_sha256": hashlib.sha256(training_set.system_prompt.encode()).hexdigest(),
-        "decided_by": {"sme": basis.get("sme", 0), "judge": basis.get("judge", 0), "rules_only": basis.get("none", 0)},
+        "decided_by": {
+            "sme": basis.get(GateDecision.Basis.SME, 0),
+            "judge": basis.get(GateDecision.Basis.JUDGE, 0) + basis.get(GateDecision.Basis.TIER, 0),
+            "rules_only": basis.get(GateDecision.Basis.NONE, 0),
+        },
+        "gating_policy": policy.snapshot() if policy else {},
         "vetoed": items.filter(gate_decision__vetoed=True).count(),
         "reviews": {
             "sme": reviews.filter(origin=Review.Origin.UI).count(),

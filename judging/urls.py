@@ -9,6 +9,7 @@ urlpatterns = [
     path("projects/<slug:slug>/judge/", views.judge_run_start, name="judge_run_start"),
     path("projects/<slug:slug>/regate/", views.regate, name="regate"),
     path("projects/<slug:slug>/rules/", views.rules, name="rules"),
+    path("projects/<slug:slug>/gating-policy/", views.gating_policy_page, name="gating_policy"),
     path("projects/<slug:slug>/training-sets/", views.training_sets_page, name="training_sets"),
     path(
         "projects/<slug:slug>/training-sets/<int:training_set_id>/",
@@ -28,4 +29,5 @@ urlpatterns = [
         name="run_control",
     ),
     path("api/projects/<slug:slug>/export/chat.jsonl", api.ExportChatJsonlApi.as_view(), name="api_export_chat"),
+    path("api/projects/<slug:slug>/gating-policy/", api.GatingPolicyApi.as_view(), name="api_gating_policy"),
 ]

@@ -17,11 +17,12 @@ from rest_framework.exceptions import ValidationError
 
 from annotations.selectors import ground_truth
 from annotations.views import get_project_for_lead, parse_id
-from judging.models import JudgeRun, TrainingSet
+from judging.models import GatingPolicyChange, JudgeRun, RegateRequest, TrainingSet
 from judging.selectors import (
     funnel,
+    gating_policy,
+    gating_policy_candidates,
     label_function_stats,
-    latest_finished_run,
     run_agreement,
     run_answered_by,
     run_calibration,
@@ -31,13 +32,15 @@ from judging.selectors import (
     runs_compare,
 )
 from judging.services import (
+    PolicyError,
     RunBusy,
+    gating_policy_set,
     judge_run_calibrate,
     judge_run_cancel,
     judge_run_create,
     judge_run_queue_errors,
     judge_run_resume,
-    project_regate,
+    regate_request,
 )
 from judging.training_sets import training_set_create
 
@@ -50,11 +53,16 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     truth = ground_truth(project=project)
     for run in runs:
         run.agreement = run_agreement(run, truth) if run.status == JudgeRun.Status.FINISHED else None
+    figures, policy = funnel(project), gating_policy(project)
+    in_policy = {tier.run_id for tier in policy.tiers.all()} if policy else set()
+    for run in runs:
+        run.in_policy = run.pk in in_policy
     context = {
         "project": project,
-        "funnel": funnel(project),
+        "funnel": figures,
+        "policy": policy,
+        "regating": RegateRequest.objects.filter(project=project).first(),
         "runs": runs,
-        "gating_run": latest_finished_run(project),
         "rules": project.label_functions.annotate(n_hits=Count("hits")),
     }
     return render(request, "judging/project_detail.html", context)
@@ -79,16 +87,45 @@ def rules(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_POST
 def regate(request: HttpRequest, slug: str) -> HttpResponse:
-    """Run the active label functions and re-gate every item (staff only), e.g. after new SME reviews."""
+    """Queue a run of the active label functions and a re-gating of every item (staff only), e.g. after new SME
+    reviews; the project page shows when it ended and whether it failed."""
     project = get_project_for_lead(request, slug)
     if not request.user.is_staff:
         raise PermissionDenied("Only staff re-gate projects.")
-    hits, counts = project_regate(project=project)
-    messages.info(
-        request,
-        f"{hits} rule hits; {counts['accept']} accepted, {counts['reject']} rejected, {counts['pending']} pending.",
-    )
+    generation = regate_request(project.pk)
+    messages.info(request, f"Re-gating queued (request {generation}): rules, then the gate, in the background.")
     return redirect(project)
+
+
+@login_required
+def gating_policy_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """The gating policy in force, every finished run as a candidate with its agreement with the SMEs, the log
+    of changes; a lead chooses a run here (POST ``run``: that run alone decides, by its verdicts)."""
+    project = get_project_for_lead(request, slug)
+    if request.method == "POST":
+        try:
+            run_id = parse_id(request.POST.get("run"), "run")
+        except ValueError as exc:
+            return HttpResponseBadRequest(str(exc), content_type="text/plain")
+        run = get_object_or_404(JudgeRun, pk=run_id, project=project)
+        try:
+            gating_policy_set(project=project, tiers=[(run, None)], user=request.user)
+        except PolicyError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.info(request, f"Run {run.pk} now gates the project; re-gating queued.")
+        return redirect("judging:gating_policy", project.slug)
+    policy = gating_policy(project)
+    candidates = gating_policy_candidates(project)
+    current = [c for c in candidates if c["in_policy"]]
+    context = {
+        "project": project,
+        "policy": policy,
+        "candidates": candidates,
+        "current": current,
+        "changes": GatingPolicyChange.objects.filter(project=project).select_related("changed_by")[:50],
+    }
+    return render(request, "judging/gating_policy.html", context)
 
 
 def _get_run(request: HttpRequest, slug: str, run_id: int) -> JudgeRun:
@@ -126,7 +163,9 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
     confidence["kinds"] = [("raw", confidence["raw"]), ("calibrated", confidence["calibrated"])]
     fitted_at = confidence["fit"].get("fitted_at")
     confidence["fitted_at"] = datetime.fromisoformat(fitted_at) if fitted_at else None
+    policy = gating_policy(run.project)
     context.update(
+        in_policy=policy is not None and any(tier.run_id == run.pk for tier in policy.tiers.all()),
         confidence=confidence,
         calibration=calibration,
         errors=errors,

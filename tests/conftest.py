@@ -96,13 +96,16 @@ def judge_server():
 @pytest.fixture
 def start_run(django_capture_on_commit_callbacks):
     """``start_run(project)``: create a judge run (with ``endpoint``, when given), run its tasks in-process,
-    return the refreshed run."""
+    return the refreshed run; with ``use=True`` a lead then chooses it as the gating policy (``use_run``), as a
+    finished run never gates alone."""
     from judging.services import judge_run_create
 
-    def start(project: Project, user=None, endpoint=None):
+    def start(project: Project, user=None, endpoint=None, use: bool = False):
         with django_capture_on_commit_callbacks(execute=True):
             run = judge_run_create(project=project, user=user, endpoint=endpoint)
         run.refresh_from_db()
+        if use:
+            use_run(run, user=user)
         return run
 
     return start
@@ -113,3 +116,14 @@ def queue_all(project: Project) -> None:
     from annotations.queue import queue_add
 
     queue_add(project=project, item_ids=list(project.items.values_list("id", flat=True)))
+
+
+def use_run(run, user=None, threshold: float | None = None):
+    """Make ``run`` the project's gating policy (one tier, by its verdicts alone unless ``threshold``), as a lead
+    would on the policy page, and run the re-gating it queues. Returns the policy."""
+    from django.test import TestCase
+
+    from judging.services import gating_policy_set
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return gating_policy_set(project=run.project, tiers=[(run, threshold)], user=user)

@@ -138,6 +138,7 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("sme", "annotations:review_change", (slug, site["review"].pk)),
         Page("sme", "annotations:adjudication", (slug,), status=403),  # the 403 page
         Page("sme", "judging:project_detail", (slug,), status=403),
+        Page("sme", "judging:gating_policy", (slug,), status=403),
         Page("sme", "annotations:review_skip", (slug, site["queued"][0].pk), method="post", htmx=True),
         # The SME, lead and staff visits to the review screen above leased q0, q1 and q2; after the skip of q0 the
         # SME holds q3. A decision on q1 gets the conflict card (409); the one on q3 is stored.
@@ -156,6 +157,7 @@ def site_pages(project: Project, site: dict) -> list[Page]:
             Page(persona, "annotations:import_job", (slug, site["job"].pk)),
             Page(persona, "judging:project_detail", (slug,)),
             Page(persona, "judging:rules", (slug,)),
+            Page(persona, "judging:gating_policy", (slug,)),
             Page(persona, "judging:training_sets", (slug,)),
             Page(persona, "judging:training_set_detail", (slug, site["training_set"].pk)),
             Page(persona, "judging:run_detail", (slug, run.pk)),

@@ -301,6 +301,7 @@ API_WRITES = {
     ("post", "/api/projects/{project_slug}/training-sets/"),  # a new snapshot
     ("delete", "/api/projects/{project_slug}/training-sets/{id}/"),  # a snapshot (not history: built from it)
     ("post", "/api/token/"),  # the caller's own token
+    ("post", "/api/projects/{slug}/gating-policy/"),  # a lead's choice of judges, logged
 }
 
 

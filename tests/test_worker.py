@@ -72,7 +72,7 @@ def test_a_real_worker_judges_a_whole_run_over_redis(project, judge_server, work
     make_items(project, responses)
     use_judge(project, judge_server.base_url)
     command = subprocess.run(
-        [sys.executable, "manage.py", "run_judge", project.slug, "--timeout", "90"],
+        [sys.executable, "manage.py", "run_judge", project.slug, "--timeout", "90", "--use"],
         cwd=ROOT,
         env=worker_env,
         capture_output=True,
@@ -89,7 +89,11 @@ def test_a_real_worker_judges_a_whole_run_over_redis(project, judge_server, work
     # The worker, not the command, did the judging: one start task and 4 chunks of up to 8 items.
     assert log.count("judging.tasks.start_judge_run[") >= 2 and "succeeded" in log
     assert log.count("judging.tasks.judge_chunk[") >= 8, log
-    assert GateDecision.objects.filter(outcome="accept").count() == 20
+    # --use made the run the gating policy; the re-gating it asked for runs on the worker too.
+    deadline = time.monotonic() + 60
+    while GateDecision.objects.filter(outcome="accept").count() != 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert GateDecision.objects.filter(outcome="accept", basis="judge", judge_run=run).count() == 20, worker.log()
 
 
 def test_saving_a_rule_regates_in_the_background_on_a_real_worker(project, worker_env, worker):

@@ -48,7 +48,7 @@ class Migration(migrations.Migration):
     # Copies the judge fields off the project before annotations 0005 removes them.
     dependencies = [
         ('annotations', '0004_history_authors_judge_url'),
-        ('judging', '0010_verdict_confidence'),
+        ('judging', '0011_gating_policy'),
     ]
 
     operations = [

@@ -53,16 +53,19 @@ def test_a_bad_rule_is_refused_with_the_reason(admin_client, project, kind, para
     assert not LabelFunction.objects.exists()
 
 
-def test_the_admin_action_applies_rules_and_regates(admin_client, project):
+def test_the_admin_action_queues_rules_and_regating(admin_client, project, django_capture_on_commit_callbacks):
     make_items(project, ["Use Dropbox.", "Use Acme."])
     rule = LabelFunction.objects.create(
         project=project, name="competitor", kind="keywords", params={"keywords": ["Dropbox"]}, reason="competitor"
     )
-    response = admin_client.post(
-        reverse("admin:judging_labelfunction_changelist"),
-        {"action": "apply_and_regate", "_selected_action": [rule.pk]},
-    )
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        response = admin_client.post(
+            reverse("admin:judging_labelfunction_changelist"),
+            {"action": "apply_and_regate", "_selected_action": [rule.pk]},
+        )
     assert response.status_code == 302
+    assert not GateDecision.objects.exists() and len(queued) == 1  # queued, not done in the request
+    queued[0]()
     decisions = dict(GateDecision.objects.values_list("item__response", "outcome"))
     assert decisions == {"Use Dropbox.": "reject", "Use Acme.": "pending"}
 

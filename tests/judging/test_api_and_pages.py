@@ -10,7 +10,7 @@ from rest_framework.authtoken.models import Token
 from annotations.models import Review
 from judging.models import GateDecision, JudgeRun, LabelFunction
 from judging.services import gate_apply, label_functions_apply
-from tests.conftest import make_items
+from tests.conftest import make_items, use_run
 
 
 @pytest.fixture
@@ -57,12 +57,16 @@ def test_export_streams_the_accepted_set_as_chat_jsonl(client, lead, project, de
     ]
 
 
-def test_export_names_the_judge_of_the_gating_run(client, lead, project, decided):
-    JudgeRun.objects.create(
+def test_export_names_the_gating_policy_not_the_latest_run(client, lead, project, decided):
+    chosen = JudgeRun.objects.create(
         project=project, backend="openai", model="llama-405b", base_url="http://vllm/v1", status="finished"
     )
-    response = client.get(export_url(project), **token_header(lead))
-    assert response["X-Larry-Judge"] == "llama-405b at http://vllm/v1"
+    JudgeRun.objects.create(project=project, backend="openai", model="newer", base_url="http://x/v1", status="finished")
+    auth = token_header(lead)
+    assert client.get(export_url(project), **auth)["X-Larry-Judge"] == "none (SME ground truth only)"
+    use_run(chosen, user=lead)
+    response = client.get(export_url(project), **auth)
+    assert response["X-Larry-Judge"] == f"tier 1: run {chosen.pk} (llama-405b at http://vllm/v1), by its verdict alone"
 
 
 def test_an_outsider_token_gets_404_and_an_sme_403(client, outsider, sme, project, decided):
@@ -192,14 +196,23 @@ def test_only_staff_start_judge_runs(client, lead, staff, project, decided, djan
     assert "needs at least 2 accepted and 2 rejected SME reviews" in page
 
 
-def test_staff_regate_after_new_reviews(client, lead, staff, project, decided):
+def test_staff_regate_after_new_reviews_is_queued_not_inline(
+    client, lead, staff, project, decided, django_capture_on_commit_callbacks
+):
     url = reverse("judging:regate", args=[project.slug])
     client.force_login(lead)
     assert client.post(url).status_code == 403
     Review.objects.create(item=decided[3], decision="accept", origin="import")
     client.force_login(staff)
-    assert client.post(url).status_code == 302
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        response = client.post(url, follow=True)
+    assert response.status_code == 200 and "Re-gating queued" in response.content.decode()
+    assert GateDecision.objects.get(item=decided[3]).outcome == "pending"  # nothing re-gated inside the request
+    assert len(queued) == 1
+    queued[0]()  # the worker's turn
     assert GateDecision.objects.get(item=decided[3]).outcome == "accept"
+    page = client.get(reverse("judging:project_detail", args=[project.slug])).content.decode()
+    assert "1 requested, 1 done" in page
 
 
 def test_an_sme_corrected_response_wins_in_the_export(client, lead, project, decided):

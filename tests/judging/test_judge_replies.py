@@ -39,7 +39,7 @@ FAULTY = {
 
 def test_faulty_replies_that_look_like_accepts_stay_pending_and_are_never_exported(llm_project, start_run):
     make_items(llm_project, ["fine", *FAULTY])
-    run = start_run(llm_project)
+    run = start_run(llm_project, use=True)
     assert (run.status, run.items_done, run.items_error) == ("finished", 1, len(FAULTY))
     got = by_response(run)
     assert got["fine"].verdict == "accept"
@@ -133,7 +133,7 @@ def test_a_refused_connection_is_reported_as_refused_not_as_a_timeout(project, s
 
 def test_the_run_page_counts_errors_by_class_and_one_action_queues_them_for_smes(llm_project, lead, client, start_run):
     make_items(llm_project, ["ok", "a [dup-key]", "b [truncated]", "c [refusal]", "d [http500]", "e [garbage]"])
-    run = start_run(llm_project)
+    run = start_run(llm_project, use=True)
     client.force_login(lead)
     url = reverse("judging:run_detail", args=[llm_project.slug, run.pk])
     page = client.get(url).content.decode()
@@ -261,7 +261,7 @@ MALFORMED = {
 def test_a_malformed_body_fails_its_own_item_only_and_never_becomes_an_accept(llm_project, start_run):
     """Each of these used to crash the whole chunk (the run stuck at 'running') or be read as an accept."""
     make_items(llm_project, ["fine", *MALFORMED, "g [length-lie]", "also fine"])
-    run = start_run(llm_project)
+    run = start_run(llm_project, use=True)
     assert run.status == "finished" and (run.items_done, run.items_error) == (2, len(MALFORMED) + 1)
     got = by_response(run)
     assert {r: got[r].error_class for r in MALFORMED} == MALFORMED
@@ -317,7 +317,7 @@ def test_errors_are_queued_only_once_the_run_ended_and_only_those_left_pending(
     fixed = llm_project.items.get(response="b [garbage]")
     fixed.response = "b fine"
     fixed.save()
-    start_run(llm_project)  # a later run, chosen for the gate, accepts b
+    start_run(llm_project, use=True)  # a later run, chosen for the gate, accepts b
     assert GateDecision.objects.get(item=fixed).outcome == "accept"
     assert judge_run_queue_errors(run=old) == 1  # a only: b is decided
     JudgeRun.objects.filter(pk=old.pk).update(status="running")

@@ -9,7 +9,7 @@ from annotations.models import Item, Review
 from judging.models import GateDecision, JudgeRun, Verdict
 from judging.replies import VERDICT_SCHEMA
 from judging.selectors import run_agreement
-from tests.conftest import make_items, use_judge
+from tests.conftest import make_items, use_judge, use_run
 
 
 @pytest.fixture
@@ -33,8 +33,12 @@ def test_an_llm_run_stores_verdict_rationale_and_tokens_per_item(llm_project, ju
     assert got["Fine [fenced]"].verdict == "accept"
     assert all(v.rationale.startswith("the test server said") and v.tokens_out == 12 for v in got.values())
     assert run.tokens_in == sum(v.tokens_in for v in got.values()) > 0
-    # Every item got a gate decision from this run's verdicts.
-    assert GateDecision.objects.filter(judge_run=run).count() == 3
+    # The finished run re-gated the project, but decides nothing until a lead chooses it...
+    assert GateDecision.objects.filter(outcome="pending").count() == 3
+    assert not GateDecision.objects.filter(judge_run=run).exists()
+    # ...then every item gets a gate decision from this run's verdicts.
+    use_run(run)
+    assert GateDecision.objects.filter(judge_run=run, basis="judge").count() == 3
 
 
 def test_the_request_carries_the_rubric_the_guidelines_and_a_json_schema(llm_project, judge_server, start_run):
@@ -67,6 +71,7 @@ def test_bad_replies_become_errors_not_verdicts_and_the_gate_keeps_them_pending(
     assert (got["v [garbage-once]"].verdict, got["v [garbage-once]"].error) == ("accept", "")
     repairs = [r for r in judge_server.requests if len(r["messages"]) > 2]
     assert len(repairs) == 3 and "not a valid verdict" in repairs[0]["messages"][-1]["content"]
+    use_run(run)
     outcomes = dict(GateDecision.objects.values_list("item__response", "outcome"))
     assert outcomes == {
         "ok": "accept",
@@ -252,6 +257,7 @@ def test_a_run_judges_the_items_present_when_it_starts_even_those_imported_after
     run.refresh_from_db()
     # Before, the run finished at 2 of 5 and the gate never saw the later verdicts.
     assert (run.status, run.items_total, run.items_done) == ("finished", 5, 5)
+    use_run(run)
     assert GateDecision.objects.filter(judge_run=run).count() == 5
 
 

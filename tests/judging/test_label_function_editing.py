@@ -8,7 +8,13 @@ from django.urls import reverse
 from annotations.models import Item, Review
 from judging.models import GateDecision, JudgeRun, LabelFunction, LabelFunctionVersion, RuleHit, Verdict
 from judging.selectors import label_function_dry_run, label_function_stats
-from judging.services import gate_apply, label_function_delete, label_function_save, label_functions_apply
+from judging.services import (
+    gate_apply,
+    gating_policy_set,
+    label_function_delete,
+    label_function_save,
+    label_functions_apply,
+)
 from tests.conftest import make_items
 
 RESPONSES = ["Switch to Dropbox.", "Plus is $4 a month.", "Dropbox and OneDrive are better.", "Try OneDrive.", "Fine."]
@@ -23,6 +29,7 @@ def items(project):
     run = JudgeRun.objects.create(project=project, backend="openai", model="m", status="finished")
     for item, verdict in zip(items, ["accept", "accept", "reject", "accept", "reject"], strict=True):
         Verdict.objects.create(run=run, item=item, verdict=verdict)
+    gating_policy_set(project=project, tiers=[(run, None)])  # a lead chose the run
     return items
 
 

@@ -87,7 +87,7 @@ def test_errors_are_rerun_with_one_action(
     client, staff, llm_project, judge_server, start_run, django_capture_on_commit_callbacks
 ):
     judge_server.httpd.down = True
-    run = start_run(llm_project)
+    run = start_run(llm_project, use=True)
     assert (run.status, run.items_done, run.items_error) == ("finished", 0, 6)
     assert set(GateDecision.objects.values_list("outcome", flat=True)) == {"pending"}
     judge_server.httpd.down = False

@@ -15,7 +15,7 @@ from annotations.models import Item, Project, Review
 from annotations.spreadsheets import neutralise_formula
 from judging import training_sets
 from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
-from judging.services import gate_apply, label_functions_apply
+from judging.services import gate_apply, gating_policy_set, label_functions_apply
 from judging.tasks import build_training_set
 from judging.training_sets import iter_file, training_set_build, training_set_create
 from tests.conftest import run_concurrently
@@ -68,6 +68,7 @@ def decide_items(project: Project) -> JudgeRun:
         project=project, name="competitor", kind="keywords", params={"keywords": ["CompetitorCo"]}, reason="competitor"
     )
     label_functions_apply(project=project)
+    gating_policy_set(project=project, tiers=[(run, None)])  # a lead chose the run
     gate_apply(project=project)
     return run
 

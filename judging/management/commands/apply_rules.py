@@ -14,5 +14,5 @@ class Command(BaseCommand):
         target = Project.objects.filter(slug=project).first()
         if target is None:
             raise CommandError(f"no project {project!r}")
-        hits, counts = project_regate(project=target)
+        hits, counts = project_regate(project=target)  # here, not queued: the command waits for it
         self.stdout.write(f"{hits} rule hits; gate: {counts}")

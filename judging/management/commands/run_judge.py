@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotations.models import Project
 from judging.models import JudgeRun
 from judging.pipeline import JudgeRunTimeout, judge_and_wait
+from judging.services import gating_policy_set
 
 
 class Command(BaseCommand):
@@ -11,8 +12,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("project", help="project slug")
         parser.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+        parser.add_argument(
+            "--use",
+            action="store_true",
+            help="once it has finished, make the run the project's gating policy (logged; without it the run "
+            "decides nothing until a lead chooses it on the gating policy page)",
+        )
 
-    def handle(self, *args, project, timeout, **options):
+    def handle(self, *args, project, timeout, use, **options):
         target = Project.objects.filter(slug=project).first()
         if target is None:
             raise CommandError(f"no project {project!r}")
@@ -25,3 +32,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"run {run.pk} finished: {run.items_done} judged, {run.items_error} errors ({run.judge_label})"
         )
+        if use:
+            gating_policy_set(project=target, tiers=[(run, None)])
+            self.stdout.write(f"run {run.pk} is now the gating policy; re-gating queued")
+        else:
+            self.stdout.write("it decides nothing until chosen: run_judge --use, or the gating policy page")
