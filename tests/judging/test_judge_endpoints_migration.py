@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-BEFORE = [("annotations", "0004_history_authors_judge_url"), ("judging", "0010_verdict_confidence")]
+BEFORE = [("annotations", "0004_history_authors_judge_url"), ("judging", "0011_gating_policy")]
 
 
 def migrate(targets=None):
