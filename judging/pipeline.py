@@ -25,6 +25,7 @@ from judging.metrics import agreement
 from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.selectors import funnel, run_agreement
 from judging.services import (
+    escalation_run_create,
     gate_apply,
     gating_policy_set,
     judge_run_create,
@@ -83,14 +84,27 @@ class JudgeRunTimeout(RuntimeError):
 
 
 def judge_and_wait(
-    project: Project, progress: Progress, *, poll_s: float = 0.5, timeout_s: float | None = None
+    project: Project,
+    progress: Progress,
+    *,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+    endpoint=None,
+    escalate: bool = False,
 ) -> JudgeRun:
     """Start a judge run and wait for it: in-process without a broker, else by polling its row.
 
-    Must be called outside a transaction (the run is enqueued on commit).
-    Raises JudgeRunTimeout after ``timeout_s`` seconds (None: wait for ever).
+    ``endpoint`` (a JudgeEndpoint of the project; None: its default judge)
+    judges; with ``escalate`` only the items the gating policy in force leaves
+    undecided (``services.escalation_run_create``, which raises PolicyError
+    without a policy or with nothing to escalate). Must be called outside a
+    transaction (the run is enqueued on commit). Raises JudgeRunTimeout after
+    ``timeout_s`` seconds (None: wait for ever).
     """
-    run = judge_run_create(project=project)
+    if escalate:
+        run = escalation_run_create(project=project, endpoint=endpoint)
+    else:
+        run = judge_run_create(project=project, endpoint=endpoint)
     started = time.monotonic()
     while True:
         run.refresh_from_db()

@@ -406,6 +406,101 @@ def gating_policy_set(
     return policy
 
 
+def gating_policy_compute(
+    *, project: Project, runs: list[JudgeRun], target: float, risk: float, user=None
+) -> GatingPolicy:
+    """Make ``runs`` the project's cascade, in order, each tier's threshold chosen from the SME labels.
+
+    Tier k's threshold is chosen on the SME-labelled items that reach it (no
+    earlier tier decided them) and that it judged with a calibrated
+    confidence, leaving out the run's few-shot examples: ``certainty`` is
+    max(p, 1 - p) of ``Verdict.confidence_calibrated``, an item ``agrees``
+    when the verdict is the SME label, and ``thresholds.choose_threshold``
+    picks the least threshold whose agreement is at least ``target`` with
+    probability at least 1 - ``risk`` (fixed-sequence testing, Jung et al.,
+    "Trust or Escalate", ICLR 2025). A tier that cannot reach the target
+    stays in the policy deciding nothing, with the reason as its note, and
+    its labelled items go on to the next tier. The policy is written and
+    logged by ``gating_policy_set`` (which raises PolicyError for a run that
+    cannot gate). Returns the policy.
+    """
+    from judging.thresholds import choose_threshold
+
+    truth = ground_truth(project=project)
+    reaching = set(truth)
+    tiers = []
+    for run in runs:
+        left_out = set(run.few_shot_item_ids) | set(run.config.get("trained_on_item_ids") or [])
+        rows = [
+            (item_id, verdict, p)
+            for item_id, verdict, p in Verdict.objects.filter(run=run, item_id__in=list(reaching))
+            .exclude(verdict="")
+            .values_list("item_id", "verdict", "confidence_calibrated")
+            if item_id not in left_out
+        ]
+        calibrated = [(item_id, verdict, p) for item_id, verdict, p in rows if p is not None]
+        if rows and not calibrated:
+            note = f"run {run.pk} has no calibrated confidence: recalibrate it on the SME labels first"
+            tiers.append((run, None, False, note))
+            continue
+        choice = choose_threshold(
+            [gate.certainty(p) for _, _, p in calibrated],
+            [verdict == truth[item_id] for item_id, verdict, _ in calibrated],
+            target=target,
+            risk=risk,
+        )
+        if not choice.decides:
+            tiers.append((run, None, False, choice.reason))
+            continue
+        low, high = choice.interval or (None, None)
+        note = (
+            f"chosen on {choice.n_labelled} SME-labelled items reaching this tier: {choice.n} clear the threshold "
+            f"with agreement {choice.agreement:.3f} (95 % CI {low:.3f} to {high:.3f}), p = {choice.p_value:.2g}; "
+            f"fixed-sequence binomial testing at target {target:g}, risk {risk:g} (Jung et al., ICLR 2025)"
+        )
+        tiers.append((run, choice.threshold, True, note))
+        reaching -= {item_id for item_id, _, p in calibrated if gate.certainty(p) >= choice.threshold}
+    return gating_policy_set(project=project, tiers=tiers, target=target, risk=risk, user=user)
+
+
+def escalated_item_ids(project: Project) -> list[int]:
+    """The items the gating policy in force sends on: no tier of it decides them and no rule vetoed them.
+
+    SME-labelled items are included: the next tier's threshold is chosen on
+    the labelled items that reach it. Raises PolicyError when the project has
+    no policy (then every item would be escalated: start an ordinary run).
+    """
+    policy = gating_policy(project)
+    if policy is None or not policy.tiers.all():
+        raise PolicyError("no gating policy yet: a cascade's first tier is an ordinary run that a lead chose")
+    decided = policy_verdicts(project, policy=policy)
+    vetoed = set(GateDecision.objects.filter(item__project=project, vetoed=True).values_list("item_id", flat=True))
+    return [
+        item_id
+        for item_id in project.items.order_by("id").values_list("id", flat=True)
+        if item_id not in decided and item_id not in vetoed
+    ]
+
+
+def escalation_run_create(*, project: Project, endpoint=None, user=None) -> JudgeRun:
+    """Start a run of ``endpoint`` (the next tier's judge) over only the items the policy in force escalates.
+
+    The run's config records the policy it escalates from (``escalated_from``:
+    the tiers' runs and thresholds). Raises PolicyError without a policy or
+    with nothing to escalate.
+    """
+    item_ids = escalated_item_ids(project)
+    if not item_ids:
+        raise PolicyError("the policy in force decides every item: nothing to escalate")
+    policy = gating_policy(project)
+    run = judge_run_create(project=project, user=user, endpoint=endpoint, item_ids=item_ids)
+    run.config["escalated_from"] = [
+        {"tier": tier.tier, "run": tier.run_id, "threshold": tier.threshold} for tier in policy.tiers.all()
+    ]
+    JudgeRun.objects.filter(pk=run.pk).update(config=run.config)
+    return run
+
+
 def sme_queue_prioritise(*, project: Project) -> int:
     """Order the SME queue by the gating policy's uncertainty, and queue what the policy cannot decide.
 

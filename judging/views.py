@@ -17,7 +17,7 @@ from rest_framework.exceptions import ValidationError
 
 from annotations.selectors import ground_truth
 from annotations.views import get_project_for_lead, parse_id
-from judging.models import GatingPolicyChange, JudgeRun, RegateRequest, TrainingSet
+from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRequest, TrainingSet
 from judging.selectors import (
     funnel,
     gating_policy,
@@ -32,8 +32,10 @@ from judging.selectors import (
     runs_compare,
 )
 from judging.services import (
-    PolicyError,
     RunBusy,
+    escalated_item_ids,
+    escalation_run_create,
+    gating_policy_compute,
     gating_policy_set,
     judge_run_calibrate,
     judge_run_cancel,
@@ -100,20 +102,17 @@ def regate(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 def gating_policy_page(request: HttpRequest, slug: str) -> HttpResponse:
     """The gating policy in force, every finished run as a candidate with its agreement with the SMEs, the log
-    of changes; a lead chooses a run here (POST ``run``: that run alone decides, by its verdicts)."""
+    of changes. A lead acts here by POST ``action``: ``use`` (``run``: that run alone decides, by its verdicts),
+    ``cascade`` (``tier`` run ids in order, ``target``, ``risk``: thresholds chosen from the SME labels) or
+    ``escalate`` (``endpoint``: a run of that judge over the items the policy in force leaves undecided)."""
     project = get_project_for_lead(request, slug)
     if request.method == "POST":
         try:
-            run_id = parse_id(request.POST.get("run"), "run")
-        except ValueError as exc:
-            return HttpResponseBadRequest(str(exc), content_type="text/plain")
-        run = get_object_or_404(JudgeRun, pk=run_id, project=project)
-        try:
-            gating_policy_set(project=project, tiers=[(run, None)], user=request.user)
-        except PolicyError as exc:
+            message = _gating_policy_act(request, project)
+        except ValueError as exc:  # PolicyError and parse errors alike: say what and where
             messages.error(request, str(exc))
         else:
-            messages.info(request, f"Run {run.pk} now gates the project; re-gating queued.")
+            messages.info(request, message)
         return redirect("judging:gating_policy", project.slug)
     policy = gating_policy(project)
     candidates = gating_policy_candidates(project)
@@ -124,8 +123,53 @@ def gating_policy_page(request: HttpRequest, slug: str) -> HttpResponse:
         "candidates": candidates,
         "current": current,
         "changes": GatingPolicyChange.objects.filter(project=project).select_related("changed_by")[:50],
+        "endpoints": JudgeEndpoint.objects.filter(project=project).order_by("name"),
+        "escalated": len(escalated_item_ids(project)) if policy is not None and policy.tiers.all() else None,
     }
     return render(request, "judging/gating_policy.html", context)
+
+
+def _gating_policy_act(request: HttpRequest, project) -> str:
+    """Carry out the policy page's POST; returns what to tell the lead. Raises ValueError (or PolicyError)
+    with a message naming the field at fault."""
+    action = request.POST.get("action") or "use"
+    runs = JudgeRun.objects.filter(project=project)
+    if action == "use":
+        run = get_object_or_404(runs, pk=parse_id(request.POST.get("run"), "run"))
+        gating_policy_set(project=project, tiers=[(run, None)], user=request.user)
+        return f"Run {run.pk} now gates the project; re-gating queued."
+    if action == "cascade":
+        ids = [parse_id(raw, "tier's run") for raw in request.POST.getlist("tier") if raw]
+        if not ids:
+            raise ValueError("Choose at least the first tier's run.")
+        found = runs.in_bulk(ids)
+        missing = [str(i) for i in ids if i not in found]
+        if missing:
+            raise ValueError(f"No run {', '.join(missing)} in this project.")
+        target = _fraction(request.POST.get("target"), "target agreement")
+        risk = _fraction(request.POST.get("risk"), "risk")
+        policy = gating_policy_compute(
+            project=project, runs=[found[i] for i in ids], target=target, risk=risk, user=request.user
+        )
+        return "Cascade set: " + policy.label + ". Re-gating queued."
+    if action == "escalate":
+        endpoint = get_object_or_404(
+            JudgeEndpoint.objects.filter(project=project), pk=parse_id(request.POST.get("endpoint"), "endpoint")
+        )
+        run = escalation_run_create(project=project, endpoint=endpoint, user=request.user)
+        return f"Run {run.pk} ({run.judge_label}) started over the {run.items_total} items the policy escalates."
+    raise ValueError(f"Unknown action {action[:40]!r}: use, cascade or escalate.")
+
+
+def _fraction(raw: str | None, what: str) -> float:
+    """A number between 0 and 1 that a form sent, or ValueError naming ``what``."""
+    try:
+        value = float(raw or "")
+    except ValueError:
+        raise ValueError(f"The {what} {str(raw)[:40]!r} is not a number.") from None
+    if not 0 < value < 1:
+        raise ValueError(f"The {what} must be between 0 and 1, not {value:g}.")
+    return value
 
 
 def _get_run(request: HttpRequest, slug: str, run_id: int) -> JudgeRun:

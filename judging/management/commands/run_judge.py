@@ -1,13 +1,16 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from annotations.models import Project
-from judging.models import JudgeRun
+from judging.models import JudgeEndpoint, JudgeRun
 from judging.pipeline import JudgeRunTimeout, judge_and_wait
-from judging.services import gating_policy_set
+from judging.services import PolicyError, gating_policy_set
 
 
 class Command(BaseCommand):
-    help = "Run the project's judge over all its items and wait for it (progress on stderr)."
+    help = (
+        "Run the project's judge over all its items (or, with --escalate, over those the gating policy leaves "
+        "undecided) and wait for it (progress on stderr)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("project", help="project slug")
@@ -19,12 +22,37 @@ class Command(BaseCommand):
             "decides nothing until a lead chooses it on the gating policy page)",
         )
 
-    def handle(self, *args, project, timeout, use, **options):
+        parser.add_argument(
+            "--endpoint", help="the name of the project's judge endpoint to use (default: its default judge)"
+        )
+        parser.add_argument(
+            "--escalate",
+            action="store_true",
+            help="judge only the items the gating policy in force leaves undecided (the next tier of a cascade)",
+        )
+
+    def handle(self, *args, project, timeout, use, endpoint, escalate, **options):
         target = Project.objects.filter(slug=project).first()
         if target is None:
             raise CommandError(f"no project {project!r}")
+        chosen = None
+        if endpoint is not None:
+            chosen = JudgeEndpoint.objects.filter(project=target, name=endpoint).first()
+            if chosen is None:
+                names = ", ".join(JudgeEndpoint.objects.filter(project=target).values_list("name", flat=True))
+                raise CommandError(f"no judge endpoint {endpoint!r} in {project} (it has: {names or 'none'})")
+        if use and escalate:
+            raise CommandError("--use makes one run the whole policy; an escalated run joins a cascade instead")
         try:
-            run = judge_and_wait(target, lambda message: self.stderr.write(message), timeout_s=timeout)
+            run = judge_and_wait(
+                target,
+                lambda message: self.stderr.write(message),
+                timeout_s=timeout,
+                endpoint=chosen,
+                escalate=escalate,
+            )
+        except PolicyError as exc:
+            raise CommandError(str(exc)) from None
         except JudgeRunTimeout as exc:
             raise CommandError(str(exc)) from None
         if run.status != JudgeRun.Status.FINISHED:
