@@ -11,7 +11,7 @@ import contextvars
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -459,9 +459,215 @@ async def judge_many(
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
     for result in results:  # whatever the server said, the key is stored nowhere
-        for name in (f.name for f in fields(result)):
-            setattr(result, name, redact(getattr(result, name), config.api_key))
+        _redact_result(result, config.api_key)
     return results
+
+
+def _redact_result(result: JudgeResult, secret: str) -> JudgeResult:
+    if len(secret) >= REDACT_MIN_LENGTH:
+        for name in (f.name for f in fields(result)):
+            setattr(result, name, redact(getattr(result, name), secret))
+    return result
+
+
+class WorkSource:
+    """What ``judge_window`` judges and where its results go: the leased work rows of one run.
+
+    Every method is synchronous (it uses the database) and is called while
+    the event loop is paused, never from a running loop; ``judging.tasks``
+    implements it over ``services.judge_work_lease`` and friends.
+    """
+
+    def lease(self, limit: int) -> tuple[list[Item], int]:
+        """Lease up to ``limit`` items: ``(items, rows others hold)``; ``([], 0)`` means no work is left."""
+        raise NotImplementedError
+
+    def renew(self, item_ids: list[int]) -> bool:
+        """Renew the lease on ``item_ids``; False when the run no longer runs (cancelled): start nothing more."""
+        raise NotImplementedError
+
+    def release(self, item_ids: list[int]) -> None:
+        """Give leased items back unjudged, for any worker to take at once."""
+        raise NotImplementedError
+
+    def store(self, results: list[JudgeResult]) -> None:
+        """Store results (and end their items' work) in one transaction."""
+        raise NotImplementedError
+
+
+@dataclass
+class WindowOutcome:
+    """What one ``judge_window`` call did: results stored, and whether it stopped at its deadline (items left
+    for another task) or because the run was cancelled."""
+
+    judged: int = 0
+    stopped_at_deadline: bool = False
+    cancelled: bool = False
+
+
+def judge_window(
+    config: JudgeConfig,
+    source: WorkSource,
+    *,
+    loop: asyncio.AbstractEventLoop,
+    client,
+    prefix: list[dict[str, str]],
+    run_settings: dict,
+    max_in_flight: int,
+    deadline_s: float | None = None,
+    grace_s: float = 0.0,
+    renew_s: float = 10.0,
+    flush_items: int = 50,
+    flush_s: float = 0.5,
+) -> WindowOutcome:
+    """Keep ``max_in_flight`` requests open, refilled from leased work as each reply arrives (a sliding window).
+
+    Items are leased from ``source`` in batches (up to twice ``max_in_flight``
+    held at once: in flight, or waiting for a slot) and judged one request each
+    by ``judge_with_openai`` (the same retries, repair and reply reading as
+    ``judge_many``); results are stored in small batches, every
+    ``flush_items`` results or ``flush_s`` seconds, not at the end. The
+    leases on every held item are renewed every ``renew_s`` seconds (the
+    heartbeat that tells a live worker from a dead one).
+
+    Synchronous: it runs ``loop`` (not running yet, with ``client`` made on
+    it) until a reply arrives or a tick passes, then does its database work
+    (``source``) on this thread, with the loop paused, and runs it again; so
+    no database call is made from a running event loop, and the requests in
+    flight wait (in their sockets' buffers) only for a short write.
+
+    With ``deadline_s`` (seconds from now) no request starts after it; open
+    ones get ``grace_s`` more and are then cancelled. Held items not judged
+    by then are released for another task, except when this call judged
+    nothing at all: then they end as ``deadline`` errors, so that a judge that
+    never answers cannot loop for ever. When every row is done or held by
+    others, the call waits for those leases (a dead worker's run out) before
+    it returns. The run's requests/tokens-per-minute limits pace this call's
+    requests (``RateLimits``).
+    """
+    rpm, tpm = run_settings.get("requests_per_minute"), run_settings.get("tokens_per_minute")
+    limits: RateLimits | None = None
+    outcome = WindowOutcome()
+    clock = time.monotonic
+    stop_at = None if deadline_s is None else clock() + deadline_s
+    waiting: deque[Item] = deque()  # leased, not started
+    in_flight: dict[asyncio.Future, int] = {}
+    finished: deque[asyncio.Future] = deque()
+    results: list[JudgeResult] = []
+    retry_lease_at = 0.0
+    no_work_left = stopping = False
+    last_flush = last_renew = clock()
+
+    async def make_event():
+        return asyncio.Event()
+
+    wake = loop.run_until_complete(make_event())
+
+    def on_done(task: asyncio.Future) -> None:
+        finished.append(task)
+        wake.set()
+
+    async def pause(timeout: float) -> None:
+        if not finished:
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def flush() -> None:
+        nonlocal results, last_flush
+        if results:
+            outcome.judged += len(results)
+            source.store(results)
+            results = []
+        last_flush = clock()
+
+    def held() -> list[int]:
+        return [item.pk for item in waiting] + list(in_flight.values())
+
+    try:
+        while True:
+            now = clock()
+            if stop_at is not None and now >= stop_at and not stopping:
+                stopping, outcome.stopped_at_deadline = True, True
+            # Refill: lease more while fewer than the window are held (up to twice the window).
+            if (
+                not stopping
+                and not no_work_left
+                and now >= retry_lease_at
+                and len(waiting) + len(in_flight) < max_in_flight
+            ):
+                leased, others = source.lease(2 * max_in_flight - len(waiting) - len(in_flight))
+                if leased:
+                    waiting.extend(leased)
+                    if limits is None and (rpm or tpm):
+                        largest = max(
+                            estimate_tokens(build_messages(it, prefix), run_settings["max_tokens"]) for it in leased
+                        )
+                        limits = RateLimits(requests_per_minute=rpm, tokens_per_minute=tpm, largest_request=largest)
+                elif others:
+                    retry_lease_at = now + min(1.0, renew_s)  # others hold the rest: look again for expired ones
+                else:
+                    no_work_left = True
+            while waiting and len(in_flight) < max_in_flight and not stopping:
+                item = waiting.popleft()
+                task = loop.create_task(
+                    judge_with_openai(
+                        client, model=config.model, item=item, prefix=prefix, run_settings=run_settings, limits=limits
+                    )
+                )
+                task.add_done_callback(on_done)
+                in_flight[task] = item.pk
+            if now - last_renew >= renew_s and held():
+                last_renew = now
+                if not source.renew(held()):
+                    stopping, outcome.cancelled = True, True
+            if len(results) >= flush_items or (results and now - last_flush >= flush_s):
+                flush()
+            if not in_flight and (stopping or (no_work_left and not waiting)):
+                break
+            # Run the requests until a reply arrives or the next flush/renew/lease/deadline tick.
+            timeout = flush_s if results else min(flush_s, renew_s)
+            if not in_flight:
+                timeout = min(timeout, max(0.01, retry_lease_at - now))
+            if stopping and stop_at is not None:
+                if now >= stop_at + grace_s:
+                    break
+                timeout = min(timeout, stop_at + grace_s - now)
+            elif stop_at is not None:
+                timeout = min(timeout, max(0.0, stop_at - now))
+            loop.run_until_complete(pause(timeout))
+            while finished:
+                task = finished.popleft()
+                if in_flight.pop(task, None) is not None:
+                    results.append(_redact_result(task.result(), config.api_key))
+        # Past the grace: what is still open is cancelled; held items go back, or end as deadline errors
+        # when this call judged nothing at all.
+        unfinished = held()
+        if unfinished:
+            if outcome.judged == 0 and not results and outcome.stopped_at_deadline:
+                results.extend(_deadline_error(item_id, deadline_s) for item_id in unfinished)
+            else:
+                source.release(unfinished)
+        flush()
+    finally:
+        for task in in_flight:
+            task.cancel()
+        if in_flight:
+            loop.run_until_complete(asyncio.gather(*in_flight, return_exceptions=True))
+    return outcome
+
+
+def _deadline_error(item_id: int, deadline_s: float | None) -> JudgeResult:
+    return JudgeResult(
+        item_id,
+        error=f"deadline: no reply within the chunk's {deadline_s} s (LARRY_JUDGE_CHUNK_DEADLINE_S)",
+        error_class="deadline",
+        tokens_in=None,  # requests were sent and cancelled: what they cost is unknown
+        tokens_out=None,
+        attempts=[{"error": "deadline", "detail": "cancelled at the chunk's deadline"}],
+    )
 
 
 class JudgeLoop:
@@ -495,6 +701,10 @@ class JudgeLoop:
     def judge_many(self, config: JudgeConfig, items: list[Item], **options) -> list[JudgeResult]:
         """``judge_many`` on this loop with its client for ``config``; same arguments, run to completion."""
         return self.loop.run_until_complete(judge_many(config, items, client=self.client(config), **options))
+
+    def judge_window(self, config: JudgeConfig, source: WorkSource, **options) -> WindowOutcome:
+        """``judge_window`` on this loop with its client for ``config``."""
+        return judge_window(config, source, loop=self.loop, client=self.client(config), **options)
 
     def close(self) -> None:
         for client in self.clients.values():
