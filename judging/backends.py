@@ -517,16 +517,20 @@ def judge_window(
     deadline_s: float | None = None,
     grace_s: float = 0.0,
     renew_s: float = 10.0,
-    flush_items: int = 50,
-    flush_s: float = 0.5,
+    flush_items: int | None = None,
+    flush_s: float = 0.2,
 ) -> WindowOutcome:
     """Keep ``max_in_flight`` requests open, refilled from leased work as each reply arrives (a sliding window).
 
     Items are leased from ``source`` in batches (up to twice ``max_in_flight``
     held at once: in flight, or waiting for a slot) and judged one request each
     by ``judge_with_openai`` (the same retries, repair and reply reading as
-    ``judge_many``); results are stored in small batches, every
-    ``flush_items`` results or ``flush_s`` seconds, not at the end. The
+    ``judge_many``); results are stored in small batches as they arrive,
+    once ``flush_items`` are waiting (default: an eighth of the window, at
+    least 1, at most 50) or the oldest has waited ``flush_s`` seconds, and
+    always before the freed slots are refilled: so a process that dies has
+    at most the window plus one such batch sent and not stored (at most the
+    window when it is under 16). The
     leases on every held item are renewed every ``renew_s`` seconds (the
     heartbeat that tells a live worker from a dead one).
 
@@ -556,7 +560,9 @@ def judge_window(
     results: list[JudgeResult] = []
     retry_lease_at = 0.0
     no_work_left = stopping = False
-    last_flush = last_renew = clock()
+    batch_at = last_renew = clock()  # when the oldest result not stored yet arrived; the last renewal
+    if flush_items is None:
+        flush_items = max(1, min(50, max_in_flight // 8))
 
     async def make_event():
         return asyncio.Event()
@@ -576,12 +582,11 @@ def judge_window(
                 pass
 
     def flush() -> None:
-        nonlocal results, last_flush
+        nonlocal results
         if results:
             outcome.judged += len(results)
             source.store(results)
             results = []
-        last_flush = clock()
 
     def held() -> list[int]:
         return [item.pk for item in waiting] + list(in_flight.values())
@@ -591,6 +596,8 @@ def judge_window(
             now = clock()
             if stop_at is not None and now >= stop_at and not stopping:
                 stopping, outcome.stopped_at_deadline = True, True
+            if len(results) >= flush_items or (results and now - batch_at >= flush_s):
+                flush()
             # Refill: lease more while fewer than the window are held (up to twice the window).
             if (
                 not stopping
@@ -623,12 +630,10 @@ def judge_window(
                 last_renew = now
                 if not source.renew(held()):
                     stopping, outcome.cancelled = True, True
-            if len(results) >= flush_items or (results and now - last_flush >= flush_s):
-                flush()
             if not in_flight and (stopping or (no_work_left and not waiting)):
                 break
             # Run the requests until a reply arrives or the next flush/renew/lease/deadline tick.
-            timeout = flush_s if results else min(flush_s, renew_s)
+            timeout = max(0.0, batch_at + flush_s - now) if results else min(flush_s, renew_s)
             if not in_flight:
                 timeout = min(timeout, max(0.01, retry_lease_at - now))
             if stopping and stop_at is not None:
@@ -638,6 +643,8 @@ def judge_window(
             elif stop_at is not None:
                 timeout = min(timeout, max(0.0, stop_at - now))
             loop.run_until_complete(pause(timeout))
+            if finished and not results:
+                batch_at = clock()
             while finished:
                 task = finished.popleft()
                 if in_flight.pop(task, None) is not None:

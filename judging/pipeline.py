@@ -24,7 +24,13 @@ from judging.jsonl import escape_unicode_line_breaks
 from judging.metrics import agreement
 from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.selectors import funnel, run_agreement
-from judging.services import gate_apply, judge_run_create, label_function_save, label_functions_apply
+from judging.services import (
+    gate_apply,
+    judge_run_create,
+    judge_run_revive_if_stalled,
+    label_function_save,
+    label_functions_apply,
+)
 from judging.training_sets import iter_file, training_set_build
 
 # Example label functions: rules SMEs commonly ask for.
@@ -87,6 +93,7 @@ def judge_and_wait(
     run = judge_run_create(project=project)
     started = time.monotonic()
     while True:
+        judge_run_revive_if_stalled(run_id=run.pk)  # a run whose workers died is queued again
         run.refresh_from_db()
         done = Verdict.objects.filter(run=run).count()
         waited = time.monotonic() - started

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, Max, OuterRef, Q, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -28,7 +28,7 @@ from judging.models import (
     RuleHit,
     Verdict,
 )
-from judging.selectors import few_shot_examples, latest_finished_run
+from judging.selectors import few_shot_examples, latest_finished_run, run_stalled_since
 
 WRITE_BATCH = 2000
 # Keys of PostgreSQL advisory locks (first of two int4 keys; the second is the project id).
@@ -325,32 +325,19 @@ def _pending_failures(run: JudgeRun):
     )
 
 
-def judge_run_stalled_since(run: JudgeRun):
-    """When the running ``run`` stalled, or None: it has work left, no worker holds a live lease on any of it,
-    and nothing was leased or stored for ``LARRY_JUDGE_LEASE_S`` seconds (its workers died, or its tasks were
-    lost). The time given is its last progress, or the last lease's end when later."""
-    if run.status != JudgeRun.Status.RUNNING or run.backend != JudgeRun.Backend.OPENAI:
-        return None
-    now = timezone.now()
-    work = JudgeWork.objects.filter(run=run).aggregate(rows=Count("id"), lease=Max("leased_until"))
-    if not work["rows"] or (work["lease"] and work["lease"] > now):
-        return None
-    since = max(filter(None, [run.progress_at, run.started_at, run.created_at, work["lease"]]))
-    if now - since < timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S):
-        return None
-    return since
-
-
 def judge_run_revive_if_stalled(*, run_id: int) -> bool:
-    """Re-queue a stalled run's work (``judge_run_stalled_since``); True when this call did.
+    """Re-queue a stalled run's work (``selectors.run_stalled_since``); True when this call did.
 
     Safe to call from many places at once (the run page's poll, ``run_judge``
     waiting): a conditional UPDATE of ``progress_at`` lets one caller win, and
     the run counts as progressing again for a lease's time.
     """
     run = JudgeRun.objects.filter(pk=run_id).first()
-    if run is None or judge_run_stalled_since(run) is None:
+    if run is None or run_stalled_since(run) is None:
         return False
+    recent = timezone.now() - timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S)
+    if run.progress_at and run.progress_at > recent:
+        return False  # revived (or leased from) less than a lease ago: give those tasks time to start
     if not JudgeRun.objects.filter(pk=run_id, progress_at=run.progress_at).update(progress_at=Now()):
         return False
     from judging.tasks import judge_run_enqueue

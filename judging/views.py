@@ -1,6 +1,7 @@
 """Pages for the judging side: the project's funnel, judge runs, rules."""
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -33,6 +34,7 @@ from judging.services import (
     judge_run_create,
     judge_run_queue_errors,
     judge_run_resume,
+    judge_run_revive_if_stalled,
     project_regate,
 )
 from judging.training_sets import training_set_create
@@ -96,7 +98,15 @@ def _get_run(request: HttpRequest, slug: str, run_id: int) -> JudgeRun:
 def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
     """A run: which judge, live progress, errors, and its calibration against SME ground truth."""
     run = _get_run(request, slug, run_id)
-    context = {"project": run.project, "run": run, "progress": run_progress(run), "run_errors": run_errors(run)}
+    # The page polls while a run is running: a run whose workers died is noticed here and queued again.
+    judge_run_revive_if_stalled(run_id=run.pk)
+    context = {
+        "project": run.project,
+        "run": run,
+        "progress": run_progress(run),
+        "run_errors": run_errors(run),
+        "lease_s": settings.LARRY_JUDGE_LEASE_S,
+    }
     if request.htmx:
         return render(request, "judging/run_detail.html#progress", context)
     calibration = run_calibration(run)
