@@ -97,6 +97,17 @@ class ProjectAdminForm(forms.ModelForm):
         cleaned = super().clean()
         if cleaned.get("judge_api_key_new") and cleaned.get("judge_api_key_clear"):
             raise forms.ValidationError("Either type a new key or clear the stored one, not both.")
+        judge_fields = {"judge_base_url", "judge_model", "judge_api_key_new", "judge_api_key_clear"}
+        if cleaned.get("judge_base_url") and not self.errors and judge_fields & set(self.changed_data):
+            from judging.backends import JudgeConfig, JudgeUnreachable, judge_connection_check
+
+            key = cleaned.get("judge_api_key_new") or self.instance.judge_api_key
+            if cleaned.get("judge_api_key_clear"):
+                key = ""
+            try:  # the endpoint must answer before it is saved, not as a run of timeouts later
+                judge_connection_check(JudgeConfig(cleaned["judge_base_url"], cleaned.get("judge_model", ""), key))
+            except JudgeUnreachable as exc:
+                self.add_error("judge_base_url", str(exc))
         return cleaned
 
     def save(self, commit=True):

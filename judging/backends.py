@@ -55,6 +55,59 @@ def judge_config_for(project: Project) -> JudgeConfig:
     return JudgeConfig(settings.LARRY_JUDGE_BASE_URL, settings.LARRY_JUDGE_MODEL, settings.LARRY_JUDGE_API_KEY)
 
 
+class JudgeUnreachable(RuntimeError):
+    """The judge endpoint did not answer a connection check; the message names the URL and the fault."""
+
+
+CONNECTION_CHECK_TIMEOUT_S = 5.0
+
+
+def judge_connection_check(config: JudgeConfig, *, timeout_s: float = CONNECTION_CHECK_TIMEOUT_S) -> None:
+    """Ask an OpenAI-compatible endpoint for its model list (``GET <base_url>/models``) before judging with it.
+
+    Raises JudgeUnreachable naming the URL and what went wrong: the
+    connection refused, no answer within ``timeout_s`` seconds, the name not
+    found, 401/403 (the API key), or a server error (5xx). An endpoint that
+    answers anything else (even 404: it has no model list) is taken as
+    reachable. The local classifier (no URL) needs no check. The key is sent
+    as a bearer token and never appears in the message.
+    """
+    import socket
+    import urllib.error
+    import urllib.request
+
+    if config.is_local:
+        return
+    url = config.base_url.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as exc:
+        body = exc.read(200).decode("utf-8", "replace")
+        if exc.code in (401, 403):
+            problem = f"HTTP {exc.code}: the server refused the API key"
+        elif exc.code >= 500 and exc.code != 501:
+            problem = f"HTTP {exc.code}: the server is failing ({body})"
+        else:
+            return  # it answered (a server without a model list, say)
+    except TimeoutError:
+        problem = f"no answer within {timeout_s:g} s (timeout)"
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, ConnectionRefusedError):
+            problem = "connection refused (is the server running, on this port?)"
+        elif isinstance(reason, TimeoutError | socket.timeout):
+            problem = f"no answer within {timeout_s:g} s (timeout)"
+        elif isinstance(reason, socket.gaierror):
+            problem = f"the host name could not be resolved ({reason})"
+        else:
+            problem = f"could not connect ({str(reason)[:200]})"
+    except (OSError, ValueError) as exc:  # a reset connection, a URL urllib cannot use
+        problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+    raise JudgeUnreachable(redact(f"The judge at {config.base_url} did not answer: {problem}.", config.api_key))
+
+
 def build_messages(item: Item, prefix: list[dict[str, str]]) -> list[dict[str, str]]:
     """The chat messages for one item: ``prefix`` (system prompt and few-shot pairs, see
     ``prompts.prefix_messages``), then the item as the last user message."""

@@ -26,6 +26,7 @@ from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow,
 from judging.selectors import funnel, run_agreement
 from judging.services import (
     gate_apply,
+    judge_endpoint_check,
     judge_run_create,
     judge_run_revive_if_stalled,
     label_function_save,
@@ -88,8 +89,10 @@ def judge_and_wait(
     """Start a judge run and wait for it: in-process without a broker, else by polling its row.
 
     Must be called outside a transaction (the run is enqueued on commit).
+    Raises backends.JudgeUnreachable, before creating a run, when the judge endpoint does not answer.
     Raises JudgeRunTimeout after ``timeout_s`` seconds (None: wait for ever).
     """
+    judge_endpoint_check(project=project)  # raises backends.JudgeUnreachable
     run = judge_run_create(project=project)
     started = time.monotonic()
     while True:

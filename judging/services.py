@@ -93,6 +93,12 @@ def judge_settings_for(project: Project) -> JudgeSettings:
         return JudgeSettings.objects.get(project=project)
 
 
+def judge_endpoint_check(*, project: Project) -> None:
+    """Check that the project's judge endpoint answers (``backends.judge_connection_check``), before a run
+    is started: raises ``backends.JudgeUnreachable`` with a message naming the URL and the fault."""
+    backends.judge_connection_check(backends.judge_config_for(project))
+
+
 def judge_run_create(*, project: Project, user=None, item_ids: list[int] | None = None) -> JudgeRun:
     """Create a run over the project's items (all, or only ``item_ids``) and enqueue it after commit.
 

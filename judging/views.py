@@ -16,6 +16,7 @@ from rest_framework.exceptions import ValidationError
 
 from annotations.selectors import ground_truth
 from annotations.views import get_project_for_lead, parse_id
+from judging.backends import JudgeUnreachable
 from judging.models import JudgeRun, TrainingSet
 from judging.selectors import (
     funnel,
@@ -30,6 +31,7 @@ from judging.selectors import (
 )
 from judging.services import (
     RunBusy,
+    judge_endpoint_check,
     judge_run_cancel,
     judge_run_create,
     judge_run_queue_errors,
@@ -182,6 +184,11 @@ def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_lead(request, slug)
     if not request.user.is_staff:
         raise PermissionDenied("Only staff start judge runs.")
+    try:
+        judge_endpoint_check(project=project)
+    except JudgeUnreachable as exc:
+        messages.error(request, f"No run started. {exc}")
+        return redirect(project)
     run = judge_run_create(project=project, user=request.user)
     messages.info(request, f"Judge run {run.pk} started ({run.judge_label}).")
     return redirect(run)

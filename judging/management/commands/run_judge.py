@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from annotations.models import Project
+from judging.backends import JudgeUnreachable
 from judging.models import JudgeRun
 from judging.pipeline import JudgeRunTimeout, judge_and_wait
 
@@ -18,7 +19,7 @@ class Command(BaseCommand):
             raise CommandError(f"no project {project!r}")
         try:
             run = judge_and_wait(target, lambda message: self.stderr.write(message), timeout_s=timeout)
-        except JudgeRunTimeout as exc:
+        except (JudgeRunTimeout, JudgeUnreachable) as exc:
             raise CommandError(str(exc)) from None
         if run.status != JudgeRun.Status.FINISHED:
             raise CommandError(f"judge run {run.pk} failed: {run.error}")
