@@ -581,9 +581,10 @@ def judge_window(
     ``judge_many``); results are stored in small batches as they arrive,
     once ``flush_items`` are waiting (default: an eighth of the window, at
     least 1, at most 50) or the oldest has waited ``flush_s`` seconds, and
-    always before the freed slots are refilled: so a process that dies has
-    at most the window plus one such batch sent and not stored (at most the
-    window when it is under 16). The
+    the window is refilled only while at most four such batches are
+    unstored: so a process that dies has at most the window plus four
+    batches sent and not stored (the window alone when it is under 16, where
+    every result is stored at once). The
     leases on every held item are renewed every ``renew_s`` seconds (the
     heartbeat that tells a live worker from a dead one).
 
@@ -607,32 +608,65 @@ def judge_window(
     outcome = WindowOutcome()
     clock = time.monotonic
     stop_at = None if deadline_s is None else clock() + deadline_s
-    waiting: deque[Item] = deque()  # leased, not started
-    in_flight: dict[asyncio.Future, int] = {}
-    finished: deque[asyncio.Future] = deque()
-    results: list[JudgeResult] = []
-    retry_lease_at = 0.0
-    no_work_left = stopping = False
-    batch_at = last_renew = clock()  # when the oldest result not stored yet arrived; the last renewal
     if flush_items is None:
         flush_items = max(1, min(50, max_in_flight // 8))
+    # Sent and not stored yet (in flight, or answered and waiting to be written) stays at most this many: the
+    # window alone when every result is stored at once, else room for a few batches, so that a batch waiting
+    # to be written (the event loop paused) does not keep the window from refilling.
+    most_unstored = max_in_flight if flush_items == 1 else max_in_flight + 4 * flush_items
+    waiting: deque[Item] = deque()  # leased, not started
+    in_flight: dict[asyncio.Future, int] = {}
+    finished: deque[asyncio.Future] = deque()  # answered, not read yet
+    results: list[JudgeResult] = []  # read, not stored yet
+    state = {"stopping": False, "no_work_left": False}
+    retry_lease_at = 0.0
+    batch_at = last_renew = clock()  # when the oldest result not stored yet arrived; the last renewal
 
     async def make_event():
         return asyncio.Event()
 
     wake = loop.run_until_complete(make_event())
 
+    def may_start() -> bool:
+        return (
+            bool(waiting)
+            and not state["stopping"]
+            and len(in_flight) < max_in_flight
+            and len(in_flight) + len(finished) + len(results) < most_unstored
+            and (stop_at is None or clock() < stop_at)
+        )
+
+    def start_one() -> None:
+        item = waiting.popleft()
+        task = loop.create_task(
+            judge_with_openai(
+                client, model=config.model, item=item, prefix=prefix, run_settings=run_settings, limits=limits
+            )
+        )
+        task.add_done_callback(on_done)
+        in_flight[task] = item.pk
+
     def on_done(task: asyncio.Future) -> None:
+        # On the event loop: refill the freed slot at once; wake the synchronous side only when it has
+        # something to do (a batch to store, leases to take, nothing left in flight).
+        if in_flight.pop(task, None) is None:
+            return
         finished.append(task)
-        wake.set()
+        while may_start():
+            start_one()
+        if (
+            len(finished) + len(results) >= flush_items
+            or (len(waiting) < max_in_flight and not state["no_work_left"])
+            or not in_flight
+        ):
+            wake.set()
 
     async def pause(timeout: float) -> None:
-        if not finished:
-            wake.clear()
-            try:
-                await asyncio.wait_for(wake.wait(), timeout)
-            except TimeoutError:
-                pass
+        wake.clear()
+        try:
+            await asyncio.wait_for(wake.wait(), timeout)
+        except TimeoutError:
+            pass
 
     def flush() -> None:
         nonlocal results
@@ -646,17 +680,22 @@ def judge_window(
 
     try:
         while True:
+            if finished and not results:
+                batch_at = clock()
+            while finished:
+                results.append(_redact_result(finished.popleft().result(), config.api_key))
             now = clock()
-            if stop_at is not None and now >= stop_at and not stopping:
-                stopping, outcome.stopped_at_deadline = True, True
+            if stop_at is not None and now >= stop_at and not state["stopping"]:
+                state["stopping"], outcome.stopped_at_deadline = True, True
+            # Store before refilling, so what a dead process sent and did not store stays within the bound.
             if len(results) >= flush_items or (results and now - batch_at >= flush_s):
                 flush()
-            # Refill: lease more while fewer than the window are held (up to twice the window).
+            # Lease more while fewer than the window wait for a slot (up to twice the window held).
             if (
-                not stopping
-                and not no_work_left
+                not state["stopping"]
+                and not state["no_work_left"]
                 and now >= retry_lease_at
-                and len(waiting) + len(in_flight) < max_in_flight
+                and len(waiting) < max_in_flight
             ):
                 leased, others = source.lease(2 * max_in_flight - len(waiting) - len(in_flight))
                 if leased:
@@ -669,41 +708,31 @@ def judge_window(
                 elif others:
                     retry_lease_at = now + min(1.0, renew_s)  # others hold the rest: look again for expired ones
                 else:
-                    no_work_left = True
-            while waiting and len(in_flight) < max_in_flight and not stopping:
-                item = waiting.popleft()
-                task = loop.create_task(
-                    judge_with_openai(
-                        client, model=config.model, item=item, prefix=prefix, run_settings=run_settings, limits=limits
-                    )
-                )
-                task.add_done_callback(on_done)
-                in_flight[task] = item.pk
+                    state["no_work_left"] = True
+            while may_start():
+                start_one()
             if now - last_renew >= renew_s and held():
                 last_renew = now
                 if not source.renew(held()):
-                    stopping, outcome.cancelled = True, True
-            if not in_flight and (stopping or (no_work_left and not waiting)):
+                    state["stopping"], outcome.cancelled = True, True
+            if not in_flight and (state["stopping"] or (state["no_work_left"] and not waiting)):
                 break
-            # Run the requests until a reply arrives or the next flush/renew/lease/deadline tick.
+            # Run the requests until there is something to do, or the next flush/renew/lease/deadline tick.
             timeout = max(0.0, batch_at + flush_s - now) if results else min(flush_s, renew_s)
             if not in_flight:
                 timeout = min(timeout, max(0.01, retry_lease_at - now))
-            if stopping and stop_at is not None:
+            if state["stopping"] and stop_at is not None:
                 if now >= stop_at + grace_s:
                     break
                 timeout = min(timeout, stop_at + grace_s - now)
             elif stop_at is not None:
                 timeout = min(timeout, max(0.0, stop_at - now))
-            loop.run_until_complete(pause(timeout))
-            if finished and not results:
-                batch_at = clock()
-            while finished:
-                task = finished.popleft()
-                if in_flight.pop(task, None) is not None:
-                    results.append(_redact_result(task.result(), config.api_key))
+            if not finished:
+                loop.run_until_complete(pause(timeout))
         # Past the grace: what is still open is cancelled; held items go back, or end as deadline errors
         # when this call judged nothing at all.
+        while finished:
+            results.append(_redact_result(finished.popleft().result(), config.api_key))
         unfinished = held()
         if unfinished:
             if outcome.judged == 0 and not results and outcome.stopped_at_deadline:
@@ -712,10 +741,12 @@ def judge_window(
                 source.release(unfinished)
         flush()
     finally:
-        for task in in_flight:
+        open_tasks = list(in_flight)
+        in_flight.clear()  # their callbacks now do nothing
+        for task in open_tasks:
             task.cancel()
-        if in_flight:
-            loop.run_until_complete(asyncio.gather(*in_flight, return_exceptions=True))
+        if open_tasks:
+            loop.run_until_complete(asyncio.gather(*open_tasks, return_exceptions=True))
     return outcome
 
 
