@@ -1,3 +1,5 @@
+from urllib.parse import urlsplit
+
 from django import forms
 from django.contrib import admin, messages
 from django.utils.decorators import method_decorator
@@ -98,7 +100,10 @@ class ProjectAdminForm(forms.ModelForm):
         if cleaned.get("judge_api_key_new") and cleaned.get("judge_api_key_clear"):
             raise forms.ValidationError("Either type a new key or clear the stored one, not both.")
         judge_fields = {"judge_base_url", "judge_model", "judge_api_key_new", "judge_api_key_clear"}
-        if cleaned.get("judge_base_url") and not self.errors and judge_fields & set(self.changed_data):
+        url = cleaned.get("judge_base_url") or ""
+        # (A URL carrying credentials is refused by the model's validation, without being called.)
+        has_credentials = "@" in urlsplit(url).netloc
+        if url and not has_credentials and not self.errors and judge_fields & set(self.changed_data):
             from judging.backends import JudgeConfig, JudgeUnreachable, judge_connection_check
 
             key = cleaned.get("judge_api_key_new") or self.instance.judge_api_key

@@ -72,6 +72,7 @@ def judge_connection_check(config: JudgeConfig, *, timeout_s: float = CONNECTION
     reachable. The local classifier (no URL) needs no check. The key is sent
     as a bearer token and never appears in the message.
     """
+    import http.client
     import socket
     import urllib.error
     import urllib.request
@@ -103,7 +104,7 @@ def judge_connection_check(config: JudgeConfig, *, timeout_s: float = CONNECTION
             problem = f"the host name could not be resolved ({reason})"
         else:
             problem = f"could not connect ({str(reason)[:200]})"
-    except (OSError, ValueError) as exc:  # a reset connection, a URL urllib cannot use
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # a reset connection, a URL it cannot use
         problem = f"{type(exc).__name__}: {str(exc)[:200]}"
     raise JudgeUnreachable(redact(f"The judge at {config.base_url} did not answer: {problem}.", config.api_key))
 
