@@ -19,7 +19,10 @@ open (a sliding window over leased work rows), so up to 2 x C are open:
 against 2 x C.
 
 Reported: items/s from run start to finish; efficiency = items/s / (C / L),
-the share of the ideal rate with C requests always in flight; the worker's
+the share of the ideal rate with C requests always in flight;
+``efficiency_steady``, the same from the first stored verdict to the last
+(without the run's start and end: the start task's delivery, the first
+requests' latency, the gate); the worker's
 CPU time per judged item (from /proc/<pid>/stat, user + system, of the
 worker and its pool processes, measured from just before the run starts);
 and the server's. Goal (one process): efficiency at least 0.95 and at most
@@ -133,8 +136,10 @@ def main() -> None:
 
 def run_once(args, processes: int) -> dict:
     """Judge ``--items`` items with a fresh project through a worker of ``processes`` pool processes."""
+    from django.db.models import Max, Min
+
     from annotations.models import Item, Project
-    from judging.models import JudgeRun
+    from judging.models import JudgeRun, Verdict
     from judging.services import judge_run_create
     from tests.celery_worker import worker_command
 
@@ -185,6 +190,12 @@ def run_once(args, processes: int) -> dict:
         server.stop()
     items_per_s = run.items_done / elapsed
     ideal = args.in_flight / (args.latency_ms / 1000)
+    # The window's own rate: from the first stored verdict to the last, without the run's start (the start
+    # task's delivery, the first leases and requests) and end (the last batch's latency, the gate).
+    span = Verdict.objects.filter(run=run).aggregate(first=Min("created_at"), last=Max("created_at"))
+    steady_s = (span["last"] - span["first"]).total_seconds()
+    first_batch = Verdict.objects.filter(run=run, created_at=span["first"]).count()
+    steady_per_s = (run.items_done - first_batch) / steady_s if steady_s > 0 else 0.0
     result = {
         "benchmark": "judge_throughput",
         "items": args.items,
@@ -197,6 +208,8 @@ def run_once(args, processes: int) -> dict:
         "items_per_s": round(items_per_s, 1),
         "ideal_items_per_s": round(ideal, 1),
         "efficiency": round(items_per_s / ideal, 3),
+        "efficiency_steady": round(steady_per_s / ideal, 3),
+        "seconds_to_first_verdict": round((span["first"] - run.created_at).total_seconds(), 2),
         "efficiency_of_all_processes": round(items_per_s / (ideal * processes), 3),
         "cpu_ms_per_item": round(cpu * 1000 / max(run.items_done, 1), 3),
         "server": "tests" if args.test_server else "lean",
@@ -205,7 +218,8 @@ def run_once(args, processes: int) -> dict:
     print(
         f"{processes} process(es): {run.items_done} judged ({run.items_error} errors) in {elapsed:.1f} s: "
         f"{items_per_s:.0f} items/s of an ideal {ideal:.0f} per process (efficiency {result['efficiency']}, "
-        f"{result['efficiency_of_all_processes']} of {processes} x C / L); worker CPU "
+        f"{result['efficiency_of_all_processes']} of {processes} x C / L; from the first verdict to the last "
+        f"{result['efficiency_steady']}); worker CPU "
         f"{result['cpu_ms_per_item']} ms per item",
         flush=True,
     )
