@@ -246,7 +246,7 @@ def run_stalled_since(run: JudgeRun) -> datetime | None:
     if not work["rows"] or (work["lease"] and work["lease"] > now):
         return None
     last_verdict = Verdict.objects.filter(run=run).aggregate(last=Max("created_at"))["last"]
-    since = max(filter(None, [last_verdict, run.started_at, run.created_at, work["lease"]]))
+    since = max(filter(None, [last_verdict, run.started_at or run.created_at, work["lease"]]))
     if now - since < timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S):
         return None
     return since

@@ -331,6 +331,9 @@ def _pending_failures(run: JudgeRun):
     )
 
 
+REVIVE_TASKS = 4
+
+
 def judge_run_revive_if_stalled(*, run_id: int) -> bool:
     """Re-queue a stalled run's work (``selectors.run_stalled_since``); True when this call did.
 
@@ -348,7 +351,8 @@ def judge_run_revive_if_stalled(*, run_id: int) -> bool:
         return False
     from judging.tasks import judge_run_enqueue
 
-    judge_run_enqueue(run)
+    # A few tasks only: with no worker running, revivals a lease apart would otherwise pile tasks up in the queue.
+    judge_run_enqueue(run, most=REVIVE_TASKS)
     return True
 
 

@@ -56,12 +56,12 @@ def start_judge_run(run_id: int) -> None:
 MAX_TASKS_PER_RUN = 64
 
 
-def judge_run_enqueue(run: JudgeRun, *, rows: int | None = None) -> int:
-    """Queue ``judge_chunk`` tasks for the run's work rows: one per ``chunk_size`` rows, at most
-    ``MAX_TASKS_PER_RUN``. Each task judges until no work is left (``judge_chunk``). Returns how many."""
+def judge_run_enqueue(run: JudgeRun, *, rows: int | None = None, most: int = MAX_TASKS_PER_RUN) -> int:
+    """Queue ``judge_chunk`` tasks for the run's work rows: one per ``chunk_size`` rows, at most ``most``.
+    Each task judges until no work is left (``judge_chunk``). Returns how many."""
     if rows is None:
         rows = JudgeWork.objects.filter(run=run).count()
-    tasks = max(1, min(MAX_TASKS_PER_RUN, -(-rows // chunk_size(run))))
+    tasks = max(1, min(most, -(-rows // chunk_size(run))))
     for _ in range(tasks):
         judge_chunk.delay(run.pk)
     return tasks
