@@ -230,6 +230,15 @@ class JudgeEndpointForm(forms.ModelForm):
         cleaned = super().clean()
         if cleaned.get("api_key_new") and cleaned.get("api_key_clear"):
             raise forms.ValidationError("Either type a new key or clear the stored one, not both.")
+        checked = {"base_url", "model", "api_key_new", "api_key_clear"}
+        if cleaned.get("base_url") and not self.errors and checked & set(self.changed_data):
+            from judging.backends import JudgeConfig, JudgeUnreachable, judge_connection_check
+
+            key = "" if cleaned.get("api_key_clear") else cleaned.get("api_key_new") or self.instance.api_key
+            try:  # the endpoint must answer before it is saved, not as a run of timeouts later
+                judge_connection_check(JudgeConfig(cleaned["base_url"], cleaned.get("model", ""), key))
+            except JudgeUnreachable as exc:
+                self.add_error("base_url", str(exc))
         return cleaned
 
     def save(self, commit=True):

@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 from annotations.api import PROJECT_SLUG, SLUG, ProjectScopedViewSet, project_for_api
 from annotations.models import Decision, Project
 from judging import training_sets
+from judging.backends import JudgeUnreachable
 from judging.export import in_blocks, iter_chat_jsonl
 from judging.models import (
     NO_POLICY,
@@ -37,7 +38,14 @@ from judging.models import (
     Verdict,
 )
 from judging.selectors import gating_policy, run_progress
-from judging.services import PolicyError, RunBusy, gating_policy_set, judge_run_create, judge_run_queue_errors
+from judging.services import (
+    PolicyError,
+    RunBusy,
+    gating_policy_set,
+    judge_endpoint_check,
+    judge_run_create,
+    judge_run_queue_errors,
+)
 from larry_web.parsers import JSONParser
 
 CONTENT_TYPES = {
@@ -185,7 +193,10 @@ class JudgeRunSerializer(serializers.ModelSerializer):
 @extend_schema(tags=["judge runs"], parameters=[PROJECT_SLUG])
 @extend_schema_view(
     list=extend_schema(summary="The project's judge runs, newest first"),
-    create=extend_schema(request=None, summary="Start a judge run over all items (staff only)"),
+    create=extend_schema(
+        request=None,
+        summary="Start a judge run over all items (staff only); 502 when the judge endpoint does not answer",
+    ),
 )
 class JudgeRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, ProjectScopedViewSet):
     """Judge runs with their snapshot (``config``), progress, tokens and cost."""
@@ -199,8 +210,13 @@ class JudgeRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
     def create(self, request, *args, **kwargs) -> Response:
         if not request.user.is_staff:
             raise PermissionDenied("Only staff start judge runs.")
+        project = self.get_project()
+        try:
+            judge_endpoint_check(project=project)
+        except JudgeUnreachable as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
         with transaction.atomic():
-            run = judge_run_create(project=self.get_project(), user=request.user)
+            run = judge_run_create(project=project, user=request.user)
         run.refresh_from_db()
         return Response(self.get_serializer(run).data, status=status.HTTP_201_CREATED)
 

@@ -131,6 +131,9 @@ class JudgeRun(models.Model):
     calibration = models.JSONField(
         default=dict, blank=True, help_text="The recalibration map fit on SME labels, and how it was fit."
     )
+    progress_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a worker last leased or stored this run's items (stall detection)."
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -166,6 +169,29 @@ class JudgeRun(models.Model):
         if self.backend == self.Backend.LOCAL:
             return f"local classifier {self.model} (not an LLM)"
         return f"{self.model} at {self.base_url}"
+
+
+class JudgeWork(models.Model):
+    """One item a judge run still has to judge: created with the run for its scope, deleted in the transaction
+    that stores the item's verdict (``services.verdicts_store``), so the rows left are the work left.
+
+    A worker leases rows (``leased_by``, ``leased_until``; ``services.judge_work_lease``) with
+    ``SELECT ... FOR UPDATE SKIP LOCKED`` and renews the lease while it judges them; once a lease has run
+    out (its worker died) another worker takes the row. ``attempts`` counts the leases taken.
+    """
+
+    run = models.ForeignKey(JudgeRun, on_delete=models.CASCADE, related_name="work")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="+")
+    leased_by = models.CharField(max_length=100, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "item"], name="judge_work_one_per_run_item")]
+        indexes = [models.Index(fields=["run", "leased_until"], name="judge_work_run_lease")]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id}, item {self.item_id}"
 
 
 class JudgeSettings(models.Model):

@@ -28,7 +28,9 @@ from judging.services import (
     escalation_run_create,
     gate_apply,
     gating_policy_set,
+    judge_endpoint_check,
     judge_run_create,
+    judge_run_revive_if_stalled,
     label_function_save,
     label_functions_apply,
 )
@@ -98,15 +100,18 @@ def judge_and_wait(
     judges; with ``escalate`` only the items the gating policy in force leaves
     undecided (``services.escalation_run_create``, which raises PolicyError
     without a policy or with nothing to escalate). Must be called outside a
-    transaction (the run is enqueued on commit). Raises JudgeRunTimeout after
-    ``timeout_s`` seconds (None: wait for ever).
+    transaction (the run is enqueued on commit). Raises backends.JudgeUnreachable,
+    before creating a run, when the judge endpoint does not answer. Raises
+    JudgeRunTimeout after ``timeout_s`` seconds (None: wait for ever).
     """
+    judge_endpoint_check(project=project, endpoint=endpoint)  # raises backends.JudgeUnreachable
     if escalate:
         run = escalation_run_create(project=project, endpoint=endpoint)
     else:
         run = judge_run_create(project=project, endpoint=endpoint)
     started = time.monotonic()
     while True:
+        judge_run_revive_if_stalled(run_id=run.pk)  # a run whose workers died is queued again
         run.refresh_from_db()
         done = Verdict.objects.filter(run=run).count()
         waited = time.monotonic() - started

@@ -3,8 +3,10 @@
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 
-from django.db.models import Count, Prefetch, Q
+from django.conf import settings
+from django.db.models import Count, Max, Prefetch, Q
 from django.utils import timezone
 from scipy.stats import binomtest
 
@@ -12,7 +14,17 @@ from annotations.models import Adjudication, Project, Review
 from annotations.selectors import ground_truth
 from judging import gate
 from judging.metrics import agreement, cohen_kappa_bootstrap_ci
-from judging.models import NO_POLICY, GateDecision, GatingPolicy, JudgeRun, LabelFunction, PolicyTier, RuleHit, Verdict
+from judging.models import (
+    NO_POLICY,
+    GateDecision,
+    GatingPolicy,
+    JudgeRun,
+    JudgeWork,
+    LabelFunction,
+    PolicyTier,
+    RuleHit,
+    Verdict,
+)
 
 
 def gating_policy(project: Project) -> GatingPolicy | None:
@@ -285,10 +297,11 @@ def label_function_stats(project: Project) -> list[dict]:
 
 
 def run_progress(run: JudgeRun) -> dict:
-    """``{"done", "errors", "tokens_unknown", "no_confidence", "total", "percent", "rate_per_s", "eta_s"}`` of a
-    run, from its verdict rows; ``tokens_unknown`` counts items whose replies did not say how many tokens they
-    used, ``no_confidence`` the verdicts (of ``done``) without a confidence (a reply without usable
-    log-probabilities, see ``judging.logprobs``)."""
+    """``{"done", "errors", "tokens_unknown", "no_confidence", "total", "percent", "rate_per_s", "eta_s",
+    "stalled_since"}`` of a run, from its verdict rows; ``tokens_unknown`` counts items whose replies did not say
+    how many tokens they used, ``no_confidence`` the verdicts (of ``done``) without a confidence (a reply without
+    usable log-probabilities, see ``judging.logprobs``); ``stalled_since`` is ``run_stalled_since`` (no ETA is
+    given for a stalled run)."""
     counts = Verdict.objects.filter(run=run).aggregate(
         done=Count("id", filter=~Q(verdict="")),
         no_confidence=Count("id", filter=~Q(verdict="") & Q(confidence__isnull=True)),
@@ -299,13 +312,36 @@ def run_progress(run: JudgeRun) -> dict:
     elapsed = ((run.finished_at or timezone.now()) - run.started_at).total_seconds() if run.started_at else 0
     rate = finished / elapsed if elapsed > 0 else None
     remaining = max(run.items_total - finished, 0)
+    stalled = run_stalled_since(run)
     return {
         **counts,
         "total": run.items_total,
         "percent": round(100 * finished / run.items_total) if run.items_total else 100,
         "rate_per_s": rate,
-        "eta_s": remaining / rate if rate and run.status == JudgeRun.Status.RUNNING else None,
+        "eta_s": remaining / rate if rate and run.status == JudgeRun.Status.RUNNING and not stalled else None,
+        "stalled_since": stalled,
     }
+
+
+def run_stalled_since(run: JudgeRun) -> datetime | None:
+    """When the running LLM ``run`` last made progress, if it has stalled since; else None.
+
+    Stalled: it has work rows left, no worker holds a live lease on any of
+    them, and no verdict was stored (nor the run started) for
+    ``LARRY_JUDGE_LEASE_S`` seconds: its workers died or its tasks were lost.
+    ``services.judge_run_revive_if_stalled`` queues its work again.
+    """
+    if run.status != JudgeRun.Status.RUNNING or run.backend != JudgeRun.Backend.OPENAI:
+        return None
+    now = timezone.now()
+    work = JudgeWork.objects.filter(run=run).aggregate(rows=Count("id"), lease=Max("leased_until"))
+    if not work["rows"] or (work["lease"] and work["lease"] > now):
+        return None
+    last_verdict = Verdict.objects.filter(run=run).aggregate(last=Max("created_at"))["last"]
+    since = max(filter(None, [last_verdict, run.started_at or run.created_at, work["lease"]]))
+    if now - since < timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S):
+        return None
+    return since
 
 
 def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:

@@ -4,12 +4,14 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Now
 from django.utils import timezone
 
-from annotations.models import Project
+from annotations.models import Item, Project
 from annotations.queue import queue_add
 from annotations.selectors import ground_truth
 from judging import backends, calibration, gate, prompts
@@ -21,6 +23,7 @@ from judging.models import (
     GatingPolicyChange,
     JudgeRun,
     JudgeSettings,
+    JudgeWork,
     LabelFunction,
     LabelFunctionVersion,
     PolicyTier,
@@ -29,7 +32,7 @@ from judging.models import (
     RuleHit,
     Verdict,
 )
-from judging.selectors import few_shot_examples, gating_policy, policy_certainty, policy_verdicts
+from judging.selectors import few_shot_examples, gating_policy, policy_certainty, policy_verdicts, run_stalled_since
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +99,15 @@ def judge_settings_for(project: Project) -> JudgeSettings:
         return JudgeSettings.objects.get(project=project)
 
 
-def judge_run_create(*, project: Project, user=None, endpoint=None) -> JudgeRun:
-    """Create a run over all the project's items and enqueue it after commit.
+def judge_endpoint_check(*, project: Project, endpoint=None) -> None:
+    """Check that the judge endpoint (``endpoint``, else the project's default) answers
+    (``backends.judge_connection_check``), before a run is started: raises ``backends.JudgeUnreachable`` with a
+    message naming the URL and the fault."""
+    backends.judge_connection_check(backends.judge_config_for(project, endpoint))
+
+
+def judge_run_create(*, project: Project, user=None, endpoint=None, item_ids: list[int] | None = None) -> JudgeRun:
+    """Create a run over the project's items (all, or only ``item_ids``) and enqueue it after commit.
 
     ``endpoint`` (a ``JudgeEndpoint`` of the project, e.g. a cascade tier's)
     judges the run; None means the project's default endpoint, else the
@@ -107,15 +117,21 @@ def judge_run_create(*, project: Project, user=None, endpoint=None) -> JudgeRun:
     LLM judge, the snapshot of what determines its output (``backends.run_config``):
     the rubric version and the exact system prompt, and the few-shot examples
     pinned by staff or drawn now from SME ground truth (``selectors.few_shot_examples``).
+    Its scope is ``item_ids`` (ids of other projects' items are ignored), or,
+    with None, every item of the project present when the run starts;
+    ``items_total`` counts the scope. An LLM run gets one ``JudgeWork`` row per
+    item of its scope, in this transaction.
     """
     config = backends.judge_config_for(project, endpoint)
+    scope = project.items.all() if item_ids is None else project.items.filter(pk__in=item_ids)
+    scoped = {} if item_ids is None else {"scope": "items"}
     if config.is_local:
         run = JudgeRun.objects.create(
             project=project,
             backend=JudgeRun.Backend.LOCAL,
             model=backends.LOCAL_MODEL_NAME,
-            config={"seed": 0},
-            items_total=project.items.count(),
+            config={"seed": 0, **scoped, **({"item_ids": sorted(set(item_ids))} if scoped else {})},
+            items_total=scope.count(),
             created_by=user,
         )
     else:
@@ -143,18 +159,82 @@ def judge_run_create(*, project: Project, user=None, endpoint=None) -> JudgeRun:
                 ),
                 "price_in_per_million": str(config.price_in),
                 "price_out_per_million": str(config.price_out),
+                **scoped,
             },
-            items_total=project.items.count(),
+            items_total=0,
             created_by=user,
         )
+        run.items_total = judge_work_add(run=run, items=scope)
+        JudgeRun.objects.filter(pk=run.pk).update(items_total=run.items_total)
     from judging.tasks import start_judge_run
 
     transaction.on_commit(lambda: start_judge_run.delay(run.pk))
     return run
 
 
+def judge_work_add(*, run: JudgeRun, items) -> int:
+    """Add a ``JudgeWork`` row for each of ``items`` (a queryset of Item) that has neither a verdict in the run
+    nor a row already; one INSERT ... SELECT. Returns how many rows the run has now."""
+    judged = Verdict.objects.filter(run=run, item=OuterRef("pk"))
+    queued = JudgeWork.objects.filter(run=run, item=OuterRef("pk"))
+    todo = items.filter(~Exists(judged), ~Exists(queued))
+    sql, params = todo.order_by().values("pk").query.sql_with_params()
+    table = JudgeWork._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (run_id, item_id, leased_by, attempts) "  # names from the model, values as parameters
+            f"SELECT %s, todo.id, '', 0 FROM ({sql}) AS todo (id) ON CONFLICT DO NOTHING",
+            [run.pk, *params],
+        )
+    return JudgeWork.objects.filter(run=run).count()
+
+
+def _lease_end():
+    return Now() + timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S)
+
+
+JUDGE_ITEM_FIELDS = ("id", "prompt", "context", "response", "reference")
+
+
+def judge_work_lease(*, run_id: int, worker: str, limit: int) -> tuple[list[Item], int]:
+    """Lease up to ``limit`` of the run's work rows that no live lease holds, for ``LARRY_JUDGE_LEASE_S``.
+
+    One short transaction: ``SELECT ... FOR UPDATE SKIP LOCKED`` (workers
+    leasing at once take different rows, never wait for each other), then
+    the UPDATE. Returns ``(items to judge, with the fields a prompt needs;
+    number of rows others hold under a live lease)``: ``([], 0)`` means the
+    run has no work left.
+    """
+    with transaction.atomic():
+        free = Q(leased_until__isnull=True) | Q(leased_until__lte=Now())
+        rows = JudgeWork.objects.select_for_update(skip_locked=True).filter(free, run_id=run_id)
+        picked = dict(rows.order_by("id").values_list("id", "item_id")[:limit])
+        if picked:
+            JudgeWork.objects.filter(pk__in=list(picked)).update(
+                leased_by=worker, leased_until=_lease_end(), attempts=F("attempts") + 1
+            )
+            JudgeRun.objects.filter(pk=run_id).update(progress_at=Now())
+    items = list(Item.objects.filter(pk__in=list(picked.values())).only(*JUDGE_ITEM_FIELDS).order_by("id"))
+    others = 0 if items else JudgeWork.objects.filter(run_id=run_id).count()
+    return items, others
+
+
+def judge_work_renew(*, run_id: int, worker: str, item_ids: list[int]) -> bool:
+    """Extend ``worker``'s lease on ``item_ids`` (the heartbeat); False once the run no longer runs."""
+    JudgeWork.objects.filter(run_id=run_id, item_id__in=item_ids, leased_by=worker).update(leased_until=_lease_end())
+    return JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.RUNNING).exists()
+
+
+def judge_work_release(*, run_id: int, worker: str, item_ids: list[int]) -> None:
+    """Give ``worker``'s leased rows for ``item_ids`` back, unjudged, for any worker to take at once."""
+    JudgeWork.objects.filter(run_id=run_id, item_id__in=item_ids, leased_by=worker).update(
+        leased_by="", leased_until=None
+    )
+
+
 def verdicts_store(*, run: JudgeRun, results: list[JudgeResult]) -> None:
-    """Write results idempotently: a (run, item) verdict that exists is left as it is."""
+    """Write results idempotently: a (run, item) verdict that exists is left as it is; the items' work rows
+    are deleted in the same transaction."""
     rows = [
         Verdict(
             run=run,
@@ -174,12 +254,16 @@ def verdicts_store(*, run: JudgeRun, results: list[JudgeResult]) -> None:
         )
         for r in results
     ]
-    Verdict.objects.bulk_create(rows, batch_size=WRITE_BATCH, ignore_conflicts=True)
+    with transaction.atomic():
+        Verdict.objects.bulk_create(rows, batch_size=WRITE_BATCH, ignore_conflicts=True)
+        # The items' work is done, whoever held it (a second worker's verdict for an item is ignored above).
+        JudgeWork.objects.filter(run=run, item_id__in=[r.item_id for r in results]).delete()
+        JudgeRun.objects.filter(pk=run.pk).update(progress_at=Now())
 
 
 def judge_run_finish_if_complete(*, run_id: int) -> bool:
-    """Mark the run finished once every item has a verdict or an error, calibrate it, and ask for the
-    project's re-gating.
+    """Mark the run finished once every item has a verdict or an error (no work row left), calibrate it, and
+    ask for the project's re-gating.
 
     Competing workers race here; a conditional UPDATE lets exactly one win,
     and only the winner calibrates (``judge_run_calibrate_on_finish``, which
@@ -201,7 +285,7 @@ def judge_run_finish_if_complete(*, run_id: int) -> bool:
         "tokens_in": counts["tokens_in"] or 0,
         "tokens_out": counts["tokens_out"] or 0,
     }
-    if counts["done"] + counts["errors"] < run.items_total:
+    if counts["done"] + counts["errors"] < run.items_total or JudgeWork.objects.filter(run=run).exists():
         JudgeRun.objects.filter(pk=run_id).update(**fields)
         return False
     won = JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.RUNNING).update(
@@ -232,7 +316,10 @@ def judge_run_resume(*, run: JudgeRun, retry_errors: bool = False) -> None:
 
     with transaction.atomic():
         if retry_errors:
-            Verdict.objects.filter(run=run, verdict="").delete()
+            failed = Verdict.objects.filter(run=run, verdict="")
+            # Back to work rows first, so that a run over a chosen scope keeps these items in it.
+            judge_work_add(run=run, items=Item.objects.filter(pk__in=list(failed.values_list("item_id", flat=True))))
+            failed.delete()
         JudgeRun.objects.filter(pk=run.pk).update(status=JudgeRun.Status.RUNNING, finished_at=None, error="")
         transaction.on_commit(lambda: start_judge_run.delay(run.pk))
 
@@ -259,6 +346,31 @@ def _pending_failures(run: JudgeRun):
     return Verdict.objects.filter(run=run, verdict="").filter(
         Q(item__gate_decision__outcome=GateDecision.Outcome.PENDING) | Q(item__gate_decision__isnull=True)
     )
+
+
+REVIVE_TASKS = 4
+
+
+def judge_run_revive_if_stalled(*, run_id: int) -> bool:
+    """Re-queue a stalled run's work (``selectors.run_stalled_since``); True when this call did.
+
+    Safe to call from many places at once (the run page's poll, ``run_judge``
+    waiting): a conditional UPDATE of ``progress_at`` lets one caller win, and
+    the run counts as progressing again for a lease's time.
+    """
+    run = JudgeRun.objects.filter(pk=run_id).first()
+    if run is None or run_stalled_since(run) is None:
+        return False
+    recent = timezone.now() - timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S)
+    if run.progress_at and run.progress_at > recent:
+        return False  # revived (or leased from) less than a lease ago: give those tasks time to start
+    if not JudgeRun.objects.filter(pk=run_id, progress_at=run.progress_at).update(progress_at=Now()):
+        return False
+    from judging.tasks import judge_run_enqueue
+
+    # A few tasks only: with no worker running, revivals a lease apart would otherwise pile tasks up in the queue.
+    judge_run_enqueue(run, most=REVIVE_TASKS)
+    return True
 
 
 def judge_run_fail(*, run_id: int, error: str) -> None:

@@ -1,30 +1,34 @@
 """Celery tasks for judge runs. Tasks take ids, re-fetch, call services; all are idempotent.
 
 ``start_judge_run`` either judges everything with the local classifier or
-splits the run into chunks of ``LARRY_JUDGE_CHUNK_SIZE`` items, one
-``judge_chunk`` task each; a chunk keeps up to the endpoint's
-``max_in_flight`` requests open at once (asyncio and ``AsyncOpenAI`` on
-the worker thread's long-lived ``backends.JudgeLoop``), paced by the run's
-requests/tokens-per-minute limits when it has them. Every chunk sends the
-system prompt and few-shot examples recorded on the run.
+queues ``judge_chunk`` tasks (one per ``LARRY_JUDGE_CHUNK_SIZE`` work rows) that
+each lease the run's ``JudgeWork`` rows a batch at a time and keep up to the
+endpoint's ``max_in_flight`` requests open (a sliding window: asyncio and
+``AsyncOpenAI`` on the worker thread's long-lived ``backends.JudgeLoop``), paced
+by the run's requests/tokens-per-minute limits when it has them, storing
+verdicts as they arrive. Every task sends the system prompt and few-shot
+examples recorded on the run.
 No database transaction is open during a judge call.
 """
+
+import os
+import socket
+import uuid
 
 from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, OperationalError
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from annotations.models import Item, Project
 from annotations.selectors import ground_truth
 from judging import backends, prompts, services, training_sets
-from judging.models import JudgeRun, TrainingSet, Verdict
+from judging.models import JudgeRun, JudgeWork, TrainingSet, Verdict
 
 
-@shared_task(acks_late=True)
+@shared_task(acks_late=True, reject_on_worker_lost=True)
 def start_judge_run(run_id: int) -> None:
-    """Start (or, when redelivered, resume) a run."""
+    """Start (or, when redelivered or resumed, go on with) a run."""
     JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.QUEUED).update(
         status=JudgeRun.Status.RUNNING, started_at=timezone.now()
     )
@@ -34,19 +38,33 @@ def start_judge_run(run_id: int) -> None:
     if run.backend == JudgeRun.Backend.LOCAL:
         _judge_locally(run)
         return
-    # One statement, so one snapshot: the run covers the items present now (more may have been imported since
-    # it was created, or since a cancel), and items_total counts exactly those, judged or not.
-    judged = Verdict.objects.filter(run=run, item=OuterRef("pk"))
-    items = Item.objects.filter(project=run.project).annotate(judged=Exists(judged)).order_by("id")
-    rows = list(items.values_list("id", "judged"))
-    JudgeRun.objects.filter(pk=run.pk).update(items_total=len(rows))
-    todo = [item_id for item_id, done in rows if not done]
-    if not todo:
+    if run.config.get("scope") != "items":
+        # A run over the whole project covers the items present now (more may have been imported since it was
+        # created, or since a cancel).
+        services.judge_work_add(run=run, items=Item.objects.filter(project=run.project))
+    rows = JudgeWork.objects.filter(run=run).count()
+    JudgeRun.objects.filter(pk=run.pk).update(
+        items_total=rows + Verdict.objects.filter(run=run).count(), progress_at=timezone.now()
+    )
+    if not rows:
         services.judge_run_finish_if_complete(run_id=run.pk)
         return
-    size = chunk_size(run)
-    for start in range(0, len(todo), size):
-        judge_chunk.delay(run.pk, todo[start : start + size])
+    judge_run_enqueue(run, rows=rows)
+
+
+# Enough tasks for every worker process to take part; a task that finds no work left ends at once.
+MAX_TASKS_PER_RUN = 64
+
+
+def judge_run_enqueue(run: JudgeRun, *, rows: int | None = None, most: int = MAX_TASKS_PER_RUN) -> int:
+    """Queue ``judge_chunk`` tasks for the run's work rows: one per ``chunk_size`` rows, at most ``most``.
+    Each task judges until no work is left (``judge_chunk``). Returns how many."""
+    if rows is None:
+        rows = JudgeWork.objects.filter(run=run).count()
+    tasks = max(1, min(most, -(-rows // chunk_size(run))))
+    for _ in range(tasks):
+        judge_chunk.delay(run.pk)
+    return tasks
 
 
 def chunk_size(run: JudgeRun) -> int:
@@ -60,8 +78,12 @@ def chunk_size(run: JudgeRun) -> int:
 
 
 def _judge_locally(run: JudgeRun) -> None:
+    """The local classifier learns from every SME label of the project; only the run's scope is stored."""
     items = list(Item.objects.filter(project=run.project).only("id", "prompt", "context", "response"))
-    JudgeRun.objects.filter(pk=run.pk).update(items_total=len(items))  # the items present now
+    scope = set(run.config["item_ids"]) if run.config.get("scope") == "items" else None
+    JudgeRun.objects.filter(pk=run.pk).update(
+        items_total=len(items) if scope is None else sum(item.pk in scope for item in items)
+    )
     try:
         results, info = backends.judge_with_local_classifier(
             items, ground_truth(project=run.project), seed=run.config.get("seed", 0)
@@ -69,60 +91,75 @@ def _judge_locally(run: JudgeRun) -> None:
     except backends.NotEnoughLabels as exc:
         services.judge_run_fail(run_id=run.pk, error=str(exc))
         return
+    if scope is not None:
+        results = [result for result in results if result.item_id in scope]
     JudgeRun.objects.filter(pk=run.pk).update(config={**run.config, **info})
     services.verdicts_store(run=run, results=results)
     services.judge_run_finish_if_complete(run_id=run.pk)
 
 
-@shared_task(acks_late=True)
-def judge_chunk(run_id: int, item_ids: list[int]) -> None:
-    """Judge the chunk's items that have no verdict in this run yet, then maybe finish the run.
+class RunWork(backends.WorkSource):
+    """The work rows of one run, leased by one task (``worker``), for ``backends.judge_window``."""
 
-    The chunk starts no request after ``LARRY_JUDGE_CHUNK_DEADLINE_S``, gives
+    def __init__(self, run: JudgeRun, worker: str) -> None:
+        self.run, self.worker = run, worker
+
+    def lease(self, limit: int):
+        return services.judge_work_lease(run_id=self.run.pk, worker=self.worker, limit=limit)
+
+    def renew(self, item_ids: list[int]) -> bool:
+        return services.judge_work_renew(run_id=self.run.pk, worker=self.worker, item_ids=item_ids)
+
+    def release(self, item_ids: list[int]) -> None:
+        services.judge_work_release(run_id=self.run.pk, worker=self.worker, item_ids=item_ids)
+
+    def store(self, results: list[backends.JudgeResult]) -> None:
+        services.verdicts_store(run=self.run, results=results)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def judge_chunk(run_id: int, item_ids: list[int] | None = None) -> None:
+    """Judge the run's work rows until none is left, then maybe finish the run.
+
+    Leases rows a batch at a time and keeps the endpoint's ``max_in_flight``
+    requests open (``backends.judge_window``), storing verdicts as they come.
+    The task starts no request after ``LARRY_JUDGE_CHUNK_DEADLINE_S``, gives
     the open ones ``LARRY_JUDGE_CHUNK_GRACE_S`` more (all well inside the
-    task's time limits and the broker's visibility timeout), stores what it
-    judged, and queues the rest as a new chunk. Should it have judged nothing
-    at all by then, the rest end as ``deadline`` errors instead (re-run them
-    from the run page), so a judge that never answers cannot loop for ever.
+    task's time limits and the broker's visibility timeout), and queues
+    itself again when work is left; what it leased and did not judge goes
+    back at once. Should it have judged nothing at all by then, its items end
+    as ``deadline`` errors instead (re-run them from the run page), so a judge
+    that never answers cannot loop for ever. ``item_ids`` (from chunks queued
+    before work rows existed) adds rows for those items not judged yet.
+    A worker process killed mid-task (``reject_on_worker_lost``) has the task
+    delivered again; its leases run out after ``LARRY_JUDGE_LEASE_S``.
     """
     run = JudgeRun.objects.select_related("project", "endpoint").get(pk=run_id)
     if run.status != JudgeRun.Status.RUNNING:
         return
-    items = list(Item.objects.filter(pk__in=item_ids).exclude(verdicts__run=run))
-    if items:
-        # No transaction is open here: read, call the judge, then write.
-        now = backends.judge_config_for(run.project, run.endpoint)  # the key is read now, never stored on the run
-        config = backends.JudgeConfig(run.base_url, run.model, now.api_key)
-        deadline = settings.LARRY_JUDGE_CHUNK_DEADLINE_S
-        results = backends.judge_loop().judge_many(
-            config,
-            items,
-            prefix=_prompt_prefix(run),
-            run_settings=run.config,
-            max_in_flight=run.config.get("max_in_flight", now.max_in_flight),
-            deadline_s=deadline,
-            grace_s=settings.LARRY_JUDGE_CHUNK_GRACE_S,
-        )
-        finished = {result.item_id for result in results}
-        left = [item.pk for item in items if item.pk not in finished]
-        if left and not results:
-            error = f"deadline: no reply within the chunk's {deadline} s (LARRY_JUDGE_CHUNK_DEADLINE_S)"
-            results = [
-                backends.JudgeResult(
-                    item_id,
-                    error=error,
-                    error_class=Verdict.ErrorClass.DEADLINE,
-                    tokens_in=None,  # requests were sent and cancelled: what they cost is unknown
-                    tokens_out=None,
-                    attempts=[{"error": "deadline", "detail": "cancelled at the chunk's deadline"}],
-                )
-                for item_id in left
-            ]
-            left = []
-        services.verdicts_store(run=run, results=results)
-        if left:
-            judge_chunk.delay(run_id, left)
-            return
+    if item_ids:
+        services.judge_work_add(run=run, items=Item.objects.filter(project=run.project, pk__in=item_ids))
+    # No transaction is open here: leases, judge calls and writes are each their own.
+    now = backends.judge_config_for(run.project, run.endpoint)  # the key is read now, never stored on the run
+    config = backends.JudgeConfig(run.base_url, run.model, now.api_key)
+    worker = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    outcome = backends.judge_loop().judge_window(
+        config,
+        RunWork(run, worker),
+        prefix=_prompt_prefix(run),
+        run_settings=run.config,
+        max_in_flight=run.config.get("max_in_flight", now.max_in_flight),
+        deadline_s=settings.LARRY_JUDGE_CHUNK_DEADLINE_S,
+        grace_s=settings.LARRY_JUDGE_CHUNK_GRACE_S,
+        renew_s=settings.LARRY_JUDGE_LEASE_S / 3,
+    )
+    if (
+        outcome.stopped_at_deadline
+        and JudgeWork.objects.filter(run_id=run_id).exists()
+        and JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.RUNNING).exists()
+    ):
+        judge_chunk.delay(run_id)
+        return
     services.judge_run_finish_if_complete(run_id=run_id)
 
 

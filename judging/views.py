@@ -3,6 +3,7 @@
 from datetime import datetime
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -17,6 +18,7 @@ from rest_framework.exceptions import ValidationError
 
 from annotations.selectors import ground_truth
 from annotations.views import get_project_for_lead, parse_id
+from judging.backends import JudgeUnreachable
 from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRequest, TrainingSet
 from judging.selectors import (
     funnel,
@@ -37,11 +39,13 @@ from judging.services import (
     escalation_run_create,
     gating_policy_compute,
     gating_policy_set,
+    judge_endpoint_check,
     judge_run_calibrate,
     judge_run_cancel,
     judge_run_create,
     judge_run_queue_errors,
     judge_run_resume,
+    judge_run_revive_if_stalled,
     regate_request,
 )
 from judging.training_sets import training_set_create
@@ -109,7 +113,7 @@ def gating_policy_page(request: HttpRequest, slug: str) -> HttpResponse:
     if request.method == "POST":
         try:
             message = _gating_policy_act(request, project)
-        except ValueError as exc:  # PolicyError and parse errors alike: say what and where
+        except (ValueError, JudgeUnreachable) as exc:  # PolicyError, parse errors, a judge that does not answer
             messages.error(request, str(exc))
         else:
             messages.info(request, message)
@@ -156,6 +160,7 @@ def _gating_policy_act(request: HttpRequest, project) -> str:
         endpoint = get_object_or_404(
             JudgeEndpoint.objects.filter(project=project), pk=parse_id(request.POST.get("endpoint"), "endpoint")
         )
+        judge_endpoint_check(project=project, endpoint=endpoint)  # raises JudgeUnreachable
         run = escalation_run_create(project=project, endpoint=endpoint, user=request.user)
         return f"Run {run.pk} ({run.judge_label}) started over the {run.items_total} items the policy escalates."
     raise ValueError(f"Unknown action {action[:40]!r}: use, cascade or escalate.")
@@ -181,7 +186,15 @@ def _get_run(request: HttpRequest, slug: str, run_id: int) -> JudgeRun:
 def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
     """A run: which judge, live progress, errors, and its calibration against SME ground truth."""
     run = _get_run(request, slug, run_id)
-    context = {"project": run.project, "run": run, "progress": run_progress(run), "run_errors": run_errors(run)}
+    # The page polls while a run is running: a run whose workers died is noticed here and queued again.
+    judge_run_revive_if_stalled(run_id=run.pk)
+    context = {
+        "project": run.project,
+        "run": run,
+        "progress": run_progress(run),
+        "run_errors": run_errors(run),
+        "lease_s": settings.LARRY_JUDGE_LEASE_S,
+    }
     if request.htmx:
         return render(request, "judging/run_detail.html#progress", context)
     calibration = run_calibration(run)
@@ -340,6 +353,11 @@ def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_lead(request, slug)
     if not request.user.is_staff:
         raise PermissionDenied("Only staff start judge runs.")
+    try:
+        judge_endpoint_check(project=project)
+    except JudgeUnreachable as exc:
+        messages.error(request, f"No run started. {exc}")
+        return redirect(project)
     run = judge_run_create(project=project, user=request.user)
     messages.info(request, f"Judge run {run.pk} started ({run.judge_label}).")
     return redirect(run)

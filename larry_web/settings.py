@@ -348,6 +348,17 @@ if LARRY_TRAINING_SET_LEASE_S >= _VISIBILITY_TIMEOUT:
         f"LARRY_CELERY_VISIBILITY_TIMEOUT ({_VISIBILITY_TIMEOUT})"
     )
 
+# A judge run's work is one row per (run, item) (judging.models.JudgeWork). A worker leases rows for this many
+# seconds and renews the lease every third of it while it judges them; the rows of a worker that died are
+# taken by another once the lease has run out, and a run with rows left, no live lease and no progress for
+# this long is "stalled" and re-queued (services.judge_run_revive_if_stalled).
+LARRY_JUDGE_LEASE_S = env_int_at_least("LARRY_JUDGE_LEASE_S", 30, 1)
+if LARRY_JUDGE_LEASE_S >= _VISIBILITY_TIMEOUT:
+    raise ImproperlyConfigured(
+        f"LARRY_JUDGE_LEASE_S={LARRY_JUDGE_LEASE_S} must be below LARRY_CELERY_VISIBILITY_TIMEOUT "
+        f"({_VISIBILITY_TIMEOUT}): a dead worker's judge items must come back before its task is redelivered"
+    )
+
 # Import: the largest field accepted, in bytes of UTF-8; a line may be 8 times that (annotations/importers.py).
 LARRY_IMPORT_MAX_FIELD_BYTES = env_int("LARRY_IMPORT_MAX_FIELD_BYTES", 1_048_576)
 if LARRY_IMPORT_MAX_FIELD_BYTES < 1024:

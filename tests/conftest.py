@@ -1,13 +1,20 @@
 """Shared fixtures: personas (SME, staff, outsider), a project with items, the test judge server."""
 
+import os
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connections
+from django.db import connection, connections
 
 from annotations.models import Item, Project
+from tests.celery_worker import BROKER, own_queue, worker_command
 from tests.judge_server import JudgeServer
+from tests.services import require
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytest_plugins = ["tests.browser"]  # browser and page, for the UI tests
 
@@ -127,3 +134,41 @@ def use_run(run, user=None, threshold: float | None = None):
 
     with TestCase.captureOnCommitCallbacks(execute=True):
         return gating_policy_set(project=run.project, tiers=[(run, threshold)], user=user)
+
+
+@pytest.fixture
+def worker_env():
+    require("postgres", "redis")
+    db = connection.settings_dict
+    with own_queue() as queue:
+        yield {
+            **os.environ,
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            "CELERY_BROKER_URL": BROKER,
+            "LARRY_CELERY_QUEUE": queue,
+            "LARRY_JUDGE_CHUNK_SIZE": "8",
+        }
+
+
+@pytest.fixture
+def worker(worker_env):
+    """A Celery worker process on this test's own queue; ``worker.log()`` stops it and returns its output."""
+    process = subprocess.Popen(
+        worker_command(worker_env["LARRY_CELERY_QUEUE"], "-c", "2", "-l", "info"),
+        cwd=ROOT,
+        env=worker_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def log() -> str:
+        if process.returncode is None:
+            process.terminate()
+        return process.communicate(timeout=30)[0]
+
+    process.log = log
+    yield process
+    if process.returncode is None:
+        process.kill()
+        process.communicate(timeout=30)

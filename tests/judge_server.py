@@ -84,6 +84,17 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def do_GET(self):
+        """``GET .../models`` (what Larry's connection check asks): the model list, or ``models_status``."""
+        with self.server.lock:
+            self.server.model_lists += 1
+        if not self.path.endswith("/models"):
+            return self._send(404, {"error": {"message": "not found"}})
+        if self.server.down or self.server.models_status != 200:
+            status = 503 if self.server.down else self.server.models_status
+            return self._send(status, {"error": {"message": f"the test server answers {status}"}})
+        return self._send(200, {"object": "list", "data": [{"id": "test-judge", "object": "model"}]})
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         with self.server.lock:
@@ -285,6 +296,7 @@ class JudgeServer:
         self.httpd.latency = latency
         self.httpd.seen, self.httpd.lock, self.httpd.slow_s = {}, threading.Lock(), 3.0
         self.httpd.answer_model = ""
+        self.httpd.model_lists, self.httpd.models_status = 0, 200  # GET /models: how many, and the status given
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

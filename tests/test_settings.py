@@ -82,6 +82,8 @@ def test_every_task_ends_before_the_broker_would_hand_it_to_a_second_worker():
         ({"LARRY_JUDGE_CHUNK_SIZE": "-1"}, "LARRY_JUDGE_CHUNK_SIZE=-1 is below 1"),
         ({"LARRY_JUDGE_TIMEOUT_S": "0"}, "LARRY_JUDGE_TIMEOUT_S=0 is below 1"),
         ({"LARRY_TRAINING_SET_LEASE_S": "3600"}, "must be below LARRY_CELERY_VISIBILITY_TIMEOUT (3600)"),
+        ({"LARRY_JUDGE_LEASE_S": "3600"}, "LARRY_JUDGE_LEASE_S=3600 must be below LARRY_CELERY_VISIBILITY_TIMEOUT"),
+        ({"LARRY_JUDGE_LEASE_S": "0"}, "LARRY_JUDGE_LEASE_S=0 is below 1"),
     ):
         result = subprocess.run(
             [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, env={**env, **bad}

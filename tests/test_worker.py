@@ -11,60 +11,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from annotations.models import Item, Review
-from judging.models import GateDecision, JudgeRun, TrainingSet, Verdict
+from judging.models import GateDecision, JudgeRun, JudgeWork, TrainingSet, Verdict
 from judging.services import gate_apply
 from judging.training_sets import iter_file, training_set_build
-from tests.celery_worker import BROKER, own_queue, worker_command
-from tests.conftest import make_items, use_judge
+from tests.celery_worker import worker_command
+from tests.conftest import ROOT, make_items, use_judge
 from tests.judge_server import JudgeServer
-from tests.services import require
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def worker_env():
-    require("postgres", "redis")
-    db = connection.settings_dict
-    with own_queue() as queue:
-        yield {
-            **os.environ,
-            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-            "CELERY_BROKER_URL": BROKER,
-            "LARRY_CELERY_QUEUE": queue,
-            "LARRY_JUDGE_CHUNK_SIZE": "8",
-        }
-
-
-@pytest.fixture
-def worker(worker_env):
-    """A Celery worker process on this test's own queue; ``worker.log()`` stops it and returns its output."""
-    process = subprocess.Popen(
-        worker_command(worker_env["LARRY_CELERY_QUEUE"], "-c", "2", "-l", "info"),
-        cwd=ROOT,
-        env=worker_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-    def log() -> str:
-        if process.returncode is None:
-            process.terminate()
-        return process.communicate(timeout=30)[0]
-
-    process.log = log
-    yield process
-    if process.returncode is None:
-        process.kill()
-        process.communicate(timeout=30)
 
 
 def test_a_real_worker_judges_a_whole_run_over_redis(project, judge_server, worker_env, worker):
@@ -119,51 +79,58 @@ def test_saving_a_rule_regates_in_the_background_on_a_real_worker(project, worke
     assert "judging.tasks.regate_project[" in log
 
 
-def test_a_worker_killed_mid_run_loses_nothing_and_judges_nothing_twice(project, worker_env):
-    """SIGKILL the worker while it judges a chunk; a new worker gets the chunk again and the run finishes."""
+# Short leases, and a visibility timeout far above the time the kill tests allow: recovery must come from the
+# leases (and the stall check), not from Redis redelivering a dead worker's task.
+KILL_ENV = {
+    "LARRY_CELERY_VISIBILITY_TIMEOUT": "300",
+    "LARRY_TASK_SOFT_TIME_LIMIT_S": "200",
+    "LARRY_TASK_TIME_LIMIT_S": "250",
+    "LARRY_JUDGE_LEASE_S": "3",
+    "LARRY_TRAINING_SET_LEASE_S": "3",  # below the visibility timeout, as start-up requires
+    "LARRY_JUDGE_CHUNK_SIZE": "10",
+}
+IN_FLIGHT = 4
+
+
+def _kill_mid_run(project, worker_env, *, pool: tuple[str, ...], kill) -> tuple[JudgeServer, float, float]:
+    """Judge 60 items through a real worker (``pool`` options), call ``kill(worker)`` once 10 verdicts are
+    stored, start a second worker when ``kill`` returns True (it killed the whole worker), and wait for the
+    run (``run_judge``, which also revives a stalled run). Returns the server and (killed at, finished at)."""
     server = JudgeServer(latency=0.3).start()
-    env = {
-        **worker_env,
-        "LARRY_CELERY_VISIBILITY_TIMEOUT": "4",
-        "LARRY_TASK_SOFT_TIME_LIMIT_S": "2",  # below the hard limit, below the visibility timeout
-        "LARRY_TASK_TIME_LIMIT_S": "3",
-        "LARRY_TRAINING_SET_LEASE_S": "3",  # below the visibility timeout, as start-up requires
-        "LARRY_JUDGE_CHUNK_SIZE": "10",
-    }
-    make_items(project, [f"Answer {i}" for i in range(40)])
-    use_judge(project, server.base_url, max_in_flight=2)
+    env = {**worker_env, **KILL_ENV}
+    make_items(project, [f"Answer {i}" for i in range(60)])
+    use_judge(project, server.base_url, max_in_flight=IN_FLIGHT)
 
     def start_worker():
         return subprocess.Popen(
-            worker_command(env["LARRY_CELERY_QUEUE"], "--pool", "solo", "-l", "warning"),
+            worker_command(env["LARRY_CELERY_QUEUE"], *pool, "-l", "warning"),
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
 
-    first = start_worker()
+    first, second = start_worker(), None
     command = subprocess.Popen(
-        [sys.executable, "manage.py", "run_judge", project.slug, "--timeout", "150"],
+        [sys.executable, "manage.py", "run_judge", project.slug, "--timeout", "110"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    second = None
     try:
         deadline = time.monotonic() + 60
         while Verdict.objects.count() < 10 and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.05)
         assert Verdict.objects.count() >= 10, "the first worker judged nothing"
-        time.sleep(0.5)  # it is now in the middle of a later chunk
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
-        killed_at = Verdict.objects.count()
-        assert killed_at < 40
-        second = start_worker()
-        _out, err = command.communicate(timeout=170)
+        killed_at = time.monotonic()
+        if kill(first):
+            first.wait(timeout=10)
+            second = start_worker()
+        assert Verdict.objects.count() < 60, "the run ended before the kill: nothing was tested"
+        _out, err = command.communicate(timeout=120)
+        finished_at = time.monotonic()
     finally:
         for process in (first, second, command):
             if process is not None and process.poll() is None:
@@ -171,13 +138,54 @@ def test_a_worker_killed_mid_run_loses_nothing_and_judges_nothing_twice(project,
                 process.wait(timeout=10)
         server.stop()
     assert command.returncode == 0, err
+    return server, killed_at, finished_at
+
+
+def _assert_nothing_lost_and_little_asked_twice(project, server, killed_at, finished_at):
     run = JudgeRun.objects.get()
-    assert (run.status, run.items_done, run.items_error) == ("finished", 40, 0)
-    # Every item has exactly one verdict (unique per run and item, written idempotently).
-    assert Verdict.objects.count() == 40
+    assert (run.status, run.items_done, run.items_error) == ("finished", 60, 0)
+    # Every item has exactly one verdict, and no work is left behind.
+    assert Verdict.objects.count() == 60
     assert set(Verdict.objects.values_list("item_id", flat=True)) == set(project.items.values_list("id", flat=True))
-    # Only the chunk that was in flight at the kill was sent to the judge again.
-    assert 40 <= len(server.requests) <= 40 + 10
+    assert not JudgeWork.objects.exists()
+    # Within a minute of the kill, not the 300 s visibility timeout.
+    assert finished_at - killed_at < 60
+    # Only what the killed process had in flight was sent again (requests per item, at the server).
+    asked = Counter(request["messages"][-1]["content"] for request in server.requests)
+    assert len(asked) == 60
+    assert sum(n - 1 for n in asked.values()) <= IN_FLIGHT, asked
+
+
+def _pool_child(worker: subprocess.Popen) -> int:
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_a_pool_child_killed_mid_run_loses_nothing_and_the_run_finishes(project, worker_env):
+    """SIGKILL the prefork pool's child (as the OOM killer does): its task is delivered again at once
+    (``reject_on_worker_lost``), its leased items come back when their lease runs out."""
+
+    def kill_child(worker):
+        os.kill(_pool_child(worker), signal.SIGKILL)
+        return False  # the worker itself lives on and forks a new child
+
+    pool = ("--pool", "prefork", "-c", "1")
+    server, killed_at, finished_at = _kill_mid_run(project, worker_env, pool=pool, kill=kill_child)
+    _assert_nothing_lost_and_little_asked_twice(project, server, killed_at, finished_at)
+
+
+def test_a_whole_worker_killed_mid_run_loses_nothing_and_a_new_worker_finishes_the_run(project, worker_env):
+    """SIGKILL the whole worker; its task stays unacknowledged in Redis until the visibility timeout, but a
+    new worker takes the dead one's items once their lease runs out (the run's other tasks, or the stall
+    check re-queueing them)."""
+
+    def kill_worker(worker):
+        worker.send_signal(signal.SIGKILL)
+        return True
+
+    server, killed_at, finished_at = _kill_mid_run(project, worker_env, pool=("--pool", "solo"), kill=kill_worker)
+    _assert_nothing_lost_and_little_asked_twice(project, server, killed_at, finished_at)
 
 
 def test_two_deliveries_of_one_training_set_build_on_real_workers_make_one_build(project, worker_env):

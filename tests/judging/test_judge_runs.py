@@ -263,13 +263,14 @@ def test_a_run_judges_the_items_present_when_it_starts_even_those_imported_after
 
 @pytest.fixture
 def chunks(monkeypatch):
-    """The item ids of every judge chunk queued, in order (the chunks still run)."""
+    """For every judge task queued, in order, the items of its run left to judge then (the tasks still run)."""
     from judging import tasks
+    from judging.models import JudgeWork
 
     queued, delay = [], tasks.judge_chunk.delay
 
-    def record(run_id, item_ids):
-        queued.append(list(item_ids))
+    def record(run_id, item_ids=None):
+        queued.append(list(JudgeWork.objects.filter(run_id=run_id).values_list("item_id", flat=True)))
         return delay(run_id, item_ids)
 
     monkeypatch.setattr(tasks.judge_chunk, "delay", record)
@@ -286,7 +287,7 @@ def test_a_chunk_at_its_deadline_keeps_what_it_judged_and_queues_the_rest_as_a_n
     run = start_run(llm_project)
     assert (run.status, run.items_done, run.items_error) == ("finished", 6, 0)
     # Two requests at a time of 0.6 s each: two answers by the 1 s deadline, two more open then that finish
-    # in the grace period; the last two go on in a new chunk, and nothing is asked twice.
+    # in the grace period; the last two go back to the run's work and on in a new task; nothing is asked twice.
     assert [len(c) for c in chunks] == [6, 2]
     assert len(judge_server.requests) == 6
     assert Verdict.objects.get(run=run, item__response="d WRONG").verdict == "reject"

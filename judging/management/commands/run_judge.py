@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from annotations.models import Project
+from judging.backends import JudgeUnreachable
 from judging.models import JudgeEndpoint, JudgeRun
 from judging.pipeline import JudgeRunTimeout, judge_and_wait
 from judging.services import PolicyError, gating_policy_set
@@ -53,7 +54,7 @@ class Command(BaseCommand):
             )
         except PolicyError as exc:
             raise CommandError(str(exc)) from None
-        except JudgeRunTimeout as exc:
+        except (JudgeRunTimeout, JudgeUnreachable) as exc:
             raise CommandError(str(exc)) from None
         if run.status != JudgeRun.Status.FINISHED:
             raise CommandError(f"judge run {run.pk} failed: {run.error}")
