@@ -72,6 +72,13 @@ def use_judge(project: Project, base_url: str, model: str = "test-judge", **fiel
     return endpoint
 
 
+@pytest.fixture
+def llm_project(project, judge_server):
+    """``project`` judged by the test judge server (its default endpoint, model ``test-judge``)."""
+    use_judge(project, judge_server.base_url)
+    return project
+
+
 def run_concurrently(call, arguments: list[tuple]) -> list[BaseException]:
     """``call(*args)`` for each tuple of ``arguments``, each in a thread of its own with its own database
     connection, all at once; returns what they raised (``[]`` when none did)."""

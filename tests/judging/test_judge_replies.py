@@ -13,12 +13,6 @@ from judging.replies import VerdictParseError, parse_verdict, read_reply
 from tests.conftest import make_items, use_judge
 
 
-@pytest.fixture
-def llm_project(project, judge_server):
-    use_judge(project, judge_server.base_url)
-    return project
-
-
 def by_response(run) -> dict[str, Verdict]:
     return {v.item.response: v for v in Verdict.objects.filter(run=run).select_related("item")}
 

@@ -12,12 +12,6 @@ from judging.selectors import run_agreement
 from tests.conftest import make_items, use_judge, use_run
 
 
-@pytest.fixture
-def llm_project(project, judge_server):
-    use_judge(project, judge_server.base_url)
-    return project
-
-
 def verdicts(run):
     return {v.item.response: v for v in Verdict.objects.filter(run=run).select_related("item")}
 

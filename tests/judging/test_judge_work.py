@@ -11,13 +11,6 @@ from judging.services import judge_run_create, judge_work_lease, judge_work_rele
 from tests.conftest import make_items
 
 
-@pytest.fixture
-def llm_project(project, judge_server):
-    project.judge_base_url, project.judge_model = judge_server.base_url, "test-judge"
-    project.save()
-    return project
-
-
 def test_a_run_over_chosen_items_judges_only_those(llm_project, judge_server, django_capture_on_commit_callbacks):
     items = make_items(llm_project, ["a", "b", "c", "d WRONG"])
     chosen = [items[1].pk, items[3].pk]

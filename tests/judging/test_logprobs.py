@@ -12,7 +12,7 @@ from judging.backends import judge_with_local_classifier
 from judging.logprobs import reply_confidence, verdict_confidence
 from judging.models import Verdict
 from judging.selectors import run_progress
-from tests.conftest import make_items, use_judge
+from tests.conftest import make_items
 
 FORBIDDEN = -9999.0  # what vLLM reports for a token the JSON schema forbids
 
@@ -192,12 +192,6 @@ def test_the_schema_the_prompt_and_the_few_shot_replies_put_the_verdict_first():
 
 
 # End to end: runs against the test judge server, whose log-probabilities tests craft with markers.
-
-
-@pytest.fixture
-def llm_project(project, judge_server):
-    use_judge(project, judge_server.base_url, "test-judge")
-    return project
 
 
 def confidences(run) -> dict[str, float | None]:

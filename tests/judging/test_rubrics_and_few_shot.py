@@ -12,7 +12,7 @@ from judging.models import JudgeSettings, RubricVersion
 from judging.prompts import DEFAULT_RUBRIC, FIXED_INSTRUCTIONS, sha256
 from judging.selectors import few_shot_examples, run_agreement, run_calibration, runs_compare
 from judging.services import judge_settings_for, judge_settings_save
-from tests.conftest import make_items, use_judge
+from tests.conftest import make_items
 
 RUBRIC = "Accept only answers that quote the price in dollars and name the plan."
 
@@ -21,12 +21,6 @@ RUBRIC = "Accept only answers that quote the price in dollars and name the plan.
 def admin_client(client, db):
     client.force_login(get_user_model().objects.create_superuser("root", password="root-pass-123"))
     return client
-
-
-@pytest.fixture
-def llm_project(project, judge_server):
-    use_judge(project, judge_server.base_url)
-    return project
 
 
 def settings_form(project, judge_settings=None, **fields) -> dict:
