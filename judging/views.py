@@ -19,10 +19,12 @@ from annotations.selectors import ground_truth
 from annotations.views import get_project_for_lead, parse_id
 from judging.models import GatingPolicyChange, JudgeRun, RegateRequest, TrainingSet
 from judging.selectors import (
+    MIN_AGREEMENT_PAIRS,
     funnel,
     gating_policy,
     gating_policy_candidates,
     label_function_stats,
+    policy_report,
     run_agreement,
     run_answered_by,
     run_calibration,
@@ -121,6 +123,8 @@ def gating_policy_page(request: HttpRequest, slug: str) -> HttpResponse:
     context = {
         "project": project,
         "policy": policy,
+        "report": policy_report(project),
+        "min_pairs": MIN_AGREEMENT_PAIRS,
         "candidates": candidates,
         "current": current,
         "changes": GatingPolicyChange.objects.filter(project=project).select_related("changed_by")[:50],
