@@ -83,14 +83,21 @@ class JudgeRunTimeout(RuntimeError):
 
 
 def judge_and_wait(
-    project: Project, progress: Progress, *, poll_s: float = 0.5, timeout_s: float | None = None
+    project: Project,
+    progress: Progress,
+    *,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+    local: bool = False,
+    learn_from: JudgeRun | None = None,
 ) -> JudgeRun:
     """Start a judge run and wait for it: in-process without a broker, else by polling its row.
 
-    Must be called outside a transaction (the run is enqueued on commit).
-    Raises JudgeRunTimeout after ``timeout_s`` seconds (None: wait for ever).
+    ``local`` and ``learn_from`` are ``services.judge_run_create``'s (the local classifier; distilled from a
+    run's verdicts). Must be called outside a transaction (the run is enqueued on commit).
+    Raises JudgeRunTimeout after ``timeout_s`` seconds (None: wait for ever), LearnFromError.
     """
-    run = judge_run_create(project=project)
+    run = judge_run_create(project=project, local=local, learn_from=learn_from)
     started = time.monotonic()
     while True:
         run.refresh_from_db()

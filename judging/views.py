@@ -34,6 +34,7 @@ from judging.selectors import (
     runs_compare,
 )
 from judging.services import (
+    LearnFromError,
     PolicyError,
     RunBusy,
     gating_policy_set,
@@ -65,6 +66,9 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "policy": policy,
         "regating": RegateRequest.objects.filter(project=project).first(),
         "runs": runs,
+        "teachers": JudgeRun.objects.filter(
+            project=project, status=JudgeRun.Status.FINISHED, backend=JudgeRun.Backend.OPENAI
+        ),
         "rules": project.label_functions.annotate(n_hits=Count("hits")),
     }
     return render(request, "judging/project_detail.html", context)
@@ -296,11 +300,25 @@ def run_control(request: HttpRequest, slug: str, run_id: int, action: str) -> Ht
 @login_required
 @require_POST
 def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
-    """Start a judge run over the project (staff only)."""
+    """Start a judge run over the project (staff only): the project's judge, or with POST ``local`` the local
+    classifier, learning also from the verdicts of run ``learn_from`` when given (distillation)."""
     project = get_project_for_lead(request, slug)
     if not request.user.is_staff:
         raise PermissionDenied("Only staff start judge runs.")
-    run = judge_run_create(project=project, user=request.user)
+    teacher = None
+    if request.POST.get("learn_from"):
+        try:
+            teacher_id = parse_id(request.POST.get("learn_from"), "learn_from")
+        except ValueError as exc:
+            return HttpResponseBadRequest(str(exc), content_type="text/plain")
+        teacher = get_object_or_404(JudgeRun, pk=teacher_id, project=project)
+    try:
+        run = judge_run_create(
+            project=project, user=request.user, local=bool(request.POST.get("local")), learn_from=teacher
+        )
+    except LearnFromError as exc:
+        messages.error(request, str(exc))
+        return redirect(project)
     messages.info(request, f"Judge run {run.pk} started ({run.judge_label}).")
     return redirect(run)
 

@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotations.models import Project
 from judging.models import JudgeRun
 from judging.pipeline import JudgeRunTimeout, judge_and_wait
-from judging.services import gating_policy_set
+from judging.services import LearnFromError, gating_policy_set
 
 
 class Command(BaseCommand):
@@ -18,20 +18,45 @@ class Command(BaseCommand):
             help="once it has finished, make the run the project's gating policy (logged; without it the run "
             "decides nothing until a lead chooses it on the gating policy page)",
         )
+        parser.add_argument(
+            "--local",
+            action="store_true",
+            help="judge with the local classifier (trained on the SME labels), whatever the project's judge",
+        )
+        parser.add_argument(
+            "--learn-from",
+            type=int,
+            metavar="RUN_ID",
+            help="the local classifier also learns from this finished LLM run's verdicts (distillation; an SME "
+            "label wins over the run's verdict on the same item); implies --local",
+        )
 
-    def handle(self, *args, project, timeout, use, **options):
+    def handle(self, *args, project, timeout, use, local, learn_from, **options):
         target = Project.objects.filter(slug=project).first()
         if target is None:
             raise CommandError(f"no project {project!r}")
+        teacher = None
+        if learn_from is not None:
+            teacher = JudgeRun.objects.filter(pk=learn_from, project=target).first()
+            if teacher is None:
+                raise CommandError(f"no run {learn_from} in project {project!r}")
         try:
-            run = judge_and_wait(target, lambda message: self.stderr.write(message), timeout_s=timeout)
-        except JudgeRunTimeout as exc:
+            run = judge_and_wait(
+                target,
+                lambda message: self.stderr.write(message),
+                timeout_s=timeout,
+                local=local,
+                learn_from=teacher,
+            )
+        except (JudgeRunTimeout, LearnFromError) as exc:
             raise CommandError(str(exc)) from None
         if run.status != JudgeRun.Status.FINISHED:
             raise CommandError(f"judge run {run.pk} failed: {run.error}")
         self.stdout.write(
             f"run {run.pk} finished: {run.items_done} judged, {run.items_error} errors ({run.judge_label})"
         )
+        if run.learned_from:
+            self.stdout.write(f"it learned from {run.learned_from}")
         if use:
             gating_policy_set(project=target, tiers=[(run, None)])
             self.stdout.write(f"run {run.pk} is now the gating policy; re-gating queued")
