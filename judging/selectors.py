@@ -79,7 +79,7 @@ def funnel(project: Project) -> dict:
     ``accepted_before_rules - vetoed_accepts``. ``judged`` counts items with a
     verdict (not an error) from some run of the gating policy, ``judge_errors``
     items with only errors from them; ``policy`` names the policy in force
-    (``GatingPolicy.label``, or ``NO_POLICY``); ``by_tier`` is ``[(tier, n)]``, the items each tier of the
+    (``GatingPolicy.label``, or ``NO_POLICY``); ``by_tier`` is ``[{"tier", "decided"}]``, the items each tier of the
     policy in force decided, in tier order (before rules: a vetoed item counts for the tier that decided it).
     """
     items = project.items
@@ -104,7 +104,11 @@ def funnel(project: Project) -> dict:
         .annotate(n=Count("id"))
         .order_by()
     }
-    by_tier = [(t.tier, tier_counts.get((t.tier, t.run_id), 0)) for t in policy.tiers.all()] if policy else []
+    by_tier = (
+        [{"tier": t.tier, "decided": tier_counts.get((t.tier, t.run_id), 0)} for t in policy.tiers.all()]
+        if policy
+        else []
+    )
     verdicts = Verdict.objects.filter(run_id__in=run_ids)
     judged = set(verdicts.exclude(verdict="").values_list("item_id", flat=True)) if run_ids else set()
     failed = set(verdicts.filter(verdict="").values_list("item_id", flat=True)) if run_ids else set()

@@ -140,8 +140,11 @@ def test_without_a_policy_the_report_says_only_what_the_smes_decide(project):
     assert report["sme"] == {"by_sme": 1, "pending": 2, "queued": 0}
 
 
-def test_the_funnel_counts_what_each_tier_decided(project, cascade):
-    assert funnel(project)["by_tier"] == [(1, 12), (2, 6)]
+def test_the_funnel_counts_what_each_tier_decided(client, lead, project, cascade):
+    assert funnel(project)["by_tier"] == [{"tier": 1, "decided": 12}, {"tier": 2, "decided": 6}]
+    client.force_login(lead)
+    page = client.get(project.get_absolute_url()).content.decode()
+    assert "(tier 1: 12, tier 2: 6)" in page
 
 
 def test_the_policy_page_shows_the_figures_escaped(client, project, cascade, lead):
