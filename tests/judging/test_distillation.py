@@ -139,3 +139,22 @@ def test_run_judge_learn_from(project, judged):
     assert f"it learned from 6 SME labels and 74 verdicts of run {big.pk}" in out.getvalue()
     with pytest.raises(CommandError, match="local classifier's"):
         call_command("run_judge", project.slug, "--learn-from", str(run.pk), stdout=io.StringIO())
+
+
+def test_the_api_starts_a_distilled_run(client, staff, project, judged, django_capture_on_commit_callbacks):
+    _, big = judged
+    from rest_framework.authtoken.models import Token
+
+    headers = {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=staff).key}"}
+    url = f"/api/projects/{project.slug}/runs/"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(url, {"learn_from": big.pk}, content_type="application/json", **headers)
+    assert response.status_code == 201, response.content
+    run = JudgeRun.objects.get(pk=response.json()["id"])
+    assert run.backend == "local" and run.config["learn_from_run"] == big.pk
+    shown = client.get(f"{url}{run.pk}/", **headers).json()
+    assert shown["learned_from"] == f"6 SME labels and 74 verdicts of run {big.pk} ({big.judge_label})"
+    refused = client.post(url, {"learn_from": run.pk}, content_type="application/json", **headers)
+    assert refused.status_code == 400 and "local classifier's" in refused.json()["learn_from"][0]
+    missing = client.post(url, {"learn_from": 999999}, content_type="application/json", **headers)
+    assert missing.status_code == 400
