@@ -12,11 +12,14 @@ from judging import prompts
 from judging.label_functions import KINDS, validate_params
 from judging.models import (
     GateDecision,
+    GatingPolicy,
+    GatingPolicyChange,
     JudgeEndpoint,
     JudgeRun,
     JudgeSettings,
     LabelFunction,
     LabelFunctionVersion,
+    PolicyTier,
     RubricVersion,
     RuleHit,
     Verdict,
@@ -304,3 +307,38 @@ class GateDecisionAdmin(ViewOnlyAdmin):
     list_filter = ("outcome", "basis", "vetoed")
     raw_id_fields = ("item", "judge_run")
     show_full_result_count = False
+
+
+class PolicyTierInline(admin.TabularInline):
+    """The policy's tiers in order: which run decides, from what certainty."""
+
+    model = PolicyTier
+    fields = ("tier", "run", "threshold", "decides", "note")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(GatingPolicy)
+class GatingPolicyAdmin(ViewOnlyAdmin):
+    """Shown only: a lead changes the policy on the project's gating policy page (or the API, or
+    ``run_judge --use``), through ``services.gating_policy_set``, so that every change is logged."""
+
+    list_display = ("project", "label", "target_agreement", "risk", "updated_by", "updated_at")
+    list_filter = ("project",)
+    inlines = [PolicyTierInline]
+
+
+@admin.register(GatingPolicyChange)
+class GatingPolicyChangeAdmin(ViewOnlyAdmin):
+    """The audit log of policy changes: append-only, never added, changed or deleted here."""
+
+    list_display = ("__str__", "project", "changed_by", "changed_at")
+    list_filter = ("project",)
+    readonly_fields = ("project", "changed_by", "changed_at", "before", "after")

@@ -39,6 +39,7 @@ from judging.models import (
 )
 from judging.selectors import gating_policy, run_progress
 from judging.services import (
+    LearnFromError,
     PolicyError,
     RunBusy,
     gating_policy_set,
@@ -156,8 +157,14 @@ class GatingPolicyApi(APIView):
         return Response(_policy_body(project))
 
 
+class JudgeRunStartSerializer(serializers.Serializer):
+    local = serializers.BooleanField(required=False, default=False)
+    learn_from = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+
 class JudgeRunSerializer(serializers.ModelSerializer):
     judge = serializers.CharField(source="judge_label", read_only=True)
+    learned_from = serializers.CharField(read_only=True, help_text="A local classifier run's training labels.")
     cost = serializers.DecimalField(max_digits=20, decimal_places=6, read_only=True)
     progress = serializers.SerializerMethodField()
 
@@ -166,6 +173,7 @@ class JudgeRunSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "judge",
+            "learned_from",
             "backend",
             "model",
             "base_url",
@@ -194,7 +202,17 @@ class JudgeRunSerializer(serializers.ModelSerializer):
 @extend_schema_view(
     list=extend_schema(summary="The project's judge runs, newest first"),
     create=extend_schema(
-        request=None,
+        request=inline_serializer(
+            "JudgeRunStart",
+            {
+                "local": serializers.BooleanField(
+                    required=False, help_text="The local classifier, whatever the judge."
+                ),
+                "learn_from": serializers.IntegerField(
+                    required=False, help_text="A finished LLM run whose verdicts the local classifier also learns from."
+                ),
+            },
+        ),
         summary="Start a judge run over all items (staff only); 502 when the judge endpoint does not answer",
     ),
 )
@@ -211,12 +229,28 @@ class JudgeRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
         if not request.user.is_staff:
             raise PermissionDenied("Only staff start judge runs.")
         project = self.get_project()
+        body = JudgeRunStartSerializer(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        teacher = None
+        if body.validated_data.get("learn_from") is not None:
+            teacher = JudgeRun.objects.filter(pk=body.validated_data["learn_from"], project=project).first()
+            if teacher is None:
+                raise serializers.ValidationError({"learn_from": ["no such run in this project"]})
+        if not body.validated_data.get("local") and teacher is None:
+            try:
+                judge_endpoint_check(project=project)
+            except JudgeUnreachable as exc:
+                return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
         try:
-            judge_endpoint_check(project=project)
-        except JudgeUnreachable as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
-        with transaction.atomic():
-            run = judge_run_create(project=project, user=request.user)
+            with transaction.atomic():
+                run = judge_run_create(
+                    project=project,
+                    user=request.user,
+                    local=body.validated_data.get("local", False),
+                    learn_from=teacher,
+                )
+        except LearnFromError as exc:
+            raise serializers.ValidationError({"learn_from": [str(exc)]}) from None
         run.refresh_from_db()
         return Response(self.get_serializer(run).data, status=status.HTTP_201_CREATED)
 

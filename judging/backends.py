@@ -858,7 +858,7 @@ def judge_loop() -> JudgeLoop:
 
 
 class NotEnoughLabels(ValueError):
-    """The local classifier needs SME labels of both kinds to learn from."""
+    """The local classifier needs labels of both kinds to learn from."""
 
 
 def _texts(items: list[Item]) -> list[str]:
@@ -873,23 +873,33 @@ def _classifier(seed: int):
 
 
 def judge_with_local_classifier(
-    items: list[Item], truth: dict[int, str], *, seed: int = 0
+    items: list[Item], truth: dict[int, str], *, seed: int = 0, teacher: dict[int, str] | None = None
 ) -> tuple[list[JudgeResult], dict]:
-    """Judge every item with a tf-idf + logistic-regression model trained on SME labels.
+    """Judge every item with a tf-idf + logistic-regression model trained on SME labels, and on a teacher's
+    verdicts when given (distillation: a big judge labels thousands of items, the SMEs hundreds).
 
-    Items with SME ground truth (``truth``) get an out-of-fold verdict from
-    stratified k-fold cross-fitting (k = min(5, size of the smaller class)), so
-    no verdict comes from a model that saw that item's label; the rest are
-    judged by a model fit on all labels. Returns (results, info) where info
-    records k and the label counts. Raises NotEnoughLabels with fewer than 2
-    SME labels of either kind.
+    ``truth`` is SME ground truth ``{item_id: "accept"|"reject"}``; ``teacher`` a finished judge run's verdicts
+    in the same shape. The training labels are the SME labels of ``items``, and the teacher's verdicts on the
+    other items: where both exist, the SME label wins. Every item with a training label gets an out-of-fold
+    verdict from stratified k-fold cross-fitting (k = min(5, size of the smaller class)), so no verdict comes
+    from a model that saw that item's label (its agreement with the SMEs is measured on every SME item, and
+    with the teacher on every item the teacher judged); the rest are judged by a model fit on all labels.
+    Returns (results, info): ``info`` = ``{"folds", "train_accept", "train_reject", "seed", "sme_labels",
+    "teacher_labels", "teacher_overruled"}`` (``teacher_overruled``: teacher verdicts on SME items that the
+    SME label contradicted). Raises NotEnoughLabels with fewer than 2 training labels of either kind.
     """
-    labelled = [it for it in items if it.pk in truth]
-    y = np.array([truth[it.pk] == "accept" for it in labelled], dtype=int)
+    teacher = teacher or {}
+    labels = {
+        it.pk: truth[it.pk] if it.pk in truth else teacher[it.pk] for it in items if it.pk in truth or it.pk in teacher
+    }
+    sme_labels = sum(1 for it in items if it.pk in truth)
+    labelled = [it for it in items if it.pk in labels]
+    y = np.array([labels[it.pk] == "accept" for it in labelled], dtype=int)
     n_accept, n_reject = int(y.sum()), int(len(y) - y.sum())
     if min(n_accept, n_reject) < 2:
+        source = "SME reviews" if not teacher else "labels (SME reviews and the teacher run's verdicts)"
         raise NotEnoughLabels(
-            f"the local classifier needs at least 2 accepted and 2 rejected SME reviews; "
+            f"the local classifier needs at least 2 accepted and 2 rejected {source}; "
             f"this project has {n_accept} accepted and {n_reject} rejected"
         )
     folds = min(5, n_accept, n_reject)
@@ -897,7 +907,7 @@ def judge_with_local_classifier(
     labelled_texts = _texts(labelled)
     p_oof = cross_val_predict(_classifier(seed), labelled_texts, y, cv=cv, method="predict_proba")[:, 1]
     model = _classifier(seed).fit(labelled_texts, y)
-    rest = [it for it in items if it.pk not in truth]
+    rest = [it for it in items if it.pk not in labels]
     p_rest = model.predict_proba(_texts(rest))[:, 1] if rest else np.array([])
     results = []
     for group, probs, how in ((labelled, p_oof, "out-of-fold"), (rest, p_rest, "fit on all labels")):
@@ -906,5 +916,15 @@ def judge_with_local_classifier(
             results.append(
                 JudgeResult(it.pk, verdict, f"P(accept)={p:.2f} from {LOCAL_MODEL_NAME} ({how})", confidence=float(p))
             )
-    info = {"folds": folds, "train_accept": n_accept, "train_reject": n_reject, "seed": seed}
+    info = {
+        "folds": folds,
+        "train_accept": n_accept,
+        "train_reject": n_reject,
+        "seed": seed,
+        "sme_labels": sme_labels,
+        "teacher_labels": len(labels) - sme_labels,
+        "teacher_overruled": sum(
+            1 for it in items if it.pk in truth and teacher.get(it.pk, truth[it.pk]) != truth[it.pk]
+        ),
+    }
     return results, info

@@ -164,6 +164,21 @@ class JudgeRun(models.Model):
         return f"v{self.config['rubric_version']} (sha256 {self.config.get('system_prompt_sha256', '')[:12]}…)"
 
     @property
+    def learned_from(self) -> str:
+        """What a local classifier run learned from, e.g. "12 SME labels and 3,400 verdicts of run 7 (judge X)"
+        (counts once it has run); "" for an LLM run."""
+        if self.backend != self.Backend.LOCAL:
+            return ""
+        sme = self.config.get("sme_labels")
+        sme_text = "SME labels" if sme is None else f"{sme:,} SME label{'' if sme == 1 else 's'}"
+        teacher = self.config.get("learn_from_run")
+        if not teacher:
+            return sme_text
+        n = self.config.get("teacher_labels")
+        verdicts = "the verdicts" if n is None else f"{n:,} verdict{'' if n == 1 else 's'}"
+        return f"{sme_text} and {verdicts} of run {teacher} ({self.config.get('learn_from_judge', '')})"
+
+    @property
     def judge_label(self) -> str:
         """Which judge this was, as every screen and export shows it."""
         if self.backend == self.Backend.LOCAL:

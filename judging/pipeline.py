@@ -93,22 +93,27 @@ def judge_and_wait(
     timeout_s: float | None = None,
     endpoint=None,
     escalate: bool = False,
+    local: bool = False,
+    learn_from: JudgeRun | None = None,
 ) -> JudgeRun:
     """Start a judge run and wait for it: in-process without a broker, else by polling its row.
 
     ``endpoint`` (a JudgeEndpoint of the project; None: its default judge)
     judges; with ``escalate`` only the items the gating policy in force leaves
     undecided (``services.escalation_run_create``, which raises PolicyError
-    without a policy or with nothing to escalate). Must be called outside a
+    without a policy or with nothing to escalate). ``local`` and
+    ``learn_from`` are ``services.judge_run_create``'s (the local classifier;
+    distilled from a run's verdicts; LearnFromError). Must be called outside a
     transaction (the run is enqueued on commit). Raises backends.JudgeUnreachable,
     before creating a run, when the judge endpoint does not answer. Raises
     JudgeRunTimeout after ``timeout_s`` seconds (None: wait for ever).
     """
-    judge_endpoint_check(project=project, endpoint=endpoint)  # raises backends.JudgeUnreachable
+    if not local and learn_from is None:
+        judge_endpoint_check(project=project, endpoint=endpoint)  # raises backends.JudgeUnreachable
     if escalate:
         run = escalation_run_create(project=project, endpoint=endpoint)
     else:
-        run = judge_run_create(project=project, endpoint=endpoint)
+        run = judge_run_create(project=project, endpoint=endpoint, local=local, learn_from=learn_from)
     started = time.monotonic()
     while True:
         judge_run_revive_if_stalled(run_id=run.pk)  # a run whose workers died is queued again

@@ -84,14 +84,15 @@ def policy_certainty(project: Project, *, policy: GatingPolicy | None = None) ->
     return best
 
 
-def funnel(project: Project) -> dict[str, int | str]:
+def funnel(project: Project) -> dict:
     """Counts along the pipeline, from the gate's stored decisions, and the gating policy in force.
 
     ``imported`` = ``accepted + rejected + pending``; ``accepted`` =
     ``accepted_before_rules - vetoed_accepts``. ``judged`` counts items with a
     verdict (not an error) from some run of the gating policy, ``judge_errors``
     items with only errors from them; ``policy`` names the policy in force
-    (``GatingPolicy.label``, or ``NO_POLICY``).
+    (``GatingPolicy.label``, or ``NO_POLICY``); ``by_tier`` is ``[{"tier", "decided"}]``, the items each tier of the
+    policy in force decided, in tier order (before rules: a vetoed item counts for the tier that decided it).
     """
     items = project.items
     policy = gating_policy(project)
@@ -108,6 +109,18 @@ def funnel(project: Project) -> dict[str, int | str]:
         vetoed_accepts=Count("id", filter=Q(vetoed=True, basis_decision=Outcome.ACCEPT)),
     )
     imported = items.count()
+    tier_counts = {
+        (tier, run_id): n
+        for tier, run_id, n in GateDecision.objects.filter(item__project=project, tier__isnull=False)
+        .values_list("tier", "judge_run_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    }
+    by_tier = (
+        [{"tier": t.tier, "decided": tier_counts.get((t.tier, t.run_id), 0)} for t in policy.tiers.all()]
+        if policy
+        else []
+    )
     verdicts = Verdict.objects.filter(run_id__in=run_ids)
     judged = set(verdicts.exclude(verdict="").values_list("item_id", flat=True)) if run_ids else set()
     failed = set(verdicts.filter(verdict="").values_list("item_id", flat=True)) if run_ids else set()
@@ -119,6 +132,7 @@ def funnel(project: Project) -> dict[str, int | str]:
         "judge_errors": len(failed - judged),
         "undecided": imported - sum(decisions[k] for k in ("accepted", "rejected", "pending")),
         "policy": policy.label if policy else NO_POLICY,
+        "by_tier": by_tier,
         **decisions,
     }
 
@@ -499,3 +513,163 @@ def run_confidence_report(run: JudgeRun, *, truth: dict[int, str] | None = None)
         "few_shot_excluded": len(shown),
         "fit": run.calibration or {},
     }
+
+
+# Below this many SME-labelled items a tier decided, its agreement is not shown as a figure ("too few to say").
+MIN_AGREEMENT_PAIRS = 10
+
+
+def _wilson(agree: int, n: int) -> tuple[float, float] | None:
+    """95 % Wilson score interval of ``agree`` of ``n`` (``scipy.stats.binomtest``); None for n = 0."""
+    if not n:
+        return None
+    ci = binomtest(agree, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def _per_item_cost(run: JudgeRun) -> dict:
+    """The run's cost per item it sent to the judge, from each verdict row's own tokens at the run's prices:
+    ``{"n", "mean", "ci"}`` (dollars or whatever the prices are in; ``ci`` a 95 % Student-t interval of the
+    mean, None below 2 items; ``n`` counts rows whose reply said its tokens, errors included: they are paid)."""
+    from scipy import stats
+
+    price_in = float(run.config.get("price_in_per_million", "0")) / 1_000_000
+    price_out = float(run.config.get("price_out_per_million", "0")) / 1_000_000
+    costs = [
+        t_in * price_in + t_out * price_out
+        for t_in, t_out in Verdict.objects.filter(run=run, tokens_in__isnull=False, tokens_out__isnull=False)
+        .values_list("tokens_in", "tokens_out")
+        .iterator(chunk_size=5000)
+    ]
+    n = len(costs)
+    if not n:
+        return {"n": 0, "mean": None, "ci": None}
+    mean = sum(costs) / n
+    ci = None
+    if n >= 2:
+        sem = stats.sem(costs)
+        ci = (mean, mean) if sem == 0 else tuple(float(x) for x in stats.t.interval(0.95, n - 1, loc=mean, scale=sem))
+    return {"n": n, "mean": mean, "ci": ci}
+
+
+def policy_report(project: Project) -> dict:
+    """What each tier of the gating policy in force decides, how well, and at what cost, for the policy page.
+
+    Returns::
+
+        {"policy": GatingPolicy | None,
+         "items": N,                      # all the project's items
+         "tiers": [{"tier": PolicyTier, "run": JudgeRun,
+                    "decided": n,         # items whose stored gate decision this tier made (rules may veto them)
+                    "share": n / N,       # None for N = 0
+                    "agreement": {"n", "agree", "rate", "ci", "too_few", "few_shot_excluded"},
+                    "tokens_in", "tokens_out", "cost": Decimal,   # the run's, at the prices it started with
+                    "sent": n,            # items the run sent to its judge (verdict rows, errors included)
+                    "llm": bool}],        # an OpenAI-compatible judge (the local classifier costs nothing)
+         "sme": {"by_sme": n, "pending": n, "queued": n},
+         "cascade_cost": Decimal,         # the tiers' runs together
+         "all_to_big_judge": {"run", "tier", "per_item": _per_item_cost(run), "estimate", "estimate_ci",
+                              "saving", "saving_ci"} | None}
+
+    ``agreement`` is the tier's agreement with SME ground truth on the SME-labelled items it would decide
+    (``policy_verdicts``: the first tier sure enough; on these items the gate gives SMEs the last word, so they
+    are the tier's measured sample): ``rate`` = ``agree / n`` with its 95 % Wilson interval ``ci``; items the
+    tier's run showed its judge as few-shot examples are left out (``few_shot_excluded``), and ``too_few`` is
+    True below ``MIN_AGREEMENT_PAIRS``, when the page says "too few to say" rather than a figure.
+
+    ``all_to_big_judge`` estimates what sending every item to the last LLM tier's judge (the big judge) would
+    cost: its mean cost per item sent, from each verdict's own tokens, times N, with the mean's 95 % Student-t
+    interval times N. An estimate: the items it judged may be harder or longer than the rest (escalated ones
+    are). ``saving`` = estimate - ``cascade_cost``. None without an LLM tier, or when no verdict of it said its
+    tokens. ``sme``: items decided by SME ground truth, items pending (no tier sure enough, no rule: the SMEs'
+    tier), and of those the ones in the SME queue.
+    """
+    from decimal import Decimal
+
+    policy = gating_policy(project)
+    total = project.items.count()
+    Outcome, Basis = GateDecision.Outcome, GateDecision.Basis
+    decisions = GateDecision.objects.filter(item__project=project)
+    sme = decisions.aggregate(
+        by_sme=Count("id", filter=Q(basis=Basis.SME)),
+        pending=Count("id", filter=Q(outcome=Outcome.PENDING)),
+        queued=Count("id", filter=Q(outcome=Outcome.PENDING, item__in_sme_queue=True)),
+    )
+    report = {
+        "policy": policy,
+        "items": total,
+        "tiers": [],
+        "sme": sme,
+        "cascade_cost": Decimal(0),
+        "all_to_big_judge": None,
+    }
+    if policy is None:
+        return report
+    tiers = list(policy.tiers.all())
+    # By tier and run: decisions a previous policy's tier made (before the queued re-gating) do not count.
+    decided_counts = {
+        (tier, run_id): n
+        for tier, run_id, n in decisions.filter(tier__isnull=False)
+        .values_list("tier", "judge_run_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    }
+    sent = dict(
+        Verdict.objects.filter(run_id__in=[t.run_id for t in tiers])
+        .values_list("run_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    truth = ground_truth(project=project)
+    would_decide = policy_verdicts(project, policy=policy, item_ids=list(truth)) if truth else {}
+    pairs: dict[int, list[bool]] = defaultdict(list)
+    excluded: dict[int, int] = defaultdict(int)
+    shown = {tier.tier: set(tier.run.few_shot_item_ids) for tier in tiers}
+    for item_id, (tier, verdict) in would_decide.items():
+        if item_id in shown[tier.tier]:
+            excluded[tier.tier] += 1
+            continue
+        pairs[tier.tier].append(verdict == truth[item_id])
+    for tier in tiers:
+        run, agreed = tier.run, pairs.get(tier.tier, [])
+        n, agree = len(agreed), sum(agreed)
+        decided = decided_counts.get((tier.tier, run.pk), 0)
+        report["tiers"].append(
+            {
+                "tier": tier,
+                "run": run,
+                "decided": decided,
+                "share": decided / total if total else None,
+                "agreement": {
+                    "n": n,
+                    "agree": agree,
+                    "rate": agree / n if n else None,
+                    "ci": _wilson(agree, n),
+                    "too_few": n < MIN_AGREEMENT_PAIRS,
+                    "few_shot_excluded": excluded.get(tier.tier, 0),
+                },
+                "tokens_in": run.tokens_in,
+                "tokens_out": run.tokens_out,
+                "cost": run.cost,
+                "sent": sent.get(run.pk, 0),
+                "llm": run.backend == JudgeRun.Backend.OPENAI,
+            }
+        )
+        report["cascade_cost"] += run.cost
+    big = next((row for row in reversed(report["tiers"]) if row["llm"]), None)
+    if big is not None:
+        per_item = _per_item_cost(big["run"])
+        if per_item["n"]:
+            cascade = float(report["cascade_cost"])
+            estimate = per_item["mean"] * total
+            ci = tuple(x * total for x in per_item["ci"]) if per_item["ci"] else None
+            report["all_to_big_judge"] = {
+                "run": big["run"],
+                "tier": big["tier"],
+                "per_item": per_item,
+                "estimate": estimate,
+                "estimate_ci": ci,
+                "saving": estimate - cascade,
+                "saving_ci": tuple(x - cascade for x in ci) if ci else None,
+            }
+    return report

@@ -106,12 +106,28 @@ def judge_endpoint_check(*, project: Project, endpoint=None) -> None:
     backends.judge_connection_check(backends.judge_config_for(project, endpoint))
 
 
-def judge_run_create(*, project: Project, user=None, endpoint=None, item_ids: list[int] | None = None) -> JudgeRun:
+class LearnFromError(ValueError):
+    """A run the local classifier cannot learn from (another project's, not finished, or a local run)."""
+
+
+def judge_run_create(
+    *,
+    project: Project,
+    user=None,
+    endpoint=None,
+    item_ids: list[int] | None = None,
+    local: bool = False,
+    learn_from: JudgeRun | None = None,
+) -> JudgeRun:
     """Create a run over the project's items (all, or only ``item_ids``) and enqueue it after commit.
 
     ``endpoint`` (a ``JudgeEndpoint`` of the project, e.g. a cascade tier's)
     judges the run; None means the project's default endpoint, else the
     environment's judge, else the local classifier (``backends.judge_config_for``).
+    ``local`` asks for the local classifier whatever the project's judge; ``learn_from`` (a finished LLM run
+    of the project, implies ``local``) has it learn from that run's verdicts as well as the SME labels
+    (distillation, ``backends.judge_with_local_classifier``; the SME label wins on an item that has both):
+    recorded as ``config["learn_from_run"]`` and ``config["learn_from_judge"]``. Raises LearnFromError.
     The run records which judge it is (resolved now, so later setting changes
     do not alter it) and, for an
     LLM judge, the snapshot of what determines its output (``backends.run_config``):
@@ -122,15 +138,26 @@ def judge_run_create(*, project: Project, user=None, endpoint=None, item_ids: li
     ``items_total`` counts the scope. An LLM run gets one ``JudgeWork`` row per
     item of its scope, in this transaction.
     """
+    if learn_from is not None:
+        if learn_from.project_id != project.pk:
+            raise LearnFromError(f"run {learn_from.pk} is not a run of project {project.slug}")
+        if learn_from.status != JudgeRun.Status.FINISHED:
+            raise LearnFromError(f"run {learn_from.pk} is {learn_from.status}: learn only from a finished run")
+        if learn_from.backend != JudgeRun.Backend.OPENAI:
+            raise LearnFromError(f"run {learn_from.pk} is a local classifier's: learn from an LLM judge's run")
+        local = True
     config = backends.judge_config_for(project, endpoint)
     scope = project.items.all() if item_ids is None else project.items.filter(pk__in=item_ids)
     scoped = {} if item_ids is None else {"scope": "items"}
-    if config.is_local:
+    if local or config.is_local:
+        teacher = {}
+        if learn_from is not None:
+            teacher = {"learn_from_run": learn_from.pk, "learn_from_judge": learn_from.judge_label}
         run = JudgeRun.objects.create(
             project=project,
             backend=JudgeRun.Backend.LOCAL,
             model=backends.LOCAL_MODEL_NAME,
-            config={"seed": 0, **scoped, **({"item_ids": sorted(set(item_ids))} if scoped else {})},
+            config={"seed": 0, **teacher, **scoped, **({"item_ids": sorted(set(item_ids))} if scoped else {})},
             items_total=scope.count(),
             created_by=user,
         )

@@ -84,9 +84,18 @@ def _judge_locally(run: JudgeRun) -> None:
     JudgeRun.objects.filter(pk=run.pk).update(
         items_total=len(items) if scope is None else sum(item.pk in scope for item in items)
     )
+    teacher = None
+    if run.config.get("learn_from_run"):
+        verdicts = Verdict.objects.filter(run_id=run.config["learn_from_run"]).exclude(verdict="")
+        teacher = dict(verdicts.values_list("item_id", "verdict"))
+        if not teacher:
+            services.judge_run_fail(
+                run_id=run.pk, error=f"run {run.config['learn_from_run']} has no verdicts to learn from"
+            )
+            return
     try:
         results, info = backends.judge_with_local_classifier(
-            items, ground_truth(project=run.project), seed=run.config.get("seed", 0)
+            items, ground_truth(project=run.project), seed=run.config.get("seed", 0), teacher=teacher
         )
     except backends.NotEnoughLabels as exc:
         services.judge_run_fail(run_id=run.pk, error=str(exc))

@@ -21,10 +21,12 @@ from annotations.views import get_project_for_lead, parse_id
 from judging.backends import JudgeUnreachable
 from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRequest, TrainingSet
 from judging.selectors import (
+    MIN_AGREEMENT_PAIRS,
     funnel,
     gating_policy,
     gating_policy_candidates,
     label_function_stats,
+    policy_report,
     run_agreement,
     run_answered_by,
     run_calibration,
@@ -34,6 +36,7 @@ from judging.selectors import (
     runs_compare,
 )
 from judging.services import (
+    LearnFromError,
     RunBusy,
     escalated_item_ids,
     escalation_run_create,
@@ -69,6 +72,9 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "policy": policy,
         "regating": RegateRequest.objects.filter(project=project).first(),
         "runs": runs,
+        "teachers": JudgeRun.objects.filter(
+            project=project, status=JudgeRun.Status.FINISHED, backend=JudgeRun.Backend.OPENAI
+        ),
         "rules": project.label_functions.annotate(n_hits=Count("hits")),
     }
     return render(request, "judging/project_detail.html", context)
@@ -124,6 +130,8 @@ def gating_policy_page(request: HttpRequest, slug: str) -> HttpResponse:
     context = {
         "project": project,
         "policy": policy,
+        "report": policy_report(project),
+        "min_pairs": MIN_AGREEMENT_PAIRS,
         "candidates": candidates,
         "current": current,
         "changes": GatingPolicyChange.objects.filter(project=project).select_related("changed_by")[:50],
@@ -349,16 +357,31 @@ def run_control(request: HttpRequest, slug: str, run_id: int, action: str) -> Ht
 @login_required
 @require_POST
 def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
-    """Start a judge run over the project (staff only)."""
+    """Start a judge run over the project (staff only): the project's judge, or with POST ``local`` the local
+    classifier, learning also from the verdicts of run ``learn_from`` when given (distillation)."""
     project = get_project_for_lead(request, slug)
     if not request.user.is_staff:
         raise PermissionDenied("Only staff start judge runs.")
+    teacher = None
+    if request.POST.get("learn_from"):
+        try:
+            teacher_id = parse_id(request.POST.get("learn_from"), "learn_from")
+        except ValueError as exc:
+            return HttpResponseBadRequest(str(exc), content_type="text/plain")
+        teacher = get_object_or_404(JudgeRun, pk=teacher_id, project=project)
+    if not request.POST.get("local") and teacher is None:
+        try:
+            judge_endpoint_check(project=project)
+        except JudgeUnreachable as exc:
+            messages.error(request, f"No run started. {exc}")
+            return redirect(project)
     try:
-        judge_endpoint_check(project=project)
-    except JudgeUnreachable as exc:
-        messages.error(request, f"No run started. {exc}")
+        run = judge_run_create(
+            project=project, user=request.user, local=bool(request.POST.get("local")), learn_from=teacher
+        )
+    except LearnFromError as exc:
+        messages.error(request, str(exc))
         return redirect(project)
-    run = judge_run_create(project=project, user=request.user)
     messages.info(request, f"Judge run {run.pk} started ({run.judge_label}).")
     return redirect(run)
 

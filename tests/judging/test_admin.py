@@ -116,14 +116,24 @@ def test_adding_and_editing_in_the_admin_versions_the_rule_and_regates(
 
 # Derived rows (the gate's decisions, verdicts, rule hits, runs) and history rows are the record: the admin
 # shows them and changes nothing. Each model's admin is tried as a superuser, who holds every permission.
-READ_ONLY = ["gatedecision", "verdict", "rulehit", "judgerun", "labelfunctionversion"]
+READ_ONLY = [
+    "gatedecision",
+    "verdict",
+    "rulehit",
+    "judgerun",
+    "labelfunctionversion",
+    "gatingpolicy",
+    "gatingpolicychange",
+]
 
 
 def _rows(project, model: str):
     from annotations.models import ReviewChange
-    from judging.models import JudgeRun, RuleHit, Verdict
+    from judging.models import GatingPolicy, GatingPolicyChange, JudgeRun, RuleHit, Verdict
 
     models = {
+        "gatingpolicy": GatingPolicy,
+        "gatingpolicychange": GatingPolicyChange,
         "gatedecision": GateDecision,
         "verdict": Verdict,
         "rulehit": RuleHit,
@@ -260,3 +270,14 @@ def test_deleting_a_project_in_the_admin_takes_everything_in_it(admin_client, de
     )
     assert response.status_code == 302
     assert not Item.objects.exists() and not GateDecision.objects.exists()
+
+
+def test_the_policy_page_in_the_admin_shows_its_tiers_and_points_to_the_policy_page(admin_client, decided_project):
+    from judging.models import GatingPolicy
+
+    policy = GatingPolicy.objects.get(project=decided_project)
+    page = admin_client.get(reverse("admin:judging_gatingpolicy_change", args=[policy.pk])).content.decode()
+    tier = policy.tiers.get()
+    assert "Tiers" in page or "Policy tiers" in page
+    assert f"run {tier.run_id}" in page
+    assert 'name="tiers-0-threshold"' not in page  # read-only inline: no inputs
