@@ -647,8 +647,9 @@ def sme_queue_prioritise(*, project: Project) -> int:
     calibrated certainty max(p, 1 - p) among the policy's tiers (0 to 0.5),
     or 1 when no tier has a calibrated verdict on it (least certain of all);
     the queue hands out the highest first (``annotations.queue``), and open
-    slots take the new priority. Pending items that some tier judged (so the
-    policy could not decide them) are queued for SME review; items no tier
+    slots take the new priority. An item decided since (by a later tier, say)
+    goes back to priority 0, behind every pending one. Pending items that some
+    tier judged (so the policy could not decide them) are queued for SME review; items no tier
     judged at all (errors) are queued from the run page (``judge_run_queue_errors``).
     Without a policy, nothing changes. Returns how many items were newly queued.
     """
@@ -669,7 +670,8 @@ def sme_queue_prioritise(*, project: Project) -> int:
     changed = [item for item, (_, old) in zip(changed, pending, strict=True) if item.priority != old]
     with transaction.atomic():
         Item.objects.bulk_update(changed, ["priority"], batch_size=WRITE_BATCH)
-        if changed:  # open slots take their item's priority, in one statement
+        decided = project.items.exclude(gate_decision__outcome=GateDecision.Outcome.PENDING).exclude(priority=0)
+        if decided.update(priority=0) or changed:  # open slots take their item's priority, in one statement
             Slot.objects.filter(project=project, done=False).exclude(priority=F("item__priority")).update(
                 priority=Subquery(Item.objects.filter(pk=OuterRef("item_id")).values("priority")[:1])
             )

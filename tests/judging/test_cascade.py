@@ -25,12 +25,12 @@ from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
-N, LABELLED = 180, 90
+N, LABELLED = 240, 150
 TARGET, RISK = 0.9, 0.1
 
 
 def judges(seed: int = 7) -> list[tuple[str, float, float]]:
-    """``(truth, baby's P(accept), big's P(accept))`` per item. Baby Larry is sure and right on about 55 % of
+    """``(truth, baby's P(accept), big's P(accept))`` per item. Baby Larry is sure and right on about 40 % of
     items and a coin toss on the rest; the big judge is sure and right on about 90 %, and unsure and wrong on
     the rest."""
     rng = random.Random(seed)
@@ -38,7 +38,7 @@ def judges(seed: int = 7) -> list[tuple[str, float, float]]:
     for i in range(N):
         truth = "reject" if i % 3 == 0 else "accept"
         sign = 1 if truth == "accept" else -1
-        if rng.random() < 0.55:
+        if rng.random() < 0.4:
             baby = 0.5 + sign * rng.uniform(0.45, 0.49)
         else:
             baby = 0.5 + rng.choice((1, -1)) * rng.uniform(0.02, 0.15)
