@@ -139,13 +139,20 @@ def funnel(project: Project) -> dict:
 
 def gating_policy_candidates(project: Project) -> list[dict]:
     """Every finished run of the project as a candidate for the gating policy, newest first:
-    ``[{"run", "agreement": run_agreement(..., interval=True), "in_policy": bool}]`` (Cohen's kappa with its
-    95 % bootstrap interval, on the ``n`` SME-labelled items the run judged; see ``metrics``)."""
+    ``[{"run", "agreement": run_agreement(..., interval=True), "confidence": run_confidence_report(...),
+    "in_policy": bool}]`` (Cohen's kappa with its 95 % bootstrap interval, on the ``n`` SME-labelled items
+    the run judged; the calibration of its confidence: ECE and AUROC with their n; see ``metrics`` and
+    ``calibration``)."""
     policy = gating_policy(project)
     in_policy = {tier.run_id for tier in policy.tiers.all()} if policy else set()
     truth = ground_truth(project=project)
     return [
-        {"run": run, "agreement": run_agreement(run, truth, interval=True), "in_policy": run.pk in in_policy}
+        {
+            "run": run,
+            "agreement": run_agreement(run, truth, interval=True),
+            "confidence": run_confidence_report(run, truth=truth),
+            "in_policy": run.pk in in_policy,
+        }
         for run in JudgeRun.objects.filter(project=project, status=JudgeRun.Status.FINISHED).order_by("-id")
     ]
 
@@ -363,7 +370,8 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
 
     Returns ``{"overall": agreement(...) + {"kappa_ci"}, "by_source_model":
     {name: agreement(...)}, "by_task_type": {...}, "disagreements": [{"item_id",
-    "external_id", "sme", "judge", "confidence", "rationale"}], "few_shot_excluded": n}``; see
+    "external_id", "sme", "judge", "confidence", "confidence_calibrated", "rationale"}], "few_shot_excluded":
+    n}``; see
     ``metrics.agreement`` and ``metrics.cohen_kappa_bootstrap_ci`` (95 %,
     2,000 resamples). The ``n`` items the run showed the judge as few-shot
     examples, with their SME labels, are left out of every figure.
@@ -383,6 +391,7 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
             "item__task_type",
             "item__external_id",
             "confidence",
+            "confidence_calibrated",
         )
         if row[0] in truth
     ]
@@ -410,6 +419,7 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
                 "sme": truth[r[0]],
                 "judge": r[1],
                 "confidence": r[6],
+                "confidence_calibrated": r[7],
                 "rationale": r[2],
             }
             for r in rows

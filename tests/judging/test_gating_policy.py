@@ -9,7 +9,7 @@ from judging import gate
 from judging.models import GateDecision, GatingPolicyChange, JudgeRun, RegateRequest, Verdict
 from judging.selectors import gating_policy
 from judging.services import PolicyError, gating_policy_set, judge_run_finish_if_complete, regate_request
-from tests.conftest import make_items, use_run
+from tests.conftest import make_items, use_judge, use_run
 
 RESPONSES = [f"answer {i}" for i in range(8)]
 # The SMEs reviewed 0-3; the good judge agrees with them and rejects 4 and 5; the always-accept judge accepts all.
@@ -27,6 +27,7 @@ def finished_run(project, verdicts, model="judge", confidences=None) -> JudgeRun
             run=run,
             item=item,
             verdict=v,
+            confidence=confidences[i] if confidences else None,
             confidence_calibrated=confidences[i] if confidences else None,
         )
         for i, (item, v) in enumerate(zip(items, verdicts, strict=True))
@@ -230,3 +231,41 @@ def test_the_policy_api_reads_for_leads_and_sets_with_a_log(client, project, ite
         assert body["changes"][0]["changed_by"] == who
         bad = client.post(url, {"tiers": [{"run": 999999}]}, content_type="application/json", **auth)
         assert bad.status_code == 400 and "no judge run 999999" in bad.content.decode()
+
+
+def test_a_lead_sets_a_cascade_and_escalates_from_the_page(
+    client, project, items, lead, judge_server, django_capture_on_commit_callbacks
+):
+    sure = [0.99, 0.01, 0.98, 0.02, 0.6, 0.3, 0.97, 0.99]  # calibrated P(accept) of the good judge
+    good = finished_run(project, GOOD, "good-judge", confidences=sure)
+    client.force_login(lead)
+    url = reverse("judging:gating_policy", args=[project.slug])
+    page = client.get(url).content.decode()
+    assert "ECE" in page and "not calibrated" not in page  # the candidate's calibration beside its agreement
+    for data, error in [
+        ({"action": "cascade", "tier": ["", ""], "target": "0.9", "risk": "0.1"}, "Choose at least the first tier"),
+        ({"action": "cascade", "tier": [good.pk], "target": "x", "risk": "0.1"}, "target agreement &#x27;x&#x27; is"),
+        ({"action": "cascade", "tier": [good.pk], "target": "0.9", "risk": "2"}, "risk must be between 0 and 1"),
+        ({"action": "cascade", "tier": [99999], "target": "0.9", "risk": "0.1"}, "No run 99999 in this project"),
+        ({"action": "launch"}, "Unknown action"),
+    ]:
+        assert error in client.post(url, data, follow=True).content.decode()
+    assert not GatingPolicyChange.objects.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        page = client.post(
+            url, {"action": "cascade", "tier": [good.pk, ""], "target": "0.9", "risk": "0.1"}, follow=True
+        ).content.decode()
+    assert "Cascade set" in page
+    (tier,) = gating_policy(project).tiers.all()
+    assert not tier.decides and "22" in tier.note  # 4 SME labels cannot certify 0.9 at risk 0.1: it says so
+    assert GatingPolicyChange.objects.get().changed_by == lead
+    # Deciding nothing, the tier escalates every item; a judge that does not answer starts no run.
+    endpoint = use_judge(project, "http://127.0.0.1:9/v1", "big")
+    page = client.post(url, {"action": "escalate", "endpoint": endpoint.pk}, follow=True).content.decode()
+    assert "did not answer" in page and not JudgeRun.objects.filter(model="big").exists()
+    endpoint.base_url = judge_server.base_url
+    endpoint.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        page = client.post(url, {"action": "escalate", "endpoint": endpoint.pk}, follow=True).content.decode()
+    run = JudgeRun.objects.get(model="big")
+    assert f"Run {run.pk}" in page and run.items_total == 8 and run.config["escalated_from"][0]["run"] == good.pk
