@@ -27,6 +27,7 @@ from annotations.importers import FORMATS, ImportFormatError, detect_format, imp
 from annotations.models import Decision, Item, Project, Review, validate_reject_reasons
 from annotations.selectors import projects_for
 from annotations.services import items_imported
+from judging.gate import Basis, Outcome  # the gate's vocabulary; judging.gate imports no app
 
 PROJECT_SLUG = OpenApiParameter("project_slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")
 SLUG = OpenApiParameter("slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")
@@ -190,15 +191,15 @@ class ItemSerializer(serializers.ModelSerializer):
     def _decision(item: Item):
         return getattr(item, "gate_decision", None)  # RelatedObjectDoesNotExist is an AttributeError
 
-    @extend_schema_field(serializers.ChoiceField(choices=["accept", "reject", "pending"]))
+    @extend_schema_field(serializers.ChoiceField(choices=Outcome.values))
     def get_gate_outcome(self, item: Item) -> str:
         decision = self._decision(item)
-        return decision.outcome if decision else "pending"
+        return decision.outcome if decision else Outcome.PENDING
 
-    @extend_schema_field(serializers.ChoiceField(choices=["sme", "judge", "none"]))
+    @extend_schema_field(serializers.ChoiceField(choices=Basis.values))
     def get_gate_basis(self, item: Item) -> str:
         decision = self._decision(item)
-        return decision.basis if decision else "none"
+        return decision.basis if decision else Basis.NONE
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_gate_reasons(self, item: Item) -> list[str]:
@@ -224,9 +225,7 @@ class ItemFilter(django_filters.FilterSet):
     source_model = django_filters.CharFilter()
     task_type = django_filters.CharFilter()
     in_sme_queue = django_filters.BooleanFilter()
-    gate_outcome = django_filters.ChoiceFilter(
-        choices=[("accept", "accept"), ("reject", "reject"), ("pending", "pending")], method="filter_gate_outcome"
-    )
+    gate_outcome = django_filters.ChoiceFilter(choices=Outcome.choices, method="filter_gate_outcome")
     created_after = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
@@ -236,8 +235,8 @@ class ItemFilter(django_filters.FilterSet):
 
     def filter_gate_outcome(self, queryset, name, value):
         """``pending`` also takes items not gated yet (the gate's rule 4: no review, no verdict)."""
-        if value == "pending":
-            return queryset.filter(Q(gate_decision__outcome="pending") | Q(gate_decision__isnull=True))
+        if value == Outcome.PENDING:
+            return queryset.filter(Q(gate_decision__outcome=Outcome.PENDING) | Q(gate_decision__isnull=True))
         return queryset.filter(gate_decision__outcome=value)
 
 

@@ -1,3 +1,5 @@
+from urllib.parse import urlsplit
+
 from django import forms
 from django.contrib import admin
 from django.template.response import TemplateResponse
@@ -234,7 +236,9 @@ class JudgeEndpointForm(forms.ModelForm):
         if cleaned.get("api_key_new") and cleaned.get("api_key_clear"):
             raise forms.ValidationError("Either type a new key or clear the stored one, not both.")
         checked = {"base_url", "model", "api_key_new", "api_key_clear"}
-        if cleaned.get("base_url") and not self.errors and checked & set(self.changed_data):
+        url = cleaned.get("base_url") or ""
+        # A URL carrying credentials is refused by the model's validation, without being called.
+        if url and "@" not in urlsplit(url).netloc and not self.errors and checked & set(self.changed_data):
             from judging.backends import JudgeConfig, JudgeUnreachable, judge_connection_check
 
             key = "" if cleaned.get("api_key_clear") else cleaned.get("api_key_new") or self.instance.api_key

@@ -89,8 +89,9 @@ def test_a_new_key_replaces_the_stored_one_and_clearing_removes_it(admin_client,
     assert "No key is stored" in endpoint_page(admin_client, keyed_project)
 
 
-def test_an_endpoint_added_in_the_admin_keeps_its_key_unseen(admin_client, project):
-    new = JudgeEndpoint(project=project, name="big judge", base_url="http://big:8000/v1", model="big", is_default=True)
+def test_an_endpoint_added_in_the_admin_keeps_its_key_unseen(admin_client, project, judge_server):
+    # The admin checks that a new endpoint answers before saving it: the test judge server does.
+    new = JudgeEndpoint(project=project, name="big judge", base_url=judge_server.base_url, model="big", is_default=True)
     response = admin_client.post(reverse("admin:judging_judgeendpoint_add"), endpoint_form(new, api_key_new=SECRET))
     assert response.status_code == 302, response.context["adminform"].form.errors
     assert stored_key(project) == SECRET

@@ -288,7 +288,7 @@ def test_the_run_page_shows_the_confidence_beside_each_listed_verdict(llm_projec
     run = start_run(llm_project)
     client.force_login(lead)
     page = client.get(reverse("judging:run_detail", args=[llm_project.slug, run.pk])).content.decode()
-    assert "<th>P(accept)</th>" in page
+    assert "<th>P(accept) raw</th><th>calibrated</th>" in page
     assert '<td class="num">0.100</td>' in page and '<td class="num">0.370</td>' in page
     assert '<td class="num">—</td>' in page
 
