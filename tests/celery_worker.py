@@ -1,9 +1,11 @@
 """The command line of a real Celery worker for tests and benchmarks, and a queue of a test's own."""
 
 import contextlib
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 # The tests' Redis database: a test worker listens on a queue of its own there.
 BROKER = "redis://127.0.0.1:6379/15"
@@ -45,3 +47,16 @@ def worker_command(queue: str, *options: str) -> list[str]:
         "--without-gossip",
         "--without-mingle",
     ]
+
+
+def start_worker(env: dict, *options: str) -> subprocess.Popen:
+    """A Celery worker process on ``env["LARRY_CELERY_QUEUE"]`` (``worker_command``), run from the project's
+    root with ``env``; its output (stdout and stderr together, text) is read with ``communicate()``."""
+    return subprocess.Popen(
+        worker_command(env["LARRY_CELERY_QUEUE"], *options),
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

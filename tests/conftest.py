@@ -1,7 +1,6 @@
 """Shared fixtures: personas (SME, staff, outsider), a project with items, the test judge server."""
 
 import os
-import subprocess
 import threading
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection, connections
 
 from annotations.models import Item, Project
-from tests.celery_worker import BROKER, own_queue, worker_command
+from tests.celery_worker import BROKER, own_queue, start_worker
 from tests.judge_server import JudgeServer
 from tests.services import require
 
@@ -160,14 +159,7 @@ def worker_env():
 @pytest.fixture
 def worker(worker_env):
     """A Celery worker process on this test's own queue; ``worker.log()`` stops it and returns its output."""
-    process = subprocess.Popen(
-        worker_command(worker_env["LARRY_CELERY_QUEUE"], "-c", "2", "-l", "info"),
-        cwd=ROOT,
-        env=worker_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_worker(worker_env, "-c", "2", "-l", "info")
 
     def log() -> str:
         if process.returncode is None:

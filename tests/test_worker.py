@@ -20,7 +20,7 @@ from annotations.models import Item, Review
 from judging.models import GateDecision, JudgeRun, JudgeWork, TrainingSet, Verdict
 from judging.services import gate_apply
 from judging.training_sets import iter_file, training_set_build
-from tests.celery_worker import worker_command
+from tests.celery_worker import start_worker, worker_command
 from tests.conftest import ROOT, make_items, use_judge
 from tests.judge_server import JudgeServer
 
@@ -200,14 +200,7 @@ def test_two_deliveries_of_one_training_set_build_on_real_workers_make_one_build
     options = {"format": "chat", "validation_fraction": 0.1, "seed": 2}
     reference = training_set_build(training_set_id=TrainingSet.objects.create(project=project, **options).pk)
     training_set = TrainingSet.objects.create(project=project, **options)
-    process = subprocess.Popen(
-        worker_command(env["LARRY_CELERY_QUEUE"], "-c", "2", "-l", "info"),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_worker(env, "-c", "2", "-l", "info")
     try:
         send_twice = (
             f"from judging.tasks import build_training_set as t; t.delay({training_set.pk}); t.delay({training_set.pk})"

@@ -20,7 +20,7 @@ from django.db import connection
 from annotations.importers import BATCH_SIZE
 from annotations.models import ImportJob, Item, Review
 from judging.models import GateDecision
-from tests.celery_worker import BROKER, own_queue, worker_command
+from tests.celery_worker import BROKER, own_queue, start_worker
 from tests.services import require
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -62,14 +62,7 @@ def test_a_real_worker_imports_an_upload_and_reports_progress_every_batch(projec
     job.file.save("items.jsonl", ContentFile(data), save=False)
     job.save()
 
-    worker = subprocess.Popen(
-        worker_command(env["LARRY_CELERY_QUEUE"], "--pool", "solo", "-l", "info"),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    worker = start_worker(env, "--pool", "solo", "-l", "info")
     seen: list[tuple[str, int, int]] = []
     try:
         enqueue = f"from annotations.tasks import run_import_job; run_import_job.delay({job.pk})"
