@@ -55,7 +55,7 @@ class GateResult:
 @dataclass(frozen=True)
 class TierVerdict:
     """One tier's say on one item: its verdict ("accept"/"reject" or None: no verdict, an error) and its
-    calibrated P(accept) (None: not calibrated), against the tier's ``threshold`` on certainty max(p, 1 - p)
+    calibrated P(accept) (None: not calibrated), against the tier's ``threshold`` on ``verdict_certainty``
     (None: the verdict alone decides)."""
 
     verdict: str | None
@@ -68,11 +68,23 @@ def certainty(p_accept: float | None) -> float | None:
     return None if p_accept is None else max(p_accept, 1.0 - p_accept)
 
 
+def verdict_certainty(verdict: str, p_accept: float | None) -> float | None:
+    """How sure the judge is of the verdict it gave: P(accept) for an accept, 1 - P(accept) for a reject; None
+    for None. Below 0.5 when the confidence points the other way (a tokeniser's split, a recalibration that
+    turned it round): such a verdict never clears a tier's threshold (0.5 or more)."""
+    if p_accept is None:
+        return None
+    return p_accept if verdict == Outcome.ACCEPT else 1.0 - p_accept
+
+
 def tier_verdict(tiers: Sequence[TierVerdict]) -> tuple[int, str] | None:
     """``(index, verdict)`` of the first tier, in order, with a verdict whose certainty clears its threshold.
 
     A tier without a threshold decides by its verdict alone; a tier with one
-    decides nothing on an item whose verdict is not calibrated. None when no
+    decides when its calibrated confidence in the verdict it gave
+    (``verdict_certainty``: P(accept) for an accept, 1 - P(accept) for a
+    reject) reaches it, so an accept the judge itself doubts never passes;
+    nothing on an item whose verdict is not calibrated. None when no
     tier decides (the item stays pending unless the SMEs or a rule decide it).
     """
     for index, tier in enumerate(tiers):
@@ -80,7 +92,7 @@ def tier_verdict(tiers: Sequence[TierVerdict]) -> tuple[int, str] | None:
             continue
         if tier.threshold is None:
             return index, tier.verdict
-        sure = certainty(tier.confidence_calibrated)
+        sure = verdict_certainty(tier.verdict, tier.confidence_calibrated)
         if sure is not None and sure >= tier.threshold:
             return index, tier.verdict
     return None

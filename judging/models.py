@@ -563,7 +563,8 @@ class GatingPolicy(models.Model):
 
     def snapshot(self) -> dict:
         """The policy as the change log keeps it: ``{"target_agreement", "risk", "tiers": [{"tier", "run",
-        "judge", "threshold", "decides", "note"}]}``."""
+        "judge", "threshold", "decides", "note", "calibrated_at"}]}`` (``calibrated_at``: when the tier run's
+        recalibration map was fit, so a recalibration is a logged change)."""
         return {
             "target_agreement": self.target_agreement,
             "risk": self.risk,
@@ -581,8 +582,9 @@ class GatingPolicy(models.Model):
 
 class PolicyTier(models.Model):
     """One tier of a gating policy: a finished run whose verdicts decide items whose calibrated certainty
-    (max(p, 1 - p) of ``Verdict.confidence_calibrated``) reaches ``threshold``; a null threshold decides by the
-    verdict alone. A tier with ``decides`` False decides nothing (it could not reach the target: ``note``)."""
+    (``gate.verdict_certainty`` of ``Verdict.confidence_calibrated``) reaches ``threshold``; a null threshold
+    decides by the verdict alone. A tier with ``decides`` False decides nothing (it could not reach the target:
+    ``note``)."""
 
     policy = models.ForeignKey(GatingPolicy, on_delete=models.CASCADE, related_name="tiers")
     tier = models.PositiveSmallIntegerField(help_text="1 is tried first.")
@@ -612,13 +614,15 @@ class PolicyTier(models.Model):
             "threshold": self.threshold,
             "decides": self.decides,
             "note": self.note,
+            "calibrated_at": (self.run.calibration or {}).get("fitted_at"),
         }
 
     @property
     def label(self) -> str:
+        if not self.decides:
+            return f"tier {self.tier}: run {self.run_id} ({self.run.judge_label}), decides nothing"
         sure = "by its verdict alone" if self.threshold is None else f"certainty >= {self.threshold:g}"
-        decides = "" if self.decides else ", decides nothing"
-        return f"tier {self.tier}: run {self.run_id} ({self.run.judge_label}), {sure}{decides}"
+        return f"tier {self.tier}: run {self.run_id} ({self.run.judge_label}), {sure}"
 
 
 class GatingPolicyChange(models.Model):

@@ -47,7 +47,8 @@ def policy_verdicts(
     policy = policy if policy is not None else gating_policy(project)
     if policy is None:
         return {}
-    tiers = [tier for tier in policy.tiers.all() if tier.decides]
+    # A tier's run decides only while finished (a run in force cannot be resumed; this holds whatever happened).
+    tiers = [tier for tier in policy.tiers.all() if tier.decides and tier.run.status == JudgeRun.Status.FINISHED]
     nothing = gate.TierVerdict(None, None, None)
     by_item: dict[int, list] = defaultdict(lambda: [nothing] * len(tiers))
     for index, tier in enumerate(tiers):
@@ -67,8 +68,9 @@ def policy_verdicts(
 
 
 def policy_certainty(project: Project, *, policy: GatingPolicy | None = None) -> dict[int, float]:
-    """``{item_id: certainty}``: the highest calibrated certainty max(p, 1 - p) any of the policy's tiers has on
-    the item (items with no calibrated verdict are left out); ``{}`` without a policy. Orders the SME queue."""
+    """``{item_id: certainty}``: the highest calibrated certainty in its own verdict (``gate.verdict_certainty``)
+    any of the policy's tiers has on the item (items with no calibrated verdict are left out); ``{}`` without a
+    policy. Orders the SME queue."""
     policy = policy if policy is not None else gating_policy(project)
     if policy is None:
         return {}
@@ -77,10 +79,10 @@ def policy_certainty(project: Project, *, policy: GatingPolicy | None = None) ->
     rows = (
         Verdict.objects.filter(run_id__in=run_ids, confidence_calibrated__isnull=False)
         .exclude(verdict="")
-        .values_list("item_id", "confidence_calibrated")
+        .values_list("item_id", "verdict", "confidence_calibrated")
     )
-    for item_id, p in rows.iterator(chunk_size=2000):
-        best[item_id] = max(best.get(item_id, 0.0), gate.certainty(p))
+    for item_id, verdict, p in rows.iterator(chunk_size=2000):
+        best[item_id] = max(best.get(item_id, 0.0), gate.verdict_certainty(verdict, p))
     return best
 
 

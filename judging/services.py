@@ -110,6 +110,7 @@ class LearnFromError(ValueError):
     """A run the local classifier cannot learn from (another project's, not finished, or a local run)."""
 
 
+@transaction.atomic  # the run and its work rows together: a failure leaves no run stuck at "queued"
 def judge_run_create(
     *,
     project: Project,
@@ -205,12 +206,13 @@ def judge_work_add(*, run: JudgeRun, items) -> int:
     judged = Verdict.objects.filter(run=run, item=OuterRef("pk"))
     queued = JudgeWork.objects.filter(run=run, item=OuterRef("pk"))
     todo = items.filter(~Exists(judged), ~Exists(queued))
-    sql, params = todo.order_by().values("pk").query.sql_with_params()
+    sql, params = todo.order_by().annotate(todo_id=F("pk")).values("todo_id").query.sql_with_params()
     table = JudgeWork._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (run_id, item_id, leased_by, attempts) "  # names from the model, values as parameters
-            f"SELECT %s, todo.id, '', 0 FROM ({sql}) AS todo (id) ON CONFLICT DO NOTHING",
+            # "WHERE true": SQLite needs it to read ON CONFLICT as the upsert clause, not a join's ON.
+            f"SELECT %s, todo.todo_id, '', 0 FROM ({sql}) AS todo WHERE true ON CONFLICT DO NOTHING",
             [run.pk, *params],
         )
     return JudgeWork.objects.filter(run=run).count()
@@ -338,9 +340,15 @@ def judge_run_resume(*, run: JudgeRun, retry_errors: bool = False) -> None:
 
     Items that already have a verdict are never judged twice. The run is
     finished again, and the project re-gated, when every item is accounted for.
+    Raises RunBusy for a run in the gating policy: its verdicts decide items
+    (and its thresholds were chosen on them) until a lead takes it out.
     """
     from judging.tasks import start_judge_run
 
+    if PolicyTier.objects.filter(run=run).exists():
+        raise RunBusy(
+            f"run {run.pk} is in the gating policy: take it out of the policy before resuming it, or start a new run"
+        )
     with transaction.atomic():
         if retry_errors:
             failed = Verdict.objects.filter(run=run, verdict="")
@@ -497,17 +505,20 @@ def gating_policy_set(
     target: float | None = None,
     risk: float | None = None,
     user=None,
+    before: dict | None = None,
 ) -> GatingPolicy:
     """Set the project's gating policy, log the change, and ask for a re-gating; the one way a judge comes to
     decide items.
 
     ``tiers`` is ``[(run, threshold)]`` or ``[(run, threshold, decides, note)]`` in the order they are tried:
-    ``threshold`` is the least calibrated certainty max(p, 1 - p) in [0.5, 1] for the tier to decide an item,
+    ``threshold`` is the least calibrated certainty in the verdict (``gate.verdict_certainty``), 0.5 to 1,
+    for the tier to decide an item,
     None for the verdict alone; ``decides`` False keeps the tier in the policy but lets it decide nothing
     (``note`` says why). ``[]`` leaves the gate to the SMEs and the rules. ``target`` (agreement with the SMEs,
     0.5 to 1) and ``risk`` (0 to 0.5) are recorded for choosing thresholds. The policy and a
     ``GatingPolicyChange`` (who, when, before and after as ``GatingPolicy.snapshot``) are written in one
-    transaction; a change that changes nothing logs nothing. Raises PolicyError for a run of another project,
+    transaction; a change that changes nothing logs nothing (``before`` overrides the "before" snapshot: the
+    policy as it was before a recalibration of its runs). Raises PolicyError for a run of another project,
     a run not finished, a run named twice, a threshold, target or risk out of range.
     """
     specs = []
@@ -518,7 +529,7 @@ def gating_policy_set(
         if run.status != run.Status.FINISHED:
             raise PolicyError(f"run {run.pk} is {run.status}: only a finished run can gate")
         if threshold is not None and not 0.5 <= threshold <= 1.0:
-            raise PolicyError(f"threshold {threshold} of run {run.pk}: a certainty max(p, 1 - p) is 0.5 to 1")
+            raise PolicyError(f"threshold {threshold} of run {run.pk}: a certainty is 0.5 to 1")
         specs.append((run, threshold, bool(decides), note or ""))
     if len({run.pk for run, *_ in specs}) != len(specs):
         raise PolicyError("a run can be only one tier of the policy")
@@ -530,7 +541,8 @@ def gating_policy_set(
         policy, _ = GatingPolicy.objects.get_or_create(project=project)
         policy = GatingPolicy.objects.select_for_update().get(pk=policy.pk)  # one change at a time
         had_tiers = policy.tiers.exists()
-        before = policy.snapshot() if had_tiers or policy.target_agreement is not None else {}
+        if before is None:
+            before = policy.snapshot() if had_tiers or policy.target_agreement is not None else {}
         policy.tiers.all().delete()
         PolicyTier.objects.bulk_create(
             PolicyTier(policy=policy, tier=n, run=run, threshold=threshold, decides=decides, note=note)
@@ -546,14 +558,14 @@ def gating_policy_set(
 
 
 def gating_policy_compute(
-    *, project: Project, runs: list[JudgeRun], target: float, risk: float, user=None
+    *, project: Project, runs: list[JudgeRun], target: float, risk: float, user=None, before: dict | None = None
 ) -> GatingPolicy:
     """Make ``runs`` the project's cascade, in order, each tier's threshold chosen from the SME labels.
 
     Tier k's threshold is chosen on the SME-labelled items that reach it (no
     earlier tier decided them) and that it judged with a calibrated
     confidence, leaving out the run's few-shot examples: ``certainty`` is
-    max(p, 1 - p) of ``Verdict.confidence_calibrated``, an item ``agrees``
+    its calibrated confidence in its own verdict (``gate.verdict_certainty``), an item ``agrees``
     when the verdict is the SME label, and ``thresholds.choose_threshold``
     picks the least threshold whose agreement is at least ``target`` with
     probability at least 1 - ``risk`` (fixed-sequence testing, Jung et al.,
@@ -569,7 +581,7 @@ def gating_policy_compute(
     reaching = set(truth)
     tiers = []
     for run in runs:
-        left_out = set(run.few_shot_item_ids) | set(run.config.get("trained_on_item_ids") or [])
+        left_out = set(run.few_shot_item_ids)  # the local classifier's own labels: out-of-fold, so kept
         rows = [
             (item_id, verdict, p)
             for item_id, verdict, p in Verdict.objects.filter(run=run, item_id__in=list(reaching))
@@ -583,7 +595,7 @@ def gating_policy_compute(
             tiers.append((run, None, False, note))
             continue
         choice = choose_threshold(
-            [gate.certainty(p) for _, _, p in calibrated],
+            [gate.verdict_certainty(verdict, p) for _, verdict, p in calibrated],
             [verdict == truth[item_id] for item_id, verdict, _ in calibrated],
             target=target,
             risk=risk,
@@ -598,8 +610,10 @@ def gating_policy_compute(
             f"fixed-sequence binomial testing at target {target:g}, risk {risk:g} (Jung et al., ICLR 2025)"
         )
         tiers.append((run, choice.threshold, True, note))
-        reaching -= {item_id for item_id, _, p in calibrated if gate.certainty(p) >= choice.threshold}
-    return gating_policy_set(project=project, tiers=tiers, target=target, risk=risk, user=user)
+        reaching -= {
+            item_id for item_id, verdict, p in calibrated if gate.verdict_certainty(verdict, p) >= choice.threshold
+        }
+    return gating_policy_set(project=project, tiers=tiers, target=target, risk=risk, user=user, before=before)
 
 
 def escalated_item_ids(project: Project) -> list[int]:
@@ -644,7 +658,7 @@ def sme_queue_prioritise(*, project: Project) -> int:
     """Order the SME queue by the gating policy's uncertainty, and queue what the policy cannot decide.
 
     Every item the gate left pending gets priority 1 - certainty, its best
-    calibrated certainty max(p, 1 - p) among the policy's tiers (0 to 0.5),
+    calibrated certainty in its own verdict among the policy's tiers,
     or 1 when no tier has a calibrated verdict on it (least certain of all);
     the queue hands out the highest first (``annotations.queue``), and open
     slots take the new priority. An item decided since (by a later tier, say)
@@ -891,3 +905,40 @@ def judge_run_calibrate_on_finish(*, run: JudgeRun) -> None:
             "fitted_at": timezone.now().isoformat(),
         }
         JudgeRun.objects.filter(pk=run.pk).update(calibration=error)
+
+
+def judge_run_recalibrate(*, run: JudgeRun, user=None) -> dict:
+    """A person refits the run's recalibration map on the SME labels there are now (``judge_run_calibrate``).
+
+    When the run is a tier of the gating policy, what the policy decides
+    changes with its calibrated confidences, so this is a policy change:
+    with a target and a risk the thresholds are chosen again on the new
+    calibration (``gating_policy_compute``), else the tiers are kept; either
+    way the change is logged with the policy before and after (who, when) and
+    a re-gating is queued. Returns the calibration summary.
+    """
+    policy = gating_policy(run.project)
+    tiers = list(policy.tiers.all()) if policy else []
+    if not any(tier.run_id == run.pk for tier in tiers):
+        return judge_run_calibrate(run=run)
+    before = policy.snapshot()
+    summary = judge_run_calibrate(run=run)
+    if policy.target_agreement is not None and policy.risk is not None:
+        gating_policy_compute(
+            project=run.project,
+            runs=[tier.run for tier in tiers],
+            target=policy.target_agreement,
+            risk=policy.risk,
+            user=user,
+            before=before,
+        )
+    else:
+        gating_policy_set(
+            project=run.project,
+            tiers=[(tier.run, tier.threshold, tier.decides, tier.note) for tier in tiers],
+            target=policy.target_agreement,
+            risk=policy.risk,
+            user=user,
+            before=before,
+        )
+    return summary

@@ -23,7 +23,8 @@ import numpy as np
 from scipy.stats import binom, binomtest
 
 # Candidate thresholds, fixed before any label is seen (fixed-sequence testing
-# needs the order fixed in advance): certainty = max(p, 1 - p) lies in [0.5, 1].
+# needs the order fixed in advance): the certainty in a verdict (P(accept) for an
+# accept, 1 - P(accept) for a reject) is tested against a grid in [0.5, 1].
 # A grid rather than every observed value, because each tested candidate that
 # adds a single disagreeing item could end the scan early.
 DEFAULT_CANDIDATES = tuple(round(1.0 - i * 0.005, 3) for i in range(101))
@@ -96,7 +97,7 @@ def choose_threshold(
 ) -> ThresholdChoice:
     """The smallest certainty threshold λ with agreement ≥ ``target`` at probability ≥ 1 - ``risk``.
 
-    ``certainty[i]`` is max(p, 1 - p) of item i's calibrated P(accept) at
+    ``certainty[i]`` is the calibrated confidence in item i's verdict (``gate.verdict_certainty``) at
     this tier, ``agrees[i]`` whether the tier's verdict on item i equals the
     SME label; both cover only the SME-labelled items that reach the tier.
     ``target`` and ``risk`` are fractions strictly between 0 and 1.

@@ -43,10 +43,10 @@ from judging.services import (
     gating_policy_compute,
     gating_policy_set,
     judge_endpoint_check,
-    judge_run_calibrate,
     judge_run_cancel,
     judge_run_create,
     judge_run_queue_errors,
+    judge_run_recalibrate,
     judge_run_resume,
     judge_run_revive_if_stalled,
     regate_request,
@@ -302,7 +302,7 @@ def run_recalibrate(request: HttpRequest, slug: str, run_id: int) -> HttpRespons
     if run.status in (JudgeRun.Status.QUEUED, JudgeRun.Status.RUNNING):
         messages.error(request, f"Run {run.pk} is still {run.status}: it is calibrated when it finishes.")
         return redirect(run)
-    summary = judge_run_calibrate(run=run)
+    summary = judge_run_recalibrate(run=run, user=request.user)
     if summary["status"] == "calibrated":
         messages.info(
             request,
@@ -350,7 +350,10 @@ def run_control(request: HttpRequest, slug: str, run_id: int, action: str) -> Ht
     if action == "cancel":
         judge_run_cancel(run=run)
     else:
-        judge_run_resume(run=run, retry_errors=action == "retry-errors")
+        try:
+            judge_run_resume(run=run, retry_errors=action == "retry-errors")
+        except RunBusy as exc:
+            messages.error(request, str(exc))
     return redirect(run)
 
 

@@ -138,7 +138,8 @@ def test_the_first_tier_sure_enough_decides_and_the_rest_is_pending(project, ite
 def test_pending_items_reach_the_sme_queue_least_certain_first(
     project, items, lead, django_capture_on_commit_callbacks
 ):
-    # Items 4-7 are undecided below the threshold, with certainties 0.85, 0.55, none, 0.7.
+    # Items 4-7 are undecided below the threshold, with certainties in their verdicts of 0.85, 0.45 (a reject the
+    # judge gives P(accept) 0.55: it doubts it), none, 0.7.
     small = finished_run(project, GOOD, "small", [0.5, 0.5, 0.5, 0.5, 0.15, 0.55, None, 0.7])
     with django_capture_on_commit_callbacks(execute=True):
         gating_policy_set(project=project, tiers=[(small, 0.9)], user=lead)
@@ -147,7 +148,7 @@ def test_pending_items_reach_the_sme_queue_least_certain_first(
     assert all(pending.values_list("in_sme_queue", flat=True))
     order = list(pending.order_by("-priority", "id").values_list("response", "priority"))
     assert [r for r, _ in order] == ["answer 6", "answer 5", "answer 7", "answer 4"]
-    assert [round(p, 2) for _, p in order] == [1.0, 0.45, 0.3, 0.15]
+    assert [round(p, 2) for _, p in order] == [1.0, 0.55, 0.3, 0.15]
     slots = Slot.objects.filter(item__response="answer 6", done=False)
     assert slots.exists() and {s.priority for s in slots} == {1.0}
 
@@ -269,3 +270,32 @@ def test_a_lead_sets_a_cascade_and_escalates_from_the_page(
         page = client.post(url, {"action": "escalate", "endpoint": endpoint.pk}, follow=True).content.decode()
     run = JudgeRun.objects.get(model="big")
     assert f"Run {run.pk}" in page and run.items_total == 8 and run.config["escalated_from"][0]["run"] == good.pk
+
+
+def test_a_tier_never_decides_a_verdict_its_own_confidence_contradicts(project, items, lead):
+    """An accept with calibrated P(accept) 0.02 is 0.98 sure the other way: it must not pass a 0.9 threshold."""
+    doubtful = finished_run(project, ["accept"] * 8, "doubtful", [0.5, 0.5, 0.5, 0.5, 0.02, 0.97, 0.5, 0.5])
+    gating_policy_set(project=project, tiers=[(doubtful, 0.9)], user=lead)
+    from judging.services import gate_apply
+
+    gate_apply(project=project)
+    assert outcomes()["answer 4"] == "pending" and outcomes()["answer 5"] == "accept"
+    assert gate.verdict_certainty("accept", 0.02) == pytest.approx(0.02)
+    assert gate.verdict_certainty("reject", 0.02) == pytest.approx(0.98)
+
+
+def test_recalibrating_a_run_in_force_is_a_logged_policy_change_and_a_regating(
+    project, items, lead, django_capture_on_commit_callbacks
+):
+    run = finished_run(project, GOOD, "good", [0.9, 0.1, 0.9, 0.1, 0.2, 0.3, 0.8, 0.7])
+    gating_policy_set(project=project, tiers=[(run, 0.6)], user=lead)
+    changes = GatingPolicyChange.objects.count()
+    generation = regate_request(project.pk)
+    from judging.services import judge_run_recalibrate
+
+    with django_capture_on_commit_callbacks(execute=False):
+        summary = judge_run_recalibrate(run=run, user=lead)
+    assert summary["status"] == "not_enough_labels"  # 2 accepts and 2 rejects: calibrated values are cleared
+    change = GatingPolicyChange.objects.first()
+    assert GatingPolicyChange.objects.count() == changes + 1 and change.changed_by == lead
+    assert RegateRequest.objects.get(project=project).generation == generation + 1

@@ -1,6 +1,10 @@
 """A judge run's work rows: its scope, leases, and a stalled run noticed and queued again (in-process tasks;
 the worker-kill tests in tests/test_worker.py run the same through real workers)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from django.urls import reverse
 from django.utils import timezone
@@ -8,7 +12,7 @@ from django.utils import timezone
 from judging.models import JudgeRun, JudgeWork, Verdict
 from judging.selectors import run_stalled_since
 from judging.services import judge_run_create, judge_work_lease, judge_work_release, judge_work_renew
-from tests.conftest import make_items
+from tests.conftest import ROOT, make_items
 
 
 def test_a_run_over_chosen_items_judges_only_those(llm_project, judge_server, django_capture_on_commit_callbacks):
@@ -93,3 +97,26 @@ def test_a_stalled_run_is_said_on_its_page_and_queued_again(client, staff, queue
     queued_run.refresh_from_db()
     assert (queued_run.status, queued_run.items_done) == ("finished", 3)
     assert not JudgeWork.objects.filter(run=queued_run).exists()
+
+
+def test_an_llm_run_works_on_the_embedded_sqlite_default(tmp_path, judge_server):
+    """The README's defaults (SQLite, no broker) with an LLM judge: the work rows' INSERT ... SELECT must be SQL
+    that SQLite reads too (the other tests run on PostgreSQL)."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'larry.sqlite3'}",
+        "LARRY_JUDGE_BASE_URL": judge_server.base_url,
+        "LARRY_JUDGE_MODEL": "test-judge",
+    }
+    env.pop("CELERY_BROKER_URL", None)
+
+    def manage(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    manage("migrate", "--noinput", "-v0")
+    manage("import_items", "copilot", str(ROOT / "examples" / "support_copilot.jsonl"), "--no-gate")
+    assert "finished: 60 judged, 0 errors" in manage("run_judge", "copilot", "--timeout", "120")

@@ -3,7 +3,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from judging.models import JudgeRun
-from judging.services import judge_run_calibrate
+from judging.services import judge_run_recalibrate
 
 
 class Command(BaseCommand):
@@ -23,7 +23,7 @@ class Command(BaseCommand):
             raise CommandError(f"run {run_id} is still {run.status}: it is calibrated when it finishes")
         self.stdout.write(f"calibrating run {run_id} ({run.judge_label}) on the SME labels of {run.project.slug}…")
         started = time.perf_counter()
-        summary = judge_run_calibrate(run=run)
+        summary = judge_run_recalibrate(run=run)
         took = time.perf_counter() - started
         if summary["status"] != "calibrated":
             raise CommandError(f"run {run_id}: nothing calibrated: {summary['reason']}")
