@@ -93,46 +93,59 @@ def judge_connection_check(config: JudgeConfig, *, timeout_s: float = CONNECTION
 
     Raises JudgeUnreachable naming the URL and what went wrong: the
     connection refused, no answer within ``timeout_s`` seconds, the name not
-    found, 401/403 (the API key), or a server error (5xx). An endpoint that
-    answers anything else (even 404: it has no model list) is taken as
-    reachable. The local classifier (no URL) needs no check. The key is sent
-    as a bearer token and never appears in the message.
+    found, a redirect (never followed: the API key would go to another
+    address), 401/403 (the API key), a server error (5xx), or a model list
+    (OpenAI's ``{"data": [{"id": ...}]}``) without the run's model. An
+    endpoint that answers anything else (even 404: it has no model list) is
+    taken as reachable. The local classifier (no URL) needs no check. The key
+    is sent as a bearer token and never appears in the message.
     """
-    import http.client
-    import socket
-    import urllib.error
-    import urllib.request
+    import httpx2 as httpx  # the HTTP client the openai package uses
 
     if config.is_local:
         return
     url = config.base_url.rstrip("/") + "/models"
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    problem = ""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s):
-            return
-    except urllib.error.HTTPError as exc:
-        body = exc.read(200).decode("utf-8", "replace")
-        if exc.code in (401, 403):
-            problem = f"HTTP {exc.code}: the server refused the API key"
-        elif exc.code >= 500 and exc.code != 501:
-            problem = f"HTTP {exc.code}: the server is failing ({body})"
-        else:
-            return  # it answered (a server without a model list, say)
-    except TimeoutError:
+        response = httpx.get(url, headers=headers, timeout=timeout_s, follow_redirects=False)
+    except httpx.TimeoutException:
         problem = f"no answer within {timeout_s:g} s (timeout)"
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, ConnectionRefusedError):
+    except httpx.ConnectError as exc:
+        text = str(exc)
+        if "refused" in text.lower():
             problem = "connection refused (is the server running, on this port?)"
-        elif isinstance(reason, TimeoutError | socket.timeout):
-            problem = f"no answer within {timeout_s:g} s (timeout)"
-        elif isinstance(reason, socket.gaierror):
-            problem = f"the host name could not be resolved ({reason})"
+        elif "name" in text.lower() and ("resolution" in text.lower() or "known" in text.lower()):
+            problem = f"the host name could not be resolved ({text[:200]})"
         else:
-            problem = f"could not connect ({str(reason)[:200]})"
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # a reset connection, a URL it cannot use
+            problem = f"could not connect ({text[:200]})"
+    except (httpx.HTTPError, OSError, ValueError) as exc:  # a reset connection, a URL it cannot use
         problem = f"{type(exc).__name__}: {str(exc)[:200]}"
-    raise JudgeUnreachable(redact(f"The judge at {config.base_url} did not answer: {problem}.", config.api_key))
+    else:
+        problem = _model_list_problem(response, config.model)
+    if problem:
+        raise JudgeUnreachable(redact(f"The judge at {config.base_url} did not answer: {problem}.", config.api_key))
+
+
+def _model_list_problem(response, model: str) -> str:
+    """What is wrong with the answer to ``GET /models`` for judging with ``model`` ("" when nothing is)."""
+    code = response.status_code
+    if 300 <= code < 400:
+        where = response.headers.get("location", "")[:200]
+        return f"HTTP {code}: it redirects to {where!r}; give the address it redirects to as the base URL"
+    if code in (401, 403):
+        return f"HTTP {code}: the server refused the API key"
+    if code >= 500 and code != 501:
+        return f"HTTP {code}: the server is failing ({response.text[:200]})"
+    if code != 200:
+        return ""  # it answered (a server without a model list, say)
+    try:
+        served = [entry["id"] for entry in response.json()["data"] if isinstance(entry.get("id"), str)]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ""  # not an OpenAI model list: nothing to compare
+    if model and served and model not in served:
+        return f"it does not serve the model {model[:200]!r} (it serves: {', '.join(served[:10])[:300]})"
+    return ""
 
 
 def build_messages(item: Item, prefix: list[dict[str, str]]) -> list[dict[str, str]]:

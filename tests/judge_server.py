@@ -85,7 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        """``GET .../models`` (what Larry's connection check asks): the model list, or ``models_status``."""
+        """``GET .../models`` (what Larry's connection check asks): the model list (``served_models``; empty by
+        default, as this server plays any model asked for), or ``models_status``; ``redirect_to`` answers 302."""
         with self.server.lock:
             self.server.model_lists += 1
         if not self.path.endswith("/models"):
@@ -93,7 +94,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.down or self.server.models_status != 200:
             status = 503 if self.server.down else self.server.models_status
             return self._send(status, {"error": {"message": f"the test server answers {status}"}})
-        return self._send(200, {"object": "list", "data": [{"id": "test-judge", "object": "model"}]})
+        if self.server.redirect_to:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        models = [{"id": name, "object": "model"} for name in self.server.served_models]
+        return self._send(200, {"object": "list", "data": models})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
@@ -297,6 +305,7 @@ class JudgeServer:
         self.httpd.seen, self.httpd.lock, self.httpd.slow_s = {}, threading.Lock(), 3.0
         self.httpd.answer_model = ""
         self.httpd.model_lists, self.httpd.models_status = 0, 200  # GET /models: how many, and the status given
+        self.httpd.served_models, self.httpd.redirect_to = [], ""
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

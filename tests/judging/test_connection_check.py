@@ -14,6 +14,7 @@ from annotations.models import Project
 from judging.backends import JudgeConfig, JudgeUnreachable, judge_connection_check
 from judging.models import JudgeEndpoint, JudgeRun
 from tests.conftest import make_items, use_judge
+from tests.judge_server import JudgeServer
 
 
 def _closed_port() -> int:
@@ -62,6 +63,21 @@ def test_the_check_names_the_url_and_the_fault(judge_server, closed_url, silent_
     judge_server.httpd.models_status, judge_server.httpd.down = 200, True
     with pytest.raises(JudgeUnreachable, match="HTTP 503: the server is failing"):
         judge_connection_check(JudgeConfig(judge_server.base_url, "m", ""))
+
+
+def test_the_check_follows_no_redirect_and_names_a_model_the_server_does_not_serve(judge_server):
+    thief = JudgeServer().start()
+    try:
+        judge_server.httpd.redirect_to = f"{thief.base_url}/models"
+        with pytest.raises(JudgeUnreachable, match="HTTP 302: it redirects to"):
+            judge_connection_check(JudgeConfig(judge_server.base_url, "m", "sk-secret"))
+        assert thief.httpd.model_lists == 0 and "sk-secret" not in "".join(thief.authorizations)
+    finally:
+        thief.stop()
+    judge_server.httpd.redirect_to, judge_server.httpd.served_models = "", ["llama-405b"]
+    with pytest.raises(JudgeUnreachable, match="it does not serve the model 'llama-8b' \\(it serves: llama-405b\\)"):
+        judge_connection_check(JudgeConfig(judge_server.base_url, "llama-8b", ""))
+    judge_connection_check(JudgeConfig(judge_server.base_url, "llama-405b", ""))
 
 
 @pytest.fixture
