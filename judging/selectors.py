@@ -350,8 +350,10 @@ def run_stalled_since(run: JudgeRun) -> datetime | None:
     """When the running LLM ``run`` last made progress, if it has stalled since; else None.
 
     Stalled: it has work rows left, no worker holds a live lease on any of
-    them, and no verdict was stored (nor the run started) for
-    ``LARRY_JUDGE_LEASE_S`` seconds: its workers died or its tasks were lost.
+    them, and for a third of ``LARRY_JUDGE_LEASE_S`` since the last lease ran
+    out no verdict was stored (nor the run started): its workers died or its
+    tasks were lost. A live worker renews its leases every third of the
+    lease, so a dead one is found within about 1⅓ leases (40 s by default).
     ``services.judge_run_revive_if_stalled`` queues its work again.
     """
     if run.status != JudgeRun.Status.RUNNING or run.backend != JudgeRun.Backend.OPENAI:
@@ -362,7 +364,7 @@ def run_stalled_since(run: JudgeRun) -> datetime | None:
         return None
     last_verdict = Verdict.objects.filter(run=run).aggregate(last=Max("created_at"))["last"]
     since = max(filter(None, [last_verdict, run.started_at or run.created_at, work["lease"]]))
-    if now - since < timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S):
+    if now - since < timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S / 3):
         return None
     return since
 

@@ -408,6 +408,13 @@ def judge_run_revive_if_stalled(*, run_id: int) -> bool:
     return True
 
 
+def judge_runs_revive_stalled() -> int:
+    """``judge_run_revive_if_stalled`` on every running LLM run; returns how many this call revived (the
+    workers' watch, ``larry_web.celery``)."""
+    running = JudgeRun.objects.filter(status=JudgeRun.Status.RUNNING, backend=JudgeRun.Backend.OPENAI)
+    return sum(judge_run_revive_if_stalled(run_id=run_id) for run_id in running.values_list("id", flat=True))
+
+
 def judge_run_fail(*, run_id: int, error: str) -> None:
     """Mark a run failed with the reason; its verdicts stay, the gate ignores the run."""
     JudgeRun.objects.filter(pk=run_id).update(

@@ -5,9 +5,10 @@ With no ``CELERY_BROKER_URL`` the settings make tasks run in-process
 """
 
 import os
+import threading
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "larry_web.settings")
 
@@ -33,3 +34,36 @@ def redact_secrets_in_logs(**_kwargs) -> None:
     from larry_web.logs import add_to_all_handlers
 
     add_to_all_handlers()
+
+
+@worker_ready.connect
+def watch_for_stalled_runs(**_kwargs) -> None:
+    """Every worker watches for judge runs whose workers died (``services.judge_runs_revive_stalled``): at once
+    as it starts (a worker restarted after a crash takes its runs up again) and then every third of
+    ``LARRY_JUDGE_LEASE_S``, from a daemon thread of the worker's main process, which runs no task itself.
+    No beat service is needed; several workers watching at once revive a run once (a conditional UPDATE)."""
+    from django.conf import settings
+
+    period = max(settings.LARRY_JUDGE_LEASE_S / 3, 1.0)
+    threading.Thread(target=_watch, args=(period,), name="larry-stall-watch", daemon=True).start()
+
+
+def _watch(period: float) -> None:
+    import logging
+    import time
+
+    from django.db import connection
+
+    from judging.services import judge_runs_revive_stalled
+
+    log = logging.getLogger("judging")
+    while True:
+        try:
+            revived = judge_runs_revive_stalled()
+            if revived:
+                log.warning("revived %d stalled judge run(s): their workers stopped", revived)
+        except Exception:  # a database restart, say: try again next time
+            log.exception("could not check for stalled judge runs")
+        finally:
+            connection.close()
+        time.sleep(period)
