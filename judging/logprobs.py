@@ -59,6 +59,14 @@ ACCEPT, REJECT = "accept", "reject"
 _VALUE_START = re.compile(r'\{\s*"verdict"\s*:\s*"')
 
 
+# A request asks for at most 20 alternatives (LARRY_JUDGE_TOP_LOGPROBS); a reply listing more is not read.
+MAX_ALTERNATIVES = 20
+# Listed probabilities summing above 1 (beyond rounding, log 1.01) cannot come from one distribution.
+IMPOSSIBLE_MASS = math.log(1.01)
+# Both words below e**-30 (about 1e-13): no confidence can be read off such a position.
+NEGLIGIBLE = -30.0
+
+
 def _verdict_offsets(content: str) -> tuple[int, int] | None:
     """``(start of the JSON object, start of the verdict's value)`` in ``content``, or None when the reply
     is not an object whose first field is ``verdict``."""
@@ -149,8 +157,8 @@ def verdict_confidence(logprobs: Any, content: str, verdict: str) -> float | Non
         return None
     listed = [chosen]
     others = entry.get("top_logprobs") or []
-    if not isinstance(others, list):
-        return None
+    if not isinstance(others, list) or len(others) > MAX_ALTERNATIVES:
+        return None  # more alternatives than any request asks for (20 at most): not a reply to trust
     top_values = []
     for other in others:
         pair = _logprob(other)
@@ -159,6 +167,8 @@ def verdict_confidence(logprobs: Any, content: str, verdict: str) -> float | Non
         top_values.append(pair[1])
         if pair[0] != chosen[0]:
             listed.append(pair)
+    if _logsumexp([value for _token, value in listed]) > IMPOSSIBLE_MASS:
+        return None  # the listed tokens hold more than all the probability there is
     mass: dict[str, list[float]] = {ACCEPT: [], REJECT: []}
     for token, value in listed:
         word = word_of(token)
@@ -172,8 +182,8 @@ def verdict_confidence(logprobs: Any, content: str, verdict: str) -> float | Non
                 bound = min(bound, *top_values)
             mass[missing] = [bound]
     accept, reject = _logsumexp(mass[ACCEPT]), _logsumexp(mass[REJECT])
-    if accept == reject == -math.inf:
-        return None
+    if accept == reject == -math.inf or max(accept, reject) < NEGLIGIBLE:
+        return None  # neither word is a real candidate at the verdict's position
     if reject == -math.inf:
         return 1.0
     return 1.0 / (1.0 + math.exp(reject - accept)) if reject - accept < 700 else 0.0

@@ -316,3 +316,30 @@ def test_the_local_classifiers_confidence_is_its_probability_of_accept(project):
     assert unseen_bad.verdict == "reject" and unseen_bad.confidence < 0.5
     for r in results.values():
         assert 0 <= r.confidence <= 1 and (r.verdict == "accept") == (r.confidence >= 0.5)
+
+
+def test_log_probabilities_no_distribution_could_give_are_no_confidence():
+    """Mass above 1 (Accept and ACCEPT both at -0.01), both words all but impossible, or more alternatives than
+    any request asks for: no confidence, the verdict stands alone."""
+    content = '{"verdict": "accept", "rationale": "ok"}'
+
+    def at_verdict(top: list[tuple[str, float]], chosen=("accept", -0.01)) -> dict:
+        head = '{"verdict": "'
+        return {
+            "content": [
+                {"token": head, "logprob": 0.0, "top_logprobs": []},
+                {
+                    "token": chosen[0],
+                    "logprob": chosen[1],
+                    "top_logprobs": [{"token": t, "logprob": v} for t, v in top],
+                },
+                {"token": content[len(head) + len(chosen[0]) :], "logprob": 0.0, "top_logprobs": []},
+            ]
+        }
+
+    assert verdict_confidence(at_verdict([("accept", -0.01), ("reject", -5.0)]), content, "accept") > 0.99
+    assert verdict_confidence(at_verdict([("Accept", -0.01), ("ACCEPT", -0.01)]), content, "accept") is None
+    impossible = at_verdict([("accept", -800.0), ("reject", -801.0)], chosen=("accept", -800.0))
+    assert verdict_confidence(impossible, content, "accept") is None
+    many = at_verdict([("accept", -0.01)] + [(f"x{i}", -20.0) for i in range(10_000)])
+    assert verdict_confidence(many, content, "accept") is None
