@@ -83,6 +83,13 @@ def sample_draw(
     if design == Design.CONFIDENCE and not 0 < uniform_share <= 1:
         raise SamplingError(f"uniform_share must be in (0, 1]; got {uniform_share}")
 
+    with transaction.atomic():
+        # Draws of one project take turns, so two at once never pick the same item.
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        return _draw(project, size, design, seed, strata, allocation, uniform_share, user)
+
+
+def _draw(project, size, design, seed, strata, allocation, uniform_share, user) -> SampleDraw:
     rows = list(project.items.filter(in_sme_queue=False).order_by("id").values_list("id", *STRATA_FIELDS))
     if design == Design.AUDIT:
         accepted = set(_source("accepted", project))
@@ -98,24 +105,23 @@ def sample_draw(
     else:
         certainty = _source("certainty", project)
         chosen = _confidence(ids, certainty, n, uniform_share, np.random.default_rng(seed))
-    with transaction.atomic():
-        draw = SampleDraw.objects.create(
-            project=project,
-            design=design,
-            strata=strata or "",
-            allocation=allocation if design == Design.STRATIFIED else "",
-            uniform_share=uniform_share if design == Design.CONFIDENCE else None,
-            seed=seed,
-            size=size,
-            drawn=len(chosen),
-            population=len(ids),
-            created_by=user,
-        )
-        SampleMembership.objects.bulk_create(
-            SampleMembership(draw=draw, item_id=i, inclusion_probability=p, uniform_slice=u, stratum=s[:200])
-            for i, p, u, s in chosen
-        )
-        queue_add(project=project, item_ids=[c[0] for c in chosen])
+    draw = SampleDraw.objects.create(
+        project=project,
+        design=design,
+        strata=strata or "",
+        allocation=allocation if design == Design.STRATIFIED else "",
+        uniform_share=uniform_share if design == Design.CONFIDENCE else None,
+        seed=seed,
+        size=size,
+        drawn=len(chosen),
+        population=len(ids),
+        created_by=user,
+    )
+    SampleMembership.objects.bulk_create(
+        SampleMembership(draw=draw, item_id=i, inclusion_probability=p, uniform_slice=u, stratum=s[:200])
+        for i, p, u, s in chosen
+    )
+    queue_add(project=project, item_ids=[c[0] for c in chosen])
     return draw
 
 
