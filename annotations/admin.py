@@ -1,7 +1,16 @@
 from django import forms
 from django.contrib import admin, messages
 
-from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange
+from annotations.models import (
+    Adjudication,
+    ImportJob,
+    Item,
+    Membership,
+    Project,
+    Review,
+    ReviewChange,
+    SampleDraw,
+)
 from annotations.queue import slots_sync
 from annotations.services import (
     ReviewError,
@@ -207,3 +216,14 @@ class ImportJobAdmin(ViewOnlyAdmin):
     list_display = ("id", "project", "filename", "status", "rows_read", "created_by", "created_at", "finished_at")
     list_filter = ("status",)
     exclude = ("report",)
+
+
+@admin.register(SampleDraw)
+class SampleDrawAdmin(ViewOnlyAdmin):
+    """SME sample draws (``annotations.sampling``): a record of how SME items were chosen, which the estimate's
+    inverse-inclusion weights rest on, so never changed here. Each item's probability is in the REST API's
+    data and the database (``SampleMembership``)."""
+
+    list_display = ("id", "project", "design", "strata", "allocation", "seed", "size", "drawn", "population")
+    list_display += ("created_by", "created_at")
+    list_filter = ("design",)

@@ -24,7 +24,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations.importers import FORMATS, ImportFormatError, detect_format, import_items
-from annotations.models import Decision, Item, Project, Review, validate_reject_reasons
+from annotations.models import Decision, Item, Project, Review, SampleDraw, validate_reject_reasons
+from annotations.sampling import DEFAULT_UNIFORM_SHARE, STRATA_FIELDS, SamplingError, draws_for, sample_draw
 from annotations.selectors import projects_for
 from annotations.services import items_imported
 from judging.gate import Basis, Outcome  # the gate's vocabulary; judging.gate imports no app
@@ -362,3 +363,56 @@ class ImportItemsApi(APIView):
         if report.created:
             items_imported(project.pk)
         return Response({**report.as_dict(), "regating": report.created > 0})
+
+
+class SampleDrawInput(serializers.Serializer):
+    size = serializers.IntegerField(min_value=1, max_value=1_000_000, help_text="How many items to draw.")
+    design = serializers.ChoiceField(choices=SampleDraw.Design.values)
+    seed = serializers.IntegerField(min_value=0, max_value=2**63 - 1, default=0)
+    strata = serializers.ChoiceField(choices=STRATA_FIELDS, required=False, help_text="For the stratified design.")
+    allocation = serializers.ChoiceField(choices=SampleDraw.Allocation.values, default="proportional")
+    uniform_share = serializers.FloatField(
+        min_value=0.01, max_value=1.0, default=DEFAULT_UNIFORM_SHARE, help_text="For the confidence-weighted design."
+    )
+
+
+class SampleDrawOutput(serializers.ModelSerializer):
+    created_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = SampleDraw
+        fields = [
+            "id",
+            "design",
+            "strata",
+            "allocation",
+            "uniform_share",
+            "seed",
+            "size",
+            "drawn",
+            "population",
+            "created_by",
+            "created_at",
+        ]
+
+
+@extend_schema(tags=["sampling"], parameters=[SLUG])
+class SampleDrawApi(APIView):
+    """The project's recorded SME sample draws (GET), and a new one (POST, leads and staff): the drawn items go
+    to the SME queue, each with its inclusion probability (``annotations.sampling``). 400 says what is wrong."""
+
+    @extend_schema(responses={200: SampleDrawOutput(many=True)}, summary="The project's sample draws, newest first")
+    def get(self, request, slug: str) -> Response:
+        project = project_for_api(request, slug)
+        return Response(SampleDrawOutput(draws_for(project), many=True).data)
+
+    @extend_schema(request=SampleDrawInput, responses={201: SampleDrawOutput}, summary="Draw items for the SMEs")
+    def post(self, request, slug: str) -> Response:
+        project = project_for_api(request, slug)
+        data = SampleDrawInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            draw = sample_draw(project=project, user=request.user, **data.validated_data)
+        except SamplingError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(SampleDrawOutput(draw).data, status=status.HTTP_201_CREATED)

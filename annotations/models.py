@@ -350,3 +350,63 @@ class ImportJob(models.Model):
     @property
     def finished(self) -> bool:
         return self.status in (self.Status.DONE, self.Status.FAILED)
+
+
+class SampleDraw(models.Model):
+    """One draw of items into the SME queue, by a recorded design (``annotations.sampling.sample_draw``).
+
+    ``design`` is how items were chosen; ``strata`` the field a stratified draw stratifies by (``task_type`` or
+    ``source_model``) and ``allocation`` how it shares the size out; ``uniform_share`` the slice of a
+    confidence-weighted draw drawn uniformly; ``population`` how many items could be drawn. Each drawn item has a
+    ``SampleMembership`` with its inclusion probability, so estimates can weight SME labels by its inverse.
+    """
+
+    class Design(models.TextChoices):
+        UNIFORM = "uniform", "Uniform"
+        STRATIFIED = "stratified", "Stratified"
+        CONFIDENCE = "confidence", "Confidence-weighted"
+        AUDIT = "audit", "Audit of the accepted set (uniform)"
+
+    class Allocation(models.TextChoices):
+        PROPORTIONAL = "proportional", "Proportional"
+        EQUAL = "equal", "Equal"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="sample_draws")
+    design = models.CharField(max_length=10, choices=Design.choices)
+    strata = models.CharField(max_length=20, blank=True)
+    allocation = models.CharField(max_length=12, choices=Allocation.choices, blank=True)
+    uniform_share = models.FloatField(null=True, blank=True)
+    seed = models.BigIntegerField()
+    size = models.PositiveIntegerField(help_text="Items asked for.")
+    drawn = models.PositiveIntegerField(default=0, help_text="Items drawn (fewer when the population is smaller).")
+    population = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"draw {self.pk}: {self.design} {self.drawn}/{self.size} (seed {self.seed})"
+
+
+class SampleMembership(models.Model):
+    """An item drawn by a ``SampleDraw``, with the probability the design gave it of being drawn."""
+
+    draw = models.ForeignKey(SampleDraw, on_delete=models.CASCADE, related_name="members")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="sample_memberships")
+    inclusion_probability = models.FloatField()
+    uniform_slice = models.BooleanField(default=False, help_text="Drawn by the design's uniform part.")
+    stratum = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["draw", "item"], name="sample_membership_once"),
+            models.CheckConstraint(
+                condition=models.Q(inclusion_probability__gt=0, inclusion_probability__lte=1),
+                name="sample_membership_probability",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"item {self.item_id} in draw {self.draw_id} (p={self.inclusion_probability:.3g})"

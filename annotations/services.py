@@ -1,6 +1,5 @@
 """Writes for the annotations app: sampling into the SME queue, reviews and their history, adjudication."""
 
-import random
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -10,7 +9,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from annotations.models import Adjudication, Decision, ImportJob, Item, Project, Review, ReviewChange, Skip, Slot
-from annotations.queue import queue_add, serialise_leases, slots_sync
+from annotations.queue import serialise_leases, slots_sync
 
 MAX_TEXT = 100_000
 
@@ -107,7 +106,8 @@ def sample_for_review(*, project: Project, n: int | None = None, fraction: float
     Give exactly one of ``n`` (a count) or ``fraction`` (0 < f <= 1 of all the
     project's items). Items already queued stay queued and count towards the
     target; the rest are drawn from the others with ``random.Random(seed)``,
-    so the same items and seed give the same sample. Returns how many items
+    so the same items and seed give the same sample, and recorded as a
+    uniform ``SampleDraw`` (``annotations.sampling``). Returns how many items
     were added. Raises ValueError on a bad size.
     """
     if (n is None) == (fraction is None):
@@ -119,10 +119,12 @@ def sample_for_review(*, project: Project, n: int | None = None, fraction: float
         n = max(1, round(fraction * total)) if total else 0  # a small file still gets one SME item
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    from annotations.sampling import sample_draw
+
     already = project.items.filter(in_sme_queue=True).count()
-    candidates = list(project.items.filter(in_sme_queue=False).order_by("id").values_list("id", flat=True))
-    chosen = random.Random(seed).sample(candidates, min(max(n - already, 0), len(candidates)))
-    return queue_add(project=project, item_ids=chosen)
+    if n - already <= 0 or not project.items.filter(in_sme_queue=False).exists():
+        return 0
+    return sample_draw(project=project, size=n - already, design="uniform", seed=seed).drawn
 
 
 def review_reason_clean(*, project: Project, decision: str, reason: str) -> str:

@@ -18,5 +18,7 @@ urlpatterns = [
     path("projects/<slug:slug>/import/", views.import_upload, name="import"),
     path("projects/<slug:slug>/import/<int:job_id>/", views.import_job, name="import_job"),
     path("projects/<slug:slug>/import/<int:job_id>/errors.csv", views.import_job_errors, name="import_job_errors"),
+    path("projects/<slug:slug>/samples/", views.sample_draw_form, name="sample_draw"),
     path("api/projects/<slug:slug>/import/", api.ImportItemsApi.as_view(), name="api_import"),
+    path("api/projects/<slug:slug>/samples/", api.SampleDrawApi.as_view(), name="api_samples"),
 ]

@@ -16,7 +16,8 @@ from rest_framework.authtoken.models import Token
 
 from annotations import queue
 from annotations.importers import ImportFormatError
-from annotations.models import ImportJob, Item, Membership, Project, Review
+from annotations.models import ImportJob, Item, Membership, Project, Review, SampleDraw
+from annotations.sampling import DEFAULT_UNIFORM_SHARE, STRATA_FIELDS, SamplingError, sample_draw
 from annotations.selectors import agreement_report, disagreements, projects_for
 from annotations.services import (
     ReviewConflict,
@@ -336,3 +337,43 @@ def import_job_errors(request: HttpRequest, slug: str, job_id: int) -> HttpRespo
         # The reasons quote untrusted text: no formula may reach a spreadsheet.
         writer.writerow([error["line"], neutralise_formula(error["reason"])])
     return response
+
+
+class SampleDrawForm(forms.Form):
+    """A lead's SME sample draw from the project page (``annotations.sampling.sample_draw``)."""
+
+    size = forms.IntegerField(min_value=1, max_value=1_000_000, initial=50)
+    design = forms.ChoiceField(choices=SampleDraw.Design.choices, initial=SampleDraw.Design.UNIFORM)
+    seed = forms.IntegerField(min_value=0, max_value=2**63 - 1, initial=0)
+    strata = forms.ChoiceField(
+        choices=[("", "—"), *((f, f.replace("_", " ")) for f in STRATA_FIELDS)],
+        required=False,
+        help_text="for the stratified design",
+    )
+    allocation = forms.ChoiceField(choices=SampleDraw.Allocation.choices, initial="proportional")
+    uniform_share = forms.FloatField(min_value=0.01, max_value=1.0, initial=DEFAULT_UNIFORM_SHARE)
+
+
+@login_required
+@require_POST
+def sample_draw_form(request: HttpRequest, slug: str) -> HttpResponse:
+    """Draw items for the SMEs by a recorded design (leads and staff); back to the project page with the outcome."""
+    project = get_project_for_lead(request, slug)
+    form = SampleDrawForm(request.POST)
+    if not form.is_valid():
+        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
+        messages.error(request, f"No items drawn: {problems}")
+        return redirect(project)
+    try:
+        draw = sample_draw(
+            project=project, user=request.user, **{**form.cleaned_data, "strata": form.cleaned_data["strata"] or None}
+        )
+    except SamplingError as exc:
+        messages.error(request, f"No items drawn: {exc}")
+        return redirect(project)
+    messages.success(
+        request,
+        f"Draw {draw.pk} ({draw.get_design_display()}, seed {draw.seed}): {draw.drawn} of {draw.population} items "
+        "added to the SME queue.",
+    )
+    return redirect(project)

@@ -27,6 +27,7 @@ from annotations.api import PROJECT_SLUG, SLUG, ProjectScopedViewSet, project_fo
 from annotations.models import Decision, Project
 from judging import training_sets
 from judging.backends import JudgeUnreachable
+from judging.estimate import accepted_set_precision
 from judging.export import in_blocks, iter_chat_jsonl
 from judging.models import (
     NO_POLICY,
@@ -155,6 +156,17 @@ class GatingPolicyApi(APIView):
         except PolicyError as exc:
             raise serializers.ValidationError({"tiers": [str(exc)]}) from exc
         return Response(_policy_body(project))
+
+
+@extend_schema(tags=["judge runs"], parameters=[SLUG])
+class EstimateApi(APIView):
+    """The accepted set's precision (the share an SME would accept) and the share of the rejected set an SME
+    would have accepted, each by PPI++ and classically, with n and 95 % intervals, or notes saying why not
+    (``judging.estimate.accepted_set_precision``). Leads and staff (403 for SMEs, 404 for outsiders)."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Precision of the accepted set, with intervals")
+    def get(self, request, slug: str) -> Response:
+        return Response(accepted_set_precision(project_for_api(request, slug)))
 
 
 class JudgeRunStartSerializer(serializers.Serializer):

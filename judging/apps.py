@@ -14,3 +14,16 @@ class JudgingConfig(AppConfig):
 
         on_ground_truth_change(lambda project_id, item_ids: regate_items.delay(project_id, item_ids))
         on_items_imported(regate_request)
+
+        # The confidence-weighted and audit sampling designs draw on the policy's certainty and the accepted set.
+        from annotations.sampling import sampling_source_register
+        from judging.models import GateDecision
+        from judging.selectors import policy_certainty
+
+        sampling_source_register("certainty", lambda project: policy_certainty(project))
+        sampling_source_register(
+            "accepted",
+            lambda project: GateDecision.objects.filter(
+                item__project=project, outcome=GateDecision.Outcome.ACCEPT
+            ).values_list("item_id", flat=True),
+        )

@@ -19,6 +19,7 @@ from annotations.models import Decision, Project
 from annotations.queue import queue_add
 from annotations.selectors import ground_truth
 from annotations.services import prior_labels_import, sample_for_review
+from judging.estimate import accepted_set_precision
 from judging.export import iter_chat_jsonl
 from judging.jsonl import escape_unicode_line_breaks
 from judging.metrics import agreement
@@ -148,7 +149,8 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
     """Run the whole pipeline on ``data`` into a fresh project; write ``out/accepted.jsonl`` and ``out/report.json``.
 
     Returns the report: ``{"data", "project", "judge", "waiting_for_smes", "import", "sme_labels",
-    "held_back_labels", "funnel", "agreement": {"sme_unseen", "held_back_human_labels"}, "export",
+    "held_back_labels", "funnel", "agreement": {"sme_unseen", "held_back_human_labels"}, "estimate"
+    (``estimate.accepted_set_precision``), "export",
     "training_set"}``. When the local judge cannot train (too few SME labels, or of one kind only), the job
     still finishes: ``judge.status`` is ``failed`` with the reason in ``judge.error``, the items without
     SME ground truth stay pending and are queued for SME review (``waiting_for_smes``), and what the SMEs
@@ -259,6 +261,7 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
             "sme_unseen": run_agreement(run),
             "held_back_human_labels": agreement([t for t, _ in held_pairs], [v for _, v in held_pairs]),
         },
+        "estimate": accepted_set_precision(project),
         "export": {"path": str(out / "accepted.jsonl"), "lines": lines, "sha256": digest.hexdigest()},
         "training_set": {
             "id": training_set.pk,

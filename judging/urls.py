@@ -29,5 +29,6 @@ urlpatterns = [
         name="run_control",
     ),
     path("api/projects/<slug:slug>/export/chat.jsonl", api.ExportChatJsonlApi.as_view(), name="api_export_chat"),
+    path("api/projects/<slug:slug>/estimate/", api.EstimateApi.as_view(), name="api_estimate"),
     path("api/projects/<slug:slug>/gating-policy/", api.GatingPolicyApi.as_view(), name="api_gating_policy"),
 ]

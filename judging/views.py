@@ -16,9 +16,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
+from annotations.sampling import draws_for
 from annotations.selectors import ground_truth
-from annotations.views import get_project_for_lead, parse_id
+from annotations.views import SampleDrawForm, get_project_for_lead, parse_id
 from judging.backends import JudgeUnreachable
+from judging.estimate import accepted_set_precision
 from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRequest, TrainingSet
 from judging.selectors import (
     MIN_AGREEMENT_PAIRS,
@@ -76,6 +78,9 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
             project=project, status=JudgeRun.Status.FINISHED, backend=JudgeRun.Backend.OPENAI
         ),
         "rules": project.label_functions.annotate(n_hits=Count("hits")),
+        "sample_form": SampleDrawForm(),
+        "draws": draws_for(project)[:10],
+        "estimate": accepted_set_precision(project),
     }
     return render(request, "judging/project_detail.html", context)
 

@@ -16,7 +16,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange
+from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange, SampleDraw
 from annotations.queue import queue_add
 from judging.models import JudgeEndpoint, JudgeRun, LabelFunction, TrainingSet, Verdict
 from judging.services import judge_settings_for, judge_settings_save, label_function_save
@@ -103,6 +103,7 @@ def build_site(project: Project) -> dict:
     rule.reason = "a competitor named"
     label_function_save(rule=rule, user=root, regate=False)  # a version in its history
     JudgeEndpoint.objects.create(project=project, name="big judge", base_url="http://127.0.0.1:9/v1", model="j")
+    SampleDraw.objects.create(project=project, design="uniform", seed=1, size=4, drawn=0, created_by=lead)
     return {
         "users": {"sme": sme, "lead": lead, "staff": staff, "root": root},
         "run": run,
@@ -168,6 +169,7 @@ def site_pages(project: Project, site: dict) -> list[Page]:
     pages += admin_pages()
     pages += [
         Page("lead", "annotations:adjudication", (slug,), "post", {"item": "abc"}, status=400),
+        Page("lead", "annotations:sample_draw", (slug,), "post", {"size": "0"}, status=302),  # refused, said
         Page("lead", "judging:runs_compare", (slug,)),  # ?a=&b= added by query()
         Page("lead", "judging:run_control", (slug, run.pk, "cancel"), method="post", status=403),
         Page("staff", "judging:run_control", (slug, running.pk, "cancel"), method="post", status=302),

@@ -54,6 +54,10 @@ def test_the_main_job_on_the_example_file(transactional_db, tmp_path):
     rationales = Verdict.objects.filter(item_id__in=sme_items).values_list("rationale", flat=True)
     assert all("out-of-fold" in r for r in rationales)
     assert report["judge"]["name"] == "local classifier tfidf-logreg (not an LLM)"
+    # The estimate: the accepted set's precision, with an interval or a note saying why there is none.
+    accepted = report["estimate"]["accepted"]
+    assert accepted["size"] == funnel["accepted"] and accepted["unrecorded"] == 0  # the SME sample is a draw
+    assert accepted["ppi"] is not None or any("needed" in note or "Every" in note for note in accepted["notes"])
     # The training-set snapshot: both splits are valid chat JSONL and hold the whole accepted set.
     snapshot = report["training_set"]
     train, validation = (Path(snapshot["files"][split]["path"]) for split in ("train", "validation"))

@@ -302,6 +302,7 @@ API_WRITES = {
     ("delete", "/api/projects/{project_slug}/training-sets/{id}/"),  # a snapshot (not history: built from it)
     ("post", "/api/token/"),  # the caller's own token
     ("post", "/api/projects/{slug}/gating-policy/"),  # a lead's choice of judges, logged
+    ("post", "/api/projects/{slug}/samples/"),  # a recorded SME sample draw, its items into the SME queue
 }
 
 

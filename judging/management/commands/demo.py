@@ -61,6 +61,8 @@ class Command(BaseCommand):
                 f"Cohen's kappa {_fmt(a['cohen_kappa'])}, precision(accept) {_fmt(a['precision_accept'])}, "
                 f"recall(accept) {_fmt(a['recall_accept'])}"
             )
+        for key, title in (("accepted", "Accepted set's precision"), ("rejected", "Rejected set's SME-accept share")):
+            self.stdout.write(_estimate_line(title, report["estimate"][key]))
         self.stdout.write(
             f"Wrote {report['export']['lines']} lines to {report['export']['path']} and {out / 'report.json'}"
         )
@@ -89,3 +91,23 @@ class Command(BaseCommand):
         Project.objects.get(slug=slug).members.add(user, through_defaults={"role": Membership.Role.LEAD})
         token, _ = Token.objects.get_or_create(user=user)
         return password, token.key
+
+
+def _estimate_line(title: str, part: dict) -> str:
+    """One line of ``estimate.accepted_set_precision``'s part: PPI++ and Wilson with n, or why there is none."""
+    ppi, classical = part["ppi"], part["classical"]
+    said = [f"{title} ({part['size']} items, {part['known']} with SME ground truth):"]
+    if ppi:
+        said.append(
+            f"PPI++ {ppi['estimate']:.3f} [95 % {ppi['low']:.3f}-{ppi['high']:.3f}] "
+            f"(n={ppi['n']} SME labels, N={ppi['N']} judged)"
+        )
+    if classical:
+        said.append(
+            f"SME labels alone (Wilson) {classical['estimate']:.3f} [95 % {classical['low']:.3f}-"
+            f"{classical['high']:.3f}] (n={classical['n']})"
+        )
+    if part["whole_set"]:
+        w = part["whole_set"]
+        said.append(f"whole set {w['estimate']:.3f} [{w['low']:.3f}-{w['high']:.3f}]")
+    return " ".join(said + part["notes"])

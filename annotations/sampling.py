@@ -1,0 +1,228 @@
+"""Recorded sampling designs for the SME queue: which items SMEs label, and with what probability.
+
+Every draw is a ``SampleDraw`` row; every drawn item a ``SampleMembership`` with its inclusion probability, so
+an estimate can weight each SME label by its inverse (Horvitz & Thompson 1952). Designs:
+
+- ``uniform``: a simple random sample of the items not yet queued; pi = n / N.
+- ``stratified`` by ``task_type`` or ``source_model``: a simple random sample in each stratum, sizes shared out
+  proportionally to the strata (largest remainders) or equally (what a small stratum cannot take goes to the
+  others); pi = n_h / N_h.
+- ``confidence``: a uniform slice (``uniform_share`` of the size, at least one item) by simple random sampling,
+  the rest by systematic probability-proportional-to-size sampling with size ``1 - certainty + floor``, where
+  certainty is the gating policy's calibrated certainty max(p, 1 - p) on the item (0.5 when it has none).
+  Each member's recorded probability is ``n_u / N + (1 - n_u / N) * pi_rest``, pi_rest being its PPS inclusion
+  probability among the items the slice left (exact for the slice's own design; for the whole design a
+  first-order approximation, as pi_rest depends on which items the slice took).
+- ``audit``: a simple random sample of the currently accepted set (items the gate accepted, not yet queued),
+  reviewed blind like any other item.
+
+``annotations`` never imports ``judging``: the gating policy's certainty and the accepted set come from sources
+``judging`` registers (``sampling_source_register``).
+"""
+
+import math
+import random
+from collections.abc import Callable
+
+import numpy as np
+from django.db import transaction
+
+from annotations.models import Project, SampleDraw, SampleMembership
+from annotations.queue import queue_add
+
+Design, Allocation = SampleDraw.Design, SampleDraw.Allocation
+STRATA_FIELDS = ("task_type", "source_model")
+DEFAULT_UNIFORM_SHARE = 0.2
+FLOOR = 0.05  # keeps items the policy is sure of drawable, so every item has pi > 0
+
+_sources: dict[str, Callable] = {}
+
+
+class SamplingError(ValueError):
+    """A draw that cannot be made as asked; the message says what is wrong."""
+
+
+def sampling_source_register(kind: str, source: Callable) -> None:
+    """Register ``source(project)``: ``"certainty"`` returns ``{item_id: certainty in [0.5, 1]}``,
+    ``"accepted"`` the ids of the items the gate accepts now. ``judging`` registers both."""
+    if kind not in ("certainty", "accepted"):
+        raise ValueError(f"unknown sampling source {kind!r}")
+    _sources[kind] = source
+
+
+def sample_draw(
+    *,
+    project: Project,
+    size: int,
+    design: str,
+    seed: int,
+    strata: str | None = None,
+    allocation: str = Allocation.PROPORTIONAL,
+    uniform_share: float = DEFAULT_UNIFORM_SHARE,
+    user=None,
+) -> SampleDraw:
+    """Draw ``size`` items by ``design`` with ``numpy``/``random`` seeded by ``seed``, record the draw and each
+    item's inclusion probability, and queue the items for SMEs.
+
+    The population is the project's items not yet in the SME queue (for ``audit``: those of them the gate
+    accepts). Fewer than ``size`` are drawn when the population is smaller (``drawn`` says how many). The same
+    items, design and seed give the same sample. Raises SamplingError: a size below 1, an unknown design,
+    strata or allocation, strata given to a design other than stratified, a uniform share outside (0, 1].
+    """
+    if not isinstance(size, int) or size < 1:
+        raise SamplingError(f"size must be a whole number of items, at least 1; got {size!r}")
+    if design not in Design.values:
+        raise SamplingError(f"design must be one of {', '.join(Design.values)}; got {design!r}")
+    if design == Design.STRATIFIED:
+        if strata not in STRATA_FIELDS:
+            raise SamplingError(f"a stratified draw needs strata: one of {', '.join(STRATA_FIELDS)}; got {strata!r}")
+        if allocation not in Allocation.values:
+            raise SamplingError(f"allocation must be one of {', '.join(Allocation.values)}; got {allocation!r}")
+    elif strata:
+        raise SamplingError(f"strata are for the stratified design only, not {design}")
+    if design == Design.CONFIDENCE and not 0 < uniform_share <= 1:
+        raise SamplingError(f"uniform_share must be in (0, 1]; got {uniform_share}")
+
+    with transaction.atomic():
+        # Draws of one project take turns, so two at once never pick the same item.
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        return _draw(project, size, design, seed, strata, allocation, uniform_share, user)
+
+
+def _draw(project, size, design, seed, strata, allocation, uniform_share, user) -> SampleDraw:
+    rows = list(project.items.filter(in_sme_queue=False).order_by("id").values_list("id", *STRATA_FIELDS))
+    if design == Design.AUDIT:
+        accepted = set(_source("accepted", project))
+        rows = [row for row in rows if row[0] in accepted]
+    ids = [row[0] for row in rows]
+    n = min(size, len(ids))
+    if design in (Design.UNIFORM, Design.AUDIT):
+        # random.Random(seed).sample over ids in order: the same sample sample_for_review always drew.
+        chosen = [(i, n / len(ids), True, "") for i in random.Random(seed).sample(ids, n)]
+    elif design == Design.STRATIFIED:
+        field = 1 + STRATA_FIELDS.index(strata)
+        chosen = _stratified(rows, field, n, allocation, np.random.default_rng(seed))
+    else:
+        certainty = _source("certainty", project)
+        chosen = _confidence(ids, certainty, n, uniform_share, np.random.default_rng(seed))
+    draw = SampleDraw.objects.create(
+        project=project,
+        design=design,
+        strata=strata or "",
+        allocation=allocation if design == Design.STRATIFIED else "",
+        uniform_share=uniform_share if design == Design.CONFIDENCE else None,
+        seed=seed,
+        size=size,
+        drawn=len(chosen),
+        population=len(ids),
+        created_by=user,
+    )
+    SampleMembership.objects.bulk_create(
+        SampleMembership(draw=draw, item_id=i, inclusion_probability=p, uniform_slice=u, stratum=s[:200])
+        for i, p, u, s in chosen
+    )
+    queue_add(project=project, item_ids=[c[0] for c in chosen])
+    return draw
+
+
+def _source(kind: str, project: Project):
+    if kind not in _sources:
+        raise SamplingError(f"no {kind} source is registered (the judging app registers it)")
+    return _sources[kind](project)
+
+
+def _stratified(rows, field: int, n: int, allocation: str, rng) -> list[tuple]:
+    strata: dict[str, list[int]] = {}
+    for row in rows:
+        strata.setdefault(row[field] or "", []).append(row[0])
+    names = sorted(strata)
+    sizes = {h: len(strata[h]) for h in names}
+    if allocation == Allocation.PROPORTIONAL:
+        total = sum(sizes.values())
+        quotas = {h: n * sizes[h] / total for h in names} if total else {}
+        take = {h: math.floor(q) for h, q in quotas.items()}
+        by_remainder = sorted(names, key=lambda h: (-(quotas[h] - take[h]), h))
+        for h in by_remainder[: n - sum(take.values())]:
+            take[h] += 1
+    else:
+        take, left, open_ = dict.fromkeys(names, 0), n, list(names)
+        while left and open_:
+            share = max(left // len(open_), 1)
+            for h in list(open_):
+                give = min(share, sizes[h] - take[h], left)
+                take[h] += give
+                left -= give
+                if take[h] == sizes[h]:
+                    open_.remove(h)
+                if not left:
+                    break
+    chosen = []
+    for h in names:
+        if take[h]:
+            picked = rng.choice(strata[h], size=take[h], replace=False)
+            chosen += [(int(i), take[h] / sizes[h], False, h) for i in picked]
+    return chosen
+
+
+def pps_inclusion(weights: np.ndarray, n: int) -> np.ndarray:
+    """Inclusion probabilities ``min(1, c * w_i)`` summing to ``n`` (items that would exceed 1 are taken for
+    certain and the rest rescaled, repeatedly); ``weights`` positive, shape (N,), ``n <= N``."""
+    pi = np.zeros(len(weights))
+    certain = np.zeros(len(weights), dtype=bool)
+    while True:
+        left = n - certain.sum()
+        w = np.where(certain, 0.0, weights)
+        pi = np.where(certain, 1.0, left * w / w.sum() if w.sum() else 0.0)
+        over = (pi > 1) & ~certain
+        if not over.any():
+            return np.clip(pi, 0.0, 1.0)
+        certain |= over
+
+
+def _systematic(pi: np.ndarray, rng) -> np.ndarray:
+    """Systematic PPS in a random order (Madow 1949): item i is drawn with probability exactly ``pi[i]``."""
+    order = rng.permutation(len(pi))
+    edges = np.concatenate([[0.0], np.cumsum(pi[order])])
+    points = rng.uniform() + np.arange(round(edges[-1]))
+    hit = np.searchsorted(edges, points, side="right") - 1
+    return order[np.unique(hit)]
+
+
+def _confidence(ids: list[int], certainty: dict[int, float], n: int, uniform_share: float, rng) -> list[tuple]:
+    if not ids:
+        return []
+    n_u = min(n, max(1, round(uniform_share * n)))
+    p_u = n_u / len(ids)
+    arr = np.array(ids)
+    slice_ = set(rng.choice(arr, size=n_u, replace=False).tolist())
+    rest = np.array([i for i in ids if i not in slice_])
+    weights = np.array([1 - certainty.get(int(i), 0.5) + FLOOR for i in arr])
+    rest_weights = weights[np.isin(arr, rest)]
+    n_w = min(n - n_u, len(rest))
+    pi_rest = pps_inclusion(rest_weights, n_w) if n_w else np.zeros(len(rest))
+    picked = set(rest[_systematic(pi_rest, rng)].tolist()) if n_w else set()
+    # An item of the slice gets the PPS probability it would have had among the rest, for the same formula.
+    scale = n_w / rest_weights.sum() if n_w else 0.0
+    pi_of = dict(zip(rest.tolist(), pi_rest.tolist(), strict=True))
+    chosen = []
+    for i, w in zip(ids, weights.tolist(), strict=True):
+        if i in slice_ or i in picked:
+            pr = pi_of.get(i, min(1.0, scale * w))
+            chosen.append((i, float(min(1.0, p_u + (1 - p_u) * pr)), i in slice_, ""))
+    return chosen
+
+
+def draws_for(project: Project) -> list[SampleDraw]:
+    """The project's draws, newest first, with who made them."""
+    return list(SampleDraw.objects.filter(project=project).select_related("created_by"))
+
+
+def memberships(project: Project) -> dict[int, tuple[float, bool]]:
+    """``{item_id: (inclusion_probability, uniform_slice)}`` for the project's drawn items (an item drawn twice,
+    which the designs avoid, keeps its first draw)."""
+    rows = (
+        SampleMembership.objects.filter(draw__project=project)
+        .order_by("-draw_id")
+        .values_list("item_id", "inclusion_probability", "uniform_slice")
+    )
+    return {item_id: (p, u) for item_id, p, u in rows}

@@ -1,0 +1,177 @@
+"""How good is the accepted set? Its precision (the share an SME would accept), and the share of the rejected set
+an SME would have accepted, each with a 95 % interval.
+
+Method. The gate's set (accepted or rejected) splits into items with SME ground truth (their label is known,
+so they count exactly) and items a tier of the gating policy decided without one (unknown, to estimate). For the
+latter, the share an SME would accept is estimated by prediction-powered inference, power-tuned (PPI++:
+Angelopoulos, Duchi & Zrnic 2023, arXiv:2311.01453; ``ppi_py.ppi_mean_ci`` with ``lam=None``): the gating
+judge's calibrated P(accept) on every item the policy put in the set without an SME label, rectified by the SME
+labels on the items the policy would have put there that were drawn for the SMEs by a recorded design
+(``annotations.sampling``), each weighted by its inverse inclusion probability (ppi_py's ``w``, which it
+normalises to mean 1: a Hajek estimator). Beside it, the classical interval from SME labels alone: the Wilson
+score interval (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``) on the uniform-slice labels, the
+only ones a plain binomial interval is valid for.
+
+Assumptions: SMEs are the truth; SME items were drawn by the recorded design (labels on items no draw recorded,
+such as imported prior labels, are counted but not used); ppi_py's interval is a normal approximation that
+treats the weights as fixed. With fewer than ``MIN_LABELLED`` usable labels no interval is given.
+"""
+
+import numpy as np
+from ppi_py import ppi_mean_ci, ppi_mean_pointestimate
+from scipy.stats import binomtest
+
+from annotations.models import Decision, Project
+from annotations.sampling import memberships
+from annotations.selectors import ground_truth
+from judging.models import NO_POLICY, GateDecision, Verdict
+from judging.selectors import gating_policy, policy_verdicts
+
+ALPHA = 0.05
+MIN_LABELLED = 10
+PPI_METHOD = "PPI++ (Angelopoulos, Duchi & Zrnic 2023), ppi_py.ppi_mean_ci, lam=None, weights 1/inclusion probability"
+CLASSICAL_METHOD = "Wilson score interval (scipy.stats.binomtest), uniform-slice SME labels only"
+ASSUMPTIONS = [
+    "SMEs are the truth.",
+    "SME items were drawn by the recorded sampling designs; labels on items no draw recorded are not used.",
+    "The PPI++ interval is a normal approximation, with the inverse-inclusion weights taken as fixed.",
+]
+
+
+def accepted_set_precision(project: Project) -> dict:
+    """``{"accepted": part, "rejected": part, "policy", "alpha", "min_labelled", "methods", "assumptions"}``.
+
+    ``accepted`` is about the share of the gate's accepted set an SME would accept (its precision); ``rejected``
+    the share of the rejected set an SME would have accepted. Each part::
+
+        {"size": items in the set, "known": with SME ground truth, "known_accepts": of them SME-accepted,
+         "estimated": without ground truth, decided by the policy, with a calibrated P(accept),
+         "no_confidence": without ground truth or a calibrated P(accept) (not estimated),
+         "labelled": n, SME labels on recorded draws where the policy alone would put the item in the set,
+         "unrecorded": such labels on items no draw recorded (not used),
+         "ppi": {"estimate", "low", "high", "n", "N"} or None,
+         "classical": {"estimate", "low", "high", "n"} or None,
+         "whole_set": {"estimate", "low", "high"} or None: the set's share, known items exact, the rest by PPI,
+         "notes": [what cannot be estimated and why]}
+
+    Shares are in [0, 1]; intervals are 95 %. Never raises for a small project or a sample lacking a class: the
+    notes say what is missing.
+    """
+    policy = gating_policy(project)
+    truth = ground_truth(project=project)
+    drawn = memberships(project)
+    decided = policy_verdicts(project, policy=policy)
+    p_by_run: dict[int, dict[int, float]] = {}
+    for tier in policy.tiers.all() if policy else []:
+        p_by_run[tier.run_id] = dict(
+            Verdict.objects.filter(run_id=tier.run_id, confidence_calibrated__isnull=False)
+            .exclude(verdict="")
+            .values_list("item_id", "confidence_calibrated")
+        )
+    gate_rows = list(GateDecision.objects.filter(item__project=project).values_list("item_id", "outcome", "vetoed"))
+    judge_side: dict[int, tuple[str, float | None]] = {}  # what the policy and the rules alone say, and P(accept)
+    for item_id, _, vetoed in gate_rows:
+        tier_verdict = decided.get(item_id)
+        p = p_by_run.get(tier_verdict[0].run_id, {}).get(item_id) if tier_verdict else None
+        if vetoed:
+            judge_side[item_id] = (Decision.REJECT, p)
+        elif tier_verdict:
+            judge_side[item_id] = (tier_verdict[1], p)
+    parts = {}
+    for name, outcome in (("accepted", Decision.ACCEPT), ("rejected", Decision.REJECT)):
+        members = [item_id for item_id, o, _ in gate_rows if o == outcome]
+        parts[name] = _part(outcome, members, truth, drawn, judge_side)
+    return {
+        **parts,
+        "policy": policy.label if policy else NO_POLICY,
+        "alpha": ALPHA,
+        "min_labelled": MIN_LABELLED,
+        "methods": {"ppi": PPI_METHOD, "classical": CLASSICAL_METHOD},
+        "assumptions": ASSUMPTIONS,
+    }
+
+
+def _part(outcome: str, members: list[int], truth: dict, drawn: dict, judge_side: dict) -> dict:
+    accepts = Decision.ACCEPT.value
+    known = [i for i in members if i in truth]
+    unknown = [i for i in members if i not in truth]
+    estimated = [i for i in unknown if judge_side.get(i, (None, None))[1] is not None]
+    region = [i for i, (says, p) in judge_side.items() if says == outcome and p is not None and i in truth]
+    labelled = [i for i in region if i in drawn]
+    part = {
+        "size": len(members),
+        "known": len(known),
+        "known_accepts": sum(truth[i] == accepts for i in known),
+        "estimated": len(estimated),
+        "no_confidence": len(unknown) - len(estimated),
+        "labelled": len(labelled),
+        "unrecorded": len(region) - len(labelled),
+        "ppi": None,
+        "classical": None,
+        "whole_set": None,
+        "notes": [],
+    }
+    notes = part["notes"]
+    if not members:
+        notes.append("The set is empty.")
+        return part
+    if part["no_confidence"]:
+        notes.append(
+            f"{part['no_confidence']} items in the set have neither SME ground truth nor a calibrated P(accept) "
+            "from the gating policy: they are left out of the estimate."
+        )
+    if part["unrecorded"]:
+        notes.append(
+            f"{part['unrecorded']} SME labels are on items no recorded draw chose (e.g. imported labels): "
+            "their inclusion probability is unknown, so they are not used."
+        )
+    if not estimated:
+        if known:
+            share = part["known_accepts"] / len(known)
+            part["whole_set"] = {"estimate": share, "low": share, "high": share}
+            notes.append("Every item in the set that can be counted has SME ground truth: the share is exact.")
+        return part
+    y = np.array([truth[i] == accepts for i in labelled], dtype=float)
+    uniform = [i for i in labelled if drawn[i][1]]
+    y_uniform = [truth[i] == accepts for i in uniform]
+    if len(uniform) >= MIN_LABELLED:
+        part["classical"] = {**_wilson(sum(y_uniform), len(uniform)), "n": len(uniform)}
+    else:
+        notes.append(
+            f"Classical interval: {len(uniform)} uniform-slice SME labels where the policy alone would put the "
+            f"item in this set; at least {MIN_LABELLED} are needed for an interval to mean anything."
+        )
+    if len(labelled) < MIN_LABELLED:
+        notes.append(
+            f"PPI++ interval: {len(labelled)} SME labels from recorded draws where the policy alone would put the "
+            f"item in this set; at least {MIN_LABELLED} are needed. Draw more for the SMEs (a confidence-weighted "
+            "or audit sample)."
+        )
+        return part
+    if y.min() == y.max():
+        said = "accept" if y[0] else "reject"
+        notes.append(
+            f"Every one of the {len(labelled)} SME labels here is {said}: the PPI++ interval (a normal "
+            "approximation) has no spread to measure, so it is not given; the classical interval, valid without "
+            "both classes, stands."
+        )
+        return part
+    yhat = np.array([judge_side[i][1] for i in labelled], dtype=float)
+    yhat_unlabelled = np.array([judge_side[i][1] for i in estimated], dtype=float)
+    weights = np.array([1.0 / drawn[i][0] for i in labelled])
+    low, high = ppi_mean_ci(y, yhat, yhat_unlabelled, alpha=ALPHA, lam=None, w=weights)
+    theta = float(ppi_mean_pointestimate(y, yhat, yhat_unlabelled, lam=None, w=weights)[0])
+    low, high = float(np.clip(low[0], 0, 1)), float(np.clip(high[0], 0, 1))
+    part["ppi"] = {"estimate": theta, "low": low, "high": high, "n": len(labelled), "N": len(estimated)}
+    total = len(known) + len(estimated)
+
+    def share(x: float) -> float:
+        return (part["known_accepts"] + x * len(estimated)) / total
+
+    part["whole_set"] = {"estimate": share(min(max(theta, 0.0), 1.0)), "low": share(low), "high": share(high)}
+    return part
+
+
+def _wilson(successes: int, n: int) -> dict:
+    ci = binomtest(successes, n).proportion_ci(confidence_level=1 - ALPHA, method="wilson")
+    return {"estimate": successes / n, "low": float(ci.low), "high": float(ci.high)}
