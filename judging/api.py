@@ -43,6 +43,7 @@ from judging.services import (
     LearnFromError,
     PolicyError,
     RunBusy,
+    gating_policy_compute,
     gating_policy_set,
     judge_endpoint_check,
     judge_run_create,
@@ -90,8 +91,23 @@ class PolicyTierInput(serializers.Serializer):
 
 class GatingPolicyInput(serializers.Serializer):
     tiers = PolicyTierInput(many=True, help_text="In the order they are tried; [] leaves the gate to SMEs and rules.")
-    target_agreement = serializers.FloatField(required=False, allow_null=True, min_value=0.5, max_value=1.0)
-    risk = serializers.FloatField(required=False, allow_null=True, min_value=0.0, max_value=0.5)
+    target_agreement = serializers.FloatField(required=False, allow_null=True, min_value=0.5, max_value=0.999)
+    risk = serializers.FloatField(required=False, allow_null=True, min_value=0.001, max_value=0.5)
+    choose_thresholds = serializers.BooleanField(
+        default=False,
+        help_text="true: Larry chooses each tier's threshold from the SME labels for target_agreement and risk "
+        "(both required; the tiers' thresholds must be null), as the policy page's cascade form does.",
+    )
+
+    def validate(self, attrs):
+        if attrs.get("choose_thresholds"):
+            if attrs.get("target_agreement") is None or attrs.get("risk") is None:
+                raise serializers.ValidationError("choose_thresholds needs target_agreement and risk")
+            if any(tier.get("threshold") is not None for tier in attrs["tiers"]):
+                raise serializers.ValidationError("choose_thresholds chooses the thresholds: leave them null")
+            if not attrs["tiers"]:
+                raise serializers.ValidationError("choose_thresholds needs at least one tier")
+        return attrs
 
 
 class GatingPolicyChangeOutput(serializers.ModelSerializer):
@@ -144,15 +160,25 @@ class GatingPolicyApi(APIView):
             raise serializers.ValidationError(
                 {"tiers": [f"no judge run {run_id} in this project" for run_id in missing]}
             )
+        body = data.validated_data
         try:
             with transaction.atomic():
-                gating_policy_set(
-                    project=project,
-                    tiers=[(runs[t["run"]], t.get("threshold")) for t in data.validated_data["tiers"]],
-                    target=data.validated_data.get("target_agreement"),
-                    risk=data.validated_data.get("risk"),
-                    user=request.user,
-                )
+                if body["choose_thresholds"]:
+                    gating_policy_compute(
+                        project=project,
+                        runs=[runs[t["run"]] for t in body["tiers"]],
+                        target=body["target_agreement"],
+                        risk=body["risk"],
+                        user=request.user,
+                    )
+                else:
+                    gating_policy_set(
+                        project=project,
+                        tiers=[(runs[t["run"]], t.get("threshold")) for t in body["tiers"]],
+                        target=body.get("target_agreement"),
+                        risk=body.get("risk"),
+                        user=request.user,
+                    )
         except PolicyError as exc:
             raise serializers.ValidationError({"tiers": [str(exc)]}) from exc
         return Response(_policy_body(project))

@@ -540,10 +540,10 @@ def gating_policy_set(
         specs.append((run, threshold, bool(decides), note or ""))
     if len({run.pk for run, *_ in specs}) != len(specs):
         raise PolicyError("a run can be only one tier of the policy")
-    if target is not None and not 0.5 <= target <= 1.0:
-        raise PolicyError(f"target agreement {target}: 0.5 to 1")
-    if risk is not None and not 0.0 < risk <= 0.5:
-        raise PolicyError(f"risk {risk}: above 0, at most 0.5")
+    if target is not None and not 0.5 <= target < 1.0:
+        raise PolicyError(f"target agreement {target}: 0.5 or more, below 1 (no finite sample certifies 1)")
+    if risk is not None and not 0.001 <= risk <= 0.5:
+        raise PolicyError(f"risk {risk}: 0.001 to 0.5")
     with transaction.atomic():
         policy, _ = GatingPolicy.objects.get_or_create(project=project)
         policy = GatingPolicy.objects.select_for_update().get(pk=policy.pk)  # one change at a time
@@ -646,18 +646,34 @@ def escalation_run_create(*, project: Project, endpoint=None, user=None) -> Judg
     """Start a run of ``endpoint`` (the next tier's judge) over only the items the policy in force escalates.
 
     The run's config records the policy it escalates from (``escalated_from``:
-    the tiers' runs and thresholds). Raises PolicyError without a policy or
-    with nothing to escalate.
+    the tiers' runs and thresholds). Raises PolicyError without a policy,
+    with nothing to escalate, or when a run of that judge already escalates
+    from the same policy (a double click, a second tab).
     """
-    item_ids = escalated_item_ids(project)
-    if not item_ids:
-        raise PolicyError("the policy in force decides every item: nothing to escalate")
-    policy = gating_policy(project)
-    run = judge_run_create(project=project, user=user, endpoint=endpoint, item_ids=item_ids)
-    run.config["escalated_from"] = [
-        {"tier": tier.tier, "run": tier.run_id, "threshold": tier.threshold} for tier in policy.tiers.all()
-    ]
-    JudgeRun.objects.filter(pk=run.pk).update(config=run.config)
+    with transaction.atomic():
+        # One escalation per policy state and judge at a time: a double click or a second tab finds the first.
+        GatingPolicy.objects.select_for_update().filter(project=project).first()
+        item_ids = escalated_item_ids(project)
+        if not item_ids:
+            raise PolicyError("the policy in force decides every item: nothing to escalate")
+        policy = gating_policy(project)
+        escalated_from = [
+            {"tier": tier.tier, "run": tier.run_id, "threshold": tier.threshold} for tier in policy.tiers.all()
+        ]
+        same = JudgeRun.objects.filter(
+            project=project,
+            endpoint=endpoint,
+            status__in=[JudgeRun.Status.QUEUED, JudgeRun.Status.RUNNING, JudgeRun.Status.FINISHED],
+        )
+        for earlier in same.only("pk", "config"):
+            if earlier.config.get("escalated_from") == escalated_from:
+                raise PolicyError(
+                    f"run {earlier.pk} already judges what this policy escalates to that judge: "
+                    "use it as the next tier, or change the policy first"
+                )
+        run = judge_run_create(project=project, user=user, endpoint=endpoint, item_ids=item_ids)
+        run.config["escalated_from"] = escalated_from
+        JudgeRun.objects.filter(pk=run.pk).update(config=run.config)
     return run
 
 

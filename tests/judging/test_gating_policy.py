@@ -270,6 +270,32 @@ def test_a_lead_sets_a_cascade_and_escalates_from_the_page(
         page = client.post(url, {"action": "escalate", "endpoint": endpoint.pk}, follow=True).content.decode()
     run = JudgeRun.objects.get(model="big")
     assert f"Run {run.pk}" in page and run.items_total == 8 and run.config["escalated_from"][0]["run"] == good.pk
+    page = client.post(url, {"action": "escalate", "endpoint": endpoint.pk}, follow=True).content.decode()
+    assert f"run {run.pk} already judges what this policy escalates" in page  # a double click starts no second run
+    assert JudgeRun.objects.filter(model="big").count() == 1
+
+
+def test_the_api_chooses_thresholds_when_asked(client, project, items, lead):
+    good = finished_run(project, GOOD, "good-judge", confidences=[0.99, 0.01, 0.98, 0.02, 0.6, 0.3, 0.97, 0.99])
+    client.force_login(lead)
+    url = f"/api/projects/{project.slug}/gating-policy/"
+    for body in [
+        {"tiers": [{"run": good.pk}], "choose_thresholds": True},
+        {
+            "tiers": [{"run": good.pk, "threshold": 0.9}],
+            "target_agreement": 0.9,
+            "risk": 0.1,
+            "choose_thresholds": True,
+        },
+        {"tiers": [{"run": good.pk}], "target_agreement": 1.0, "risk": 0.1},
+        {"tiers": [{"run": good.pk}], "target_agreement": 0.9, "risk": 1e-300},
+    ]:
+        assert client.post(url, body, content_type="application/json").status_code == 400, body
+    body = {"tiers": [{"run": good.pk}], "target_agreement": 0.9, "risk": 0.1, "choose_thresholds": True}
+    response = client.post(url, body, content_type="application/json")
+    assert response.status_code == 200
+    (tier,) = gating_policy(project).tiers.all()
+    assert not tier.decides and "22" in tier.note  # chosen, not "by its verdict alone": too few labels, said so
 
 
 def test_a_tier_never_decides_a_verdict_its_own_confidence_contradicts(project, items, lead):
