@@ -243,7 +243,10 @@ def auroc(p, y, *, level: float = 0.95) -> dict | None:
     receiver operating characteristic curves: a nonparametric approach"
     (Biometrics 44:837), computed from midranks as in Sun & Xu (2014), "Fast
     implementation of DeLong's algorithm" (IEEE Signal Processing Letters
-    21:1389). The interval is AUC ± z * SE, clipped to [0, 1].
+    21:1389). The interval is AUC ± z * SE, clipped to [0, 1]. When the
+    variance estimate is 0 (every accept ranked above every reject, or all
+    scores tied) DeLong gives no interval: ``low`` and ``high`` are None and
+    ``note`` says why, rather than a zero-width interval that would look exact.
     """
     p, y = _as_arrays(p, y)
     positives, negatives = p[y == 1], p[y == 0]
@@ -259,10 +262,12 @@ def auroc(p, y, *, level: float = 0.95) -> dict | None:
     s01 = float(np.var(v01, ddof=1)) if n > 1 else 0.0
     se = float(np.sqrt(s10 / m + s01 / n))
     z = float(norm.ppf(1 - (1 - level) / 2))
+    degenerate = se == 0.0
     return {
         "auc": auc,
-        "low": max(0.0, auc - z * se),
-        "high": min(1.0, auc + z * se),
+        "low": None if degenerate else max(0.0, auc - z * se),
+        "high": None if degenerate else min(1.0, auc + z * se),
+        "note": "no interval: DeLong's variance is 0 (perfect ranking or all scores tied)" if degenerate else "",
         "se": se,
         "n": int(m + n),
         "n_accept": int(m),

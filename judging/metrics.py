@@ -73,6 +73,8 @@ def cohen_kappa_bootstrap_ci(
         return None
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(kappas, [tail, 100 - tail])
+    if low == high:
+        return None  # every resample gives the same kappa (no disagreement): a zero-width interval would look exact
     return float(low), float(high)
 
 

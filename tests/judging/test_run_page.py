@@ -11,7 +11,7 @@ from judging.models import GateDecision, JudgeRun, Verdict
 from judging.selectors import run_calibration
 from judging.services import judge_run_cancel, judge_run_resume
 from judging.tasks import judge_chunk
-from tests.conftest import make_items, use_judge
+from tests.conftest import make_items, use_judge, use_run
 
 SME = ["accept"] * 6 + ["reject"] * 4 + ["accept"] * 2
 A, R = "accept", "reject"
@@ -87,7 +87,7 @@ def test_errors_are_rerun_with_one_action(
     client, staff, llm_project, judge_server, start_run, django_capture_on_commit_callbacks
 ):
     judge_server.httpd.down = True
-    run = start_run(llm_project, use=True)
+    run = start_run(llm_project)
     assert (run.status, run.items_done, run.items_error) == ("finished", 0, 6)
     assert set(GateDecision.objects.values_list("outcome", flat=True)) == {"pending"}
     judge_server.httpd.down = False
@@ -100,7 +100,14 @@ def test_errors_are_rerun_with_one_action(
     run.refresh_from_db()
     assert (run.status, run.items_done, run.items_error) == ("finished", 6, 0)
     assert Verdict.objects.filter(run=run).count() == 6
+    with django_capture_on_commit_callbacks(execute=True):
+        use_run(run)
     assert set(GateDecision.objects.values_list("outcome", flat=True)) == {"accept"}
+    # A run in force is not resumed: its verdicts decide items; the page says so.
+    page = client.post(
+        reverse("judging:run_control", args=[llm_project.slug, run.pk, "retry-errors"]), follow=True
+    ).content.decode()
+    assert "is in the gating policy" in page
 
 
 def test_a_cancelled_run_stops_and_resumes_without_judging_anything_twice(
