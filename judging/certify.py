@@ -30,6 +30,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.stats import binom, binomtest
 
+from annotations.models import Decision, Project, SampleMembership
+from annotations.selectors import ground_truth
+from judging.models import NO_POLICY, GateDecision, Verdict
+from judging.selectors import gating_policy, policy_verdicts
 from judging.thresholds import DEFAULT_CANDIDATES, agreement_p_value, items_needed
 
 GRID = DEFAULT_CANDIDATES
@@ -57,10 +61,11 @@ class Certificate:
     ≥ target whenever a threshold is certified (it is the dual of the binomial test); ``n_labelled``: every
     usable label; ``certified``: items of ``population`` with P(accept) ≥ threshold (0 when none);
     ``next``: what more labels would buy, ``{"threshold", "items", "more_items", "labels", "more_labels",
-    "labelled_now", "accepted_now"}`` — at the next grid threshold (the one that failed, or the first tested when
-    nothing passed), ``more_labels`` more uniform-slice SME labels on items of P(accept) ≥ that threshold, all
-    accepted by the SMEs, are the least that could pass there and certify ``more_items`` more items; None when
-    every candidate passed or there is no population below.
+    "labelled_now", "accepted_now"}`` — at the next grid threshold (the highest, from the one that failed or the
+    first tested when nothing passed downwards, that covers more of ``population``), ``more_labels`` more
+    uniform-slice SME labels on items of P(accept) ≥ that threshold, all accepted by the SMEs, are the least that
+    could pass there and certify ``more_items`` more items. Optimistic: real labels include rejects, and the tests
+    at the grid values above must pass too. None when every candidate passed.
     """
 
     target: float
@@ -159,9 +164,11 @@ def certify(
         nxt_lam = lowest
     nxt = None
     if nxt_lam is not None:
+        now = count(chosen[0]) if chosen else 0
+        # The first grid value from there down that would certify more items (the failed one if none would).
+        nxt_lam = next((lam for lam in sorted(grid, reverse=True) if lam <= nxt_lam and count(lam) > now), nxt_lam)
         n_next, k_next = at(nxt_lam)
         m = labels_to_pass(k_next, n_next, target=target, delta=delta)
-        now = count(chosen[0]) if chosen else 0
         nxt = {
             "threshold": float(nxt_lam),
             "items": count(nxt_lam),
@@ -202,3 +209,63 @@ def certify(
         certified=count(lam),
         next=nxt,
     )
+
+
+def project_certificate(project: Project, *, target: float, delta: float) -> dict:
+    """Certify the project's accepted set now: ``{"certificate": Certificate, "design": {...}, "policy": label,
+    "not_covered": n}``.
+
+    P(accept) of an item is the calibrated P(accept) of the policy tier that decides it
+    (``selectors.policy_verdicts``), else of the first tier, in order, with one. Labels: SME ground truth on items
+    a uniform slice drew (``SampleMembership.uniform_slice``) that have a P(accept). Population: items the gate
+    accepted without SME ground truth (their precision is the one in doubt), with a P(accept); ``not_covered``
+    counts those without one (never certified). ``design``: ``{"uniform_slice_labels": n, "labels_not_used": n
+    (SME labels off the uniform slice or on undrawn items), "draws": [{"id", "design", "seed", "size"}]}``.
+    Never raises for a project without a policy, labels or accepts; raises ValueError for target/delta outside (0, 1).
+    """
+    items_needed(target, delta)
+    policy = gating_policy(project)
+    truth = ground_truth(project=project)
+    p_accept: dict[int, float] = {}
+    if policy is not None:
+        p_by_run: dict[int, dict[int, float]] = {}
+        for tier in policy.tiers.all():
+            rows = Verdict.objects.filter(run_id=tier.run_id, confidence_calibrated__isnull=False).exclude(verdict="")
+            p_by_run[tier.run_id] = dict(rows.values_list("item_id", "confidence_calibrated"))
+            for item_id, p in p_by_run[tier.run_id].items():
+                p_accept.setdefault(item_id, p)
+        for item_id, (tier, _) in policy_verdicts(project, policy=policy).items():
+            if item_id in p_by_run.get(tier.run_id, {}):
+                p_accept[item_id] = p_by_run[tier.run_id][item_id]
+    uniform = dict(
+        SampleMembership.objects.filter(draw__project=project, uniform_slice=True).values_list("item_id", "draw_id")
+    )
+    labelled = [i for i in truth if i in uniform and i in p_accept]
+    accepted = GateDecision.objects.filter(item__project=project, outcome=Decision.ACCEPT).values_list(
+        "item_id", flat=True
+    )
+    unknown = [i for i in accepted if i not in truth]
+    population = [p_accept[i] for i in unknown if i in p_accept]
+    cert = certify(
+        [p_accept[i] for i in labelled],
+        [truth[i] == Decision.ACCEPT for i in labelled],
+        target=target,
+        delta=delta,
+        population=population,
+    )
+    if policy is None:
+        cert = Certificate(
+            **{**cert.as_dict(), "reason": "The project has no gating policy: no judge accepts anything to certify."}
+        )
+    draw_ids = sorted({uniform[i] for i in labelled})
+    draws = list(project.sample_draws.filter(pk__in=draw_ids).order_by("pk").values("id", "design", "seed", "size"))
+    return {
+        "certificate": cert,
+        "design": {
+            "uniform_slice_labels": len(labelled),
+            "labels_not_used": len(truth) - len(labelled),
+            "draws": draws,
+        },
+        "policy": policy.label if policy else NO_POLICY,
+        "not_covered": len(unknown) - len(population),
+    }

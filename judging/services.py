@@ -14,10 +14,11 @@ from django.utils import timezone
 from annotations.models import Item, Project
 from annotations.queue import queue_add
 from annotations.selectors import ground_truth
-from judging import backends, calibration, gate, prompts
+from judging import backends, calibration, certify, gate, prompts
 from judging.backends import JudgeResult
 from judging.label_functions import Rule, RuleSet, validate_params
 from judging.models import (
+    Certification,
     GateDecision,
     GatingPolicy,
     GatingPolicyChange,
@@ -965,3 +966,53 @@ def judge_run_recalibrate(*, run: JudgeRun, user=None) -> dict:
             before=before,
         )
     return summary
+
+
+class CertificationError(ValueError):
+    """A target that cannot be certified: precision outside [0.5, 1) or δ outside [0.001, 0.5]."""
+
+
+def certification_set(*, project: Project, target: float, delta: float, user=None) -> Certification:
+    """Certify the project's accepted set for a lead's target (precision ≥ ``target`` with confidence
+    1 - ``delta``, fractions) and record it as the project's certificate in force, logged.
+
+    Runs ``judging.certify.project_certificate`` (Learn-then-Test on uniform-slice SME labels) now and stores a
+    ``Certification`` (who, when, the target, threshold, n, bound, items certified, design of the labels used,
+    gating policy label, the whole certificate). The gate is not changed by it: accepted items below the
+    certified threshold stay accepted (see README). Raises CertificationError for a target or δ out of range.
+    """
+    if not 0.5 <= target < 1.0:
+        raise CertificationError(f"target precision {target}: 0.5 or more, below 1 (no finite sample certifies 1)")
+    if not 0.001 <= delta <= 0.5:
+        raise CertificationError(f"delta {delta}: 0.001 to 0.5")
+    found = certify.project_certificate(project, target=target, delta=delta)
+    cert = found["certificate"]
+    result = {**cert.as_dict(), "not_covered": found["not_covered"]}
+    certification = Certification.objects.create(
+        project=project,
+        target=target,
+        delta=delta,
+        threshold=cert.threshold,
+        method=cert.method,
+        n=cert.n,
+        n_labelled=cert.n_labelled,
+        bound=cert.bound,
+        certified=cert.certified,
+        policy=found["policy"],
+        design=found["design"],
+        result=result,
+        created_by=user,
+    )
+    logger.info(
+        "certification %s of project %s by user %s: target %s delta %s threshold %s n %s bound %s certified %s",
+        certification.pk,
+        project.slug,
+        getattr(user, "pk", None),
+        target,
+        delta,
+        cert.threshold,
+        cert.n,
+        cert.bound,
+        cert.certified,
+    )
+    return certification

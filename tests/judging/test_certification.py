@@ -1,0 +1,89 @@
+"""The project's certificate: computed from the database as ``judging.certify.certify`` on the same arrays, stored
+and logged by ``services.certification_set``, served to leads by the REST API; a small project gets a statement."""
+
+import logging
+
+import numpy as np
+import pytest
+from rest_framework.authtoken.models import Token
+
+from annotations.models import SampleMembership
+from annotations.selectors import ground_truth
+from judging.certify import certify
+from judging.models import Certification, GateDecision, Verdict
+from judging.services import CertificationError, certification_set
+from tests.judging.test_estimate import build
+
+
+def test_the_certificate_is_certify_on_the_uniform_slice_and_the_unlabelled_accepts(project, lead, caplog):
+    # The SMEs accept exactly the items of P(accept) >= 0.7 (the same draw of P(accept) as build's), so precision
+    # is 1 down to 0.7 and falls below: the certified threshold lies a little under 0.7.
+    p_drawn = np.random.default_rng(7).uniform(0.05, 0.95, 300)
+    labels = np.where(p_drawn >= 0.7, "accept", "reject")
+    _, p, _, index = build(project, lead, n_items=300, size=150, seed=7, labels=labels)
+    assert np.array_equal(p, p_drawn)
+    uniform = set(SampleMembership.objects.filter(uniform_slice=True).values_list("item_id", flat=True))
+    truth = ground_truth(project=project)
+    labelled = [i for i in truth if i in uniform]
+    accepted = GateDecision.objects.filter(outcome="accept").values_list("item_id", flat=True)
+    population = [p[index[i]] for i in accepted if i not in truth]
+    want = certify(
+        [p[index[i]] for i in labelled],
+        [truth[i] == "accept" for i in labelled],
+        target=0.8,
+        delta=0.1,
+        population=population,
+    )
+    with caplog.at_level(logging.INFO, logger="judging.services"):
+        got = certification_set(project=project, target=0.8, delta=0.1, user=lead)
+    assert (got.threshold, got.n, got.bound, got.certified) == (want.threshold, want.n, want.bound, want.certified)
+    assert got.n_labelled == len(labelled) == got.design["uniform_slice_labels"]
+    assert got.design["draws"][0]["design"] == "uniform" and got.policy and got.created_by == lead
+    assert "Learn-then-Test" in got.method and got.result["assumptions"][0] == "SMEs are the truth."
+    assert any(f"certification {got.pk} of project support" in r.getMessage() for r in caplog.records)
+    assert 0.55 < got.threshold <= 0.7 and got.bound >= 0.8 and got.certified > 0
+    assert got.result["next"]["threshold"] < got.threshold and got.result["next"]["more_items"] > 0
+
+
+def test_a_small_project_or_no_policy_gets_a_statement(project, lead):
+    build(project, lead, n_items=12, size=5, seed=1)
+    small = certification_set(project=project, target=0.9, delta=0.05, user=lead)
+    assert small.threshold is None and small.certified == 0 and small.bound is None
+    assert "uniform-slice SME labels" in small.result["reason"]
+    assert small.result["next"]["more_labels"] is not None
+    Verdict.objects.all().delete()
+    project.gating_policy.delete()
+    none = certification_set(project=project, target=0.9, delta=0.05, user=lead)
+    assert none.threshold is None and "no gating policy" in none.result["reason"]
+
+
+def test_out_of_range_targets_are_refused(project, lead):
+    for target, delta in [(1.0, 0.1), (0.4, 0.1), (0.9, 0.0), (0.9, 0.6)]:
+        with pytest.raises(CertificationError):
+            certification_set(project=project, target=target, delta=delta, user=lead)
+    assert not Certification.objects.exists()
+
+
+def test_the_certificate_api_is_for_leads(client, project, lead, sme, outsider):
+    build(project, lead, n_items=80, size=40, seed=3)
+
+    def call(user, method="get", **data):
+        token, _ = Token.objects.get_or_create(user=user)
+        send = getattr(client, method)
+        return send(
+            "/api/projects/support/certificate/",
+            data=data,
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Token {token.key}",
+        )
+
+    assert call(outsider).status_code == 404
+    assert call(sme).status_code == 403
+    assert call(sme, "post", target=0.9, delta=0.1).status_code == 403
+    assert call(lead).json()["certificate"] is None
+    assert call(lead, "post", target=1.0, delta=0.1).status_code == 400
+    made = call(lead, "post", target=0.7, delta=0.1)
+    assert made.status_code == 201
+    body = call(lead).json()["certificate"]
+    assert body["target"] == 0.7 and body["delta"] == 0.1 and body["created_by"] == lead.username
+    assert body["n_labelled"] == Certification.objects.get().n_labelled
