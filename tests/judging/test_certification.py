@@ -87,3 +87,19 @@ def test_the_certificate_api_is_for_leads(client, project, lead, sme, outsider):
     body = call(lead).json()["certificate"]
     assert body["target"] == 0.7 and body["delta"] == 0.1 and body["created_by"] == lead.username
     assert body["n_labelled"] == Certification.objects.get().n_labelled
+
+
+def test_a_lead_certifies_from_the_project_page(client, project, lead, sme):
+    build(project, lead, n_items=40, size=10, seed=2)
+    client.force_login(lead)
+    page = client.get("/projects/support/").content.decode()
+    assert "No certificate yet" in page and 'action="/projects/support/certify/"' in page
+    bad = client.post("/projects/support/certify/", {"target": "1.5", "delta": "0.05"}, follow=True)
+    assert "Not certified" in bad.content.decode() and not Certification.objects.exists()
+    done = client.post("/projects/support/certify/", {"target": "0.9", "delta": "0.05"}, follow=True).content.decode()
+    made = Certification.objects.get()
+    assert made.created_by == lead and made.threshold is None  # 10 labels cannot show 0.9 at δ 0.05
+    assert "Nothing certified" in done and "nothing certified" in done and "more uniform-slice SME labels" in done
+    client.force_login(sme)
+    assert client.post("/projects/support/certify/", {"target": "0.9", "delta": "0.05"}).status_code in (403, 404)
+    assert Certification.objects.count() == 1
