@@ -10,8 +10,9 @@ from rest_framework.authtoken.models import Token
 from annotations.models import SampleMembership
 from annotations.selectors import ground_truth
 from judging.certify import certify
-from judging.models import Certification, GateDecision, Verdict
+from judging.models import Certification, GateDecision, TrainingSet, Verdict
 from judging.services import CertificationError, certification_set
+from judging.training_sets import training_set_create
 from tests.judging.test_estimate import build
 
 
@@ -103,3 +104,34 @@ def test_a_lead_certifies_from_the_project_page(client, project, lead, sme):
     client.force_login(sme)
     assert client.post("/projects/support/certify/", {"target": "0.9", "delta": "0.05"}).status_code in (403, 404)
     assert Certification.objects.count() == 1
+
+
+def snapshot(project, capture):
+    with capture(execute=True):
+        training_set = training_set_create(project=project, options={"format": "chat"})
+    training_set.refresh_from_db()
+    assert training_set.status == TrainingSet.Status.READY, training_set.error
+    return training_set
+
+
+def test_every_snapshot_records_the_certificate_in_lineage_and_report(
+    project, lead, django_capture_on_commit_callbacks
+):
+    p_drawn = np.random.default_rng(7).uniform(0.05, 0.95, 300)
+    build(project, lead, n_items=300, size=150, seed=7, labels=np.where(p_drawn >= 0.7, "accept", "reject"))
+    before = snapshot(project, django_capture_on_commit_callbacks)
+    assert before.lineage["certificate"]["certified"] is False
+    assert "no lead has set a precision target" in before.report["certificate"]["statement"]
+    assert before.lineage["certificate"]["assumptions"][0] == "SMEs are the truth."
+
+    made = certification_set(project=project, target=0.8, delta=0.1, user=lead)
+    after = snapshot(project, django_capture_on_commit_callbacks)
+    cert = after.lineage["certificate"]
+    assert cert == after.report["certificate"]
+    assert cert["certified"] is True and cert["certification"] == made.pk
+    assert (cert["target"], cert["delta"], cert["bound"], cert["threshold"]) == (0.8, 0.1, made.bound, made.threshold)
+    assert cert["items_certified"] == made.certified and "Learn-then-Test" in cert["method"]
+    assert cert["sme_labels"]["n"] == made.n and cert["sme_labels"]["design"]["draws"][0]["design"] == "uniform"
+    assert cert["gating_policy"] == project.gating_policy.label and cert["policy_changed_since"] is False
+    assert any("recorded design" in a for a in cert["assumptions"])
+    assert f"from {made.n} SME labels" in cert["statement"]
