@@ -217,34 +217,30 @@ def project_certificate(project: Project, *, target: float, delta: float) -> dic
 
     P(accept) of an item is the calibrated P(accept) of the policy tier that decides it
     (``selectors.policy_verdicts``), else of the first tier, in order, with one. Labels: SME ground truth on items
-    a uniform slice drew (``SampleMembership.uniform_slice``) that have a P(accept). Population: items the gate
-    accepted without SME ground truth (their precision is the one in doubt), with a P(accept); ``not_covered``
-    counts those without one (never certified). ``design``: ``{"uniform_slice_labels": n, "labels_not_used": n
-    (SME labels off the uniform slice or on undrawn items), "draws": [{"id", "design", "seed", "size"}]}``.
+    a uniform slice drew (``SampleMembership.uniform_slice``) that have a P(accept). Population: items a tier of
+    the policy accepts, without SME ground truth (their precision is the one in doubt) and not vetoed by a rule,
+    with a P(accept); ``not_covered`` counts those without one (never certified). ``design``:
+    ``{"uniform_slice_labels": n, "labels_not_used": n (SME labels off the uniform slice or on undrawn items),
+    "draws": [{"id", "design", "seed", "size"}]}``.
     Never raises for a project without a policy, labels or accepts; raises ValueError for target/delta outside (0, 1).
     """
     items_needed(target, delta)
     policy = gating_policy(project)
     truth = ground_truth(project=project)
-    p_accept: dict[int, float] = {}
-    if policy is not None:
-        p_by_run: dict[int, dict[int, float]] = {}
-        for tier in policy.tiers.all():
-            rows = Verdict.objects.filter(run_id=tier.run_id, confidence_calibrated__isnull=False).exclude(verdict="")
-            p_by_run[tier.run_id] = dict(rows.values_list("item_id", "confidence_calibrated"))
-            for item_id, p in p_by_run[tier.run_id].items():
-                p_accept.setdefault(item_id, p)
-        for item_id, (tier, _) in policy_verdicts(project, policy=policy).items():
-            if item_id in p_by_run.get(tier.run_id, {}):
-                p_accept[item_id] = p_by_run[tier.run_id][item_id]
+    p_accept = p_accept_by_item(project, policy)
     uniform = dict(
         SampleMembership.objects.filter(draw__project=project, uniform_slice=True).values_list("item_id", "draw_id")
     )
     labelled = [i for i in truth if i in uniform and i in p_accept]
-    accepted = GateDecision.objects.filter(item__project=project, outcome=Decision.ACCEPT).values_list(
-        "item_id", flat=True
+    # The items the policy accepts (not the gate's accepted set, which a certificate in force shrinks), less
+    # those an active rule vetoes.
+    vetoed = set(GateDecision.objects.filter(item__project=project, vetoed=True).values_list("item_id", flat=True))
+    accepted = (
+        [i for i, (_, says) in policy_verdicts(project, policy=policy).items() if says == Decision.ACCEPT]
+        if policy is not None
+        else []
     )
-    unknown = [i for i in accepted if i not in truth]
+    unknown = [i for i in accepted if i not in truth and i not in vetoed]
     population = [p_accept[i] for i in unknown if i in p_accept]
     cert = certify(
         [p_accept[i] for i in labelled],
@@ -269,3 +265,24 @@ def project_certificate(project: Project, *, target: float, delta: float) -> dic
         "policy": policy.label if policy else NO_POLICY,
         "not_covered": len(unknown) - len(population),
     }
+
+
+def p_accept_by_item(project: Project, policy, item_ids: list[int] | None = None) -> dict[int, float]:
+    """``{item_id: P(accept)}``: the calibrated P(accept) of the policy tier that decides the item
+    (``selectors.policy_verdicts``), else of the first tier, in order, with one; ``{}`` without a policy. Pass
+    ``item_ids`` to read only those items."""
+    p_accept: dict[int, float] = {}
+    if policy is None:
+        return p_accept
+    p_by_run: dict[int, dict[int, float]] = {}
+    for tier in policy.tiers.all():
+        rows = Verdict.objects.filter(run_id=tier.run_id, confidence_calibrated__isnull=False).exclude(verdict="")
+        if item_ids is not None:
+            rows = rows.filter(item_id__in=item_ids)
+        p_by_run[tier.run_id] = dict(rows.values_list("item_id", "confidence_calibrated"))
+        for item_id, p in p_by_run[tier.run_id].items():
+            p_accept.setdefault(item_id, p)
+    for item_id, (tier, _) in policy_verdicts(project, policy=policy, item_ids=item_ids).items():
+        if item_id in p_by_run.get(tier.run_id, {}):
+            p_accept[item_id] = p_by_run[tier.run_id][item_id]
+    return p_accept
