@@ -412,7 +412,7 @@ def snapshot_certificate(project, policy_now: str) -> dict:
         statement = (
             f"Precision at least {c.target:g} with confidence {1 - c.delta:g} for the {c.certified} judge-accepted "
             f"items of P(accept) >= {c.threshold:g} (lower bound {c.bound:.3f}, from {c.n} SME labels). The gate "
-            "does not use the certificate: this snapshot may hold judge-accepted items below the threshold."
+            "leaves a judge's accepts below the threshold pending for the SMEs."
         )
     return {
         "certified": c.threshold is not None,

@@ -9,6 +9,7 @@ from rest_framework.authtoken.models import Token
 
 from annotations.models import SampleMembership
 from annotations.selectors import ground_truth
+from judging import gate
 from judging.certify import certify
 from judging.models import Certification, GateDecision, TrainingSet, Verdict
 from judging.services import CertificationError, certification_set
@@ -135,3 +136,51 @@ def test_every_snapshot_records_the_certificate_in_lineage_and_report(
     assert cert["gating_policy"] == project.gating_policy.label and cert["policy_changed_since"] is False
     assert any("recorded design" in a for a in cert["assumptions"])
     assert f"from {made.n} SME labels" in cert["statement"]
+
+
+def test_the_gate_leaves_judge_accepts_below_the_certified_threshold_pending(
+    project, lead, django_capture_on_commit_callbacks
+):
+    p_drawn = np.random.default_rng(7).uniform(0.05, 0.95, 300)
+    _, p, _, index = build(
+        project, lead, n_items=300, size=150, seed=7, labels=np.where(p_drawn >= 0.7, "accept", "reject")
+    )
+    truth = ground_truth(project=project)
+    judged_accepts = {
+        i for i, o in GateDecision.objects.filter(outcome="accept").values_list("item_id", "outcome")
+    } - set(truth)
+    assert any(p[index[i]] < 0.66 for i in judged_accepts)  # the gate accepted some below the coming threshold
+    with django_capture_on_commit_callbacks(execute=True):  # certifying asks for a re-gating
+        made = certification_set(project=project, target=0.8, delta=0.1, user=lead)
+    rows = {row.item_id: row for row in GateDecision.objects.all()}
+    for i in judged_accepts:
+        if p[index[i]] >= made.threshold:
+            assert rows[i].outcome == "accept" and rows[i].basis in ("judge", "tier")
+        else:
+            assert rows[i].outcome == "pending" and rows[i].reasons == [gate.CERTIFICATE_REASON]
+    for i, label in truth.items():  # SME ground truth is untouched
+        assert rows[i].outcome == label
+    judge_rejects = [i for i in rows if i not in truth and p[index[i]] < 0.5]
+    assert judge_rejects and all(rows[i].outcome == "reject" for i in judge_rejects)
+    certified_now = sum(1 for i in judged_accepts if rows[i].outcome == "accept")
+    assert certified_now == made.certified
+
+    # A certificate that certifies nothing leaves every judge accept pending; SME accepts stay accepted.
+    with django_capture_on_commit_callbacks(execute=True):
+        none = certification_set(project=project, target=0.99, delta=0.01, user=lead)
+    assert none.threshold is None
+    outcomes = dict(GateDecision.objects.values_list("item_id", "outcome"))
+    assert all(outcomes[i] == "pending" for i in judged_accepts)
+    assert {i for i, o in outcomes.items() if o == "accept"} == {i for i, label in truth.items() if label == "accept"}
+
+
+def test_decide_holds_back_only_uncertified_judge_accepts():
+    judge = dict(ground_truth=None, rule_rejections=[], verdict_basis=gate.Basis.TIER, tier=1)
+    assert gate.decide(verdict="accept", certified=False, **judge).outcome == gate.Outcome.PENDING
+    assert gate.decide(verdict="accept", certified=True, **judge).outcome == gate.Outcome.ACCEPT
+    assert gate.decide(verdict="accept", certified=None, **judge).outcome == gate.Outcome.ACCEPT
+    assert gate.decide(verdict="reject", certified=False, **judge).outcome == gate.Outcome.REJECT
+    sme = gate.decide(ground_truth="accept", verdict="accept", rule_rejections=[], certified=False)
+    assert sme.outcome == gate.Outcome.ACCEPT
+    vetoed = gate.decide(ground_truth=None, verdict="accept", rule_rejections=["rule"], certified=False)
+    assert vetoed.outcome == gate.Outcome.REJECT
