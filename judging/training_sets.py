@@ -407,7 +407,9 @@ def snapshot_certificate(project, policy_now: str) -> dict:
             "assumptions": list(CERTIFICATE_ASSUMPTIONS),
         }
     if c.threshold is None:
-        statement = f"Nothing certified: {c.result.get('reason', '')}"
+        statement = (
+            f"Nothing certified: {c.result.get('reason', '')} The gate leaves every judge accept pending for the SMEs."
+        )
     else:
         statement = (
             f"Precision at least {c.target:g} with confidence {1 - c.delta:g} for the {c.certified} judge-accepted "
