@@ -38,11 +38,13 @@ from judging.models import (
     TrainingSetRow,
     Verdict,
 )
-from judging.selectors import gating_policy, run_progress
+from judging.selectors import certification_current, gating_policy, run_progress
 from judging.services import (
+    CertificationError,
     LearnFromError,
     PolicyError,
     RunBusy,
+    certification_set,
     gating_policy_compute,
     gating_policy_set,
     judge_endpoint_check,
@@ -193,6 +195,57 @@ class EstimateApi(APIView):
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Precision of the accepted set, with intervals")
     def get(self, request, slug: str) -> Response:
         return Response(accepted_set_precision(project_for_api(request, slug)))
+
+
+def _certificate_body(certification) -> dict:
+    if certification is None:
+        return {"certificate": None, "note": "No lead has set a target: POST target and delta to certify."}
+    return {
+        "certificate": {
+            "id": certification.pk,
+            "target": certification.target,
+            "delta": certification.delta,
+            "threshold": certification.threshold,
+            "method": certification.method,
+            "n": certification.n,
+            "n_labelled": certification.n_labelled,
+            "bound": certification.bound,
+            "certified": certification.certified,
+            "policy": certification.policy,
+            "design": certification.design,
+            "result": certification.result,
+            "created_by": certification.created_by.username if certification.created_by else None,
+            "created_at": certification.created_at,
+        }
+    }
+
+
+class CertificateSerializer(serializers.Serializer):
+    target = serializers.FloatField(help_text="Precision at least this (0.5 or more, below 1).")
+    delta = serializers.FloatField(help_text="With confidence 1 - delta (0.001 to 0.5).")
+
+
+@extend_schema(tags=["judge runs"], parameters=[SLUG])
+class CertificateApi(APIView):
+    """The certificate of the accepted set in force (GET), or certify it now for a target (POST ``{"target",
+    "delta"}``: precision ≥ target with confidence 1 - delta; ``services.certification_set``, Learn-then-Test on
+    uniform-slice SME labels). ``result`` has the reason when nothing is certified and ``next``: how many more SME
+    labels would certify how many more items. Leads and staff (403 for SMEs, 404 for outsiders)."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="The accepted set's certificate")
+    def get(self, request, slug: str) -> Response:
+        return Response(_certificate_body(certification_current(project_for_api(request, slug))))
+
+    @extend_schema(request=CertificateSerializer, responses={201: OpenApiTypes.OBJECT}, summary="Certify now")
+    def post(self, request, slug: str) -> Response:
+        project = project_for_api(request, slug)
+        body = CertificateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            certification = certification_set(project=project, user=request.user, **body.validated_data)
+        except CertificationError as exc:
+            raise serializers.ValidationError({"target": [str(exc)]}) from exc
+        return Response(_certificate_body(certification), status=status.HTTP_201_CREATED)
 
 
 class JudgeRunStartSerializer(serializers.Serializer):

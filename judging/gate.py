@@ -98,6 +98,9 @@ def tier_verdict(tiers: Sequence[TierVerdict]) -> tuple[int, str] | None:
     return None
 
 
+CERTIFICATE_REASON = "a judge's accept below the certified threshold: left for the SMEs"
+
+
 def decide(
     *,
     ground_truth: str | None,
@@ -105,6 +108,7 @@ def decide(
     rule_rejections: list[str],
     verdict_basis: str = Basis.JUDGE,
     tier: int | None = None,
+    certified: bool | None = None,
 ) -> GateResult:
     """Decide one item.
 
@@ -114,6 +118,9 @@ def decide(
     deciding verdict (``Basis.JUDGE`` or ``Basis.TIER``) and ``tier`` the
     index of the tier it came from. ``rule_rejections`` holds the reasons of
     the active label functions that rejected the item (empty when all abstained).
+    ``certified`` False says a certificate is in force and the judge's P(accept) on the item is below its
+    certified threshold (or nothing is certified): a judge's accept is then left pending for the SMEs, with
+    ``CERTIFICATE_REASON``; None (no certificate) or True changes nothing.
     """
     if ground_truth is not None:
         basis, basis_decision, tier = Basis.SME, ground_truth, None
@@ -125,4 +132,6 @@ def decide(
         return GateResult(Outcome.REJECT, basis, basis_decision, True, list(rule_rejections), tier)
     if basis == Basis.NONE:
         return GateResult(Outcome.PENDING, basis, basis_decision, False)
+    if certified is False and basis != Basis.SME and basis_decision == Outcome.ACCEPT:
+        return GateResult(Outcome.PENDING, Basis.NONE, "", False, [CERTIFICATE_REASON])
     return GateResult(Outcome(basis_decision), basis, basis_decision, False, tier=tier)

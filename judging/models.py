@@ -737,3 +737,34 @@ class TrainingSetRow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.split} row of {self.external_id}"
+
+
+class Certification(models.Model):
+    """A certificate of the accepted set, append-only (the newest is in force): a lead's target (precision at
+    least ``target`` with confidence 1 - ``delta``) and what ``judging.certify`` found for it when asked
+    (``services.certification_set``). ``threshold`` is the certified P(accept) threshold (None: nothing
+    certified, ``result["reason"]`` says why); ``n`` labels at the threshold, ``bound`` the Clopper-Pearson
+    lower bound reached there; ``design`` the SME labels used and the draws they came from; ``result`` the whole
+    ``Certificate.as_dict()``."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="certifications")
+    target = models.FloatField(validators=[MinValueValidator(0.5), MaxValueValidator(0.999)])
+    delta = models.FloatField(validators=[MinValueValidator(0.001), MaxValueValidator(0.5)])
+    threshold = models.FloatField(null=True, blank=True)
+    method = models.TextField()
+    n = models.PositiveIntegerField(default=0)
+    n_labelled = models.PositiveIntegerField(default=0)
+    bound = models.FloatField(null=True, blank=True)
+    certified = models.PositiveIntegerField(default=0)
+    policy = models.TextField(blank=True, help_text="The gating policy's label when certified.")
+    design = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    # PROTECT: history keeps its author; a user who changed something is deactivated, not deleted.
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"certification {self.pk} of project {self.project_id}"

@@ -16,6 +16,7 @@ from judging import gate
 from judging.metrics import agreement, cohen_kappa_bootstrap_ci
 from judging.models import (
     NO_POLICY,
+    Certification,
     GateDecision,
     GatingPolicy,
     JudgeRun,
@@ -687,3 +688,8 @@ def policy_report(project: Project) -> dict:
                 "saving_ci": tuple(x - cascade for x in ci) if ci else None,
             }
     return report
+
+
+def certification_current(project: Project):
+    """The project's certificate in force (the newest ``Certification``), or None when no lead asked for one."""
+    return Certification.objects.filter(project=project).select_related("created_by").first()

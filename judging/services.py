@@ -14,10 +14,11 @@ from django.utils import timezone
 from annotations.models import Item, Project
 from annotations.queue import queue_add
 from annotations.selectors import ground_truth
-from judging import backends, calibration, gate, prompts
+from judging import backends, calibration, certify, gate, prompts
 from judging.backends import JudgeResult
 from judging.label_functions import Rule, RuleSet, validate_params
 from judging.models import (
+    Certification,
     GateDecision,
     GatingPolicy,
     GatingPolicyChange,
@@ -32,7 +33,14 @@ from judging.models import (
     RuleHit,
     Verdict,
 )
-from judging.selectors import few_shot_examples, gating_policy, policy_certainty, policy_verdicts, run_stalled_since
+from judging.selectors import (
+    certification_current,
+    few_shot_examples,
+    gating_policy,
+    policy_certainty,
+    policy_verdicts,
+    run_stalled_since,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -778,6 +786,9 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
 
     Inputs: SME ground truth, the gating policy's verdicts (``selectors.policy_verdicts``: the first tier
     whose calibrated certainty clears its threshold; none without a policy), hits of active label functions.
+    With a certificate in force (``certification_set``), a judge's accept on an item whose P(accept)
+    (``certify.p_accept_by_item``) is below the certified threshold, or on any item when nothing is certified,
+    is left pending for the SMEs (``gate.decide``'s ``certified``).
     Returns ``{"accept": n, "reject": n, "pending": n}`` over the items decided. Concurrent calls for one
     project (an import, a rule edit and an SME decision re-gating at once) run one after the other, each
     reading what the previous stored.
@@ -788,6 +799,8 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
         items = project.items.all() if item_ids is None else project.items.filter(pk__in=item_ids)
         truth = ground_truth(item_ids, project=project)
         decided = policy_verdicts(project, item_ids=item_ids)
+        certification = certification_current(project)
+        p_accept = certify.p_accept_by_item(project, gating_policy(project), item_ids) if certification else {}
         hits = RuleHit.objects.filter(label_function__project=project, label_function__active=True)
         if item_ids is not None:
             hits = hits.filter(item_id__in=item_ids)
@@ -798,12 +811,17 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
         counts = {Outcome.ACCEPT.value: 0, Outcome.REJECT.value: 0, Outcome.PENDING.value: 0}
         for item_id in items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
             tier, verdict = decided.get(item_id, (None, None))
+            certified = None
+            if certification is not None:
+                p = p_accept.get(item_id)
+                certified = certification.threshold is not None and p is not None and p >= certification.threshold
             result = gate.decide(
                 ground_truth=truth.get(item_id),
                 verdict=verdict,
                 rule_rejections=rejections.get(item_id, []),
                 verdict_basis=Basis.JUDGE if tier is None or tier.threshold is None else Basis.TIER,
                 tier=tier.tier if tier is not None else None,
+                certified=certified,
             )
             counts[result.outcome] += 1
             by_judge = result.basis in (Basis.JUDGE, Basis.TIER)
@@ -965,3 +983,55 @@ def judge_run_recalibrate(*, run: JudgeRun, user=None) -> dict:
             before=before,
         )
     return summary
+
+
+class CertificationError(ValueError):
+    """A target that cannot be certified: precision outside [0.5, 1) or δ outside [0.001, 0.5]."""
+
+
+def certification_set(*, project: Project, target: float, delta: float, user=None) -> Certification:
+    """Certify the project's accepted set for a lead's target (precision ≥ ``target`` with confidence
+    1 - ``delta``, fractions) and record it as the project's certificate in force, logged.
+
+    Runs ``judging.certify.project_certificate`` (Learn-then-Test on uniform-slice SME labels) now and stores a
+    ``Certification`` (who, when, the target, threshold, n, bound, items certified, design of the labels used,
+    gating policy label, the whole certificate) and asks for a re-gating: from then on the gate leaves a judge's
+    accepts below the certified threshold (all of them when nothing is certified) pending for the SMEs
+    (``gate_apply``). Raises CertificationError for a target or δ out of range.
+    """
+    if not 0.5 <= target < 1.0:
+        raise CertificationError(f"target precision {target}: 0.5 or more, below 1 (no finite sample certifies 1)")
+    if not 0.001 <= delta <= 0.5:
+        raise CertificationError(f"delta {delta}: 0.001 to 0.5")
+    found = certify.project_certificate(project, target=target, delta=delta)
+    cert = found["certificate"]
+    result = {**cert.as_dict(), "not_covered": found["not_covered"]}
+    certification = Certification.objects.create(
+        project=project,
+        target=target,
+        delta=delta,
+        threshold=cert.threshold,
+        method=cert.method,
+        n=cert.n,
+        n_labelled=cert.n_labelled,
+        bound=cert.bound,
+        certified=cert.certified,
+        policy=found["policy"],
+        design=found["design"],
+        result=result,
+        created_by=user,
+    )
+    regate_request(project.pk)  # the gate leaves judge accepts below the threshold pending
+    logger.info(
+        "certification %s of project %s by user %s: target %s delta %s threshold %s n %s bound %s certified %s",
+        certification.pk,
+        project.slug,
+        getattr(user, "pk", None),
+        target,
+        delta,
+        cert.threshold,
+        cert.n,
+        cert.bound,
+        cert.certified,
+    )
+    return certification

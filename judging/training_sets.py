@@ -75,10 +75,11 @@ from rest_framework import serializers
 
 from annotations.models import Adjudication, Item, Project, Review
 from annotations.spreadsheets import neutralise_formula
+from judging.certify import ASSUMPTIONS as CERTIFICATE_ASSUMPTIONS
 from judging.export import chat_record
 from judging.jsonl import json_line
-from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
-from judging.selectors import gating_policy
+from judging.models import NO_POLICY, GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
+from judging.selectors import certification_current, gating_policy
 
 logger = logging.getLogger(__name__)
 
@@ -387,6 +388,50 @@ def _lineage(training_set: TrainingSet, items: QuerySet[Item]) -> dict:
             {"id": rule.pk, "name": rule.name, "version": rule.version, "reason": rule.reason}
             for rule in LabelFunction.objects.filter(project=training_set.project, active=True).order_by("id")
         ],
+        "certificate": snapshot_certificate(training_set.project, policy.label if policy else NO_POLICY),
+    }
+
+
+def snapshot_certificate(project, policy_now: str) -> dict:
+    """The accepted set's certificate as a snapshot records it (lineage and report): ``{"certified": bool,
+    "statement", "target", "delta", "bound", "threshold", "items_certified", "method", "sme_labels": {"n" at the
+    threshold, "n_labelled" used, "design": {...}}, "gating_policy" (when certified), "gating_policy_now",
+    "policy_changed_since", "certified_at", "certification", "assumptions"}``; without a certificate only
+    ``certified`` False, the statement and the assumptions a certificate would rest on."""
+    c = certification_current(project)
+    if c is None:
+        return {
+            "certified": False,
+            "statement": "No certificate: no lead has set a precision target for the accepted set.",
+            "gating_policy_now": policy_now,
+            "assumptions": list(CERTIFICATE_ASSUMPTIONS),
+        }
+    if c.threshold is None:
+        statement = (
+            f"Nothing certified: {c.result.get('reason', '')} The gate leaves every judge accept pending for the SMEs."
+        )
+    else:
+        statement = (
+            f"Precision at least {c.target:g} with confidence {1 - c.delta:g} for the {c.certified} judge-accepted "
+            f"items of P(accept) >= {c.threshold:g} (lower bound {c.bound:.3f}, from {c.n} SME labels). The gate "
+            "leaves a judge's accepts below the threshold pending for the SMEs."
+        )
+    return {
+        "certified": c.threshold is not None,
+        "statement": statement,
+        "target": c.target,
+        "delta": c.delta,
+        "bound": c.bound,
+        "threshold": c.threshold,
+        "items_certified": c.certified,
+        "method": c.method,
+        "sme_labels": {"n": c.n, "n_labelled": c.n_labelled, "design": c.design},
+        "gating_policy": c.policy,
+        "gating_policy_now": policy_now,
+        "policy_changed_since": c.policy != policy_now,
+        "certified_at": c.created_at.isoformat(),
+        "certification": c.pk,
+        "assumptions": c.result.get("assumptions", list(CERTIFICATE_ASSUMPTIONS)),
     }
 
 
@@ -526,7 +571,7 @@ def _build(training_set: TrainingSet, claim: _Claim) -> None:
         rows_validation=rows_by_split[TrainingSetRow.Split.VALIDATION],
         duplicates=len(duplicates),
         unwritable=len(unwritable),
-        report={"duplicates": duplicates, "unwritable": unwritable},
+        report={"duplicates": duplicates, "unwritable": unwritable, "certificate": lineage["certificate"]},
         lineage=lineage,
         files=files,
         sha256=sha256,

@@ -30,5 +30,7 @@ urlpatterns = [
     ),
     path("api/projects/<slug:slug>/export/chat.jsonl", api.ExportChatJsonlApi.as_view(), name="api_export_chat"),
     path("api/projects/<slug:slug>/estimate/", api.EstimateApi.as_view(), name="api_estimate"),
+    path("projects/<slug:slug>/certify/", views.certify, name="certify"),
+    path("api/projects/<slug:slug>/certificate/", api.CertificateApi.as_view(), name="api_certificate"),
     path("api/projects/<slug:slug>/gating-policy/", api.GatingPolicyApi.as_view(), name="api_gating_policy"),
 ]

@@ -24,6 +24,7 @@ from judging.estimate import accepted_set_precision
 from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRequest, TrainingSet
 from judging.selectors import (
     MIN_AGREEMENT_PAIRS,
+    certification_current,
     funnel,
     gating_policy,
     gating_policy_candidates,
@@ -38,8 +39,10 @@ from judging.selectors import (
     runs_compare,
 )
 from judging.services import (
+    CertificationError,
     LearnFromError,
     RunBusy,
+    certification_set,
     escalated_item_ids,
     escalation_run_create,
     gating_policy_compute,
@@ -81,8 +84,39 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "sample_form": SampleDrawForm(),
         "draws": draws_for(project)[:10],
         "estimate": accepted_set_precision(project),
+        "certification": certification_current(project),
+        "certify_form": CertifyForm(),
     }
     return render(request, "judging/project_detail.html", context)
+
+
+class CertifyForm(forms.Form):
+    """A lead's target for the accepted set: precision at least ``target`` with confidence 1 - ``delta``."""
+
+    target = forms.FloatField(min_value=0.5, max_value=0.999, initial=0.9, label="Precision at least")
+    delta = forms.FloatField(min_value=0.001, max_value=0.5, initial=0.05, label="δ (confidence 1 - δ)")
+
+
+@login_required
+@require_POST
+def certify(request: HttpRequest, slug: str) -> HttpResponse:
+    """Certify the accepted set for a lead's target (``services.certification_set``); back to the project page."""
+    project = get_project_for_lead(request, slug)
+    form = CertifyForm(request.POST)
+    if not form.is_valid():
+        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
+        messages.error(request, f"Not certified: {problems}")
+        return redirect(project)
+    try:
+        made = certification_set(project=project, user=request.user, **form.cleaned_data)
+    except CertificationError as exc:
+        messages.error(request, f"Not certified: {exc}")
+        return redirect(project)
+    if made.threshold is None:
+        messages.info(request, f"Nothing certified: {made.result['reason']}")
+    else:
+        messages.success(request, f"Certified {made.certified} accepted items at P(accept) ≥ {made.threshold:g}.")
+    return redirect(project)
 
 
 @login_required
