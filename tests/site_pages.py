@@ -175,6 +175,7 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("staff", "judging:run_control", (slug, running.pk, "cancel"), method="post", status=302),
         Page("staff", "judging:regate", (slug,), method="post", status=302),
         Page("lead", "judging:run_recalibrate", (slug, run.pk), method="post", status=302),
+        Page("lead", "judging:certify", (slug,), "post", {"target": "0.9", "delta": "0.1"}, status=302),
         Page("staff", "judging:judge_run_start", (slug,), method="post", status=302),
     ]
     pages += [Page("sme", "logout", method="post", status=302), Page("root", "admin:logout", method="post", status=302)]

@@ -303,6 +303,7 @@ API_WRITES = {
     ("post", "/api/token/"),  # the caller's own token
     ("post", "/api/projects/{slug}/gating-policy/"),  # a lead's choice of judges, logged
     ("post", "/api/projects/{slug}/samples/"),  # a recorded SME sample draw, its items into the SME queue
+    ("post", "/api/projects/{slug}/certificate/"),  # a lead's target certified, logged
 }
 
 
