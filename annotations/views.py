@@ -38,6 +38,11 @@ ERRORS_SHOWN = 100
 _ID = re.compile(r"[0-9]{1,18}")
 
 
+def form_problems(form) -> str:
+    """A bound form's errors on one line for a flash message: ``"field: message; other: message"``."""
+    return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
+
+
 def parse_id(raw: str | None, what: str) -> int:
     """The id a client sent (``raw``, from POST or GET) as an int; ``what`` names it in the error.
 
@@ -361,8 +366,7 @@ def sample_draw_form(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_lead(request, slug)
     form = SampleDrawForm(request.POST)
     if not form.is_valid():
-        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
-        messages.error(request, f"No items drawn: {problems}")
+        messages.error(request, f"No items drawn: {form_problems(form)}")
         return redirect(project)
     try:
         draw = sample_draw(

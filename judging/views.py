@@ -18,7 +18,7 @@ from rest_framework.exceptions import ValidationError
 
 from annotations.sampling import draws_for
 from annotations.selectors import ground_truth
-from annotations.views import SampleDrawForm, get_project_for_lead, parse_id
+from annotations.views import SampleDrawForm, form_problems, get_project_for_lead, parse_id
 from judging.backends import JudgeUnreachable
 from judging.estimate import accepted_set_precision
 from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRequest, TrainingSet
@@ -104,8 +104,7 @@ def certify(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_lead(request, slug)
     form = CertifyForm(request.POST)
     if not form.is_valid():
-        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
-        messages.error(request, f"Not certified: {problems}")
+        messages.error(request, f"Not certified: {form_problems(form)}")
         return redirect(project)
     try:
         made = certification_set(project=project, user=request.user, **form.cleaned_data)

@@ -58,6 +58,19 @@ def make_items(project: Project, responses: list[str], **fields) -> list[Item]:
     )
 
 
+def label_for_local_classifier(project: Project) -> list[Item]:
+    """40 SME-labelled items a local classifier learns from (20 accepts about Plus, 20 rejects naming another
+    vendor) and 2 unlabelled ones, one of each kind; returns all 42."""
+    from annotations.models import Review
+
+    good = [f"Plus costs $4 a month and keeps versions for 30 days, item {i}." for i in range(20)]
+    bad = [f"Switch to another vendor, it is cheaper, item {i}." for i in range(20)]
+    items = make_items(project, good + bad + ["Plus costs $4 a month.", "Switch to another vendor."])
+    for item in items[:40]:
+        Review.objects.create(item=item, decision="accept" if "Plus" in item.response else "reject", origin="import")
+    return items
+
+
 def use_judge(project: Project, base_url: str, model: str = "test-judge", **fields):
     """Make ``project``'s default judge the endpoint at ``base_url`` serving ``model`` (created, or the existing
     default updated); ``fields`` sets others (``api_key``, ``max_in_flight``, ``price_in``, ...). Returns it."""

@@ -18,7 +18,7 @@ from judging import calibration
 from judging.models import JudgeRun, Verdict
 from judging.selectors import run_confidence_report
 from judging.services import judge_run_calibrate, judge_run_finish_if_complete
-from tests.conftest import make_items
+from tests.conftest import label_for_local_classifier, make_items
 
 
 def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -229,11 +229,7 @@ def test_a_failing_calibration_is_recorded_and_the_run_still_finishes(judged, mo
 
 
 def test_the_local_classifier_run_is_calibrated_when_it_finishes(project, start_run):
-    good = [f"Plus costs $4 a month and keeps versions for 30 days, item {i}." for i in range(20)]
-    bad = [f"Switch to another vendor, it is cheaper, item {i}." for i in range(20)]
-    items = make_items(project, good + bad + ["Plus costs $4 a month.", "Switch to another vendor."])
-    for item in items[:40]:
-        Review.objects.create(item=item, decision="accept" if "Plus" in item.response else "reject", origin="import")
+    label_for_local_classifier(project)
     run = start_run(project)
     assert run.status == "finished" and run.calibration["status"] == "calibrated"
     assert run.calibration["n_labels"] == 40

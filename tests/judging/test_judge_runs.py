@@ -9,7 +9,7 @@ from annotations.models import Item, Review
 from judging.models import GateDecision, JudgeRun, Verdict
 from judging.replies import VERDICT_SCHEMA
 from judging.selectors import run_agreement
-from tests.conftest import make_items, use_judge, use_run
+from tests.conftest import label_for_local_classifier, make_items, use_judge, use_run
 
 
 def verdicts(run):
@@ -116,17 +116,13 @@ def test_chunks_judged_one_after_another_share_one_client_per_server_and_setting
 
 
 def test_the_local_classifier_judges_sme_items_out_of_fold(project, start_run):
-    good = [f"Plus costs $4 a month and keeps versions for 30 days, item {i}." for i in range(20)]
-    bad = [f"Switch to another vendor, it is cheaper, item {i}." for i in range(20)]
-    items = make_items(project, good + bad + ["Plus costs $4 a month.", "Switch to another vendor."])
-    for item in items[:40]:
-        Review.objects.create(item=item, decision="accept" if "Plus" in item.response else "reject", origin="import")
+    items = label_for_local_classifier(project)
     run = start_run(project)
     assert (run.status, run.backend, run.items_done) == ("finished", "local", 42)
     assert "local classifier" in run.judge_label and "not an LLM" in run.judge_label
     assert run.config["folds"] == 5 and run.config["train_accept"] == 20
     got = verdicts(run)
-    assert "out-of-fold" in got[good[0]].rationale
+    assert "out-of-fold" in got[items[0].response].rationale
     assert "fit on all labels" in got["Plus costs $4 a month."].rationale
     assert got["Plus costs $4 a month."].verdict == "accept" and got["Switch to another vendor."].verdict == "reject"
     assert run_agreement(run)["n"] == 40 and run_agreement(run)["cohen_kappa"] > 0.8
