@@ -694,9 +694,12 @@ def sme_queue_prioritise(*, project: Project) -> int:
     the queue hands out the highest first (``annotations.queue``), and open
     slots take the new priority. An item decided since (by a later tier, say)
     goes back to priority 0, behind every pending one. Pending items that some
-    tier judged (so the policy could not decide them) are queued for SME review; items no tier
-    judged at all (errors) are queued from the run page (``judge_run_queue_errors``).
-    Without a policy, nothing changes. Returns how many items were newly queued.
+    tier judged (so the policy could not decide them) are queued for SME review, among them a judge's accepts
+    that a certificate in force holds back (``gate.CERTIFICATE_REASON``: below the certified threshold, or any
+    when nothing is certified), the least certain first like every pending item; items no tier judged at all
+    (errors) are queued from the run page (``judge_run_queue_errors``). Items decided meanwhile are not queued;
+    an item already queued is not queued twice. Logs how many were queued, and how many of those the
+    certificate held back. Without a policy, nothing changes. Returns how many items were newly queued.
     """
     policy = gating_policy(project)
     if policy is None or not policy.tiers.all():
@@ -705,9 +708,14 @@ def sme_queue_prioritise(*, project: Project) -> int:
 
     certain = policy_certainty(project, policy=policy)
     run_ids = [tier.run_id for tier in policy.tiers.all()]
-    pending = list(
-        project.items.filter(gate_decision__outcome=GateDecision.Outcome.PENDING).values_list("id", "priority")
+    rows = project.items.filter(gate_decision__outcome=GateDecision.Outcome.PENDING).values_list(
+        "id", "priority", "in_sme_queue", "gate_decision__reasons"
     )
+    pending, held_back = [], set()
+    for item_id, priority, queued, reasons in rows:
+        pending.append((item_id, priority))
+        if not queued and gate.CERTIFICATE_REASON in (reasons or []):
+            held_back.add(item_id)
     changed = [
         Item(pk=item_id, priority=1.0 - certain[item_id] if item_id in certain else 1.0)
         for item_id, priority in pending
@@ -725,7 +733,16 @@ def sme_queue_prioritise(*, project: Project) -> int:
         .exclude(verdict="")
         .values_list("item_id", flat=True)
     )
-    return queue_add(project=project, item_ids=sorted(judged))
+    added = queue_add(project=project, item_ids=sorted(judged))
+    if added:
+        logger.info(
+            "sme queue of project %s: %s items queued for SME review, %s of them judge accepts the certificate "
+            "in force holds back",
+            project.slug,
+            added,
+            len(held_back & judged),
+        )
+    return added
 
 
 @transaction.atomic

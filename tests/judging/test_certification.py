@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from rest_framework.authtoken.models import Token
 
-from annotations.models import SampleMembership
+from annotations.models import Item, Review, SampleMembership, Slot
+from annotations.queue import next_item
 from annotations.selectors import ground_truth
 from judging import gate
 from judging.certify import certify
 from judging.models import Certification, GateDecision, TrainingSet, Verdict
-from judging.services import CertificationError, certification_set
+from judging.services import CertificationError, certification_set, regate_request, sme_queue_prioritise
 from judging.training_sets import training_set_create
 from tests.judging.test_estimate import build
 
@@ -184,3 +185,39 @@ def test_decide_holds_back_only_uncertified_judge_accepts():
     assert sme.outcome == gate.Outcome.ACCEPT
     vetoed = gate.decide(ground_truth=None, verdict="accept", rule_rejections=["rule"], certified=False)
     assert vetoed.outcome == gate.Outcome.REJECT
+
+
+def test_judge_accepts_the_certificate_holds_back_go_to_the_sme_queue_least_certain_first(
+    project, lead, django_capture_on_commit_callbacks, caplog
+):
+    p_drawn = np.random.default_rng(7).uniform(0.05, 0.95, 300)
+    _, p, _, index = build(
+        project, lead, n_items=300, size=150, seed=7, labels=np.where(p_drawn >= 0.7, "accept", "reject")
+    )
+    queued_before = set(Item.objects.filter(in_sme_queue=True).values_list("id", flat=True))
+    with caplog.at_level(logging.INFO, logger="judging.services"):
+        with django_capture_on_commit_callbacks(execute=True):
+            made = certification_set(project=project, target=0.8, delta=0.1, user=lead)
+    held = set(GateDecision.objects.filter(outcome="pending").values_list("item_id", flat=True))
+    assert held and all(p[index[i]] < made.threshold for i in held) and not held & queued_before
+    rows = {item.pk: item for item in Item.objects.filter(pk__in=held)}
+    assert all(item.in_sme_queue for item in rows.values())
+    for i, item in rows.items():  # 1 - the judge's certainty in its accept: the least certain come first
+        assert item.priority == pytest.approx(1 - p[index[i]])
+        assert Slot.objects.filter(item_id=i, done=False).count() == project.reviews_per_item
+    assert any(
+        f"{len(held)} items queued for SME review, {len(held)} of them judge accepts the certificate" in r.getMessage()
+        for r in caplog.records
+    )
+    # The SMEs hand out the least certain held-back item first (the drawn items were labelled and closed).
+    Slot.objects.filter(item_id__in=queued_before).update(done=True)
+    first = next_item(project=project, reviewer=lead)
+    assert first.pk == min(held, key=lambda i: p[index[i]])
+
+    # An SME's decision takes an item out of the pending set; re-gating again queues nothing twice.
+    Review.objects.create(item=first, reviewer=lead, decision="accept")
+    with django_capture_on_commit_callbacks(execute=True):
+        regate_request(project.pk)
+    assert GateDecision.objects.get(item=first).outcome == "accept"
+    assert sme_queue_prioritise(project=project) == 0
+    assert Slot.objects.filter(item_id__in=held).count() == len(held) * project.reviews_per_item
