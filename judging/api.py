@@ -38,7 +38,7 @@ from judging.models import (
     TrainingSetRow,
     Verdict,
 )
-from judging.selectors import certification_current, gating_policy, run_progress
+from judging.selectors import certification_current, certification_staleness, gating_policy, run_progress
 from judging.services import (
     CertificationError,
     LearnFromError,
@@ -216,6 +216,7 @@ def _certificate_body(certification) -> dict:
             "result": certification.result,
             "created_by": certification.created_by.username if certification.created_by else None,
             "created_at": certification.created_at,
+            "since": certification_staleness(certification),
         }
     }
 
@@ -230,7 +231,9 @@ class CertificateApi(APIView):
     """The certificate of the accepted set in force (GET), or certify it now for a target (POST ``{"target",
     "delta"}``: precision ≥ target with confidence 1 - delta; ``services.certification_set``, Learn-then-Test on
     uniform-slice SME labels). ``result`` has the reason when nothing is certified and ``next``: how many more SME
-    labels would certify how many more items. Leads and staff (403 for SMEs, 404 for outsiders)."""
+    labels would certify how many more items; ``since`` what changed since it was computed
+    (``selectors.certification_staleness``: new SME labels, the gating policy, its calibration), as it is never
+    recomputed by itself. Leads and staff (403 for SMEs, 404 for outsiders)."""
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="The accepted set's certificate")
     def get(self, request, slug: str) -> Response:

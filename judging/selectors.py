@@ -693,3 +693,62 @@ def policy_report(project: Project) -> dict:
 def certification_current(project: Project):
     """The project's certificate in force (the newest ``Certification``), or None when no lead asked for one."""
     return Certification.objects.filter(project=project).select_related("created_by").first()
+
+
+def certification_staleness(certification: Certification) -> dict:
+    """What changed, since ``certification`` was computed, in what a certificate rests on; a certificate is never
+    recomputed by itself (a lead certifies again), so screens and the REST API show this beside it.
+
+    Returns ``{"stale": bool, "labels_used": n (uniform-slice SME labels the certificate used),
+    "sme_labels_since": n (items whose SME reviews or adjudication were made or changed since),
+    "uniform_slice_labels_since": n (of those, items a uniform slice drew: the ones a new certificate would
+    use), "policy_changed": bool (the gating policy's label, its tiers' runs and thresholds, differs),
+    "policy_now": label, "recalibrated_runs": [run ids of the policy's tiers recalibrated since],
+    "statement": one sentence for a person}``.
+    """
+    from annotations.models import SampleMembership
+
+    project, since = certification.project, certification.created_at
+    labelled = set(
+        Review.objects.filter(item__project=project)
+        .filter(Q(created_at__gt=since) | Q(updated_at__gt=since))
+        .values_list("item_id", flat=True)
+    )
+    labelled |= set(
+        Adjudication.objects.filter(item__project=project, decided_at__gt=since).values_list("item_id", flat=True)
+    )
+    uniform = SampleMembership.objects.filter(draw__project=project, uniform_slice=True, item_id__in=labelled)
+    uniform_since = uniform.values("item_id").distinct().count()
+    policy = gating_policy(project)
+    policy_now = policy.label if policy else NO_POLICY
+    recalibrated = []
+    for tier in policy.tiers.all() if policy else []:
+        fitted = (tier.run.calibration or {}).get("fitted_at")
+        if fitted and datetime.fromisoformat(fitted) > since:
+            recalibrated.append(tier.run_id)
+    changed = []
+    if labelled:
+        changed.append(
+            f"{len(labelled)} SME labels made or changed ({uniform_since} of them on uniform slices, which a "
+            "certificate uses)"
+        )
+    if certification.policy != policy_now:
+        changed.append(f"the gating policy changed (now: {policy_now})")
+    if recalibrated:
+        runs = ", ".join(str(run) for run in recalibrated)
+        changed.append(f"the calibration of run {runs} was fitted again")
+    used = f"Computed from {certification.n_labelled} uniform-slice SME labels"
+    if changed:
+        statement = f"{used}; since then {'; '.join(changed)}. Certify again to use them."
+    else:
+        statement = f"{used}; no SME label, gating policy or calibration has changed since."
+    return {
+        "stale": bool(changed),
+        "labels_used": certification.n_labelled,
+        "sme_labels_since": len(labelled),
+        "uniform_slice_labels_since": uniform_since,
+        "policy_changed": certification.policy != policy_now,
+        "policy_now": policy_now,
+        "recalibrated_runs": recalibrated,
+        "statement": statement,
+    }

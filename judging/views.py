@@ -25,6 +25,7 @@ from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRe
 from judging.selectors import (
     MIN_AGREEMENT_PAIRS,
     certification_current,
+    certification_staleness,
     funnel,
     gating_policy,
     gating_policy_candidates,
@@ -71,6 +72,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     in_policy = {tier.run_id for tier in policy.tiers.all()} if policy else set()
     for run in runs:
         run.in_policy = run.pk in in_policy
+    certification = certification_current(project)
     context = {
         "project": project,
         "funnel": figures,
@@ -84,7 +86,8 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "sample_form": SampleDrawForm(),
         "draws": draws_for(project)[:10],
         "estimate": accepted_set_precision(project),
-        "certification": certification_current(project),
+        "certification": certification,
+        "certification_since": certification_staleness(certification) if certification else None,
         "certify_form": CertifyForm(),
     }
     return render(request, "judging/project_detail.html", context)

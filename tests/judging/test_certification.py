@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 import pytest
+from django.db.models import F
 from rest_framework.authtoken.models import Token
 
 from annotations.models import Item, Review, SampleMembership, Slot
@@ -13,7 +14,14 @@ from annotations.selectors import ground_truth
 from judging import gate
 from judging.certify import certify
 from judging.models import Certification, GateDecision, TrainingSet, Verdict
-from judging.services import CertificationError, certification_set, regate_request, sme_queue_prioritise
+from judging.services import (
+    CertificationError,
+    certification_set,
+    gating_policy_set,
+    judge_run_calibrate,
+    regate_request,
+    sme_queue_prioritise,
+)
 from judging.training_sets import training_set_create
 from tests.judging.test_estimate import build
 
@@ -221,3 +229,51 @@ def test_judge_accepts_the_certificate_holds_back_go_to_the_sme_queue_least_cert
     assert GateDecision.objects.get(item=first).outcome == "accept"
     assert sme_queue_prioritise(project=project) == 0
     assert Slot.objects.filter(item_id__in=held).count() == len(held) * project.reviews_per_item
+
+
+def test_the_page_and_the_api_say_what_changed_since_the_certificate_was_computed(
+    client, project, lead, django_capture_on_commit_callbacks
+):
+    build(project, lead, n_items=120, size=60, seed=4)
+    made = certification_set(project=project, target=0.7, delta=0.1, user=lead)
+    token, _ = Token.objects.get_or_create(user=lead)
+    auth = {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+
+    def since() -> dict:
+        return client.get("/api/projects/support/certificate/", **auth).json()["certificate"]["since"]
+
+    fresh = since()
+    assert fresh["stale"] is False and fresh["labels_used"] == made.n_labelled
+    assert f"Computed from {made.n_labelled} uniform-slice SME labels" in fresh["statement"]
+    client.force_login(lead)
+    assert "no SME label, gating policy or calibration has changed" in client.get("/projects/support/").content.decode()
+
+    # Two SME labels after it: one on an item a uniform slice drew, one on an item no draw chose.
+    drawn = set(SampleMembership.objects.values_list("item_id", flat=True))
+    undrawn = Item.objects.exclude(pk__in=drawn).order_by("pk")
+    Review.objects.create(item=undrawn[0], reviewer=lead, decision="reject")
+    Review.objects.filter(item_id=min(drawn)).update(decision="reject")  # an update() leaves updated_at alone
+    review = Review.objects.get(item_id=min(drawn))
+    review.decision = "accept"
+    review.save()
+    labels = since()
+    assert (labels["stale"], labels["sme_labels_since"], labels["uniform_slice_labels_since"]) == (True, 2, 1)
+    assert "since then 2 SME labels made or changed (1 of them on uniform slices" in labels["statement"]
+    assert labels["statement"].endswith("Certify again to use them.")
+    assert (labels["policy_changed"], labels["recalibrated_runs"]) == (False, [])
+
+    # The policy's threshold, then its run's calibration.
+    run = project.gating_policy.tiers.get().run
+    with django_capture_on_commit_callbacks(execute=True):
+        gating_policy_set(project=project, tiers=[(run, 0.6)], user=lead)
+    policy = since()
+    assert policy["policy_changed"] is True and "certainty >= 0.6" in policy["policy_now"]
+    Verdict.objects.filter(run=run).update(confidence=F("confidence_calibrated"))
+    assert judge_run_calibrate(run=run)["status"] == "calibrated"
+    recalibrated = since()
+    assert recalibrated["recalibrated_runs"] == [run.pk] and f"calibration of run {run.pk}" in recalibrated["statement"]
+    page = client.get("/projects/support/").content.decode()
+    assert "Not up to date." in page and "2 SME labels made or changed" in page and "the gating policy changed" in page
+
+    certification_set(project=project, target=0.7, delta=0.1, user=lead)  # a lead certifies again
+    assert since()["stale"] is False
