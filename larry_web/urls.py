@@ -16,6 +16,9 @@ api.register(f"{scoped}/items", annotations_api.ItemViewSet, basename="item")
 api.register(f"{scoped}/reviews", annotations_api.ReviewViewSet, basename="review")
 api.register(f"{scoped}/runs", judging_api.JudgeRunViewSet, basename="judge-run")
 api.register(rf"{scoped}/runs/(?P<run_id>[0-9]+)/verdicts", judging_api.VerdictViewSet, basename="verdict")
+api.register(
+    rf"{scoped}/samples/(?P<draw_id>[0-9]+)/members", annotations_api.SampleMemberViewSet, basename="sample-member"
+)
 api.register(f"{scoped}/label-functions", judging_api.LabelFunctionViewSet, basename="label-function")
 api.register(f"{scoped}/training-sets", judging_api.TrainingSetViewSet, basename="training-set")
 
