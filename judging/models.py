@@ -768,3 +768,8 @@ class Certification(models.Model):
 
     def __str__(self) -> str:
         return f"certification {self.pk} of project {self.project_id}"
+
+    @property
+    def confidence(self) -> float:
+        """1 - delta: the probability, at least, that the certified items' precision reaches the target."""
+        return 1.0 - self.delta

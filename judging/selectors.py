@@ -752,3 +752,13 @@ def certification_staleness(certification: Certification) -> dict:
         "recalibrated_runs": recalibrated,
         "statement": statement,
     }
+
+
+def certificate_held_back(project: Project) -> dict:
+    """``{"pending": n, "queued": n}``: the judge accepts the certificate in force leaves pending
+    (``gate.CERTIFICATE_REASON``) and how many of them are in the SME queue."""
+    rows = GateDecision.objects.filter(item__project=project, outcome=GateDecision.Outcome.PENDING).values_list(
+        "reasons", "item__in_sme_queue"
+    )
+    held = [queued for reasons, queued in rows.iterator(chunk_size=2000) if gate.CERTIFICATE_REASON in (reasons or [])]
+    return {"pending": len(held), "queued": sum(held)}

@@ -24,6 +24,7 @@ from judging.estimate import accepted_set_precision
 from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRequest, TrainingSet
 from judging.selectors import (
     MIN_AGREEMENT_PAIRS,
+    certificate_held_back,
     certification_current,
     certification_staleness,
     funnel,
@@ -88,6 +89,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "estimate": accepted_set_precision(project),
         "certification": certification,
         "certification_since": certification_staleness(certification) if certification else None,
+        "held_back": certificate_held_back(project) if certification else None,
         "certify_form": CertifyForm(),
     }
     return render(request, "judging/project_detail.html", context)
