@@ -220,6 +220,7 @@ def draws_for(project: Project) -> list[SampleDraw]:
         SampleDraw.objects.filter(project=project)
         .select_related("created_by")
         .annotate(pi_min=Min("members__inclusion_probability"), pi_max=Max("members__inclusion_probability"))
+        .order_by("-id")  # Meta.ordering is not applied to an aggregating query
     )
 
 
