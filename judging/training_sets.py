@@ -79,7 +79,7 @@ from judging.certify import ASSUMPTIONS as CERTIFICATE_ASSUMPTIONS
 from judging.export import chat_record
 from judging.jsonl import json_line
 from judging.models import NO_POLICY, GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
-from judging.selectors import certification_current, gating_policy
+from judging.selectors import certification_current, certification_staleness, gating_policy
 
 logger = logging.getLogger(__name__)
 
@@ -396,7 +396,9 @@ def snapshot_certificate(project, policy_now: str) -> dict:
     """The accepted set's certificate as a snapshot records it (lineage and report): ``{"certified": bool,
     "statement", "target", "delta", "bound", "threshold", "items_certified", "method", "sme_labels": {"n" at the
     threshold, "n_labelled" used, "design": {...}}, "gating_policy" (when certified), "gating_policy_now",
-    "policy_changed_since", "certified_at", "certification", "assumptions"}``; without a certificate only
+    "policy_changed_since", "changed_since" (``selectors.certification_staleness``: SME labels, policy and
+    calibration changed since it was computed, and a statement), "certified_at", "certification",
+    "assumptions"}``; without a certificate only
     ``certified`` False, the statement and the assumptions a certificate would rest on."""
     c = certification_current(project)
     if c is None:
@@ -429,6 +431,9 @@ def snapshot_certificate(project, policy_now: str) -> dict:
         "gating_policy": c.policy,
         "gating_policy_now": policy_now,
         "policy_changed_since": c.policy != policy_now,
+        "changed_since": {
+            key: value for key, value in certification_staleness(c).items() if key not in ("labels_used", "policy_now")
+        },
         "certified_at": c.created_at.isoformat(),
         "certification": c.pk,
         "assumptions": c.result.get("assumptions", list(CERTIFICATE_ASSUMPTIONS)),

@@ -145,6 +145,13 @@ def test_every_snapshot_records_the_certificate_in_lineage_and_report(
     assert cert["gating_policy"] == project.gating_policy.label and cert["policy_changed_since"] is False
     assert any("recorded design" in a for a in cert["assumptions"])
     assert f"from {made.n} SME labels" in cert["statement"]
+    assert cert["changed_since"]["stale"] is False and cert["changed_since"]["sme_labels_since"] == 0
+
+    # A snapshot taken after new SME labels says the certificate predates them.
+    Review.objects.create(item=Item.objects.filter(reviews__isnull=True).first(), reviewer=lead, decision="accept")
+    later = snapshot(project, django_capture_on_commit_callbacks).lineage["certificate"]
+    assert later["changed_since"]["stale"] is True and later["changed_since"]["sme_labels_since"] == 1
+    assert "Certify again" in later["changed_since"]["statement"]
 
 
 def test_the_gate_leaves_judge_accepts_below_the_certified_threshold_pending(
