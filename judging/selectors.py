@@ -10,7 +10,7 @@ from django.db.models import Count, Max, Prefetch, Q
 from django.utils import timezone
 from scipy.stats import binomtest
 
-from annotations.models import Adjudication, Project, Review
+from annotations.models import Adjudication, Project, Review, ReviewChange
 from annotations.selectors import ground_truth
 from judging import gate
 from judging.metrics import agreement, cohen_kappa_bootstrap_ci
@@ -700,7 +700,7 @@ def certification_staleness(certification: Certification) -> dict:
     recomputed by itself (a lead certifies again), so screens and the REST API show this beside it.
 
     Returns ``{"stale": bool, "labels_used": n (uniform-slice SME labels the certificate used),
-    "sme_labels_since": n (items whose SME reviews or adjudication were made or changed since),
+    "sme_labels_since": n (items whose SME reviews or adjudication were made, changed, undone or deleted since),
     "uniform_slice_labels_since": n (of those, items a uniform slice drew: the ones a new certificate would
     use), "policy_changed": bool (the gating policy's label, its tiers' runs and thresholds, differs),
     "policy_now": label, "recalibrated_runs": [run ids of the policy's tiers recalibrated since],
@@ -716,6 +716,10 @@ def certification_staleness(certification: Certification) -> dict:
     )
     labelled |= set(
         Adjudication.objects.filter(item__project=project, decided_at__gt=since).values_list("item_id", flat=True)
+    )
+    # Undone or deleted reviews and adjudications leave only their history.
+    labelled |= set(
+        ReviewChange.objects.filter(item__project=project, changed_at__gt=since).values_list("item_id", flat=True)
     )
     uniform = SampleMembership.objects.filter(draw__project=project, uniform_slice=True, item_id__in=labelled)
     uniform_since = uniform.values("item_id").distinct().count()

@@ -11,6 +11,7 @@ from rest_framework.authtoken.models import Token
 from annotations.models import Item, Review, SampleMembership, Slot
 from annotations.queue import next_item
 from annotations.selectors import ground_truth
+from annotations.services import adjudicate, adjudication_delete
 from judging import gate
 from judging.certify import certify
 from judging.models import Certification, GateDecision, TrainingSet, Verdict
@@ -284,3 +285,6 @@ def test_the_page_and_the_api_say_what_changed_since_the_certificate_was_compute
 
     certification_set(project=project, target=0.7, delta=0.1, user=lead)  # a lead certifies again
     assert since()["stale"] is False
+    # A lead's adjudication, then its deletion: the item's ground truth changed, though no label row remains.
+    adjudication_delete(adjudication=adjudicate(item=undrawn[1], lead=lead, decision="accept"), user=lead)
+    assert (since()["stale"], since()["sme_labels_since"]) == (True, 1)
