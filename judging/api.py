@@ -38,7 +38,13 @@ from judging.models import (
     TrainingSetRow,
     Verdict,
 )
-from judging.selectors import certification_current, certification_staleness, gating_policy, run_progress
+from judging.selectors import (
+    certificate_held_back,
+    certification_current,
+    certification_staleness,
+    gating_policy,
+    run_progress,
+)
 from judging.services import (
     CertificationError,
     LearnFromError,
@@ -217,6 +223,7 @@ def _certificate_body(certification) -> dict:
             "created_by": certification.created_by.username if certification.created_by else None,
             "created_at": certification.created_at,
             "since": certification_staleness(certification),
+            "held_back": certificate_held_back(certification.project),
         }
     }
 
@@ -233,7 +240,8 @@ class CertificateApi(APIView):
     uniform-slice SME labels). ``result`` has the reason when nothing is certified and ``next``: how many more SME
     labels would certify how many more items; ``since`` what changed since it was computed
     (``selectors.certification_staleness``: new SME labels, the gating policy, its calibration), as it is never
-    recomputed by itself. Leads and staff (403 for SMEs, 404 for outsiders)."""
+    recomputed by itself; ``held_back`` ``{"pending", "queued"}`` the judge accepts the gate leaves pending for it
+    and how many of them wait in the SME queue. Leads and staff (403 for SMEs, 404 for outsiders)."""
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="The accepted set's certificate")
     def get(self, request, slug: str) -> Response:
