@@ -10,7 +10,9 @@ labels on the items the policy would have put there that were drawn for the SMEs
 (``annotations.sampling``), each weighted by its inverse inclusion probability (ppi_py's ``w``, which it
 normalises to mean 1: a Hajek estimator). Beside it, the classical interval from SME labels alone: the Wilson
 score interval (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``) on the uniform-slice labels, the
-only ones a plain binomial interval is valid for.
+only ones a plain binomial interval is valid for. With a certificate in force, a policy accept the gate holds
+back (below the certified threshold, or any when nothing is certified) is in neither set, so the labels that
+rectify the accepted set's estimate are those at or above the threshold, like the items it covers.
 
 Assumptions: SMEs are the truth; SME items were drawn by the recorded design (labels on items no draw recorded,
 such as imported prior labels, are counted but not used); ppi_py's interval is a normal approximation that
@@ -25,7 +27,7 @@ from annotations.models import Decision, Project
 from annotations.sampling import memberships
 from annotations.selectors import ground_truth
 from judging.models import NO_POLICY, GateDecision, Verdict
-from judging.selectors import gating_policy, policy_verdicts
+from judging.selectors import certification_current, gating_policy, policy_verdicts
 
 ALPHA = 0.05
 MIN_LABELLED = 10
@@ -69,6 +71,7 @@ def accepted_set_precision(project: Project) -> dict:
             .exclude(verdict="")
             .values_list("item_id", "confidence_calibrated")
         )
+    certification = certification_current(project)
     gate_rows = list(GateDecision.objects.filter(item__project=project).values_list("item_id", "outcome", "vetoed"))
     judge_side: dict[int, tuple[str, float | None]] = {}  # what the policy and the rules alone say, and P(accept)
     for item_id, _, vetoed in gate_rows:
@@ -76,7 +79,7 @@ def accepted_set_precision(project: Project) -> dict:
         p = p_by_run.get(tier_verdict[0].run_id, {}).get(item_id) if tier_verdict else None
         if vetoed:
             judge_side[item_id] = (Decision.REJECT, p)
-        elif tier_verdict:
+        elif tier_verdict and not _held_back(tier_verdict[1], p, certification):
             judge_side[item_id] = (tier_verdict[1], p)
     parts = {}
     for name, outcome in (("accepted", Decision.ACCEPT), ("rejected", Decision.REJECT)):
@@ -90,6 +93,14 @@ def accepted_set_precision(project: Project) -> dict:
         "methods": {"ppi": PPI_METHOD, "classical": CLASSICAL_METHOD},
         "assumptions": ASSUMPTIONS,
     }
+
+
+def _held_back(says: str, p: float | None, certification) -> bool:
+    """Whether the gate leaves this policy accept pending for the certificate in force (as ``gate.decide`` with
+    ``certified`` False): then it is in neither set, and its SME label rectifies neither estimate."""
+    if certification is None or says != Decision.ACCEPT:
+        return False
+    return certification.threshold is None or p is None or p < certification.threshold
 
 
 def _part(outcome: str, members: list[int], truth: dict, drawn: dict, judge_side: dict) -> dict:

@@ -11,7 +11,7 @@ from scipy.stats import binomtest
 from annotations.models import Review, SampleMembership
 from annotations.sampling import sample_draw
 from judging.estimate import accepted_set_precision
-from judging.models import JudgeRun, Verdict
+from judging.models import GateDecision, JudgeRun, Verdict
 from judging.services import gate_apply
 from tests.conftest import make_items, use_run
 
@@ -147,3 +147,33 @@ def test_the_estimate_api_is_for_leads(client, project, lead, sme, outsider):
     assert set(body) >= {"accepted", "rejected", "methods", "assumptions", "policy"}
     assert "Wilson" in body["methods"]["classical"] and "PPI++" in body["methods"]["ppi"]
     assert body["accepted"]["size"] + body["rejected"]["size"] == 60
+
+
+def test_with_a_certificate_the_accepted_set_is_estimated_from_the_labels_above_its_threshold(
+    project, lead, django_capture_on_commit_callbacks
+):
+    from judging.services import certification_set
+
+    p_drawn = np.random.default_rng(7).uniform(0.05, 0.95, 300)
+    human = np.where(p_drawn >= 0.7, "accept", "reject")
+    items, p, _, index = build(project, lead, n_items=300, size=150, seed=7, labels=human)
+    with django_capture_on_commit_callbacks(execute=True):
+        made = certification_set(project=project, target=0.8, delta=0.1, user=lead)
+    assert made.threshold is not None
+    drawn = {m.item_id: m for m in SampleMembership.objects.filter(draw__project=project)}
+    certified = [item.pk for item in items if p[index[item.pk]] >= made.threshold]
+    labelled = [i for i in certified if i in drawn]
+    unlabelled = [i for i in certified if i not in drawn]
+    y = np.array([human[index[i]] == "accept" for i in labelled], dtype=float)
+    yhat = np.array([p[index[i]] for i in labelled])
+    yhat_u = np.array([p[index[i]] for i in unlabelled])
+    w = np.array([1 / drawn[i].inclusion_probability for i in labelled])
+    part = accepted_set_precision(project)["accepted"]
+    assert (part["labelled"], part["estimated"]) == (len(labelled), len(unlabelled))
+    assert (part["ppi"]["n"], part["ppi"]["N"]) == (len(labelled), len(unlabelled))
+    low, high = ppi_mean_ci(y, yhat, yhat_u, alpha=0.05, lam=None, w=w)
+    assert (part["ppi"]["low"], part["ppi"]["high"]) == pytest.approx((max(low[0], 0), min(high[0], 1)), abs=1e-12)
+    assert part["classical"]["n"] == len(labelled) and part["classical"]["estimate"] == pytest.approx(y.mean())
+    assert part["known"] + part["estimated"] == part["size"] == GateDecision.objects.filter(outcome="accept").count()
+    # The SME labels below the threshold rectify nothing: the accepted set's precision is not dragged down by them.
+    assert part["ppi"]["low"] > 0.8
