@@ -733,8 +733,8 @@ def certification_staleness(certification: Certification) -> dict:
     changed = []
     if labelled:
         changed.append(
-            f"{len(labelled)} SME labels made or changed ({uniform_since} of them on uniform slices, which a "
-            "certificate uses)"
+            f"{len(labelled)} SME label{'' if len(labelled) == 1 else 's'} made or changed ({uniform_since} of "
+            "them on uniform slices, which a certificate uses)"
         )
     if certification.policy != policy_now:
         changed.append(f"the gating policy changed (now: {policy_now})")

@@ -23,6 +23,10 @@ def big_project(project, lead):
     return build(project, lead, n_items=300, size=150, seed=7, labels=np.where(p_drawn >= 0.7, "accept", "reject"))
 
 
+def plural(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
 def keyboard_fill(page, label: str, value: str) -> None:
     """Type ``value`` into the focused field ``label`` over what it held."""
     expect(page.get_by_label(label, exact=True)).to_be_focused()
@@ -113,7 +117,7 @@ def test_a_small_project_says_why_there_is_no_interval_and_nothing_is_certified(
     expect(certificate.locator(".certified")).to_have_text("nothing certified")
     expect(certificate).to_contain_text(made.result["reason"])
     expect(certificate.locator(".next")).to_contain_text(
-        f"At least {made.result['next']['more_labels']} more uniform-slice SME labels"
+        f"At least {made.result['next']['more_labels']} more uniform-slice SME label"
     )
 
 
@@ -155,9 +159,12 @@ def test_a_lead_reads_the_estimate_and_certifies_by_keyboard(live_server, page, 
     )
     nxt = made.result["next"]
     expect(certificate.locator(".next")).to_contain_text(
-        f"At least {nxt['more_labels']} more uniform-slice SME labels on items of P(accept) ≥ {nxt['threshold']:.3f}"
+        f"At least {nxt['more_labels']} more uniform-slice SME label{plural(nxt['more_labels'])} on items of "
+        f"P(accept) ≥ {nxt['threshold']:.3f}"
     )
-    expect(certificate.locator(".next")).to_contain_text(f"would certify {nxt['more_items']} more items")
+    expect(certificate.locator(".next")).to_contain_text(
+        f"would certify {nxt['more_items']} more item{plural(nxt['more_items'])} ({nxt['items']} in all"
+    )
     expect(page.locator(".certificate-since")).to_contain_text(
         f"Computed from {made.n_labelled} uniform-slice SME labels; no SME label"
     )
@@ -170,6 +177,6 @@ def test_a_lead_reads_the_estimate_and_certifies_by_keyboard(live_server, page, 
     Review.objects.create(item=item, reviewer=lead, decision="accept")
     page.reload()
     expect(page.locator(".certificate-since")).to_contain_text("Not up to date.")
-    expect(page.locator(".certificate-since")).to_contain_text("since then 1 SME labels made or changed")
+    expect(page.locator(".certificate-since")).to_contain_text("since then 1 SME label made or changed")
     expect(page.locator(".certificate-since")).to_contain_text("Certify again to use them.")
     assert Certification.objects.count() == 1
