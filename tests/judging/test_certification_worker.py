@@ -207,6 +207,10 @@ def test_designs_estimate_certificate_and_snapshot_over_rest_with_a_real_worker(
     assert len(accepted_now) == sum(truth[pk] == "accept" for pk in truth) + want.certified
     assert prompts == {f"Question {index[pk]}?" for pk in accepted_now}
     assert not prompts & {f"Question {index[pk]}?" for pk in held}
+    # The estimate now covers the certified set, rectified by the SME labels at or above the threshold only.
+    after = as_lead.get("/estimate/").json()["accepted"]
+    above = [pk for pk in labelled_accepts if p_accept[pk] >= want.threshold]
+    assert (after["size"], after["labelled"], after["estimated"]) == (len(accepted_now), len(above), want.certified)
 
     # An audit of the accepted set: a uniform sample of it, n/N each.
     population = [pk for pk in accepted_now if not Item.objects.filter(pk=pk, in_sme_queue=True).exists()]
