@@ -180,3 +180,29 @@ def test_a_lead_reads_the_estimate_and_certifies_by_keyboard(live_server, page, 
     expect(page.locator(".certificate-since")).to_contain_text("since then 1 SME label made or changed")
     expect(page.locator(".certificate-since")).to_contain_text("Certify again to use them.")
     assert Certification.objects.count() == 1
+
+
+def test_a_snapshot_made_in_the_browser_shows_its_certificate(live_server, page, project, lead):
+    big_project(project, lead)
+    log_in(page, live_server, "lead", "lead-pass-123")
+    page.goto(f"{live_server.url}/projects/{project.slug}/")
+    page.get_by_label("Precision at least").fill("0.8")
+    page.get_by_label("δ (confidence 1 - δ)").fill("0.1")
+    page.get_by_role("button", name="Certify").click()
+    expect(page.locator(".message")).to_contain_text("Certified")
+    made = Certification.objects.get()
+    page.get_by_role("link", name="Training sets").click()
+    page.get_by_label("Validation share").fill("0")
+    page.get_by_role("button", name="Snapshot").click()
+    expect(page.locator("#training-set-status")).to_contain_text("ready")
+    statement = page.locator(".snapshot-certificate")
+    expect(statement).to_contain_text(
+        f"Precision at least 0.8 with confidence 0.9 for the {made.certified} judge-accepted"
+    )
+    expect(statement).to_contain_text(f"from {made.n} SME labels")
+    figures = page.locator(".snapshot-certificate-figures")
+    expect(figures).to_contain_text(
+        f"P(accept) ≥ {made.threshold:.3f}: {made.certified} judge-accepted items certified"
+    )
+    expect(figures).to_contain_text(f"{made.bound:.3f}, from n = {made.n} SME labels at the threshold")
+    expect(page.get_by_text("no SME label, gating policy or calibration has changed since")).to_be_visible()
