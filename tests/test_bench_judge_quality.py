@@ -56,3 +56,17 @@ def test_a_short_run_prints_the_figures_as_json_on_its_last_line():
     ]
     assert 0 <= figures["guarantee_held_rate"] <= 1 and 0 <= figures["certified_share"] <= 1
     assert "[2/2] felm.jsonl" in result.stderr  # the progress line
+
+
+def test_fitting_on_the_used_columns_only_predicts_as_the_full_model_does():
+    from judging.backends import local_model, local_vectorizer
+
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(400)]
+    texts = [" ".join(rng.choice(words, size=12)) for _ in range(300)]
+    y = rng.integers(0, 2, size=300)
+    features = local_vectorizer().fit_transform(texts)
+    train, test = np.arange(60), np.arange(60, 300)  # the test rows use columns no training row has
+    full = local_model(0).fit(features[train], y[train]).predict_proba(features[test])[:, 1]
+    used = judge_quality._fit_predict(features[train], y[train], features[test], 0)
+    np.testing.assert_allclose(used, full, atol=1e-9)
