@@ -2,9 +2,9 @@
 
 Same rules as ``annotations.api``: token or session authentication, projects
 visible to members only (404), content for leads and staff only (403 for
-SMEs). Lists are cursor-paginated. Route names and basenames are those the
-judging app gave them before the move (``training-set``, ``distillation:api_export_chat``
-now ``distillation:api_export_chat``).
+SMEs). Lists are cursor-paginated. Paths and router basenames (``training-set``)
+are those the judging app gave them before the move; the export's route name
+moved with its namespace (``judging:api_export_chat`` is ``distillation:api_export_chat``).
 """
 
 from django.db import transaction
