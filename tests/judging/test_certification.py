@@ -9,11 +9,12 @@ from rest_framework.authtoken.models import Token
 
 from annotations.models import SampleMembership
 from annotations.selectors import ground_truth
+from distillation.models import TrainingSet
+from distillation.training_sets import training_set_create
 from judging import gate
 from judging.certify import certify
-from judging.models import Certification, GateDecision, TrainingSet, Verdict
+from judging.models import Certification, GateDecision, Verdict
 from judging.services import CertificationError, certification_set
-from judging.training_sets import training_set_create
 from tests.judging.test_estimate import build
 
 
