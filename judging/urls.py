@@ -10,12 +10,6 @@ urlpatterns = [
     path("projects/<slug:slug>/regate/", views.regate, name="regate"),
     path("projects/<slug:slug>/rules/", views.rules, name="rules"),
     path("projects/<slug:slug>/gating-policy/", views.gating_policy_page, name="gating_policy"),
-    path("projects/<slug:slug>/training-sets/", views.training_sets_page, name="training_sets"),
-    path(
-        "projects/<slug:slug>/training-sets/<int:training_set_id>/",
-        views.training_set_detail,
-        name="training_set_detail",
-    ),
     path("projects/<slug:slug>/runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("projects/<slug:slug>/runs/compare/", views.runs_compare_page, name="runs_compare"),
     path(
@@ -28,7 +22,6 @@ urlpatterns = [
         views.run_control,
         name="run_control",
     ),
-    path("api/projects/<slug:slug>/export/chat.jsonl", api.ExportChatJsonlApi.as_view(), name="api_export_chat"),
     path("api/projects/<slug:slug>/estimate/", api.EstimateApi.as_view(), name="api_estimate"),
     path("projects/<slug:slug>/certify/", views.certify, name="certify"),
     path("api/projects/<slug:slug>/certificate/", api.CertificateApi.as_view(), name="api_certificate"),

@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import SimpleRouter
 
 from annotations import api as annotations_api
+from distillation import api as distillation_api
 from judging import api as judging_api
 from larry_web.login import ObtainAuthTokenOrLockOut
 
@@ -20,7 +21,7 @@ api.register(
     rf"{scoped}/samples/(?P<draw_id>[0-9]+)/members", annotations_api.SampleMemberViewSet, basename="sample-member"
 )
 api.register(f"{scoped}/label-functions", judging_api.LabelFunctionViewSet, basename="label-function")
-api.register(f"{scoped}/training-sets", judging_api.TrainingSetViewSet, basename="training-set")
+api.register(f"{scoped}/training-sets", distillation_api.TrainingSetViewSet, basename="training-set")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -37,4 +38,5 @@ urlpatterns = [
     path("api/", include(api.urls)),
     path("", include("annotations.urls")),
     path("", include("judging.urls")),
+    path("", include("distillation.urls")),
 ]

@@ -12,9 +12,11 @@ from annotations.models import Item, Review, SampleMembership, Slot
 from annotations.queue import next_item
 from annotations.selectors import ground_truth
 from annotations.services import adjudicate, adjudication_delete
+from distillation.models import TrainingSet
+from distillation.training_sets import training_set_create
 from judging import gate
 from judging.certify import certify
-from judging.models import Certification, GateDecision, TrainingSet, Verdict
+from judging.models import Certification, GateDecision, Verdict
 from judging.services import (
     CertificationError,
     certification_set,
@@ -23,7 +25,6 @@ from judging.services import (
     regate_request,
     sme_queue_prioritise,
 )
-from judging.training_sets import training_set_create
 from tests.judging.test_estimate import build
 
 

@@ -21,10 +21,11 @@ from annotations.models import Item
 from annotations.queue import next_item
 from annotations.selectors import ground_truth
 from annotations.services import review_submit
+from distillation.models import TrainingSet
 from judging import gate
 from judging.certify import p_accept_by_item, project_certificate
 from judging.estimate import accepted_set_precision
-from judging.models import GateDecision, JudgeRun, RegateRequest, TrainingSet
+from judging.models import GateDecision, JudgeRun, RegateRequest
 from judging.selectors import gating_policy
 from tests.conftest import ROOT, use_judge
 
