@@ -58,12 +58,18 @@ def disagreements(project: Project) -> QuerySet[Item]:
 
 
 def disagreements_filtered(
-    project: Project, *, reviewer: str = "", task_type: str = "", source_model: str = "", reason: str = "", q: str = ""
+    project: Project,
+    *,
+    reviewer: str = "",
+    task_type: str = "",
+    source_model: str = "",
+    reject_reason: str = "",
+    q: str = "",
 ) -> QuerySet[Item]:
     """``disagreements(project)`` narrowed for the adjudication page, in id order.
 
     ``reviewer``: a user name among the item's SME reviewers; ``task_type``,
-    ``source_model``: exact values; ``reason``: a reject reason one of its
+    ``source_model``: exact values; ``reject_reason``: a reject reason one of its
     reviews gave; ``q``: text in the prompt or the response (case-insensitive
     substring). Empty strings do not filter.
     """
@@ -74,8 +80,8 @@ def disagreements_filtered(
         items = items.filter(task_type=task_type)
     if source_model:
         items = items.filter(source_model=source_model)
-    if reason:
-        items = items.filter(pk__in=Review.objects.filter(reason=reason).values("item_id"))
+    if reject_reason:
+        items = items.filter(pk__in=Review.objects.filter(reason=reject_reason).values("item_id"))
     if q:
         items = items.filter(Q(prompt__icontains=q) | Q(response__icontains=q))
     return items
@@ -83,7 +89,7 @@ def disagreements_filtered(
 
 def disagreement_filter_choices(project: Project) -> dict[str, list[str]]:
     """The values the adjudication filters offer, from the open disagreements:
-    ``{"reviewer", "task_type", "source_model", "reason": [sorted values]}``."""
+    ``{"reviewer", "task_type", "source_model", "reject_reason": [sorted values]}``."""
     items = disagreements(project).values("pk")
     reviews = Review.objects.filter(item__in=items)
     opened = Item.objects.filter(pk__in=items)
@@ -95,7 +101,7 @@ def disagreement_filter_choices(project: Project) -> dict[str, list[str]]:
         "reviewer": values(reviews, "reviewer__username"),
         "task_type": values(opened, "task_type"),
         "source_model": values(opened, "source_model"),
-        "reason": values(reviews, "reason"),
+        "reject_reason": values(reviews, "reason"),
     }
 
 

@@ -350,14 +350,14 @@ def agreement(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "annotations/agreement.html", context)
 
 
-ADJUDICATION_FILTERS = ("reviewer", "task_type", "source_model", "reason", "q")
+ADJUDICATION_FILTERS = ("reviewer", "task_type", "source_model", "reject_reason", "q")
 
 
 @login_required
 def adjudication(request: HttpRequest, slug: str) -> HttpResponse:
     """Leads decide items the SMEs disagreed on, one at a time; the decision becomes the ground truth.
 
-    GET ``?reviewer=&task_type=&source_model=&reason=&q=`` filters the open disagreements (an SME who
+    GET ``?reviewer=&task_type=&source_model=&reject_reason=&q=`` filters the open disagreements (an SME who
     reviewed the item, exact task type and source model, a reject reason given, text in the prompt or
     response); ``item`` picks one of them, else the first. A POST decides ``item`` and goes on to the next
     one under the same filters. Keyboard: see the page's key legend.

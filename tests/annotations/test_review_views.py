@@ -410,13 +410,20 @@ def test_adjudication_is_one_item_at_a_time_filterable_and_goes_on_to_the_next(c
     assert "gamma answer" in page and "Disagreement <strong>1</strong> of 1" in page
     page = client.get(url("adjudication", project) + "?q=nowhere").content.decode()
     assert "No open disagreement matches these filters" in page
+    page = client.get(url("adjudication", project) + "?reviewer=bob&reject_reason=tone").content.decode()
+    assert "Disagreement <strong>1</strong> of 3" in page
+    page = client.get(url("adjudication", project) + f"?reject_reason=policy&item={items[1].pk}").content.decode()
+    assert "No open disagreement matches these filters" in page
+    page = client.get(url("adjudication", project) + f"?item={items[1].pk}").content.decode()
+    assert "beta answer" in page and "Disagreement <strong>2</strong> of 3" in page
     response = client.post(
-        url("adjudication", project), {"item": items[0].pk, "decision": "reject", "task_type": "refunds"}
+        url("adjudication", project),
+        {"item": items[0].pk, "decision": "reject", "reason": "fee missing", "task_type": "refunds"},
     )
     assert response.status_code == 302 and response["Location"].endswith(f"?task_type=refunds&item={items[2].pk}")
     page = client.get(response["Location"]).content.decode()
     assert "gamma answer" in page and "Adjudicated r0: reject." in page
-    assert Adjudication.objects.get().item == items[0]
+    assert Adjudication.objects.get().item == items[0] and Adjudication.objects.get().reason == "fee missing"
 
 
 def test_adjudication_refuses_a_bad_decision_with_400_on_the_same_item(client, sme, project, lead):
