@@ -3,15 +3,17 @@
 Every figure shown to a person comes with its n and a 95 % interval (house
 style). The point estimates come from the libraries (scikit-learn's
 ``cohen_kappa_score``, the ``krippendorff`` package, ``scipy.stats``); the
-bootstrap recomputes the same formulas on resampled counts, vectorised with
-numpy, so that 2,000 resamples of thousands of items take milliseconds (the
-tests check the formulas against the libraries on the same labels).
+bootstrap recomputes the same formulas on resampled counts (a multinomial
+draw of how many items of each kind), vectorised with numpy, so that 2,000
+resamples take milliseconds and memory does not grow with the number of
+items (the tests check the formulas against the libraries on the same
+labels, and the kappa interval against ``scipy.stats.bootstrap``).
 
 Why not ``scipy.stats.bootstrap``: some resamples have one label only, where
 kappa and alpha are undefined (0/0); scipy's percentile interval is NaN as
 soon as one resample is. These resamples are dropped here instead.
-``judging.metrics`` uses the kappa interval too (dependencies run
-``judging`` → ``annotations``).
+``judging`` uses the kappa interval too, for the judge against the SMEs
+(dependencies run ``judging`` → ``annotations``).
 """
 
 from collections import Counter
@@ -24,16 +26,6 @@ LEVEL = 0.95
 
 # Below this many items an agreement figure is flagged "too few to mean anything" on the pages.
 SMALL_N = 20
-
-
-def kappa_from_indicators(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Cohen's kappa along the last axis of 0/1 arrays: (p_o - p_e) / (1 - p_e); NaN where p_e == 1."""
-    n = truth.shape[-1]
-    p_o = (truth == predicted).sum(axis=-1) / n
-    t1, p1 = truth.sum(axis=-1) / n, predicted.sum(axis=-1) / n
-    p_e = t1 * p1 + (1 - t1) * (1 - p1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(p_e < 1, (p_o - p_e) / (1 - p_e), np.nan)
 
 
 def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float] | None:
@@ -49,6 +41,19 @@ def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float
     return float(low), float(high)
 
 
+def kappa_from_table(table: np.ndarray) -> np.ndarray:
+    """Cohen's kappa from 2x2 counts along the last axis, ordered (accept, accept), (accept, reject),
+    (reject, accept), (reject, reject): (p_o - p_e) / (1 - p_e), as ``sklearn.metrics.cohen_kappa_score``
+    computes it; NaN where p_e == 1 (one label only)."""
+    aa, ar, ra, rr = (table[..., i] for i in range(4))
+    n = aa + ar + ra + rr
+    p_o = (aa + rr) / n
+    first, second = (aa + ar) / n, (aa + ra) / n
+    p_e = first * second + (1 - first) * (1 - second)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p_e < 1, (p_o - p_e) / (1 - p_e), np.nan)
+
+
 def cohen_kappa_bootstrap_ci(
     truth: Sequence[str], predicted: Sequence[str], *, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL
 ) -> tuple[float, float] | None:
@@ -56,19 +61,21 @@ def cohen_kappa_bootstrap_ci(
 
     ``truth`` and ``predicted`` are parallel lists of "accept"/"reject" (one
     pair per item; the labels of two raters). Pairs are resampled with
-    replacement ``resamples`` times (numpy, ``seed``); each resample's kappa
-    is computed from its 2x2 counts with the same formula as
-    ``sklearn.metrics.cohen_kappa_score``; resamples where kappa is undefined
-    (one label only) are dropped. Efron & Tibshirani (1993), "An Introduction
-    to the Bootstrap", ch. 13 (percentile interval).
+    replacement ``resamples`` times (numpy, ``seed``): drawing n pairs from
+    the four kinds of pair is a multinomial draw of the 2x2 table, so memory
+    does not grow with n. Each resample's kappa comes from
+    ``kappa_from_table``; resamples where kappa is undefined (one label only)
+    are dropped. Efron & Tibshirani (1993), "An Introduction to the
+    Bootstrap", ch. 13 (percentile interval).
     """
     n = len(truth)
     if n < 2 or n != len(predicted) or len(set(truth) | set(predicted)) < 2:
         return None
-    t = np.array([x == "accept" for x in truth], dtype=np.int8)
-    p = np.array([x == "accept" for x in predicted], dtype=np.int8)
-    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    return _percentile_interval(kappa_from_indicators(t[rows], p[rows]), level)
+    pairs = Counter(zip(truth, predicted, strict=True))
+    table = np.array([pairs[("accept", "accept")], pairs[("accept", "reject")], pairs[("reject", "accept")]])
+    table = np.append(table, n - table.sum())
+    weights = np.random.default_rng(seed).multinomial(n, table / n, size=resamples)
+    return _percentile_interval(kappa_from_table(weights.astype(float)), level)
 
 
 def alpha_from_counts(accepts: np.ndarray, rejects: np.ndarray, weights: np.ndarray) -> np.ndarray:

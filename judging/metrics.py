@@ -4,9 +4,6 @@ from collections.abc import Sequence
 
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, precision_score, recall_score
 
-# The kappa interval lives with the SME agreement figures; judging uses it for the judge against the SMEs.
-from annotations.statistics import cohen_kappa_bootstrap_ci, kappa_from_indicators  # noqa: F401
-
 LABELS = ["accept", "reject"]
 
 
