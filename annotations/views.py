@@ -340,6 +340,7 @@ def agreement(request: HttpRequest, slug: str) -> HttpResponse:
     report = agreement_report(project)
     for row in report["per_sme"]:
         row["bar"] = round((row["agreement"] or 0) * 240)
+        row["whisker"] = [150 + round(x * 240) for x in row["ci"]] if row["ci"] else None
     context = {
         "project": project,
         "report": report,

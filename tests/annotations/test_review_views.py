@@ -469,3 +469,5 @@ def test_the_agreement_page_shows_n_and_an_interval_for_every_figure(client, sme
         row = page.split(f'id="{figure}"')[1].split("</tr>")[0]
         assert "95 % CI" in row and "n=40" in row and "too few" not in row
         assert re.search(r"95 % CI -?0\.\d{3} to 0\.\d{3}", row)
+    assert page.count('<g class="whisker"') == 2  # each SME's bar with its Wilson interval
+    assert page.count("(n=32)") == 2  # 8 of the 40 items are ties: no ground truth to agree with
