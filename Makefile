@@ -11,6 +11,8 @@ SERVE ?= 1
 PORT ?= 8000
 FRACTION ?= 0.2
 SEED ?= 0
+TARGET ?= 0.9
+DELTA ?= 0.05
 PYTEST_ARGS ?=
 # VLLM=0 leaves the vLLM server out of `make test` (its two tests skip): a quicker run.
 VLLM ?= 1
@@ -26,7 +28,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 demo: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput -v0
-	$(PY) manage.py demo --data "$(DATA)" --out "$(OUT)" --fraction $(FRACTION) --seed $(SEED) --port $(PORT)
+	$(PY) manage.py demo --data "$(DATA)" --out "$(OUT)" --fraction $(FRACTION) --seed $(SEED) --target $(TARGET) --delta $(DELTA) --port $(PORT)
 	@if [ "$(SERVE)" = "1" ]; then $(MAKE) --no-print-directory serve; fi
 
 serve: $(VENV)/.installed

@@ -878,11 +878,18 @@ def _texts(items: list[Item]) -> list[str]:
     return [f"{it.prompt}\n\n{it.context}\n\n{it.response}" for it in items]
 
 
+def local_vectorizer() -> TfidfVectorizer:
+    """The local classifier's features: tf-idf of word 1- and 2-grams (sublinear tf), at most 100,000 of them."""
+    return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=100_000)
+
+
+def local_model(seed: int) -> LogisticRegression:
+    """The local classifier's model on ``local_vectorizer`` features: L2 logistic regression, classes balanced."""
+    return LogisticRegression(C=4.0, class_weight="balanced", max_iter=2000, random_state=seed)
+
+
 def _classifier(seed: int):
-    return make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=100_000),
-        LogisticRegression(C=4.0, class_weight="balanced", max_iter=2000, random_state=seed),
-    )
+    return make_pipeline(local_vectorizer(), local_model(seed))
 
 
 def judge_with_local_classifier(

@@ -19,11 +19,11 @@ treats the weights as fixed. With fewer than ``MIN_LABELLED`` usable labels no i
 
 import numpy as np
 from ppi_py import ppi_mean_ci, ppi_mean_pointestimate
-from scipy.stats import binomtest
 
 from annotations.models import Decision, Project
 from annotations.sampling import memberships
 from annotations.selectors import ground_truth
+from judging.calibration import wilson_interval
 from judging.models import NO_POLICY, GateDecision, Verdict
 from judging.selectors import gating_policy, policy_verdicts
 
@@ -135,7 +135,7 @@ def _part(outcome: str, members: list[int], truth: dict, drawn: dict, judge_side
     uniform = [i for i in labelled if drawn[i][1]]
     y_uniform = [truth[i] == accepts for i in uniform]
     if len(uniform) >= MIN_LABELLED:
-        part["classical"] = {**_wilson(sum(y_uniform), len(uniform)), "n": len(uniform)}
+        part["classical"] = {**wilson_share(sum(y_uniform), len(uniform)), "n": len(uniform)}
     else:
         notes.append(
             f"Classical interval: {len(uniform)} uniform-slice SME labels where the policy alone would put the "
@@ -159,10 +159,8 @@ def _part(outcome: str, members: list[int], truth: dict, drawn: dict, judge_side
     yhat = np.array([judge_side[i][1] for i in labelled], dtype=float)
     yhat_unlabelled = np.array([judge_side[i][1] for i in estimated], dtype=float)
     weights = np.array([1.0 / drawn[i][0] for i in labelled])
-    low, high = ppi_mean_ci(y, yhat, yhat_unlabelled, alpha=ALPHA, lam=None, w=weights)
-    theta = float(ppi_mean_pointestimate(y, yhat, yhat_unlabelled, lam=None, w=weights)[0])
-    low, high = float(np.clip(low[0], 0, 1)), float(np.clip(high[0], 0, 1))
-    part["ppi"] = {"estimate": theta, "low": low, "high": high, "n": len(labelled), "N": len(estimated)}
+    part["ppi"] = {**ppi_share(y, yhat, yhat_unlabelled, weights), "n": len(labelled), "N": len(estimated)}
+    theta, low, high = part["ppi"]["estimate"], part["ppi"]["low"], part["ppi"]["high"]
     total = len(known) + len(estimated)
 
     def share(x: float) -> float:
@@ -172,6 +170,23 @@ def _part(outcome: str, members: list[int], truth: dict, drawn: dict, judge_side
     return part
 
 
-def _wilson(successes: int, n: int) -> dict:
-    ci = binomtest(successes, n).proportion_ci(confidence_level=1 - ALPHA, method="wilson")
-    return {"estimate": successes / n, "low": float(ci.low), "high": float(ci.high)}
+def ppi_share(y, yhat, yhat_unlabelled, weights=None, *, alpha: float = ALPHA) -> dict:
+    """PPI++ estimate and (1 - ``alpha``) interval of the share an SME would accept among unlabelled items.
+
+    ``y``: SME labels (1 accept, 0 reject) of the n labelled items; ``yhat``: the judge's calibrated P(accept) on
+    them; ``yhat_unlabelled``: on the N unlabelled items; ``weights``: inverse inclusion probabilities of the
+    labelled items (None: equal). Returns ``{"estimate", "low", "high"}``, the interval clipped to [0, 1]. Source:
+    Angelopoulos, Duchi & Zrnic 2023 (arXiv:2311.01453), ``ppi_py.ppi_mean_ci`` with ``lam=None`` (the power-tuned
+    λ). The caller ensures n ≥ 2 with both classes (a normal approximation needs spread); ppi_py raises otherwise.
+    """
+    y, yhat, yhat_unlabelled = (np.asarray(a, dtype=float) for a in (y, yhat, yhat_unlabelled))
+    low, high = ppi_mean_ci(y, yhat, yhat_unlabelled, alpha=alpha, lam=None, w=weights)
+    theta = float(ppi_mean_pointestimate(y, yhat, yhat_unlabelled, lam=None, w=weights)[0])
+    return {"estimate": theta, "low": float(np.clip(low[0], 0, 1)), "high": float(np.clip(high[0], 0, 1))}
+
+
+def wilson_share(successes: int, n: int, *, alpha: float = ALPHA) -> dict:
+    """``{"estimate", "low", "high"}``: the share successes / n with its (1 - ``alpha``) Wilson score interval
+    (``calibration.wilson_interval``, scipy's). n must be at least 1."""
+    low, high = wilson_interval(successes, n, level=1 - alpha)
+    return {"estimate": successes / n, "low": low, "high": high}

@@ -26,6 +26,7 @@ from judging.metrics import agreement
 from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
 from judging.selectors import funnel, run_agreement
 from judging.services import (
+    certification_set,
     escalation_run_create,
     gate_apply,
     gating_policy_set,
@@ -145,12 +146,22 @@ def read_labels(path: Path, label_field: str = "human_label") -> dict[str, str]:
     return labels
 
 
-def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0, progress: Progress) -> dict:
+def run_main_job(
+    *,
+    data: Path,
+    out: Path,
+    fraction: float = 0.2,
+    seed: int = 0,
+    target: float = 0.9,
+    delta: float = 0.05,
+    progress: Progress,
+) -> dict:
     """Run the whole pipeline on ``data`` into a fresh project; write ``out/accepted.jsonl`` and ``out/report.json``.
 
     Returns the report: ``{"data", "project", "judge", "waiting_for_smes", "import", "sme_labels",
     "held_back_labels", "funnel", "agreement": {"sme_unseen", "held_back_human_labels"}, "estimate"
-    (``estimate.accepted_set_precision``), "export",
+    (``estimate.accepted_set_precision``), "certificate" (the ``Certification`` fields and its ``result``, or None
+    when the judge could not judge), "export",
     "training_set"}``. When the local judge cannot train (too few SME labels, or of one kind only), the job
     still finishes: ``judge.status`` is ``failed`` with the reason in ``judge.error``, the items without
     SME ground truth stay pending and are queued for SME review (``waiting_for_smes``), and what the SMEs
@@ -195,10 +206,16 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
     label_functions_apply(project=project)
     run = judge_and_wait(project, progress)
     waiting_for_smes = 0
+    certification = None
     if run.status == JudgeRun.Status.FINISHED:
         # Whoever runs the demo chooses its one run as the gating policy (logged, with no user).
         gating_policy_set(project=project, tiers=[(run, None)])
         progress(f"gating policy: run {run.pk} decides the items without SME ground truth")
+        certification = certification_set(project=project, target=target, delta=delta)
+        progress(
+            f"certificate: {certification.certified} judge accepts certified at precision ≥ {target:g} "
+            f"with confidence {1 - delta:g}"
+        )
     else:
         if run.backend != JudgeRun.Backend.LOCAL:
             raise RuntimeError(f"judge run {run.pk} failed: {run.error}")
@@ -262,6 +279,7 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
             "held_back_human_labels": agreement([t for t, _ in held_pairs], [v for _, v in held_pairs]),
         },
         "estimate": accepted_set_precision(project),
+        "certificate": _certificate_report(certification),
         "export": {"path": str(out / "accepted.jsonl"), "lines": lines, "sha256": digest.hexdigest()},
         "training_set": {
             "id": training_set.pk,
@@ -281,3 +299,14 @@ def run_main_job(*, data: Path, out: Path, fraction: float = 0.2, seed: int = 0,
         escape_unicode_line_breaks(json.dumps(result, indent=2, ensure_ascii=False)) + "\n"
     )
     return result
+
+
+def _certificate_report(certification) -> dict | None:
+    """The report's view of a ``Certification``: its fields and the certificate's ``result``; None for none."""
+    if certification is None:
+        return None
+    fields = ("id", "target", "delta", "threshold", "method", "n", "n_labelled", "bound", "certified", "policy")
+    return {name: getattr(certification, name) for name in fields} | {
+        "design": certification.design,
+        "result": certification.result,
+    }

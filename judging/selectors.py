@@ -8,12 +8,12 @@ from datetime import datetime
 from django.conf import settings
 from django.db.models import Count, Max, Prefetch, Q
 from django.utils import timezone
-from scipy.stats import binomtest
 
 from annotations.models import Adjudication, Project, Review
 from annotations.selectors import ground_truth
 from annotations.statistics import cohen_kappa_bootstrap_ci
 from judging import gate
+from judging.calibration import wilson_interval
 from judging.metrics import agreement
 from judging.models import (
     NO_POLICY,
@@ -230,11 +230,7 @@ def run_agreement(run: JudgeRun, truth: dict[int, str] | None = None, *, interva
     result = agreement([t for t, _ in pairs], [v for _, v in pairs])
     if interval:
         result["kappa_ci"] = cohen_kappa_bootstrap_ci([t for t, _ in pairs], [v for _, v in pairs])
-        result["accuracy_ci"] = None
-        if pairs:
-            agree = sum(t == v for t, v in pairs)
-            ci = binomtest(agree, len(pairs)).proportion_ci(confidence_level=0.95, method="wilson")
-            result["accuracy_ci"] = (ci.low, ci.high)
+        result["accuracy_ci"] = wilson_interval(sum(t == v for t, v in pairs), len(pairs))
     return result
 
 
@@ -535,14 +531,6 @@ def run_confidence_report(run: JudgeRun, *, truth: dict[int, str] | None = None)
 MIN_AGREEMENT_PAIRS = 10
 
 
-def _wilson(agree: int, n: int) -> tuple[float, float] | None:
-    """95 % Wilson score interval of ``agree`` of ``n`` (``scipy.stats.binomtest``); None for n = 0."""
-    if not n:
-        return None
-    ci = binomtest(agree, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return (float(ci.low), float(ci.high))
-
-
 def _per_item_cost(run: JudgeRun) -> dict:
     """The run's cost per item it sent to the judge, from each verdict row's own tokens at the run's prices:
     ``{"n", "mean", "ci"}`` (dollars or whatever the prices are in; ``ci`` a 95 % Student-t interval of the
@@ -660,7 +648,7 @@ def policy_report(project: Project) -> dict:
                     "n": n,
                     "agree": agree,
                     "rate": agree / n if n else None,
-                    "ci": _wilson(agree, n),
+                    "ci": wilson_interval(agree, n),
                     "too_few": n < MIN_AGREEMENT_PAIRS,
                     "few_shot_excluded": excluded.get(tier.tier, 0),
                 },

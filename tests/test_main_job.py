@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from annotations.models import Review
-from judging.models import Verdict
+from judging import gate
+from judging.models import GateDecision, Verdict
 from judging.pipeline import read_labels, run_main_job
 from tests.services import SHARED_DATA, require
 
@@ -34,7 +35,21 @@ def assert_funnel_adds_up(funnel: dict) -> None:
     assert funnel["imported"] == funnel["accepted"] + funnel["rejected"] + funnel["pending"]
     assert funnel["accepted"] == funnel["accepted_before_rules"] - funnel["vetoed_accepts"]
     assert funnel["by_sme"] == funnel["sme_reviewed"] and funnel["undecided"] == 0
-    assert funnel["sme_queued"] == funnel["sme_reviewed"] + 20  # left for review in the browser
+    # Queued: the SME sample, 20 more left for review in the browser, and the judge's accepts the certificate
+    # does not cover (pending, some of them among those 20).
+    assert funnel["sme_reviewed"] + 20 <= funnel["sme_queued"] <= funnel["sme_reviewed"] + 20 + funnel["pending"]
+
+
+def assert_certificate_reported(report: dict) -> None:
+    """The certificate the demo chose is in the report: certified items at its threshold, or the reason for none."""
+    certificate = report["certificate"]
+    assert (certificate["target"], certificate["delta"]) == (0.9, 0.05)
+    assert certificate["n_labelled"] <= report["sme_labels"]
+    if certificate["threshold"] is None:
+        assert certificate["certified"] == 0 and certificate["result"]["reason"]
+    else:
+        assert certificate["bound"] >= 0.9 and certificate["certified"] > 0
+        assert certificate["certified"] <= report["funnel"]["accepted"]
 
 
 def test_the_main_job_on_the_example_file(transactional_db, tmp_path):
@@ -43,6 +58,9 @@ def test_the_main_job_on_the_example_file(transactional_db, tmp_path):
     assert_funnel_adds_up(funnel)
     assert funnel["imported"] == 60 and funnel["sme_reviewed"] == 30 and funnel["judged"] == 60
     assert funnel["vetoed_total"] > 0  # the example has competitor, curt and PII answers
+    assert_certificate_reported(report)
+    pending = GateDecision.objects.filter(outcome=gate.Outcome.PENDING)
+    assert pending.count() == funnel["pending"] and not pending.filter(item__in_sme_queue=False).exists()
     assert assert_valid_chat_jsonl(tmp_path / "accepted.jsonl") == funnel["accepted"] == report["export"]["lines"]
     assert json.loads((tmp_path / "report.json").read_text()) == report
     # Only the sampled items' labels became SME reviews; the rest were held back.
@@ -95,6 +113,8 @@ def test_make_demo_on_the_real_halueval_file(tmp_path):
     funnel = report["funnel"]
     assert_funnel_adds_up(funnel)
     assert funnel["imported"] == 4007 and funnel["sme_reviewed"] == 801
+    assert_certificate_reported(report)
+    assert "Certificate for precision ≥ 0.900 with 95.0% confidence" in result.stdout
     assert assert_valid_chat_jsonl(tmp_path / "out" / "accepted.jsonl") == funnel["accepted"]
     unseen, held_back = report["agreement"]["sme_unseen"], report["agreement"]["held_back_human_labels"]
     assert unseen["n"] == 801 and held_back["n"] == 4007 - 801

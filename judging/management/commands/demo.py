@@ -22,9 +22,11 @@ class Command(BaseCommand):
         parser.add_argument("--out", type=Path, default=Path("out"))
         parser.add_argument("--fraction", type=float, default=0.2, help="share of items sampled for SMEs")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--target", type=float, default=0.9, help="precision the certificate must show")
+        parser.add_argument("--delta", type=float, default=0.05, help="the certificate's error rate (1 - confidence)")
         parser.add_argument("--port", type=int, default=8000, help="where `make serve` will serve, for the curl shown")
 
-    def handle(self, *args, data, out, fraction, seed, port, **options):
+    def handle(self, *args, data, out, fraction, seed, target, delta, port, **options):
         if not data.is_file():
             raise CommandError(f"{data}: no such file")
         tty = sys.stderr.isatty()
@@ -33,8 +35,10 @@ class Command(BaseCommand):
             self.stderr.write(("\r\033[K" if tty else "") + message, ending="" if tty else "\n")
 
         try:
-            report = run_main_job(data=data, out=out, fraction=fraction, seed=seed, progress=progress)
-        except (ValueError, RuntimeError) as exc:
+            report = run_main_job(
+                data=data, out=out, fraction=fraction, seed=seed, target=target, delta=delta, progress=progress
+            )
+        except (ValueError, RuntimeError) as exc:  # CertificationError is a ValueError
             raise CommandError(str(exc)) from None
         if tty:
             self.stderr.write("")
@@ -63,6 +67,7 @@ class Command(BaseCommand):
             )
         for key, title in (("accepted", "Accepted set's precision"), ("rejected", "Rejected set's SME-accept share")):
             self.stdout.write(_estimate_line(title, report["estimate"][key]))
+        self.stdout.write(_certificate_line(report["certificate"]))
         self.stdout.write(
             f"Wrote {report['export']['lines']} lines to {report['export']['path']} and {out / 'report.json'}"
         )
@@ -111,3 +116,31 @@ def _estimate_line(title: str, part: dict) -> str:
         w = part["whole_set"]
         said.append(f"whole set {w['estimate']:.3f} [{w['low']:.3f}-{w['high']:.3f}]")
     return " ".join(said + part["notes"])
+
+
+def _certificate_line(certification: dict | None) -> str:
+    """What the certificate in force says: the items certified with the bound and n, or why none; and what more SME
+    labels would buy (``certify.Certificate.next``)."""
+    if certification is None:
+        return "Certificate: none (the judge could not judge, so there is nothing to certify)."
+    result = certification["result"]
+    wanted = (
+        f"precision ≥ {certification['target']:.3f} with {1 - certification['delta']:.1%} confidence "
+        f"(Learn-then-Test, {certification['n_labelled']} uniform-slice SME labels)"
+    )
+    if certification["threshold"] is None:
+        said = f"Certificate for {wanted}: nothing certified. {result['reason']}"
+    else:
+        said = (
+            f"Certificate for {wanted}: {certification['certified']} judge accepts certified at calibrated "
+            f"P(accept) ≥ {certification['threshold']:.3f}; lower bound {certification['bound']:.3f} from "
+            f"n={certification['n']} SME labels there ({result['accepted_by_smes']} accepted)."
+        )
+    said += " Judge accepts not certified stay pending for the SMEs, never exported."
+    nxt = result.get("next")
+    if nxt and nxt.get("more_labels") is not None and nxt["more_items"] > 0:
+        said += (
+            f" Next: {nxt['more_labels']} more uniform-slice SME labels at P(accept) ≥ {nxt['threshold']:.3f}, all "
+            f"accepted, would certify {nxt['more_items']} more items (optimistic: rejects among them cost more)."
+        )
+    return said
