@@ -32,7 +32,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from annotations.statistics import wilson_interval  # also used by tests from here
+from annotations.statistics import wilson_interval  # one Wilson interval for the project; judging imports it from here
 
 MIN_PER_CLASS = 5  # labels of each kind below which nothing is calibrated
 ISOTONIC_FROM = 1000  # labels at or above which the map is isotonic rather than Platt's sigmoid
