@@ -13,16 +13,17 @@ human label the SMEs are given) and each judge, ``--repetitions`` seeded repetit
 2. The judge gives every item a P(accept) and a verdict (accept at P(accept) ≥ 0.5):
    - ``local``: Larry's local classifier (``judging.backends.local_vectorizer``/``local_model``: tf-idf +
      logistic regression) trained on the SME labels, out-of-fold on the labelled items (stratified 5-fold, as
-     ``judge_with_local_classifier`` does) and fit on all SME labels for the rest. One deviation, for speed: the
-     tf-idf vocabulary and idf are fit once per file on every text (labels play no part in them).
+     ``judge_with_local_classifier`` does), and each other item by the model of fold (row number mod k). One
+     deviation, for speed: the tf-idf vocabulary and idf are fit once per file on every text (labels play no
+     part in them), and each model sees only the columns its training rows use (which changes nothing).
    - ``flipped``: a simulated judge. Each item gets a stated certainty c = 0.5 + 0.5·u, u ~ Beta(a, b) with
      mean 1 - 2·r/m (``--flip-rate`` r, ``--overconfidence`` m, concentration ``--concentration``); its verdict is
      the human label flipped with probability m·(1 - c), so the flip rate is r on average and the judge's error
      is m times what its certainty says: informative (less certain verdicts are wrong more often) but
      overconfident. P(accept) = c for an accept verdict, 1 - c for a reject.
 3. Calibration as in the app (``judging.calibration.cross_fit``: Platt below 1,000 labels, isotonic above;
-   out-of-fold on the labelled items). Fewer than 5 labels of a class: no calibrated confidence, so neither
-   estimate nor certificate (counted as ``uncalibrated``).
+   out-of-fold on the labelled items, the map of fold (row number mod K) on the others). Fewer than 5 labels
+   of a class: no calibrated confidence, so neither estimate nor certificate (counted as ``uncalibrated``).
 4. Certify (``judging.certify.certify``, Learn-then-Test, the app's code): labels = the uniform sample,
    population = the unlabelled items the judge accepts. Realised precision = the held-back human labels' accept
    share among the certified items. The guarantee holds in a repetition when that precision is at least the
@@ -49,6 +50,7 @@ from pathlib import Path
 
 import django
 import numpy as np
+from scipy import sparse
 from scipy.stats import binomtest
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
@@ -88,11 +90,14 @@ def local_judge(features, y: np.ndarray, labelled: np.ndarray, seed: int) -> np.
     p = np.empty(y.size)
     x_lab = features[labelled]
     oof = np.empty(labelled.size)
-    for train, test in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(labelled, y_lab):
-        oof[test] = _fit_predict(x_lab[train], y_lab[train], x_lab[test], seed)
-    p[labelled] = oof
     rest = np.setdiff1d(np.arange(y.size), labelled)
-    p[rest] = _fit_predict(x_lab, y_lab, features[rest], seed)
+    rest_fold = rest % k  # as the app: fold (item id mod k), the row number standing for the item id
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(labelled, y_lab)
+    for fold, (train, test) in enumerate(folds):
+        mine = rest[rest_fold == fold]
+        both = _fit_predict(x_lab[train], y_lab[train], sparse.vstack([x_lab[test], features[mine]]), seed)
+        oof[test], p[mine] = both[: test.size], both[test.size :]
+    p[labelled] = oof
     return p
 
 
@@ -128,7 +133,7 @@ def one_repetition(y: np.ndarray, features, judge: str, budget: float, seed: tup
     if raw is None:
         return out | {"uncalibrated": True}
     try:
-        fit = cross_fit(raw[labelled], y[labelled], raw[unlabelled], seed=seed[-1])
+        fit = cross_fit(raw[labelled], y[labelled], raw[unlabelled], seed=seed[-1], unlabelled_keys=unlabelled)
     except NotEnoughLabels:
         return out | {"uncalibrated": True}
     p = np.empty(n)

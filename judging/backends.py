@@ -16,7 +16,7 @@ import numpy as np
 from django.conf import settings
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 
 from annotations.models import Item, Project
@@ -802,7 +802,12 @@ def judge_with_local_classifier(
     other items: where both exist, the SME label wins. Every item with a training label gets an out-of-fold
     verdict from stratified k-fold cross-fitting (k = min(5, size of the smaller class)), so no verdict comes
     from a model that saw that item's label (its agreement with the SMEs is measured on every SME item, and
-    with the teacher on every item the teacher judged); the rest are judged by a model fit on all labels.
+    with the teacher on every item the teacher judged). Every other item is judged by the model of one fold,
+    fold (item id mod k): a model that saw the labels of the other folds only, as for a labelled item of that
+    fold. So SME-labelled and unlabelled items get their P(accept) from the same k models in the same
+    proportions, and their (P(accept), SME label) pairs are exchangeable, as the estimate, the certificate and
+    the tier thresholds assume; a model fit on all labels would judge the unlabelled items better than the SME
+    items that vouch for it (``bench/judge_quality.py``).
     Returns (results, info): ``info`` = ``{"folds", "train_accept", "train_reject", "seed", "sme_labels",
     "teacher_labels", "teacher_overruled"}`` (``teacher_overruled``: teacher verdicts on SME items that the
     SME label contradicted). Raises NotEnoughLabels with fewer than 2 training labels of either kind.
@@ -824,12 +829,21 @@ def judge_with_local_classifier(
     folds = min(5, n_accept, n_reject)
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     labelled_texts = _texts(labelled)
-    p_oof = cross_val_predict(_classifier(seed), labelled_texts, y, cv=cv, method="predict_proba")[:, 1]
-    model = _classifier(seed).fit(labelled_texts, y)
     rest = [it for it in items if it.pk not in labels]
-    p_rest = model.predict_proba(_texts(rest))[:, 1] if rest else np.array([])
+    rest_texts = _texts(rest)
+    rest_fold = np.array([it.pk % folds for it in rest], dtype=int)
+    p_oof, p_rest = np.empty(len(labelled)), np.empty(len(rest))
+    for k, (train, test) in enumerate(cv.split(labelled_texts, y)):
+        model = _classifier(seed).fit([labelled_texts[i] for i in train], y[train])
+        p_oof[test] = model.predict_proba([labelled_texts[i] for i in test])[:, 1]
+        mine = np.flatnonzero(rest_fold == k)
+        if mine.size:
+            p_rest[mine] = model.predict_proba([rest_texts[i] for i in mine])[:, 1]
     results = []
-    for group, probs, how in ((labelled, p_oof, "out-of-fold"), (rest, p_rest, "fit on all labels")):
+    for group, probs, how in (
+        (labelled, p_oof, "out-of-fold"),
+        (rest, p_rest, f"cross-fitted: the model of fold (item id mod {folds})"),
+    ):
         for it, p in zip(group, probs, strict=True):
             verdict = "accept" if p >= 0.5 else "reject"
             results.append(

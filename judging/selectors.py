@@ -11,9 +11,10 @@ from django.utils import timezone
 
 from annotations.models import Adjudication, Project, Review, ReviewChange
 from annotations.selectors import ground_truth
+from annotations.statistics import cohen_kappa_bootstrap_ci
 from judging import gate
 from judging.calibration import wilson_interval
-from judging.metrics import agreement, cohen_kappa_bootstrap_ci
+from judging.metrics import agreement
 from judging.models import (
     NO_POLICY,
     Certification,
@@ -215,7 +216,7 @@ def run_agreement(run: JudgeRun, truth: dict[int, str] | None = None, *, interva
     Items the run showed the judge as few-shot examples are left out: it saw
     their labels. Pass ``truth`` (``ground_truth(project=...)``) when comparing
     several runs, to read it once. With ``interval``, ``"kappa_ci"`` is added
-    (``metrics.cohen_kappa_bootstrap_ci``, 95 %), and ``"accuracy_ci"``, the
+    (``annotations.statistics.cohen_kappa_bootstrap_ci``, 95 %), and ``"accuracy_ci"``, the
     95 % Wilson score interval of the agreement (``scipy.stats.binomtest``).
     """
     if truth is None:
@@ -373,7 +374,7 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
     {name: agreement(...)}, "by_task_type": {...}, "disagreements": [{"item_id",
     "external_id", "sme", "judge", "confidence", "confidence_calibrated", "rationale"}], "few_shot_excluded":
     n}``; see
-    ``metrics.agreement`` and ``metrics.cohen_kappa_bootstrap_ci`` (95 %,
+    ``metrics.agreement`` and ``annotations.statistics.cohen_kappa_bootstrap_ci`` (95 %,
     2,000 resamples). The ``n`` items the run showed the judge as few-shot
     examples, with their SME labels, are left out of every figure.
     """

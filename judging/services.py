@@ -867,8 +867,8 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
 
     Labels: SME ground truth of the run's items that have a raw confidence,
     less the items the run showed as few-shot examples. Each labelled item's
-    calibrated value is out-of-fold (``calibration.cross_fit``); the others'
-    come from the map fit on all labels; verdicts without a raw confidence
+    calibrated value is out-of-fold (``calibration.cross_fit``); each other
+    item gets the map of fold (item id mod K); verdicts without a raw confidence
     stay None. With too few labels of a kind (``calibration.MIN_PER_CLASS``),
     nothing is calibrated and every calibrated value of the run is cleared.
     Returns the summary stored in ``run.calibration``: ``{"status":
@@ -885,7 +885,7 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
         .values_list("id", "item_id", "confidence")
     )
     labelled = [(vid, conf, truth[item_id] == "accept") for vid, item_id, conf in rows if item_id in truth]
-    others = [(vid, conf) for vid, item_id, conf in rows if item_id not in truth]
+    others = [(vid, conf, item_id) for vid, item_id, conf in rows if item_id not in truth]
     y = [accepted for _, _, accepted in labelled]
     summary = {
         "n_labels": len(labelled),
@@ -899,7 +899,11 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
     }
     try:
         fit = calibration.cross_fit(
-            [conf for _, conf, _ in labelled], y, [conf for _, conf in others], seed=calibration.SEED
+            [conf for _, conf, _ in labelled],
+            y,
+            [conf for _, conf, _ in others],
+            seed=calibration.SEED,
+            unlabelled_keys=[item_id for _, _, item_id in others],
         )
     except calibration.NotEnoughLabels as exc:
         summary.update(status="not_enough_labels", reason=str(exc), method=None, map=None, folds=0, n_calibrated=0)
@@ -908,7 +912,7 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
             JudgeRun.objects.filter(pk=run.pk).update(calibration=summary)
         run.calibration = summary
         return summary
-    ids = [vid for vid, _, _ in labelled] + [vid for vid, _ in others]
+    ids = [vid for vid, _, _ in labelled] + [vid for vid, _, _ in others]
     values = [float(v) for v in fit.labelled] + [float(v) for v in fit.unlabelled]
     summary.update(
         status="calibrated",
