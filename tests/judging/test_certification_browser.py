@@ -154,6 +154,7 @@ def test_a_lead_reads_the_estimate_and_certifies_by_keyboard(live_server, page, 
     expect(certificate).to_contain_text(f"of {made.n_labelled} uniform-slice SME labels")
     held = GateDecision.objects.filter(outcome="pending").count()
     assert held > 0
+    expect(page.get_by_text(f"The certificate in force holds back {held} judge accepts")).to_be_visible()
     expect(certificate).to_contain_text(
         f"{held} judge accepts below the threshold are pending, not exported; {held} of"
     )
