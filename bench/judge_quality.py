@@ -38,7 +38,8 @@ Reported per file x budget x judge, and overall: ``guarantee_held_rate`` (pooled
 the guarantee says ≥ 1 - delta in each cell), the lowest cell's rate with its Clopper-Pearson 95 % interval,
 ``interval_coverage`` (pooled; nominal 0.95), ``width_ratio_vs_classical`` (median), ``certified_share`` (mean
 share of all items certified), SME labels used. The last line of output is one JSON object with the figures.
-``--chart PATH`` writes an SVG of the guarantee and the certified share per cell (needs matplotlib).
+``--chart PATH`` writes an SVG of the guarantee and the certified share per cell (needs matplotlib);
+``--replot OUTPUT --chart PATH`` draws it again from a saved run's output.
 """
 
 import argparse
@@ -203,14 +204,17 @@ def summarise(reps: list[dict], target: float) -> dict:
 
 
 def chart(cells: list[dict], path: Path, target: float, delta: float) -> None:
-    """An SVG: per cell, the share of repetitions where the guarantee held (against 1 - delta) and the share of
-    items certified."""
+    """An SVG: per cell, the share of repetitions where the guarantee held (against 1 - delta), the share of
+    items certified, and how often each 95 % interval covered the realised share."""
     import matplotlib
 
     matplotlib.use("svg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    plt.rcParams["svg.fonttype"] = "none"  # text as text: a small file, readable in a diff
+    plt.rcParams["svg.hashsalt"] = "larry"  # stable ids, so a re-run with the same figures gives the same file
+
+    fig, axes = plt.subplots(3, 1, figsize=(11, 9.5), sharex=True)
     labels = [f"{c['file'].split('.')[0]}\n{c['judge']} {c['budget']:.0%}" for c in cells]
     x = np.arange(len(cells))
     held = [c["guarantee_held_rate"] for c in cells]
@@ -225,7 +229,16 @@ def chart(cells: list[dict], path: Path, target: float, delta: float) -> None:
     axes[0].set_title(f"Certified set: precision ≥ {target:g} with confidence {1 - delta:g} (Learn-then-Test)")
     axes[1].bar(x, [c["certified_share"] for c in cells], color="#228833")
     axes[1].set_ylabel("share of items\ncertified (mean)")
-    axes[1].set_xticks(x, labels, rotation=90, fontsize=7)
+    for offset, key, name, colour in (
+        (-0.2, "interval_coverage", "PPI++", "#4477aa"),
+        (0.2, "classical_coverage", "Wilson", "#bbbbbb"),
+    ):
+        axes[2].bar(x + offset, [c[key] or 0 for c in cells], width=0.4, color=colour, label=name)
+    axes[2].axhline(0.95, color="#cc3311", linestyle="--", label="nominal 0.95")
+    axes[2].set_ylim(0.5, 1.005)
+    axes[2].set_ylabel("95 % interval covers\nthe realised share")
+    axes[2].legend(loc="lower right", ncols=3)
+    axes[2].set_xticks(x, labels, rotation=90, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, metadata={"Date": None})
     plt.close(fig)
@@ -246,7 +259,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--files", nargs="+", help="only these file names in --data")
     parser.add_argument("--chart", type=Path, help="write an SVG chart here (needs matplotlib)")
+    parser.add_argument("--replot", type=Path, help="only draw --chart from a saved run's output (its last line)")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads(args.replot.read_text().strip().splitlines()[-1])
+        chart(saved["cells"], args.chart or Path("judge_quality.svg"), saved["target"], saved["delta"])
+        return
     files = sorted(p for p in args.data.glob("*.jsonl") if not args.files or p.name in args.files)
     if not files:
         sys.exit(f"no labelled .jsonl files in {args.data}")
