@@ -65,9 +65,13 @@ def sample_draw(
     """Draw ``size`` items by ``design`` with ``numpy``/``random`` seeded by ``seed``, record the draw and each
     item's inclusion probability, and queue the items for SMEs.
 
-    The population is the project's items not yet in the SME queue (for ``audit``: those of them the gate
-    accepts). Fewer than ``size`` are drawn when the population is smaller (``drawn`` says how many). The same
-    items, design and seed give the same sample. Raises SamplingError: a size below 1, an unknown design,
+    The population is the project's items no earlier draw chose (for ``audit``: those of them the gate
+    accepts), whether or not they wait in the SME queue: items queued for other reasons (a certificate's
+    held-back accepts, escalations, failed judgings) stay drawable, so successive uniform draws are together a
+    simple random sample of the items (sampling without replacement, one draw after another). A stratified or
+    confidence-weighted draw made before a uniform one leaves that uniform draw uniform over what remains only.
+    Fewer than ``size`` are drawn when the population is smaller (``drawn`` says how many). The same items,
+    design and seed give the same sample. Raises SamplingError: a size below 1, an unknown design,
     strata or allocation, strata given to a design other than stratified, a uniform share outside (0, 1].
     """
     if not isinstance(size, int) or size < 1:
@@ -91,15 +95,18 @@ def sample_draw(
 
 
 def _draw(project, size, design, seed, strata, allocation, uniform_share, user) -> SampleDraw:
-    rows = list(project.items.filter(in_sme_queue=False).order_by("id").values_list("id", *STRATA_FIELDS))
+    drawn_before = SampleMembership.objects.filter(draw__project=project).values("item_id")
+    rows = list(project.items.exclude(pk__in=drawn_before).order_by("id").values_list("id", *STRATA_FIELDS))
     if design == Design.AUDIT:
         accepted = set(_source("accepted", project))
         rows = [row for row in rows if row[0] in accepted]
     ids = [row[0] for row in rows]
     n = min(size, len(ids))
     if design in (Design.UNIFORM, Design.AUDIT):
-        # random.Random(seed).sample over ids in order: the same sample sample_for_review always drew.
-        chosen = [(i, n / len(ids), True, "") for i in random.Random(seed).sample(ids, n)]
+        # random.Random(seed).sample over ids in order: the same sample sample_for_review always drew. An audit is
+        # uniform over the accepted set only, not over the items: not a uniform slice (the certificate's labels).
+        uniform = design == Design.UNIFORM
+        chosen = [(i, n / len(ids), uniform, "") for i in random.Random(seed).sample(ids, n)]
     elif design == Design.STRATIFIED:
         field = 1 + STRATA_FIELDS.index(strata)
         chosen = _stratified(rows, field, n, allocation, np.random.default_rng(seed))

@@ -37,12 +37,34 @@ def test_a_uniform_draw_records_n_over_N_and_queues_the_items(project, lead):
 def test_the_same_seed_draws_the_same_items_and_the_old_sampler_is_recorded_too(project):
     make_items(project, [f"answer {i}" for i in range(50)])
     first = set(members(sample_draw(project=project, size=7, design="uniform", seed=11)))
-    project.items.update(in_sme_queue=False)
+    forget_draws(project)
     again = set(members(sample_draw(project=project, size=7, design="uniform", seed=11)))
     assert first == again
-    project.items.update(in_sme_queue=False)
+    forget_draws(project)
     assert sample_for_review(project=project, n=7, seed=11) == 7
     assert set(members(SampleDraw.objects.first())) == first
+
+
+def forget_draws(project) -> None:
+    project.items.update(in_sme_queue=False)
+    SampleDraw.objects.filter(project=project).delete()
+
+
+def test_items_queued_for_other_reasons_stay_drawable_and_no_item_is_drawn_twice(project):
+    """The frame is every item no earlier draw chose: successive uniform draws are one simple random sample,
+    even when the gate queued items for the SMEs in between (a certificate's held-back accepts, say)."""
+    make_items(project, [f"answer {i}" for i in range(40)])
+    first = set(members(sample_draw(project=project, size=10, design="uniform", seed=1)))
+    held_back = list(project.items.exclude(pk__in=first).values_list("pk", flat=True)[:20])
+    project.items.filter(pk__in=held_back).update(in_sme_queue=True)
+    second = sample_draw(project=project, size=30, design="uniform", seed=2)
+    assert second.population == 30 and second.drawn == 30
+    chosen = set(members(second))
+    assert not chosen & first and set(held_back) <= chosen
+    assert {m.inclusion_probability for m in second.members.all()} == {1.0}
+    with pytest.raises(SamplingError, match="size"):
+        sample_draw(project=project, size=0, design="uniform", seed=3)
+    assert sample_draw(project=project, size=5, design="uniform", seed=3).drawn == 0  # every item drawn once
 
 
 def stratified_items(project, sizes: dict[str, int]) -> None:
@@ -122,6 +144,8 @@ def test_an_audit_draws_only_from_the_accepted_set(project):
     accepted = {item.pk for i, item in enumerate(items) if i % 3 == 0}
     assert draw.population == 10 and set(members(draw)) == accepted
     assert {m.inclusion_probability for m in members(draw).values()} == {1.0}
+    # Uniform over the accepted set, not over the items: its labels are no uniform slice for the certificate.
+    assert not any(m.uniform_slice for m in members(draw).values())
 
 
 @pytest.mark.parametrize(

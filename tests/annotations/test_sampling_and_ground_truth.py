@@ -3,15 +3,17 @@
 import pytest
 from django.contrib.auth import get_user_model
 
-from annotations.models import Review, Slot
+from annotations.models import Review, SampleDraw, Slot
 from annotations.selectors import ground_truth
 from annotations.services import sample_for_review
 from tests.conftest import make_items
 
 
 def unqueue(project):
+    """Forget the queue and the draws: a fresh start for the next draw."""
     project.items.update(in_sme_queue=False)
     Slot.objects.filter(project=project).delete()
+    SampleDraw.objects.filter(project=project).delete()
 
 
 def queued(project):

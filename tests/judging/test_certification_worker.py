@@ -17,7 +17,7 @@ import pytest
 import requests
 from rest_framework.authtoken.models import Token
 
-from annotations.models import Item
+from annotations.models import Item, SampleMembership
 from annotations.queue import next_item
 from annotations.selectors import ground_truth
 from annotations.services import review_submit
@@ -26,7 +26,7 @@ from judging import gate
 from judging.certify import p_accept_by_item, project_certificate
 from judging.estimate import accepted_set_precision
 from judging.models import GateDecision, JudgeRun, RegateRequest
-from judging.selectors import gating_policy
+from judging.selectors import gating_policy, policy_certainty
 from tests.conftest import ROOT, use_judge
 
 pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -214,7 +214,8 @@ def test_designs_estimate_certificate_and_snapshot_over_rest_with_a_real_worker(
     assert (after["size"], after["labelled"], after["estimated"]) == (len(accepted_now), len(above), want.certified)
 
     # An audit of the accepted set: a uniform sample of it, n/N each.
-    population = [pk for pk in accepted_now if not Item.objects.filter(pk=pk, in_sme_queue=True).exists()]
+    drawn_before = set(SampleMembership.objects.filter(draw__project=project).values_list("item_id", flat=True))
+    population = [pk for pk in accepted_now if pk not in drawn_before]  # queued or not, never drawn
     audit = as_lead.post("/samples/", json={"size": 10, "design": "audit", "seed": 3}).json()
     audit_members = all_pages(as_lead, f"/samples/{audit['id']}/members/")
     assert audit["population"] == len(population) and len(audit_members) == 10
@@ -222,7 +223,8 @@ def test_designs_estimate_certificate_and_snapshot_over_rest_with_a_real_worker(
     assert {m["item"] for m in audit_members} <= set(population)
 
     # A confidence-weighted draw: a uniform slice, the rest likelier where the policy is least sure.
-    unqueued = set(Item.objects.filter(project=project, in_sme_queue=False).values_list("id", flat=True))
+    drawn_before = set(SampleMembership.objects.filter(draw__project=project).values_list("item_id", flat=True))
+    undrawn = set(Item.objects.filter(project=project).values_list("id", flat=True)) - drawn_before
     weighted = as_lead.post("/samples/", json={"size": 30, "design": "confidence", "uniform_share": 0.25, "seed": 4})
     assert weighted.status_code == 201, weighted.text
     weighted = weighted.json()
@@ -230,13 +232,14 @@ def test_designs_estimate_certificate_and_snapshot_over_rest_with_a_real_worker(
     assert len(got) == 30 and sum(m["uniform_slice"] for m in got) == 8
     floor = 8 / weighted["population"]
     assert all(floor < m["inclusion_probability"] <= 1 for m in got)
-    certainty = {m["item"]: max(p_accept[m["item"]], 1 - p_accept[m["item"]]) for m in got}
+    sure = policy_certainty(project)  # how sure the policy is of its own verdict, as the design weighs items
+    certainty = {m["item"]: sure.get(m["item"], 0.5) for m in got}
     by_certainty = sorted(got, key=lambda m: certainty[m["item"]])
     assert all(
         a["inclusion_probability"] >= b["inclusion_probability"] - 1e-12 for a, b in itertools.pairwise(by_certainty)
     )
-    assert weighted["population"] == len(unqueued) and set(certainty) <= unqueued
-    mean_all = np.mean([max(p_accept[pk], 1 - p_accept[pk]) for pk in unqueued])
+    assert weighted["population"] == len(undrawn) and set(certainty) <= undrawn
+    mean_all = np.mean([sure.get(pk, 0.5) for pk in undrawn])
     assert np.mean(list(certainty.values())) < mean_all
     log = worker.log()
     assert "judging.tasks.regate_project[" in log and "judging.tasks.build_training_set[" in log, log
