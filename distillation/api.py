@@ -49,7 +49,8 @@ class ExportChatJsonlApi(APIView):
         response["Content-Disposition"] = f'attachment; filename="{project.slug}-accepted.jsonl"'
         label = policy.label if policy else NO_POLICY
         # A header is one line of Latin-1: the label's non-ASCII characters (a judge's model name, "≥") escaped.
-        response["X-Larry-Judge"] = label.encode("ascii", "backslashreplace").decode("ascii")
+        # One line of ASCII: a staff-set model name may hold line breaks or other characters no header can carry.
+        response["X-Larry-Judge"] = " ".join(label.split()).encode("ascii", "backslashreplace").decode("ascii")
         return response
 
 

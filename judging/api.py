@@ -197,8 +197,10 @@ def _certificate_body(certification) -> dict:
 
 
 class CertificateSerializer(serializers.Serializer):
-    target = serializers.FloatField(help_text="Precision at least this (0.5 or more, below 1).")
-    delta = serializers.FloatField(help_text="With confidence 1 - delta (0.001 to 0.5).")
+    target = serializers.FloatField(min_value=0.5, max_value=0.999, help_text="Precision at least this (0.5 to 0.999).")
+    delta = serializers.FloatField(
+        min_value=0.001, max_value=0.5, help_text="With confidence 1 - delta (0.001 to 0.5)."
+    )
 
 
 @extend_schema(tags=["judge runs"], parameters=[SLUG])

@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 
 from annotations.models import Item, Project
-from judging import prompts, replies
+from judging import calibration, prompts, replies
 from judging.models import JudgeEndpoint
 from judging.replies import VERDICT_SCHEMA
 from larry_web import llm
@@ -803,7 +803,7 @@ def judge_with_local_classifier(
     verdict from stratified k-fold cross-fitting (k = min(5, size of the smaller class)), so no verdict comes
     from a model that saw that item's label (its agreement with the SMEs is measured on every SME item, and
     with the teacher on every item the teacher judged). Every other item is judged by the model of one fold,
-    fold (item id mod k): a model that saw the labels of the other folds only, as for a labelled item of that
+    fold ``fold_key(item) mod k``: a model that saw the labels of the other folds only, as for a labelled item of that
     fold. So SME-labelled and unlabelled items get their P(accept) from the same k models in the same
     proportions, and their (P(accept), SME label) pairs are exchangeable, as the estimate, the certificate and
     the tier thresholds assume; a model fit on all labels would judge the unlabelled items better than the SME
@@ -831,7 +831,7 @@ def judge_with_local_classifier(
     labelled_texts = _texts(labelled)
     rest = [it for it in items if it.pk not in labels]
     rest_texts = _texts(rest)
-    rest_fold = np.array([it.pk % folds for it in rest], dtype=int)
+    rest_fold = np.array([calibration.fold_key(it.external_id) % folds for it in rest], dtype=int)
     p_oof, p_rest = np.empty(len(labelled)), np.empty(len(rest))
     for k, (train, test) in enumerate(cv.split(labelled_texts, y)):
         model = _classifier(seed).fit([labelled_texts[i] for i in train], y[train])
@@ -840,15 +840,12 @@ def judge_with_local_classifier(
         if mine.size:
             p_rest[mine] = model.predict_proba([rest_texts[i] for i in mine])[:, 1]
     results = []
-    for group, probs, how in (
-        (labelled, p_oof, "out-of-fold"),
-        (rest, p_rest, f"cross-fitted: the model of fold (item id mod {folds})"),
-    ):
-        for it, p in zip(group, probs, strict=True):
-            verdict = "accept" if p >= 0.5 else "reject"
-            results.append(
-                JudgeResult(it.pk, verdict, f"P(accept)={p:.2f} from {LOCAL_MODEL_NAME} ({how})", confidence=float(p))
-            )
+    hows = ["out-of-fold"] * len(labelled) + [f"cross-fitted: the model of fold {k + 1} of {folds}" for k in rest_fold]
+    for it, p, how in zip(labelled + rest, np.concatenate([p_oof, p_rest]), hows, strict=True):
+        verdict = "accept" if p >= 0.5 else "reject"
+        results.append(
+            JudgeResult(it.pk, verdict, f"P(accept)={p:.2f} from {LOCAL_MODEL_NAME} ({how})", confidence=float(p))
+        )
     info = {
         "folds": folds,
         "train_accept": n_accept,

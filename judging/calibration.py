@@ -21,7 +21,7 @@ Cross-fitting (``cross_fit``): the labelled items are split into K stratified
 folds (seeded); each labelled item's calibrated value comes from the map fit
 on the other K - 1 folds, so no item's calibrated confidence was fit on its
 own label. Each unlabelled item is given a fold too, independently of its
-label (its key modulo K, or a seeded draw), and gets that fold's map: so a
+label (its key modulo K, ``fold_key`` of its external id in the app, or a seeded draw), and gets that fold's map: so a
 labelled item and an unlabelled one are calibrated by the same K maps in the
 same proportions, and their (calibrated P(accept), SME label) pairs are
 exchangeable, which the estimate, the certificate and the tier thresholds
@@ -30,6 +30,7 @@ they would be calibrated by a better map than the labelled items that vouch
 for them (``bench/judge_quality.py`` measured the difference).
 """
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,6 +144,12 @@ def fold_assignment(y, *, folds: int = FOLDS, seed: int = SEED) -> np.ndarray:
     for index, (_, test) in enumerate(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(fold, y)):
         fold[test] = index
     return fold
+
+
+def fold_key(external_id: str) -> int:
+    """A stable, label-independent key for an unlabelled item's fold: CRC-32 of its external id (UTF-8), so the
+    same data give the same folds however often it is imported (database ids change)."""
+    return zlib.crc32(external_id.encode("utf-8"))
 
 
 def cross_fit(p_labelled, y, p_unlabelled, *, folds: int = FOLDS, seed: int = SEED, unlabelled_keys=None) -> CrossFit:

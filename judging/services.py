@@ -868,7 +868,7 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
     Labels: SME ground truth of the run's items that have a raw confidence,
     less the items the run showed as few-shot examples. Each labelled item's
     calibrated value is out-of-fold (``calibration.cross_fit``); each other
-    item gets the map of fold (item id mod K); verdicts without a raw confidence
+    item gets the map of fold ``calibration.fold_key`` mod K; verdicts without a raw confidence
     stay None. With too few labels of a kind (``calibration.MIN_PER_CLASS``),
     nothing is calibrated and every calibrated value of the run is cleared.
     Returns the summary stored in ``run.calibration``: ``{"status":
@@ -882,10 +882,10 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
     rows = list(
         Verdict.objects.filter(run=run, confidence__isnull=False)
         .order_by("item_id")
-        .values_list("id", "item_id", "confidence")
+        .values_list("id", "item_id", "confidence", "item__external_id")
     )
-    labelled = [(vid, conf, truth[item_id] == "accept") for vid, item_id, conf in rows if item_id in truth]
-    others = [(vid, conf, item_id) for vid, item_id, conf in rows if item_id not in truth]
+    labelled = [(vid, conf, truth[item_id] == "accept") for vid, item_id, conf, _ in rows if item_id in truth]
+    others = [(vid, conf, calibration.fold_key(ext)) for vid, item_id, conf, ext in rows if item_id not in truth]
     y = [accepted for _, _, accepted in labelled]
     summary = {
         "n_labels": len(labelled),
@@ -903,7 +903,7 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
             y,
             [conf for _, conf, _ in others],
             seed=calibration.SEED,
-            unlabelled_keys=[item_id for _, _, item_id in others],
+            unlabelled_keys=[key for _, _, key in others],
         )
     except calibration.NotEnoughLabels as exc:
         summary.update(status="not_enough_labels", reason=str(exc), method=None, map=None, folds=0, n_calibrated=0)
@@ -1020,8 +1020,8 @@ def certification_set(*, project: Project, target: float, delta: float, user=Non
     accepts below the certified threshold (all of them when nothing is certified) pending for the SMEs
     (``gate_apply``). Raises CertificationError for a target or δ out of range.
     """
-    if not 0.5 <= target < 1.0:
-        raise CertificationError(f"target precision {target}: 0.5 or more, below 1 (no finite sample certifies 1)")
+    if not 0.5 <= target <= 0.999:
+        raise CertificationError(f"target precision {target}: 0.5 to 0.999 (no finite sample certifies 1)")
     if not 0.001 <= delta <= 0.5:
         raise CertificationError(f"delta {delta}: 0.001 to 0.5")
     found = certify.project_certificate(project, target=target, delta=delta)

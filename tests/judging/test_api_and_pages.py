@@ -67,6 +67,11 @@ def test_export_names_the_gating_policy_not_the_latest_run(client, lead, project
     use_run(chosen, user=lead)
     response = client.get(export_url(project), **auth)
     assert response["X-Larry-Judge"] == f"tier 1: run {chosen.pk} (llama-405b at http://vllm/v1), by its verdict alone"
+    # A model name with line breaks (staff set it) cannot split the header: one line, the export still answers.
+    JudgeRun.objects.filter(pk=chosen.pk).update(model="gpt\r\nSet-Cookie: pwn=1\u2028x")
+    response = client.get(export_url(project), **auth)
+    assert response.status_code == 200 and "Set-Cookie" not in response.headers.get("Set-Cookie", "")
+    assert response["X-Larry-Judge"].startswith(f"tier 1: run {chosen.pk} (gpt Set-Cookie: pwn=1 x at")
 
 
 def test_an_outsider_token_gets_404_and_an_sme_403(client, outsider, sme, project, decided):

@@ -184,12 +184,12 @@ def test_finishing_a_run_calibrates_every_verdict_with_a_confidence(judged):
     values = dict(Verdict.objects.filter(run=judged).values_list("item__external_id", "confidence_calibrated"))
     assert values["i1"] is None and values["i150"] is None
     assert sum(v is not None for v in values.values()) == 298
-    # Unlabelled items: the map of fold (item id mod 5), fit on the labelled items outside that fold.
+    # Unlabelled items: the map of fold (CRC-32 of the external id mod 5), fit on the labelled items outside it.
     by_id = {item.external_id: item for item in judged.item_list}
     p_l, y_l = judged.p[2:120], judged.y[2:120]
     fold = calibration.fold_assignment(y_l, seed=calibration.SEED)
     for e in [f"i{i}" for i in range(120, 300) if i != 150]:
-        j = by_id[e].pk % 5
+        j = calibration.fold_key(by_id[e].external_id) % 5
         mapping = calibration.fit_map(p_l[fold != j], y_l[fold != j], method="platt")
         assert values[e] == pytest.approx(calibration.apply_map(mapping, [judged.p[int(e[1:])]])[0])
     # Labelled items: out of fold, not the all-label map.

@@ -71,7 +71,7 @@ def test_a_small_project_or_no_policy_gets_a_statement(project, lead):
 
 
 def test_out_of_range_targets_are_refused(project, lead):
-    for target, delta in [(1.0, 0.1), (0.4, 0.1), (0.9, 0.0), (0.9, 0.6)]:
+    for target, delta in [(1.0, 0.1), (0.9995, 0.1), (0.4, 0.1), (0.9, 0.0), (0.9, 0.6)]:
         with pytest.raises(CertificationError):
             certification_set(project=project, target=target, delta=delta, user=lead)
     assert not Certification.objects.exists()
@@ -95,6 +95,10 @@ def test_the_certificate_api_is_for_leads(client, project, lead, sme, outsider):
     assert call(sme, "post", target=0.9, delta=0.1).status_code == 403
     assert call(lead).json()["certificate"] is None
     assert call(lead, "post", target=1.0, delta=0.1).status_code == 400
+    # Each bad field is named; 0.9999 is refused as the form and the model refuse it.
+    assert list(call(lead, "post", target=0.9999, delta=0.1).json()) == ["target"]
+    assert list(call(lead, "post", target=0.9, delta=-0.0).json()) == ["delta"]
+    assert not Certification.objects.exists()
     made = call(lead, "post", target=0.7, delta=0.1)
     assert made.status_code == 201
     body = call(lead).json()["certificate"]

@@ -123,7 +123,7 @@ def test_the_local_classifier_judges_sme_items_out_of_fold(project, start_run):
     assert run.config["folds"] == 5 and run.config["train_accept"] == 20
     got = verdicts(run)
     assert "out-of-fold" in got[items[0].response].rationale
-    assert "cross-fitted: the model of fold (item id mod" in got["Plus costs $4 a month."].rationale
+    assert "cross-fitted: the model of fold " in got["Plus costs $4 a month."].rationale
     assert got["Plus costs $4 a month."].verdict == "accept" and got["Switch to another vendor."].verdict == "reject"
     assert run_agreement(run)["n"] == 40 and run_agreement(run)["cohen_kappa"] > 0.8
 
