@@ -45,6 +45,11 @@ def items_list(request: HttpRequest, slug: str) -> HttpResponse:
     filters, run_id = form.filters(), form.run_id
     items = items_filtered(project, filters, run_id, sort=form.sort_name)
     page = items_page(items, sort=form.sort_name, after=request.GET.get("after"), before=request.GET.get("before"))
+    # One reverse() for the page, not two a row: the item URL with a placeholder id.
+    prefix = reverse("judging:item_detail", args=[project.slug, 0]).removesuffix("0/")
+    back = "?" + urlencode({"back": _query(form)})
+    for row in page.rows:
+        row["url"] = f"{prefix}{row['id']}/{back}"
     if request.GET.get("count") == "exact":
         count, capped = items.order_by().count(), False
     else:
