@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_POST
+from django_htmx.http import push_url
 
 from annotations.views import get_project_for_lead, parse_id
 from judging.items import (
@@ -71,7 +72,9 @@ def items_list(request: HttpRequest, slug: str) -> HttpResponse:
         "recent": ItemBulkAction.objects.filter(project=project).select_related("created_by")[:5],
     }
     if request.htmx:
-        return render(request, "judging/items.html#results", context)
+        # The address bar gets the filters in force only, not every empty field of the form.
+        clean = reverse("judging:items", args=[project.slug]) + (f"?{context['query']}" if context["query"] else "")
+        return push_url(render(request, "judging/items.html#results", context), clean)
     return render(request, "judging/items.html", context)
 
 
