@@ -19,6 +19,7 @@ from judging.items import (
     BulkError,
     ItemFilterForm,
     count_capped,
+    count_estimate,
     item_story,
     items_bulk_act,
     items_filtered,
@@ -54,7 +55,8 @@ def items_list(request: HttpRequest, slug: str) -> HttpResponse:
     if request.GET.get("count") == "exact":
         count, capped = items.order_by().count(), False
     else:
-        count, capped = count_capped(items)
+        count, capped = count_capped(items, sort=form.sort_name)
+    estimate = count_estimate(items) if capped else None
     context = {
         "project": project,
         "form": form,
@@ -63,6 +65,7 @@ def items_list(request: HttpRequest, slug: str) -> HttpResponse:
         "page": page,
         "count": count,
         "capped": capped,
+        "estimate": estimate if estimate is None else max(estimate, COUNT_CAP),
         "count_cap": COUNT_CAP,
         "bulk_max": BULK_MAX,
         "query": _query(form),

@@ -38,22 +38,17 @@ from annotations.queue import queue_add
 from annotations.sampling import sample_draw
 from annotations.selectors import ground_truth
 from judging import gate
-from judging.models import GateDecision, ItemBulkAction, JudgeRun, LabelFunction, RuleHit
+from judging.models import GateDecision, ItemBulkAction, JudgeRun, LabelFunction, RuleHit, Verdict
 from judging.selectors import gating_policy
 
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
-COUNT_CAP = 10_000  # counts stop here ("10,000 or more"), so a count costs at most this many index rows
+COUNT_CAP = 1_000  # counts stop here ("1,000 or more", with the planner's estimate), so a count stays cheap
 BULK_MAX = 50_000  # items one bulk action may take
 DISTINCT_MAX = 200  # task types and source models offered in the filter's lists
-FULLTEXT_CHARS = 100_000
-# The same expression as the GIN index of migration judging 0016, so PostgreSQL uses it.
-FULLTEXT_SQL = (
-    "to_tsvector('simple'::regconfig, left(coalesce(\"annotations_item\".\"prompt\", '') || ' ' || "
-    f'coalesce("annotations_item"."response", \'\'), {FULLTEXT_CHARS}))'
-    " @@ websearch_to_tsquery('simple'::regconfig, %s)"
-)
+# The stored tsvector column of migration judging 0016 (prompt and response, their first 100,000 characters).
+FULLTEXT_SQL = '"annotations_item"."search_vector" @@ websearch_to_tsquery(\'simple\'::regconfig, %s)'
 
 Outcome, Basis = gate.Outcome, gate.Basis
 UNGATED = "ungated"
@@ -183,8 +178,8 @@ def items_filtered(project: Project, filters: dict, run_id: int | None, *, sort:
     a calibrated P(accept), so the count and the pages agree."""
     items = Item.objects.filter(project=project).order_by()
     items = items.annotate(v=FilteredRelation("verdicts", condition=Q(verdicts__run_id=run_id or 0)))
-    if sort.endswith("confidence"):
-        items = items.filter(v__confidence_calibrated__isnull=False)
+    # The run's verdict is a multi-valued relation: its conditions go into one filter(), so they share one join.
+    on_verdict = Q(v__confidence_calibrated__isnull=False) if sort.endswith("confidence") else Q()
     q = filters.get("q", "").strip()
     if q and connection.vendor == "postgresql":
         items = items.filter(RawSQL(FULLTEXT_SQL, [q], output_field=BooleanField()) | Q(external_id=q))
@@ -206,15 +201,18 @@ def items_filtered(project: Project, filters: dict, run_id: int | None, *, sort:
         items = items.filter(in_sme_queue=filters["queued"] == "yes")
     verdict = filters.get("verdict")
     if verdict == "none":
-        items = items.filter(v__id__isnull=True)
+        # NOT EXISTS, which PostgreSQL plans as an anti-join (a LEFT JOIN's IS NULL here it does not).
+        items = items.filter(~Exists(Verdict.objects.filter(run_id=run_id or 0, item=OuterRef("pk"))))
     elif verdict == "error":
-        items = items.filter(v__verdict="")
+        on_verdict &= Q(v__verdict="")
     elif verdict:
-        items = items.filter(v__verdict=verdict)
+        on_verdict &= Q(v__verdict=verdict)
     if filters.get("confidence_min") is not None:
-        items = items.filter(v__confidence_calibrated__gte=filters["confidence_min"])
+        on_verdict &= Q(v__confidence_calibrated__gte=filters["confidence_min"])
     if filters.get("confidence_max") is not None:
-        items = items.filter(v__confidence_calibrated__lte=filters["confidence_max"])
+        on_verdict &= Q(v__confidence_calibrated__lte=filters["confidence_max"])
+    if on_verdict:
+        items = items.filter(on_verdict)
     if filters.get("rule"):
         items = items.filter(Exists(RuleHit.objects.filter(item=OuterRef("pk"), label_function_id=filters["rule"])))
     reviewer = filters.get("reviewer")
@@ -334,11 +332,29 @@ def _add_row_details(rows: list[dict]) -> None:
         row["reviews"] = reviews.get(row["id"], 0)
 
 
-def count_capped(items: QuerySet, cap: int = COUNT_CAP) -> tuple[int, bool]:
-    """``(n, capped)``: how many of ``items`` there are, counting at most ``cap`` + 1 (``capped`` True: ``cap``
-    or more; the list says "10,000 or more"), so a count never walks a million rows."""
-    n = items.order_by().values("pk")[: cap + 1].count()
+def count_capped(items: QuerySet, cap: int | None = None, *, sort: str = "-id") -> tuple[int, bool]:
+    """``(n, capped)``: how many of ``items`` there are, counting at most ``cap`` + 1 (default ``COUNT_CAP``;
+    ``capped`` True: ``cap`` or more), so a count never walks a million rows. It counts in the page's order
+    (``sort``), so PostgreSQL takes the path that found the page's rows, which meets the first matches soonest."""
+    cap = COUNT_CAP if cap is None else cap
+    keys = SORTS.get(sort) or SORTS["-id"]
+    ordered = items.order_by(*[f"{'-' if desc else ''}{name}" for name, desc in keys])
+    n = ordered.values("pk")[: cap + 1].count()
     return (cap, True) if n > cap else (n, False)
+
+
+def count_estimate(items: QuerySet) -> int | None:
+    """PostgreSQL's planner's estimate of how many ``items`` there are (``EXPLAIN``'s top row count: from the
+    tables' statistics, not a count; it can be off by a factor for filters that correlate), or None elsewhere.
+    Costs a plan, not a scan."""
+    if connection.vendor != "postgresql":
+        return None
+    sql, params = items.order_by().values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+        plan = cursor.fetchone()[0]
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 class BulkError(ValueError):

@@ -5,22 +5,28 @@ from django.conf import settings
 from django.db import migrations, models
 
 
-# The items list's full-text search (judging.items.FULLTEXT_SQL, the same expression): PostgreSQL only; SQLite
-# searches with icontains. The text is cut at FULLTEXT_CHARS so that no item's tsvector passes PostgreSQL's 1 MB.
-FULLTEXT_INDEX = (
-    "CREATE INDEX IF NOT EXISTS item_fulltext ON annotations_item USING gin ("
-    "to_tsvector('simple'::regconfig, left(coalesce(prompt, '') || ' ' || coalesce(response, ''), 100000)))"
+# The items list's full-text search (judging.items.FULLTEXT_SQL): PostgreSQL only; SQLite searches with
+# icontains. A stored generated column, so a row's check reads its tsvector instead of parsing its text again
+# (a plan that walks the items in order and checks each, or a phrase's recheck, stays cheap), with a GIN index.
+# The text is cut at 100,000 characters so that no item's tsvector passes PostgreSQL's 1 MB. Django does not
+# know the column: it never writes it, and PostgreSQL computes it on every insert and update.
+FULLTEXT_COLUMN = (
+    "ALTER TABLE annotations_item ADD COLUMN IF NOT EXISTS search_vector tsvector GENERATED ALWAYS AS ("
+    "to_tsvector('simple'::regconfig, left(coalesce(prompt, '') || ' ' || coalesce(response, ''), 100000))) STORED"
 )
+FULLTEXT_INDEX = "CREATE INDEX IF NOT EXISTS item_fulltext ON annotations_item USING gin (search_vector)"
 
 
 def fulltext_index(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(FULLTEXT_COLUMN)
         schema_editor.execute(FULLTEXT_INDEX)
 
 
 def fulltext_index_drop(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute("DROP INDEX IF EXISTS item_fulltext")
+        schema_editor.execute("ALTER TABLE annotations_item DROP COLUMN IF EXISTS search_vector")
 
 
 class Migration(migrations.Migration):
