@@ -16,6 +16,7 @@ from annotations.views import get_project_for_lead, parse_id
 from judging.items import (
     BULK_MAX,
     COUNT_CAP,
+    PAGE_SIZE,
     BulkError,
     ItemFilterForm,
     count_capped,
@@ -52,7 +53,10 @@ def items_list(request: HttpRequest, slug: str) -> HttpResponse:
     back = "?" + urlencode({"back": _query(form)})
     for row in page.rows:
         row["url"] = f"{prefix}{row['id']}/{back}"
-    if request.GET.get("count") == "exact":
+    first_page = not request.GET.get("after") and not request.GET.get("before")
+    if first_page and len(page.rows) < PAGE_SIZE:  # the whole list is on this page: no count query
+        count, capped = len(page.rows), False
+    elif request.GET.get("count") == "exact":
         count, capped = items.order_by().count(), False
     else:
         count, capped = count_capped(items, sort=form.sort_name)
