@@ -29,7 +29,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from common import ROOT, database_name, database_url, recreate_database
+from common import ROOT, database_name, database_url, percentile, recreate_database
 
 DB_NAME = database_name("items")
 os.environ["DATABASE_URL"] = database_url(DB_NAME)
@@ -262,10 +262,6 @@ def queries(ids: dict) -> dict[str, dict]:
         "id A-Z, queued=no": {"sort": "external_id", "queued": "no"},
         "second import + reject": {"import_job": ids["jobs"][1].pk, "outcome": "reject"},
     }
-
-
-def percentile(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def main() -> None:
