@@ -2,7 +2,7 @@
 
 Usage (from the project folder; PostgreSQL on 127.0.0.1:5432 with trust auth, as on our machines):
 
-    .venv/bin/python bench/items_list.py [--items 1000000] [--repeat 5] [--port 8765]
+    .venv/bin/python bench/items_list.py [--items 1000000] [--repeat 5] [--port 8765] [--reuse]
 
 It (re)creates the database ``<DATABASE_URL's name>_bench_items`` (see common.py), migrates it and builds, with
 ``generate_series`` SQL in a few statements: ``--items`` items in one project (5 task types, 4 source models,
@@ -198,6 +198,36 @@ def create_fulltext_index() -> float:
     return time.perf_counter() - started
 
 
+def existing(n: int) -> bool:
+    """Whether the benchmark database holds a finished build of ``n`` items (its last step, the full-text
+    index, is there)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(database_url(DB_NAME).replace("postgres://", "postgresql://", 1)) as conn:
+            built = conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = 'item_fulltext'").fetchone()
+            count = conn.execute("SELECT count(*) FROM annotations_item").fetchone()[0]
+    except psycopg.Error:
+        return False
+    return bool(built) and count == n
+
+
+def ids_of_existing() -> dict:
+    from django.contrib.auth import get_user_model
+
+    from annotations.models import ImportJob, Project
+    from judging.models import JudgeRun, LabelFunction
+
+    project = Project.objects.get(slug="bench")
+    return {
+        "project": project,
+        "run": JudgeRun.objects.get(project=project),
+        "rules": list(LabelFunction.objects.filter(project=project).order_by("id")),
+        "smes": list(get_user_model().objects.filter(username__startswith="sme").order_by("id")),
+        "jobs": list(ImportJob.objects.filter(project=project).order_by("id")),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -269,23 +299,31 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true", help="time the database the last run built, if any")
     args = parser.parse_args()
 
-    recreate_database(DB_NAME)
+    reused = args.reuse and existing(args.items)
+    if not reused:
+        recreate_database(DB_NAME)
     import django
 
     django.setup()
     from django.core.management import call_command
     from django.db import connection
 
-    call_command("migrate", verbosity=0)
     started = time.perf_counter()
-    ids = build(args.items)
-    index_s = create_fulltext_index()
+    if reused:
+        ids = ids_of_existing()
+        print(f"reusing {DB_NAME} ({args.items} items)", flush=True)
+    else:
+        call_command("migrate", verbosity=0)
+        ids = build(args.items)
+        index_s = create_fulltext_index()
+        print(f"built in {time.perf_counter() - started:.0f} s (full-text index {index_s:.0f} s)", flush=True)
     build_s = time.perf_counter() - started
-    print(f"built in {build_s:.0f} s (full-text index {index_s:.0f} s)", flush=True)
     connection.close()
 
+    load_start = os.getloadavg()[0]
     port = args.port or free_port()
     server = serve(port)
     base = f"http://127.0.0.1:{port}"
@@ -336,7 +374,10 @@ def main() -> None:
         "next_page_median_ms": round(statistics.median(paging), 1),
         "slowest_query": max(timings, key=lambda name: statistics.median(timings[name])),
         "per_query_median_ms": {name: round(statistics.median(v), 1) for name, v in timings.items()},
-        "build_s": round(build_s),
+        "build_s": None if reused else round(build_s),
+        "reused": bool(reused),
+        # The machine is shared: its load while the requests ran says how far to trust the figures.
+        "load_1min_at_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "python": sys.version.split()[0],
     }
     print(json.dumps(result))

@@ -22,6 +22,7 @@ from django.db.models import BooleanField, Exists, F, FilteredRelation, OuterRef
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Left
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 from annotations.models import (
     Adjudication,
@@ -148,8 +149,15 @@ class ItemFilterForm(forms.Form):
         self.fields["import_job"].choices = [("", "any")] + [
             (job.pk, f"{job.pk}: {job.filename} ({job.created_at:%Y-%m-%d %H:%M})") for job in jobs
         ]
-        self.task_types = distinct_values(project, "task_type")
-        self.source_models = distinct_values(project, "source_model")
+
+    @cached_property
+    def task_types(self) -> list[str]:
+        """For the task type box's suggestions: asked for only when the whole page is drawn (not the results)."""
+        return distinct_values(self.project, "task_type")
+
+    @cached_property
+    def source_models(self) -> list[str]:
+        return distinct_values(self.project, "source_model")
 
     def filters(self) -> dict:
         """The valid, non-empty filters: ``{name: value}`` (what a bulk action records and links keep)."""

@@ -38,6 +38,10 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.RemoveIndex(
+            model_name='gatedecision',
+            name='judging_gat_outcome_2bf169_idx',
+        ),
         migrations.CreateModel(
             name='ItemBulkAction',
             fields=[
