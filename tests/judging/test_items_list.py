@@ -234,6 +234,11 @@ def test_the_count_stops_at_its_cap_and_says_so(client, project, story, lead, mo
     monkeypatch.setattr("judging.items.COUNT_CAP", 3)
     monkeypatch.setattr("judging.item_views.COUNT_CAP", 3)
     client.force_login(lead)
+    # A first page that holds the whole list is its own count, exact whatever the cap.
+    response = client.get(list_url(project))
+    assert (response.context["count"], response.context["capped"]) == (7, False)
+    monkeypatch.setattr("judging.items.PAGE_SIZE", 2)
+    monkeypatch.setattr("judging.item_views.PAGE_SIZE", 2)
     page = client.get(list_url(project)).content.decode()
     assert "3 or more" in page and "count them all" in page
     if connection.vendor == "postgresql":  # and the planner's estimate beside it, said to be one
