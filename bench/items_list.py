@@ -349,8 +349,8 @@ def main() -> None:
                     raise SystemExit(f"{name}: HTTP {answer.status_code}")
                 if attempt:  # the first is a warm-up
                     timings.setdefault(name, []).append(ms)
-                    server = re.search(r"dur=([0-9.]+)", answer.headers.get("Server-Timing", ""))
-                    server_ms.append(float(server.group(1)) if server else float("nan"))
+                    timing = re.search(r"dur=([0-9.]+)", answer.headers.get("Server-Timing", ""))
+                    server_ms.append(float(timing.group(1)) if timing else float("nan"))
             found = re.search(r'<p class="count"><strong>([^<]+)</strong>', answer.text)
             counts[name] = found.group(1) if found else "?"
             print(f"{name:40} median {statistics.median(timings[name]):7.1f} ms  max {max(timings[name]):7.1f} ms"
