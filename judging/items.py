@@ -6,9 +6,10 @@ Reads (``items_filtered``, ``items_page``, ``count_capped``, ``item_story``) and
 
 Speed (``bench/items_list.py``): every filter is a column of ``Item`` or ``GateDecision`` with an index, an
 ``EXISTS`` over an index (rule hits, reviews), the gating run's verdict joined once (``FilteredRelation`` on the
-unique (run, item) index, sorted by ``verdict_run_confidence``), or PostgreSQL full text on a GIN index
-(``FULLTEXT_SQL``, migration judging 0016). Pages are keyset pages (``after``/``before`` a sort key, never an
-OFFSET), and counts stop at ``COUNT_CAP``: nothing counts the whole table on every page.
+unique (run, item) index, sorted by ``verdict_run_confidence``), or PostgreSQL full text on a stored tsvector
+column with a GIN index (``FULLTEXT_SQL``, migration judging 0016). Pages are keyset pages (``after``/``before``
+a sort key, never an OFFSET), and counts stop at ``COUNT_CAP`` (then PostgreSQL's planner estimate is shown,
+labelled as one): nothing counts the whole table on every page. Figures in docs/PERFORMANCE.md.
 """
 
 import json
