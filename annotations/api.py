@@ -14,6 +14,7 @@ import django_filters
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.http import Http404
+from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
@@ -24,7 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations.importers import FORMATS, ImportFormatError, detect_format, import_items
-from annotations.models import Decision, Item, Project, Review, SampleDraw, validate_reject_reasons
+from annotations.models import Decision, Item, Project, Review, SampleDraw, SampleMembership, validate_reject_reasons
 from annotations.sampling import DEFAULT_UNIFORM_SHARE, STRATA_FIELDS, SamplingError, draws_for, sample_draw
 from annotations.selectors import projects_for
 from annotations.services import items_imported
@@ -399,7 +400,8 @@ class SampleDrawOutput(serializers.ModelSerializer):
 @extend_schema(tags=["sampling"], parameters=[SLUG])
 class SampleDrawApi(APIView):
     """The project's recorded SME sample draws (GET), and a new one (POST, leads and staff): the drawn items go
-    to the SME queue, each with its inclusion probability (``annotations.sampling``). 400 says what is wrong."""
+    to the SME queue, each with its inclusion probability (``annotations.sampling``; listed by
+    ``GET .../samples/<id>/members/``). 400 says what is wrong."""
 
     @extend_schema(responses={200: SampleDrawOutput(many=True)}, summary="The project's sample draws, newest first")
     def get(self, request, slug: str) -> Response:
@@ -416,3 +418,26 @@ class SampleDrawApi(APIView):
         except SamplingError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(SampleDrawOutput(draw).data, status=status.HTTP_201_CREATED)
+
+
+class SampleMemberSerializer(serializers.ModelSerializer):
+    external_id = serializers.CharField(source="item.external_id", read_only=True)
+
+    class Meta:
+        model = SampleMembership
+        fields = ["id", "item", "external_id", "inclusion_probability", "uniform_slice", "stratum"]
+
+
+@extend_schema(tags=["sampling"], parameters=[PROJECT_SLUG])
+@extend_schema_view(list=extend_schema(summary="The items a draw chose, with their inclusion probabilities"))
+class SampleMemberViewSet(mixins.ListModelMixin, ProjectScopedViewSet):
+    """The items one recorded draw chose (``GET .../samples/<draw_id>/members/``): each with the probability the
+    design gave it of being drawn (``inclusion_probability``, in (0, 1]; an estimate weights its SME label by
+    the inverse), whether the design's uniform slice drew it, and its stratum. Leads and staff."""
+
+    serializer_class = SampleMemberSerializer
+    model = SampleMembership
+
+    def scoped_queryset(self, project: Project):
+        draw = get_object_or_404(SampleDraw, project=project, pk=self.kwargs["draw_id"])
+        return SampleMembership.objects.filter(draw=draw).select_related("item")

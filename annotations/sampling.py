@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 from django.db import transaction
+from django.db.models import Max, Min
 
 from annotations.models import Project, SampleDraw, SampleMembership
 from annotations.queue import queue_add
@@ -213,8 +214,14 @@ def _confidence(ids: list[int], certainty: dict[int, float], n: int, uniform_sha
 
 
 def draws_for(project: Project) -> list[SampleDraw]:
-    """The project's draws, newest first, with who made them."""
-    return list(SampleDraw.objects.filter(project=project).select_related("created_by"))
+    """The project's draws, newest first, with who made them and the least and greatest inclusion probability of
+    their members (``pi_min``, ``pi_max``; None for a draw that drew nothing)."""
+    return list(
+        SampleDraw.objects.filter(project=project)
+        .select_related("created_by")
+        .annotate(pi_min=Min("members__inclusion_probability"), pi_max=Max("members__inclusion_probability"))
+        .order_by("-id")  # Meta.ordering is not applied to an aggregating query
+    )
 
 
 def memberships(project: Project) -> dict[int, tuple[float, bool]]:

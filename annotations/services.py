@@ -127,22 +127,47 @@ def sample_for_review(*, project: Project, n: int | None = None, fraction: float
     return sample_draw(project=project, size=n - already, design="uniform", seed=seed).drawn
 
 
-def review_reason_clean(*, project: Project, decision: str, reason: str) -> str:
+# The review screen's "other" reason: the form posts OTHER as the reason and the SME's words as
+# ``reason_other``; it is stored as "other: <their words>", so reason counts group all of them under "other".
+OTHER = "_other"
+OTHER_PREFIX = "other: "
+
+
+def review_reason_clean(*, project: Project, decision: str, reason: str, reason_other: str = "") -> str:
     """The reject reason to store for ``decision`` in ``project`` ("" for an accept).
 
+    ``reason`` is one of the project's reasons, ``OTHER`` with the SME's own
+    words in ``reason_other`` (stored as ``"other: <words>"``, at most 200
+    characters), or such a stored ``"other: <words>"`` again (an edit).
     Raises ReviewError for a decision other than accept/reject, a reject
-    without a reason, or a reason outside the project's list.
+    without a reason, an "other" without words, or a reason outside the
+    project's list.
     """
     if decision not in Decision.values:
         raise ReviewError(f"decision must be accept or reject, got {decision!r}")
     if decision == Decision.ACCEPT:
-        return ""  # the form always posts the select's reason
+        return ""  # the form may post a reason the SME picked before accepting
     reason = reason.strip()
+    if reason == OTHER:
+        words = " ".join(reason_other.split())
+        if not words:
+            raise ReviewError('an "other" reject reason needs a few words saying what is wrong')
+        return (OTHER_PREFIX + words)[:200]
     if not reason:
-        raise ReviewError("a reject needs a reason")
+        keys = f"keys 1-{len(project.reject_reasons)}" if project.reject_reasons else "a key"
+        raise ReviewError(f"a reject needs a reason: pick one ({keys}, or 0 for other)")
+    if reason.startswith(OTHER_PREFIX) and reason[len(OTHER_PREFIX) :].strip():
+        return reason[:200]
     if project.reject_reasons and reason not in project.reject_reasons:
         raise ReviewError(f"reason must be one of {', '.join(project.reject_reasons)}, got {reason!r}")
     return reason
+
+
+def correction_clean(*, item: Item, corrected_response: str) -> str:
+    """The corrected response to store: "" when it is the item's own response unchanged (the review screen's
+    box starts with it), else the text, stripped, at most ``MAX_TEXT`` characters."""
+    text = corrected_response.strip()
+    return "" if text == item.response.strip() else text[:MAX_TEXT]
 
 
 def _require_staff(user, permission: str) -> None:
@@ -156,6 +181,7 @@ def review_submit(
     reviewer,
     decision: str,
     reason: str = "",
+    reason_other: str = "",
     comment: str = "",
     corrected_response: str = "",
     leased_at: datetime | None = None,
@@ -163,17 +189,20 @@ def review_submit(
     """Store one SME's decision on an item they hold (or one nobody else holds) and close its slot.
 
     ``decision`` is ``"accept"`` or ``"reject"``; a reject needs a reason from
-    the project's list. The time from hand-out to decision is recorded. A
-    decision on a lease that expired is still stored while no other SME has
-    taken the item. ``leased_at`` is when the lease the decision was made
-    under began (``next_item``'s ``item.leased_at``, sent back by the review
-    screen); it only tells "your lease expired" from "another SME has it".
+    the project's list, or ``OTHER`` with ``reason_other`` (``review_reason_clean``).
+    A ``corrected_response`` equal to the item's response is stored as none.
+    The time from hand-out to decision is recorded. A decision on a lease
+    that expired is still stored while no other SME has taken the item.
+    ``leased_at`` is when the lease the decision was made under began
+    (``next_item``'s ``item.leased_at``, sent back by the review screen); it
+    only tells "your lease expired" from "another SME has it".
     Raises ReviewConflict (a ReviewError; see its ``case``) when the item is
     no longer the SME's: they already decided it, skipped it, or another SME
     has it; ReviewError for a bad decision or an item outside the SME queue.
     Nothing is stored when it raises.
     """
-    reason = review_reason_clean(project=item.project, decision=decision, reason=reason)
+    reason = review_reason_clean(project=item.project, decision=decision, reason=reason, reason_other=reason_other)
+    corrected_response = correction_clean(item=item, corrected_response=corrected_response)
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -193,7 +222,7 @@ def review_submit(
                 decision=decision,
                 reason=reason[:200],
                 comment=comment.strip()[:MAX_TEXT],
-                corrected_response=corrected_response.strip()[:MAX_TEXT],
+                corrected_response=corrected_response,
                 seconds_spent=(now - slot.leased_at).total_seconds() if slot.leased_at else None,
             )
             Slot.objects.filter(pk=slot.pk).update(done=True, reviewer=reviewer, leased_until=None)
@@ -262,9 +291,18 @@ def review_undo(*, review: Review, reviewer) -> Item:
 
 
 def review_edit(
-    *, review: Review, reviewer, decision: str, reason: str = "", comment: str = "", corrected_response: str = ""
+    *,
+    review: Review,
+    reviewer,
+    decision: str,
+    reason: str = "",
+    reason_other: str = "",
+    comment: str = "",
+    corrected_response: str = "",
 ) -> Review:
-    """Change a past decision (the SME's own); the change is kept in history. Raises ReviewError."""
+    """Change a past decision (the SME's own); the change is kept in history. Raises ReviewError.
+
+    The arguments are as for ``review_submit``."""
     if review.reviewer_id != reviewer.pk:
         raise ReviewError("only the SME who made a decision can edit it")
     return _review_change(
@@ -272,6 +310,7 @@ def review_edit(
         user=reviewer,
         decision=decision,
         reason=reason,
+        reason_other=reason_other,
         comment=comment,
         corrected_response=corrected_response,
     )
@@ -296,16 +335,19 @@ def review_staff_edit(
 
 
 def _review_change(
-    *, review: Review, user, decision: str, reason: str, comment: str, corrected_response: str
+    *, review: Review, user, decision: str, reason: str, comment: str, corrected_response: str, reason_other: str = ""
 ) -> Review:
-    reason = review_reason_clean(project=review.item.project, decision=decision, reason=reason)
+    reason = review_reason_clean(
+        project=review.item.project, decision=decision, reason=reason, reason_other=reason_other
+    )
+    corrected_response = correction_clean(item=review.item, corrected_response=corrected_response)
     with transaction.atomic():
         stored = Review.objects.select_for_update().filter(pk=review.pk).first()
         if stored is None:
             raise ReviewError(f"this decision on item {review.item.external_id} was taken back or deleted meanwhile")
         before = stored.snapshot()
         stored.decision, stored.reason = decision, reason[:200]
-        stored.comment, stored.corrected_response = comment.strip()[:MAX_TEXT], corrected_response.strip()[:MAX_TEXT]
+        stored.comment, stored.corrected_response = comment.strip()[:MAX_TEXT], corrected_response
         if stored.snapshot() == before:
             return stored
         stored.save()

@@ -3,6 +3,7 @@
 import csv
 import re
 from datetime import datetime
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import messages
@@ -10,16 +11,24 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
 
 from annotations import queue
 from annotations.importers import ImportFormatError
-from annotations.models import ImportJob, Item, Membership, Project, Review, SampleDraw
+from annotations.models import ImportJob, Item, Membership, Project, Review, ReviewChange, SampleDraw
 from annotations.sampling import DEFAULT_UNIFORM_SHARE, STRATA_FIELDS, SamplingError, sample_draw
-from annotations.selectors import agreement_report, disagreements, projects_for
+from annotations.selectors import (
+    agreement_report,
+    disagreement_filter_choices,
+    disagreements_filtered,
+    projects_for,
+)
 from annotations.services import (
+    OTHER,
+    OTHER_PREFIX,
     ReviewConflict,
     ReviewError,
     adjudicate,
@@ -57,9 +66,18 @@ def parse_id(raw: str | None, what: str) -> int:
     return int(raw)
 
 
-def _last_review_key(project: Project) -> str:
-    """The session key of the SME's last decision in this project (undo is per project)."""
-    return f"larry_last_review_{project.pk}"
+# How many decisions back an SME can undo, per project and browser session.
+UNDO_DEPTH = 50
+
+
+def _undo_key(project: Project) -> str:
+    """The session key of the SME's decisions in this project, oldest first (undo is per project)."""
+    return f"larry_undo_{project.pk}"
+
+
+def _count_key(project: Project) -> str:
+    """The session key of how many decisions the SME made in this project in this session (less undone ones)."""
+    return f"larry_decisions_{project.pk}"
 
 
 def get_project_for_user(request: HttpRequest, slug: str) -> Project:
@@ -85,14 +103,57 @@ def project_list(request: HttpRequest) -> HttpResponse:
     return render(request, "annotations/project_list.html", {"projects": projects_for(request.user), "led": led})
 
 
-def _card(request: HttpRequest, project: Project, error: str = "", status: int = 200, notice: str = "") -> HttpResponse:
-    """The review card with the SME's next item: the partial for htmx, else the whole page."""
+def _restored(item: Item | None, reviewer) -> dict | None:
+    """What the SME had entered on ``item`` before undoing their decision on it (``decision``, ``reason``,
+    ``reason_other``, ``comment``, ``corrected_response``), so the card shows it again; None otherwise.
+
+    Read from history: the item's last change by this SME is an undo, whose ``before`` is the decision."""
+    if item is None:
+        return None
+    last = ReviewChange.objects.filter(item=item, reviewer=reviewer).order_by("-changed_at", "-id").first()
+    if last is None or last.action != ReviewChange.Action.UNDO:
+        return None
+    return _form_values(last.before, item)
+
+
+def _form_values(snapshot: dict, item: Item) -> dict:
+    """A stored decision's ``snapshot()`` as the review form's values: an "other: <words>" reason split into
+    ``OTHER`` and ``reason_other``, and the correction box holding the response when there is no correction."""
+    values = {"reason_other": "", **snapshot}
+    if values.get("reason", "").startswith(OTHER_PREFIX):
+        values["reason"], values["reason_other"] = OTHER, values["reason"][len(OTHER_PREFIX) :]
+    values["corrected_response"] = values.get("corrected_response") or item.response
+    return values
+
+
+def _card(
+    request: HttpRequest,
+    project: Project,
+    error: str = "",
+    status: int = 200,
+    notice: str = "",
+    posted: Item | None = None,
+) -> HttpResponse:
+    """The review card with the SME's next item: the partial for htmx, else the whole page.
+
+    On an item whose decision the SME undid, the card holds what they had entered (reason, comment,
+    correction); after a refused decision on ``posted``, still theirs, what they had just posted.
+    """
+    item = queue.next_item(project=project, reviewer=request.user)
+    entered = _restored(item, request.user)
+    if posted is not None and item is not None and posted.pk == item.pk:
+        entered = {name: request.POST.get(name, "") for name in ("reason", "reason_other", "comment")}
+        entered["corrected_response"] = request.POST.get("corrected_response", "") or item.response
     context = {
         "project": project,
-        "item": queue.next_item(project=project, reviewer=request.user),
+        "item": item,
         "progress": queue.progress(project=project, reviewer=request.user),
         "reasons": project.reject_reasons,
-        "can_undo": _last_review_key(project) in request.session,
+        "other": OTHER,
+        "entered": entered or {},
+        "restored": entered is not None and posted is None,
+        "undo_depth": len(request.session.get(_undo_key(project), [])),
+        "session_decisions": request.session.get(_count_key(project), 0),
         "error": error,
         "notice": notice,
     }
@@ -132,6 +193,7 @@ def review_decide(request: HttpRequest, slug: str, item_id: int) -> HttpResponse
             reviewer=request.user,
             decision=request.POST.get("decision", ""),
             reason=request.POST.get("reason", ""),
+            reason_other=request.POST.get("reason_other", ""),
             comment=request.POST.get("comment", ""),
             corrected_response=request.POST.get("corrected_response", ""),
             leased_at=_leased_at(request),
@@ -141,8 +203,9 @@ def review_decide(request: HttpRequest, slug: str, item_id: int) -> HttpResponse
         # their current item.
         return _card(request, project, str(exc), status=409)
     except ReviewError as exc:
-        return _card(request, project, str(exc), status=400)
-    request.session[_last_review_key(project)] = stored.pk
+        return _card(request, project, str(exc), status=400, posted=item)
+    request.session[_undo_key(project)] = [*request.session.get(_undo_key(project), []), stored.pk][-UNDO_DEPTH:]
+    request.session[_count_key(project)] = request.session.get(_count_key(project), 0) + 1
     return _next_card(request, project)
 
 
@@ -170,14 +233,27 @@ def review_skip_item(request: HttpRequest, slug: str, item_id: int) -> HttpRespo
 @login_required
 @require_POST
 def review_undo_last(request: HttpRequest, slug: str) -> HttpResponse:
-    """Undo this session's last decision: the item comes back to the SME."""
+    """Undo this session's last decision still undoable: the item comes back to the SME with what they entered.
+
+    Several undos go back several decisions (up to ``UNDO_DEPTH``), newest first; a decision that is gone
+    meanwhile (edited away by staff, deleted) is passed over.
+    """
     project = get_project_for_user(request, slug)
-    review_id = request.session.pop(_last_review_key(project), None)
-    stored = Review.objects.filter(pk=review_id, reviewer=request.user, item__project=project).first()
+    stack = list(request.session.get(_undo_key(project), []))
+    stored = None
+    while stack and stored is None:
+        stored = Review.objects.filter(pk=stack.pop(), reviewer=request.user, item__project=project).first()
+    request.session[_undo_key(project)] = stack
     if stored is None:
         return _card(request, project, "nothing to undo", status=400)
     item = review_undo(review=stored, reviewer=request.user)
-    return _card(request, project, notice=f"Undone: your decision on {item.external_id} was taken back.")
+    request.session[_count_key(project)] = max(request.session.get(_count_key(project), 0) - 1, 0)
+    return _card(
+        request,
+        project,
+        notice=f"Undone: your decision on {item.external_id} ({stored.decision}) was taken back; "
+        "what you entered is back in the form.",
+    )
 
 
 @login_required
@@ -203,69 +279,159 @@ def review_change(request: HttpRequest, slug: str, review_id: int) -> HttpRespon
                 reviewer=request.user,
                 decision=request.POST.get("decision", ""),
                 reason=request.POST.get("reason", ""),
+                reason_other=request.POST.get("reason_other", ""),
                 comment=request.POST.get("comment", ""),
                 corrected_response=request.POST.get("corrected_response", ""),
             )
             return redirect("annotations:my_reviews", slug=project.slug)
         except ReviewError as exc:
             error = str(exc)
+    if error:
+        entered = {name: request.POST.get(name, "") for name in ("reason", "reason_other", "comment")}
+        entered["corrected_response"] = request.POST.get("corrected_response", "")
+    else:
+        entered = _form_values(stored.snapshot(), stored.item)
     context = {
         "project": project,
         "review": stored,
         "item": stored.item,
         "reasons": project.reject_reasons,
+        "other": OTHER,
+        "entered": entered,
         "error": error,
     }
     return render(request, "annotations/review_change.html", context, status=400 if error else 200)
 
 
+def agreement_figures(report: dict) -> list[dict]:
+    """The headline figures of ``selectors.agreement_report`` for ``_agreement_figures.html``: each with its
+    name, value, 95 % interval, n, what n counts, and why it is undefined when it is."""
+    kappa_undefined = "one label throughout" if report["reviewers"] == 2 else "only with exactly two SMEs"
+    common = {"small_n": report["small_n"]}
+    return [
+        {
+            **common,
+            "id": "cohen-kappa",
+            "name": "Cohen's \N{GREEK SMALL LETTER KAPPA} (two SMEs)",
+            "value": report["cohen_kappa"],
+            "ci": report["cohen_kappa_ci"],
+            "n": report["cohen_kappa_n"],
+            "what": "items both SMEs reviewed",
+            "undefined": kappa_undefined,
+        },
+        {
+            **common,
+            "id": "krippendorff-alpha",
+            "name": "Krippendorff's \N{GREEK SMALL LETTER ALPHA} (nominal)",
+            "value": report["krippendorff_alpha"],
+            "ci": report["krippendorff_alpha_ci"],
+            "n": report["items"],
+            "what": "items reviewed by two or more SMEs",
+            "undefined": "one label throughout",
+        },
+    ]
+
+
 @login_required
 def agreement(request: HttpRequest, slug: str) -> HttpResponse:
-    """Inter-SME agreement: Cohen's kappa, Krippendorff's alpha, each SME against the consensus."""
+    """Inter-SME agreement: Cohen's kappa, Krippendorff's alpha, each SME against the consensus; each with
+    n and a 95 % interval, flagged when n is too small to mean anything."""
     project = get_project_for_user(request, slug)
     report = agreement_report(project)
     for row in report["per_sme"]:
         row["bar"] = round((row["agreement"] or 0) * 240)
+        row["whisker"] = [150 + round(x * 240) for x in row["ci"]] if row["ci"] else None
     context = {
         "project": project,
         "report": report,
+        "figures": agreement_figures(report),
         "chart_height": 20 + 28 * len(report["per_sme"]),
         "is_lead": project.is_lead(request.user),
     }
     return render(request, "annotations/agreement.html", context)
 
 
+ADJUDICATION_FILTERS = ("reviewer", "task_type", "source_model", "reject_reason", "q")
+
+
 @login_required
 def adjudication(request: HttpRequest, slug: str) -> HttpResponse:
-    """Leads decide items the SMEs disagreed on; the decision becomes the ground truth."""
+    """Leads decide items the SMEs disagreed on, one at a time; the decision becomes the ground truth.
+
+    GET ``?reviewer=&task_type=&source_model=&reject_reason=&q=`` filters the open disagreements (an SME who
+    reviewed the item, exact task type and source model, a reject reason given, text in the prompt or
+    response); ``item`` picks one of them, else the first. A POST decides ``item`` and goes on to the next
+    one under the same filters. Keyboard: see the page's key legend.
+    """
     project = get_project_for_user(request, slug)
     if not project.is_lead(request.user):
         raise PermissionDenied("Only project leads adjudicate.")
-    error = ""
+    source = request.POST if request.method == "POST" else request.GET
+    filters = {name: source.get(name, "").strip()[:200] for name in ADJUDICATION_FILTERS}
+    open_items = disagreements_filtered(project, **filters)
+    error, status, current = "", 200, None
     if request.method == "POST":
         try:
             item_id = parse_id(request.POST.get("item"), "item")
         except ValueError as exc:
-            error = str(exc)
+            error, status = str(exc), 400
         else:
+            item = get_object_or_404(Item, pk=item_id, project=project)
             try:
                 adjudicate(
-                    item=get_object_or_404(Item, pk=item_id, project=project),
+                    item=item,
                     lead=request.user,
                     decision=request.POST.get("decision", ""),
                     reason=request.POST.get("reason", ""),
                 )
-                return redirect("annotations:adjudication", slug=project.slug)
             except ReviewError as exc:
-                error = str(exc)
-    items = list(disagreements(project)[:50])
-    reviews = Review.objects.filter(item__in=items).select_related("reviewer").order_by("item_id", "id")
-    by_item: dict[int, list[Review]] = {}
-    for r in reviews:
-        by_item.setdefault(r.item_id, []).append(r)
-    rows = [(item, by_item.get(item.pk, [])) for item in items]
-    context = {"project": project, "rows": rows, "error": error, "reasons": project.reject_reasons}
-    return render(request, "annotations/adjudication.html", context, status=400 if error else 200)
+                error, status, current = str(exc), 400, item
+            else:
+                query = {k: v for k, v in filters.items() if v}
+                after = open_items.filter(pk__gt=item.pk).values_list("pk", flat=True).first()
+                if after is not None:
+                    query["item"] = after
+                messages.success(request, f"Adjudicated {item.external_id}: {request.POST['decision']}.")
+                target = reverse("annotations:adjudication", args=[project.slug])
+                return redirect(f"{target}?{urlencode(query)}" if query else target)
+    ids = list(open_items.values_list("pk", flat=True))
+    if current is None:
+        try:
+            wanted = parse_id(request.GET.get("item"), "item") if request.GET.get("item") else None
+        except ValueError:
+            wanted = None
+        position = ids.index(wanted) if wanted in ids else 0
+        current = Item.objects.get(pk=ids[position]) if ids else None
+    else:
+        position = ids.index(current.pk) if current.pk in ids else 0
+    reviews = (
+        Review.objects.filter(item=current).select_related("reviewer").order_by("id") if current is not None else []
+    )
+    query = {k: v for k, v in filters.items() if v}
+
+    def link(index: int) -> str | None:
+        if not 0 <= index < len(ids):
+            return None
+        return "?" + urlencode({**query, "item": ids[index]})
+
+    report = agreement_report(project)
+    context = {
+        "project": project,
+        "item": current,
+        "reviews": reviews,
+        "position": position + 1,
+        "total": len(ids),
+        "all_open": report["disagreements"],
+        "previous": link(position - 1) if current is not None else None,
+        "next": link(position + 1) if current is not None else None,
+        "filters": filters,
+        "filter_query": urlencode(query),
+        "choices": disagreement_filter_choices(project),
+        "error": error,
+        "figures": agreement_figures(report),
+        "report": report,
+    }
+    return render(request, "annotations/adjudication.html", context, status=status)
 
 
 @login_required

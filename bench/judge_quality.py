@@ -13,16 +13,17 @@ human label the SMEs are given) and each judge, ``--repetitions`` seeded repetit
 2. The judge gives every item a P(accept) and a verdict (accept at P(accept) ≥ 0.5):
    - ``local``: Larry's local classifier (``judging.backends.local_vectorizer``/``local_model``: tf-idf +
      logistic regression) trained on the SME labels, out-of-fold on the labelled items (stratified 5-fold, as
-     ``judge_with_local_classifier`` does) and fit on all SME labels for the rest. One deviation, for speed: the
-     tf-idf vocabulary and idf are fit once per file on every text (labels play no part in them).
+     ``judge_with_local_classifier`` does), and each other item by the model of fold (row number mod k). One
+     deviation, for speed: the tf-idf vocabulary and idf are fit once per file on every text (labels play no
+     part in them), and each model sees only the columns its training rows use (which changes nothing).
    - ``flipped``: a simulated judge. Each item gets a stated certainty c = 0.5 + 0.5·u, u ~ Beta(a, b) with
      mean 1 - 2·r/m (``--flip-rate`` r, ``--overconfidence`` m, concentration ``--concentration``); its verdict is
      the human label flipped with probability m·(1 - c), so the flip rate is r on average and the judge's error
      is m times what its certainty says: informative (less certain verdicts are wrong more often) but
      overconfident. P(accept) = c for an accept verdict, 1 - c for a reject.
 3. Calibration as in the app (``judging.calibration.cross_fit``: Platt below 1,000 labels, isotonic above;
-   out-of-fold on the labelled items). Fewer than 5 labels of a class: no calibrated confidence, so neither
-   estimate nor certificate (counted as ``uncalibrated``).
+   out-of-fold on the labelled items, the map of fold (row number mod K) on the others). Fewer than 5 labels
+   of a class: no calibrated confidence, so neither estimate nor certificate (counted as ``uncalibrated``).
 4. Certify (``judging.certify.certify``, Learn-then-Test, the app's code): labels = the uniform sample,
    population = the unlabelled items the judge accepts. Realised precision = the held-back human labels' accept
    share among the certified items. The guarantee holds in a repetition when that precision is at least the
@@ -37,7 +38,8 @@ Reported per file x budget x judge, and overall: ``guarantee_held_rate`` (pooled
 the guarantee says ≥ 1 - delta in each cell), the lowest cell's rate with its Clopper-Pearson 95 % interval,
 ``interval_coverage`` (pooled; nominal 0.95), ``width_ratio_vs_classical`` (median), ``certified_share`` (mean
 share of all items certified), SME labels used. The last line of output is one JSON object with the figures.
-``--chart PATH`` writes an SVG of the guarantee and the certified share per cell (needs matplotlib).
+``--chart PATH`` writes an SVG of the guarantee and the certified share per cell (needs matplotlib);
+``--replot OUTPUT --chart PATH`` draws it again from a saved run's output.
 """
 
 import argparse
@@ -49,8 +51,10 @@ from pathlib import Path
 
 import django
 import numpy as np
+from scipy import sparse
 from scipy.stats import binomtest
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "larry_web.settings")
@@ -87,11 +91,14 @@ def local_judge(features, y: np.ndarray, labelled: np.ndarray, seed: int) -> np.
     p = np.empty(y.size)
     x_lab = features[labelled]
     oof = np.empty(labelled.size)
-    for train, test in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(labelled, y_lab):
-        oof[test] = _fit_predict(x_lab[train], y_lab[train], x_lab[test], seed)
-    p[labelled] = oof
     rest = np.setdiff1d(np.arange(y.size), labelled)
-    p[rest] = _fit_predict(x_lab, y_lab, features[rest], seed)
+    rest_fold = rest % k  # as the app: fold (item id mod k), the row number standing for the item id
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(labelled, y_lab)
+    for fold, (train, test) in enumerate(folds):
+        mine = rest[rest_fold == fold]
+        both = _fit_predict(x_lab[train], y_lab[train], sparse.vstack([x_lab[test], features[mine]]), seed)
+        oof[test], p[mine] = both[: test.size], both[test.size :]
+    p[labelled] = oof
     return p
 
 
@@ -127,7 +134,7 @@ def one_repetition(y: np.ndarray, features, judge: str, budget: float, seed: tup
     if raw is None:
         return out | {"uncalibrated": True}
     try:
-        fit = cross_fit(raw[labelled], y[labelled], raw[unlabelled], seed=seed[-1])
+        fit = cross_fit(raw[labelled], y[labelled], raw[unlabelled], seed=seed[-1], unlabelled_keys=unlabelled)
     except NotEnoughLabels:
         return out | {"uncalibrated": True}
     p = np.empty(n)
@@ -197,14 +204,17 @@ def summarise(reps: list[dict], target: float) -> dict:
 
 
 def chart(cells: list[dict], path: Path, target: float, delta: float) -> None:
-    """An SVG: per cell, the share of repetitions where the guarantee held (against 1 - delta) and the share of
-    items certified."""
+    """An SVG: per cell, the share of repetitions where the guarantee held (against 1 - delta), the share of
+    items certified, and how often each 95 % interval covered the realised share."""
     import matplotlib
 
     matplotlib.use("svg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    plt.rcParams["svg.fonttype"] = "none"  # text as text: a small file, readable in a diff
+    plt.rcParams["svg.hashsalt"] = "larry"  # stable ids, so a re-run with the same figures gives the same file
+
+    fig, axes = plt.subplots(3, 1, figsize=(11, 9.5), sharex=True)
     labels = [f"{c['file'].split('.')[0]}\n{c['judge']} {c['budget']:.0%}" for c in cells]
     x = np.arange(len(cells))
     held = [c["guarantee_held_rate"] for c in cells]
@@ -219,7 +229,16 @@ def chart(cells: list[dict], path: Path, target: float, delta: float) -> None:
     axes[0].set_title(f"Certified set: precision ≥ {target:g} with confidence {1 - delta:g} (Learn-then-Test)")
     axes[1].bar(x, [c["certified_share"] for c in cells], color="#228833")
     axes[1].set_ylabel("share of items\ncertified (mean)")
-    axes[1].set_xticks(x, labels, rotation=90, fontsize=7)
+    for offset, key, name, colour in (
+        (-0.2, "interval_coverage", "PPI++", "#4477aa"),
+        (0.2, "classical_coverage", "Wilson", "#bbbbbb"),
+    ):
+        axes[2].bar(x + offset, [c[key] or 0 for c in cells], width=0.4, color=colour, label=name)
+    axes[2].axhline(0.95, color="#cc3311", linestyle="--", label="nominal 0.95")
+    axes[2].set_ylim(0.5, 1.005)
+    axes[2].set_ylabel("95 % interval covers\nthe realised share")
+    axes[2].legend(loc="lower right", ncols=3)
+    axes[2].set_xticks(x, labels, rotation=90, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, metadata={"Date": None})
     plt.close(fig)
@@ -240,7 +259,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--files", nargs="+", help="only these file names in --data")
     parser.add_argument("--chart", type=Path, help="write an SVG chart here (needs matplotlib)")
+    parser.add_argument("--replot", type=Path, help="only draw --chart from a saved run's output (its last line)")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads(args.replot.read_text().strip().splitlines()[-1])
+        chart(saved["cells"], args.chart or Path("judge_quality.svg"), saved["target"], saved["delta"])
+        return
     files = sorted(p for p in args.data.glob("*.jsonl") if not args.files or p.name in args.files)
     if not files:
         sys.exit(f"no labelled .jsonl files in {args.data}")
@@ -251,7 +275,9 @@ def main() -> None:
         for judge in args.judges
     ]
     cells = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    # One BLAS/OpenMP thread per process: with a thread per core in each of several processes on a busy machine,
+    # lbfgs's small vector operations spin-wait for each other (measured: 24x slower).
+    with ProcessPoolExecutor(max_workers=args.jobs, initializer=threadpool_limits, initargs=(1,)) as pool:
         for done, cell in enumerate(pool.map(run_cell, tasks), 1):
             reps = cell.pop("reps")
             cells.append(cell)

@@ -1,4 +1,4 @@
-"""REST API of the judging app: judge runs and verdicts, label functions, training sets, the accepted set.
+"""REST API of the judging app: judge runs and verdicts, label functions, the gating policy, the certificate.
 
 Same rules as ``annotations.api``: token or session authentication, projects
 visible to members only (404), content for leads and staff only (403 for
@@ -7,8 +7,6 @@ SMEs). Lists are cursor-paginated.
 
 import django_filters
 from django.db import transaction
-from django.http import StreamingHttpResponse
-from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -25,20 +23,22 @@ from rest_framework.views import APIView
 
 from annotations.api import PROJECT_SLUG, SLUG, ProjectScopedViewSet, project_for_api
 from annotations.models import Decision, Project
-from judging import training_sets
 from judging.backends import JudgeUnreachable
 from judging.estimate import accepted_set_precision
-from judging.export import in_blocks, iter_chat_jsonl
 from judging.models import (
     NO_POLICY,
     GatingPolicyChange,
     JudgeRun,
     LabelFunction,
-    TrainingSet,
-    TrainingSetRow,
     Verdict,
 )
-from judging.selectors import certification_current, gating_policy, run_progress
+from judging.selectors import (
+    certificate_held_back,
+    certification_current,
+    certification_staleness,
+    gating_policy,
+    run_progress,
+)
 from judging.services import (
     CertificationError,
     LearnFromError,
@@ -52,32 +52,6 @@ from judging.services import (
     judge_run_queue_errors,
 )
 from larry_web.parsers import JSONParser
-
-CONTENT_TYPES = {
-    TrainingSet.Format.CSV: "text/csv; charset=utf-8",
-}
-JSONL = "application/jsonl; charset=utf-8"
-
-
-@extend_schema(tags=["import and export"])
-class ExportChatJsonlApi(APIView):
-    """GET the project's accepted set as OpenAI chat fine-tuning JSONL, streamed (as it is now, not a snapshot).
-
-    Token-authenticated (``Authorization: Token <key>``). The gating policy
-    whose judges fed the gate is named in the ``X-Larry-Judge`` header. For a
-    frozen, hashed, reproducible set, create a training set instead.
-    """
-
-    @extend_schema(parameters=[SLUG], responses={(200, "application/jsonl"): OpenApiTypes.BINARY})
-    def get(self, request, slug: str) -> StreamingHttpResponse:
-        project = project_for_api(request, slug)
-        policy = gating_policy(project)
-        response = StreamingHttpResponse(in_blocks(iter_chat_jsonl(project)), content_type=JSONL)
-        response["Content-Disposition"] = f'attachment; filename="{project.slug}-accepted.jsonl"'
-        label = policy.label if policy else NO_POLICY
-        # A header is one line of Latin-1: the label's non-ASCII characters (a judge's model name, "≥") escaped.
-        response["X-Larry-Judge"] = label.encode("ascii", "backslashreplace").decode("ascii")
-        return response
 
 
 class PolicyTierInput(serializers.Serializer):
@@ -216,6 +190,8 @@ def _certificate_body(certification) -> dict:
             "result": certification.result,
             "created_by": certification.created_by.username if certification.created_by else None,
             "created_at": certification.created_at,
+            "since": certification_staleness(certification),
+            "held_back": certificate_held_back(certification.project),
         }
     }
 
@@ -230,7 +206,10 @@ class CertificateApi(APIView):
     """The certificate of the accepted set in force (GET), or certify it now for a target (POST ``{"target",
     "delta"}``: precision ≥ target with confidence 1 - delta; ``services.certification_set``, Learn-then-Test on
     uniform-slice SME labels). ``result`` has the reason when nothing is certified and ``next``: how many more SME
-    labels would certify how many more items. Leads and staff (403 for SMEs, 404 for outsiders)."""
+    labels would certify how many more items; ``since`` what changed since it was computed
+    (``selectors.certification_staleness``: new SME labels, the gating policy, its calibration), as it is never
+    recomputed by itself; ``held_back`` ``{"pending", "queued"}`` the judge accepts the gate leaves pending for it
+    and how many of them wait in the SME queue. Leads and staff (403 for SMEs, 404 for outsiders)."""
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="The accepted set's certificate")
     def get(self, request, slug: str) -> Response:
@@ -449,124 +428,3 @@ class LabelFunctionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Pro
 
     def scoped_queryset(self, project: Project):
         return LabelFunction.objects.filter(project=project)
-
-
-class TrainingSetSerializer(serializers.ModelSerializer):
-    filters = training_sets.FiltersSerializer(required=False)
-    download = serializers.SerializerMethodField(help_text="Where to GET the file once ready.")
-
-    class Meta:
-        model = TrainingSet
-        fields = [
-            "id",
-            "name",
-            "format",
-            "system_prompt",
-            "validation_fraction",
-            "seed",
-            "dedupe",
-            "filters",
-            "status",
-            "error",
-            "items_selected",
-            "rows_train",
-            "rows_validation",
-            "duplicates",
-            "unwritable",
-            "sha256",
-            "size_bytes",
-            "files",
-            "lineage",
-            "download",
-            "created_at",
-            "finished_at",
-        ]
-        read_only_fields = [f for f in fields if f not in training_sets.TrainingSetOptions().fields]
-
-    def get_download(self, training_set: TrainingSet) -> str:
-        path = reverse("training-set-download", args=[training_set.project.slug, training_set.pk])
-        return self.context["request"].build_absolute_uri(path)
-
-
-class TrainingSetReportSerializer(serializers.Serializer):
-    duplicates = serializers.ListField(child=serializers.DictField(), help_text='[{"external_id", "duplicate_of"}]')
-    unwritable = serializers.ListField(child=serializers.DictField(), help_text='[{"external_id", "reason"}]')
-
-
-SPLIT = OpenApiParameter(
-    "split",
-    OpenApiTypes.STR,
-    enum=[choice for choice, _ in TrainingSetRow.Split.choices],
-    description="One split only; without it, train rows then validation rows (the file ``sha256`` is of).",
-)
-
-
-@extend_schema(tags=["training sets"], parameters=[PROJECT_SLUG])
-@extend_schema_view(
-    list=extend_schema(summary="The project's training-set snapshots, newest first"),
-    create=extend_schema(summary="Snapshot a training set (built in the background)"),
-)
-class TrainingSetViewSet(
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.CreateModelMixin,
-    mixins.DestroyModelMixin,
-    ProjectScopedViewSet,
-):
-    """Training-set snapshots: create one (202-style: ``status`` is ``building`` until built), poll, download."""
-
-    serializer_class = TrainingSetSerializer
-    parser_classes = [JSONParser]  # the options nest (filters): JSON only, never a silently flattened form
-    model = TrainingSet
-
-    def scoped_queryset(self, project: Project):
-        return TrainingSet.objects.filter(project=project).select_related("project")
-
-    def create(self, request, *args, **kwargs) -> Response:
-        with transaction.atomic():
-            training_set = training_sets.training_set_create(
-                project=self.get_project(), options=request.data, user=request.user
-            )
-        training_set.refresh_from_db()
-        return Response(self.get_serializer(training_set).data, status=status.HTTP_201_CREATED)
-
-    @extend_schema(responses=TrainingSetReportSerializer)
-    @action(detail=True)
-    def report(self, request, project_slug: str, pk: str) -> Response:
-        """Every selected item that is not a row: duplicates (with the row they repeat) and unwritable ones (why)."""
-        training_set = self.get_object()
-        return Response(
-            {
-                "duplicates": training_set.report.get("duplicates", []),
-                "unwritable": training_set.report.get("unwritable", []),
-            }
-        )
-
-    @extend_schema(
-        parameters=[SPLIT],
-        responses={
-            (200, "application/jsonl"): OpenApiTypes.BINARY,
-            (200, "text/csv"): OpenApiTypes.BINARY,
-            409: OpenApiResponse(description="The set is not built (yet)."),
-        },
-    )
-    @action(detail=True)
-    def download(self, request, project_slug: str, pk: str):
-        """The snapshot's file, streamed; ``X-Larry-Sha256`` is the sha256 of exactly these bytes."""
-        training_set = self.get_object()
-        if training_set.status != TrainingSet.Status.READY:
-            return Response(
-                {"detail": f"training set {training_set.pk} is {training_set.status}, not ready"},
-                status=status.HTTP_409_CONFLICT,
-            )
-        split = request.query_params.get("split") or None
-        if split not in (None, *TrainingSetRow.Split.values):
-            return Response({"split": [f"expected one of {', '.join(TrainingSetRow.Split.values)}"]}, status=400)
-        extension = "csv" if training_set.format == TrainingSet.Format.CSV else "jsonl"
-        name = f"{training_set.project.slug}-{training_set.format}-{training_set.pk}{'-' + split if split else ''}"
-        response = StreamingHttpResponse(
-            training_sets.iter_file(training_set, split), content_type=CONTENT_TYPES.get(training_set.format, JSONL)
-        )
-        response["Content-Disposition"] = f'attachment; filename="{name}.{extension}"'
-        response["X-Larry-Sha256"] = training_set.files[split]["sha256"] if split else training_set.sha256
-        return response

@@ -7,12 +7,8 @@ on the project's SME labels (``judge_config_for``).
 """
 
 import asyncio
-import atexit
-import contextvars
-import os
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
@@ -20,13 +16,15 @@ import numpy as np
 from django.conf import settings
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 
 from annotations.models import Item, Project
 from judging import prompts, replies
 from judging.models import JudgeEndpoint
 from judging.replies import VERDICT_SCHEMA
+from larry_web import llm
+from larry_web.llm import RateLimits, estimate_tokens
 
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}}
 
@@ -284,48 +282,14 @@ class JudgeResult:
 RATIONALE_MAX = 16 * 1024
 ERROR_MAX = 2000
 
-# The HTTP exchanges of the item being judged in this asyncio task (``judge_with_openai`` sets it).
-_exchanges: contextvars.ContextVar[list[dict] | None] = contextvars.ContextVar("larry_judge_exchanges", default=None)
-MAX_EXCHANGES_KEPT = 20
-
-
-def _recording_client_class():
-    """``openai.DefaultAioHttpClient`` that notes each HTTP exchange (status, or the transport fault) in
-    ``_exchanges``, so the record shows every retry the ``openai`` client made on its own."""
-    from openai import DefaultAioHttpClient
-
-    class RecordingAioHttpClient(DefaultAioHttpClient):
-        async def send(self, request, **kwargs):
-            log = _exchanges.get()
-            try:
-                response = await super().send(request, **kwargs)
-            except Exception as exc:
-                if log is not None and len(log) < MAX_EXCHANGES_KEPT:
-                    log.append({"error": replies.transport_fault(exc), "detail": str(exc)[:300]})
-                raise
-            if log is not None and len(log) < MAX_EXCHANGES_KEPT:
-                log.append({"status": response.status_code})
-            return response
-
-    return RecordingAioHttpClient
-
 
 def openai_client(config: JudgeConfig):
-    """An ``openai.AsyncOpenAI`` client for the server; its own retries cover 429/5xx/timeouts with backoff.
-
-    Its HTTP transport is aiohttp (``openai[aiohttp]``) rather than the
-    default httpx: with 64 requests in flight httpx's connection-pool
-    bookkeeping cost about 1 ms of CPU per request more, which bounded a
-    worker's throughput (docs/PERFORMANCE.md, "Judge throughput").
-    """
-    from openai import AsyncOpenAI
-
-    return AsyncOpenAI(
-        base_url=config.base_url,
-        api_key=config.api_key or "not-needed",
-        timeout=settings.LARRY_JUDGE_TIMEOUT_S,
+    """The judge's ``larry_web.llm.openai_client``: ``LARRY_JUDGE_TIMEOUT_S`` per try, ``LARRY_JUDGE_MAX_RETRIES``."""
+    return llm.openai_client(
+        config.base_url,
+        config.api_key,
+        timeout_s=settings.LARRY_JUDGE_TIMEOUT_S,
         max_retries=settings.LARRY_JUDGE_MAX_RETRIES,
-        http_client=_recording_client_class()(),
     )
 
 
@@ -333,51 +297,6 @@ REPAIR_PROMPT = (
     "Your reply was not a valid verdict ({problem}). Reply again with only the JSON object "
     '{{"verdict": "accept" or "reject", "rationale": "<one or two sentences>"}} and nothing else.'
 )
-
-
-def estimate_tokens(messages: list[dict], max_tokens: int) -> int:
-    """What one request counts against a tokens/minute limit, estimated before it is sent.
-
-    The characters of every message (system prompt, few-shot pairs, the item,
-    and on a repair attempt the first reply and the repair request) divided
-    by 4, plus ``max_tokens``, the most the reply may use. Characters / 4 is a
-    rough count of English tokens; adding the whole ``max_tokens`` rather than
-    the reply's real length keeps the estimate on the high side.
-    """
-    return sum(len(m.get("content") or "") for m in messages) // 4 + max_tokens
-
-
-class RateLimits:
-    """Requests/minute and tokens/minute limits shared by the concurrent requests of one ``judge_many`` call.
-
-    ``None`` means unlimited. Both are leaky buckets from ``aiolimiter``.
-    Requests are spaced evenly, one every 60 / ``requests_per_minute``
-    seconds, with no burst. Tokens (``estimate_tokens``) drain a bucket that
-    holds one second's budget, or the largest request of the chunk when that
-    is bigger, and refills at ``tokens_per_minute`` / 60 per second; a
-    request larger than the bucket (a repair attempt can be) waits for a full
-    bucket and empties it. Each call of ``judge_many`` (one chunk) has its
-    own buckets, which start able to send one bucketful at once; as a bucket
-    holds one request or one second's tokens, chunks judged one after another
-    overshoot by at most that. Chunks judged at the same time by other worker
-    processes have their own buckets: the limits are per worker process.
-    """
-
-    def __init__(self, *, requests_per_minute: int | None, tokens_per_minute: int | None, largest_request: int = 0):
-        from aiolimiter import AsyncLimiter
-
-        self.requests = AsyncLimiter(1, 60 / requests_per_minute) if requests_per_minute else None
-        self.tokens = None
-        if tokens_per_minute:
-            capacity = max(tokens_per_minute / 60, largest_request, 1)
-            self.tokens = AsyncLimiter(capacity, capacity * 60 / tokens_per_minute)
-
-    async def wait(self, tokens: int) -> None:
-        """Return once one more request of ``tokens`` (estimated) may be sent."""
-        if self.requests is not None:
-            await self.requests.acquire()
-        if self.tokens is not None:
-            await self.tokens.acquire(min(tokens, self.tokens.max_rate))
 
 
 async def judge_with_openai(
@@ -410,7 +329,7 @@ async def judge_with_openai(
 
     started = time.perf_counter()
     result = JudgeResult(item.pk)
-    token = _exchanges.set(result.attempts)
+    token = llm.exchanges.set(result.attempts)
     messages = build_messages(item, prefix)
     try:
         for attempt in (1, 2):
@@ -468,7 +387,7 @@ async def judge_with_openai(
                 {"role": "user", "content": REPAIR_PROMPT.format(problem=reading.problem[:500])},
             ]
     finally:
-        _exchanges.reset(token)
+        llm.exchanges.reset(token)
     if not result.attempts and result.error:
         result.attempts.append({"error": result.error_class, "detail": result.error})
     result.latency_ms = round((time.perf_counter() - started) * 1000)
@@ -815,59 +734,39 @@ def _deadline_error(item_id: int, deadline_s: float | None) -> JudgeResult:
 
 
 class JudgeLoop:
-    """A long-lived event loop for one thread, and the judge clients made on it, one per server and settings.
+    """The judge's calls on this thread's shared ``larry_web.llm.ClientLoop`` (its event loop and clients).
 
     A worker process judges chunk after chunk; with one loop and one client
-    per judge server for all of them, the client's start-up (an SSL context,
-    ~40 ms) and its keep-alive connections serve every chunk instead of one
-    each. Clients are kept for ``(base_url, api_key, LARRY_JUDGE_TIMEOUT_S,
-    LARRY_JUDGE_MAX_RETRIES)``, the ``KEEP`` most recently used. Get this
-    thread's with ``judge_loop()``.
+    per judge server for all of them, the client's start-up and its
+    keep-alive connections serve every chunk instead of one each. The judge's
+    clients are kept for ``(base_url, api_key, LARRY_JUDGE_TIMEOUT_S,
+    LARRY_JUDGE_MAX_RETRIES)``. Get this thread's with ``judge_loop()``.
     """
 
-    KEEP = 4
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.clients: OrderedDict[tuple, object] = OrderedDict()
+    def __init__(self, shared: llm.ClientLoop) -> None:
+        self.shared = shared
 
     def client(self, config: JudgeConfig):
-        key = (config.base_url, config.api_key, settings.LARRY_JUDGE_TIMEOUT_S, settings.LARRY_JUDGE_MAX_RETRIES)
-        if key in self.clients:
-            self.clients.move_to_end(key)
-        else:
-            self.clients[key] = openai_client(config)
-            while len(self.clients) > self.KEEP:
-                _key, oldest = self.clients.popitem(last=False)
-                self.loop.run_until_complete(oldest.close())
-        return self.clients[key]
+        return self.shared.client(
+            config.base_url,
+            config.api_key,
+            timeout_s=settings.LARRY_JUDGE_TIMEOUT_S,
+            max_retries=settings.LARRY_JUDGE_MAX_RETRIES,
+        )
 
     def judge_many(self, config: JudgeConfig, items: list[Item], **options) -> list[JudgeResult]:
         """``judge_many`` on this loop with its client for ``config``; same arguments, run to completion."""
-        return self.loop.run_until_complete(judge_many(config, items, client=self.client(config), **options))
+        return self.shared.run(judge_many(config, items, client=self.client(config), **options))
 
     def judge_window(self, config: JudgeConfig, source: WorkSource, **options) -> WindowOutcome:
         """``judge_window`` on this loop with its client for ``config``."""
-        return judge_window(config, source, loop=self.loop, client=self.client(config), **options)
-
-    def close(self) -> None:
-        for client in self.clients.values():
-            self.loop.run_until_complete(client.close())
-        self.clients.clear()
-        self.loop.close()
-
-
-_this_thread = threading.local()
+        return judge_window(config, source, loop=self.shared.loop, client=self.client(config), **options)
 
 
 def judge_loop() -> JudgeLoop:
-    """This thread's ``JudgeLoop``, made on first use (and anew in a forked child process); closed at exit."""
-    current = getattr(_this_thread, "judge_loop", None)
-    if current is None or _this_thread.pid != os.getpid():
-        current = _this_thread.judge_loop = JudgeLoop()
-        _this_thread.pid = os.getpid()
-        atexit.register(current.close)
-    return current
+    """The judge on this thread's ``larry_web.llm.thread_loop()`` (made on first use, and anew in a forked child
+    process; closed at exit)."""
+    return JudgeLoop(llm.thread_loop())
 
 
 class NotEnoughLabels(ValueError):
@@ -903,7 +802,12 @@ def judge_with_local_classifier(
     other items: where both exist, the SME label wins. Every item with a training label gets an out-of-fold
     verdict from stratified k-fold cross-fitting (k = min(5, size of the smaller class)), so no verdict comes
     from a model that saw that item's label (its agreement with the SMEs is measured on every SME item, and
-    with the teacher on every item the teacher judged); the rest are judged by a model fit on all labels.
+    with the teacher on every item the teacher judged). Every other item is judged by the model of one fold,
+    fold (item id mod k): a model that saw the labels of the other folds only, as for a labelled item of that
+    fold. So SME-labelled and unlabelled items get their P(accept) from the same k models in the same
+    proportions, and their (P(accept), SME label) pairs are exchangeable, as the estimate, the certificate and
+    the tier thresholds assume; a model fit on all labels would judge the unlabelled items better than the SME
+    items that vouch for it (``bench/judge_quality.py``).
     Returns (results, info): ``info`` = ``{"folds", "train_accept", "train_reject", "seed", "sme_labels",
     "teacher_labels", "teacher_overruled"}`` (``teacher_overruled``: teacher verdicts on SME items that the
     SME label contradicted). Raises NotEnoughLabels with fewer than 2 training labels of either kind.
@@ -925,12 +829,21 @@ def judge_with_local_classifier(
     folds = min(5, n_accept, n_reject)
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     labelled_texts = _texts(labelled)
-    p_oof = cross_val_predict(_classifier(seed), labelled_texts, y, cv=cv, method="predict_proba")[:, 1]
-    model = _classifier(seed).fit(labelled_texts, y)
     rest = [it for it in items if it.pk not in labels]
-    p_rest = model.predict_proba(_texts(rest))[:, 1] if rest else np.array([])
+    rest_texts = _texts(rest)
+    rest_fold = np.array([it.pk % folds for it in rest], dtype=int)
+    p_oof, p_rest = np.empty(len(labelled)), np.empty(len(rest))
+    for k, (train, test) in enumerate(cv.split(labelled_texts, y)):
+        model = _classifier(seed).fit([labelled_texts[i] for i in train], y[train])
+        p_oof[test] = model.predict_proba([labelled_texts[i] for i in test])[:, 1]
+        mine = np.flatnonzero(rest_fold == k)
+        if mine.size:
+            p_rest[mine] = model.predict_proba([rest_texts[i] for i in mine])[:, 1]
     results = []
-    for group, probs, how in ((labelled, p_oof, "out-of-fold"), (rest, p_rest, "fit on all labels")):
+    for group, probs, how in (
+        (labelled, p_oof, "out-of-fold"),
+        (rest, p_rest, f"cross-fitted: the model of fold (item id mod {folds})"),
+    ):
         for it, p in zip(group, probs, strict=True):
             verdict = "accept" if p >= 0.5 else "reject"
             results.append(

@@ -20,17 +20,26 @@ re-applied by linear interpolation between them, as scikit-learn does.
 Cross-fitting (``cross_fit``): the labelled items are split into K stratified
 folds (seeded); each labelled item's calibrated value comes from the map fit
 on the other K - 1 folds, so no item's calibrated confidence was fit on its
-own label; unlabelled items get the map fit on all labels.
+own label. Each unlabelled item is given a fold too, independently of its
+label (its key modulo K, or a seeded draw), and gets that fold's map: so a
+labelled item and an unlabelled one are calibrated by the same K maps in the
+same proportions, and their (calibrated P(accept), SME label) pairs are
+exchangeable, which the estimate, the certificate and the tier thresholds
+assume. With the map fit on all labels for the unlabelled items instead,
+they would be calibrated by a better map than the labelled items that vouch
+for them (``bench/judge_quality.py`` measured the difference).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import expit, logit
-from scipy.stats import binomtest, norm, rankdata
+from scipy.stats import norm, rankdata
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
+
+from annotations.statistics import wilson_interval  # one Wilson interval for the project; judging imports it from here
 
 MIN_PER_CLASS = 5  # labels of each kind below which nothing is calibrated
 ISOTONIC_FROM = 1000  # labels at or above which the map is isotonic rather than Platt's sigmoid
@@ -118,9 +127,10 @@ class CrossFit:
     """What ``cross_fit`` returns: values for the labelled and unlabelled items, in the order given."""
 
     labelled: np.ndarray  # out-of-fold calibrated P(accept)
-    unlabelled: np.ndarray  # calibrated by ``mapping``
-    mapping: dict  # the map fit on all labels
+    unlabelled: np.ndarray  # calibrated by the map of their fold (``unlabelled_fold``)
+    mapping: dict  # the map fit on all labels (a summary to show; not applied)
     fold: np.ndarray  # each labelled item's fold, 0 .. folds - 1
+    unlabelled_fold: np.ndarray  # each unlabelled item's fold
     folds: int
     method: str
 
@@ -135,19 +145,10 @@ def fold_assignment(y, *, folds: int = FOLDS, seed: int = SEED) -> np.ndarray:
     return fold
 
 
-def out_of_fold(p, y, fold, *, method: str) -> np.ndarray:
-    """Each item's value from the map fit on the items of the other folds (never on its own label)."""
-    p, y = _as_arrays(p, y)
-    fold = np.asarray(fold)
-    calibrated = np.empty(p.size)
-    for k in np.unique(fold):
-        inside = fold == k
-        calibrated[inside] = apply_map(fit_map(p[~inside], y[~inside], method=method), p[inside])
-    return calibrated
-
-
-def cross_fit(p_labelled, y, p_unlabelled, *, folds: int = FOLDS, seed: int = SEED) -> CrossFit:
-    """Cross-fitted recalibration: out-of-fold values for labelled items, the all-label map for the rest.
+def cross_fit(p_labelled, y, p_unlabelled, *, folds: int = FOLDS, seed: int = SEED, unlabelled_keys=None) -> CrossFit:
+    """Cross-fitted recalibration: out-of-fold values for labelled items, and for each unlabelled item the map
+    of the fold it is given (module docstring): ``unlabelled_keys[i] % K`` when keys (non-negative integers, such
+    as item ids, which do not depend on labels) are given, else a draw seeded with ``seed``.
 
     The method is ``method_for(len(y))`` for every fold. Raises
     NotEnoughLabels with fewer than ``MIN_PER_CLASS`` labels of either kind.
@@ -159,23 +160,27 @@ def cross_fit(p_labelled, y, p_unlabelled, *, folds: int = FOLDS, seed: int = SE
         raise NotEnoughLabels(n_accept, n_reject)
     method = method_for(y.size)
     fold = fold_assignment(y, folds=folds, seed=seed)
-    mapping = fit_map(p_labelled, y, method=method)
+    k = int(fold.max()) + 1
+    if unlabelled_keys is None:
+        unlabelled_fold = np.random.default_rng(seed).integers(0, k, size=p_unlabelled.size)
+    else:
+        unlabelled_fold = np.asarray(unlabelled_keys, dtype=np.int64) % k
+        if unlabelled_fold.shape != p_unlabelled.shape:
+            raise ValueError(f"{unlabelled_fold.size} unlabelled keys for {p_unlabelled.size} unlabelled values")
+    labelled, unlabelled = np.empty(p_labelled.size), np.empty(p_unlabelled.size)
+    for j in range(k):
+        mapping_j = fit_map(p_labelled[fold != j], y[fold != j], method=method)
+        labelled[fold == j] = apply_map(mapping_j, p_labelled[fold == j])
+        unlabelled[unlabelled_fold == j] = apply_map(mapping_j, p_unlabelled[unlabelled_fold == j])
     return CrossFit(
-        labelled=out_of_fold(p_labelled, y, fold, method=method),
-        unlabelled=apply_map(mapping, p_unlabelled),
-        mapping=mapping,
+        labelled=labelled,
+        unlabelled=unlabelled,
+        mapping=fit_map(p_labelled, y, method=method),
         fold=fold,
-        folds=int(fold.max()) + 1,
+        unlabelled_fold=unlabelled_fold,
+        folds=k,
         method=method,
     )
-
-
-def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
-    """Wilson score interval for a proportion (Wilson 1927), via ``scipy.stats.binomtest``; None when n = 0."""
-    if n == 0:
-        return None
-    ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def _bin_ids(p: np.ndarray, bins: int) -> np.ndarray:

@@ -63,11 +63,6 @@ class TierVerdict:
     threshold: float | None
 
 
-def certainty(p_accept: float | None) -> float | None:
-    """How sure a verdict is, whichever way it goes: max(p, 1 - p) of a P(accept) in [0, 1]; None for None."""
-    return None if p_accept is None else max(p_accept, 1.0 - p_accept)
-
-
 def verdict_certainty(verdict: str, p_accept: float | None) -> float | None:
     """How sure the judge is of the verdict it gave: P(accept) for an accept, 1 - P(accept) for a reject; None
     for None. Below 0.5 when the confidence points the other way (a tokeniser's split, a recalibration that

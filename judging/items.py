@@ -15,6 +15,7 @@ labelled as one): nothing counts the whole table on every page. Figures in docs/
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django import forms
@@ -494,20 +495,19 @@ def item_story(item: Item) -> dict:
     }  # fmt: skip
 
 
-def training_sets_of(item: Item) -> list[dict]:
-    """The training sets (snapshots) with a row of ``item``: ``[{"id", "name", "format", "status", "splits":
-    ["train"|"validation", ...]}]``, newest first. The one place this module reads training sets."""
-    from judging.models import TrainingSetRow
+_training_sets_sources: list[Callable[[Item], list[dict]]] = []
 
-    sets: dict[int, dict] = {}
-    rows = TrainingSetRow.objects.filter(item=item).select_related("training_set").order_by("-training_set_id", "split")
-    for row in rows:
-        ts = row.training_set
-        entry = sets.setdefault(ts.pk, {"id": ts.pk, "name": ts.name, "format": ts.get_format_display(),
-                                        "status": ts.status, "url": ts.get_absolute_url(), "splits": []})  # fmt: skip
-        if row.split not in entry["splits"]:
-            entry["splits"].append(row.split)
-    return list(sets.values())
+
+def training_sets_source_register(source: Callable[[Item], list[dict]]) -> None:
+    """Register ``source(item)``, the training sets with a row of the item: ``[{"id", "name", "format",
+    "status", "url", "splits": ["train" | "validation", ...]}]``, newest first. ``distillation`` registers it
+    (``distillation.selectors.item_training_sets``): judging never imports distillation."""
+    _training_sets_sources[:] = [source]
+
+
+def training_sets_of(item: Item) -> list[dict]:
+    """The training sets ``item`` is in, from the registered source (none registered: none)."""
+    return _training_sets_sources[0](item) if _training_sets_sources else []
 
 
 def gate_explanation(decision, *, truth, reviews, adjudication, hits, verdicts) -> list[str]:

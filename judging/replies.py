@@ -37,6 +37,7 @@ from jsonschema.exceptions import best_match
 
 from judging import logprobs
 from judging.models import Verdict
+from larry_web import llm
 
 ErrorClass = Verdict.ErrorClass
 
@@ -303,32 +304,9 @@ def _fault(
     )
 
 
-def _causes(exc: BaseException):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 def transport_fault(exc: BaseException) -> str:
-    """The class of an exception raised while talking to the server: ``refused`` (a connection refused),
-    ``connection`` (another network fault: DNS, reset, TLS), or ``timeout``.
-
-    The aiohttp transport reports a refused connection as a connect
-    *timeout* (``ConnectTimeout`` from ``ClientConnectorError``), so the
-    chain of causes is searched for the real one.
-    """
-    import aiohttp
-
-    chain = list(_causes(exc))
-    if any(isinstance(e, ConnectionRefusedError) for e in chain):
-        return ErrorClass.REFUSED
-    if any(isinstance(e, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError) for e in chain):
-        return ErrorClass.CONNECTION
-    if any(isinstance(e, TimeoutError) or "Timeout" in type(e).__name__ for e in chain):
-        return ErrorClass.TIMEOUT
-    return ErrorClass.CONNECTION
+    """``larry_web.llm.transport_fault`` (``refused``, ``connection`` or ``timeout``) as one of ``ErrorClass``."""
+    return ErrorClass(llm.transport_fault(exc))
 
 
 def classify_exception(exc: BaseException) -> tuple[str, str]:
@@ -349,7 +327,7 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, openai.APIStatusError):
         return ErrorClass.CLIENT_ERROR, f"client error: HTTP {exc.status_code} from the judge server ({name}: {exc})"
     fault = transport_fault(exc)
-    cause = next((e for e in _causes(exc) if e is not exc), None)
+    cause = next((e for e in llm.causes(exc) if e is not exc), None)
     detail = f"{type(cause).__name__}: {cause}" if cause is not None else f"{name}: {exc}"
     what = {
         ErrorClass.REFUSED: "refused: the judge server refused the connection",

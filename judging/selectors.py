@@ -9,11 +9,12 @@ from django.conf import settings
 from django.db.models import Count, Max, Prefetch, Q
 from django.utils import timezone
 
-from annotations.models import Adjudication, Project, Review
+from annotations.models import Adjudication, Project, Review, ReviewChange
 from annotations.selectors import ground_truth
+from annotations.statistics import cohen_kappa_bootstrap_ci
 from judging import gate
 from judging.calibration import wilson_interval
-from judging.metrics import agreement, cohen_kappa_bootstrap_ci
+from judging.metrics import agreement
 from judging.models import (
     NO_POLICY,
     Certification,
@@ -215,7 +216,7 @@ def run_agreement(run: JudgeRun, truth: dict[int, str] | None = None, *, interva
     Items the run showed the judge as few-shot examples are left out: it saw
     their labels. Pass ``truth`` (``ground_truth(project=...)``) when comparing
     several runs, to read it once. With ``interval``, ``"kappa_ci"`` is added
-    (``metrics.cohen_kappa_bootstrap_ci``, 95 %), and ``"accuracy_ci"``, the
+    (``annotations.statistics.cohen_kappa_bootstrap_ci``, 95 %), and ``"accuracy_ci"``, the
     95 % Wilson score interval of the agreement (``scipy.stats.binomtest``).
     """
     if truth is None:
@@ -373,7 +374,7 @@ def run_calibration(run: JudgeRun, *, disagreements: int = 50) -> dict:
     {name: agreement(...)}, "by_task_type": {...}, "disagreements": [{"item_id",
     "external_id", "sme", "judge", "confidence", "confidence_calibrated", "rationale"}], "few_shot_excluded":
     n}``; see
-    ``metrics.agreement`` and ``metrics.cohen_kappa_bootstrap_ci`` (95 %,
+    ``metrics.agreement`` and ``annotations.statistics.cohen_kappa_bootstrap_ci`` (95 %,
     2,000 resamples). The ``n`` items the run showed the judge as few-shot
     examples, with their SME labels, are left out of every figure.
     """
@@ -681,3 +682,76 @@ def policy_report(project: Project) -> dict:
 def certification_current(project: Project):
     """The project's certificate in force (the newest ``Certification``), or None when no lead asked for one."""
     return Certification.objects.filter(project=project).select_related("created_by").first()
+
+
+def certification_staleness(certification: Certification) -> dict:
+    """What changed, since ``certification`` was computed, in what a certificate rests on; a certificate is never
+    recomputed by itself (a lead certifies again), so screens and the REST API show this beside it.
+
+    Returns ``{"stale": bool, "labels_used": n (uniform-slice SME labels the certificate used),
+    "sme_labels_since": n (items whose SME reviews or adjudication were made, changed, undone or deleted since),
+    "uniform_slice_labels_since": n (of those, items a uniform slice drew: the ones a new certificate would
+    use), "policy_changed": bool (the gating policy's label, its tiers' runs and thresholds, differs),
+    "policy_now": label, "recalibrated_runs": [run ids of the policy's tiers recalibrated since],
+    "statement": one sentence for a person}``.
+    """
+    from annotations.models import SampleMembership
+
+    project, since = certification.project, certification.created_at
+    labelled = set(
+        Review.objects.filter(item__project=project)
+        .filter(Q(created_at__gt=since) | Q(updated_at__gt=since))
+        .values_list("item_id", flat=True)
+    )
+    labelled |= set(
+        Adjudication.objects.filter(item__project=project, decided_at__gt=since).values_list("item_id", flat=True)
+    )
+    # Undone or deleted reviews and adjudications leave only their history.
+    labelled |= set(
+        ReviewChange.objects.filter(item__project=project, changed_at__gt=since).values_list("item_id", flat=True)
+    )
+    uniform = SampleMembership.objects.filter(draw__project=project, uniform_slice=True, item_id__in=labelled)
+    uniform_since = uniform.values("item_id").distinct().count()
+    policy = gating_policy(project)
+    policy_now = policy.label if policy else NO_POLICY
+    recalibrated = []
+    for tier in policy.tiers.all() if policy else []:
+        fitted = (tier.run.calibration or {}).get("fitted_at")
+        if fitted and datetime.fromisoformat(fitted) > since:
+            recalibrated.append(tier.run_id)
+    changed = []
+    if labelled:
+        changed.append(
+            f"{len(labelled)} SME label{'' if len(labelled) == 1 else 's'} made or changed ({uniform_since} of "
+            "them on uniform slices, which a certificate uses)"
+        )
+    if certification.policy != policy_now:
+        changed.append(f"the gating policy changed (now: {policy_now})")
+    if recalibrated:
+        runs = ", ".join(str(run) for run in recalibrated)
+        changed.append(f"the calibration of run {runs} was fitted again")
+    used = f"Computed from {certification.n_labelled} uniform-slice SME labels"
+    if changed:
+        statement = f"{used}; since then {'; '.join(changed)}. Certify again to use them."
+    else:
+        statement = f"{used}; no SME label, gating policy or calibration has changed since."
+    return {
+        "stale": bool(changed),
+        "labels_used": certification.n_labelled,
+        "sme_labels_since": len(labelled),
+        "uniform_slice_labels_since": uniform_since,
+        "policy_changed": certification.policy != policy_now,
+        "policy_now": policy_now,
+        "recalibrated_runs": recalibrated,
+        "statement": statement,
+    }
+
+
+def certificate_held_back(project: Project) -> dict:
+    """``{"pending": n, "queued": n}``: the judge accepts the certificate in force leaves pending
+    (``gate.CERTIFICATE_REASON``) and how many of them are in the SME queue."""
+    rows = GateDecision.objects.filter(item__project=project, outcome=GateDecision.Outcome.PENDING).values_list(
+        "reasons", "item__in_sme_queue"
+    )
+    held = [queued for reasons, queued in rows.iterator(chunk_size=2000) if gate.CERTIFICATE_REASON in (reasons or [])]
+    return {"pending": len(held), "queued": sum(held)}

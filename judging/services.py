@@ -694,9 +694,12 @@ def sme_queue_prioritise(*, project: Project) -> int:
     the queue hands out the highest first (``annotations.queue``), and open
     slots take the new priority. An item decided since (by a later tier, say)
     goes back to priority 0, behind every pending one. Pending items that some
-    tier judged (so the policy could not decide them) are queued for SME review; items no tier
-    judged at all (errors) are queued from the run page (``judge_run_queue_errors``).
-    Without a policy, nothing changes. Returns how many items were newly queued.
+    tier judged (so the policy could not decide them) are queued for SME review, among them a judge's accepts
+    that a certificate in force holds back (``gate.CERTIFICATE_REASON``: below the certified threshold, or any
+    when nothing is certified), the least certain first like every pending item; items no tier judged at all
+    (errors) are queued from the run page (``judge_run_queue_errors``). Items decided meanwhile are not queued;
+    an item already queued is not queued twice. Logs how many were queued, and how many of those the
+    certificate held back. Without a policy, nothing changes. Returns how many items were newly queued.
     """
     policy = gating_policy(project)
     if policy is None or not policy.tiers.all():
@@ -705,9 +708,14 @@ def sme_queue_prioritise(*, project: Project) -> int:
 
     certain = policy_certainty(project, policy=policy)
     run_ids = [tier.run_id for tier in policy.tiers.all()]
-    pending = list(
-        project.items.filter(gate_decision__outcome=GateDecision.Outcome.PENDING).values_list("id", "priority")
+    rows = project.items.filter(gate_decision__outcome=GateDecision.Outcome.PENDING).values_list(
+        "id", "priority", "in_sme_queue", "gate_decision__reasons"
     )
+    pending, held_back = [], set()
+    for item_id, priority, queued, reasons in rows:
+        pending.append((item_id, priority))
+        if not queued and gate.CERTIFICATE_REASON in (reasons or []):
+            held_back.add(item_id)
     changed = [
         Item(pk=item_id, priority=1.0 - certain[item_id] if item_id in certain else 1.0)
         for item_id, priority in pending
@@ -725,7 +733,16 @@ def sme_queue_prioritise(*, project: Project) -> int:
         .exclude(verdict="")
         .values_list("item_id", flat=True)
     )
-    return queue_add(project=project, item_ids=sorted(judged))
+    added = queue_add(project=project, item_ids=sorted(judged))
+    if added:
+        logger.info(
+            "sme queue of project %s: %s items queued for SME review, %s of them judge accepts the certificate "
+            "in force holds back",
+            project.slug,
+            added,
+            len(held_back & judged),
+        )
+    return added
 
 
 @transaction.atomic
@@ -850,8 +867,8 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
 
     Labels: SME ground truth of the run's items that have a raw confidence,
     less the items the run showed as few-shot examples. Each labelled item's
-    calibrated value is out-of-fold (``calibration.cross_fit``); the others'
-    come from the map fit on all labels; verdicts without a raw confidence
+    calibrated value is out-of-fold (``calibration.cross_fit``); each other
+    item gets the map of fold (item id mod K); verdicts without a raw confidence
     stay None. With too few labels of a kind (``calibration.MIN_PER_CLASS``),
     nothing is calibrated and every calibrated value of the run is cleared.
     Returns the summary stored in ``run.calibration``: ``{"status":
@@ -868,7 +885,7 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
         .values_list("id", "item_id", "confidence")
     )
     labelled = [(vid, conf, truth[item_id] == "accept") for vid, item_id, conf in rows if item_id in truth]
-    others = [(vid, conf) for vid, item_id, conf in rows if item_id not in truth]
+    others = [(vid, conf, item_id) for vid, item_id, conf in rows if item_id not in truth]
     y = [accepted for _, _, accepted in labelled]
     summary = {
         "n_labels": len(labelled),
@@ -882,7 +899,11 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
     }
     try:
         fit = calibration.cross_fit(
-            [conf for _, conf, _ in labelled], y, [conf for _, conf in others], seed=calibration.SEED
+            [conf for _, conf, _ in labelled],
+            y,
+            [conf for _, conf, _ in others],
+            seed=calibration.SEED,
+            unlabelled_keys=[item_id for _, _, item_id in others],
         )
     except calibration.NotEnoughLabels as exc:
         summary.update(status="not_enough_labels", reason=str(exc), method=None, map=None, folds=0, n_calibrated=0)
@@ -891,7 +912,7 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
             JudgeRun.objects.filter(pk=run.pk).update(calibration=summary)
         run.calibration = summary
         return summary
-    ids = [vid for vid, _, _ in labelled] + [vid for vid, _ in others]
+    ids = [vid for vid, _, _ in labelled] + [vid for vid, _, _ in others]
     values = [float(v) for v in fit.labelled] + [float(v) for v in fit.unlabelled]
     summary.update(
         status="calibrated",

@@ -22,8 +22,8 @@ from django.utils import timezone
 
 from annotations.models import Item, Project
 from annotations.selectors import ground_truth
-from judging import backends, prompts, services, training_sets
-from judging.models import JudgeRun, JudgeWork, TrainingSet, Verdict
+from judging import backends, prompts, services
+from judging.models import JudgeRun, JudgeWork, Verdict
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -218,21 +218,3 @@ def regate_project(project_id: int, generation: int | None = None) -> None:
         services.regate_finished(project_id=project_id, generation=generation, error=f"{type(exc).__name__}: {exc}")
         raise
     services.regate_finished(project_id=project_id, generation=generation)
-
-
-@shared_task(bind=True, acks_late=True, max_retries=None)
-def build_training_set(self, training_set_id: int) -> None:
-    """Build a training-set snapshot (idempotent: a set no longer ``building`` is left alone).
-
-    When another attempt holds the build (this is a second delivery while
-    the first runs, or the first's worker died less than a lease ago), look
-    again once its lease would run out: a live build will have renewed it or
-    finished, a dead one's is then taken over. Without a broker (in-process
-    tasks) there is no second delivery, so no retry either.
-    """
-    try:
-        training_set = training_sets.training_set_build(training_set_id=training_set_id)
-    except TrainingSet.DoesNotExist:
-        return  # deleted before or while it was built
-    if training_set.status == TrainingSet.Status.BUILDING and not self.request.is_eager:
-        raise self.retry(countdown=training_sets.claim_seconds_left(training_set) + 1)

@@ -13,12 +13,6 @@ urlpatterns = [
     path("projects/<slug:slug>/items/bulk/", item_views.items_bulk, name="items_bulk"),
     path("projects/<slug:slug>/items/<int:item_id>/", item_views.item_detail, name="item_detail"),
     path("projects/<slug:slug>/gating-policy/", views.gating_policy_page, name="gating_policy"),
-    path("projects/<slug:slug>/training-sets/", views.training_sets_page, name="training_sets"),
-    path(
-        "projects/<slug:slug>/training-sets/<int:training_set_id>/",
-        views.training_set_detail,
-        name="training_set_detail",
-    ),
     path("projects/<slug:slug>/runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("projects/<slug:slug>/runs/compare/", views.runs_compare_page, name="runs_compare"),
     path(
@@ -31,7 +25,6 @@ urlpatterns = [
         views.run_control,
         name="run_control",
     ),
-    path("api/projects/<slug:slug>/export/chat.jsonl", api.ExportChatJsonlApi.as_view(), name="api_export_chat"),
     path("api/projects/<slug:slug>/estimate/", api.EstimateApi.as_view(), name="api_estimate"),
     path("projects/<slug:slug>/certify/", views.certify, name="certify"),
     path("api/projects/<slug:slug>/certificate/", api.CertificateApi.as_view(), name="api_certificate"),

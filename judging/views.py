@@ -7,24 +7,23 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
-from django.urls import reverse
 from django.views.decorators.http import require_POST
-from rest_framework.exceptions import ValidationError
 
 from annotations.sampling import draws_for
 from annotations.selectors import ground_truth
 from annotations.views import SampleDrawForm, form_problems, get_project_for_lead, parse_id
 from judging.backends import JudgeUnreachable
 from judging.estimate import accepted_set_precision
-from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRequest, TrainingSet
+from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRequest
 from judging.selectors import (
     MIN_AGREEMENT_PAIRS,
+    certificate_held_back,
     certification_current,
+    certification_staleness,
     funnel,
     gating_policy,
     gating_policy_candidates,
@@ -56,7 +55,6 @@ from judging.services import (
     judge_run_revive_if_stalled,
     regate_request,
 )
-from judging.training_sets import training_set_create
 
 
 @login_required
@@ -71,6 +69,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     in_policy = {tier.run_id for tier in policy.tiers.all()} if policy else set()
     for run in runs:
         run.in_policy = run.pk in in_policy
+    certification = certification_current(project)
     context = {
         "project": project,
         "funnel": figures,
@@ -84,7 +83,9 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "sample_form": SampleDrawForm(),
         "draws": draws_for(project)[:10],
         "estimate": accepted_set_precision(project),
-        "certification": certification_current(project),
+        "certification": certification,
+        "certification_since": certification_staleness(certification) if certification else None,
+        "held_back": certificate_held_back(project) if certification else None,
         "certify_form": CertifyForm(),
     }
     return render(request, "judging/project_detail.html", context)
@@ -425,77 +426,3 @@ def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
         return redirect(project)
     messages.info(request, f"Judge run {run.pk} started ({run.judge_label}).")
     return redirect(run)
-
-
-class TrainingSetForm(forms.Form):
-    """The snapshot options as a browser form; ``judging.training_sets.TrainingSetOptions`` validates them."""
-
-    name = forms.CharField(max_length=200, required=False)
-    format = forms.ChoiceField(choices=TrainingSet.Format.choices, initial=TrainingSet.Format.CHAT)
-    system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, strip=False)
-    validation_fraction = forms.FloatField(min_value=0, max_value=0.5, initial=0.1, label="Validation share")
-    seed = forms.IntegerField(initial=0)
-    dedupe = forms.BooleanField(required=False, initial=True, label="Drop duplicate rows")
-    source_models = forms.MultipleChoiceField(required=False, help_text="None selected: all.")
-    task_types = forms.MultipleChoiceField(required=False, help_text="None selected: all.")
-    judge_run = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="Only items judged by run")
-    created_after = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    created_before = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-
-    def __init__(self, *args, project, **kwargs):
-        super().__init__(*args, **kwargs)
-        items = project.items.order_by()
-        for field, column in (("source_models", "source_model"), ("task_types", "task_type")):
-            values = items.exclude(**{column: ""}).values_list(column, flat=True).distinct().order_by(column)[:200]
-            self.fields[field].choices = [(v, v) for v in values]
-        runs = JudgeRun.objects.filter(project=project, status=JudgeRun.Status.FINISHED)
-        self.fields["judge_run"].choices = [("", "any")] + [
-            (run.pk, f"run {run.pk}: {run.judge_label}") for run in runs
-        ]
-
-    def options(self) -> dict:
-        """The cleaned data in the shape ``training_set_create`` takes."""
-        data = self.cleaned_data
-        filters = {key: data[key] for key in ("source_models", "task_types") if data[key]}
-        if data["judge_run"] is not None:
-            filters["judge_run"] = data["judge_run"]
-        for key in ("created_after", "created_before"):
-            if data[key]:
-                filters[key] = data[key].isoformat()
-        fields = ("name", "format", "system_prompt", "validation_fraction", "seed", "dedupe")
-        return {**{key: data[key] for key in fields}, "filters": filters}
-
-
-@login_required
-def training_sets_page(request: HttpRequest, slug: str) -> HttpResponse:
-    """The project's training-set snapshots, and a form to snapshot a new one (leads and staff)."""
-    project = get_project_for_lead(request, slug)
-    form = TrainingSetForm(request.POST or None, project=project)
-    if request.method == "POST" and form.is_valid():
-        try:
-            with transaction.atomic():
-                training_set = training_set_create(project=project, options=form.options(), user=request.user)
-        except ValidationError as exc:
-            for field, problems in exc.detail.items():
-                form.add_error(field if field in form.fields else None, "; ".join(map(str, problems)))
-        else:
-            return redirect(training_set)
-    context = {"project": project, "form": form, "training_sets": TrainingSet.objects.filter(project=project)[:50]}
-    return render(request, "judging/training_sets.html", context, status=400 if form.errors else 200)
-
-
-@login_required
-def training_set_detail(request: HttpRequest, slug: str, training_set_id: int) -> HttpResponse:
-    """One snapshot: build progress (live), counts, download links, lineage, and its report."""
-    project = get_project_for_lead(request, slug)
-    training_set = get_object_or_404(TrainingSet.objects.select_related("project"), pk=training_set_id, project=project)
-    context = {"project": project, "training_set": training_set}
-    if request.htmx:
-        return render(request, "judging/training_set_detail.html#status", context)
-    report = training_set.report or {}
-    context.update(
-        duplicates=report.get("duplicates", [])[:200],
-        unwritable=report.get("unwritable", [])[:200],
-        api=reverse("training-set-detail", args=[project.slug, training_set.pk]).rstrip("/"),
-    )
-    return render(request, "judging/training_set_detail.html", context)

@@ -121,6 +121,7 @@ INSTALLED_APPS = [
     "csp",
     "annotations",
     "judging",
+    "distillation",
 ]
 
 MIDDLEWARE = [

@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import SimpleRouter
 
 from annotations import api as annotations_api
+from distillation import api as distillation_api
 from judging import api as judging_api
 from larry_web.login import ObtainAuthTokenOrLockOut
 
@@ -16,8 +17,11 @@ api.register(f"{scoped}/items", annotations_api.ItemViewSet, basename="item")
 api.register(f"{scoped}/reviews", annotations_api.ReviewViewSet, basename="review")
 api.register(f"{scoped}/runs", judging_api.JudgeRunViewSet, basename="judge-run")
 api.register(rf"{scoped}/runs/(?P<run_id>[0-9]+)/verdicts", judging_api.VerdictViewSet, basename="verdict")
+api.register(
+    rf"{scoped}/samples/(?P<draw_id>[0-9]+)/members", annotations_api.SampleMemberViewSet, basename="sample-member"
+)
 api.register(f"{scoped}/label-functions", judging_api.LabelFunctionViewSet, basename="label-function")
-api.register(f"{scoped}/training-sets", judging_api.TrainingSetViewSet, basename="training-set")
+api.register(f"{scoped}/training-sets", distillation_api.TrainingSetViewSet, basename="training-set")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -34,4 +38,5 @@ urlpatterns = [
     path("api/", include(api.urls)),
     path("", include("annotations.urls")),
     path("", include("judging.urls")),
+    path("", include("distillation.urls")),
 ]

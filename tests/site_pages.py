@@ -18,9 +18,10 @@ from rest_framework.authtoken.models import Token
 
 from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange, SampleDraw
 from annotations.queue import queue_add
-from judging.models import JudgeEndpoint, JudgeRun, LabelFunction, TrainingSet, Verdict
+from distillation.models import TrainingSet
+from judging.models import JudgeEndpoint, JudgeRun, LabelFunction, Verdict
 from judging.services import judge_settings_for, judge_settings_save, label_function_save
-from tests.judging.test_training_sets import decide_items
+from tests.distillation.test_training_sets import decide_items
 
 PASSWORDS = {"sme": "sme-pass-123", "lead": "lead-pass-123", "staff": "staff-pass-123", "root": "root-pass-123"}
 
@@ -160,8 +161,8 @@ def site_pages(project: Project, site: dict) -> list[Page]:
             Page(persona, "judging:project_detail", (slug,)),
             Page(persona, "judging:rules", (slug,)),
             Page(persona, "judging:gating_policy", (slug,)),
-            Page(persona, "judging:training_sets", (slug,)),
-            Page(persona, "judging:training_set_detail", (slug, site["training_set"].pk)),
+            Page(persona, "distillation:training_sets", (slug,)),
+            Page(persona, "distillation:training_set_detail", (slug, site["training_set"].pk)),
             Page(persona, "judging:run_detail", (slug, run.pk)),
             Page(persona, "judging:run_detail", (slug, running.pk)),
             Page(persona, "judging:run_detail", (slug, running.pk), htmx=True),  # the poll's partial

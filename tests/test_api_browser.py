@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from judging.models import TrainingSet
+from distillation.models import TrainingSet
 from tests.browser import log_in
-from tests.judging.test_training_sets import decide_items
+from tests.distillation.test_training_sets import decide_items
 from tests.services import require
 
 pytestmark = pytest.mark.browser

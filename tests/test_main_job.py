@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from annotations.models import Review
+from distillation.pipeline import read_labels, run_main_job
 from judging import gate
 from judging.models import GateDecision, Verdict
-from judging.pipeline import read_labels, run_main_job
 from tests.services import SHARED_DATA, require
 
 ROOT = Path(__file__).resolve().parent.parent

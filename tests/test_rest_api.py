@@ -17,8 +17,8 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
 from annotations.models import Item, Membership, Project
-from judging.models import TrainingSet
-from tests.judging.test_training_sets import decide_items
+from distillation.models import TrainingSet
+from tests.distillation.test_training_sets import decide_items
 from tests.services import require
 
 

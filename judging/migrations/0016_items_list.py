@@ -33,7 +33,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('annotations', '0006_sample_draws'),
-        ('judging', '0014_certification'),
+        ('judging', '0015_training_sets_move_to_distillation'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -62,3 +62,59 @@ def test_ground_truth_rule_single_majority_tie_adjudicated(project):
     Adjudication.objects.create(item=items[1], decision=R)
     truth = ground_truth(project=project)
     assert truth[items[3].pk] == R and truth[items[1].pk] == R  # the lead wins, even over a majority
+
+
+def test_alpha_from_counts_is_krippendorffs_alpha_of_the_library(project):
+    """The bootstrap's closed form, on every item once, is the library's alpha on the same labels."""
+    from annotations.statistics import alpha_from_counts
+
+    grid = [[A, A, R, None, A, R, A, A], [A, R, R, R, None, R, A, R], [A, A, None, R, A, A, None, A]]
+    values = np.array([[{A: 1.0, R: 0.0}[v] if v else np.nan for v in row] for row in grid])
+    columns = [[row[i] for row in grid if row[i]] for i in range(len(grid[0]))]
+    accepts = np.array([c.count(A) for c in columns], dtype=float)
+    rejects = np.array([c.count(R) for c in columns], dtype=float)
+    alpha = alpha_from_counts(accepts, rejects, np.ones(len(columns)))
+    assert alpha == pytest.approx(krippendorff.alpha(reliability_data=values, level_of_measurement="nominal"))
+
+
+def test_the_intervals_are_seeded_contain_the_estimate_and_match_scipys_bootstrap(project):
+    """40 items, two SMEs: each interval holds its figure, is the same on every call (seed 0), and is close to
+    scipy.stats.bootstrap's percentile interval on the same data (no resample is degenerate at this n)."""
+    from scipy.stats import bootstrap
+
+    first = [R if i % 2 == 0 else A for i in range(40)]
+    second = [x if i % 5 else (A if x == R else R) for i, x in enumerate(first)]
+    review_grid(project, [first, second])
+    report = agreement_report(project)
+    assert report["cohen_kappa_n"] == 40 and report["items"] == 40
+    low, high = report["cohen_kappa_ci"]
+    assert low < report["cohen_kappa"] < high
+    low_a, high_a = report["krippendorff_alpha_ci"]
+    assert low_a < report["krippendorff_alpha"] < high_a
+    assert agreement_report(project)["krippendorff_alpha_ci"] == (low_a, high_a)
+
+    def kappa(a, b):
+        return cohen_kappa_score(a, b)
+
+    ones = (np.array(first) == A).astype(int), (np.array(second) == A).astype(int)
+    scipy_ci = bootstrap(
+        ones, kappa, paired=True, vectorized=False, method="percentile", n_resamples=2000, random_state=1
+    ).confidence_interval
+    assert (low, high) == pytest.approx((scipy_ci.low, scipy_ci.high), abs=0.05)
+
+
+def test_per_sme_agreement_has_a_wilson_interval(project):
+    grid = [[A, A, R, R, A], [A, A, R, R, R], [A, A, R, A, R]]
+    review_grid(project, grid)
+    from scipy.stats import binomtest
+
+    row = next(r for r in agreement_report(project)["per_sme"] if r["reviewer"] == "sme0")
+    expected = binomtest(4, 5).proportion_ci(method="wilson")
+    assert row["reviews"] == 5 and row["ci"] == pytest.approx((expected.low, expected.high))
+
+
+def test_with_two_items_the_figures_come_with_n_and_no_interval_pretending_to_be_exact(project):
+    review_grid(project, [[A, R], [R, A]])
+    report = agreement_report(project)
+    assert report["cohen_kappa"] == pytest.approx(-1.0) and report["cohen_kappa_n"] == 2
+    assert report["cohen_kappa_n"] < report["small_n"]

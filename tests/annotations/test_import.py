@@ -482,7 +482,7 @@ def test_surrounding_whitespace_of_ids_is_stripped_at_import(project):
 
 
 def test_the_main_jobs_label_reader_strips_ids_as_the_import_does(tmp_path):
-    from judging.pipeline import read_labels
+    from distillation.pipeline import read_labels
 
     path = tmp_path / "items.jsonl"
     path.write_bytes(jsonl({**GOOD, "id": " a1 "}, {**GOOD, "id": "a2\t", "human_label": "reject"}).getvalue())

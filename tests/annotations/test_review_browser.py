@@ -114,6 +114,7 @@ def test_a_decision_in_a_second_tab_on_an_item_the_first_decided_says_so_on_a_wo
 
     tab_1.keyboard.press("a")
     expect_card_ready(tab_1, responses[1])
+    tab_2.keyboard.press("4")  # a reason first (none is picked for the SME), then r sends the reject
     with tab_2.expect_response(lambda r: r.request.method == "POST") as answer:
         tab_2.keyboard.press("r")
     assert answer.value.status == 409

@@ -9,7 +9,7 @@ from django.db.models import F
 from django.urls import reverse
 
 from annotations import queue as sme_queue
-from annotations.models import Adjudication, Membership, Review, Skip, Slot
+from annotations.models import Adjudication, Membership, Review, ReviewChange, Skip, Slot
 from annotations.selectors import ground_truth
 from tests.conftest import make_items, queue_all
 
@@ -288,3 +288,186 @@ def test_a_plain_form_decision_redirects_to_the_review_screen(client, sme, proje
     assert "second answer" in client.get(response["Location"]).content.decode()
     response = client.post(url("review_skip", project, queue[1].pk))
     assert response.status_code == 302 and response["Location"] == url("review", project)
+
+
+@pytest.mark.parametrize("htmx", [True, False], ids=["htmx", "page"])
+@pytest.mark.parametrize(
+    "posted",
+    [{}, {"reason": ""}, {"reason": "  "}, {"reason": "_other"}, {"reason": "_other", "reason_other": "   "}],
+    ids=["no-reason", "blank", "spaces", "other-without-words", "other-blank-words"],
+)
+def test_a_reject_without_a_reason_is_refused_with_400_and_nothing_is_stored(client, sme, project, queue, htmx, posted):
+    """No reason is pre-selected on the card, so the server must refuse a reasonless reject itself."""
+    client.force_login(sme)
+    page = client.get(url("review", project)).content.decode()
+    assert "checked" not in page.split('<fieldset class="reasons">')[1].split("</fieldset>")[0]
+    data = {"decision": "reject", "comment": "kept", **posted}
+    response = post(client, url("review_decide", project, queue[0].pk), data, htmx)
+    body = response.content.decode()
+    assert response.status_code == 400
+    assert "needs a reason" in body or "needs a few words" in body
+    assert "first answer" in body and ">kept</textarea>" in body  # the same item, what was typed kept
+    assert not Review.objects.exists() and not ReviewChange.objects.exists()
+    assert not Slot.objects.filter(done=True).exists()
+
+
+def test_an_other_reason_is_stored_in_the_sme_s_words(client, sme, project, queue):
+    client.force_login(sme)
+    client.get(url("review", project))
+    response = htmx_post(
+        client,
+        url("review_decide", project, queue[0].pk),
+        {"decision": "reject", "reason": "_other", "reason_other": "  cites a  retired policy "},
+    )
+    assert response.status_code == 200
+    assert Review.objects.get().reason == "other: cites a retired policy"
+
+
+def test_the_correction_box_starts_with_the_response_and_an_unchanged_one_is_not_stored(client, sme, project, queue):
+    client.force_login(sme)
+    page = client.get(url("review", project)).content.decode()
+    assert re.search(r'<textarea name="corrected_response"[^>]*>first answer</textarea>', page)
+    htmx_post(
+        client,
+        url("review_decide", project, queue[0].pk),
+        {"decision": "accept", "corrected_response": "first answer\n"},
+    )
+    htmx_post(
+        client,
+        url("review_decide", project, queue[1].pk),
+        {"decision": "reject", "reason": "tone", "corrected_response": "second answer, kinder"},
+    )
+    corrections = dict(Review.objects.values_list("item__external_id", "corrected_response"))
+    assert corrections == {"r0": "", "r1": "second answer, kinder"}
+
+
+def test_undo_goes_back_several_decisions_each_with_what_was_entered(client, sme, project, queue):
+    """Three decisions, three undos: each item comes back, newest first, with its reason, comment and
+    correction in the form; a fourth undo has nothing left; the session count follows."""
+    client.force_login(sme)
+    client.get(url("review", project))
+    entered = [
+        {"decision": "reject", "reason": "tone", "comment": "curt", "corrected_response": "A kinder first."},
+        {"decision": "reject", "reason": "_other", "reason_other": "wrong product", "comment": "see KB-12"},
+        {"decision": "accept", "comment": "fine"},
+    ]
+    for item, data in zip(queue, entered, strict=True):
+        body = htmx_post(client, url("review_decide", project, item.pk), data).content.decode()
+    assert "This session: <strong>3</strong> decisions" in body
+    body = htmx_post(client, url("review_undo", project)).content.decode()
+    assert "third answer" in body and ">fine</textarea>" in body
+    assert "This session: <strong>2</strong> decisions" in body
+    body = htmx_post(client, url("review_undo", project)).content.decode()
+    assert "second answer" in body and ">see KB-12</textarea>" in body
+    assert re.search(r'value="_other" checked', body) and 'value="wrong product"' in body
+    body = htmx_post(client, url("review_undo", project)).content.decode()
+    assert "first answer" in body and ">curt</textarea>" in body and ">A kinder first.</textarea>" in body
+    assert re.search(r'value="tone" checked', body)
+    assert not Review.objects.exists()
+    response = htmx_post(client, url("review_undo", project))
+    assert response.status_code == 400 and "nothing to undo" in response.content.decode()
+    # Deciding again from the restored form stores the same as before.
+    htmx_post(client, url("review_decide", project, queue[0].pk), entered[0])
+    review = Review.objects.get()
+    assert (review.reason, review.comment, review.corrected_response) == ("tone", "curt", "A kinder first.")
+
+
+def test_an_edit_keeps_an_other_reason_and_refuses_a_reasonless_reject(client, sme, project, queue):
+    client.force_login(sme)
+    client.get(url("review", project))
+    client.post(
+        url("review_decide", project, queue[0].pk),
+        {"decision": "reject", "reason": "_other", "reason_other": "outdated"},
+    )
+    review = Review.objects.get()
+    page = client.get(url("review_change", project, review.pk)).content.decode()
+    assert re.search(r'value="_other" checked', page) and 'value="outdated"' in page
+    response = client.post(url("review_change", project, review.pk), {"decision": "reject", "reason": ""})
+    assert response.status_code == 400 and "needs a reason" in response.content.decode()
+    review.refresh_from_db()
+    assert review.reason == "other: outdated"
+
+
+def disagree(project, items, smes):
+    """Two SMEs disagree on every item: the first accepts, the second rejects (reason "tone")."""
+    for item in items:
+        Review.objects.create(item=item, reviewer=smes[0], decision="accept")
+        Review.objects.create(item=item, reviewer=smes[1], decision="reject", reason="tone")
+
+
+def test_adjudication_is_one_item_at_a_time_filterable_and_goes_on_to_the_next(client, sme, project, lead):
+    bob = get_user_model().objects.create_user("bob")
+    items = make_items(project, ["alpha answer", "beta answer", "gamma answer"])
+    project.items.update(task_type="refunds")
+    project.items.filter(pk=items[1].pk).update(task_type="shipping")
+    disagree(project, items, [sme, bob])
+    client.force_login(lead)
+    page = client.get(url("adjudication", project)).content.decode()
+    assert "alpha answer" in page and "beta answer" not in page and "Disagreement <strong>1</strong> of 3" in page
+    page = client.get(url("adjudication", project) + "?task_type=shipping").content.decode()
+    assert "beta answer" in page and "alpha answer" not in page and "of 1 (filtered; 3 open in all)" in page
+    page = client.get(url("adjudication", project) + "?q=GAMMA").content.decode()
+    assert "gamma answer" in page and "Disagreement <strong>1</strong> of 1" in page
+    page = client.get(url("adjudication", project) + "?q=nowhere").content.decode()
+    assert "No open disagreement matches these filters" in page
+    page = client.get(url("adjudication", project) + "?reviewer=bob&reject_reason=tone").content.decode()
+    assert "Disagreement <strong>1</strong> of 3" in page
+    page = client.get(url("adjudication", project) + f"?reject_reason=policy&item={items[1].pk}").content.decode()
+    assert "No open disagreement matches these filters" in page
+    page = client.get(url("adjudication", project) + f"?item={items[1].pk}").content.decode()
+    assert "beta answer" in page and "Disagreement <strong>2</strong> of 3" in page
+    response = client.post(
+        url("adjudication", project),
+        {"item": items[0].pk, "decision": "reject", "reason": "fee missing", "task_type": "refunds"},
+    )
+    assert response.status_code == 302 and response["Location"].endswith(f"?task_type=refunds&item={items[2].pk}")
+    page = client.get(response["Location"]).content.decode()
+    assert "gamma answer" in page and "Adjudicated r0: reject." in page
+    assert Adjudication.objects.get().item == items[0] and Adjudication.objects.get().reason == "fee missing"
+
+
+def test_adjudication_refuses_a_bad_decision_with_400_on_the_same_item(client, sme, project, lead):
+    bob = get_user_model().objects.create_user("bob")
+    items = make_items(project, ["alpha answer", "beta answer"])
+    disagree(project, items, [sme, bob])
+    client.force_login(lead)
+    response = client.post(url("adjudication", project), {"item": items[1].pk, "decision": "maybe"})
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert "decision must be accept or reject" in body and "beta answer" in body
+    assert not Adjudication.objects.exists()
+
+
+def test_agreement_and_adjudication_flag_small_n_instead_of_a_bare_kappa(client, sme, project, lead):
+    """The issue's case: two items, kappa -1.000; the headline is the warning, with n and the interval."""
+    bob = get_user_model().objects.create_user("bob")
+    items = make_items(project, ["alpha answer", "beta answer"])
+    Review.objects.create(item=items[0], reviewer=sme, decision="accept")
+    Review.objects.create(item=items[0], reviewer=bob, decision="reject", reason="tone")
+    Review.objects.create(item=items[1], reviewer=sme, decision="reject", reason="tone")
+    Review.objects.create(item=items[1], reviewer=bob, decision="accept")
+    client.force_login(lead)
+    for name in ("agreement", "adjudication"):
+        page = client.get(url(name, project)).content.decode()
+        kappa = page.split('id="cohen-kappa"')[1].split("</tr>")[0]
+        assert "n=2: too few to mean anything" in kappa and "it reads -1.000" in kappa
+        alpha = page.split('id="krippendorff-alpha"')[1].split("</tr>")[0]
+        assert "n=2: too few to mean anything" in alpha
+
+
+def test_the_agreement_page_shows_n_and_an_interval_for_every_figure(client, sme, project):
+    bob = get_user_model().objects.create_user("bob")
+    items = make_items(project, [f"answer {i}" for i in range(40)])
+    for i, item in enumerate(items):
+        a = "accept" if i % 2 else "reject"
+        b = a if i % 5 else ("reject" if a == "accept" else "accept")
+        for who, d in ((sme, a), (bob, b)):
+            Review.objects.create(item=item, reviewer=who, decision=d, reason="tone" if d == "reject" else "")
+    client.force_login(sme)
+    page = client.get(url("agreement", project)).content.decode()
+    for figure in ("cohen-kappa", "krippendorff-alpha"):
+        row = page.split(f'id="{figure}"')[1].split("</tr>")[0]
+        assert "95 % CI" in row and "n=40" in row and "too few" not in row
+        assert re.search(r"95 % CI -?0\.\d{3} to 0\.\d{3}", row)
+    assert page.count('<g class="whisker"') == 2  # each SME's bar with its Wilson interval
+    assert page.count("(n=32)") == 2  # 8 of the 40 items are ties: no ground truth to agree with

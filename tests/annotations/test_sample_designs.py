@@ -9,7 +9,7 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
-from annotations.models import Item, SampleDraw, SampleMembership
+from annotations.models import Item, Project, SampleDraw, SampleMembership
 from annotations.sampling import SamplingError, _systematic, pps_inclusion, sample_draw
 from annotations.services import sample_for_review
 from judging.models import GateDecision, JudgeRun, Verdict
@@ -169,6 +169,19 @@ def test_the_api_draws_for_leads_and_says_what_is_wrong(client, project, lead, s
     assert bad.status_code == 400 and "size" in bad.json()
     listed = client.get(url, **auth(lead)).json()
     assert [d["design"] for d in listed] == ["uniform"] and listed[0]["created_by"] == "lead"
+
+    # The drawn items with their inclusion probabilities: n/N = 5/20 each, for leads only.
+    members_url = f"{url}{response.json()['id']}/members/"
+    assert client.get(members_url, **auth(outsider)).status_code == 404
+    assert client.get(members_url, **auth(sme)).status_code == 403
+    rows = client.get(members_url, **auth(lead)).json()["results"]
+    assert len(rows) == 5 and {r["inclusion_probability"] for r in rows} == {0.25}
+    assert {r["item"] for r in rows} == set(SampleMembership.objects.values_list("item_id", flat=True))
+    assert all(r["uniform_slice"] and r["external_id"].startswith("r") for r in rows)
+    other = Project.objects.create(slug="other", name="Other")
+    make_items(other, ["x"])
+    foreign = sample_draw(project=other, size=1, design="uniform", seed=0)
+    assert client.get(f"{url}{foreign.pk}/members/", **auth(lead)).status_code == 404
 
 
 def test_a_lead_draws_from_the_project_page(client, project, lead, sme):

@@ -146,7 +146,7 @@ def _rows(project, model: str):
 
 @pytest.fixture
 def decided_project(project):
-    from tests.judging.test_training_sets import decide_items
+    from tests.distillation.test_training_sets import decide_items
 
     decide_items(project)
     label_function = LabelFunction.objects.get()
@@ -181,7 +181,7 @@ def test_staff_cannot_flip_a_vetoed_item_to_accept_in_the_admin(
     admin_client, decided_project, django_capture_on_commit_callbacks
 ):
     """The reported exploit: a vetoed item's decision set to accept in the admin was exported."""
-    from tests.judging.test_training_sets import build
+    from tests.distillation.test_training_sets import build
 
     vetoed = GateDecision.objects.get(item__external_id="d1")
     assert (vetoed.outcome, vetoed.vetoed) == ("reject", True)

@@ -34,7 +34,7 @@ def token_header(user):
 
 
 def export_url(project):
-    return reverse("judging:api_export_chat", args=[project.slug])
+    return reverse("distillation:api_export_chat", args=[project.slug])
 
 
 def test_export_needs_a_token(client, project):

@@ -109,7 +109,7 @@ def test_platt_below_a_thousand_labels_isotonic_at_or_above_and_both_survive_jso
     assert np.all(np.diff(calibration.apply_map(isotonic, probe)) >= 0)
 
 
-def test_cross_fitting_never_uses_an_items_own_label():
+def test_cross_fitting_never_uses_an_items_own_label_and_gives_unlabelled_items_a_folds_map():
     p, y = synthetic(120, 5)
     fit = calibration.cross_fit(p, y, [0.3, 0.7])
     assert fit.folds == calibration.FOLDS and sorted(set(fit.fold)) == list(range(fit.folds))
@@ -118,16 +118,14 @@ def test_cross_fitting_never_uses_an_items_own_label():
         inside = fit.fold == k
         mapping = calibration.fit_map(p[~inside], y[~inside], method="platt")
         assert fit.labelled[inside] == pytest.approx(calibration.apply_map(mapping, p[inside]))
-    # ...so flipping one item's own label, folds held fixed, leaves its value alone but moves the others'.
-    for i in (0, 17, 64):
-        flipped = y.copy()
-        flipped[i] = 1 - flipped[i]
-        again = calibration.out_of_fold(p, flipped, fit.fold, method="platt")
-        assert again[i] == fit.labelled[i]
-        others = fit.fold != fit.fold[i]
-        assert not np.allclose(again[others], fit.labelled[others])
-    # The unlabelled items get the map fit on every label.
-    assert fit.unlabelled == pytest.approx(calibration.apply_map(calibration.fit_map(p, y), [0.3, 0.7]))
+        # An unlabelled item given fold k gets the same map as the labelled items of fold k.
+        given = fit.unlabelled_fold == k
+        assert fit.unlabelled[given] == pytest.approx(calibration.apply_map(mapping, np.array([0.3, 0.7])[given]))
+    # Keys decide the unlabelled items' folds when given: key mod K, whatever their labels would be.
+    keyed = calibration.cross_fit(p, y, [0.3, 0.3, 0.3], unlabelled_keys=[10, 11, 12])
+    assert list(keyed.unlabelled_fold) == [0, 1, 2] and len(set(keyed.unlabelled)) == 3
+    with pytest.raises(ValueError, match="2 unlabelled keys for 3"):
+        calibration.cross_fit(p, y, [0.3, 0.3, 0.3], unlabelled_keys=[1, 2])
     # Seeded: the same labels give the same folds and values.
     assert np.array_equal(calibration.cross_fit(p, y, []).labelled, fit.labelled)
 
@@ -186,10 +184,14 @@ def test_finishing_a_run_calibrates_every_verdict_with_a_confidence(judged):
     values = dict(Verdict.objects.filter(run=judged).values_list("item__external_id", "confidence_calibrated"))
     assert values["i1"] is None and values["i150"] is None
     assert sum(v is not None for v in values.values()) == 298
-    # Unlabelled items: the stored map, re-applied.
-    unlabelled = [f"i{i}" for i in range(120, 300) if i != 150]
-    expected = calibration.apply_map(fit["map"], [judged.p[int(e[1:])] for e in unlabelled])
-    assert [values[e] for e in unlabelled] == pytest.approx(expected)
+    # Unlabelled items: the map of fold (item id mod 5), fit on the labelled items outside that fold.
+    by_id = {item.external_id: item for item in judged.item_list}
+    p_l, y_l = judged.p[2:120], judged.y[2:120]
+    fold = calibration.fold_assignment(y_l, seed=calibration.SEED)
+    for e in [f"i{i}" for i in range(120, 300) if i != 150]:
+        j = by_id[e].pk % 5
+        mapping = calibration.fit_map(p_l[fold != j], y_l[fold != j], method="platt")
+        assert values[e] == pytest.approx(calibration.apply_map(mapping, [judged.p[int(e[1:])]])[0])
     # Labelled items: out of fold, not the all-label map.
     labelled = [f"i{i}" for i in range(2, 120)]
     assert [values[e] for e in labelled] != pytest.approx(

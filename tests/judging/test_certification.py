@@ -5,15 +5,26 @@ import logging
 
 import numpy as np
 import pytest
+from django.db.models import F
 from rest_framework.authtoken.models import Token
 
-from annotations.models import SampleMembership
+from annotations.models import Item, Review, SampleMembership, Slot
+from annotations.queue import next_item
 from annotations.selectors import ground_truth
+from annotations.services import adjudicate, adjudication_delete
+from distillation.models import TrainingSet
+from distillation.training_sets import training_set_create
 from judging import gate
 from judging.certify import certify
-from judging.models import Certification, GateDecision, TrainingSet, Verdict
-from judging.services import CertificationError, certification_set
-from judging.training_sets import training_set_create
+from judging.models import Certification, GateDecision, Verdict
+from judging.services import (
+    CertificationError,
+    certification_set,
+    gating_policy_set,
+    judge_run_calibrate,
+    regate_request,
+    sme_queue_prioritise,
+)
 from tests.judging.test_estimate import build
 
 
@@ -136,6 +147,13 @@ def test_every_snapshot_records_the_certificate_in_lineage_and_report(
     assert cert["gating_policy"] == project.gating_policy.label and cert["policy_changed_since"] is False
     assert any("recorded design" in a for a in cert["assumptions"])
     assert f"from {made.n} SME labels" in cert["statement"]
+    assert cert["changed_since"]["stale"] is False and cert["changed_since"]["sme_labels_since"] == 0
+
+    # A snapshot taken after new SME labels says the certificate predates them.
+    Review.objects.create(item=Item.objects.filter(reviews__isnull=True).first(), reviewer=lead, decision="accept")
+    later = snapshot(project, django_capture_on_commit_callbacks).lineage["certificate"]
+    assert later["changed_since"]["stale"] is True and later["changed_since"]["sme_labels_since"] == 1
+    assert "Certify again" in later["changed_since"]["statement"]
 
 
 def test_the_gate_leaves_judge_accepts_below_the_certified_threshold_pending(
@@ -184,3 +202,90 @@ def test_decide_holds_back_only_uncertified_judge_accepts():
     assert sme.outcome == gate.Outcome.ACCEPT
     vetoed = gate.decide(ground_truth=None, verdict="accept", rule_rejections=["rule"], certified=False)
     assert vetoed.outcome == gate.Outcome.REJECT
+
+
+def test_judge_accepts_the_certificate_holds_back_go_to_the_sme_queue_least_certain_first(
+    project, lead, django_capture_on_commit_callbacks, caplog
+):
+    p_drawn = np.random.default_rng(7).uniform(0.05, 0.95, 300)
+    _, p, _, index = build(
+        project, lead, n_items=300, size=150, seed=7, labels=np.where(p_drawn >= 0.7, "accept", "reject")
+    )
+    queued_before = set(Item.objects.filter(in_sme_queue=True).values_list("id", flat=True))
+    with caplog.at_level(logging.INFO, logger="judging.services"):
+        with django_capture_on_commit_callbacks(execute=True):
+            made = certification_set(project=project, target=0.8, delta=0.1, user=lead)
+    held = set(GateDecision.objects.filter(outcome="pending").values_list("item_id", flat=True))
+    assert held and all(p[index[i]] < made.threshold for i in held) and not held & queued_before
+    rows = {item.pk: item for item in Item.objects.filter(pk__in=held)}
+    assert all(item.in_sme_queue for item in rows.values())
+    for i, item in rows.items():  # 1 - the judge's certainty in its accept: the least certain come first
+        assert item.priority == pytest.approx(1 - p[index[i]])
+        assert Slot.objects.filter(item_id=i, done=False).count() == project.reviews_per_item
+    assert any(
+        f"{len(held)} items queued for SME review, {len(held)} of them judge accepts the certificate" in r.getMessage()
+        for r in caplog.records
+    )
+    # The SMEs hand out the least certain held-back item first (the drawn items were labelled and closed).
+    Slot.objects.filter(item_id__in=queued_before).update(done=True)
+    first = next_item(project=project, reviewer=lead)
+    assert first.pk == min(held, key=lambda i: p[index[i]])
+
+    # An SME's decision takes an item out of the pending set; re-gating again queues nothing twice.
+    Review.objects.create(item=first, reviewer=lead, decision="accept")
+    with django_capture_on_commit_callbacks(execute=True):
+        regate_request(project.pk)
+    assert GateDecision.objects.get(item=first).outcome == "accept"
+    assert sme_queue_prioritise(project=project) == 0
+    assert Slot.objects.filter(item_id__in=held).count() == len(held) * project.reviews_per_item
+
+
+def test_the_page_and_the_api_say_what_changed_since_the_certificate_was_computed(
+    client, project, lead, django_capture_on_commit_callbacks
+):
+    build(project, lead, n_items=120, size=60, seed=4)
+    made = certification_set(project=project, target=0.7, delta=0.1, user=lead)
+    token, _ = Token.objects.get_or_create(user=lead)
+    auth = {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+
+    def since() -> dict:
+        return client.get("/api/projects/support/certificate/", **auth).json()["certificate"]["since"]
+
+    fresh = since()
+    assert fresh["stale"] is False and fresh["labels_used"] == made.n_labelled
+    assert f"Computed from {made.n_labelled} uniform-slice SME labels" in fresh["statement"]
+    client.force_login(lead)
+    assert "no SME label, gating policy or calibration has changed" in client.get("/projects/support/").content.decode()
+
+    # Two SME labels after it: one on an item a uniform slice drew, one on an item no draw chose.
+    drawn = set(SampleMembership.objects.values_list("item_id", flat=True))
+    undrawn = Item.objects.exclude(pk__in=drawn).order_by("pk")
+    Review.objects.create(item=undrawn[0], reviewer=lead, decision="reject")
+    Review.objects.filter(item_id=min(drawn)).update(decision="reject")  # an update() leaves updated_at alone
+    review = Review.objects.get(item_id=min(drawn))
+    review.decision = "accept"
+    review.save()
+    labels = since()
+    assert (labels["stale"], labels["sme_labels_since"], labels["uniform_slice_labels_since"]) == (True, 2, 1)
+    assert "since then 2 SME labels made or changed (1 of them on uniform slices" in labels["statement"]
+    assert labels["statement"].endswith("Certify again to use them.")
+    assert (labels["policy_changed"], labels["recalibrated_runs"]) == (False, [])
+
+    # The policy's threshold, then its run's calibration.
+    run = project.gating_policy.tiers.get().run
+    with django_capture_on_commit_callbacks(execute=True):
+        gating_policy_set(project=project, tiers=[(run, 0.6)], user=lead)
+    policy = since()
+    assert policy["policy_changed"] is True and "certainty >= 0.6" in policy["policy_now"]
+    Verdict.objects.filter(run=run).update(confidence=F("confidence_calibrated"))
+    assert judge_run_calibrate(run=run)["status"] == "calibrated"
+    recalibrated = since()
+    assert recalibrated["recalibrated_runs"] == [run.pk] and f"calibration of run {run.pk}" in recalibrated["statement"]
+    page = client.get("/projects/support/").content.decode()
+    assert "Not up to date." in page and "2 SME labels made or changed" in page and "the gating policy changed" in page
+
+    certification_set(project=project, target=0.7, delta=0.1, user=lead)  # a lead certifies again
+    assert since()["stale"] is False
+    # A lead's adjudication, then its deletion: the item's ground truth changed, though no label row remains.
+    adjudication_delete(adjudication=adjudicate(item=undrawn[1], lead=lead, decision="accept"), user=lead)
+    assert (since()["stale"], since()["sme_labels_since"]) == (True, 1)

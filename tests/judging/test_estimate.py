@@ -6,12 +6,12 @@ import pytest
 from django.urls import reverse
 from ppi_py import ppi_mean_ci, ppi_mean_pointestimate
 from rest_framework.authtoken.models import Token
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 
 from annotations.models import Review, SampleMembership
 from annotations.sampling import sample_draw
-from judging.estimate import accepted_set_precision
-from judging.models import JudgeRun, Verdict
+from judging.estimate import accepted_set_precision, ppi_share
+from judging.models import GateDecision, JudgeRun, Verdict
 from judging.services import gate_apply
 from tests.conftest import make_items, use_run
 
@@ -44,6 +44,40 @@ def build(project, lead, *, n_items: int, size: int, design: str = "uniform", se
     return items, p, human, index
 
 
+def finite_population_ppi(y, yhat, yhat_u, w) -> tuple[float, float, float]:
+    """The estimate from ppi_py with λ = Cov_w(Y, Ŷ)/Var_w(Ŷ) clipped to [0, 1], and the interval
+    θ ± 1.96·s·sqrt(1/n_eff + 1/N) (Särndal, Swensson & Wretman 1992, §6.3), written out longhand."""
+    w = np.asarray(w, dtype=float) / np.mean(w)
+    sw = w.sum()
+    my, mf = (w * y).sum() / sw, (w * yhat).sum() / sw
+    lam = min(max(((w * (y - my) * (yhat - mf)).sum() / sw) / ((w * (yhat - mf) ** 2).sum() / sw), 0.0), 1.0)
+    theta = ppi_mean_pointestimate(y, yhat, yhat_u, lam=lam, w=w)[0]
+    r = y - lam * yhat
+    s2 = (w * (r - (w * r).sum() / sw) ** 2).sum() / sw * len(y) / (len(y) - 1)
+    half = norm.ppf(0.975) * np.sqrt(s2 * ((w**2).sum() / sw**2 + 1 / len(yhat_u)))
+    return theta, theta - half, theta + half
+
+
+def test_the_interval_covers_the_realised_share_of_the_unlabelled_items():
+    """Seeded draws from a finite set of 2,000 items, a judge whose P(accept) is informative: the interval covers
+    the share of the items left unlabelled at about the nominal 95 %, where ppi_py's interval (for an infinite
+    population's mean) covers markedly less once the labels are a fifth of the set."""
+    rng = np.random.default_rng(5)
+    truth = rng.uniform(size=2000) < 0.85
+    p = np.clip(np.where(truth, rng.beta(6, 2, 2000), rng.beta(2, 4, 2000)), 0.01, 0.99)
+    ours, theirs = [], []
+    for _ in range(400):
+        labelled = rng.permutation(2000)[:400]
+        rest = np.setdiff1d(np.arange(2000), labelled)
+        y, share = truth[labelled].astype(float), truth[rest].mean()
+        got = ppi_share(y, p[labelled], p[rest])
+        ours.append(got["low"] <= share <= got["high"])
+        low, high = ppi_mean_ci(y, p[labelled], p[rest], alpha=0.05, lam=None)
+        theirs.append(low[0] <= share <= high[0])
+    assert 0.93 <= np.mean(ours) <= 0.98
+    assert np.mean(theirs) < np.mean(ours) - 0.02
+
+
 def expected(project, items, p, human, index, outcome: str) -> dict:
     """The same figures computed straight from the arrays, with the libraries."""
     drawn = {m.item_id: m for m in SampleMembership.objects.filter(draw__project=project)}
@@ -54,15 +88,14 @@ def expected(project, items, p, human, index, outcome: str) -> dict:
     yhat = np.array([p[index[i]] for i in labelled])
     yhat_u = np.array([p[index[i]] for i in unlabelled])
     w = np.array([1 / drawn[i].inclusion_probability for i in labelled])
-    low, high = ppi_mean_ci(y, yhat, yhat_u, alpha=0.05, lam=None, w=w)
-    theta = ppi_mean_pointestimate(y, yhat, yhat_u, lam=None, w=w)[0]
+    theta, low, high = finite_population_ppi(y, yhat, yhat_u, w)
     uniform = [i for i in labelled if drawn[i].uniform_slice]
     k = sum(human[index[i]] == "accept" for i in uniform)
     wilson = binomtest(k, len(uniform)).proportion_ci(confidence_level=0.95, method="wilson")
     known = [i for i in drawn if human[index[i]] == outcome]  # the gate follows the SME label
     known_accepts = sum(human[index[i]] == "accept" for i in known)
     return {
-        "ppi": (theta, max(low[0], 0), min(high[0], 1), len(labelled), len(unlabelled)),
+        "ppi": (theta, max(low, 0), min(high, 1), len(labelled), len(unlabelled)),
         "classical": (k / len(uniform), wilson.low, wilson.high, len(uniform)),
         "whole": (known_accepts + theta * len(unlabelled)) / (len(known) + len(unlabelled)),
     }
@@ -118,7 +151,7 @@ def test_a_sample_lacking_a_class_gets_a_statement_and_the_classical_interval(pr
     build(project, lead, n_items=200, size=80, seed=2, labels=labels)
     part = accepted_set_precision(project)["accepted"]
     assert part["ppi"] is None and part["classical"]["estimate"] == 1.0
-    assert any("Every one of the" in note and "is accept" in note for note in part["notes"])
+    assert any("Only 0 of the" in note and "are rejects" in note for note in part["notes"])
     assert part["classical"]["low"] < 1.0  # Wilson still says how sure n labels make us
 
 
@@ -147,3 +180,43 @@ def test_the_estimate_api_is_for_leads(client, project, lead, sme, outsider):
     assert set(body) >= {"accepted", "rejected", "methods", "assumptions", "policy"}
     assert "Wilson" in body["methods"]["classical"] and "PPI++" in body["methods"]["ppi"]
     assert body["accepted"]["size"] + body["rejected"]["size"] == 60
+
+
+def test_with_a_certificate_the_accepted_set_is_estimated_from_the_labels_above_its_threshold(
+    project, lead, django_capture_on_commit_callbacks
+):
+    from judging.services import certification_set
+
+    p_drawn = np.random.default_rng(7).uniform(0.05, 0.95, 300)
+    human = np.where(p_drawn >= 0.7, "accept", "reject")
+    items, p, _, index = build(project, lead, n_items=300, size=150, seed=7, labels=human)
+    with django_capture_on_commit_callbacks(execute=True):
+        made = certification_set(project=project, target=0.8, delta=0.1, user=lead)
+    assert made.threshold is not None
+    drawn = {m.item_id: m for m in SampleMembership.objects.filter(draw__project=project)}
+    certified = [item.pk for item in items if p[index[item.pk]] >= made.threshold]
+    labelled = [i for i in certified if i in drawn]
+    unlabelled = [i for i in certified if i not in drawn]
+    y = np.array([human[index[i]] == "accept" for i in labelled], dtype=float)
+    yhat = np.array([p[index[i]] for i in labelled])
+    yhat_u = np.array([p[index[i]] for i in unlabelled])
+    w = np.array([1 / drawn[i].inclusion_probability for i in labelled])
+    part = accepted_set_precision(project)["accepted"]
+    assert (part["labelled"], part["estimated"]) == (len(labelled), len(unlabelled))
+    assert part["classical"]["n"] == len(labelled) and part["classical"]["estimate"] == pytest.approx(y.mean())
+    assert part["known"] + part["estimated"] == part["size"] == GateDecision.objects.filter(outcome="accept").count()
+    # The SME labels below the threshold rectify nothing: the accepted set's precision is not dragged down by them.
+    # Above the threshold the SMEs reject fewer than 5 of the labelled items, too few for PPI++'s normal
+    # interval: Wilson's stands, and says more than the certificate's target.
+    rejects = int(len(y) - y.sum())
+    assert rejects < 5 and part["ppi"] is None
+    assert any(f"Only {rejects} of the" in note and "not reliable" in note for note in part["notes"])
+    assert part["classical"]["low"] > 0.8
+    # With more rejects among the labels above the threshold, PPI++ rectifies from those labels only.
+    flip = np.flatnonzero(y == 1)[:6]
+    Review.objects.filter(item_id__in=[labelled[i] for i in flip]).update(decision="reject")
+    y[flip] = 0
+    part = accepted_set_precision(project)["accepted"]
+    assert (part["ppi"]["n"], part["ppi"]["N"]) == (len(labelled), len(unlabelled))
+    _, low, high = finite_population_ppi(y, yhat, yhat_u, w)
+    assert (part["ppi"]["low"], part["ppi"]["high"]) == pytest.approx((max(low, 0), min(high, 1)), abs=1e-12)

@@ -177,9 +177,7 @@ def test_a_superseded_regating_skips_and_a_failed_one_is_recorded(project, items
     assert "the last re-gating failed: RuntimeError: the database went away" in page
 
 
-def test_certainty_is_the_larger_of_p_and_one_minus_p():
-    assert gate.certainty(0.1) == pytest.approx(0.9) and gate.certainty(0.7) == pytest.approx(0.7)
-    assert gate.certainty(None) is None
+def test_an_uncalibrated_verdict_never_decides_a_tier():
     uncalibrated = gate.TierVerdict("accept", None, 0.8)
     assert gate.tier_verdict([uncalibrated, gate.TierVerdict("reject", 0.1, 0.8)]) == (1, "reject")
 

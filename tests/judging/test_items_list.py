@@ -10,8 +10,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotations.models import ImportJob, Item, Membership, Project, Review, ReviewChange, SampleDraw
+from distillation.models import TrainingSet, TrainingSetRow
 from judging.items import count_capped, items_filtered, items_page
-from judging.models import ItemBulkAction, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
+from judging.models import ItemBulkAction, JudgeRun, LabelFunction, Verdict
 from judging.services import gate_apply, gating_policy_set, label_functions_apply
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'

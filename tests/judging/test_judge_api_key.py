@@ -147,8 +147,8 @@ def pages_and_api(client, project: Project, run: JudgeRun, training_set, user) -
         "project page": reverse("judging:project_detail", args=[project.slug]),
         "run page": reverse("judging:run_detail", args=[project.slug, run.pk]),
         "compare page": reverse("judging:runs_compare", args=[project.slug]) + f"?a={run.pk}&b={run.pk}",
-        "training sets page": reverse("judging:training_sets", args=[project.slug]),
-        "training set page": reverse("judging:training_set_detail", args=[project.slug, training_set.pk]),
+        "training sets page": reverse("distillation:training_sets", args=[project.slug]),
+        "training set page": reverse("distillation:training_set_detail", args=[project.slug, training_set.pk]),
         "api projects": "/api/projects/",
         "api project": f"/api/projects/{project.slug}/",
         "api runs": f"{api}/runs/",
@@ -171,7 +171,7 @@ def pages_and_api(client, project: Project, run: JudgeRun, training_set, user) -
 
 
 def run_and_snapshot(project, start_run, django_capture_on_commit_callbacks, user):
-    from tests.judging.test_training_sets import build
+    from tests.distillation.test_training_sets import build
 
     make_items(project, ["Plus costs $4.", "Plus costs $400. WRONG", "Who am I talking to? [echo-auth]"])
     run = start_run(project, user=user)
@@ -206,7 +206,7 @@ def test_the_environments_key_is_echoed_nowhere(
 
 
 def test_the_demo_report_never_holds_the_environments_key(transactional_db, tmp_path, judge_server, settings):
-    from judging.pipeline import run_main_job
+    from distillation.pipeline import run_main_job
     from tests.test_main_job import EXAMPLE
 
     settings.LARRY_JUDGE_BASE_URL, settings.LARRY_JUDGE_MODEL = judge_server.base_url, "env-judge"

@@ -7,19 +7,10 @@ with the historical models, then migrated forward (and back again).
 from decimal import Decimal
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
+
+from tests.migrating import migrate
 
 BEFORE = [("annotations", "0004_history_authors_judge_url"), ("judging", "0011_gating_policy")]
-
-
-def migrate(targets=None):
-    """Migrate the test database to ``targets`` (None: the latest); returns the historical apps there."""
-    executor = MigrationExecutor(connection)
-    targets = targets or executor.loader.graph.leaf_nodes()
-    executor.migrate(targets)
-    executor.loader.build_graph()
-    return executor.loader.project_state(targets).apps
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 
 from annotations.models import Slot
-from judging.export import iter_chat_jsonl
+from distillation.export import iter_chat_jsonl
 from judging.models import GateDecision, Verdict
 from judging.replies import VerdictParseError, parse_verdict, read_reply
 from tests.conftest import make_items, use_judge

@@ -92,16 +92,16 @@ def test_a_reply_that_is_no_chat_completion_becomes_an_error(llm_project, judge_
 def test_chunks_judged_one_after_another_share_one_client_per_server_and_settings(
     llm_project, judge_server, start_run, settings, monkeypatch
 ):
-    from judging import backends
+    from larry_web import llm
 
     made = []
 
-    def counting_client(config):
-        made.append((config.base_url, settings.LARRY_JUDGE_TIMEOUT_S))
-        return real_client(config)
+    def counting_client(base_url, api_key, *, timeout_s, max_retries):
+        made.append((base_url, timeout_s))
+        return real_client(base_url, api_key, timeout_s=timeout_s, max_retries=max_retries)
 
-    real_client = backends.openai_client
-    monkeypatch.setattr(backends, "openai_client", counting_client)
+    real_client = llm.openai_client
+    monkeypatch.setattr(llm, "openai_client", counting_client)
     settings.LARRY_JUDGE_CHUNK_SIZE = 2
     make_items(llm_project, ["a", "b", "c", "d WRONG", "e"])
     run = start_run(llm_project)
@@ -123,7 +123,7 @@ def test_the_local_classifier_judges_sme_items_out_of_fold(project, start_run):
     assert run.config["folds"] == 5 and run.config["train_accept"] == 20
     got = verdicts(run)
     assert "out-of-fold" in got[items[0].response].rationale
-    assert "fit on all labels" in got["Plus costs $4 a month."].rationale
+    assert "cross-fitted: the model of fold (item id mod" in got["Plus costs $4 a month."].rationale
     assert got["Plus costs $4 a month."].verdict == "accept" and got["Switch to another vendor."].verdict == "reject"
     assert run_agreement(run)["n"] == 40 and run_agreement(run)["cohen_kappa"] > 0.8
 

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from judging.backends import RateLimits, estimate_tokens
 from judging.models import JudgeSettings
 from judging.services import judge_settings_save
+from larry_web.llm import RateLimits, estimate_tokens
 from tests.conftest import make_items, use_judge
 
 TOLERANCE_S = 0.05  # timer and thread scheduling slack on a busy machine

@@ -6,7 +6,7 @@ from django.urls import reverse
 from sklearn.metrics import cohen_kappa_score, precision_score, recall_score
 
 from annotations.models import Item, Review
-from judging.metrics import cohen_kappa_bootstrap_ci, kappa_from_indicators
+from annotations.statistics import cohen_kappa_bootstrap_ci, kappa_from_table
 from judging.models import GateDecision, JudgeRun, Verdict
 from judging.selectors import run_calibration
 from judging.services import judge_run_cancel, judge_run_resume
@@ -55,7 +55,8 @@ def test_the_bootstrap_uses_scikit_learns_kappa_formula():
     for _ in range(20):
         t, p = rng.integers(0, 2, 30), rng.integers(0, 2, 30)
         if len(set(t) | set(p)) > 1:
-            assert kappa_from_indicators(t, p) == pytest.approx(cohen_kappa_score(t, p))
+            table = [np.sum((t == a) & (p == b)) for a, b in ((1, 1), (1, 0), (0, 1), (0, 0))]
+            assert kappa_from_table(np.array(table, dtype=float)) == pytest.approx(cohen_kappa_score(t, p))
     assert cohen_kappa_bootstrap_ci(["accept"] * 5, ["accept"] * 5) is None
 
 

@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotations.models import Project
 from judging.backends import JudgeUnreachable
 from judging.models import JudgeEndpoint, JudgeRun
-from judging.pipeline import JudgeRunTimeout, judge_and_wait
+from judging.runs import JudgeRunTimeout, judge_and_wait
 from judging.services import LearnFromError, PolicyError, gating_policy_set
 
 

@@ -5,48 +5,22 @@ batches): each item becomes one row of text in the chosen format, or an entry
 in the report saying why it could not be written. Rows are stored as the exact
 text that will be downloaded, so a download months later gives the same bytes.
 
-Formats, one row per item:
-
-- ``chat``: OpenAI chat fine-tuning JSONL,
-  ``{"messages": [{"role": "system"}?, {"role": "user"}, {"role": "assistant"}]}``
-  (OpenAI's fine-tuning guide, "chat" data format).
-- ``alpaca``: ``{"instruction": prompt, "input": context, "output": response}``
-  (the Stanford Alpaca data format; ``"system"`` added when a system prompt is set).
-- ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": ...}]}``
-  (the ShareGPT format as read by axolotl and LLaMA-Factory).
-- ``dpo``: preference pairs in TRL's conversational format,
-  ``{"prompt": [system?, user], "chosen": [assistant], "rejected": [assistant]}``
-  (TRL's dataset formats, "preference"). *Chosen* is an accepted response (an
-  SME's correction wins over the original) or an SME's correction of a rejected
-  response; *rejected* is, for a correction, the response it corrects, and for
-  an accepted response a rejected response to the same prompt and context from
-  any item of the project, whatever the filters (they choose the chosen side).
-  Pairing is one-to-one within a prompt and context, so no rejected response
-  is used twice while another is unused: corrections first take the
-  responses they correct (two corrections of the same text both pair with
-  it); then the accepted responses, ordered by ``sha256(seed, text)``, take
-  the remaining distinct rejected responses, ordered the same way, one each
-  (never one equal to the chosen text). A prompt thus gives at most as many
-  pairs as it has distinct rejected responses; an accepted item left without
-  a partner (the prompt has no rejected response, or all are taken) cannot
-  be written and is listed in the report with why. The pairs depend only on
-  the content and the seed.
-- ``judge``: judge-distillation rows for training a small judge,
-  ``{"prompt", "context", "response", "verdict", "rationale", "basis"}`` for
-  every accepted and rejected item; ``rationale`` is the judge's, the SME's
-  comment or reason, or the vetoing rules' reasons, and ``basis`` says which.
-- ``csv``: ``external_id,prompt,context,response,source_model,task_type`` with
-  a header row (RFC 4180, CRLF), cells that a spreadsheet would run as a
-  formula neutralised (OWASP "CSV injection"); a row holding a character
-  where ``str.splitlines()`` breaks a line is quoted whole.
-
-Every JSON row is ``judging.jsonl.json_line``: ``json.dumps(..., ensure_ascii=False)``
-with U+0080-U+009F, U+2028 and U+2029 escaped, so that readers splitting on
-Unicode line boundaries see one record per line. Rows of snapshots built
-before that (they are frozen text) keep their bytes.
-
-The user turn of chat, ShareGPT and DPO rows is ``"Context:\\n<context>\\n\\n<prompt>"``
-when the item has a context, as in ``judging.export``.
+The formats and how each writes a row are ``distillation.formats`` (a
+registry keyed by format). DPO rows need a partner: *chosen* is an accepted
+response (an SME's correction wins over the original) or an SME's correction
+of a rejected response; *rejected* is, for a correction, the response it
+corrects, and for an accepted response a rejected response to the same
+prompt and context from any item of the project, whatever the filters (they
+choose the chosen side). Pairing is one-to-one within a prompt and context,
+so no rejected response is used twice while another is unused: corrections
+first take the responses they correct (two corrections of the same text
+both pair with it); then the accepted responses, ordered by
+``sha256(seed, text)``, take the remaining distinct rejected responses,
+ordered the same way, one each (never one equal to the chosen text). A
+prompt thus gives at most as many pairs as it has distinct rejected
+responses; an accepted item left without a partner (the prompt has no
+rejected response, or all are taken) cannot be written and is listed in the
+report with why. The pairs depend only on the content and the seed.
 
 Order and hash: rows are ordered within a split by the sha256 of their text,
 and an item goes to validation when ``sha256(seed, row hash)`` falls under
@@ -54,12 +28,9 @@ and an item goes to validation when ``sha256(seed, row hash)`` falls under
 gives the same file and the same sha256, whatever the item ids or dates.
 """
 
-import csv
 import hashlib
-import io
 import logging
 import os
-import re
 import socket
 import uuid
 from collections import defaultdict, deque
@@ -74,16 +45,15 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from annotations.models import Adjudication, Item, Project, Review
-from annotations.spreadsheets import neutralise_formula
+from distillation.formats import Candidate, content_sha256, file_header, terminator, write_row
+from distillation.models import TrainingSet, TrainingSetRow
+from distillation.serializers import TrainingSetOptions
 from judging.certify import ASSUMPTIONS as CERTIFICATE_ASSUMPTIONS
-from judging.export import chat_record
-from judging.jsonl import json_line
-from judging.models import NO_POLICY, GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
-from judging.selectors import certification_current, gating_policy
+from judging.models import NO_POLICY, GateDecision, JudgeRun, LabelFunction, Verdict
+from judging.selectors import certification_current, certification_staleness, gating_policy
 
 logger = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("external_id", "prompt", "context", "response", "source_model", "task_type")
 WRITE_BATCH = 1000
 READ_CHUNK = 2000
 DOWNLOAD_BUFFER = 256 * 1024
@@ -92,116 +62,6 @@ SPLITS = (TrainingSetRow.Split.TRAIN, TrainingSetRow.Split.VALIDATION)
 
 class TrainingSetError(ValueError):
     """The options of a training set are not usable (a filter names an unknown judge run, say)."""
-
-
-# Where str.splitlines() breaks a line, besides CR and LF (which the csv module quotes already).
-_OTHER_LINE_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-
-
-def _csv_line(cells) -> str:
-    # The csv module quotes a cell holding a character of the line terminator: with "\r\n", a cell with a
-    # line break is quoted (so it stays one cell, and no formula can start a line of its own). A row with
-    # another character str.splitlines() breaks at is quoted whole, so that a reader splitting lines first
-    # still reads one record (CSV has no escapes: the character itself stays, as RFC 4180 readers want).
-    cells = [neutralise_formula(str(cell)) for cell in cells]
-    quote_all = any(_OTHER_LINE_BREAKS.search(cell) for cell in cells)
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerow(cells)
-    return buffer.getvalue().removesuffix("\r\n")
-
-
-def _user_text(prompt: str, context: str) -> str:
-    return chat_record(prompt=prompt, context=context, response="")["messages"][0]["content"]
-
-
-def _with_system(system_prompt: str, messages: list[dict]) -> list[dict]:
-    return [{"role": "system", "content": system_prompt}, *messages] if system_prompt else messages
-
-
-@dataclass
-class _Candidate:
-    """One selected item, with what the formats need."""
-
-    item_id: int
-    external_id: str
-    prompt: str
-    context: str
-    response: str
-    corrected: str | None
-    source_model: str
-    task_type: str
-    outcome: str
-    basis: str
-    vetoed: bool
-    reasons: list
-    rationale: str = ""
-
-    @property
-    def best_response(self) -> str:
-        return self.corrected or self.response
-
-
-def _csv_cells(candidate: _Candidate) -> list[str]:
-    """The cells of a CSV row, in CSV_COLUMNS order."""
-    return [
-        candidate.external_id,
-        candidate.prompt,
-        candidate.context,
-        candidate.best_response,
-        candidate.source_model,
-        candidate.task_type,
-    ]
-
-
-def write_row(fmt: str, candidate: _Candidate, *, system_prompt: str = "", rejected: str = "") -> str:
-    """The text of one row (no line terminator) of ``candidate`` in format ``fmt``.
-
-    ``rejected`` is the DPO pair's rejected response. Raises ValueError for an
-    unknown format.
-    """
-    user = _user_text(candidate.prompt, candidate.context)
-    if fmt == TrainingSet.Format.CHAT:
-        record = chat_record(prompt=candidate.prompt, context=candidate.context, response=candidate.best_response)
-        return json_line({"messages": _with_system(system_prompt, record["messages"])})
-    if fmt == TrainingSet.Format.ALPACA:
-        row = {"instruction": candidate.prompt, "input": candidate.context, "output": candidate.best_response}
-        return json_line({"system": system_prompt, **row} if system_prompt else row)
-    if fmt == TrainingSet.Format.SHAREGPT:
-        turns = [{"from": "human", "value": user}, {"from": "gpt", "value": candidate.best_response}]
-        if system_prompt:
-            turns.insert(0, {"from": "system", "value": system_prompt})
-        return json_line({"conversations": turns})
-    if fmt == TrainingSet.Format.DPO:
-        return json_line(
-            {
-                "prompt": _with_system(system_prompt, [{"role": "user", "content": user}]),
-                "chosen": [{"role": "assistant", "content": candidate.best_response}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-            }
-        )
-    if fmt == TrainingSet.Format.JUDGE:
-        return json_line(
-            {
-                "prompt": candidate.prompt,
-                "context": candidate.context,
-                "response": candidate.response,
-                "verdict": candidate.outcome,
-                "rationale": candidate.rationale,
-                "basis": "rule" if candidate.vetoed else candidate.basis,
-            }
-        )
-    if fmt == TrainingSet.Format.CSV:
-        return _csv_line(_csv_cells(candidate))
-    raise ValueError(f"unknown training-set format {fmt!r}")
-
-
-def file_header(fmt: str) -> bytes:
-    """What a file of format ``fmt`` starts with: the CSV header row, else nothing."""
-    return (_csv_line(CSV_COLUMNS) + "\r\n").encode() if fmt == TrainingSet.Format.CSV else b""
-
-
-def _terminator(fmt: str) -> str:
-    return "\r\n" if fmt == TrainingSet.Format.CSV else "\n"
 
 
 def selected_items(project: Project, fmt: str, filters: dict) -> QuerySet[Item]:
@@ -240,7 +100,7 @@ def selected_items(project: Project, fmt: str, filters: dict) -> QuerySet[Item]:
     return items.order_by("id")
 
 
-def _candidates(items: QuerySet[Item], fmt: str) -> Iterator[_Candidate]:
+def _candidates(items: QuerySet[Item], fmt: str) -> Iterator[Candidate]:
     latest = ("-updated_at", "-id")
     reviews = Review.objects.filter(item=OuterRef("pk"))
     items = items.annotate(
@@ -274,7 +134,7 @@ def _candidates(items: QuerySet[Item], fmt: str) -> Iterator[_Candidate]:
         )
         columns += ["judge_rationale", "adjudication_reason", "sme_comment", "sme_reason"]
     for row in items.values_list(*columns).iterator(chunk_size=READ_CHUNK):
-        candidate = _Candidate(*row[:12])
+        candidate = Candidate(*row[:12])
         if fmt == TrainingSet.Format.JUDGE:
             judge_rationale, adjudication_reason, sme_comment, sme_reason = row[12:]
             if candidate.vetoed:
@@ -303,10 +163,10 @@ def _rank(seed: int, text: str) -> str:
     return hashlib.sha256(f"{seed}\x1f{text}".encode()).hexdigest()
 
 
-def _dpo_pairs(candidates: list[_Candidate], pool: dict[str, set[str]], seed: int) -> dict[int, tuple[str | None, str]]:
+def _dpo_pairs(candidates: list[Candidate], pool: dict[str, set[str]], seed: int) -> dict[int, tuple[str | None, str]]:
     """``{item_id: (rejected response, "")}`` for every candidate that gets a DPO pair, ``(None, why not)`` for
     the others: one-to-one within a prompt group, as the module docstring says."""
-    groups: dict[str, list[_Candidate]] = defaultdict(list)
+    groups: dict[str, list[Candidate]] = defaultdict(list)
     for candidate in candidates:
         groups[_group_key(candidate.prompt, candidate.context)].append(candidate)
     pairs: dict[int, tuple[str | None, str]] = {}
@@ -341,13 +201,6 @@ def _dpo_pairs(candidates: list[_Candidate], pool: dict[str, set[str]], seed: in
                 ),
             )
     return pairs
-
-
-def _content_sha256(fmt: str, candidate: _Candidate, line: str) -> str:
-    """The row's content hash: of its text; for CSV, of its cells but the ``external_id`` (an id is not content)."""
-    if fmt == TrainingSet.Format.CSV:
-        line = _csv_line(_csv_cells(candidate)[1:])
-    return hashlib.sha256(line.encode()).hexdigest()
 
 
 def _split_of(content_sha256: str, seed: int, validation_fraction: float) -> str:
@@ -396,7 +249,9 @@ def snapshot_certificate(project, policy_now: str) -> dict:
     """The accepted set's certificate as a snapshot records it (lineage and report): ``{"certified": bool,
     "statement", "target", "delta", "bound", "threshold", "items_certified", "method", "sme_labels": {"n" at the
     threshold, "n_labelled" used, "design": {...}}, "gating_policy" (when certified), "gating_policy_now",
-    "policy_changed_since", "certified_at", "certification", "assumptions"}``; without a certificate only
+    "policy_changed_since", "changed_since" (``selectors.certification_staleness``: SME labels, policy and
+    calibration changed since it was computed, and a statement), "certified_at", "certification",
+    "assumptions"}``; without a certificate only
     ``certified`` False, the statement and the assumptions a certificate would rest on."""
     c = certification_current(project)
     if c is None:
@@ -429,6 +284,9 @@ def snapshot_certificate(project, policy_now: str) -> dict:
         "gating_policy": c.policy,
         "gating_policy_now": policy_now,
         "policy_changed_since": c.policy != policy_now,
+        "changed_since": {
+            key: value for key, value in certification_staleness(c).items() if key not in ("labels_used", "policy_now")
+        },
         "certified_at": c.created_at.isoformat(),
         "certification": c.pk,
         "assumptions": c.result.get("assumptions", list(CERTIFICATE_ASSUMPTIONS)),
@@ -437,11 +295,11 @@ def snapshot_certificate(project, policy_now: str) -> dict:
 
 def _hash_files(training_set: TrainingSet) -> tuple[dict, str, int]:
     """One pass over the stored rows: per split rows, bytes and sha256, and the whole download's."""
-    header, terminator = file_header(training_set.format), _terminator(training_set.format)
+    header, ends = file_header(training_set.format), terminator(training_set.format)
     whole = hashlib.sha256(header)
     per_split = {split: {"rows": 0, "bytes": len(header), "hash": hashlib.sha256(header)} for split in SPLITS}
     for split, line in _ordered_rows(training_set).values_list("split", "line").iterator(chunk_size=READ_CHUNK):
-        data = (line + terminator).encode()
+        data = (line + ends).encode()
         part = per_split[split]
         part["rows"] += 1
         part["bytes"] += len(data)
@@ -540,7 +398,7 @@ def _build(training_set: TrainingSet, claim: _Claim) -> None:
                 unwritable.append({"external_id": candidate.external_id, "reason": problem})
                 continue
         line = write_row(fmt, candidate, system_prompt=training_set.system_prompt, rejected=rejected)
-        digest = _content_sha256(fmt, candidate, line)
+        digest = content_sha256(fmt, candidate, line)
         if training_set.dedupe and digest in first_of:
             duplicates.append({"external_id": candidate.external_id, "duplicate_of": first_of[digest]})
             continue
@@ -655,46 +513,17 @@ def iter_file(training_set: TrainingSet, split: str | None = None) -> Iterator[b
     The whole download's sha256 is ``training_set.sha256``; a split's is in
     ``training_set.files[split]["sha256"]``.
     """
-    terminator = _terminator(training_set.format)
+    ends = terminator(training_set.format)
     buffer, size = [file_header(training_set.format)], 0
     lines = _ordered_rows(training_set, split).values_list("line", flat=True).iterator(chunk_size=READ_CHUNK)
     for line in lines:
-        data = (line + terminator).encode()
+        data = (line + ends).encode()
         buffer.append(data)
         size += len(data)
         if size >= DOWNLOAD_BUFFER:
             yield b"".join(buffer)
             buffer, size = [], 0
     yield b"".join(buffer)
-
-
-class FiltersSerializer(serializers.Serializer):
-    """``TrainingSet.filters``: which decided items a snapshot draws from (all optional)."""
-
-    source_models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=100)
-    task_types = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=100)
-    judge_run = serializers.IntegerField(required=False, min_value=1, help_text="Only items this run judged.")
-    created_after = serializers.DateTimeField(required=False, help_text="Items imported at or after this time.")
-    created_before = serializers.DateTimeField(required=False, help_text="Items imported before this time.")
-
-    def to_internal_value(self, data):
-        values = super().to_internal_value(data)
-        # Stored as JSON, compared by the database: keep times as ISO 8601 strings.
-        return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in values.items()}
-
-
-class TrainingSetOptions(serializers.Serializer):
-    """What a new snapshot is: format, system prompt, split, de-duplication and filters."""
-
-    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    format = serializers.ChoiceField(choices=TrainingSet.Format.choices, default=TrainingSet.Format.CHAT)
-    system_prompt = serializers.CharField(
-        required=False, allow_blank=True, default="", trim_whitespace=False, max_length=100_000
-    )
-    validation_fraction = serializers.FloatField(min_value=0, max_value=0.5, default=0)
-    seed = serializers.IntegerField(min_value=-(2**31), max_value=2**31 - 1, default=0)
-    dedupe = serializers.BooleanField(default=True)
-    filters = FiltersSerializer(required=False, default=dict)
 
 
 def training_set_create(*, project: Project, options: dict, user=None) -> TrainingSet:
@@ -710,7 +539,7 @@ def training_set_create(*, project: Project, options: dict, user=None) -> Traini
     if filters.get("judge_run") and not JudgeRun.objects.filter(project=project, pk=filters["judge_run"]).exists():
         raise serializers.ValidationError({"filters": {"judge_run": [f"no judge run {filters['judge_run']} here"]}})
     training_set = TrainingSet.objects.create(project=project, created_by=user, **data.validated_data)
-    from judging.tasks import build_training_set
+    from distillation.tasks import build_training_set
 
     transaction.on_commit(lambda: build_training_set.delay(training_set.pk))
     return training_set

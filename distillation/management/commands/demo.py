@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 
 from annotations.models import Membership, Project
-from judging.pipeline import run_main_job
+from distillation.pipeline import run_main_job
 
 
 def _fmt(value) -> str:

@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from annotations.models import Project
-from judging.export import iter_chat_jsonl
+from distillation.export import iter_chat_jsonl
 
 
 class Command(BaseCommand):

@@ -1,4 +1,4 @@
-"""The main job end to end: import, sample, SME labels, judge, rules, gate, export, report.
+"""The main job end to end: import, sample, SME labels, judge, rules, gate, export, report (the top of the chain).
 
 ``make demo`` runs it through ``manage.py demo``. The file's prior human
 labels play the SMEs: only the sampled items' labels are imported as SME
@@ -7,8 +7,6 @@ reviews; the others are held back and used only to measure the judge.
 
 import hashlib
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from django.db import transaction
@@ -19,24 +17,22 @@ from annotations.models import Decision, Project
 from annotations.queue import queue_add
 from annotations.selectors import ground_truth
 from annotations.services import prior_labels_import, sample_for_review
+from distillation.export import iter_chat_jsonl
+from distillation.jsonl import escape_unicode_line_breaks
+from distillation.models import TrainingSet, TrainingSetRow
+from distillation.training_sets import iter_file, training_set_build
 from judging.estimate import accepted_set_precision
-from judging.export import iter_chat_jsonl
-from judging.jsonl import escape_unicode_line_breaks
 from judging.metrics import agreement
-from judging.models import JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
+from judging.models import JudgeRun, LabelFunction, Verdict
+from judging.runs import Progress, judge_and_wait
 from judging.selectors import funnel, run_agreement
 from judging.services import (
     certification_set,
-    escalation_run_create,
     gate_apply,
     gating_policy_set,
-    judge_endpoint_check,
-    judge_run_create,
-    judge_run_revive_if_stalled,
     label_function_save,
     label_functions_apply,
 )
-from judging.training_sets import iter_file, training_set_build
 
 # Example label functions: rules SMEs commonly ask for.
 EXAMPLE_RULES = [
@@ -72,7 +68,6 @@ EXAMPLE_RULES = [
     },
 ]
 
-Progress = Callable[[str], None]
 BROWSER_QUEUE = 20  # items queued for review in the browser, beyond the labelled sample
 
 
@@ -81,54 +76,6 @@ def rules_install_examples(project: Project) -> None:
     for rule in EXAMPLE_RULES:
         if not project.label_functions.filter(name=rule["name"]).exists():
             label_function_save(rule=LabelFunction(project=project, **rule), regate=False)
-
-
-class JudgeRunTimeout(RuntimeError):
-    """The run did not finish in time; it goes on (or waits for a worker) regardless."""
-
-
-def judge_and_wait(
-    project: Project,
-    progress: Progress,
-    *,
-    poll_s: float = 0.5,
-    timeout_s: float | None = None,
-    endpoint=None,
-    escalate: bool = False,
-    local: bool = False,
-    learn_from: JudgeRun | None = None,
-) -> JudgeRun:
-    """Start a judge run and wait for it: in-process without a broker, else by polling its row.
-
-    ``endpoint`` (a JudgeEndpoint of the project; None: its default judge)
-    judges; with ``escalate`` only the items the gating policy in force leaves
-    undecided (``services.escalation_run_create``, which raises PolicyError
-    without a policy or with nothing to escalate). ``local`` and
-    ``learn_from`` are ``services.judge_run_create``'s (the local classifier;
-    distilled from a run's verdicts; LearnFromError). Must be called outside a
-    transaction (the run is enqueued on commit). Raises backends.JudgeUnreachable,
-    before creating a run, when the judge endpoint does not answer. Raises
-    JudgeRunTimeout after ``timeout_s`` seconds (None: wait for ever).
-    """
-    if not local and learn_from is None:
-        judge_endpoint_check(project=project, endpoint=endpoint)  # raises backends.JudgeUnreachable
-    if escalate:
-        run = escalation_run_create(project=project, endpoint=endpoint)
-    else:
-        run = judge_run_create(project=project, endpoint=endpoint, local=local, learn_from=learn_from)
-    started = time.monotonic()
-    while True:
-        judge_run_revive_if_stalled(run_id=run.pk)  # a run whose workers died is queued again
-        run.refresh_from_db()
-        done = Verdict.objects.filter(run=run).count()
-        waited = time.monotonic() - started
-        hint = " - is a Celery worker running?" if run.status == JudgeRun.Status.QUEUED and waited > 10 else ""
-        progress(f"judging: {done}/{run.items_total} items ({run.status}){hint}")
-        if run.status in (JudgeRun.Status.FINISHED, JudgeRun.Status.FAILED):
-            return run
-        if timeout_s is not None and waited > timeout_s:
-            raise JudgeRunTimeout(f"judge run {run.pk} is still {run.status} after {timeout_s:.0f} s")
-        time.sleep(poll_s)
 
 
 def read_labels(path: Path, label_field: str = "human_label") -> dict[str, str]:

@@ -13,11 +13,12 @@ from rest_framework.exceptions import ValidationError
 
 from annotations.models import Item, Project, Review
 from annotations.spreadsheets import neutralise_formula
-from judging import training_sets
-from judging.models import GateDecision, JudgeRun, LabelFunction, TrainingSet, TrainingSetRow, Verdict
+from distillation import training_sets
+from distillation.models import TrainingSet, TrainingSetRow
+from distillation.tasks import build_training_set
+from distillation.training_sets import iter_file, training_set_build, training_set_create
+from judging.models import GateDecision, JudgeRun, LabelFunction, Verdict
 from judging.services import gate_apply, gating_policy_set, label_functions_apply
-from judging.tasks import build_training_set
-from judging.training_sets import iter_file, training_set_build, training_set_create
 from tests.conftest import run_concurrently
 
 SECOND = timezone.timedelta(seconds=1)
@@ -304,7 +305,7 @@ def test_an_empty_accepted_set_gives_an_empty_ready_snapshot(project, django_cap
 def test_leads_snapshot_from_the_page_smes_and_outsiders_cannot(
     client, project, decided, lead, sme, outsider, django_capture_on_commit_callbacks
 ):
-    url = reverse("judging:training_sets", args=[project.slug])
+    url = reverse("distillation:training_sets", args=[project.slug])
     client.force_login(outsider)
     assert client.get(url).status_code == 404
     client.force_login(sme)
@@ -325,7 +326,7 @@ def test_leads_snapshot_from_the_page_smes_and_outsiders_cannot(
 
 def test_the_page_form_reports_bad_options(client, project, decided, lead):
     client.force_login(lead)
-    url = reverse("judging:training_sets", args=[project.slug])
+    url = reverse("distillation:training_sets", args=[project.slug])
     response = client.post(url, {"format": "dpo", "validation_fraction": "0.9", "seed": "x"})
     assert response.status_code == 400 and not TrainingSet.objects.exists()
     assert response.context["form"].errors.keys() == {"validation_fraction", "seed"}
@@ -620,7 +621,7 @@ def test_a_build_stopped_by_the_soft_time_limit_mid_query_is_marked_failed_not_l
     from celery.exceptions import SoftTimeLimitExceeded
     from django.db import connection
 
-    from judging import training_sets
+    from distillation import training_sets
 
     decide_items(project)
     training_set = TrainingSet.objects.create(project=project, format="chat")

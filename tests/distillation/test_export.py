@@ -12,9 +12,9 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
 from annotations.models import Item, Review
-from judging import export
-from judging.export import chat_record, in_blocks, iter_chat_jsonl
-from judging.jsonl import escape_unicode_line_breaks, json_line
+from distillation import export
+from distillation.export import chat_record, in_blocks, iter_chat_jsonl
+from distillation.jsonl import escape_unicode_line_breaks, json_line
 from judging.models import GateDecision
 from tests.conftest import make_items
 
@@ -118,7 +118,7 @@ def test_no_unicode_line_break_splits_a_record_of_the_streamed_export(client, pr
     Item.objects.filter(pk=items[0].pk).update(prompt=f"Why{UNICODE_BREAKERS}?", context=f"See{UNICODE_BREAKERS}.")
     accept(items)
     token = Token.objects.create(user=lead).key
-    url = reverse("judging:api_export_chat", args=[project.slug])
+    url = reverse("distillation:api_export_chat", args=[project.slug])
     response = client.get(url, HTTP_AUTHORIZATION=f"Token {token}")
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert len(lines) == len(texts)

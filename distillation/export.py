@@ -9,7 +9,7 @@ when there is one, wins over the original. When the item has a context
 (retrieved passages), the user turn is ``"Context:\\n<context>\\n\\n<prompt>"``
 so the student sees what the teacher saw.
 
-The bytes are those of ``judging.jsonl.json_line(chat_record(...))`` (that is
+The bytes are those of ``distillation.jsonl.json_line(chat_record(...))`` (that is
 ``json.dumps(..., ensure_ascii=False)`` with U+0080-U+009F, U+2028 and U+2029
 escaped, so no reader splits a record) plus a newline; orjson escapes the two
 strings (it escapes exactly as the standard library does with
@@ -25,7 +25,7 @@ from django.db import connection
 
 from annotations.importers import read_ahead
 from annotations.models import Item, Project, Review
-from judging.jsonl import escape_unicode_line_breaks
+from distillation.jsonl import escape_unicode_line_breaks
 from judging.models import GateDecision
 
 # One read from the database; big enough that per-chunk round trips do not count.

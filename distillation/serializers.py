@@ -1,0 +1,77 @@
+"""DRF serializers of training sets: the options a new snapshot takes, and a snapshot as the API shows it."""
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from distillation.models import TrainingSet
+
+
+class FiltersSerializer(serializers.Serializer):
+    """``TrainingSet.filters``: which decided items a snapshot draws from (all optional)."""
+
+    source_models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=100)
+    task_types = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=100)
+    judge_run = serializers.IntegerField(required=False, min_value=1, help_text="Only items this run judged.")
+    created_after = serializers.DateTimeField(required=False, help_text="Items imported at or after this time.")
+    created_before = serializers.DateTimeField(required=False, help_text="Items imported before this time.")
+
+    def to_internal_value(self, data):
+        values = super().to_internal_value(data)
+        # Stored as JSON, compared by the database: keep times as ISO 8601 strings.
+        return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in values.items()}
+
+
+class TrainingSetOptions(serializers.Serializer):
+    """What a new snapshot is: format, system prompt, split, de-duplication and filters."""
+
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    format = serializers.ChoiceField(choices=TrainingSet.Format.choices, default=TrainingSet.Format.CHAT)
+    system_prompt = serializers.CharField(
+        required=False, allow_blank=True, default="", trim_whitespace=False, max_length=100_000
+    )
+    validation_fraction = serializers.FloatField(min_value=0, max_value=0.5, default=0)
+    seed = serializers.IntegerField(min_value=-(2**31), max_value=2**31 - 1, default=0)
+    dedupe = serializers.BooleanField(default=True)
+    filters = FiltersSerializer(required=False, default=dict)
+
+
+class TrainingSetSerializer(serializers.ModelSerializer):
+    filters = FiltersSerializer(required=False)
+    download = serializers.SerializerMethodField(help_text="Where to GET the file once ready.")
+
+    class Meta:
+        model = TrainingSet
+        fields = [
+            "id",
+            "name",
+            "format",
+            "system_prompt",
+            "validation_fraction",
+            "seed",
+            "dedupe",
+            "filters",
+            "status",
+            "error",
+            "items_selected",
+            "rows_train",
+            "rows_validation",
+            "duplicates",
+            "unwritable",
+            "sha256",
+            "size_bytes",
+            "files",
+            "lineage",
+            "download",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = [f for f in fields if f not in TrainingSetOptions().fields]
+
+    def get_download(self, training_set: TrainingSet) -> str:
+        path = reverse("training-set-download", args=[training_set.project.slug, training_set.pk])
+        return self.context["request"].build_absolute_uri(path)
+
+
+class TrainingSetReportSerializer(serializers.Serializer):
+    duplicates = serializers.ListField(child=serializers.DictField(), help_text='[{"external_id", "duplicate_of"}]')
+    unwritable = serializers.ListField(child=serializers.DictField(), help_text='[{"external_id", "reason"}]')

@@ -1,0 +1,15 @@
+from django.urls import path
+
+from distillation import api, views
+
+app_name = "distillation"
+
+urlpatterns = [
+    path("projects/<slug:slug>/training-sets/", views.training_sets_page, name="training_sets"),
+    path(
+        "projects/<slug:slug>/training-sets/<int:training_set_id>/",
+        views.training_set_detail,
+        name="training_set_detail",
+    ),
+    path("api/projects/<slug:slug>/export/chat.jsonl", api.ExportChatJsonlApi.as_view(), name="api_export_chat"),
+]
