@@ -144,6 +144,13 @@ class Item(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["project", "external_id"], name="item_external_id_unique_per_project"),
         ]
+        # The items list (judging.items) filters by these and lists their distinct values; the full-text index
+        # is PostgreSQL's own (judging migration 0016).
+        indexes = [
+            models.Index(fields=["project", "task_type"], name="item_project_task_type"),
+            models.Index(fields=["project", "source_model"], name="item_project_source_model"),
+            models.Index(fields=["project", "created_at"], name="item_project_created_at"),
+        ]
 
     def __str__(self) -> str:
         return self.external_id

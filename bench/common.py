@@ -10,6 +10,7 @@ is never dropped. Without a PostgreSQL ``DATABASE_URL`` it is
 
 import os
 import re
+import statistics
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -51,3 +52,8 @@ def recreate_database(name: str) -> None:
     with psycopg.connect(urlunsplit(parts._replace(scheme="postgresql")), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def percentile(values: list[float], q: int) -> float:
+    """The ``q``-th percentile (1 to 99) of ``values``, inclusive method; the value itself for one value."""
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]

@@ -23,20 +23,15 @@ import argparse
 import json
 import os
 import random
-import statistics
 import threading
 import time
 
-from common import database_name, database_url, recreate_database
+from common import database_name, database_url, percentile, recreate_database
 
 DB_NAME = database_name("queue")
 os.environ["DATABASE_URL"] = database_url(DB_NAME)
 os.environ.pop("CELERY_BROKER_URL", None)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "larry_web.settings")
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def main() -> None:

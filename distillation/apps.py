@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class DistillationConfig(AppConfig):
     name = "distillation"
     verbose_name = "Distillation (training sets, exports)"
+
+    def ready(self) -> None:
+        # The item page (judging) lists the training sets an item is in; judging never imports distillation.
+        from distillation.selectors import item_training_sets
+        from judging.items import training_sets_source_register
+
+        training_sets_source_register(item_training_sets)

@@ -386,6 +386,8 @@ class Verdict(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "item"], name="verdict_once_per_run_item")]
+        # The items list sorts and filters a run's verdicts by calibrated confidence (judging.items).
+        indexes = [models.Index(fields=["run", "confidence_calibrated", "item"], name="verdict_run_confidence")]
 
     def __str__(self) -> str:
         return f"{self.verdict or 'error'} {self.item_id} (run {self.run_id})"
@@ -500,10 +502,49 @@ class GateDecision(models.Model):
     decided_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        indexes = [models.Index(fields=["outcome"])]
+        indexes = [
+            # Counts by outcome (the funnel) and the items list's filters by outcome and basis; with the item in
+            # it, a join to the items reads this index alone. It replaced the index on outcome only.
+            models.Index(fields=["outcome", "basis", "item"], name="gate_outcome_basis_item"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.outcome} {self.item_id}"
+
+
+class ItemBulkAction(models.Model):
+    """A lead's bulk action on the items list (``judging.items.items_bulk_act``), append-only: who, when, which
+    items (the list's filters, and the ids when they were picked by hand), and what it did.
+
+    ``action`` ``queue`` puts the items in the SME queue (no sampling design: their labels are ground truth but
+    the estimate does not weight them); ``audit`` draws a seeded uniform sample of ``size`` of the accepted items
+    among them: over the whole accepted set it is ``annotations.sampling``'s audit design (``draw``), else a
+    uniform sample of the filtered slice (``population`` items), queued but not a recorded design.
+    """
+
+    class Action(models.TextChoices):
+        QUEUE = "queue", "Queue for SMEs"
+        AUDIT = "audit", "Audit sample"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="item_bulk_actions")
+    action = models.CharField(max_length=5, choices=Action.choices)
+    filters = models.JSONField(default=dict, blank=True, help_text="The items list's filters when it was done.")
+    item_ids = models.JSONField(default=list, blank=True, help_text="The items picked by hand (empty: all filtered).")
+    matched = models.PositiveIntegerField(default=0, help_text="Items the selection held.")
+    size = models.PositiveIntegerField(null=True, blank=True, help_text="Audit: items asked for.")
+    seed = models.BigIntegerField(null=True, blank=True)
+    population = models.PositiveIntegerField(null=True, blank=True, help_text="Audit: accepted items drawable.")
+    queued = models.PositiveIntegerField(default=0, help_text="Items newly put in the SME queue.")
+    draw = models.ForeignKey("annotations.SampleDraw", null=True, blank=True, on_delete=models.SET_NULL)
+    # PROTECT: history keeps its author; a user who changed something is deactivated, not deleted.
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} of {self.matched} items in project {self.project_id}"
 
 
 class RegateRequest(models.Model):

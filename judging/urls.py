@@ -1,6 +1,6 @@
 from django.urls import path
 
-from judging import api, views
+from judging import api, item_views, views
 
 app_name = "judging"
 
@@ -9,6 +9,9 @@ urlpatterns = [
     path("projects/<slug:slug>/judge/", views.judge_run_start, name="judge_run_start"),
     path("projects/<slug:slug>/regate/", views.regate, name="regate"),
     path("projects/<slug:slug>/rules/", views.rules, name="rules"),
+    path("projects/<slug:slug>/items/", item_views.items_list, name="items"),
+    path("projects/<slug:slug>/items/bulk/", item_views.items_bulk, name="items_bulk"),
+    path("projects/<slug:slug>/items/<int:item_id>/", item_views.item_detail, name="item_detail"),
     path("projects/<slug:slug>/gating-policy/", views.gating_policy_page, name="gating_policy"),
     path("projects/<slug:slug>/runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("projects/<slug:slug>/runs/compare/", views.runs_compare_page, name="runs_compare"),

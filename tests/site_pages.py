@@ -141,6 +141,7 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("sme", "annotations:adjudication", (slug,), status=403),  # the 403 page
         Page("sme", "judging:project_detail", (slug,), status=403),
         Page("sme", "judging:gating_policy", (slug,), status=403),
+        Page("sme", "judging:items", (slug,), status=403),
         Page("sme", "annotations:review_skip", (slug, site["queued"][0].pk), method="post", htmx=True),
         # The SME, lead and staff visits to the review screen above leased q0, q1 and q2; after the skip of q0 the
         # SME holds q3. A decision on q1 gets the conflict card (409); the one on q3 is stored.
@@ -165,6 +166,9 @@ def site_pages(project: Project, site: dict) -> list[Page]:
             Page(persona, "judging:run_detail", (slug, run.pk)),
             Page(persona, "judging:run_detail", (slug, running.pk)),
             Page(persona, "judging:run_detail", (slug, running.pk), htmx=True),  # the poll's partial
+            Page(persona, "judging:items", (slug,)),
+            Page(persona, "judging:items", (slug,), htmx=True),  # the filtered results' partial
+            Page(persona, "judging:item_detail", (slug, site["review"].item_id)),
         ]
     # The admin before the posts: a re-gating replaces the rule hits whose pages are listed.
     pages += admin_pages()
@@ -177,6 +181,7 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("staff", "judging:regate", (slug,), method="post", status=302),
         Page("lead", "judging:run_recalibrate", (slug, run.pk), method="post", status=302),
         Page("lead", "judging:certify", (slug,), "post", {"target": "0.9", "delta": "0.1"}, status=302),
+        Page("lead", "judging:items_bulk", (slug,), "post", {"action": "queue", "item": "abc"}, status=302),  # said
         Page("staff", "judging:judge_run_start", (slug,), method="post", status=302),
     ]
     pages += [Page("sme", "logout", method="post", status=302), Page("root", "admin:logout", method="post", status=302)]

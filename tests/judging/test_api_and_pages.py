@@ -174,13 +174,14 @@ def test_import_over_rest_refuses_an_unknown_format_smes_and_outsiders(client, l
 def test_the_project_page_shows_the_funnel(client, lead, project, decided):
     client.force_login(lead)
     page = client.get(reverse("judging:project_detail", args=[project.slug])).content.decode()
+    items = reverse("judging:items", args=[project.slug])
     for text in (
-        "4</span> imported",
+        f'<a class="n" href="{items}">4</a> imported',  # the numbers with a filter open the items list
         "3</span> SME reviewed",
         "2</span> accepted by SME or judge",
         "1</span> vetoed by rules",
-        "1</span> accepted",
-        "pending: 1",
+        f'<a class="n" href="{items}?outcome=accept">1</a> accepted',
+        f'pending: <a href="{items}?outcome=pending">1</a>',
     ):
         assert text in page, text
 
