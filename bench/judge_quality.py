@@ -31,8 +31,8 @@ human label the SMEs are given) and each judge, ``--repetitions`` seeded repetit
 5. Estimate (``judging.estimate.ppi_share``, PPI++, the app's code) the share an SME would accept among the
    unlabelled items the judge accepts, from the labelled items the judge accepts; beside it the Wilson interval
    from those labels alone. Coverage: the held-back truth lies in the 95 % interval. Width ratio: PPI++ width
-   over Wilson width, in the same repetition (median reported). Fewer than 10 labels in the region, or labels
-   of one class, give no PPI++ interval (counted as ``no_interval``), as in the app.
+   over Wilson width, in the same repetition (median reported). Fewer than 10 labels in the region, or fewer
+   than 5 of either class, give no interval (counted as ``no_interval``), as in the app.
 
 Reported per file x budget x judge, and overall: ``guarantee_held_rate`` (pooled over every repetition and cell;
 the guarantee says ≥ 1 - delta in each cell), the lowest cell's rate with its Clopper-Pearson 95 % interval,
@@ -63,7 +63,7 @@ django.setup()  # the app's statistics modules import its models; no database is
 from judging.backends import local_model, local_vectorizer  # noqa: E402
 from judging.calibration import NotEnoughLabels, cross_fit  # noqa: E402
 from judging.certify import certify  # noqa: E402
-from judging.estimate import MIN_LABELLED, ppi_share, wilson_share  # noqa: E402
+from judging.estimate import MIN_LABELLED, MIN_PER_CLASS, ppi_share, wilson_share  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 JUDGES = ("local", "flipped")
@@ -148,7 +148,8 @@ def one_repetition(y: np.ndarray, features, judge: str, budget: float, seed: tup
         out["precision"] = float(y[chosen].mean()) if chosen.size else None
     region = labelled[accepts[labelled]]
     y_region = y[region]
-    if population.size and region.size >= MIN_LABELLED and 0 < y_region.sum() < region.size:
+    fewer = min(int(y_region.sum()), int(region.size - y_region.sum()))
+    if population.size and region.size >= MIN_LABELLED and fewer >= MIN_PER_CLASS:
         truth = float(y[population].mean())
         ppi = ppi_share(y_region, p[region], p[population])
         wilson = wilson_share(int(y_region.sum()), int(region.size))
