@@ -65,7 +65,9 @@ class Certificate:
     first tested when nothing passed downwards, that covers more of ``population``), ``more_labels`` more
     uniform-slice SME labels on items of P(accept) ≥ that threshold, all accepted by the SMEs, are the least that
     could pass there and certify ``more_items`` more items. Optimistic: real labels include rejects, and the tests
-    at the grid values above must pass too. None when every candidate passed.
+    at the grid values above must pass too. ``uniform_draw``: about how many items a uniform draw must bring to
+    the SMEs for ``more_labels`` of them to land at that threshold (by the share of labelled items there now;
+    None without any). None when every candidate passed.
     """
 
     target: float
@@ -177,6 +179,8 @@ def certify(
             "accepted_now": k_next,
             "more_labels": m,
             "labels": None if m is None else n_next + m,
+            # About how many items a uniform draw needs for that many labels to land at P(accept) ≥ threshold.
+            "uniform_draw": None if m is None or n_next == 0 else int(np.ceil(m * c.size / n_next)),
         }
     if chosen is None:
         if c.size == 0:

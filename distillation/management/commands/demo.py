@@ -67,7 +67,7 @@ class Command(BaseCommand):
             )
         for key, title in (("accepted", "Accepted set's precision"), ("rejected", "Rejected set's SME-accept share")):
             self.stdout.write(_estimate_line(title, report["estimate"][key]))
-        self.stdout.write(_certificate_line(report["certificate"]))
+        self.stdout.write(_certificate_line(report["certificate"], report["project"]))
         self.stdout.write(
             f"Wrote {report['export']['lines']} lines to {report['export']['path']} and {out / 'report.json'}"
         )
@@ -114,11 +114,11 @@ def _estimate_line(title: str, part: dict) -> str:
         )
     if part["whole_set"]:
         w = part["whole_set"]
-        said.append(f"whole set {w['estimate']:.3f} [{w['low']:.3f}-{w['high']:.3f}]")
-    return " ".join(said + part["notes"])
+        said.append(f"whole set {w['estimate']:.3f} [95 % {w['low']:.3f}-{w['high']:.3f}]")
+    return said[0] + " " + "; ".join(said[1:] + [note.rstrip(".") for note in part["notes"]]) + "."
 
 
-def _certificate_line(certification: dict | None) -> str:
+def _certificate_line(certification: dict | None, slug: str) -> str:
     """What the certificate in force says: the items certified with the bound and n, or why none; and what more SME
     labels would buy (``certify.Certificate.next``)."""
     if certification is None:
@@ -133,14 +133,20 @@ def _certificate_line(certification: dict | None) -> str:
     else:
         said = (
             f"Certificate for {wanted}: {certification['certified']} judge accepts certified at calibrated "
-            f"P(accept) ≥ {certification['threshold']:.3f}; lower bound {certification['bound']:.3f} from "
-            f"n={certification['n']} SME labels there ({result['accepted_by_smes']} accepted)."
+            f"P(accept) ≥ {certification['threshold']:.3f}; lower bound {certification['bound']:.3f} from the "
+            f"n={certification['n']} of those labels at that threshold ({result['accepted_by_smes']} accepted)."
         )
-    said += " Judge accepts not certified stay pending for the SMEs, never exported."
+    said += " Judge accepts not certified stay pending (queued for the SMEs), never exported."
     nxt = result.get("next")
     if nxt and nxt.get("more_labels") is not None and nxt["more_items"] > 0:
         said += (
             f" Next: {nxt['more_labels']} more uniform-slice SME labels at P(accept) ≥ {nxt['threshold']:.3f}, all "
-            f"accepted, would certify {nxt['more_items']} more items (optimistic: rejects among them cost more)."
+            f"accepted, would certify {nxt['more_items']} more items (optimistic: rejects among them cost more)"
         )
+        if nxt.get("uniform_draw"):
+            said += (
+                f"; a uniform draw of about {nxt['uniform_draw']} items brings that many there "
+                f"(manage.py sample_items {slug} --n {nxt['uniform_draw']} --design uniform)"
+            )
+        said += "."
     return said
