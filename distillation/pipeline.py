@@ -25,7 +25,7 @@ from judging.estimate import accepted_set_precision
 from judging.metrics import agreement
 from judging.models import JudgeRun, LabelFunction, Verdict
 from judging.runs import Progress, judge_and_wait
-from judging.selectors import funnel, run_agreement
+from judging.selectors import certificate_held_back, funnel, run_agreement
 from judging.services import (
     certification_set,
     gate_apply,
@@ -108,7 +108,7 @@ def run_main_job(
     Returns the report: ``{"data", "project", "judge", "waiting_for_smes", "import", "sme_labels",
     "held_back_labels", "funnel", "agreement": {"sme_unseen", "held_back_human_labels"}, "estimate"
     (``estimate.accepted_set_precision``), "certificate" (the ``Certification`` fields and its ``result``, or None
-    when the judge could not judge), "export",
+    when the judge could not judge), "held_back" (``selectors.certificate_held_back``), "export",
     "training_set"}``. When the local judge cannot train (too few SME labels, or of one kind only), the job
     still finishes: ``judge.status`` is ``failed`` with the reason in ``judge.error``, the items without
     SME ground truth stay pending and are queued for SME review (``waiting_for_smes``), and what the SMEs
@@ -227,6 +227,7 @@ def run_main_job(
         },
         "estimate": accepted_set_precision(project),
         "certificate": _certificate_report(certification),
+        "held_back": certificate_held_back(project),
         "export": {"path": str(out / "accepted.jsonl"), "lines": lines, "sha256": digest.hexdigest()},
         "training_set": {
             "id": training_set.pk,
