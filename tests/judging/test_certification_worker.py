@@ -191,8 +191,10 @@ def test_designs_estimate_certificate_and_snapshot_over_rest_with_a_real_worker(
     first = next_item(project=project, reviewer=sme).pk  # calibration may tie items: any of the least certain
     assert first in held and p_accept[first] == min(p_accept[pk] for pk in held)
     assert as_lead.get("/certificate/").json()["certificate"]["held_back"] == {
+        "applied": True,
         "pending": len(held),
         "queued": len(held),
+        "statement": "",
     }
 
     # A snapshot built by the worker carries the certificate; its rows are the accepted set, none held back.
