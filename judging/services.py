@@ -484,6 +484,20 @@ def project_regate(*, project: Project) -> tuple[int, dict[str, int]]:
     return hits, counts
 
 
+def project_regate_now(*, project: Project) -> tuple[int, dict[str, int]]:
+    """``project_regate`` here and now, recorded (``regate_finished``) as done for every request made before it
+    began, so a certificate those requests apply counts as applied (``selectors.certification_applied``): for
+    commands that wait for the re-gating rather than queue it. Returns what ``project_regate`` returns."""
+    generation = RegateRequest.objects.filter(project=project).values_list("generation", flat=True).first()
+    try:
+        done = project_regate(project=project)
+    except Exception as exc:
+        regate_finished(project_id=project.pk, generation=generation, error=f"{type(exc).__name__}: {exc}")
+        raise
+    regate_finished(project_id=project.pk, generation=generation)
+    return done
+
+
 def regate_request(project_id: int) -> int:
     """Ask for the project to be re-gated in full (rules, gate, SME-queue order) after commit; returns the
     request's generation. Requests that pile up while one waits or runs cost one re-gating (``RegateRequest``)."""

@@ -3,10 +3,12 @@ was computed on are in force: until its re-gating has run, the export API answer
 the certificate API and the project page say it is not applied yet; a changed policy or a refit calibration
 voids it, and the gate then holds back every judge accept."""
 
+import io
 import json
 
 import numpy as np
 import pytest
+from django.core.management import call_command
 from django.db.models import F
 from rest_framework.authtoken.models import Token
 
@@ -162,3 +164,13 @@ def test_a_refit_calibration_voids_the_certificate_until_a_lead_certifies_again(
         again = certification_set(project=project, target=0.8, delta=0.1, user=lead)
     assert certification_void(again)["void"] is False and certification_applied(again)["applied"] is True
     assert len(judge_accepts(project)) == again.certified and client.get(EXPORT, **auth).status_code == 200
+
+
+def test_a_re_gating_run_in_place_applies_the_certificate(client, project, lead, built, auth):
+    made = certification_set(project=project, target=0.8, delta=0.1, user=lead)  # its queued re-gating never runs
+    assert certification_applied(made)["applied"] is False and client.get(EXPORT, **auth).status_code == 409
+    out = io.StringIO()
+    call_command("apply_rules", "support", stdout=out)  # runs here, and records the requests it covered
+    assert "gate:" in out.getvalue()
+    assert certification_applied(made)["applied"] is True
+    assert len(judge_accepts(project)) == made.certified and client.get(EXPORT, **auth).status_code == 200
