@@ -790,7 +790,9 @@ def certification_applied(certification: Certification, void: dict | None = None
             and row.last_finished_at >= after
         )
     elif generation is None:
-        applied = row is not None and row.last_finished_at is not None and row.last_finished_at >= at
+        # Stored before generations were: a re-gating that ended well after it.
+        applied = row is not None and not row.last_error and row.last_finished_at is not None
+        applied = applied and row.last_finished_at >= at
     else:
         applied = done >= generation
     statement = ""

@@ -5,11 +5,13 @@ voids it, and the gate then holds back every judge accept."""
 
 import io
 import json
+from datetime import timedelta
 
 import numpy as np
 import pytest
 from django.core.management import call_command
 from django.db.models import F
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from annotations.selectors import ground_truth
@@ -174,3 +176,30 @@ def test_a_re_gating_run_in_place_applies_the_certificate(client, project, lead,
     assert "gate:" in out.getvalue()
     assert certification_applied(made)["applied"] is True
     assert len(judge_accepts(project)) == made.certified and client.get(EXPORT, **auth).status_code == 200
+
+
+def test_a_certificate_stored_before_generations_and_basis_were_recorded(
+    project, lead, built, django_capture_on_commit_callbacks
+):
+    made = certification_set(project=project, target=0.8, delta=0.1, user=lead)  # its re-gating never runs
+    for key in ("regate_generation", "basis"):
+        made.result.pop(key)
+    made.save()
+    RegateRequest.objects.filter(project=project).update(last_finished_at=made.created_at - timedelta(seconds=1))
+    assert certification_applied(made) | {"statement": ""} == {
+        "applied": False,
+        "generation": None,
+        "done": RegateRequest.objects.get(project=project).last_generation_done,
+        "statement": "",
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        regate_request(project.pk)
+    assert certification_applied(made)["applied"] is True and len(judge_accepts(project)) == made.certified
+    # Without a recorded basis, a calibration fitted after the certificate voids it.
+    run = project.gating_policy.tiers.get().run
+    run.calibration = {**(run.calibration or {}), "fitted_at": timezone.now().isoformat()}
+    run.save()
+    assert certification_void(made)["recalibrated_runs"] == [run.pk]
+    with django_capture_on_commit_callbacks(execute=True):
+        regate_request(project.pk)
+    assert judge_accepts(project) == set()
