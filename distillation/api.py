@@ -23,7 +23,7 @@ from distillation.export import in_blocks, iter_chat_jsonl
 from distillation.models import TrainingSet, TrainingSetRow
 from distillation.serializers import TrainingSetReportSerializer, TrainingSetSerializer
 from judging.models import NO_POLICY
-from judging.selectors import gating_policy
+from judging.selectors import certification_unapplied, gating_policy
 from larry_web.parsers import JSONParser
 
 CONTENT_TYPES = {
@@ -38,12 +38,23 @@ class ExportChatJsonlApi(APIView):
 
     Token-authenticated (``Authorization: Token <key>``). The gating policy
     whose judges fed the gate is named in the ``X-Larry-Judge`` header. For a
-    frozen, hashed, reproducible set, create a training set instead.
+    frozen, hashed, reproducible set, create a training set instead. 409
+    (JSON ``{"detail"}``) while the gate has not yet applied the certificate in
+    force (``selectors.certification_unapplied``): its stored decisions may
+    still hold judge accepts the certificate holds back.
     """
 
-    @extend_schema(parameters=[SLUG], responses={(200, "application/jsonl"): OpenApiTypes.BINARY})
-    def get(self, request, slug: str) -> StreamingHttpResponse:
+    @extend_schema(
+        parameters=[SLUG],
+        responses={
+            (200, "application/jsonl"): OpenApiTypes.BINARY,
+            409: OpenApiResponse(description="The gate is still applying the certificate in force."),
+        },
+    )
+    def get(self, request, slug: str) -> StreamingHttpResponse | Response:
         project = project_for_api(request, slug)
+        if unapplied := certification_unapplied(project):
+            return Response({"detail": unapplied}, status=status.HTTP_409_CONFLICT)
         policy = gating_policy(project)
         response = StreamingHttpResponse(in_blocks(iter_chat_jsonl(project)), content_type=JSONL)
         response["Content-Disposition"] = f'attachment; filename="{project.slug}-accepted.jsonl"'

@@ -50,7 +50,12 @@ from distillation.models import TrainingSet, TrainingSetRow
 from distillation.serializers import TrainingSetOptions
 from judging.certify import ASSUMPTIONS as CERTIFICATE_ASSUMPTIONS
 from judging.models import NO_POLICY, GateDecision, JudgeRun, LabelFunction, Verdict
-from judging.selectors import certification_current, certification_staleness, gating_policy
+from judging.selectors import (
+    certification_current,
+    certification_staleness,
+    certification_unapplied,
+    gating_policy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +255,8 @@ def snapshot_certificate(project, policy_now: str) -> dict:
     "statement", "target", "delta", "bound", "threshold", "items_certified", "method", "sme_labels": {"n" at the
     threshold, "n_labelled" used, "design": {...}}, "gating_policy" (when certified), "gating_policy_now",
     "policy_changed_since", "changed_since" (``selectors.certification_staleness``: SME labels, policy and
-    calibration changed since it was computed, and a statement), "certified_at", "certification",
+    calibration changed since it was computed, whether that voids it, and a statement; a void certificate is
+    ``certified`` False: the gate certifies nothing), "certified_at", "certification",
     "assumptions"}``; without a certificate only
     ``certified`` False, the statement and the assumptions a certificate would rest on."""
     c = certification_current(project)
@@ -261,7 +267,10 @@ def snapshot_certificate(project, policy_now: str) -> dict:
             "gating_policy_now": policy_now,
             "assumptions": list(CERTIFICATE_ASSUMPTIONS),
         }
-    if c.threshold is None:
+    since = certification_staleness(c)
+    if since["void"]:
+        statement = f"Nothing certified now: {since['void_reason']}"
+    elif c.threshold is None:
         statement = (
             f"Nothing certified: {c.result.get('reason', '')} The gate leaves every judge accept pending for the SMEs."
         )
@@ -272,7 +281,7 @@ def snapshot_certificate(project, policy_now: str) -> dict:
             "leaves a judge's accepts below the threshold pending for the SMEs."
         )
     return {
-        "certified": c.threshold is not None,
+        "certified": c.threshold is not None and not since["void"],
         "statement": statement,
         "target": c.target,
         "delta": c.delta,
@@ -284,9 +293,7 @@ def snapshot_certificate(project, policy_now: str) -> dict:
         "gating_policy": c.policy,
         "gating_policy_now": policy_now,
         "policy_changed_since": c.policy != policy_now,
-        "changed_since": {
-            key: value for key, value in certification_staleness(c).items() if key not in ("labels_used", "policy_now")
-        },
+        "changed_since": {key: value for key, value in since.items() if key not in ("labels_used", "policy_now")},
         "certified_at": c.created_at.isoformat(),
         "certification": c.pk,
         "assumptions": c.result.get("assumptions", list(CERTIFICATE_ASSUMPTIONS)),
@@ -371,8 +378,24 @@ def _write(claim: _Claim, batch: list[TrainingSetRow], items_done: int) -> None:
         TrainingSetRow.objects.bulk_create(batch)
 
 
+def _refuse_unapplied_certificate(project: Project, certification_id: int | None) -> None:
+    """Raise TrainingSetError when the certificate in force is not applied yet by the gate
+    (``selectors.certification_unapplied``), or is not ``certification_id`` (the one in force when the build
+    began: one chosen since may hold back rows already written)."""
+    if unapplied := certification_unapplied(project):
+        raise TrainingSetError(f"{unapplied} Snapshot again once it has.")
+    now = certification_current(project)
+    if (now.pk if now else None) != certification_id:
+        raise TrainingSetError(
+            "A new certificate was chosen while the snapshot was built; snapshot again once the gate has applied it."
+        )
+
+
 def _build(training_set: TrainingSet, claim: _Claim) -> None:
     fmt, seed = training_set.format, training_set.seed
+    # Never ship judge accepts a certificate holds back: refuse before and after selecting the rows.
+    started = certification_current(training_set.project)
+    _refuse_unapplied_certificate(training_set.project, started.pk if started else None)
     items = selected_items(training_set.project, fmt, training_set.filters)
     claim.update(items_selected=items.count())
     candidates = _candidates(items, fmt)
@@ -418,6 +441,7 @@ def _build(training_set: TrainingSet, claim: _Claim) -> None:
     _write(claim, batch, selected)
     files, sha256, size = _hash_files(training_set)
     claim.update()
+    _refuse_unapplied_certificate(training_set.project, started.pk if started else None)
     lineage = _lineage(training_set, items)
     if fmt == TrainingSet.Format.DPO:
         lineage["dpo_rejected_responses"] = sum(len(responses) for responses in pool.values())

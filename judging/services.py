@@ -4,11 +4,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
+import kombu.exceptions
+import redis.exceptions
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
-from django.db.models.functions import Now
+from django.db.models.functions import Greatest, Now
 from django.utils import timezone
 
 from annotations.models import Item, Project
@@ -34,7 +36,9 @@ from judging.models import (
     Verdict,
 )
 from judging.selectors import (
+    certification_basis,
     certification_current,
+    certification_threshold,
     few_shot_examples,
     gating_policy,
     policy_certainty,
@@ -480,6 +484,20 @@ def project_regate(*, project: Project) -> tuple[int, dict[str, int]]:
     return hits, counts
 
 
+def project_regate_now(*, project: Project) -> tuple[int, dict[str, int]]:
+    """``project_regate`` here and now, recorded (``regate_finished``) as done for every request made before it
+    began, so a certificate those requests apply counts as applied (``selectors.certification_applied``): for
+    commands that wait for the re-gating rather than queue it. Returns what ``project_regate`` returns."""
+    generation = RegateRequest.objects.filter(project=project).values_list("generation", flat=True).first()
+    try:
+        done = project_regate(project=project)
+    except Exception as exc:
+        regate_finished(project_id=project.pk, generation=generation, error=f"{type(exc).__name__}: {exc}")
+        raise
+    regate_finished(project_id=project.pk, generation=generation)
+    return done
+
+
 def regate_request(project_id: int) -> int:
     """Ask for the project to be re-gated in full (rules, gate, SME-queue order) after commit; returns the
     request's generation. Requests that pile up while one waits or runs cost one re-gating (``RegateRequest``)."""
@@ -489,7 +507,16 @@ def regate_request(project_id: int) -> int:
         RegateRequest.objects.get_or_create(project_id=project_id)
         RegateRequest.objects.filter(project_id=project_id).update(generation=F("generation") + 1)
         generation = RegateRequest.objects.get(project_id=project_id).generation
-    transaction.on_commit(lambda: regate_project.delay(project_id, generation))
+
+    def enqueue() -> None:
+        try:
+            regate_project.delay(project_id, generation)
+        except (kombu.exceptions.OperationalError, redis.exceptions.RedisError) as exc:
+            # The broker is down: the request stays pending (the project page shows it, with the re-gate
+            # button); what was committed stands, and the caller's response is not a server error.
+            logger.error("re-gating %s of project %s not queued: the broker failed: %s", generation, project_id, exc)
+
+    transaction.on_commit(enqueue)
     return generation
 
 
@@ -504,7 +531,8 @@ def regate_finished(*, project_id: int, generation: int | None, error: str = "")
     (the project page shows it). A success also records the generation it covered."""
     fields = {"last_finished_at": timezone.now(), "last_error": error[:5000]}
     if not error and generation is not None:
-        fields["last_generation_done"] = generation
+        # Never backwards: an earlier request's task that ends after a later one's covered less.
+        fields["last_generation_done"] = Greatest(F("last_generation_done"), generation)
     RegateRequest.objects.get_or_create(project_id=project_id)
     RegateRequest.objects.filter(project_id=project_id).update(**fields)
 
@@ -804,8 +832,9 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
     Inputs: SME ground truth, the gating policy's verdicts (``selectors.policy_verdicts``: the first tier
     whose calibrated certainty clears its threshold; none without a policy), hits of active label functions.
     With a certificate in force (``certification_set``), a judge's accept on an item whose P(accept)
-    (``certify.p_accept_by_item``) is below the certified threshold, or on any item when nothing is certified,
-    is left pending for the SMEs (``gate.decide``'s ``certified``).
+    (``certify.p_accept_by_item``) is below the certified threshold, or on any item when nothing is certified
+    or the certificate is void (``selectors.certification_threshold``), is left pending for the SMEs
+    (``gate.decide``'s ``certified``).
     Returns ``{"accept": n, "reject": n, "pending": n}`` over the items decided. Concurrent calls for one
     project (an import, a rule edit and an SME decision re-gating at once) run one after the other, each
     reading what the previous stored.
@@ -818,6 +847,8 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
         decided = policy_verdicts(project, item_ids=item_ids)
         certification = certification_current(project)
         p_accept = certify.p_accept_by_item(project, gating_policy(project), item_ids) if certification else {}
+        # A void certificate (the policy or a calibration changed since) certifies nothing.
+        threshold = certification_threshold(certification) if certification else None
         hits = RuleHit.objects.filter(label_function__project=project, label_function__active=True)
         if item_ids is not None:
             hits = hits.filter(item_id__in=item_ids)
@@ -831,7 +862,7 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
             certified = None
             if certification is not None:
                 p = p_accept.get(item_id)
-                certified = certification.threshold is not None and p is not None and p >= certification.threshold
+                certified = threshold is not None and p is not None and p >= threshold
             result = gate.decide(
                 ground_truth=truth.get(item_id),
                 verdict=verdict,
@@ -1016,35 +1047,47 @@ def certification_set(*, project: Project, target: float, delta: float, user=Non
 
     Runs ``judging.certify.project_certificate`` (Learn-then-Test on uniform-slice SME labels) now and stores a
     ``Certification`` (who, when, the target, threshold, n, bound, items certified, design of the labels used,
-    gating policy label, the whole certificate) and asks for a re-gating: from then on the gate leaves a judge's
-    accepts below the certified threshold (all of them when nothing is certified) pending for the SMEs
-    (``gate_apply``). Raises CertificationError for a target or δ out of range.
+    gating policy label, the whole certificate, and in ``result``: ``"basis"``, the policy and calibrations it
+    rests on, ``selectors.certification_basis``; ``"regate_generation"``, the re-gating it asked for) and asks for
+    a re-gating: once that has run (``selectors.certification_applied``) the gate leaves a judge's accepts below
+    the certified threshold (all of them when nothing is certified, or when the policy or a calibration changes
+    later: ``selectors.certification_void``) pending for the SMEs (``gate_apply``); until then exports refuse.
+    Raises CertificationError for a target or δ out of range.
     """
     if not 0.5 <= target <= 0.999:
         raise CertificationError(f"target precision {target}: 0.5 to 0.999 (no finite sample certifies 1)")
     if not 0.001 <= delta <= 0.5:
         raise CertificationError(f"delta {delta}: 0.001 to 0.5")
-    found = certify.project_certificate(project, target=target, delta=delta)
-    cert = found["certificate"]
-    result = {**cert.as_dict(), "not_covered": found["not_covered"]}
-    certification = Certification.objects.create(
-        project=project,
-        target=target,
-        delta=delta,
-        threshold=cert.threshold,
-        method=cert.method,
-        n=cert.n,
-        n_labelled=cert.n_labelled,
-        bound=cert.bound,
-        certified=cert.certified,
-        policy=found["policy"],
-        design=found["design"],
-        result=result,
-        created_by=user,
-    )
-    regate_request(project.pk)  # the gate leaves judge accepts below the threshold pending
+    with transaction.atomic():
+        basis = certification_basis(project)
+        found = certify.project_certificate(project, target=target, delta=delta)
+        cert = found["certificate"]
+        # The re-gating that applies it: until it has finished (``selectors.certification_applied``) the stored
+        # decisions may still ship judge accepts it holds back, and exports refuse.
+        generation = regate_request(project.pk)
+        certification = Certification.objects.create(
+            project=project,
+            target=target,
+            delta=delta,
+            threshold=cert.threshold,
+            method=cert.method,
+            n=cert.n,
+            n_labelled=cert.n_labelled,
+            bound=cert.bound,
+            certified=cert.certified,
+            policy=found["policy"],
+            design=found["design"],
+            result={
+                **cert.as_dict(),
+                "not_covered": found["not_covered"],
+                "basis": basis,
+                "regate_generation": generation,
+            },
+            created_by=user,
+        )
     logger.info(
-        "certification %s of project %s by user %s: target %s delta %s threshold %s n %s bound %s certified %s",
+        "certification %s of project %s by user %s: target %s delta %s threshold %s n %s bound %s certified %s "
+        "re-gating %s",
         certification.pk,
         project.slug,
         getattr(user, "pk", None),
@@ -1054,5 +1097,6 @@ def certification_set(*, project: Project, target: float, delta: float, user=Non
         cert.n,
         cert.bound,
         cert.certified,
+        generation,
     )
     return certification
