@@ -12,6 +12,7 @@ from django.urls import reverse
 from annotations.models import Decision, Item, Project, validate_no_credentials
 from annotations.selectors import ground_truth
 from judging import gate, prompts
+from larry_web.work import LeasedWork
 
 FEW_SHOT_MAX = 20
 TOKENS_PER_MINUTE_MIN = 1000
@@ -186,7 +187,7 @@ class JudgeRun(models.Model):
         return f"{self.model} at {self.base_url}"
 
 
-class JudgeWork(models.Model):
+class JudgeWork(LeasedWork):
     """One item a judge run still has to judge: created with the run for its scope, deleted in the transaction
     that stores the item's verdict (``services.verdicts_store``), so the rows left are the work left.
 
@@ -197,9 +198,6 @@ class JudgeWork(models.Model):
 
     run = models.ForeignKey(JudgeRun, on_delete=models.CASCADE, related_name="work")
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="+")
-    leased_by = models.CharField(max_length=100, blank=True)
-    leased_until = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "item"], name="judge_work_one_per_run_item")]

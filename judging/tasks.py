@@ -24,6 +24,7 @@ from annotations.models import Item, Project
 from annotations.selectors import ground_truth
 from judging import backends, prompts, services
 from judging.models import JudgeRun, JudgeWork, Verdict
+from larry_web import llm
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -107,7 +108,7 @@ def _judge_locally(run: JudgeRun) -> None:
     services.judge_run_finish_if_complete(run_id=run.pk)
 
 
-class RunWork(backends.WorkSource):
+class RunWork(llm.WorkSource):
     """The work rows of one run, leased by one task (``worker``), for ``backends.judge_window``."""
 
     def __init__(self, run: JudgeRun, worker: str) -> None:
