@@ -12,6 +12,7 @@ from django.urls import reverse
 from annotations.models import Decision, Item, Project, validate_no_credentials
 from annotations.selectors import ground_truth
 from judging import gate, prompts
+from larry_web import llm
 from larry_web.work import LeasedWork
 
 FEW_SHOT_MAX = 20
@@ -148,9 +149,7 @@ class JudgeRun(models.Model):
     @property
     def cost(self) -> Decimal:
         """Tokens in and out at the prices recorded when the run started (per million tokens)."""
-        price_in = Decimal(self.config.get("price_in_per_million", "0"))
-        price_out = Decimal(self.config.get("price_out_per_million", "0"))
-        return (self.tokens_in * price_in + self.tokens_out * price_out) / 1_000_000
+        return llm.cost(self.config, self.tokens_in, self.tokens_out)
 
     @property
     def few_shot_item_ids(self) -> list[int]:

@@ -775,6 +775,7 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
         rejections: dict[int, list[str]] = defaultdict(list)
         for item_id, reason in hits.values_list("item_id", "label_function__reason"):
             rejections[item_id].append(reason)
+        needs_response = set(items.filter(response="").values_list("id", flat=True))
         decisions = []
         counts = {Outcome.ACCEPT.value: 0, Outcome.REJECT.value: 0, Outcome.PENDING.value: 0}
         for item_id in items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
@@ -790,6 +791,7 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
                 verdict_basis=Basis.JUDGE if tier is None or tier.threshold is None else Basis.TIER,
                 tier=tier.tier if tier is not None else None,
                 certified=certified,
+                needs_response=item_id in needs_response,
             )
             counts[result.outcome] += 1
             by_judge = result.basis in (Basis.JUDGE, Basis.TIER)

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 # The HTTP exchanges of the request being made in this asyncio task: a caller sets a list here, and
@@ -92,6 +93,14 @@ def openai_client(base_url: str, api_key: str, *, timeout_s: float, max_retries:
         max_retries=max_retries,
         http_client=_recording_client_class()(),
     )
+
+
+def cost(run_config: dict, tokens_in: int, tokens_out: int) -> Decimal:
+    """What ``tokens_in`` prompt and ``tokens_out`` completion tokens cost at the prices a run recorded
+    (``run_config["price_in_per_million"]``/``["price_out_per_million"]``, decimal strings; absent: 0)."""
+    price_in = Decimal(run_config.get("price_in_per_million", "0"))
+    price_out = Decimal(run_config.get("price_out_per_million", "0"))
+    return (tokens_in * price_in + tokens_out * price_out) / 1_000_000
 
 
 def estimate_tokens(messages: list[dict], max_tokens: int) -> int:
