@@ -19,6 +19,7 @@ api.register(f"{scoped}/runs", judging_api.JudgeRunViewSet, basename="judge-run"
 api.register(rf"{scoped}/runs/(?P<run_id>[0-9]+)/verdicts", judging_api.VerdictViewSet, basename="verdict")
 api.register(f"{scoped}/label-functions", judging_api.LabelFunctionViewSet, basename="label-function")
 api.register(f"{scoped}/training-sets", distillation_api.TrainingSetViewSet, basename="training-set")
+api.register(f"{scoped}/teacher-runs", distillation_api.TeacherRunViewSet, basename="teacher-run")
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -60,7 +60,7 @@ tokens have logprob -0.001 and themselves as their only alternative. Markers pic
 Every fault above but ``[garbage-once]`` is answered again to the repair request.
 
 A request without ``response_format`` (a judge's always has the verdict schema) is a teacher's: it gets free
-text, ``The teacher's answer (<8 hex of the user message>): Plus costs $4 a month.``, with usage (prompt
+text, ``Answer <8 hex of the user message>: Plus costs $4 a month.``, with usage (prompt
 tokens = characters / 4, 20 completion tokens). ``[http500]``, ``[429-once]``, ``[slow-once]`` and ``down``
 apply as above; markers in the prompt pick the rest:
 
@@ -314,14 +314,14 @@ def _logprobs(content: str, user: str, k: int) -> list[dict]:
 def _teacher_reply(body: dict, user: str, answer_model: str) -> dict:
     """A teacher's chat completion for ``user`` (see the module docstring's teacher table)."""
     digest = hashlib.sha256(user.encode()).hexdigest()[:8]
-    content = f"The teacher's answer ({digest}): Plus costs $4 a month."
+    content = f"Answer {digest}: Plus costs $4 a month."
     finish, refusal, extra = "stop", None, {}
     if "[t-bad]" in user:
-        content = f"The teacher's answer ({digest}) is WRONG."
+        content = f"Answer {digest}: WRONG."
     if "[t-reasoning]" in user:
-        extra = {"reasoning_content": f"The teacher thinks ({digest})."}
+        extra = {"reasoning_content": f"Thought {digest}: the price is in the context."}
     elif "[t-think]" in user:
-        content = f"<think>The teacher thinks ({digest}).</think>\n{content}"
+        content = f"<think>Thought {digest}: the price is in the context.</think>\n{content}"
     elif "[t-length]" in user:
         content, finish = content[: len(content) // 2], "length"
     elif "[t-refusal]" in user:

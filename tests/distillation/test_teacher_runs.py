@@ -109,14 +109,14 @@ def test_a_run_writes_answers_as_new_items_and_never_stores_faults(
         "Plus is $4.",
         "test-teacher",
     )
-    assert plain.response.startswith("The teacher's answer (") and plain.reasoning == ""
+    assert plain.response.startswith("Answer ") and plain.reasoning == ""
     assert answers["plain"].tokens_out == 20 and answers["plain"].tokens_in > 0
     assert answers["plain"].cost == (answers["plain"].tokens_in * 1 + 20 * 2) / Decimal(1_000_000)
     assert run.cost == (run.tokens_in * 1 + run.tokens_out * 2) / Decimal(1_000_000) > 0
     # Reasoning is kept apart from the response, whichever way it came.
     for key in ("reasoning", "think"):
         answer = answers[key].answer
-        assert answer.reasoning.startswith("The teacher thinks (") and "think" not in answer.response
+        assert answer.reasoning.startswith("Thought ") and "think" not in answer.response
     # The teacher saw the system prompt and the item's user turn as the chat formats write it, as free text.
     body = next(b for b in judge_server.requests if "How much is Plus?" == b["messages"][-1]["content"][-17:])
     assert body["messages"][0] == {"role": "system", "content": "Be exact."}
@@ -210,7 +210,7 @@ def test_a_real_worker_runs_it_with_cancel_and_resume(project, worker_env, worke
         assert run.status == "finished", worker.log()
         assert (run.items_total, run.answers_written, run.answers_failed) == (30, 29, 1)
         assert TeacherAnswer.objects.filter(run=run).count() == 30  # no item asked twice
-        assert Item.objects.filter(answers__isnull=False, reasoning__startswith="The teacher thinks").count() == 29
+        assert Item.objects.filter(answers__isnull=False, reasoning__startswith="Thought ").count() == 29
         assert len([b for b in server.requests if "response_format" not in b]) == 30
     finally:
         server.stop()
