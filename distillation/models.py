@@ -41,6 +41,7 @@ class TrainingSet(models.Model):
         ALPACA = "alpaca", "Alpaca JSONL"
         SHAREGPT = "sharegpt", "ShareGPT JSONL"
         DPO = "dpo", "DPO preference pairs JSONL"
+        REASONING = "reasoning", "Reasoning traces JSONL (chat with <think>)"
         JUDGE = "judge", "Judge distillation JSONL"
         CSV = "csv", "CSV"
 
