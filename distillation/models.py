@@ -16,7 +16,7 @@ from django.urls import reverse
 from annotations.models import Item, Project, validate_no_credentials
 from judging.models import Verdict, validate_judge_url
 from larry_web import llm
-from larry_web.work import LeasedWork
+from larry_web.work import LeasedWork, Run
 
 
 class TrainingSet(models.Model):
@@ -169,7 +169,7 @@ class TeacherSettings(models.Model):
         return f"teacher of {self.project}"
 
 
-class TeacherRun(models.Model):
+class TeacherRun(Run):
     """One pass of the teacher over chosen items of a project, writing a candidate response to each prompt.
 
     ``selection`` says which items (``rejected``: the gate rejected them; ``all``; ``missing``: prompts imported
@@ -185,41 +185,15 @@ class TeacherRun(models.Model):
         MISSING = "missing", "Prompts without a response"
         ITEMS = "items", "Chosen items"
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        FINISHED = "finished"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="teacher_runs")
     model = models.CharField(max_length=200)
     base_url = models.CharField(max_length=500)
     selection = models.CharField(max_length=8, choices=Selection.choices)
-    config = models.JSONField(default=dict, blank=True, help_text="Everything that determines the answers.")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    error = models.TextField(blank=True)
-    items_total = models.PositiveIntegerField(default=0)
     answers_written = models.PositiveIntegerField(default=0)
     answers_failed = models.PositiveIntegerField(default=0)
-    tokens_in = models.PositiveBigIntegerField(default=0)
-    tokens_out = models.PositiveBigIntegerField(default=0)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    progress_at = models.DateTimeField(null=True, blank=True, help_text="When a worker last leased or stored.")
-
-    class Meta:
-        ordering = ["-id"]
 
     def __str__(self) -> str:
         return f"teacher run {self.pk} ({self.model})"
-
-    @property
-    def cost(self) -> Decimal:
-        """Tokens in and out at the prices recorded when the run started (per million tokens)."""
-        return llm.cost(self.config, self.tokens_in, self.tokens_out)
 
     @property
     def items_done(self) -> int:

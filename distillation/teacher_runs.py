@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Now
@@ -210,6 +211,38 @@ def teacher_run_resume(*, run: TeacherRun, retry_failed: bool = False) -> None:
         transaction.on_commit(lambda: start_teacher_run.delay(run.pk))
 
 
+REVIVE_TASKS = 4
+
+
+def teacher_run_revive_if_stalled(*, run_id: int) -> bool:
+    """Queue a few ``teacher_chunk`` tasks again for a running run that has work rows left, none under a live
+    lease, and no progress (a lease taken, an answer stored) for ``LARRY_JUDGE_LEASE_S``: its workers died or
+    its tasks were lost. A conditional UPDATE of ``progress_at`` lets one of many callers win. True when this
+    call revived it."""
+    run = TeacherRun.objects.filter(pk=run_id, status=TeacherRun.Status.RUNNING).first()
+    if run is None:
+        return False
+    rows = TeacherWork.objects.filter(run=run)
+    if not rows.exists() or rows.filter(leased_until__gt=timezone.now()).exists():
+        return False
+    recent = timezone.now() - timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S)
+    if (run.progress_at or run.started_at or run.created_at) > recent:
+        return False
+    if not TeacherRun.objects.filter(pk=run_id, progress_at=run.progress_at).update(progress_at=Now()):
+        return False
+    from distillation.tasks import teacher_chunk
+
+    for _ in range(REVIVE_TASKS):
+        teacher_chunk.delay(run_id)
+    return True
+
+
+def teacher_runs_revive_stalled() -> int:
+    """``teacher_run_revive_if_stalled`` on every running teacher run; how many this call revived."""
+    running = TeacherRun.objects.filter(status=TeacherRun.Status.RUNNING).values_list("id", flat=True)
+    return sum(teacher_run_revive_if_stalled(run_id=run_id) for run_id in running)
+
+
 def teacher_run_fail(*, run_id: int, error: str) -> None:
     TeacherRun.objects.filter(pk=run_id).update(
         status=TeacherRun.Status.FAILED, error=error[:5000], finished_at=timezone.now()
@@ -288,6 +321,7 @@ def teacher_and_wait(
     run = teacher_run_create(project=project, selection=selection)
     started = time.monotonic()
     while True:
+        teacher_run_revive_if_stalled(run_id=run.pk)  # a run whose workers died is queued again
         run.refresh_from_db()
         waited = time.monotonic() - started
         hint = " - is a Celery worker running?" if run.status == TeacherRun.Status.QUEUED and waited > 10 else ""

@@ -9,11 +9,51 @@ The models are ``LeasedWork`` subclasses with ``run`` and ``item`` foreign keys;
 ``progress_at`` and ``status``.
 """
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
+
+from larry_web import llm
+
+
+class Run(models.Model):
+    """A pass of an LLM over chosen items of a project (a judge run, a teacher run): its status and outcome, as
+    every run keeps them on its row. Subclasses add ``project`` and what is theirs; ``config`` holds the
+    prices the run started with (``larry_web.llm.cost``)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        FINISHED = "finished"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    config = models.JSONField(default=dict, blank=True, help_text="Everything that determines the output.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    items_total = models.PositiveIntegerField(default=0)
+    tokens_in = models.PositiveBigIntegerField(default=0)
+    tokens_out = models.PositiveBigIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    progress_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a worker last leased or stored this run's items (stall detection)."
+    )
+
+    class Meta:
+        abstract = True
+        ordering = ["-id"]
+
+    @property
+    def cost(self) -> Decimal:
+        """Tokens in and out at the prices recorded when the run started (per million tokens)."""
+        return llm.cost(self.config, self.tokens_in, self.tokens_out)
 
 
 class LeasedWork(models.Model):

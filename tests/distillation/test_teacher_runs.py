@@ -235,3 +235,21 @@ def test_run_teacher_waits_with_a_progress_line(project, judge_server, worker_en
     assert command.returncode == 0, command.stderr + worker.log()
     assert "teaching: " in command.stderr and "3/3 items" in command.stderr
     assert "2 answers written by test-teacher, 1 not stored (1 refusal)" in command.stdout
+
+
+def test_a_run_whose_tasks_were_lost_is_revived(project, judge_server, django_capture_on_commit_callbacks, settings):
+    from django.utils import timezone
+
+    from distillation.teacher_runs import teacher_run_revive_if_stalled
+
+    use_teacher(project, judge_server.base_url)
+    make_items(project, ["a", "b"])
+    with django_capture_on_commit_callbacks(execute=False):  # its start task is never sent (a lost message)
+        run = teacher_run_create(project=project, selection="all")
+    TeacherRun.objects.filter(pk=run.pk).update(status="running")
+    assert not teacher_run_revive_if_stalled(run_id=run.pk)  # just started: give its tasks time
+    long_ago = timezone.now() - timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S + 1)
+    TeacherRun.objects.filter(pk=run.pk).update(created_at=long_ago)
+    assert teacher_run_revive_if_stalled(run_id=run.pk)
+    run.refresh_from_db()
+    assert (run.status, run.answers_written) == ("finished", 2)
