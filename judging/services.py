@@ -157,7 +157,9 @@ def judge_run_create(
             raise LearnFromError(f"run {learn_from.pk} is a local classifier's: learn from an LLM judge's run")
         local = True
     config = backends.judge_config_for(project, endpoint)
-    scope = project.items.all() if item_ids is None else project.items.filter(pk__in=item_ids)
+    # A prompt without a response has nothing to judge (it "needs a response": a teacher run may answer it).
+    judgeable = project.items.exclude(response="")
+    scope = judgeable if item_ids is None else judgeable.filter(pk__in=item_ids)
     scoped = {} if item_ids is None else {"scope": "items"}
     if local or config.is_local:
         teacher = {}

@@ -42,7 +42,7 @@ def start_judge_run(run_id: int) -> None:
     if run.config.get("scope") != "items":
         # A run over the whole project covers the items present now (more may have been imported since it was
         # created, or since a cancel).
-        services.judge_work_add(run=run, items=Item.objects.filter(project=run.project))
+        services.judge_work_add(run=run, items=Item.objects.filter(project=run.project).exclude(response=""))
     rows = JudgeWork.objects.filter(run=run).count()
     JudgeRun.objects.filter(pk=run.pk).update(
         items_total=rows + Verdict.objects.filter(run=run).count(), progress_at=timezone.now()
@@ -80,7 +80,9 @@ def chunk_size(run: JudgeRun) -> int:
 
 def _judge_locally(run: JudgeRun) -> None:
     """The local classifier learns from every SME label of the project; only the run's scope is stored."""
-    items = list(Item.objects.filter(project=run.project).only("id", "prompt", "context", "response"))
+    items = list(
+        Item.objects.filter(project=run.project).exclude(response="").only("id", "prompt", "context", "response")
+    )
     scope = set(run.config["item_ids"]) if run.config.get("scope") == "items" else None
     JudgeRun.objects.filter(pk=run.pk).update(
         items_total=len(items) if scope is None else sum(item.pk in scope for item in items)

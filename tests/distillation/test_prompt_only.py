@@ -41,3 +41,11 @@ def test_a_prompt_only_item_stays_pending_even_with_an_accepting_label(project):
     assert gate_apply(project=project) == {"accept": 0, "reject": 0, "pending": 1}
     decision = GateDecision.objects.get(item=item)
     assert decision.outcome == "pending" and decision.reasons[0].startswith("needs a response")
+
+
+def test_a_judge_run_leaves_prompts_without_a_response_out(llm_project, judge_server, start_run):
+    Item.objects.create(project=llm_project, external_id="bare", prompt="What is Plus?", response="")
+    Item.objects.create(project=llm_project, external_id="full", prompt="What is Plus?", response="$4 a month.")
+    run = start_run(llm_project)
+    assert (run.status, run.items_total, run.items_done) == ("finished", 1, 1)
+    assert len([b for b in judge_server.requests if "response_format" in b]) == 1
