@@ -10,13 +10,17 @@ registry keyed by format). DPO rows need a partner: *chosen* is an accepted
 response (an SME's correction wins over the original) or an SME's correction
 of a rejected response; *rejected* is, for a correction, the response it
 corrects, and for an accepted response a rejected response to the same
-prompt and context from any item of the project, whatever the filters (they
-choose the chosen side). Pairing is one-to-one within a prompt and context,
-so no rejected response is used twice while another is unused: corrections
-first take the responses they correct (two corrections of the same text
-both pair with it); then the accepted responses, ordered by
-``sha256(seed, text)``, take the remaining distinct rejected responses,
-ordered the same way, one each (never one equal to the chosen text). A
+prompt and context from any of the student's items of the project (a
+teacher's rejected answer is no student response), whatever the filters
+(they choose the chosen side). Pairing is one-to-one within a prompt and
+context, so no rejected response is used twice while another is unused:
+corrections first take the responses they correct (two corrections of the
+same text both pair with it); then each accepted teacher answer takes the
+rejected response of the item it answers, while that is free; then the
+other accepted responses (the student's own, and teacher answers whose own
+partner was taken), ordered by ``sha256(seed, text)``, take the remaining
+distinct rejected responses, ordered the same way, one each (never one
+equal to the chosen text). A
 prompt thus gives at most as many pairs as it has distinct rejected
 responses; an accepted item left without a partner (the prompt has no
 rejected response, or all are taken) cannot be written and is listed in the
@@ -72,9 +76,11 @@ class TrainingSetError(ValueError):
 def selected_items(project: Project, fmt: str, filters: dict) -> QuerySet[Item]:
     """The items a training set of ``fmt`` draws from, after ``filters``, in item order.
 
-    Chat, Alpaca, ShareGPT and CSV take the accepted set; DPO also takes
-    rejected items that an SME corrected; judge rows take every accepted and
-    rejected item. Pending items are never taken. ``filters`` keys (all
+    Chat, Alpaca, ShareGPT and CSV take the accepted set (a teacher's accepted
+    answers included); reasoning rows the accepted items that carry
+    reasoning; DPO also takes rejected items that an SME corrected; judge rows
+    take every accepted and rejected item. Pending items (a teacher's answer
+    no judge has decided, a prompt without a response) are never taken. ``filters`` keys (all
     optional): ``source_models``, ``task_types`` (lists of strings),
     ``judge_run`` (a run id: items it judged), ``created_after``,
     ``created_before`` (ISO dates or datetimes, on the item's import time).
@@ -88,6 +94,8 @@ def selected_items(project: Project, fmt: str, filters: dict) -> QuerySet[Item]:
     elif fmt == TrainingSet.Format.DPO:
         corrected = Review.objects.filter(item=OuterRef("pk")).exclude(corrected_response="")
         items = items.filter(accepted | (rejected & Exists(corrected)))
+    elif fmt == TrainingSet.Format.REASONING:
+        items = items.filter(accepted).exclude(reasoning="")
     else:
         items = items.filter(accepted)
     if filters.get("source_models"):
@@ -124,6 +132,8 @@ def _candidates(items: QuerySet[Item], fmt: str) -> Iterator[Candidate]:
         "gate_decision__basis",
         "gate_decision__vetoed",
         "gate_decision__reasons",
+        "reasoning",
+        "answers__response",
     ]
     if fmt == TrainingSet.Format.JUDGE:
         agreeing = reviews.filter(decision=OuterRef("gate_decision__basis_decision")).order_by(*latest)
@@ -140,8 +150,9 @@ def _candidates(items: QuerySet[Item], fmt: str) -> Iterator[Candidate]:
         columns += ["judge_rationale", "adjudication_reason", "sme_comment", "sme_reason"]
     for row in items.values_list(*columns).iterator(chunk_size=READ_CHUNK):
         candidate = Candidate(*row[:12])
+        candidate.reasoning, candidate.answered_response = row[12], row[13]
         if fmt == TrainingSet.Format.JUDGE:
-            judge_rationale, adjudication_reason, sme_comment, sme_reason = row[12:]
+            judge_rationale, adjudication_reason, sme_comment, sme_reason = row[14:]
             if candidate.vetoed:
                 candidate.rationale = "Rejected by rule: " + "; ".join(candidate.reasons)
             elif candidate.basis in (GateDecision.Basis.JUDGE, GateDecision.Basis.TIER):
@@ -156,9 +167,12 @@ def _group_key(prompt: str, context: str) -> str:
 
 
 def _rejected_pool(project: Project) -> dict[str, set[str]]:
-    """Rejected responses of the project per (prompt, context), distinct: DPO's rejected side."""
+    """The student's rejected responses per (prompt, context), distinct: DPO's rejected side. A teacher's
+    rejected answer (an item that ``answers`` another) is no student response and is left out."""
     pool: dict[str, set[str]] = defaultdict(set)
-    rows = Item.objects.filter(project=project, gate_decision__outcome=GateDecision.Outcome.REJECT)
+    rows = Item.objects.filter(
+        project=project, gate_decision__outcome=GateDecision.Outcome.REJECT, answers__isnull=True
+    )
     for prompt, context, response in rows.values_list("prompt", "context", "response").iterator(chunk_size=READ_CHUNK):
         pool[_group_key(prompt, context)].add(response)
     return pool
@@ -186,6 +200,13 @@ def _dpo_pairs(candidates: list[Candidate], pool: dict[str, set[str]], seed: int
                     used.add(candidate.response)
         free = deque(sorted(pool.get(key, set()) - used, key=lambda text: _rank(seed, text)))
         accepted = [c for c in members if c.outcome != GateDecision.Outcome.REJECT]
+        # A teacher's answer first takes the rejected response it was written for, while that is free.
+        for candidate in sorted(accepted, key=lambda c: (_rank(seed, c.best_response), c.item_id)):
+            own = candidate.answered_response
+            if own is not None and own in free and own != candidate.best_response:
+                pairs[candidate.item_id] = own, ""
+                free.remove(own)
+        accepted = [c for c in accepted if c.item_id not in pairs]
         for candidate in sorted(accepted, key=lambda c: (_rank(seed, c.best_response), c.item_id)):
             chosen = candidate.best_response
             # The first free response that is not the chosen text itself (free texts are distinct: one at most is).

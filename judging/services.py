@@ -9,7 +9,7 @@ import redis.exceptions
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Greatest, Now
 from django.utils import timezone
 
@@ -45,6 +45,7 @@ from judging.selectors import (
     policy_verdicts,
     run_stalled_since,
 )
+from larry_web import work
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,9 @@ def judge_run_create(
             raise LearnFromError(f"run {learn_from.pk} is a local classifier's: learn from an LLM judge's run")
         local = True
     config = backends.judge_config_for(project, endpoint)
-    scope = project.items.all() if item_ids is None else project.items.filter(pk__in=item_ids)
+    # A prompt without a response has nothing to judge (it "needs a response": a teacher run may answer it).
+    judgeable = project.items.exclude(response="")
+    scope = judgeable if item_ids is None else judgeable.filter(pk__in=item_ids)
     scoped = {} if item_ids is None else {"scope": "items"}
     if local or config.is_local:
         teacher = {}
@@ -214,63 +217,30 @@ def judge_run_create(
 
 def judge_work_add(*, run: JudgeRun, items) -> int:
     """Add a ``JudgeWork`` row for each of ``items`` (a queryset of Item) that has neither a verdict in the run
-    nor a row already; one INSERT ... SELECT. Returns how many rows the run has now."""
-    judged = Verdict.objects.filter(run=run, item=OuterRef("pk"))
-    queued = JudgeWork.objects.filter(run=run, item=OuterRef("pk"))
-    todo = items.filter(~Exists(judged), ~Exists(queued))
-    sql, params = todo.order_by().annotate(todo_id=F("pk")).values("todo_id").query.sql_with_params()
-    table = JudgeWork._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (run_id, item_id, leased_by, attempts) "  # names from the model, values as parameters
-            # "WHERE true": SQLite needs it to read ON CONFLICT as the upsert clause, not a join's ON.
-            f"SELECT %s, todo.todo_id, '', 0 FROM ({sql}) AS todo WHERE true ON CONFLICT DO NOTHING",
-            [run.pk, *params],
-        )
-    return JudgeWork.objects.filter(run=run).count()
-
-
-def _lease_end():
-    return Now() + timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S)
+    nor a row already (``larry_web.work.work_add``). Returns how many rows the run has now."""
+    return work.work_add(JudgeWork, run=run, items=items, done_model=Verdict)
 
 
 JUDGE_ITEM_FIELDS = ("id", "prompt", "context", "response", "reference")
 
 
 def judge_work_lease(*, run_id: int, worker: str, limit: int) -> tuple[list[Item], int]:
-    """Lease up to ``limit`` of the run's work rows that no live lease holds, for ``LARRY_JUDGE_LEASE_S``.
-
-    One short transaction: ``SELECT ... FOR UPDATE SKIP LOCKED`` (workers
-    leasing at once take different rows, never wait for each other), then
-    the UPDATE. Returns ``(items to judge, with the fields a prompt needs;
-    number of rows others hold under a live lease)``: ``([], 0)`` means the
-    run has no work left.
-    """
-    with transaction.atomic():
-        free = Q(leased_until__isnull=True) | Q(leased_until__lte=Now())
-        rows = JudgeWork.objects.select_for_update(skip_locked=True).filter(free, run_id=run_id)
-        picked = dict(rows.order_by("id").values_list("id", "item_id")[:limit])
-        if picked:
-            JudgeWork.objects.filter(pk__in=list(picked)).update(
-                leased_by=worker, leased_until=_lease_end(), attempts=F("attempts") + 1
-            )
-            JudgeRun.objects.filter(pk=run_id).update(progress_at=Now())
-    items = list(Item.objects.filter(pk__in=list(picked.values())).only(*JUDGE_ITEM_FIELDS).order_by("id"))
-    others = 0 if items else JudgeWork.objects.filter(run_id=run_id).count()
+    """Lease up to ``limit`` of the run's work rows that no live lease holds (``larry_web.work.work_lease``).
+    Returns ``(items to judge, with the fields a prompt needs; number of rows others hold under a live
+    lease)``: ``([], 0)`` means the run has no work left."""
+    item_ids, others = work.work_lease(JudgeWork, JudgeRun, run_id=run_id, worker=worker, limit=limit)
+    items = list(Item.objects.filter(pk__in=item_ids).only(*JUDGE_ITEM_FIELDS).order_by("id"))
     return items, others
 
 
 def judge_work_renew(*, run_id: int, worker: str, item_ids: list[int]) -> bool:
     """Extend ``worker``'s lease on ``item_ids`` (the heartbeat); False once the run no longer runs."""
-    JudgeWork.objects.filter(run_id=run_id, item_id__in=item_ids, leased_by=worker).update(leased_until=_lease_end())
-    return JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.RUNNING).exists()
+    return work.work_renew(JudgeWork, JudgeRun, run_id=run_id, worker=worker, item_ids=item_ids)
 
 
 def judge_work_release(*, run_id: int, worker: str, item_ids: list[int]) -> None:
     """Give ``worker``'s leased rows for ``item_ids`` back, unjudged, for any worker to take at once."""
-    JudgeWork.objects.filter(run_id=run_id, item_id__in=item_ids, leased_by=worker).update(
-        leased_by="", leased_until=None
-    )
+    work.work_release(JudgeWork, run_id=run_id, worker=worker, item_ids=item_ids)
 
 
 def verdicts_store(*, run: JudgeRun, results: list[JudgeResult]) -> None:
@@ -855,6 +825,7 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
         rejections: dict[int, list[str]] = defaultdict(list)
         for item_id, reason in hits.values_list("item_id", "label_function__reason"):
             rejections[item_id].append(reason)
+        needs_response = set(items.filter(response="").values_list("id", flat=True))
         decisions = []
         counts = {Outcome.ACCEPT.value: 0, Outcome.REJECT.value: 0, Outcome.PENDING.value: 0}
         for item_id in items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
@@ -870,6 +841,7 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
                 verdict_basis=Basis.JUDGE if tier is None or tier.threshold is None else Basis.TIER,
                 tier=tier.tier if tier is not None else None,
                 certified=certified,
+                needs_response=item_id in needs_response,
             )
             counts[result.outcome] += 1
             by_judge = result.basis in (Basis.JUDGE, Basis.TIER)
