@@ -227,7 +227,7 @@ def run_main_job(
         },
         "estimate": accepted_set_precision(project),
         "certificate": _certificate_report(certification),
-        "held_back": certificate_held_back(project),
+        "held_back": certificate_held_back(certification) if certification else {"pending": 0, "queued": 0},
         "export": {"path": str(out / "accepted.jsonl"), "lines": lines, "sha256": digest.hexdigest()},
         "training_set": {
             "id": training_set.pk,

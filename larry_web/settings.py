@@ -268,7 +268,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"DecisionEnum": "annotations.models.Decision"},
+    "ENUM_NAME_OVERRIDES": {
+        "DecisionEnum": "annotations.models.Decision",
+        "RunStatusEnum": "larry_web.work.Run.Status",
+        "ImportJobStatusEnum": "annotations.models.ImportJob.Status",
+    },
 }
 
 # Celery: no broker means in-process tasks (the embedded default).

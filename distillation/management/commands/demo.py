@@ -53,7 +53,7 @@ class Command(BaseCommand):
             f"Funnel: {f['imported']} imported -> {f['sme_reviewed']} SME reviewed -> {f['judged']} judged -> "
             f"{f['accepted_before_rules']} accepted by SME or judge -> {f['vetoed_accepts']} vetoed by rules -> "
             f"{f['accepted']} accepted  ({f['rejected']} rejected, {f['pending']} pending, of which "
-            f"{report['held_back']['pending']} judge accepts the certificate holds back)"
+            f"{report['held_back']['pending'] or 0} judge accepts the certificate holds back)"
         )
         for key, title in (
             ("sme_unseen", "SME labels the judge did not train on"),
