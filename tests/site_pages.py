@@ -161,6 +161,7 @@ def site_pages(project: Project, site: dict) -> list[Page]:
             Page(persona, "judging:project_detail", (slug,)),
             Page(persona, "judging:rules", (slug,)),
             Page(persona, "judging:gating_policy", (slug,)),
+            Page(persona, "judging:project_settings", (slug,)),
             Page(persona, "distillation:training_sets", (slug,)),
             Page(persona, "distillation:training_set_detail", (slug, site["training_set"].pk)),
             Page(persona, "judging:run_detail", (slug, run.pk)),
@@ -176,13 +177,14 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("lead", "annotations:adjudication", (slug,), "post", {"item": "abc"}, status=400),
         Page("lead", "annotations:sample_draw", (slug,), "post", {"size": "0"}, status=302),  # refused, said
         Page("lead", "judging:runs_compare", (slug,)),  # ?a=&b= added by query()
-        Page("lead", "judging:run_control", (slug, run.pk, "cancel"), method="post", status=403),
+        Page("sme", "judging:run_control", (slug, run.pk, "cancel"), method="post", status=403),
         Page("staff", "judging:run_control", (slug, running.pk, "cancel"), method="post", status=302),
-        Page("staff", "judging:regate", (slug,), method="post", status=302),
+        Page("lead", "judging:regate", (slug,), method="post", status=302),
         Page("lead", "judging:run_recalibrate", (slug, run.pk), method="post", status=302),
         Page("lead", "judging:certify", (slug,), "post", {"target": "0.9", "delta": "0.1"}, status=302),
         Page("lead", "judging:items_bulk", (slug,), "post", {"action": "queue", "item": "abc"}, status=302),  # said
-        Page("staff", "judging:judge_run_start", (slug,), method="post", status=302),
+        Page("lead", "judging:judge_run_start", (slug,), method="post", status=302),
+        Page("lead", "judging:project_settings", (slug,), "post", {"action": "edit", "reject_reasons": ""}, status=400),
     ]
     pages += [Page("sme", "logout", method="post", status=302), Page("root", "admin:logout", method="post", status=302)]
     return pages
