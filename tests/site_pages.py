@@ -17,6 +17,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange, SampleDraw
+from annotations.project_settings import project_change_record
 from annotations.queue import queue_add
 from distillation.models import TrainingSet
 from judging.models import JudgeEndpoint, JudgeRun, LabelFunction, Verdict
@@ -105,6 +106,7 @@ def build_site(project: Project) -> dict:
     label_function_save(rule=rule, user=root, regate=False)  # a version in its history
     JudgeEndpoint.objects.create(project=project, name="big judge", base_url="http://127.0.0.1:9/v1", model="j")
     SampleDraw.objects.create(project=project, design="uniform", seed=1, size=4, drawn=0, created_by=lead)
+    project_change_record(project=project, user=lead, action="member_add", member="bob", role="sme")
     return {
         "users": {"sme": sme, "lead": lead, "staff": staff, "root": root},
         "run": run,
@@ -126,6 +128,8 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page(None, "login"),
         Page(None, "admin:login"),
         Page(None, "api_docs"),
+        Page(None, "password_reset_confirm", ("MQ", "no-such-token")),  # says the link is invalid
+        Page(None, "password_reset_complete"),
     ]
     for persona in ("sme", "lead", "staff"):
         pages += [
