@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
@@ -107,14 +107,18 @@ def account_create(*, project: Project, username: str, email: str, role: str, us
     except ValidationError as exc:
         problems = exc.message_dict if hasattr(exc, "error_dict") else {"email": exc.messages}
         raise SettingsError("; ".join(f"{k}: {' '.join(v)}" for k, v in problems.items())) from None
-    with transaction.atomic():
-        if model.objects.filter(username__iexact=username).exists():
-            raise SettingsError(f"The username {username!r} is taken: add that account above instead.")
-        new = model.objects.create_user(username=username, email=email)  # password None: unusable
-        Membership.objects.create(project=project, user=new, role=role)
-        project_change_record(
-            project=project, user=user, action=ProjectChange.Action.ACCOUNT_CREATE, member=username, role=role
-        )
+    taken = SettingsError(f"The username {username!r} is taken: add that account above instead.")
+    if model.objects.filter(username__iexact=username).exists():
+        raise taken
+    try:
+        with transaction.atomic():
+            new = model.objects.create_user(username=username, email=email)  # password None: unusable
+            Membership.objects.create(project=project, user=new, role=role)
+            project_change_record(
+                project=project, user=user, action=ProjectChange.Action.ACCOUNT_CREATE, member=username, role=role
+            )
+    except IntegrityError:  # the same username, created by someone else since the check
+        raise taken from None
     uid = urlsafe_base64_encode(force_bytes(new.pk))
     return new, reverse("password_reset_confirm", args=[uid, default_token_generator.make_token(new)])
 
