@@ -1,7 +1,8 @@
 """Import items (and prior human labels) from JSONL or CSV.
 
 Each JSONL line or CSV row is one item with the fields of the design:
-``prompt`` and ``response`` (required, non-empty), ``context``, ``reference``,
+``prompt`` and ``response`` (required, non-empty; a project that ``accepts_prompt_only`` takes rows
+without a response, which wait as "needs a response"), ``context``, ``reference``,
 ``source_model``, ``task_type`` (strings), ``metadata`` (an object; in CSV a
 JSON string), and ``external_id`` (or ``id``). Other fields are kept in
 ``metadata``. A label field (``human_label`` by default, ``accept``/``reject``)
@@ -60,6 +61,7 @@ from annotations.models import Decision, Item, Project, Review
 T = TypeVar("T")
 TEXT_FIELDS = ("prompt", "context", "response", "reference", "source_model", "task_type")
 REQUIRED_FIELDS = ("prompt", "response")
+PROMPT_ONLY_REQUIRED = ("prompt",)  # a project that accepts prompts without a response
 ID_FIELDS = ("external_id", "id")
 BATCH_SIZE = 2000
 # Connections storing batches at once on PostgreSQL (outside a transaction).
@@ -351,7 +353,9 @@ def _jsonl_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | 
         yield line_no, record, ""
 
 
-def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | None, str]]:
+def _csv_records(
+    stream: IO[bytes], limit: int, required: tuple[str, ...] = REQUIRED_FIELDS
+) -> Iterator[tuple[int, dict | None, str]]:
     cap = limit * ROW_FIELDS
     _refuse_utf16(stream)
     physical = 0
@@ -385,7 +389,7 @@ def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | No
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:
             raise ImportFormatError(f"the CSV header repeats the column {', '.join(map(repr, repeated))}")
-        missing = [name for name in REQUIRED_FIELDS if name not in header]
+        missing = [name for name in required if name not in header]
         if missing:
             raise ImportFormatError(f"the CSV header has no {' or '.join(missing)} column{_guesses(missing, header)}")
         done = reader.line_num
@@ -412,11 +416,14 @@ def _csv_records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, dict | No
         raise ImportFormatError(f"CSV error at line {reader.line_num}: {exc}; stopped there") from None
 
 
-def iter_records(stream: IO[bytes], fmt: str, *, limit: int | None = None) -> Iterator[tuple[int, dict | None, str]]:
+def iter_records(
+    stream: IO[bytes], fmt: str, *, limit: int | None = None, required: tuple[str, ...] = REQUIRED_FIELDS
+) -> Iterator[tuple[int, dict | None, str]]:
     """``(line, record, problem)`` per JSONL line or CSV row; ``record`` is None when ``problem`` says why,
     and ``(line, None, "")`` for a blank line (JSONL) or row (CSV: also a row of empty cells).
 
-    ``limit`` is the largest field in bytes (default ``max_field_bytes()``).
+    ``limit`` is the largest field in bytes (default ``max_field_bytes()``);
+    ``required`` the columns a CSV header must have.
     Raises ImportFormatError for an unknown format or, for CSV, a file that
     cannot be read further (not UTF-8, broken quoting, a line or cell over
     ``ROW_FIELDS * limit``).
@@ -425,7 +432,7 @@ def iter_records(stream: IO[bytes], fmt: str, *, limit: int | None = None) -> It
     if fmt == "jsonl":
         return _jsonl_records(stream, limit)
     if fmt == "csv":
-        return _csv_records(stream, limit)
+        return _csv_records(stream, limit, required)
     raise ImportFormatError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
 
 
@@ -508,7 +515,7 @@ class _Row:
     metadata_json: str
 
 
-def _clean(record: dict, label_field: str, limit: int) -> _Row:
+def _clean(record: dict, label_field: str, limit: int, required: tuple[str, ...] = REQUIRED_FIELDS) -> _Row:
     """Validate one record into the item's fields, its label (or None) and its metadata as JSON.
 
     Raises ValueError with the reason. Written for speed: it runs on every row.
@@ -527,7 +534,7 @@ def _clean(record: dict, label_field: str, limit: int) -> _Row:
         elif len(value) > short:
             _check_size(name, value, limit)
         fields[name] = value
-    for name in REQUIRED_FIELDS:
+    for name in required:
         if not fields[name].strip():
             near = get(name) is None and _near_miss(name, record)
             raise ValueError(f"{name} is missing (did you mean {near!r}?)" if near else f"{name} is missing or empty")
@@ -760,7 +767,9 @@ def _store_in_parallel(project: Project, batches: Iterator[list[_Row]], report: 
         raise failures[0]
 
 
-def _batches(records, label_field: str, limit: int, report: ImportReport) -> Iterator[list[_Row]]:
+def _batches(
+    records, label_field: str, limit: int, report: ImportReport, required: tuple[str, ...] = REQUIRED_FIELDS
+) -> Iterator[list[_Row]]:
     """Valid rows in batches of ``BATCH_SIZE``; bad rows and in-file duplicates go to ``report.errors``, blank
     ones to ``report.blank``, and a fatal fault to ``report.fatal`` (after the last full batch)."""
     seen: dict[str, int] = {}
@@ -774,7 +783,7 @@ def _batches(records, label_field: str, limit: int, report: ImportReport) -> Ite
                     report.blank += 1
                 continue
             try:
-                row = _clean(record, label_field, limit)
+                row = _clean(record, label_field, limit, required)
             except ValueError as exc:
                 report.errors.append(RowError(line_no, str(exc)))
                 continue
@@ -860,9 +869,10 @@ def import_items(
     """
     limit = max_field_bytes()
     report = ImportReport()
-    records = iter_records(stream, fmt, limit=limit)
+    required = PROMPT_ONLY_REQUIRED if project.accepts_prompt_only else REQUIRED_FIELDS
+    records = iter_records(stream, fmt, limit=limit, required=required)
     effective_label_field = label_field if import_labels else "\x00no-label"
-    batches = read_ahead(_batches(records, effective_label_field, limit, report))
+    batches = read_ahead(_batches(records, effective_label_field, limit, report, required))
     with _one_import_at_a_time(project):
         if connection.vendor == "postgresql" and not connection.in_atomic_block:
             _store_in_parallel(project, batches, report, progress)

@@ -72,6 +72,12 @@ class Project(models.Model):
         validators=[validate_reject_reasons],
         help_text='Reasons SMEs pick from when rejecting (1 to 9), e.g. ["inaccurate", "tone"].',
     )
+    accepts_prompt_only = models.BooleanField(
+        "accepts prompts without a response",
+        default=False,
+        help_text='Imports may hold rows with a prompt and no response; they wait as "needs a response" for a '
+        "teacher run and are never exported.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -123,6 +129,12 @@ class Item(models.Model):
 
     ``priority`` is written by ``judging`` (e.g. uncertainty) and only read
     here, so that nothing else the judge said reaches the review screen.
+    An empty ``response`` is a prompt imported without one (a project that
+    ``accepts_prompt_only``): it "needs a response", is never exported, and
+    a teacher run may answer it. A teacher's answer is an item of its own
+    whose ``answers`` is the item it answers (same prompt and context);
+    ``reasoning`` is what the teacher thought before answering, never part
+    of ``response``.
     """
 
     # No index of its own: the unique (project, external_id) index serves lookups by project.
@@ -130,8 +142,20 @@ class Item(models.Model):
     external_id = models.CharField(max_length=255)
     prompt = models.TextField()
     context = models.TextField(blank=True)
-    response = models.TextField()
+    response = models.TextField(blank=True)
     reference = models.TextField(blank=True)
+    # db_default: the importer COPYs items with only the columns it knows.
+    reasoning = models.TextField(
+        blank=True, default="", db_default="", help_text="The reasoning its author (a teacher) gave before it."
+    )
+    answers = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="answered_by",
+        help_text="The item whose prompt this one answers (a teacher's candidate response).",
+    )
     source_model = models.CharField(max_length=200, blank=True)
     task_type = models.CharField(max_length=200, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
@@ -154,6 +178,11 @@ class Item(models.Model):
 
     def __str__(self) -> str:
         return self.external_id
+
+    @property
+    def needs_response(self) -> bool:
+        """A prompt imported without a response."""
+        return not self.response
 
 
 class Review(models.Model):

@@ -1,4 +1,5 @@
-"""REST API of the distillation app: training-set snapshots, and the accepted set streamed as chat JSONL.
+"""REST API of the distillation app: training-set snapshots, teacher runs, and the accepted set streamed as
+chat JSONL.
 
 Same rules as ``annotations.api``: token or session authentication, projects
 visible to members only (404), content for leads and staff only (403 for
@@ -18,12 +19,18 @@ from rest_framework.views import APIView
 
 from annotations.api import PROJECT_SLUG, SLUG, ProjectScopedViewSet, project_for_api
 from annotations.models import Project
-from distillation import training_sets
+from distillation import teacher_runs, training_sets
 from distillation.export import in_blocks, iter_chat_jsonl
-from distillation.models import TrainingSet, TrainingSetRow
-from distillation.serializers import TrainingSetReportSerializer, TrainingSetSerializer
+from distillation.models import TeacherRun, TrainingSet, TrainingSetRow
+from distillation.serializers import (
+    TeacherRunSerializer,
+    TeacherRunStartSerializer,
+    TrainingSetReportSerializer,
+    TrainingSetSerializer,
+)
+from distillation.teacher import NoTeacher
 from judging.models import NO_POLICY
-from judging.selectors import gating_policy
+from judging.selectors import certification_unapplied, gating_policy
 from larry_web.parsers import JSONParser
 
 CONTENT_TYPES = {
@@ -38,12 +45,23 @@ class ExportChatJsonlApi(APIView):
 
     Token-authenticated (``Authorization: Token <key>``). The gating policy
     whose judges fed the gate is named in the ``X-Larry-Judge`` header. For a
-    frozen, hashed, reproducible set, create a training set instead.
+    frozen, hashed, reproducible set, create a training set instead. 409
+    (JSON ``{"detail"}``) while the gate has not yet applied the certificate in
+    force (``selectors.certification_unapplied``): its stored decisions may
+    still hold judge accepts the certificate holds back.
     """
 
-    @extend_schema(parameters=[SLUG], responses={(200, "application/jsonl"): OpenApiTypes.BINARY})
-    def get(self, request, slug: str) -> StreamingHttpResponse:
+    @extend_schema(
+        parameters=[SLUG],
+        responses={
+            (200, "application/jsonl"): OpenApiTypes.BINARY,
+            409: OpenApiResponse(description="The gate is still applying the certificate in force."),
+        },
+    )
+    def get(self, request, slug: str) -> StreamingHttpResponse | Response:
         project = project_for_api(request, slug)
+        if unapplied := certification_unapplied(project):
+            return Response({"detail": unapplied}, status=status.HTTP_409_CONFLICT)
         policy = gating_policy(project)
         response = StreamingHttpResponse(in_blocks(iter_chat_jsonl(project)), content_type=JSONL)
         response["Content-Disposition"] = f'attachment; filename="{project.slug}-accepted.jsonl"'
@@ -131,3 +149,59 @@ class TrainingSetViewSet(
         response["Content-Disposition"] = f'attachment; filename="{name}.{extension}"'
         response["X-Larry-Sha256"] = training_set.files[split]["sha256"] if split else training_set.sha256
         return response
+
+
+@extend_schema(tags=["teacher runs"], parameters=[PROJECT_SLUG])
+@extend_schema_view(
+    list=extend_schema(summary="The project's teacher runs, newest first, with progress and results"),
+    create=extend_schema(
+        summary="Start a teacher run (Sensei Larry writes a response for each chosen item)",
+        request=TeacherRunStartSerializer,
+    ),
+)
+class TeacherRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
+    """Teacher runs: POST ``{"items": "rejected"|"all"|"missing"}`` or ``{"item_ids": [...]}`` to start one
+    (400 when the project has no teacher); GET to follow its progress; ``cancel`` and ``resume``."""
+
+    serializer_class = TeacherRunSerializer
+    parser_classes = [JSONParser]
+    model = TeacherRun
+
+    def scoped_queryset(self, project: Project):
+        return TeacherRun.objects.filter(project=project)
+
+    def create(self, request, *args, **kwargs) -> Response:
+        start = TeacherRunStartSerializer(data=request.data)
+        start.is_valid(raise_exception=True)
+        item_ids = start.validated_data.get("item_ids")
+        selection = TeacherRun.Selection.ITEMS if item_ids is not None else start.validated_data["items"]
+        try:
+            run = teacher_runs.teacher_run_create(
+                project=self.get_project(), selection=selection, user=request.user, item_ids=item_ids
+            )
+        except NoTeacher as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        run.refresh_from_db()
+        return Response(self.get_serializer(run).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, project_slug: str, pk: str) -> Response:
+        """Stop the run; answers written so far stay. 409 when it had ended."""
+        run = self.get_object()
+        if not teacher_runs.teacher_run_cancel(run=run):
+            return Response({"detail": f"teacher run {run.pk} is {run.status}"}, status=status.HTTP_409_CONFLICT)
+        run.refresh_from_db()
+        return Response(self.get_serializer(run).data)
+
+    @extend_schema(request=None)
+    @action(detail=True, methods=["post"])
+    def resume(self, request, project_slug: str, pk: str) -> Response:
+        """Go on with a cancelled or failed run (``?retry_failed=1``: also ask again for answers not stored).
+        409 while it runs, or once finished."""
+        run = self.get_object()
+        if run.status not in (TeacherRun.Status.CANCELLED, TeacherRun.Status.FAILED):
+            return Response({"detail": f"teacher run {run.pk} is {run.status}"}, status=status.HTTP_409_CONFLICT)
+        teacher_runs.teacher_run_resume(run=run, retry_failed=request.query_params.get("retry_failed") == "1")
+        run.refresh_from_db()
+        return Response(self.get_serializer(run).data)

@@ -16,6 +16,12 @@ duplicates). One row per item:
   ``{"prompt": [system?, user], "chosen": [assistant], "rejected": [assistant]}``
   (TRL's dataset formats, "preference"); how pairs are formed is in
   ``distillation.training_sets``.
+- ``reasoning``: reasoning distillation, for items that carry reasoning (a
+  teacher's): ``{"messages": [system?, user, {"role": "assistant", "content":
+  "<think>\\n<reasoning>\\n</think>\\n\\n<response>"}], "reasoning", "response"}``,
+  the assistant turn as DeepSeek-R1's distilled models are trained on it,
+  and both parts again as fields of their own for trainers that keep them
+  apart.
 - ``judge``: judge-distillation rows for training a small judge,
   ``{"prompt", "context", "response", "verdict", "rationale", "basis"}`` for
   every accepted and rejected item; ``rationale`` is the judge's, the SME's
@@ -69,6 +75,8 @@ class Candidate:
     vetoed: bool
     reasons: list
     rationale: str = ""
+    reasoning: str = ""
+    answered_response: str | None = None  # a teacher's answer: the response of the item it answers
 
     @property
     def best_response(self) -> str:
@@ -136,6 +144,19 @@ def _dpo(candidate: Candidate, system_prompt: str, rejected: str) -> str:
     )
 
 
+def _reasoning(candidate: Candidate, system_prompt: str, rejected: str) -> str:
+    user = _user_text(candidate.prompt, candidate.context)
+    assistant = f"<think>\n{candidate.reasoning}\n</think>\n\n{candidate.best_response}"
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return json_line(
+        {
+            "messages": _with_system(system_prompt, messages),
+            "reasoning": candidate.reasoning,
+            "response": candidate.best_response,
+        }
+    )
+
+
 def _judge(candidate: Candidate, system_prompt: str, rejected: str) -> str:
     return json_line(
         {
@@ -179,6 +200,7 @@ FORMATS: dict[str, Format] = {
     TrainingSet.Format.ALPACA: Format(_alpaca),
     TrainingSet.Format.SHAREGPT: Format(_sharegpt),
     TrainingSet.Format.DPO: Format(_dpo),
+    TrainingSet.Format.REASONING: Format(_reasoning),
     TrainingSet.Format.JUDGE: Format(_judge),
     TrainingSet.Format.CSV: Format(
         _csv, content=_csv_content, header=(_csv_line(CSV_COLUMNS) + "\r\n").encode(), terminator="\r\n"

@@ -1,15 +1,22 @@
-"""Training sets: frozen, reproducible snapshots of a project's decided items, and their rows.
+"""Training sets: frozen, reproducible snapshots of a project's decided items, and their rows; the teacher's
+settings and runs (Sensei Larry).
 
 The tables keep the names they had in the judging app (``judging_trainingset``,
 ``judging_trainingsetrow``): the models moved here without a change to the
 database (``distillation`` 0001, ``judging`` 0015).
 """
 
+from decimal import Decimal
+
 from django.conf import settings
+from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 from django.db import models
 from django.urls import reverse
 
-from annotations.models import Item, Project
+from annotations.models import Item, Project, validate_no_credentials
+from judging.models import Verdict, validate_judge_url
+from larry_web import llm
+from larry_web.work import LeasedWork, Run
 
 
 class TrainingSet(models.Model):
@@ -34,6 +41,7 @@ class TrainingSet(models.Model):
         ALPACA = "alpaca", "Alpaca JSONL"
         SHAREGPT = "sharegpt", "ShareGPT JSONL"
         DPO = "dpo", "DPO preference pairs JSONL"
+        REASONING = "reasoning", "Reasoning traces JSONL (chat with <think>)"
         JUDGE = "judge", "Judge distillation JSONL"
         CSV = "csv", "CSV"
 
@@ -108,3 +116,144 @@ class TrainingSetRow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.split} row of {self.external_id}"
+
+
+class TeacherSettings(models.Model):
+    """A project's teacher (Sensei Larry): the OpenAI-compatible server and model that write responses, and how
+    they are asked (one row per project, edited in the admin).
+
+    An empty ``base_url``, ``model`` or ``api_key`` takes ``LARRY_TEACHER_*`` from the environment
+    (``distillation.teacher.teacher_config_for`` is the only reader); with neither, the project has no teacher.
+    """
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="teacher_settings")
+    base_url = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[validate_judge_url, validate_no_credentials],
+        help_text="OpenAI-compatible base URL, e.g. http://vllm:8000/v1 (blank: LARRY_TEACHER_BASE_URL).",
+    )
+    model = models.CharField(max_length=200, blank=True, help_text="Blank: LARRY_TEACHER_MODEL.")
+    # Write-only, as a judge endpoint's: runs record the URL and model only.
+    api_key = models.CharField(max_length=200, blank=True, help_text="Blank: LARRY_TEACHER_API_KEY.")
+    system_prompt = models.TextField(
+        blank=True,
+        validators=[MaxLengthValidator(20_000)],
+        help_text="Sent as the system turn before each prompt (blank: none; the project's guidelines are not added).",
+    )
+    temperature = models.FloatField(default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)])
+    max_tokens = models.PositiveIntegerField(
+        default=1024,
+        validators=[MinValueValidator(16), MaxValueValidator(65536)],
+        help_text="The most tokens an answer may use; an answer cut off there is not stored.",
+    )
+    ask_reasoning = models.BooleanField(
+        "ask for reasoning",
+        default=False,
+        help_text="Ask the teacher to think first (vLLM's reasoning_content, or a <think> block): kept apart from "
+        "the response, for reasoning formats.",
+    )
+    max_in_flight = models.PositiveSmallIntegerField(
+        default=8, validators=[MinValueValidator(1)], help_text="Requests one worker keeps open to the teacher."
+    )
+    price_in = models.DecimalField(max_digits=10, decimal_places=4, default=0, help_text="Per million prompt tokens.")
+    price_out = models.DecimalField(
+        max_digits=10, decimal_places=4, default=0, help_text="Per million completion tokens."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = verbose_name_plural = "teacher settings"
+
+    def __str__(self) -> str:
+        return f"teacher of {self.project}"
+
+
+class TeacherRun(Run):
+    """One pass of the teacher over chosen items of a project, writing a candidate response to each prompt.
+
+    ``selection`` says which items (``rejected``: the gate rejected them; ``all``; ``missing``: prompts imported
+    without a response; ``items``: ids chosen in ``config["item_ids"]``). ``config`` is the snapshot of what
+    determines the answers (URL, model, system prompt, temperature, max tokens, ask for reasoning, prices). Each
+    item answered or failed has a ``TeacherAnswer``; ``TeacherWork`` rows are what is left. Outcomes live on the
+    row: ``items_total``, ``answers_written`` and ``answers_failed`` (by class in ``TeacherAnswer``), tokens.
+    """
+
+    class Selection(models.TextChoices):
+        REJECTED = "rejected", "Rejected by the gate"
+        ALL = "all", "All items"
+        MISSING = "missing", "Prompts without a response"
+        ITEMS = "items", "Chosen items"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="teacher_runs")
+    model = models.CharField(max_length=200)
+    base_url = models.CharField(max_length=500)
+    selection = models.CharField(max_length=8, choices=Selection.choices)
+    answers_written = models.PositiveIntegerField(default=0)
+    answers_failed = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"teacher run {self.pk} ({self.model})"
+
+    @property
+    def items_done(self) -> int:
+        return self.answers_written + self.answers_failed
+
+    @property
+    def percent_done(self) -> int:
+        return min(100, round(100 * self.items_done / self.items_total)) if self.items_total else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.FINISHED, self.Status.FAILED, self.Status.CANCELLED)
+
+
+class TeacherWork(LeasedWork):
+    """One item a teacher run still has to answer (``larry_web.work``): deleted in the transaction that stores
+    its ``TeacherAnswer``."""
+
+    run = models.ForeignKey(TeacherRun, on_delete=models.CASCADE, related_name="work")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "item"], name="teacher_work_one_per_run_item")]
+        indexes = [models.Index(fields=["run", "leased_until"], name="teacher_work_run_lease")]
+
+    def __str__(self) -> str:
+        return f"teacher run {self.run_id}, item {self.item_id}"
+
+
+class TeacherAnswer(models.Model):
+    """What the teacher did with one item of a run: ``answer`` is the new Item holding its response (source model
+    the teacher's), or None when no response was stored (``error_class`` says why: a transport fault after
+    retries, ``truncated`` at max tokens, a ``refusal``, an ``empty`` answer). Tokens are None when unknown."""
+
+    # The judge's classes (a transport fault, a truncation, a refusal...), and an empty answer.
+    ErrorClass = models.TextChoices(
+        "ErrorClass",
+        [(c.name, (c.value, c.label)) for c in Verdict.ErrorClass] + [("EMPTY", ("empty", "empty answer"))],
+    )
+
+    run = models.ForeignKey(TeacherRun, on_delete=models.CASCADE, related_name="answers")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="teacher_answers")
+    answer = models.OneToOneField(Item, null=True, blank=True, on_delete=models.CASCADE, related_name="teacher_answer")
+    error_class = models.CharField(max_length=14, choices=ErrorClass.choices, blank=True)
+    error = models.TextField(blank=True)
+    finish_reason = models.CharField(max_length=40, blank=True)
+    tokens_in = models.PositiveIntegerField(null=True, blank=True)
+    tokens_out = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(default=0)
+    attempts = models.JSONField(default=list, blank=True, help_text="Every HTTP exchange, in order.")
+    answered_by = models.CharField(max_length=200, blank=True, help_text="The model the server says answered.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "item"], name="teacher_answer_once_per_run_item")]
+
+    def __str__(self) -> str:
+        return f"teacher answer to {self.item_id} (run {self.run_id}): {self.error_class or 'written'}"
+
+    @property
+    def cost(self) -> Decimal:
+        """This answer's tokens at the run's prices (unknown tokens count 0)."""
+        return llm.cost(self.run.config, self.tokens_in or 0, self.tokens_out or 0)

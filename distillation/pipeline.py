@@ -28,10 +28,10 @@ from judging.runs import Progress, judge_and_wait
 from judging.selectors import certificate_held_back, funnel, run_agreement
 from judging.services import (
     certification_set,
-    gate_apply,
     gating_policy_set,
     label_function_save,
     label_functions_apply,
+    project_regate_now,
 )
 
 # Example label functions: rules SMEs commonly ask for.
@@ -181,7 +181,7 @@ def run_main_job(
                 else "Every item has SME ground truth, so there is nothing left for it to judge."
             )
         )
-    gate_apply(project=project)
+    project_regate_now(project=project)  # here, recorded: the certificate is applied before the exports
 
     out.mkdir(parents=True, exist_ok=True)
     digest, lines = hashlib.sha256(), 0

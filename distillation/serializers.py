@@ -3,7 +3,7 @@
 from django.urls import reverse
 from rest_framework import serializers
 
-from distillation.models import TrainingSet
+from distillation.models import TeacherRun, TrainingSet
 
 
 class FiltersSerializer(serializers.Serializer):
@@ -75,3 +75,62 @@ class TrainingSetSerializer(serializers.ModelSerializer):
 class TrainingSetReportSerializer(serializers.Serializer):
     duplicates = serializers.ListField(child=serializers.DictField(), help_text='[{"external_id", "duplicate_of"}]')
     unwritable = serializers.ListField(child=serializers.DictField(), help_text='[{"external_id", "reason"}]')
+
+
+class TeacherRunStartSerializer(serializers.Serializer):
+    """What a new teacher run answers: ``items`` (``rejected``, ``all``, ``missing``), or ``item_ids``."""
+
+    items = serializers.ChoiceField(
+        choices=[c for c in TeacherRun.Selection.values if c != TeacherRun.Selection.ITEMS],
+        required=False,
+        default=TeacherRun.Selection.REJECTED,
+        help_text="rejected: the items the gate rejected; all: every item; missing: prompts without a response.",
+    )
+    item_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        max_length=100_000,
+        help_text="Instead of items: these items (a filter from the items list).",
+    )
+
+
+class TeacherRunSerializer(serializers.ModelSerializer):
+    """A teacher run with its snapshot (no key), progress, failures by class, cost, and what the gate made of its
+    answers (``teacher_runs.teacher_run_report``)."""
+
+    items_done = serializers.IntegerField(read_only=True)
+    percent_done = serializers.IntegerField(read_only=True)
+    cost = serializers.DecimalField(max_digits=20, decimal_places=6, read_only=True)
+    report = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TeacherRun
+        fields = (
+            "id",
+            "model",
+            "base_url",
+            "selection",
+            "config",
+            "status",
+            "error",
+            "items_total",
+            "items_done",
+            "percent_done",
+            "answers_written",
+            "answers_failed",
+            "tokens_in",
+            "tokens_out",
+            "cost",
+            "report",
+            "created_at",
+            "started_at",
+            "finished_at",
+        )
+        read_only_fields = fields
+
+    def get_report(self, run: TeacherRun) -> dict:
+        from distillation.teacher_runs import teacher_run_report
+
+        report = teacher_run_report(run)
+        report["cost"] = str(report["cost"])
+        return report

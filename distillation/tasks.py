@@ -1,10 +1,18 @@
-"""Celery task of the distillation app: building a training-set snapshot. It takes an id, re-fetches, calls
-``training_sets.training_set_build``, and is idempotent."""
+"""Celery tasks of the distillation app: building a training-set snapshot (``training_sets.training_set_build``)
+and teacher runs (``teacher_runs``). They take ids, re-fetch, call services, and are idempotent."""
+
+import os
+import socket
+import uuid
 
 from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
 
-from distillation import training_sets
-from distillation.models import TrainingSet
+from distillation import teacher, teacher_runs, training_sets
+from distillation.models import TeacherRun, TeacherWork, TrainingSet
+from judging.tasks import MAX_TASKS_PER_RUN
+from larry_web import llm, work
 
 
 # Registered under the name it had in the judging app, so that messages queued before the move still run.
@@ -24,3 +32,79 @@ def build_training_set(self, training_set_id: int) -> None:
         return  # deleted before or while it was built
     if training_set.status == TrainingSet.Status.BUILDING and not self.request.is_eager:
         raise self.retry(countdown=training_sets.claim_seconds_left(training_set) + 1)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def start_teacher_run(run_id: int) -> None:
+    """Start (or, when redelivered or resumed, go on with) a teacher run: queue ``teacher_chunk`` tasks for its
+    work rows (one per ``LARRY_JUDGE_CHUNK_SIZE`` rows, at most ``MAX_TASKS_PER_RUN``), or finish it when none
+    is left."""
+    TeacherRun.objects.filter(pk=run_id, status=TeacherRun.Status.QUEUED).update(
+        status=TeacherRun.Status.RUNNING, started_at=timezone.now()
+    )
+    run = TeacherRun.objects.filter(pk=run_id).first()
+    if run is None or run.status != TeacherRun.Status.RUNNING:
+        return
+    rows = TeacherWork.objects.filter(run=run).count()
+    TeacherRun.objects.filter(pk=run.pk).update(progress_at=timezone.now())
+    if not rows:
+        teacher_runs.teacher_run_finish_if_complete(run_id=run.pk)
+        return
+    for _ in range(max(1, min(MAX_TASKS_PER_RUN, -(-rows // settings.LARRY_JUDGE_CHUNK_SIZE)))):
+        teacher_chunk.delay(run.pk)
+
+
+class TeacherWorkSource(llm.WorkSource):
+    """The work rows of one teacher run, leased by one task (``worker``), for ``larry_web.llm.window``."""
+
+    def __init__(self, run: TeacherRun, worker: str) -> None:
+        self.run, self.worker = run, worker
+
+    def lease(self, limit: int):
+        return teacher_runs.teacher_work_lease(run_id=self.run.pk, worker=self.worker, limit=limit)
+
+    def renew(self, item_ids: list[int]) -> bool:
+        return work.work_renew(TeacherWork, TeacherRun, run_id=self.run.pk, worker=self.worker, item_ids=item_ids)
+
+    def release(self, item_ids: list[int]) -> None:
+        work.work_release(TeacherWork, run_id=self.run.pk, worker=self.worker, item_ids=item_ids)
+
+    def store(self, results) -> None:
+        teacher_runs.answers_store(run=self.run, results=results)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def teacher_chunk(run_id: int) -> None:
+    """Ask the teacher for the run's work rows until none is left (or the chunk's deadline), then maybe finish.
+
+    The same window, deadlines, leases and heartbeat as a judge chunk (``judging.tasks.judge_chunk``): it
+    starts no request after ``LARRY_JUDGE_CHUNK_DEADLINE_S``, queues itself again when work is left, and a
+    cancelled run's leased items go back unasked. The key is read from the settings now, never stored.
+    """
+    run = TeacherRun.objects.select_related("project").get(pk=run_id)
+    if run.status != TeacherRun.Status.RUNNING:
+        return
+    try:
+        now = teacher.teacher_config_for(run.project)
+    except teacher.NoTeacher as exc:
+        teacher_runs.teacher_run_fail(run_id=run.pk, error=str(exc))
+        return
+    config = teacher.TeacherConfig(run.base_url, run.model, now.api_key)
+    worker = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    outcome = teacher.teach_window(
+        config,
+        TeacherWorkSource(run, worker),
+        run_settings=run.config,
+        max_in_flight=run.config.get("max_in_flight", now.max_in_flight),
+        deadline_s=settings.LARRY_JUDGE_CHUNK_DEADLINE_S,
+        grace_s=settings.LARRY_JUDGE_CHUNK_GRACE_S,
+        renew_s=settings.LARRY_JUDGE_LEASE_S / 3,
+    )
+    if (
+        outcome.stopped_at_deadline
+        and TeacherWork.objects.filter(run_id=run_id).exists()
+        and TeacherRun.objects.filter(pk=run_id, status=TeacherRun.Status.RUNNING).exists()
+    ):
+        teacher_chunk.delay(run_id)
+        return
+    teacher_runs.teacher_run_finish_if_complete(run_id=run_id)

@@ -10,13 +10,17 @@ registry keyed by format). DPO rows need a partner: *chosen* is an accepted
 response (an SME's correction wins over the original) or an SME's correction
 of a rejected response; *rejected* is, for a correction, the response it
 corrects, and for an accepted response a rejected response to the same
-prompt and context from any item of the project, whatever the filters (they
-choose the chosen side). Pairing is one-to-one within a prompt and context,
-so no rejected response is used twice while another is unused: corrections
-first take the responses they correct (two corrections of the same text
-both pair with it); then the accepted responses, ordered by
-``sha256(seed, text)``, take the remaining distinct rejected responses,
-ordered the same way, one each (never one equal to the chosen text). A
+prompt and context from any of the student's items of the project (a
+teacher's rejected answer is no student response), whatever the filters
+(they choose the chosen side). Pairing is one-to-one within a prompt and
+context, so no rejected response is used twice while another is unused:
+corrections first take the responses they correct (two corrections of the
+same text both pair with it); then each accepted teacher answer takes the
+rejected response of the item it answers, while that is free; then the
+other accepted responses (the student's own, and teacher answers whose own
+partner was taken), ordered by ``sha256(seed, text)``, take the remaining
+distinct rejected responses, ordered the same way, one each (never one
+equal to the chosen text). A
 prompt thus gives at most as many pairs as it has distinct rejected
 responses; an accepted item left without a partner (the prompt has no
 rejected response, or all are taken) cannot be written and is listed in the
@@ -50,7 +54,12 @@ from distillation.models import TrainingSet, TrainingSetRow
 from distillation.serializers import TrainingSetOptions
 from judging.certify import ASSUMPTIONS as CERTIFICATE_ASSUMPTIONS
 from judging.models import NO_POLICY, GateDecision, JudgeRun, LabelFunction, Verdict
-from judging.selectors import certification_current, certification_staleness, gating_policy
+from judging.selectors import (
+    certification_current,
+    certification_staleness,
+    certification_unapplied,
+    gating_policy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +76,11 @@ class TrainingSetError(ValueError):
 def selected_items(project: Project, fmt: str, filters: dict) -> QuerySet[Item]:
     """The items a training set of ``fmt`` draws from, after ``filters``, in item order.
 
-    Chat, Alpaca, ShareGPT and CSV take the accepted set; DPO also takes
-    rejected items that an SME corrected; judge rows take every accepted and
-    rejected item. Pending items are never taken. ``filters`` keys (all
+    Chat, Alpaca, ShareGPT and CSV take the accepted set (a teacher's accepted
+    answers included); reasoning rows the accepted items that carry
+    reasoning; DPO also takes rejected items that an SME corrected; judge rows
+    take every accepted and rejected item. Pending items (a teacher's answer
+    no judge has decided, a prompt without a response) are never taken. ``filters`` keys (all
     optional): ``source_models``, ``task_types`` (lists of strings),
     ``judge_run`` (a run id: items it judged), ``created_after``,
     ``created_before`` (ISO dates or datetimes, on the item's import time).
@@ -83,6 +94,8 @@ def selected_items(project: Project, fmt: str, filters: dict) -> QuerySet[Item]:
     elif fmt == TrainingSet.Format.DPO:
         corrected = Review.objects.filter(item=OuterRef("pk")).exclude(corrected_response="")
         items = items.filter(accepted | (rejected & Exists(corrected)))
+    elif fmt == TrainingSet.Format.REASONING:
+        items = items.filter(accepted).exclude(reasoning="")
     else:
         items = items.filter(accepted)
     if filters.get("source_models"):
@@ -119,6 +132,8 @@ def _candidates(items: QuerySet[Item], fmt: str) -> Iterator[Candidate]:
         "gate_decision__basis",
         "gate_decision__vetoed",
         "gate_decision__reasons",
+        "reasoning",
+        "answers__response",
     ]
     if fmt == TrainingSet.Format.JUDGE:
         agreeing = reviews.filter(decision=OuterRef("gate_decision__basis_decision")).order_by(*latest)
@@ -135,8 +150,9 @@ def _candidates(items: QuerySet[Item], fmt: str) -> Iterator[Candidate]:
         columns += ["judge_rationale", "adjudication_reason", "sme_comment", "sme_reason"]
     for row in items.values_list(*columns).iterator(chunk_size=READ_CHUNK):
         candidate = Candidate(*row[:12])
+        candidate.reasoning, candidate.answered_response = row[12], row[13]
         if fmt == TrainingSet.Format.JUDGE:
-            judge_rationale, adjudication_reason, sme_comment, sme_reason = row[12:]
+            judge_rationale, adjudication_reason, sme_comment, sme_reason = row[14:]
             if candidate.vetoed:
                 candidate.rationale = "Rejected by rule: " + "; ".join(candidate.reasons)
             elif candidate.basis in (GateDecision.Basis.JUDGE, GateDecision.Basis.TIER):
@@ -151,9 +167,12 @@ def _group_key(prompt: str, context: str) -> str:
 
 
 def _rejected_pool(project: Project) -> dict[str, set[str]]:
-    """Rejected responses of the project per (prompt, context), distinct: DPO's rejected side."""
+    """The student's rejected responses per (prompt, context), distinct: DPO's rejected side. A teacher's
+    rejected answer (an item that ``answers`` another) is no student response and is left out."""
     pool: dict[str, set[str]] = defaultdict(set)
-    rows = Item.objects.filter(project=project, gate_decision__outcome=GateDecision.Outcome.REJECT)
+    rows = Item.objects.filter(
+        project=project, gate_decision__outcome=GateDecision.Outcome.REJECT, answers__isnull=True
+    )
     for prompt, context, response in rows.values_list("prompt", "context", "response").iterator(chunk_size=READ_CHUNK):
         pool[_group_key(prompt, context)].add(response)
     return pool
@@ -181,6 +200,13 @@ def _dpo_pairs(candidates: list[Candidate], pool: dict[str, set[str]], seed: int
                     used.add(candidate.response)
         free = deque(sorted(pool.get(key, set()) - used, key=lambda text: _rank(seed, text)))
         accepted = [c for c in members if c.outcome != GateDecision.Outcome.REJECT]
+        # A teacher's answer first takes the rejected response it was written for, while that is free.
+        for candidate in sorted(accepted, key=lambda c: (_rank(seed, c.best_response), c.item_id)):
+            own = candidate.answered_response
+            if own is not None and own in free and own != candidate.best_response:
+                pairs[candidate.item_id] = own, ""
+                free.remove(own)
+        accepted = [c for c in accepted if c.item_id not in pairs]
         for candidate in sorted(accepted, key=lambda c: (_rank(seed, c.best_response), c.item_id)):
             chosen = candidate.best_response
             # The first free response that is not the chosen text itself (free texts are distinct: one at most is).
@@ -250,7 +276,8 @@ def snapshot_certificate(project, policy_now: str) -> dict:
     "statement", "target", "delta", "bound", "threshold", "items_certified", "method", "sme_labels": {"n" at the
     threshold, "n_labelled" used, "design": {...}}, "gating_policy" (when certified), "gating_policy_now",
     "policy_changed_since", "changed_since" (``selectors.certification_staleness``: SME labels, policy and
-    calibration changed since it was computed, and a statement), "certified_at", "certification",
+    calibration changed since it was computed, whether that voids it, and a statement; a void certificate is
+    ``certified`` False: the gate certifies nothing), "certified_at", "certification",
     "assumptions"}``; without a certificate only
     ``certified`` False, the statement and the assumptions a certificate would rest on."""
     c = certification_current(project)
@@ -261,7 +288,10 @@ def snapshot_certificate(project, policy_now: str) -> dict:
             "gating_policy_now": policy_now,
             "assumptions": list(CERTIFICATE_ASSUMPTIONS),
         }
-    if c.threshold is None:
+    since = certification_staleness(c)
+    if since["void"]:
+        statement = f"Nothing certified now: {since['void_reason']}"
+    elif c.threshold is None:
         statement = (
             f"Nothing certified: {c.result.get('reason', '')} The gate leaves every judge accept pending for the SMEs."
         )
@@ -272,7 +302,7 @@ def snapshot_certificate(project, policy_now: str) -> dict:
             "leaves a judge's accepts below the threshold pending for the SMEs."
         )
     return {
-        "certified": c.threshold is not None,
+        "certified": c.threshold is not None and not since["void"],
         "statement": statement,
         "target": c.target,
         "delta": c.delta,
@@ -284,9 +314,7 @@ def snapshot_certificate(project, policy_now: str) -> dict:
         "gating_policy": c.policy,
         "gating_policy_now": policy_now,
         "policy_changed_since": c.policy != policy_now,
-        "changed_since": {
-            key: value for key, value in certification_staleness(c).items() if key not in ("labels_used", "policy_now")
-        },
+        "changed_since": {key: value for key, value in since.items() if key not in ("labels_used", "policy_now")},
         "certified_at": c.created_at.isoformat(),
         "certification": c.pk,
         "assumptions": c.result.get("assumptions", list(CERTIFICATE_ASSUMPTIONS)),
@@ -371,8 +399,24 @@ def _write(claim: _Claim, batch: list[TrainingSetRow], items_done: int) -> None:
         TrainingSetRow.objects.bulk_create(batch)
 
 
+def _refuse_unapplied_certificate(project: Project, certification_id: int | None) -> None:
+    """Raise TrainingSetError when the certificate in force is not applied yet by the gate
+    (``selectors.certification_unapplied``), or is not ``certification_id`` (the one in force when the build
+    began: one chosen since may hold back rows already written)."""
+    if unapplied := certification_unapplied(project):
+        raise TrainingSetError(f"{unapplied} Snapshot again once it has.")
+    now = certification_current(project)
+    if (now.pk if now else None) != certification_id:
+        raise TrainingSetError(
+            "A new certificate was chosen while the snapshot was built; snapshot again once the gate has applied it."
+        )
+
+
 def _build(training_set: TrainingSet, claim: _Claim) -> None:
     fmt, seed = training_set.format, training_set.seed
+    # Never ship judge accepts a certificate holds back: refuse before and after selecting the rows.
+    started = certification_current(training_set.project)
+    _refuse_unapplied_certificate(training_set.project, started.pk if started else None)
     items = selected_items(training_set.project, fmt, training_set.filters)
     claim.update(items_selected=items.count())
     candidates = _candidates(items, fmt)
@@ -418,6 +462,7 @@ def _build(training_set: TrainingSet, claim: _Claim) -> None:
     _write(claim, batch, selected)
     files, sha256, size = _hash_files(training_set)
     claim.update()
+    _refuse_unapplied_certificate(training_set.project, started.pk if started else None)
     lineage = _lineage(training_set, items)
     if fmt == TrainingSet.Format.DPO:
         lineage["dpo_rejected_responses"] = sum(len(responses) for responses in pool.values())

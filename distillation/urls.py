@@ -11,5 +11,11 @@ urlpatterns = [
         views.training_set_detail,
         name="training_set_detail",
     ),
+    path("projects/<slug:slug>/teacher-runs/", views.teacher_runs_part, name="teacher_runs"),
+    path(
+        "projects/<slug:slug>/teacher-runs/<int:run_id>/cancel/",
+        views.teacher_run_cancel_view,
+        name="teacher_run_cancel",
+    ),
     path("api/projects/<slug:slug>/export/chat.jsonl", api.ExportChatJsonlApi.as_view(), name="api_export_chat"),
 ]

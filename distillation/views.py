@@ -1,15 +1,20 @@
-"""Pages of training-set snapshots: the list with a form to snapshot a new one, and one snapshot (leads and staff)."""
+"""Pages of training-set snapshots (the list with a form to snapshot a new one, and one snapshot) and the project
+page's teacher-run section (leads and staff)."""
 
 from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
 from annotations.views import get_project_for_lead
-from distillation.models import TrainingSet
+from distillation.models import TeacherRun, TrainingSet
+from distillation.teacher import NoTeacher, teacher_config_for
+from distillation.teacher_runs import teacher_judges_itself, teacher_run_cancel, teacher_run_create, teacher_run_report
 from distillation.training_sets import training_set_create
 from judging.models import JudgeRun
 
@@ -86,3 +91,63 @@ def training_set_detail(request: HttpRequest, slug: str, training_set_id: int) -
         api=reverse("training-set-detail", args=[project.slug, training_set.pk]).rstrip("/"),
     )
     return render(request, "distillation/training_set_detail.html", context)
+
+
+class TeacherRunForm(forms.Form):
+    items = forms.ChoiceField(
+        choices=[c for c in TeacherRun.Selection.choices if c[0] != TeacherRun.Selection.ITEMS],
+        initial=TeacherRun.Selection.REJECTED,
+        label="Answer",
+    )
+
+
+def _teacher_runs_context(project) -> dict:
+    runs = list(TeacherRun.objects.filter(project=project)[:10])
+    for run in runs:
+        run.report = teacher_run_report(run)
+        run.judged_by_itself = teacher_judges_itself(project, run.model)
+    try:
+        teacher = teacher_config_for(project)
+    except NoTeacher as exc:
+        teacher, missing = None, str(exc)
+    else:
+        missing = ""
+    return {
+        "project": project,
+        "teacher_runs": runs,
+        "teacher": teacher,
+        "no_teacher": missing,
+        "teacher_form": TeacherRunForm(),
+        "active": any(not run.finished for run in runs),
+        "teacher_judges_itself": teacher is not None and teacher_judges_itself(project, teacher.model),
+    }
+
+
+@login_required
+def teacher_runs_part(request: HttpRequest, slug: str) -> HttpResponse:
+    """The project page's teacher section (leads and staff), loaded and refreshed by htmx while a run is active:
+    runs with progress, what the gate made of their answers, and a button to start one (POST)."""
+    project = get_project_for_lead(request, slug)
+    if request.method == "POST":
+        form = TeacherRunForm(request.POST)
+        if form.is_valid():
+            try:
+                run = teacher_run_create(project=project, selection=form.cleaned_data["items"], user=request.user)
+            except NoTeacher as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(request, f"Teacher run {run.pk} started over {run.items_total} items.")
+        if not request.htmx:
+            return redirect(project)
+    return render(request, "distillation/_teacher_runs.html", _teacher_runs_context(project))
+
+
+@login_required
+@require_POST
+def teacher_run_cancel_view(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
+    """Cancel a teacher run (leads and staff); the section again for htmx, else back to the project page."""
+    project = get_project_for_lead(request, slug)
+    teacher_run_cancel(run=get_object_or_404(TeacherRun, pk=run_id, project=project))
+    if not request.htmx:
+        return redirect(project)
+    return render(request, "distillation/_teacher_runs.html", _teacher_runs_context(project))

@@ -197,16 +197,45 @@ class JudgeSettingsAdmin(admin.ModelAdmin):
         return False  # the rubric's history goes with the row
 
 
-class JudgeEndpointForm(forms.ModelForm):
-    """A judge endpoint, with its API key write-only: never rendered, replaced by typing a new one."""
+class WriteOnlyKeyForm(forms.ModelForm):
+    """A model form whose instance's ``api_key`` (200 characters at most) is write-only: never rendered, kept
+    when left blank, replaced by typing a new one, or cleared."""
 
     api_key_new = forms.CharField(
         label="API key",
         required=False,
-        max_length=JudgeEndpoint._meta.get_field("api_key").max_length,
+        max_length=200,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
     )
     api_key_clear = forms.BooleanField(label="Clear the stored API key", required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        stored = "A key is stored" if self.instance.api_key else "No key is stored"
+        self.fields["api_key_new"].help_text = (
+            f"{stored}. Write-only: it is never shown again. Leave blank to keep the stored key; type a new one "
+            "to replace it."
+        )
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("api_key_new") and cleaned.get("api_key_clear"):
+            raise forms.ValidationError("Either type a new key or clear the stored one, not both.")
+        return cleaned
+
+    def save(self, commit=True):
+        row = super().save(commit=False)
+        if self.cleaned_data.get("api_key_clear"):
+            row.api_key = ""
+        elif self.cleaned_data.get("api_key_new"):
+            row.api_key = self.cleaned_data["api_key_new"]
+        if commit:
+            row.save()
+        return row
+
+
+class JudgeEndpointForm(WriteOnlyKeyForm):
+    """A judge endpoint, with its API key write-only: never rendered, replaced by typing a new one."""
 
     class Meta:
         model = JudgeEndpoint
@@ -223,18 +252,8 @@ class JudgeEndpointForm(forms.ModelForm):
             "is_default",
         )
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        stored = "A key is stored" if self.instance.api_key else "No key is stored"
-        self.fields["api_key_new"].help_text = (
-            f"{stored}. Write-only: it is never shown again. Leave blank to keep the stored key; type a new one "
-            "to replace it."
-        )
-
     def clean(self):
         cleaned = super().clean()
-        if cleaned.get("api_key_new") and cleaned.get("api_key_clear"):
-            raise forms.ValidationError("Either type a new key or clear the stored one, not both.")
         checked = {"base_url", "model", "api_key_new", "api_key_clear"}
         url = cleaned.get("base_url") or ""
         # A URL carrying credentials is refused by the model's validation, without being called.
@@ -247,16 +266,6 @@ class JudgeEndpointForm(forms.ModelForm):
             except JudgeUnreachable as exc:
                 self.add_error("base_url", str(exc))
         return cleaned
-
-    def save(self, commit=True):
-        endpoint = super().save(commit=False)
-        if self.cleaned_data.get("api_key_clear"):
-            endpoint.api_key = ""
-        elif self.cleaned_data.get("api_key_new"):
-            endpoint.api_key = self.cleaned_data["api_key_new"]
-        if commit:
-            endpoint.save()
-        return endpoint
 
 
 @admin.register(JudgeEndpoint)

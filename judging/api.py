@@ -35,6 +35,7 @@ from judging.models import (
 )
 from judging.selectors import (
     certificate_held_back,
+    certification_applied,
     certification_current,
     certification_staleness,
     gating_policy,
@@ -192,7 +193,8 @@ def _certificate_body(certification) -> dict:
             "created_by": certification.created_by.username if certification.created_by else None,
             "created_at": certification.created_at,
             "since": certification_staleness(certification),
-            "held_back": certificate_held_back(certification.project),
+            "applied": certification_applied(certification),
+            "held_back": certificate_held_back(certification),
         }
     }
 
@@ -211,8 +213,12 @@ class CertificateApi(APIView):
     uniform-slice SME labels). ``result`` has the reason when nothing is certified and ``next``: how many more SME
     labels would certify how many more items; ``since`` what changed since it was computed
     (``selectors.certification_staleness``: new SME labels, the gating policy, its calibration), as it is never
-    recomputed by itself; ``held_back`` ``{"pending", "queued"}`` the judge accepts the gate leaves pending for it
-    and how many of them wait in the SME queue. Leads and staff (403 for SMEs, 404 for outsiders)."""
+    recomputed by itself, with ``void`` and ``void_reason`` when the policy or a calibration changed (the gate then
+    certifies nothing: ``selectors.certification_void``); ``applied`` whether the gate's decisions apply it yet
+    (``selectors.certification_applied``: ``{"applied", "generation", "done", "statement"}``; until then exports
+    refuse); ``held_back`` ``{"applied", "pending", "queued", "statement"}`` the judge accepts the gate leaves
+    pending for it and how many of them wait in the SME queue (before it is applied: the count it implies,
+    ``selectors.certificate_held_back``). Leads and staff (403 for SMEs, 404 for outsiders)."""
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="The accepted set's certificate")
     def get(self, request, slug: str) -> Response:

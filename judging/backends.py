@@ -8,7 +8,6 @@ on the project's SME labels (``judge_config_for``).
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
@@ -495,231 +494,40 @@ def _redact_result(result: JudgeResult, secret: str) -> JudgeResult:
     return result
 
 
-class WorkSource:
-    """What ``judge_window`` judges and where its results go: the leased work rows of one run.
-
-    Every method is synchronous (it uses the database) and is called while
-    the event loop is paused, never from a running loop; ``judging.tasks``
-    implements it over ``services.judge_work_lease`` and friends.
-    """
-
-    def lease(self, limit: int) -> tuple[list[Item], int]:
-        """Lease up to ``limit`` items: ``(items, rows others hold)``; ``([], 0)`` means no work is left."""
-        raise NotImplementedError
-
-    def renew(self, item_ids: list[int]) -> bool:
-        """Renew the lease on ``item_ids``; False when the run no longer runs (cancelled): start nothing more."""
-        raise NotImplementedError
-
-    def release(self, item_ids: list[int]) -> None:
-        """Give leased items back unjudged, for any worker to take at once."""
-        raise NotImplementedError
-
-    def store(self, results: list[JudgeResult]) -> None:
-        """Store results (and end their items' work) in one transaction."""
-        raise NotImplementedError
-
-
-@dataclass
-class WindowOutcome:
-    """What one ``judge_window`` call did: results stored, and whether it stopped at its deadline (items left
-    for another task) or because the run was cancelled."""
-
-    judged: int = 0
-    stopped_at_deadline: bool = False
-    cancelled: bool = False
-
-
 def judge_window(
     config: JudgeConfig,
-    source: WorkSource,
+    source: llm.WorkSource,
     *,
     loop: asyncio.AbstractEventLoop,
     client,
     prefix: list[dict[str, str]],
     run_settings: dict,
     max_in_flight: int,
-    deadline_s: float | None = None,
-    grace_s: float = 0.0,
-    renew_s: float = 10.0,
-    flush_items: int | None = None,
-    flush_s: float = 0.2,
-) -> WindowOutcome:
-    """Keep ``max_in_flight`` requests open, refilled from leased work as each reply arrives (a sliding window).
+    **options,
+) -> llm.WindowOutcome:
+    """``larry_web.llm.window`` judging each leased item with ``judge_with_openai`` (the same retries, repair
+    and reply reading as ``judge_many``), paced by the run's requests/tokens-per-minute limits; results are
+    redacted of the API key, and items a chunk could not judge at all by its deadline end as ``deadline``
+    errors. ``options`` are ``window``'s (``deadline_s``, ``grace_s``, ``renew_s``, ``flush_items``,
+    ``flush_s``)."""
 
-    Items are leased from ``source`` in batches (up to twice ``max_in_flight``
-    held at once: in flight, or waiting for a slot) and judged one request each
-    by ``judge_with_openai`` (the same retries, repair and reply reading as
-    ``judge_many``); results are stored in small batches as they arrive,
-    once ``flush_items`` are waiting (default: an eighth of the window, at
-    least 1, at most 50) or the oldest has waited ``flush_s`` seconds, and
-    the window is refilled only while at most four such batches are
-    unstored: so a process that dies has at most the window plus four
-    batches sent and not stored (the window alone when it is under 16, where
-    every result is stored at once). The
-    leases on every held item are renewed every ``renew_s`` seconds (the
-    heartbeat that tells a live worker from a dead one).
-
-    Synchronous: it runs ``loop`` (not running yet, with ``client`` made on
-    it) until a reply arrives or a tick passes, then does its database work
-    (``source``) on this thread, with the loop paused, and runs it again; so
-    no database call is made from a running event loop, and the requests in
-    flight wait (in their sockets' buffers) only for a short write.
-
-    With ``deadline_s`` (seconds from now) no request starts after it; open
-    ones get ``grace_s`` more and are then cancelled. Held items not judged
-    by then are released for another task, except when this call judged
-    nothing at all: then they end as ``deadline`` errors, so that a judge that
-    never answers cannot loop for ever. When every row is done or held by
-    others, the call waits for those leases (a dead worker's run out) before
-    it returns. The run's requests/tokens-per-minute limits pace this call's
-    requests (``RateLimits``).
-    """
-    rpm, tpm = run_settings.get("requests_per_minute"), run_settings.get("tokens_per_minute")
-    limits: RateLimits | None = None
-    outcome = WindowOutcome()
-    clock = time.monotonic
-    stop_at = None if deadline_s is None else clock() + deadline_s
-    if flush_items is None:
-        flush_items = max(1, min(50, max_in_flight // 8))
-    # Sent and not stored yet (in flight, or answered and waiting to be written) stays at most this many: the
-    # window alone when every result is stored at once, else room for a few batches, so that a batch waiting
-    # to be written (the event loop paused) does not keep the window from refilling.
-    most_unstored = max_in_flight if flush_items == 1 else max_in_flight + 4 * flush_items
-    waiting: deque[Item] = deque()  # leased, not started
-    in_flight: dict[asyncio.Future, int] = {}
-    finished: deque[asyncio.Future] = deque()  # answered, not read yet
-    results: list[JudgeResult] = []  # read, not stored yet
-    state = {"stopping": False, "no_work_left": False}
-    retry_lease_at = 0.0
-    batch_at = last_renew = clock()  # when the oldest result not stored yet arrived; the last renewal
-
-    async def make_event():
-        return asyncio.Event()
-
-    wake = loop.run_until_complete(make_event())
-
-    def may_start() -> bool:
-        return (
-            bool(waiting)
-            and not state["stopping"]
-            and len(in_flight) < max_in_flight
-            and len(in_flight) + len(finished) + len(results) < most_unstored
-            and (stop_at is None or clock() < stop_at)
+    def ask(item: Item, limits: RateLimits | None):
+        return judge_with_openai(
+            client, model=config.model, item=item, prefix=prefix, run_settings=run_settings, limits=limits
         )
 
-    def start_one() -> None:
-        item = waiting.popleft()
-        task = loop.create_task(
-            judge_with_openai(
-                client, model=config.model, item=item, prefix=prefix, run_settings=run_settings, limits=limits
-            )
-        )
-        task.add_done_callback(on_done)
-        in_flight[task] = item.pk
-
-    def on_done(task: asyncio.Future) -> None:
-        # On the event loop: refill the freed slot at once; wake the synchronous side only when it has
-        # something to do (a batch to store, leases to take, nothing left in flight).
-        if in_flight.pop(task, None) is None:
-            return
-        finished.append(task)
-        while may_start():
-            start_one()
-        if (
-            len(finished) + len(results) >= flush_items
-            or (len(waiting) < max_in_flight and not state["no_work_left"])
-            or not in_flight
-        ):
-            wake.set()
-
-    async def pause(timeout: float) -> None:
-        wake.clear()
-        try:
-            await asyncio.wait_for(wake.wait(), timeout)
-        except TimeoutError:
-            pass
-
-    def flush() -> None:
-        nonlocal results
-        if results:
-            outcome.judged += len(results)
-            source.store(results)
-            results = []
-
-    def held() -> list[int]:
-        return [item.pk for item in waiting] + list(in_flight.values())
-
-    try:
-        while True:
-            if finished and not results:
-                batch_at = clock()
-            while finished:
-                results.append(_redact_result(finished.popleft().result(), config.api_key))
-            now = clock()
-            if stop_at is not None and now >= stop_at and not state["stopping"]:
-                state["stopping"], outcome.stopped_at_deadline = True, True
-            # Store before refilling, so what a dead process sent and did not store stays within the bound.
-            if len(results) >= flush_items or (results and now - batch_at >= flush_s):
-                flush()
-            # Lease more while fewer than the window wait for a slot (up to twice the window held).
-            if (
-                not state["stopping"]
-                and not state["no_work_left"]
-                and now >= retry_lease_at
-                and len(waiting) < max_in_flight
-            ):
-                leased, others = source.lease(2 * max_in_flight - len(waiting) - len(in_flight))
-                if leased:
-                    waiting.extend(leased)
-                    if limits is None and (rpm or tpm):
-                        largest = max(
-                            estimate_tokens(build_messages(it, prefix), run_settings["max_tokens"]) for it in leased
-                        )
-                        limits = RateLimits(requests_per_minute=rpm, tokens_per_minute=tpm, largest_request=largest)
-                elif others:
-                    retry_lease_at = now + min(1.0, renew_s)  # others hold the rest: look again for expired ones
-                else:
-                    state["no_work_left"] = True
-            while may_start():
-                start_one()
-            if now - last_renew >= renew_s and held():
-                last_renew = now
-                if not source.renew(held()):
-                    state["stopping"], outcome.cancelled = True, True
-            if not in_flight and (state["stopping"] or (state["no_work_left"] and not waiting)):
-                break
-            # Run the requests until there is something to do, or the next flush/renew/lease/deadline tick.
-            timeout = max(0.0, batch_at + flush_s - now) if results else min(flush_s, renew_s)
-            if not in_flight:
-                timeout = min(timeout, max(0.01, retry_lease_at - now))
-            if state["stopping"] and stop_at is not None:
-                if now >= stop_at + grace_s:
-                    break
-                timeout = min(timeout, stop_at + grace_s - now)
-            elif stop_at is not None:
-                timeout = min(timeout, max(0.0, stop_at - now))
-            if not finished:
-                loop.run_until_complete(pause(timeout))
-        # Past the grace: what is still open is cancelled; held items go back, or end as deadline errors
-        # when this call judged nothing at all.
-        while finished:
-            results.append(_redact_result(finished.popleft().result(), config.api_key))
-        unfinished = held()
-        if unfinished:
-            if outcome.judged == 0 and not results and outcome.stopped_at_deadline:
-                results.extend(_deadline_error(item_id, deadline_s) for item_id in unfinished)
-            else:
-                source.release(unfinished)
-        flush()
-    finally:
-        open_tasks = list(in_flight)
-        in_flight.clear()  # their callbacks now do nothing
-        for task in open_tasks:
-            task.cancel()
-        if open_tasks:
-            loop.run_until_complete(asyncio.gather(*open_tasks, return_exceptions=True))
-    return outcome
+    return llm.window(
+        source,
+        loop=loop,
+        ask=ask,
+        finish=lambda result: _redact_result(result, config.api_key),
+        deadline_result=lambda item_id: _deadline_error(item_id, options.get("deadline_s")),
+        estimate=lambda item: estimate_tokens(build_messages(item, prefix), run_settings["max_tokens"]),
+        requests_per_minute=run_settings.get("requests_per_minute"),
+        tokens_per_minute=run_settings.get("tokens_per_minute"),
+        max_in_flight=max_in_flight,
+        **options,
+    )
 
 
 def _deadline_error(item_id: int, deadline_s: float | None) -> JudgeResult:
@@ -758,7 +566,7 @@ class JudgeLoop:
         """``judge_many`` on this loop with its client for ``config``; same arguments, run to completion."""
         return self.shared.run(judge_many(config, items, client=self.client(config), **options))
 
-    def judge_window(self, config: JudgeConfig, source: WorkSource, **options) -> WindowOutcome:
+    def judge_window(self, config: JudgeConfig, source: llm.WorkSource, **options) -> llm.WindowOutcome:
         """``judge_window`` on this loop with its client for ``config``."""
         return judge_window(config, source, loop=self.shared.loop, client=self.client(config), **options)
 

@@ -31,7 +31,7 @@ from annotations.sampling import memberships
 from annotations.selectors import ground_truth
 from judging.calibration import wilson_interval
 from judging.models import NO_POLICY, GateDecision, Verdict
-from judging.selectors import certification_current, gating_policy, policy_verdicts
+from judging.selectors import certification_current, certification_threshold, gating_policy, policy_verdicts
 
 ALPHA = 0.05
 MIN_LABELLED = 10
@@ -81,6 +81,8 @@ def accepted_set_precision(project: Project) -> dict:
             .values_list("item_id", "confidence_calibrated")
         )
     certification = certification_current(project)
+    # None with a certificate that certifies nothing or is void: every judge accept is held back.
+    threshold = certification_threshold(certification) if certification else None
     gate_rows = list(GateDecision.objects.filter(item__project=project).values_list("item_id", "outcome", "vetoed"))
     judge_side: dict[int, tuple[str, float | None]] = {}  # what the policy and the rules alone say, and P(accept)
     for item_id, _, vetoed in gate_rows:
@@ -88,7 +90,7 @@ def accepted_set_precision(project: Project) -> dict:
         p = p_by_run.get(tier_verdict[0].run_id, {}).get(item_id) if tier_verdict else None
         if vetoed:
             judge_side[item_id] = (Decision.REJECT, p)
-        elif tier_verdict and not _held_back(tier_verdict[1], p, certification):
+        elif tier_verdict and not _held_back(tier_verdict[1], p, certification is not None, threshold):
             judge_side[item_id] = (tier_verdict[1], p)
     parts = {}
     for name, outcome in (("accepted", Decision.ACCEPT), ("rejected", Decision.REJECT)):
@@ -104,12 +106,13 @@ def accepted_set_precision(project: Project) -> dict:
     }
 
 
-def _held_back(says: str, p: float | None, certification) -> bool:
+def _held_back(says: str, p: float | None, certificate: bool, threshold: float | None) -> bool:
     """Whether the gate leaves this policy accept pending for the certificate in force (as ``gate.decide`` with
-    ``certified`` False): then it is in neither set, and its SME label rectifies neither estimate."""
-    if certification is None or says != Decision.ACCEPT:
+    ``certified`` False): then it is in neither set, and its SME label rectifies neither estimate.
+    ``certificate``: one is in force; ``threshold``: the one it applies (``selectors.certification_threshold``)."""
+    if not certificate or says != Decision.ACCEPT:
         return False
-    return certification.threshold is None or p is None or p < certification.threshold
+    return threshold is None or p is None or p < threshold
 
 
 def _part(outcome: str, members: list[int], truth: dict, drawn: dict, judge_side: dict) -> dict:

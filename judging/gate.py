@@ -94,6 +94,7 @@ def tier_verdict(tiers: Sequence[TierVerdict]) -> tuple[int, str] | None:
 
 
 CERTIFICATE_REASON = "a judge's accept below the certified threshold: left for the SMEs"
+NEEDS_RESPONSE_REASON = "needs a response: a prompt imported without one (a teacher run may answer it)"
 
 
 def decide(
@@ -104,6 +105,7 @@ def decide(
     verdict_basis: str = Basis.JUDGE,
     tier: int | None = None,
     certified: bool | None = None,
+    needs_response: bool = False,
 ) -> GateResult:
     """Decide one item.
 
@@ -116,7 +118,11 @@ def decide(
     ``certified`` False says a certificate is in force and the judge's P(accept) on the item is below its
     certified threshold (or nothing is certified): a judge's accept is then left pending for the SMEs, with
     ``CERTIFICATE_REASON``; None (no certificate) or True changes nothing.
+    ``needs_response``: the item is a prompt imported without a response; it stays pending
+    (``NEEDS_RESPONSE_REASON``) whatever else is said of it, so it is never exported.
     """
+    if needs_response:
+        return GateResult(Outcome.PENDING, Basis.NONE, "", False, [NEEDS_RESPONSE_REASON])
     if ground_truth is not None:
         basis, basis_decision, tier = Basis.SME, ground_truth, None
     elif verdict is not None:

@@ -1,7 +1,6 @@
 """Judge runs and verdicts, label functions and their hits, and the gate's decision."""
 
 from collections import Counter
-from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -12,6 +11,7 @@ from django.urls import reverse
 from annotations.models import Decision, Item, Project, validate_no_credentials
 from annotations.selectors import ground_truth
 from judging import gate, prompts
+from larry_web.work import LeasedWork, Run
 
 FEW_SHOT_MAX = 20
 TOKENS_PER_MINUTE_MIN = 1000
@@ -90,19 +90,12 @@ class JudgeEndpoint(models.Model):
         return f"{self.name} ({self.model} at {self.base_url})"
 
 
-class JudgeRun(models.Model):
+class JudgeRun(Run):
     """One pass of a judge over a project's items. Outcomes live on the row."""
 
     class Backend(models.TextChoices):
         OPENAI = "openai", "OpenAI-compatible server"
         LOCAL = "local", "Local classifier"
-
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        FINISHED = "finished"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judge_runs")
     backend = models.CharField(max_length=10, choices=Backend.choices)
@@ -116,40 +109,17 @@ class JudgeRun(models.Model):
         related_name="runs",
         help_text="The endpoint the run judges with (None: the environment's judge or the local classifier).",
     )
-    config = models.JSONField(default=dict, blank=True, help_text="Everything that determines the output.")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    error = models.TextField(blank=True)
-    items_total = models.PositiveIntegerField(default=0)
     items_done = models.PositiveIntegerField(default=0)
     items_error = models.PositiveIntegerField(default=0)
-    tokens_in = models.PositiveBigIntegerField(default=0)
-    tokens_out = models.PositiveBigIntegerField(default=0)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
     calibration = models.JSONField(
         default=dict, blank=True, help_text="The recalibration map fit on SME labels, and how it was fit."
     )
-    progress_at = models.DateTimeField(
-        null=True, blank=True, help_text="When a worker last leased or stored this run's items (stall detection)."
-    )
-
-    class Meta:
-        ordering = ["-id"]
 
     def __str__(self) -> str:
         return f"run {self.pk} ({self.judge_label})"
 
     def get_absolute_url(self) -> str:
         return reverse("judging:run_detail", args=[self.project.slug, self.pk])
-
-    @property
-    def cost(self) -> Decimal:
-        """Tokens in and out at the prices recorded when the run started (per million tokens)."""
-        price_in = Decimal(self.config.get("price_in_per_million", "0"))
-        price_out = Decimal(self.config.get("price_out_per_million", "0"))
-        return (self.tokens_in * price_in + self.tokens_out * price_out) / 1_000_000
 
     @property
     def few_shot_item_ids(self) -> list[int]:
@@ -186,7 +156,7 @@ class JudgeRun(models.Model):
         return f"{self.model} at {self.base_url}"
 
 
-class JudgeWork(models.Model):
+class JudgeWork(LeasedWork):
     """One item a judge run still has to judge: created with the run for its scope, deleted in the transaction
     that stores the item's verdict (``services.verdicts_store``), so the rows left are the work left.
 
@@ -197,9 +167,6 @@ class JudgeWork(models.Model):
 
     run = models.ForeignKey(JudgeRun, on_delete=models.CASCADE, related_name="work")
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="+")
-    leased_by = models.CharField(max_length=100, blank=True)
-    leased_until = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "item"], name="judge_work_one_per_run_item")]

@@ -20,10 +20,12 @@ from judging.models import (
     Certification,
     GateDecision,
     GatingPolicy,
+    GatingPolicyChange,
     JudgeRun,
     JudgeWork,
     LabelFunction,
     PolicyTier,
+    RegateRequest,
     RuleHit,
     Verdict,
 )
@@ -684,6 +686,134 @@ def certification_current(project: Project):
     return Certification.objects.filter(project=project).select_related("created_by").first()
 
 
+def certification_basis(project: Project) -> dict:
+    """What a certificate computed now rests on besides its SME labels: ``{"policy": the gating policy's label,
+    "calibrations": {str(run id): the ISO time its recalibration map was fitted, or None}}`` for the policy's
+    tiers. ``services.certification_set`` stores it in ``Certification.result["basis"]``."""
+    policy = gating_policy(project)
+    return {
+        "policy": policy.label if policy else NO_POLICY,
+        "calibrations": {
+            str(tier.run_id): (tier.run.calibration or {}).get("fitted_at")
+            for tier in (policy.tiers.select_related("run") if policy else [])
+        },
+    }
+
+
+def certification_void(certification: Certification) -> dict:
+    """Whether ``certification`` still rests on the gating policy and calibration in force: a threshold on
+    P(accept) means nothing once the policy (its label: tiers, runs, thresholds) or a tier run's calibration
+    differs from those it was computed on, so the gate then treats it as certifying nothing (every judge accept
+    held back, ``certification_threshold``) until a lead certifies again.
+
+    Returns ``{"void": bool, "policy_changed": bool, "policy_now": label, "recalibrated_runs": [run ids of the
+    policy's tiers whose calibration differs], "since": the latest ``datetime`` of those changes known (a
+    policy change's or a refit's time; None when none is known), "reason": one sentence ("" when not void)}``.
+    A certificate stored before ``result["basis"]`` was recorded counts a tier run as recalibrated when its map
+    was fitted after the certificate.
+    """
+    project, at = certification.project, certification.created_at
+    basis = (certification.result or {}).get("basis")
+    now = certification_basis(project)
+    recalibrated, times = [], []
+    for run_id, fitted in now["calibrations"].items():
+        if basis is not None:
+            differs = run_id in basis["calibrations"] and basis["calibrations"][run_id] != fitted
+        else:
+            differs = bool(fitted) and datetime.fromisoformat(fitted) > at
+        if differs:
+            recalibrated.append(int(run_id))
+            if fitted:
+                times.append(datetime.fromisoformat(fitted))
+    policy_changed = certification.policy != now["policy"]
+    if policy_changed:
+        change = GatingPolicyChange.objects.filter(project=project).values_list("changed_at", flat=True).first()
+        if change is not None:
+            times.append(change)
+    reason = ""
+    if policy_changed or recalibrated:
+        fitted = ", ".join(
+            f"run {run_id} fitted {value or 'never'}"
+            for run_id, value in ((basis or {}).get("calibrations") or {}).items()
+        )
+        on = f"policy “{certification.policy}”" + (f" and the calibration of {fitted}" if fitted else "")
+        what = []
+        if policy_changed:
+            what.append(f"the gating policy is now “{now['policy']}”")
+        if recalibrated:
+            what.append(f"the calibration of run {', '.join(str(r) for r in recalibrated)} was fitted again")
+        reason = (
+            f"Void: computed for {on} ({certification.created_at:%Y-%m-%d %H:%M:%S} UTC); {'; '.join(what)}; "
+            "certify again. Until then the gate holds back every judge accept."
+        )
+    return {
+        "void": bool(reason),
+        "policy_changed": policy_changed,
+        "policy_now": now["policy"],
+        "recalibrated_runs": sorted(recalibrated),
+        "since": max(times) if times else None,
+        "reason": reason,
+    }
+
+
+def certification_threshold(certification: Certification, void: dict | None = None) -> float | None:
+    """The P(accept) threshold the gate applies for ``certification``: its certified threshold, or None
+    (certifying nothing: every judge accept held back) when nothing was certified or it is void
+    (``certification_void``; pass its answer when you have it)."""
+    void = certification_void(certification) if void is None else void
+    return None if void["void"] else certification.threshold
+
+
+def certification_applied(certification: Certification, void: dict | None = None) -> dict:
+    """Whether the gate's stored decisions apply ``certification`` yet: the re-gating it asked for
+    (``result["regate_generation"]``, from ``services.regate_request``) has finished
+    (``RegateRequest.last_generation_done`` at least that). When it is void (``certification_void``), every
+    re-gating asked for must have finished, the last without error, after what voided it.
+
+    Returns ``{"applied": bool, "generation": the re-gating asked for (None for a certificate stored before
+    generations were recorded), "done": the last finished, "statement": one sentence ("" when applied)}``.
+    Until applied, exports of the accepted set refuse (the stored decisions may still ship judge accepts the
+    certificate holds back).
+    """
+    void = certification_void(certification) if void is None else void
+    at = certification.created_at
+    row = RegateRequest.objects.filter(project_id=certification.project_id).first()
+    asked, done = (row.generation, row.last_generation_done) if row else (0, 0)
+    generation = (certification.result or {}).get("regate_generation")
+    if void["void"]:
+        after = max(filter(None, [void["since"], at]))
+        applied = (
+            row is not None
+            and done >= asked
+            and not row.last_error
+            and row.last_finished_at is not None
+            and row.last_finished_at >= after
+        )
+    elif generation is None:
+        # Stored before generations were: a re-gating that ended well after it.
+        applied = row is not None and not row.last_error and row.last_finished_at is not None
+        applied = applied and row.last_finished_at >= at
+    else:
+        applied = done >= generation
+    statement = ""
+    if not applied:
+        what = "the voiding of the certificate" if void["void"] else "the certificate"
+        statement = (
+            f"Not applied yet: the gate is still applying {what} chosen at "
+            f"{certification.created_at:%Y-%m-%d %H:%M:%S} UTC (re-gating {generation or asked} requested, "
+            f"{done} done); until it has, the accepted set may hold judge accepts the certificate holds back. "
+            "Re-gate from the project page if it does not finish."
+        )
+    return {"applied": applied, "generation": generation, "done": done, "statement": statement}
+
+
+def certification_unapplied(project: Project) -> str:
+    """Why the accepted set must not be exported now ("" when it may): the certificate in force is not applied
+    yet (``certification_applied``). The export API answers 409 and a snapshot build fails with it."""
+    certification = certification_current(project)
+    return certification_applied(certification)["statement"] if certification else ""
+
+
 def certification_staleness(certification: Certification) -> dict:
     """What changed, since ``certification`` was computed, in what a certificate rests on; a certificate is never
     recomputed by itself (a lead certifies again), so screens and the REST API show this beside it.
@@ -693,7 +823,8 @@ def certification_staleness(certification: Certification) -> dict:
     "uniform_slice_labels_since": n (of those, items a uniform slice drew: the ones a new certificate would
     use), "policy_changed": bool (the gating policy's label, its tiers' runs and thresholds, differs),
     "policy_now": label, "recalibrated_runs": [run ids of the policy's tiers recalibrated since],
-    "statement": one sentence for a person}``.
+    "void": bool, "void_reason": str (``certification_void``: a changed policy or calibration voids it, and the
+    gate then certifies nothing), "statement": one sentence for a person}``.
     """
     from annotations.models import SampleMembership
 
@@ -712,20 +843,15 @@ def certification_staleness(certification: Certification) -> dict:
     )
     uniform = SampleMembership.objects.filter(draw__project=project, uniform_slice=True, item_id__in=labelled)
     uniform_since = uniform.values("item_id").distinct().count()
-    policy = gating_policy(project)
-    policy_now = policy.label if policy else NO_POLICY
-    recalibrated = []
-    for tier in policy.tiers.all() if policy else []:
-        fitted = (tier.run.calibration or {}).get("fitted_at")
-        if fitted and datetime.fromisoformat(fitted) > since:
-            recalibrated.append(tier.run_id)
+    void = certification_void(certification)
+    policy_now, recalibrated = void["policy_now"], void["recalibrated_runs"]
     changed = []
     if labelled:
         changed.append(
             f"{len(labelled)} SME label{'' if len(labelled) == 1 else 's'} made or changed ({uniform_since} of "
             "them on uniform slices, which a certificate uses)"
         )
-    if certification.policy != policy_now:
+    if void["policy_changed"]:
         changed.append(f"the gating policy changed (now: {policy_now})")
     if recalibrated:
         runs = ", ".join(str(run) for run in recalibrated)
@@ -735,23 +861,42 @@ def certification_staleness(certification: Certification) -> dict:
         statement = f"{used}; since then {'; '.join(changed)}. Certify again to use them."
     else:
         statement = f"{used}; no SME label, gating policy or calibration has changed since."
+    if void["void"]:
+        statement = f"{void['reason']} {statement}"
     return {
         "stale": bool(changed),
         "labels_used": certification.n_labelled,
         "sme_labels_since": len(labelled),
         "uniform_slice_labels_since": uniform_since,
-        "policy_changed": certification.policy != policy_now,
+        "policy_changed": void["policy_changed"],
         "policy_now": policy_now,
         "recalibrated_runs": recalibrated,
+        "void": void["void"],
+        "void_reason": void["reason"],
         "statement": statement,
     }
 
 
-def certificate_held_back(project: Project) -> dict:
-    """``{"pending": n, "queued": n}``: the judge accepts the certificate in force leaves pending
-    (``gate.CERTIFICATE_REASON``) and how many of them are in the SME queue."""
-    rows = GateDecision.objects.filter(item__project=project, outcome=GateDecision.Outcome.PENDING).values_list(
-        "reasons", "item__in_sme_queue"
-    )
+def certificate_held_back(certification: Certification) -> dict:
+    """The judge accepts the certificate in force holds back: ``{"applied": bool, "pending": n, "queued": n,
+    "statement": str}``.
+
+    Applied (``certification_applied``): ``pending`` counts the stored decisions it leaves pending
+    (``gate.CERTIFICATE_REASON``), ``queued`` how many of them are in the SME queue, ``statement`` "". Not yet:
+    the stored decisions predate it, so ``pending`` is what the certificate implies (the judge accepts it was
+    computed on, less those it certifies; None when it is void: every judge accept the policy now makes),
+    ``queued`` None, and ``statement`` says the gate is still applying it.
+    """
+    void = certification_void(certification)
+    applied = certification_applied(certification, void)
+    if not applied["applied"]:
+        result = certification.result or {}
+        implied = None
+        if not void["void"] and "population" in result:
+            implied = result["population"] + result.get("not_covered", 0) - certification.certified
+        return {"applied": False, "pending": implied, "queued": None, "statement": applied["statement"]}
+    rows = GateDecision.objects.filter(
+        item__project_id=certification.project_id, outcome=GateDecision.Outcome.PENDING
+    ).values_list("reasons", "item__in_sme_queue")
     held = [queued for reasons, queued in rows.iterator(chunk_size=2000) if gate.CERTIFICATE_REASON in (reasons or [])]
-    return {"pending": len(held), "queued": sum(held)}
+    return {"applied": True, "pending": len(held), "queued": sum(held), "statement": ""}

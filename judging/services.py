@@ -4,11 +4,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
+import kombu.exceptions
+import redis.exceptions
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
-from django.db.models.functions import Now
+from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Greatest, Now
 from django.utils import timezone
 
 from annotations.models import Item, Project
@@ -34,13 +36,16 @@ from judging.models import (
     Verdict,
 )
 from judging.selectors import (
+    certification_basis,
     certification_current,
+    certification_threshold,
     few_shot_examples,
     gating_policy,
     policy_certainty,
     policy_verdicts,
     run_stalled_since,
 )
+from larry_web import work
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +161,9 @@ def judge_run_create(
             raise LearnFromError(f"run {learn_from.pk} is a local classifier's: learn from an LLM judge's run")
         local = True
     config = backends.judge_config_for(project, endpoint)
-    scope = project.items.all() if item_ids is None else project.items.filter(pk__in=item_ids)
+    # A prompt without a response has nothing to judge (it "needs a response": a teacher run may answer it).
+    judgeable = project.items.exclude(response="")
+    scope = judgeable if item_ids is None else judgeable.filter(pk__in=item_ids)
     scoped = {} if item_ids is None else {"scope": "items"}
     if local or config.is_local:
         teacher = {}
@@ -210,63 +217,30 @@ def judge_run_create(
 
 def judge_work_add(*, run: JudgeRun, items) -> int:
     """Add a ``JudgeWork`` row for each of ``items`` (a queryset of Item) that has neither a verdict in the run
-    nor a row already; one INSERT ... SELECT. Returns how many rows the run has now."""
-    judged = Verdict.objects.filter(run=run, item=OuterRef("pk"))
-    queued = JudgeWork.objects.filter(run=run, item=OuterRef("pk"))
-    todo = items.filter(~Exists(judged), ~Exists(queued))
-    sql, params = todo.order_by().annotate(todo_id=F("pk")).values("todo_id").query.sql_with_params()
-    table = JudgeWork._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (run_id, item_id, leased_by, attempts) "  # names from the model, values as parameters
-            # "WHERE true": SQLite needs it to read ON CONFLICT as the upsert clause, not a join's ON.
-            f"SELECT %s, todo.todo_id, '', 0 FROM ({sql}) AS todo WHERE true ON CONFLICT DO NOTHING",
-            [run.pk, *params],
-        )
-    return JudgeWork.objects.filter(run=run).count()
-
-
-def _lease_end():
-    return Now() + timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S)
+    nor a row already (``larry_web.work.work_add``). Returns how many rows the run has now."""
+    return work.work_add(JudgeWork, run=run, items=items, done_model=Verdict)
 
 
 JUDGE_ITEM_FIELDS = ("id", "prompt", "context", "response", "reference")
 
 
 def judge_work_lease(*, run_id: int, worker: str, limit: int) -> tuple[list[Item], int]:
-    """Lease up to ``limit`` of the run's work rows that no live lease holds, for ``LARRY_JUDGE_LEASE_S``.
-
-    One short transaction: ``SELECT ... FOR UPDATE SKIP LOCKED`` (workers
-    leasing at once take different rows, never wait for each other), then
-    the UPDATE. Returns ``(items to judge, with the fields a prompt needs;
-    number of rows others hold under a live lease)``: ``([], 0)`` means the
-    run has no work left.
-    """
-    with transaction.atomic():
-        free = Q(leased_until__isnull=True) | Q(leased_until__lte=Now())
-        rows = JudgeWork.objects.select_for_update(skip_locked=True).filter(free, run_id=run_id)
-        picked = dict(rows.order_by("id").values_list("id", "item_id")[:limit])
-        if picked:
-            JudgeWork.objects.filter(pk__in=list(picked)).update(
-                leased_by=worker, leased_until=_lease_end(), attempts=F("attempts") + 1
-            )
-            JudgeRun.objects.filter(pk=run_id).update(progress_at=Now())
-    items = list(Item.objects.filter(pk__in=list(picked.values())).only(*JUDGE_ITEM_FIELDS).order_by("id"))
-    others = 0 if items else JudgeWork.objects.filter(run_id=run_id).count()
+    """Lease up to ``limit`` of the run's work rows that no live lease holds (``larry_web.work.work_lease``).
+    Returns ``(items to judge, with the fields a prompt needs; number of rows others hold under a live
+    lease)``: ``([], 0)`` means the run has no work left."""
+    item_ids, others = work.work_lease(JudgeWork, JudgeRun, run_id=run_id, worker=worker, limit=limit)
+    items = list(Item.objects.filter(pk__in=item_ids).only(*JUDGE_ITEM_FIELDS).order_by("id"))
     return items, others
 
 
 def judge_work_renew(*, run_id: int, worker: str, item_ids: list[int]) -> bool:
     """Extend ``worker``'s lease on ``item_ids`` (the heartbeat); False once the run no longer runs."""
-    JudgeWork.objects.filter(run_id=run_id, item_id__in=item_ids, leased_by=worker).update(leased_until=_lease_end())
-    return JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.RUNNING).exists()
+    return work.work_renew(JudgeWork, JudgeRun, run_id=run_id, worker=worker, item_ids=item_ids)
 
 
 def judge_work_release(*, run_id: int, worker: str, item_ids: list[int]) -> None:
     """Give ``worker``'s leased rows for ``item_ids`` back, unjudged, for any worker to take at once."""
-    JudgeWork.objects.filter(run_id=run_id, item_id__in=item_ids, leased_by=worker).update(
-        leased_by="", leased_until=None
-    )
+    work.work_release(JudgeWork, run_id=run_id, worker=worker, item_ids=item_ids)
 
 
 def verdicts_store(*, run: JudgeRun, results: list[JudgeResult]) -> None:
@@ -480,6 +454,20 @@ def project_regate(*, project: Project) -> tuple[int, dict[str, int]]:
     return hits, counts
 
 
+def project_regate_now(*, project: Project) -> tuple[int, dict[str, int]]:
+    """``project_regate`` here and now, recorded (``regate_finished``) as done for every request made before it
+    began, so a certificate those requests apply counts as applied (``selectors.certification_applied``): for
+    commands that wait for the re-gating rather than queue it. Returns what ``project_regate`` returns."""
+    generation = RegateRequest.objects.filter(project=project).values_list("generation", flat=True).first()
+    try:
+        done = project_regate(project=project)
+    except Exception as exc:
+        regate_finished(project_id=project.pk, generation=generation, error=f"{type(exc).__name__}: {exc}")
+        raise
+    regate_finished(project_id=project.pk, generation=generation)
+    return done
+
+
 def regate_request(project_id: int) -> int:
     """Ask for the project to be re-gated in full (rules, gate, SME-queue order) after commit; returns the
     request's generation. Requests that pile up while one waits or runs cost one re-gating (``RegateRequest``)."""
@@ -489,7 +477,16 @@ def regate_request(project_id: int) -> int:
         RegateRequest.objects.get_or_create(project_id=project_id)
         RegateRequest.objects.filter(project_id=project_id).update(generation=F("generation") + 1)
         generation = RegateRequest.objects.get(project_id=project_id).generation
-    transaction.on_commit(lambda: regate_project.delay(project_id, generation))
+
+    def enqueue() -> None:
+        try:
+            regate_project.delay(project_id, generation)
+        except (kombu.exceptions.OperationalError, redis.exceptions.RedisError) as exc:
+            # The broker is down: the request stays pending (the project page shows it, with the re-gate
+            # button); what was committed stands, and the caller's response is not a server error.
+            logger.error("re-gating %s of project %s not queued: the broker failed: %s", generation, project_id, exc)
+
+    transaction.on_commit(enqueue)
     return generation
 
 
@@ -504,7 +501,8 @@ def regate_finished(*, project_id: int, generation: int | None, error: str = "")
     (the project page shows it). A success also records the generation it covered."""
     fields = {"last_finished_at": timezone.now(), "last_error": error[:5000]}
     if not error and generation is not None:
-        fields["last_generation_done"] = generation
+        # Never backwards: an earlier request's task that ends after a later one's covered less.
+        fields["last_generation_done"] = Greatest(F("last_generation_done"), generation)
     RegateRequest.objects.get_or_create(project_id=project_id)
     RegateRequest.objects.filter(project_id=project_id).update(**fields)
 
@@ -804,8 +802,9 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
     Inputs: SME ground truth, the gating policy's verdicts (``selectors.policy_verdicts``: the first tier
     whose calibrated certainty clears its threshold; none without a policy), hits of active label functions.
     With a certificate in force (``certification_set``), a judge's accept on an item whose P(accept)
-    (``certify.p_accept_by_item``) is below the certified threshold, or on any item when nothing is certified,
-    is left pending for the SMEs (``gate.decide``'s ``certified``).
+    (``certify.p_accept_by_item``) is below the certified threshold, or on any item when nothing is certified
+    or the certificate is void (``selectors.certification_threshold``), is left pending for the SMEs
+    (``gate.decide``'s ``certified``).
     Returns ``{"accept": n, "reject": n, "pending": n}`` over the items decided. Concurrent calls for one
     project (an import, a rule edit and an SME decision re-gating at once) run one after the other, each
     reading what the previous stored.
@@ -818,12 +817,15 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
         decided = policy_verdicts(project, item_ids=item_ids)
         certification = certification_current(project)
         p_accept = certify.p_accept_by_item(project, gating_policy(project), item_ids) if certification else {}
+        # A void certificate (the policy or a calibration changed since) certifies nothing.
+        threshold = certification_threshold(certification) if certification else None
         hits = RuleHit.objects.filter(label_function__project=project, label_function__active=True)
         if item_ids is not None:
             hits = hits.filter(item_id__in=item_ids)
         rejections: dict[int, list[str]] = defaultdict(list)
         for item_id, reason in hits.values_list("item_id", "label_function__reason"):
             rejections[item_id].append(reason)
+        needs_response = set(items.filter(response="").values_list("id", flat=True))
         decisions = []
         counts = {Outcome.ACCEPT.value: 0, Outcome.REJECT.value: 0, Outcome.PENDING.value: 0}
         for item_id in items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
@@ -831,7 +833,7 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
             certified = None
             if certification is not None:
                 p = p_accept.get(item_id)
-                certified = certification.threshold is not None and p is not None and p >= certification.threshold
+                certified = threshold is not None and p is not None and p >= threshold
             result = gate.decide(
                 ground_truth=truth.get(item_id),
                 verdict=verdict,
@@ -839,6 +841,7 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
                 verdict_basis=Basis.JUDGE if tier is None or tier.threshold is None else Basis.TIER,
                 tier=tier.tier if tier is not None else None,
                 certified=certified,
+                needs_response=item_id in needs_response,
             )
             counts[result.outcome] += 1
             by_judge = result.basis in (Basis.JUDGE, Basis.TIER)
@@ -1016,35 +1019,47 @@ def certification_set(*, project: Project, target: float, delta: float, user=Non
 
     Runs ``judging.certify.project_certificate`` (Learn-then-Test on uniform-slice SME labels) now and stores a
     ``Certification`` (who, when, the target, threshold, n, bound, items certified, design of the labels used,
-    gating policy label, the whole certificate) and asks for a re-gating: from then on the gate leaves a judge's
-    accepts below the certified threshold (all of them when nothing is certified) pending for the SMEs
-    (``gate_apply``). Raises CertificationError for a target or δ out of range.
+    gating policy label, the whole certificate, and in ``result``: ``"basis"``, the policy and calibrations it
+    rests on, ``selectors.certification_basis``; ``"regate_generation"``, the re-gating it asked for) and asks for
+    a re-gating: once that has run (``selectors.certification_applied``) the gate leaves a judge's accepts below
+    the certified threshold (all of them when nothing is certified, or when the policy or a calibration changes
+    later: ``selectors.certification_void``) pending for the SMEs (``gate_apply``); until then exports refuse.
+    Raises CertificationError for a target or δ out of range.
     """
     if not 0.5 <= target <= 0.999:
         raise CertificationError(f"target precision {target}: 0.5 to 0.999 (no finite sample certifies 1)")
     if not 0.001 <= delta <= 0.5:
         raise CertificationError(f"delta {delta}: 0.001 to 0.5")
-    found = certify.project_certificate(project, target=target, delta=delta)
-    cert = found["certificate"]
-    result = {**cert.as_dict(), "not_covered": found["not_covered"]}
-    certification = Certification.objects.create(
-        project=project,
-        target=target,
-        delta=delta,
-        threshold=cert.threshold,
-        method=cert.method,
-        n=cert.n,
-        n_labelled=cert.n_labelled,
-        bound=cert.bound,
-        certified=cert.certified,
-        policy=found["policy"],
-        design=found["design"],
-        result=result,
-        created_by=user,
-    )
-    regate_request(project.pk)  # the gate leaves judge accepts below the threshold pending
+    with transaction.atomic():
+        basis = certification_basis(project)
+        found = certify.project_certificate(project, target=target, delta=delta)
+        cert = found["certificate"]
+        # The re-gating that applies it: until it has finished (``selectors.certification_applied``) the stored
+        # decisions may still ship judge accepts it holds back, and exports refuse.
+        generation = regate_request(project.pk)
+        certification = Certification.objects.create(
+            project=project,
+            target=target,
+            delta=delta,
+            threshold=cert.threshold,
+            method=cert.method,
+            n=cert.n,
+            n_labelled=cert.n_labelled,
+            bound=cert.bound,
+            certified=cert.certified,
+            policy=found["policy"],
+            design=found["design"],
+            result={
+                **cert.as_dict(),
+                "not_covered": found["not_covered"],
+                "basis": basis,
+                "regate_generation": generation,
+            },
+            created_by=user,
+        )
     logger.info(
-        "certification %s of project %s by user %s: target %s delta %s threshold %s n %s bound %s certified %s",
+        "certification %s of project %s by user %s: target %s delta %s threshold %s n %s bound %s certified %s "
+        "re-gating %s",
         certification.pk,
         project.slug,
         getattr(user, "pk", None),
@@ -1054,5 +1069,6 @@ def certification_set(*, project: Project, target: float, delta: float, user=Non
         cert.n,
         cert.bound,
         cert.certified,
+        generation,
     )
     return certification

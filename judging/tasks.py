@@ -24,6 +24,7 @@ from annotations.models import Item, Project
 from annotations.selectors import ground_truth
 from judging import backends, prompts, services
 from judging.models import JudgeRun, JudgeWork, Verdict
+from larry_web import llm
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -41,7 +42,7 @@ def start_judge_run(run_id: int) -> None:
     if run.config.get("scope") != "items":
         # A run over the whole project covers the items present now (more may have been imported since it was
         # created, or since a cancel).
-        services.judge_work_add(run=run, items=Item.objects.filter(project=run.project))
+        services.judge_work_add(run=run, items=Item.objects.filter(project=run.project).exclude(response=""))
     rows = JudgeWork.objects.filter(run=run).count()
     JudgeRun.objects.filter(pk=run.pk).update(
         items_total=rows + Verdict.objects.filter(run=run).count(), progress_at=timezone.now()
@@ -79,7 +80,9 @@ def chunk_size(run: JudgeRun) -> int:
 
 def _judge_locally(run: JudgeRun) -> None:
     """The local classifier learns from every SME label of the project; only the run's scope is stored."""
-    items = list(Item.objects.filter(project=run.project).only("id", "prompt", "context", "response"))
+    items = list(
+        Item.objects.filter(project=run.project).exclude(response="").only("id", "prompt", "context", "response")
+    )
     scope = set(run.config["item_ids"]) if run.config.get("scope") == "items" else None
     JudgeRun.objects.filter(pk=run.pk).update(
         items_total=len(items) if scope is None else sum(item.pk in scope for item in items)
@@ -107,7 +110,7 @@ def _judge_locally(run: JudgeRun) -> None:
     services.judge_run_finish_if_complete(run_id=run.pk)
 
 
-class RunWork(backends.WorkSource):
+class RunWork(llm.WorkSource):
     """The work rows of one run, leased by one task (``worker``), for ``backends.judge_window``."""
 
     def __init__(self, run: JudgeRun, worker: str) -> None:

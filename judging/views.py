@@ -86,7 +86,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "estimate": accepted_set_precision(project),
         "certification": certification,
         "certification_since": certification_staleness(certification) if certification else None,
-        "held_back": certificate_held_back(project) if certification else None,
+        "held_back": certificate_held_back(certification) if certification else None,
         "certify_form": CertifyForm(),
     }
     return render(request, "judging/project_detail.html", context)
@@ -113,10 +113,13 @@ def certify(request: HttpRequest, slug: str) -> HttpResponse:
     except CertificationError as exc:
         messages.error(request, f"Not certified: {exc}")
         return redirect(project)
+    applying = " The gate applies it in the background: until then it is not applied, and exports are refused."
     if made.threshold is None:
-        messages.info(request, f"Nothing certified: {made.result['reason']}")
+        messages.info(request, f"Nothing certified: {made.result['reason']}{applying}")
     else:
-        messages.success(request, f"Certified {made.certified} accepted items at P(accept) ≥ {made.threshold:g}.")
+        messages.success(
+            request, f"Certified {made.certified} accepted items at P(accept) ≥ {made.threshold:g}.{applying}"
+        )
     return redirect(project)
 
 

@@ -55,7 +55,8 @@ def redact_secrets_in_logs(**_kwargs) -> None:
 
 @worker_ready.connect
 def watch_for_stalled_runs(**_kwargs) -> None:
-    """Every worker watches for judge runs whose workers died (``services.judge_runs_revive_stalled``): at once
+    """Every worker watches for judge and teacher runs whose workers died (``services.judge_runs_revive_stalled``,
+    ``teacher_runs.teacher_runs_revive_stalled``): at once
     as it starts (a worker restarted after a crash takes its runs up again) and then every third of
     ``LARRY_JUDGE_LEASE_S``, from a daemon thread of the worker's main process, which runs no task itself.
     No beat service is needed; several workers watching at once revive a run once (a conditional UPDATE)."""
@@ -71,6 +72,7 @@ def _watch(period: float) -> None:
 
     from django.db import connection
 
+    from distillation.teacher_runs import teacher_runs_revive_stalled
     from judging.services import judge_runs_revive_stalled
 
     log = logging.getLogger("judging")
@@ -79,6 +81,9 @@ def _watch(period: float) -> None:
             revived = judge_runs_revive_stalled()
             if revived:
                 log.warning("revived %d stalled judge run(s): their workers stopped", revived)
+            revived = teacher_runs_revive_stalled()
+            if revived:
+                log.warning("revived %d stalled teacher run(s): their workers stopped", revived)
         except Exception:  # a database restart, say: try again next time
             log.exception("could not check for stalled judge runs")
         finally:

@@ -2,8 +2,9 @@
 event loop per thread, its ``openai.AsyncOpenAI`` clients kept per server and settings, the record of every
 HTTP exchange, and requests/tokens-per-minute limits.
 
-What is asked and how a reply is read belongs to the caller (``judging.backends`` for verdicts); this
-module knows only OpenAI-compatible servers.
+What is asked and how a reply is read belongs to the caller (``judging.backends`` for verdicts,
+``distillation.teacher`` for the teacher's answers); this module knows only OpenAI-compatible servers,
+and the sliding window (``window``) that keeps requests in flight over a run's leased work rows.
 """
 
 import asyncio
@@ -11,7 +12,12 @@ import atexit
 import contextvars
 import os
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 # The HTTP exchanges of the request being made in this asyncio task: a caller sets a list here, and
 # every try the ``openai`` client makes (its own retries included) is noted in it.
@@ -89,6 +95,14 @@ def openai_client(base_url: str, api_key: str, *, timeout_s: float, max_retries:
     )
 
 
+def cost(run_config: dict, tokens_in: int, tokens_out: int) -> Decimal:
+    """What ``tokens_in`` prompt and ``tokens_out`` completion tokens cost at the prices a run recorded
+    (``run_config["price_in_per_million"]``/``["price_out_per_million"]``, decimal strings; absent: 0)."""
+    price_in = Decimal(run_config.get("price_in_per_million", "0"))
+    price_out = Decimal(run_config.get("price_out_per_million", "0"))
+    return (tokens_in * price_in + tokens_out * price_out) / 1_000_000
+
+
 def estimate_tokens(messages: list[dict], max_tokens: int) -> int:
     """What one request counts against a tokens/minute limit, estimated before it is sent.
 
@@ -132,6 +146,230 @@ class RateLimits:
             await self.requests.acquire()
         if self.tokens is not None:
             await self.tokens.acquire(min(tokens, self.tokens.max_rate))
+
+
+class WorkSource:
+    """What ``window`` works on and where its results go: the leased work rows of one run.
+
+    Every method is synchronous (it uses the database) and is called while
+    the event loop is paused, never from a running loop; ``judging.tasks``
+    implements it over ``services.judge_work_lease`` and friends, ``distillation.tasks`` over the teacher's.
+    """
+
+    def lease(self, limit: int) -> tuple[list, int]:
+        """Lease up to ``limit`` items: ``(items, rows others hold)``; ``([], 0)`` means no work is left."""
+        raise NotImplementedError
+
+    def renew(self, item_ids: list[int]) -> bool:
+        """Renew the lease on ``item_ids``; False when the run no longer runs (cancelled): start nothing more."""
+        raise NotImplementedError
+
+    def release(self, item_ids: list[int]) -> None:
+        """Give leased items back unjudged, for any worker to take at once."""
+        raise NotImplementedError
+
+    def store(self, results: list) -> None:
+        """Store results (and end their items' work) in one transaction."""
+        raise NotImplementedError
+
+
+@dataclass
+class WindowOutcome:
+    """What one ``window`` call did: results stored, and whether it stopped at its deadline (items left
+    for another task) or because the run was cancelled."""
+
+    judged: int = 0
+    stopped_at_deadline: bool = False
+    cancelled: bool = False
+
+
+def window(
+    source: WorkSource,
+    *,
+    loop: asyncio.AbstractEventLoop,
+    ask: Callable[[Any, RateLimits | None], Awaitable[Any]],
+    finish: Callable[[Any], Any],
+    deadline_result: Callable[[int], Any],
+    estimate: Callable[[Any], int],
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    max_in_flight: int,
+    deadline_s: float | None = None,
+    grace_s: float = 0.0,
+    renew_s: float = 10.0,
+    flush_items: int | None = None,
+    flush_s: float = 0.2,
+) -> WindowOutcome:
+    """Keep ``max_in_flight`` requests open, refilled from leased work as each reply arrives (a sliding window).
+
+    Items are leased from ``source`` in batches (up to twice ``max_in_flight``
+    held at once: in flight, or waiting for a slot) and each is sent as one
+    call of ``ask(item, limits)`` (a coroutine that never raises and returns
+    the item's result, which has ``item_id``), its result passed through
+    ``finish`` (the caller's redaction); results are stored in small batches as they arrive,
+    once ``flush_items`` are waiting (default: an eighth of the window, at
+    least 1, at most 50) or the oldest has waited ``flush_s`` seconds, and
+    the window is refilled only while at most four such batches are
+    unstored: so a process that dies has at most the window plus four
+    batches sent and not stored (the window alone when it is under 16, where
+    every result is stored at once). The
+    leases on every held item are renewed every ``renew_s`` seconds (the
+    heartbeat that tells a live worker from a dead one).
+
+    Synchronous: it runs ``loop`` (not running yet, with ``client`` made on
+    it) until a reply arrives or a tick passes, then does its database work
+    (``source``) on this thread, with the loop paused, and runs it again; so
+    no database call is made from a running event loop, and the requests in
+    flight wait (in their sockets' buffers) only for a short write.
+
+    With ``deadline_s`` (seconds from now) no request starts after it; open
+    ones get ``grace_s`` more and are then cancelled. Held items not judged
+    by then are released for another task, except when this call did
+    nothing at all: then they end as ``deadline_result(item_id)`` errors, so that a judge that
+    never answers cannot loop for ever. When every row is done or held by
+    others, the call waits for those leases (a dead worker's run out) before
+    it returns. ``requests_per_minute``/``tokens_per_minute`` pace this call's
+    requests (``RateLimits``; a request's tokens are ``estimate(item)``).
+    """
+    rpm, tpm = requests_per_minute, tokens_per_minute
+    limits: RateLimits | None = None
+    outcome = WindowOutcome()
+    clock = time.monotonic
+    stop_at = None if deadline_s is None else clock() + deadline_s
+    if flush_items is None:
+        flush_items = max(1, min(50, max_in_flight // 8))
+    # Sent and not stored yet (in flight, or answered and waiting to be written) stays at most this many: the
+    # window alone when every result is stored at once, else room for a few batches, so that a batch waiting
+    # to be written (the event loop paused) does not keep the window from refilling.
+    most_unstored = max_in_flight if flush_items == 1 else max_in_flight + 4 * flush_items
+    waiting: deque = deque()  # leased, not started
+    in_flight: dict[asyncio.Future, int] = {}
+    finished: deque[asyncio.Future] = deque()  # answered, not read yet
+    results: list = []  # read, not stored yet
+    state = {"stopping": False, "no_work_left": False}
+    retry_lease_at = 0.0
+    batch_at = last_renew = clock()  # when the oldest result not stored yet arrived; the last renewal
+
+    async def make_event():
+        return asyncio.Event()
+
+    wake = loop.run_until_complete(make_event())
+
+    def may_start() -> bool:
+        return (
+            bool(waiting)
+            and not state["stopping"]
+            and len(in_flight) < max_in_flight
+            and len(in_flight) + len(finished) + len(results) < most_unstored
+            and (stop_at is None or clock() < stop_at)
+        )
+
+    def start_one() -> None:
+        item = waiting.popleft()
+        task = loop.create_task(ask(item, limits))
+        task.add_done_callback(on_done)
+        in_flight[task] = item.pk
+
+    def on_done(task: asyncio.Future) -> None:
+        # On the event loop: refill the freed slot at once; wake the synchronous side only when it has
+        # something to do (a batch to store, leases to take, nothing left in flight).
+        if in_flight.pop(task, None) is None:
+            return
+        finished.append(task)
+        while may_start():
+            start_one()
+        if (
+            len(finished) + len(results) >= flush_items
+            or (len(waiting) < max_in_flight and not state["no_work_left"])
+            or not in_flight
+        ):
+            wake.set()
+
+    async def pause(timeout: float) -> None:
+        wake.clear()
+        try:
+            await asyncio.wait_for(wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def flush() -> None:
+        nonlocal results
+        if results:
+            outcome.judged += len(results)
+            source.store(results)
+            results = []
+
+    def held() -> list[int]:
+        return [item.pk for item in waiting] + list(in_flight.values())
+
+    try:
+        while True:
+            if finished and not results:
+                batch_at = clock()
+            while finished:
+                results.append(finish(finished.popleft().result()))
+            now = clock()
+            if stop_at is not None and now >= stop_at and not state["stopping"]:
+                state["stopping"], outcome.stopped_at_deadline = True, True
+            # Store before refilling, so what a dead process sent and did not store stays within the bound.
+            if len(results) >= flush_items or (results and now - batch_at >= flush_s):
+                flush()
+            # Lease more while fewer than the window wait for a slot (up to twice the window held).
+            if (
+                not state["stopping"]
+                and not state["no_work_left"]
+                and now >= retry_lease_at
+                and len(waiting) < max_in_flight
+            ):
+                leased, others = source.lease(2 * max_in_flight - len(waiting) - len(in_flight))
+                if leased:
+                    waiting.extend(leased)
+                    if limits is None and (rpm or tpm):
+                        largest = max(estimate(it) for it in leased)
+                        limits = RateLimits(requests_per_minute=rpm, tokens_per_minute=tpm, largest_request=largest)
+                elif others:
+                    retry_lease_at = now + min(1.0, renew_s)  # others hold the rest: look again for expired ones
+                else:
+                    state["no_work_left"] = True
+            while may_start():
+                start_one()
+            if now - last_renew >= renew_s and held():
+                last_renew = now
+                if not source.renew(held()):
+                    state["stopping"], outcome.cancelled = True, True
+            if not in_flight and (state["stopping"] or (state["no_work_left"] and not waiting)):
+                break
+            # Run the requests until there is something to do, or the next flush/renew/lease/deadline tick.
+            timeout = max(0.0, batch_at + flush_s - now) if results else min(flush_s, renew_s)
+            if not in_flight:
+                timeout = min(timeout, max(0.01, retry_lease_at - now))
+            if state["stopping"] and stop_at is not None:
+                if now >= stop_at + grace_s:
+                    break
+                timeout = min(timeout, stop_at + grace_s - now)
+            elif stop_at is not None:
+                timeout = min(timeout, max(0.0, stop_at - now))
+            if not finished:
+                loop.run_until_complete(pause(timeout))
+        # Past the grace: what is still open is cancelled; held items go back, or end as deadline errors
+        # when this call judged nothing at all.
+        while finished:
+            results.append(finish(finished.popleft().result()))
+        unfinished = held()
+        if unfinished:
+            if outcome.judged == 0 and not results and outcome.stopped_at_deadline:
+                results.extend(deadline_result(item_id) for item_id in unfinished)
+            else:
+                source.release(unfinished)
+        flush()
+    finally:
+        open_tasks = list(in_flight)
+        in_flight.clear()  # their callbacks now do nothing
+        for task in open_tasks:
+            task.cancel()
+        if open_tasks:
+            loop.run_until_complete(asyncio.gather(*open_tasks, return_exceptions=True))
+    return outcome
 
 
 class ClientLoop:

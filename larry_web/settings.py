@@ -310,6 +310,14 @@ LARRY_JUDGE_API_KEY = env_str("LARRY_JUDGE_API_KEY")
 LARRY_JUDGE_MAX_IN_FLIGHT = env_int_at_least("LARRY_JUDGE_MAX_IN_FLIGHT", 32, 1, "at least one request in flight")
 LARRY_JUDGE_TIMEOUT_S = env_int_at_least("LARRY_JUDGE_TIMEOUT_S", 120, 1, "a request needs some time to answer")
 LARRY_JUDGE_MAX_RETRIES = env_int_at_least("LARRY_JUDGE_MAX_RETRIES", 3, 0)
+
+# The teacher (Sensei Larry): an OpenAI-compatible server that writes responses; none means no teacher runs.
+# A project's teacher settings (distillation.TeacherSettings) override these.
+LARRY_TEACHER_BASE_URL = env_str("LARRY_TEACHER_BASE_URL")
+LARRY_TEACHER_MODEL = env_str("LARRY_TEACHER_MODEL")
+LARRY_TEACHER_API_KEY = env_str("LARRY_TEACHER_API_KEY")
+# A teacher writes whole answers (up to its max tokens): each try may take longer than a verdict.
+LARRY_TEACHER_TIMEOUT_S = env_int_at_least("LARRY_TEACHER_TIMEOUT_S", 300, 1, "a request needs some time to answer")
 # Ask the judge server for each reply token's log-probability and this many alternatives (the OpenAI API
 # allows 0 to 20), from which a verdict's confidence is read; 0 asks for none (verdicts then have no confidence).
 LARRY_JUDGE_TOP_LOGPROBS = env_int_at_least("LARRY_JUDGE_TOP_LOGPROBS", 5, 0)

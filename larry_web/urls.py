@@ -22,6 +22,7 @@ api.register(
 )
 api.register(f"{scoped}/label-functions", judging_api.LabelFunctionViewSet, basename="label-function")
 api.register(f"{scoped}/training-sets", distillation_api.TrainingSetViewSet, basename="training-set")
+api.register(f"{scoped}/teacher-runs", distillation_api.TeacherRunViewSet, basename="teacher-run")
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -58,6 +58,21 @@ tokens have logprob -0.001 and themselves as their only alternative. Markers pic
 | ``[lp-none]`` | no ``logprobs`` at all, though asked for |
 
 Every fault above but ``[garbage-once]`` is answered again to the repair request.
+
+A request without ``response_format`` (a judge's always has the verdict schema) is a teacher's: it gets free
+text, ``Answer <8 hex of the user message>: Plus costs $4 a month.``, with usage (prompt
+tokens = characters / 4, 20 completion tokens). ``[http500]``, ``[429-once]``, ``[slow-once]`` and ``down``
+apply as above; markers in the prompt pick the rest:
+
+| marker | teacher reply |
+| --- | --- |
+| ``[t-bad]`` | an answer holding ``WRONG`` (so this server, judging it, rejects it) |
+| ``[t-reasoning]`` | the answer, with ``message.reasoning_content`` (vLLM's reasoning parser) |
+| ``[t-think]`` | a ``<think>…</think>`` block, then the answer (no reasoning parser) |
+| ``[t-length]`` | half the answer, ``finish_reason: "length"`` |
+| ``[t-refusal]`` | ``message.refusal``, no content |
+| ``[t-filter]`` | the answer, ``finish_reason: "content_filter"`` |
+| ``[t-empty]`` | empty content |
 ``server.httpd.answer_model`` (when set) is the ``model`` the replies name, as
 a server serving another model than the one asked for would.
 ``latency`` (seconds) delays every answer, as a busy GPU would. Every
@@ -68,6 +83,7 @@ message (few-shot examples come before it), or the one before a repair request; 
 ``server.httpd.down = True`` to answer 503 to everything.
 """
 
+import hashlib
 import json
 import math
 import re
@@ -150,6 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if "[html]" in user:
             return self._send(200, b"<html><body>Bad gateway, sort of</body></html>", content_type="text/html")
+        if "response_format" not in body:  # not a judge's request (it always asks for the verdict schema)
+            return self._send(200, _teacher_reply(body, user, self.server.answer_model))
         verdict = "reject" if "WRONG" in user else "accept"
         per_model = re.search(rf"\[{re.escape(str(body.get('model', '')))} p-accept=([0-9.]+)\]", user)
         if per_model:
@@ -291,6 +309,41 @@ def _logprobs(content: str, user: str, k: int) -> list[dict]:
     alternatives = [("accept", mass["accept"]), ("reject", mass["reject"]), (" ", 0.03)]
     token = other if "[lp-contradict]" in user else word
     return [*_plain(head, k), _entry(token, alternatives, k), *_plain(tail, k)]
+
+
+def _teacher_reply(body: dict, user: str, answer_model: str) -> dict:
+    """A teacher's chat completion for ``user`` (see the module docstring's teacher table)."""
+    digest = hashlib.sha256(user.encode()).hexdigest()[:8]
+    content = f"Answer {digest}: Plus costs $4 a month."
+    finish, refusal, extra = "stop", None, {}
+    if "[t-bad]" in user:
+        content = f"Answer {digest}: WRONG."
+    if "[t-reasoning]" in user:
+        extra = {"reasoning_content": f"Thought {digest}: the price is in the context."}
+    elif "[t-think]" in user:
+        content = f"<think>Thought {digest}: the price is in the context.</think>\n{content}"
+    elif "[t-length]" in user:
+        content, finish = content[: len(content) // 2], "length"
+    elif "[t-refusal]" in user:
+        content, refusal = None, "I can't help with that."
+    elif "[t-filter]" in user:
+        finish = "content_filter"
+    elif "[t-empty]" in user:
+        content = ""
+    return {
+        "id": "chatcmpl-teacher",
+        "object": "chat.completion",
+        "created": 0,
+        "model": answer_model or body.get("model", ""),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": refusal, **extra},
+                "finish_reason": finish,
+            }
+        ],
+        "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": 20, "total_tokens": len(user) // 4 + 20},
+    }
 
 
 class JudgeServer:

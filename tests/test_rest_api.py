@@ -189,6 +189,7 @@ def test_the_schema_and_the_interactive_docs_are_served(client, db):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(600)  # every operation fuzzed 15 times, twice: about 300 s on a busy 2-core machine
 def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(live_server, tmp_path):
     require("postgres")
     lead = User.objects.create_user("lead")
@@ -308,6 +309,9 @@ API_WRITES = {
     ("post", "/api/projects/{slug}/gating-policy/"),  # a lead's choice of judges, logged
     ("post", "/api/projects/{slug}/samples/"),  # a recorded SME sample draw, its items into the SME queue
     ("post", "/api/projects/{slug}/certificate/"),  # a lead's target certified, logged
+    ("post", "/api/projects/{project_slug}/teacher-runs/"),  # a new teacher run: its answers are new items
+    ("post", "/api/projects/{project_slug}/teacher-runs/{id}/cancel/"),  # a run stopped
+    ("post", "/api/projects/{project_slug}/teacher-runs/{id}/resume/"),  # a stopped run going on
 }
 
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotations', '0008_items_list_indexes'),
+        ('annotations', '0009_teacher_answers'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

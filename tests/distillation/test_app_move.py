@@ -41,7 +41,8 @@ def test_the_tables_keep_their_names(db):
     assert TrainingSet.rows.rel.related_model._meta.db_table == "judging_trainingsetrow"
     tables = connection.introspection.table_names()
     assert {"judging_trainingset", "judging_trainingsetrow"} <= set(tables)
-    assert not [t for t in tables if t.startswith("distillation_")]
+    # The move made no table of its own (distillation's later models, the teacher's, have theirs).
+    assert not [t for t in tables if t.startswith("distillation_training")]
 
 
 @pytest.fixture

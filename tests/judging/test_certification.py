@@ -140,7 +140,14 @@ def test_every_snapshot_records_the_certificate_in_lineage_and_report(
     assert "no lead has set a precision target" in before.report["certificate"]["statement"]
     assert before.lineage["certificate"]["assumptions"][0] == "SMEs are the truth."
 
-    made = certification_set(project=project, target=0.8, delta=0.1, user=lead)
+    made = certification_set(project=project, target=0.8, delta=0.1, user=lead)  # its re-gating never runs
+    with django_capture_on_commit_callbacks(execute=True):
+        refused = training_set_create(project=project, options={"format": "chat"})
+    refused.refresh_from_db()
+    assert refused.status == TrainingSet.Status.FAILED and "Not applied yet" in refused.error
+    assert refused.rows.count() == 0
+    with django_capture_on_commit_callbacks(execute=True):
+        regate_request(project.pk)
     after = snapshot(project, django_capture_on_commit_callbacks)
     cert = after.lineage["certificate"]
     assert cert == after.report["certificate"]

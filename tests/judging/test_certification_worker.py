@@ -5,6 +5,7 @@ policy, the estimate has its n and intervals, the certificate holds back the unc
 worker re-gates and queues them for the SMEs), a snapshot built by the worker carries the certificate, and
 audit and confidence-weighted draws record their inclusion probabilities."""
 
+import contextlib
 import itertools
 import json
 import socket
@@ -34,17 +35,16 @@ pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.django_db(tr
 N_ITEMS, UNIFORM = 300, 150
 
 
-@pytest.fixture
-def web(worker_env, worker):
-    """The app under gunicorn on a free port of 127.0.0.1, with the worker's broker, queue and database: its
-    tasks go to the real worker. Yields the base URL."""
+@contextlib.contextmanager
+def serve(env: dict):
+    """The app under gunicorn on a free port of 127.0.0.1 with ``env``; yields the base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "larry_web.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
         cwd=ROOT,
-        env=worker_env,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -60,9 +60,19 @@ def web(worker_env, worker):
     else:
         process.kill()
         pytest.fail("gunicorn did not answer: " + process.communicate(timeout=10)[1])
-    yield url
-    process.terminate()
-    process.communicate(timeout=30)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+@pytest.fixture
+def web(worker_env, worker):
+    """The app under gunicorn, with the worker's broker, queue and database: its tasks go to the real worker.
+    Yields the base URL."""
+    with serve(worker_env) as url:
+        yield url
 
 
 def wait_for(check, what: str, worker, timeout: float = 90):
@@ -181,8 +191,10 @@ def test_designs_estimate_certificate_and_snapshot_over_rest_with_a_real_worker(
     first = next_item(project=project, reviewer=sme).pk  # calibration may tie items: any of the least certain
     assert first in held and p_accept[first] == min(p_accept[pk] for pk in held)
     assert as_lead.get("/certificate/").json()["certificate"]["held_back"] == {
+        "applied": True,
         "pending": len(held),
         "queued": len(held),
+        "statement": "",
     }
 
     # A snapshot built by the worker carries the certificate; its rows are the accepted set, none held back.

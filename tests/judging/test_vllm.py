@@ -109,3 +109,27 @@ def test_vllm_honours_the_json_schema_directly():
     assert choice.finish_reason == "stop", choice
     parsed = parse_verdict(choice.message.content)
     assert parsed.verdict in ("accept", "reject") and isinstance(parsed.rationale, str)
+
+
+def test_a_teacher_run_against_real_vllm_stores_answers_or_counts_why_not(project, django_capture_on_commit_callbacks):
+    """The tiny random model writes gibberish: assert the protocol and the bookkeeping, never the words. With
+    max tokens 16 most answers are cut off (``length``): those are counted, never stored."""
+    from distillation.models import TeacherAnswer, TeacherSettings
+    from distillation.teacher_runs import teacher_run_create
+
+    TeacherSettings.objects.create(project=project, base_url=VLLM_URL, model=VLLM_MODEL, max_tokens=16)
+    make_items(project, ["a", "b", "c", "d"])
+    with django_capture_on_commit_callbacks(execute=True):
+        run = teacher_run_create(project=project, selection="all")
+    run.refresh_from_db()
+    assert run.status == "finished" and run.items_total == 4
+    assert run.answers_written + run.answers_failed == 4 == TeacherAnswer.objects.filter(run=run).count()
+    for answer in TeacherAnswer.objects.filter(run=run).select_related("answer"):
+        assert answer.tokens_in > 0 and answer.tokens_out > 0 and answer.latency_ms > 0
+        assert answer.answered_by == VLLM_MODEL
+        if answer.answer is None:
+            assert answer.error_class in ("truncated", "empty", "refusal", "invalid_reply"), answer.error
+        else:
+            assert answer.finish_reason == "stop" and answer.answer.response.strip()
+            assert answer.answer.source_model == VLLM_MODEL and answer.answer.answers_id == answer.item_id
+    assert run.tokens_out == sum(a.tokens_out for a in TeacherAnswer.objects.filter(run=run))

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from annotations.models import Project
-from judging.services import project_regate
+from judging.services import project_regate_now
 
 
 class Command(BaseCommand):
@@ -14,5 +14,5 @@ class Command(BaseCommand):
         target = Project.objects.filter(slug=project).first()
         if target is None:
             raise CommandError(f"no project {project!r}")
-        hits, counts = project_regate(project=target)  # here, not queued: the command waits for it
+        hits, counts = project_regate_now(project=target)  # here, not queued: the command waits for it
         self.stdout.write(f"{hits} rule hits; gate: {counts}")

@@ -1,0 +1,291 @@
+"""The teacher (Sensei Larry): asking an OpenAI-compatible server for the response a prompt should have had, and
+reading its answer strictly.
+
+Where the teacher is: the project's ``TeacherSettings``, field by field over
+``LARRY_TEACHER_BASE_URL``/``LARRY_TEACHER_MODEL``/``LARRY_TEACHER_API_KEY``
+(``teacher_config_for``). What it is sent: the settings' system prompt (when
+set), then the item's user turn exactly as the chat formats write it
+(``"Context:\\n<context>\\n\\n<prompt>"``, ``distillation.export.chat_record``),
+so the teacher answers what the student is trained on.
+
+An answer is a response only when the reply is one choice that ended normally
+(``finish_reason`` "stop"): cut off at ``max_tokens`` ("length": class
+``truncated``), refused (``message.refusal`` or ``finish_reason``
+"content_filter": ``refusal``), empty once its reasoning is split off
+(``empty``), or anything else (``invalid_reply``) is never stored as a
+response. Reasoning comes in ``message.reasoning`` (vLLM 0.11+) or
+``message.reasoning_content`` (earlier vLLM, DeepSeek), or as a leading
+``<think>…</think>`` block (a server without a reasoning parser,
+``judging.replies.split_reasoning``); it is kept apart, never in the response.
+Transport faults (429, 5xx, timeouts) are retried by the ``openai`` client
+with backoff (``larry_web.llm``), as for the judge.
+"""
+
+import time
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
+
+from django.conf import settings
+
+from annotations.models import Item, Project
+from distillation.export import chat_record
+from distillation.models import TeacherAnswer, TeacherSettings
+from judging import replies
+from judging.backends import redact
+from larry_web import llm
+from larry_web.llm import RateLimits, estimate_tokens
+
+ErrorClass = TeacherAnswer.ErrorClass
+RESPONSE_MAX = 64 * 1024  # characters of a response stored (a reply far longer ignored max_tokens)
+ERROR_MAX = 2000
+
+
+class NoTeacher(ValueError):
+    """The project has no teacher: neither its settings nor ``LARRY_TEACHER_*`` give a URL and a model."""
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Where the teacher is and how it is asked; ``api_key`` is sent to it and stored nowhere (not in the repr,
+    not in a run's snapshot, redacted from every reply kept)."""
+
+    base_url: str
+    model: str
+    api_key: str = field(repr=False)
+    system_prompt: str = ""
+    temperature: float = 0.7
+    max_tokens: int = 1024
+    ask_reasoning: bool = False
+    max_in_flight: int = 8
+    price_in: Decimal = Decimal(0)
+    price_out: Decimal = Decimal(0)
+
+    def snapshot(self) -> dict:
+        """What a run records (everything that determines the answers, and the prices; never the key)."""
+        return {
+            "base_url": self.base_url,
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "ask_reasoning": self.ask_reasoning,
+            "max_in_flight": self.max_in_flight,
+            "price_in_per_million": str(self.price_in),
+            "price_out_per_million": str(self.price_out),
+        }
+
+
+def teacher_config_for(project: Project) -> TeacherConfig:
+    """The project's teacher: its ``TeacherSettings`` (defaults when it has none), an empty URL, model or key
+    taken from ``LARRY_TEACHER_*``. Raises NoTeacher when no URL or no model is left."""
+    row = TeacherSettings.objects.filter(project=project).first() or TeacherSettings(project=project)
+    config = TeacherConfig(
+        base_url=row.base_url or settings.LARRY_TEACHER_BASE_URL,
+        model=row.model or settings.LARRY_TEACHER_MODEL,
+        api_key=row.api_key or settings.LARRY_TEACHER_API_KEY,
+        system_prompt=row.system_prompt,
+        temperature=row.temperature,
+        max_tokens=row.max_tokens,
+        ask_reasoning=row.ask_reasoning,
+        max_in_flight=row.max_in_flight,
+        price_in=row.price_in,
+        price_out=row.price_out,
+    )
+    if not config.base_url or not config.model:
+        raise NoTeacher(
+            f"project {project.slug} has no teacher: set its teacher settings (admin) or LARRY_TEACHER_BASE_URL "
+            "and LARRY_TEACHER_MODEL"
+        )
+    return config
+
+
+REASONING_REQUEST = (
+    "Think the question through step by step inside <think>...</think> first; then, after </think>, write only "
+    "the answer the user should read."
+)
+
+
+def messages_for(item: Item, run_settings: dict) -> list[dict[str, str]]:
+    """The chat messages for one item: the system prompt (with the request to reason first, when the run asks
+    for reasoning), then the user turn as the chat formats write it."""
+    user = chat_record(prompt=item.prompt, context=item.context, response="")["messages"][0]["content"]
+    system = run_settings.get("system_prompt") or ""
+    if run_settings.get("ask_reasoning"):
+        system = f"{system}\n\n{REASONING_REQUEST}".strip()
+    return (
+        [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        if system
+        else [{"role": "user", "content": user}]
+    )
+
+
+@dataclass
+class TeacherResult:
+    """One item's outcome: ``response`` set when the teacher answered; else ``error_class`` and ``error``."""
+
+    item_id: int
+    response: str = ""
+    reasoning: str = ""
+    finish_reason: str = ""
+    tokens_in: int | None = 0
+    tokens_out: int | None = 0
+    latency_ms: int = 0
+    error_class: str = ""
+    error: str = ""
+    attempts: list[dict] = field(default_factory=list)
+    answered_by: str = ""
+
+    def storable(self) -> "TeacherResult":
+        """Texts cut to size and cleaned of what PostgreSQL cannot store (a reply may hold anything)."""
+        clean = replies.storable
+        self.response = clean(self.response, RESPONSE_MAX)
+        self.reasoning = clean(self.reasoning, replies.REASONING_MAX)
+        self.error = clean(self.error, ERROR_MAX)
+        self.answered_by = clean(self.answered_by, 200)
+        self.finish_reason = clean(self.finish_reason, 40)
+        self.attempts = [{k: clean(v, 300) if isinstance(v, str) else v for k, v in a.items()} for a in self.attempts]
+        return self
+
+
+def read_answer(reply, result: TeacherResult) -> None:
+    """Fill ``result`` from one reply of ``POST /chat/completions`` (its JSON, any value); never raises."""
+    if not isinstance(reply, dict):
+        result.error_class, result.error = ErrorClass.INVALID_REPLY, "the reply is not a chat completion"
+        return
+    usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
+    for name, key in (("tokens_in", "prompt_tokens"), ("tokens_out", "completion_tokens")):
+        count = usage.get(key)
+        ok = isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 2**31
+        setattr(result, name, count if ok else None)
+    result.answered_by = reply.get("model") if isinstance(reply.get("model"), str) else ""
+    choices = reply.get("choices")
+    if reply.get("error") is not None or not isinstance(choices, list) or len(choices) != 1:
+        result.error_class, result.error = ErrorClass.INVALID_REPLY, "the reply is not one choice without an error"
+        return
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    content = message.get("content") if isinstance(message.get("content"), str) else ""
+    reasoning = message.get("reasoning") or message.get("reasoning_content") or ""
+    reasoning = reasoning if isinstance(reasoning, str) else ""
+    finish = choice.get("finish_reason")
+    result.finish_reason = finish if isinstance(finish, str) else ""
+    if message.get("refusal"):
+        result.error_class, result.error = ErrorClass.REFUSAL, f"the teacher refused: {str(message['refusal'])[:200]}"
+    elif finish == "content_filter":
+        result.error_class = ErrorClass.REFUSAL
+        result.error = "the server's content filter stopped the answer (finish_reason=content_filter)"
+    elif finish == "length":
+        result.error_class = ErrorClass.TRUNCATED
+        result.error = "the answer was cut off at max_tokens (finish_reason=length)"
+    elif finish != "stop":
+        result.error_class = ErrorClass.INVALID_REPLY
+        result.error = f"the answer did not end normally (finish_reason={finish!r}, expected 'stop')"
+    elif len(content) > RESPONSE_MAX:
+        result.error_class = ErrorClass.INVALID_REPLY
+        result.error = f"the answer is {len(content):,} characters long, far over max_tokens: its server ignored it"
+    if result.error_class:
+        result.reasoning = reasoning
+        return
+    try:
+        thought, text = replies.split_reasoning(content)
+    except replies.VerdictParseError:  # a <think> block never closed: all reasoning, no answer
+        thought, text = content.strip().removeprefix("<think>").strip(), ""
+    result.reasoning = "\n\n".join(r for r in (reasoning.strip(), thought) if r)
+    if not text.strip():
+        result.error_class, result.error = ErrorClass.EMPTY, "the teacher's answer is empty (after its reasoning)"
+        return
+    result.response = text
+
+
+def _transport_error(exc: BaseException) -> tuple[str, str]:
+    error_class, message = replies.classify_exception(exc)
+    return str(error_class), message.replace("judge server", "teacher server")
+
+
+async def ask_teacher(
+    client, *, model: str, item: Item, run_settings: dict, limits: RateLimits | None = None
+) -> TeacherResult:
+    """Ask the teacher for one item's response; never raises: failures come back as ``error_class``/``error``.
+
+    ``run_settings`` is the run's snapshot (``TeacherConfig.snapshot``). The
+    ``openai`` client retries 429s, 5xx and timeouts with backoff; every try is
+    noted in ``attempts``. A timeout leaves the tokens unknown (None).
+    """
+    import openai
+
+    started = time.perf_counter()
+    result = TeacherResult(item.pk)
+    token = llm.exchanges.set(result.attempts)
+    messages = messages_for(item, run_settings)
+    try:
+        if limits is not None:
+            await limits.wait(estimate_tokens(messages, run_settings["max_tokens"]))
+        try:
+            reply = await client.post(
+                "/chat/completions",
+                cast_to=object,
+                body={
+                    "model": model,
+                    "messages": messages,
+                    "temperature": run_settings["temperature"],
+                    "max_tokens": run_settings["max_tokens"],
+                },
+            )
+        except openai.OpenAIError as exc:
+            result.error_class, result.error = _transport_error(exc)
+            if result.error_class == ErrorClass.TIMEOUT:
+                result.tokens_in = result.tokens_out = None
+        except Exception as exc:  # a body the client could not read
+            result.error_class, result.error = ErrorClass.INVALID_REPLY, f"unreadable reply ({exc!r:.200})"
+        else:
+            read_answer(reply, result)
+            if result.error_class and result.attempts and "status" in result.attempts[-1]:
+                result.attempts[-1]["problem"] = result.error
+    finally:
+        llm.exchanges.reset(token)
+    result.latency_ms = round((time.perf_counter() - started) * 1000)
+    return result
+
+
+def redact_result(result: TeacherResult, secret: str) -> TeacherResult:
+    """``result`` with the API key replaced wherever a reply quoted it (``judging.backends.redact``)."""
+    for name in (f.name for f in fields(result)):
+        setattr(result, name, redact(getattr(result, name), secret))
+    return result
+
+
+def deadline_error(item_id: int, deadline_s: float | None) -> TeacherResult:
+    return TeacherResult(
+        item_id,
+        error_class=ErrorClass.DEADLINE,
+        error=f"deadline: no answer within the chunk's {deadline_s} s (LARRY_JUDGE_CHUNK_DEADLINE_S)",
+        tokens_in=None,
+        tokens_out=None,
+        attempts=[{"error": "deadline", "detail": "cancelled at the chunk's deadline"}],
+    )
+
+
+def teach_window(config: TeacherConfig, source: llm.WorkSource, *, run_settings: dict, **options) -> llm.WindowOutcome:
+    """``larry_web.llm.window`` on this thread's client loop, asking the teacher for each leased item; the
+    client is kept for ``(base_url, api_key, LARRY_TEACHER_TIMEOUT_S, LARRY_JUDGE_MAX_RETRIES)``. ``options``
+    are ``window``'s (``max_in_flight``, ``deadline_s``, ``grace_s``, ``renew_s``)."""
+    shared = llm.thread_loop()
+    client = shared.client(
+        config.base_url,
+        config.api_key,
+        timeout_s=settings.LARRY_TEACHER_TIMEOUT_S,
+        max_retries=settings.LARRY_JUDGE_MAX_RETRIES,
+    )
+
+    def ask(item: Item, limits: RateLimits | None):
+        return ask_teacher(client, model=config.model, item=item, run_settings=run_settings, limits=limits)
+
+    return llm.window(
+        source,
+        loop=shared.loop,
+        ask=ask,
+        finish=lambda result: redact_result(result, config.api_key),
+        deadline_result=lambda item_id: deadline_error(item_id, options.get("deadline_s")),
+        estimate=lambda item: estimate_tokens(messages_for(item, run_settings), run_settings["max_tokens"]),
+        **options,
+    )

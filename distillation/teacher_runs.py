@@ -1,0 +1,336 @@
+"""Teacher runs (Sensei Larry): writes (create, store answers, finish, cancel, resume) and the reads the pages show.
+
+A run resolves the project's teacher (``teacher.teacher_config_for``) and records it, makes one ``TeacherWork``
+row per chosen item (``larry_web.work``), and is worked through by ``distillation.tasks.teacher_chunk`` tasks on
+the shared client loop (``larry_web.llm.window``). Each answer becomes a new ``Item``: the same prompt, context,
+reference and task type as the item it answers (``answers``), the teacher's model as ``source_model``, its
+reasoning apart. It then goes through the same gate as every item: once the run finishes the project is
+re-gated (label functions run on the answers), and an answer is accepted only by SME ground truth or the gating
+policy's judge (``judging.gate``); until a judge run covers it, it is pending, and pending items are never
+exported. No database transaction is open during a teacher call.
+"""
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from annotations.models import Item, Project
+from distillation.models import TeacherAnswer, TeacherRun, TeacherWork
+from distillation.teacher import TeacherResult, teacher_config_for
+from judging.models import GateDecision
+from judging.selectors import gating_policy
+from judging.services import regate_request
+from larry_web import work
+
+EXTERNAL_ID_MAX = 255
+
+
+def originals(project: Project):
+    """The project's items that are not a teacher's answers."""
+    return Item.objects.filter(project=project, answers__isnull=True)
+
+
+def chosen_items(project: Project, selection: str, item_ids: list[int] | None = None):
+    """The items a run of ``selection`` answers (a queryset): ``rejected``, the originals with a response the gate
+    rejected; ``all``, every original; ``missing``, prompts imported without a response that no teacher has
+    answered yet; ``items``, the originals among ``item_ids``. Raises ValueError for another selection."""
+    Selection = TeacherRun.Selection
+    items = originals(project)
+    if selection == Selection.REJECTED:
+        return items.exclude(response="").filter(gate_decision__outcome=GateDecision.Outcome.REJECT)
+    if selection == Selection.ALL:
+        return items
+    if selection == Selection.MISSING:
+        return items.filter(response="", answered_by__isnull=True)
+    if selection == Selection.ITEMS:
+        return items.filter(pk__in=item_ids or [])
+    raise ValueError(f"unknown selection {selection!r}: rejected, all, missing or items")
+
+
+@transaction.atomic  # the run and its work rows together
+def teacher_run_create(*, project: Project, selection: str, user=None, item_ids: list[int] | None = None) -> TeacherRun:
+    """Create a teacher run over the chosen items (``chosen_items``) and enqueue it after commit.
+
+    The run records its teacher (``TeacherConfig.snapshot``: URL, model, system prompt, temperature, max
+    tokens, ask for reasoning, prices; never the key) and gets one ``TeacherWork`` row per item, in this
+    transaction. Raises ``teacher.NoTeacher`` when the project has no teacher, ValueError for an unknown
+    selection.
+    """
+    config = teacher_config_for(project)
+    items = chosen_items(project, selection, item_ids)
+    extra = {"item_ids": sorted(set(item_ids or []))} if selection == TeacherRun.Selection.ITEMS else {}
+    run = TeacherRun.objects.create(
+        project=project,
+        model=config.model,
+        base_url=config.base_url,
+        selection=selection,
+        config={**config.snapshot(), **extra},
+        created_by=user,
+    )
+    run.items_total = work.work_add(TeacherWork, run=run, items=items, done_model=TeacherAnswer)
+    TeacherRun.objects.filter(pk=run.pk).update(items_total=run.items_total)
+    from distillation.tasks import start_teacher_run
+
+    transaction.on_commit(lambda: start_teacher_run.delay(run.pk))
+    return run
+
+
+ITEM_FIELDS = ("id", "prompt", "context")
+
+
+def teacher_work_lease(*, run_id: int, worker: str, limit: int) -> tuple[list[Item], int]:
+    """Lease up to ``limit`` of the run's work rows (``larry_web.work.work_lease``): ``(items with the fields a
+    request needs, rows others hold)``; ``([], 0)`` means no work is left."""
+    item_ids, others = work.work_lease(TeacherWork, TeacherRun, run_id=run_id, worker=worker, limit=limit)
+    return list(Item.objects.filter(pk__in=item_ids).only(*ITEM_FIELDS).order_by("id")), others
+
+
+def _answer_external_id(original: Item, run: TeacherRun) -> str:
+    suffix = f"#teacher-{run.pk}"
+    return original.external_id[: EXTERNAL_ID_MAX - len(suffix)] + suffix
+
+
+def answers_store(*, run: TeacherRun, results: list[TeacherResult]) -> int:
+    """Store results idempotently, in one transaction: an answered result becomes a new Item (``answers`` the
+    original, ``source_model`` the run's model, ``reasoning`` apart) and a ``TeacherAnswer`` linking both with
+    its tokens, latency and exchanges; a failed one only a ``TeacherAnswer`` with its class. Items that have an
+    answer in the run already (a second worker's result) are skipped. The items' work rows are deleted and the
+    run's counters moved on. Returns how many results were new."""
+    results = [r.storable() for r in results]
+    with transaction.atomic():
+        done = set(
+            TeacherAnswer.objects.filter(run=run, item_id__in=[r.item_id for r in results]).values_list(
+                "item_id", flat=True
+            )
+        )
+        fresh = {r.item_id: r for r in results if r.item_id not in done}
+        originals_by_id = Item.objects.in_bulk(list(fresh))
+        rows = []
+        for item_id, result in fresh.items():
+            original = originals_by_id.get(item_id)
+            if original is None:
+                continue  # deleted meanwhile
+            answer = None
+            if result.response:
+                answer = Item.objects.create(
+                    project_id=run.project_id,
+                    external_id=_answer_external_id(original, run),
+                    prompt=original.prompt,
+                    context=original.context,
+                    reference=original.reference,
+                    task_type=original.task_type,
+                    source_model=run.model,
+                    response=result.response,
+                    reasoning=result.reasoning,
+                    answers=original,
+                )
+            rows.append(
+                TeacherAnswer(
+                    run=run,
+                    item_id=item_id,
+                    answer=answer,
+                    error_class=result.error_class,
+                    error=result.error,
+                    finish_reason=result.finish_reason,
+                    tokens_in=result.tokens_in,
+                    tokens_out=result.tokens_out,
+                    latency_ms=result.latency_ms,
+                    attempts=result.attempts,
+                    answered_by=result.answered_by,
+                )
+            )
+        TeacherAnswer.objects.bulk_create(rows)
+        TeacherWork.objects.filter(run=run, item_id__in=[r.item_id for r in results]).delete()
+        written = sum(row.answer is not None for row in rows)
+        TeacherRun.objects.filter(pk=run.pk).update(
+            answers_written=F("answers_written") + written,
+            answers_failed=F("answers_failed") + len(rows) - written,
+            tokens_in=F("tokens_in") + sum(row.tokens_in or 0 for row in rows),
+            tokens_out=F("tokens_out") + sum(row.tokens_out or 0 for row in rows),
+            progress_at=Now(),
+        )
+    return len(rows)
+
+
+def teacher_run_finish_if_complete(*, run_id: int) -> bool:
+    """Mark the run finished once no work row is left (counters recounted from its answers), and ask for the
+    project's re-gating, so label functions run on the answers and the gate decides them. A conditional UPDATE
+    lets one of competing workers win; returns True for it."""
+    counts = TeacherAnswer.objects.filter(run_id=run_id).aggregate(
+        written=Count("id", filter=Q(answer__isnull=False)),
+        failed=Count("id", filter=Q(answer__isnull=True)),
+        tokens_in=Sum("tokens_in"),
+        tokens_out=Sum("tokens_out"),
+    )
+    fields = {
+        "answers_written": counts["written"],
+        "answers_failed": counts["failed"],
+        "tokens_in": counts["tokens_in"] or 0,
+        "tokens_out": counts["tokens_out"] or 0,
+    }
+    if TeacherWork.objects.filter(run_id=run_id).exists():
+        return False
+    won = TeacherRun.objects.filter(pk=run_id, status=TeacherRun.Status.RUNNING).update(
+        status=TeacherRun.Status.FINISHED, finished_at=timezone.now(), **fields
+    )
+    if won:
+        regate_request(TeacherRun.objects.values_list("project_id", flat=True).get(pk=run_id))
+    return bool(won)
+
+
+def teacher_run_cancel(*, run: TeacherRun) -> bool:
+    """Stop a queued or running run: workers start no new request and release what they hold. The answers
+    written so far stay (and are gated). Returns False if it had ended."""
+    cancelled = TeacherRun.objects.filter(
+        pk=run.pk, status__in=[TeacherRun.Status.QUEUED, TeacherRun.Status.RUNNING]
+    ).update(status=TeacherRun.Status.CANCELLED, finished_at=timezone.now())
+    if cancelled:
+        regate_request(run.project_id)
+    return bool(cancelled)
+
+
+def teacher_run_resume(*, run: TeacherRun, retry_failed: bool = False) -> None:
+    """Go on with a cancelled or failed run: the items it has not answered yet; with ``retry_failed``, also
+    those whose answer was not stored (a fault, a truncation, a refusal). An item answered is never asked
+    again in the run."""
+    from distillation.tasks import start_teacher_run
+
+    with transaction.atomic():
+        if retry_failed:
+            failed = TeacherAnswer.objects.filter(run=run, answer__isnull=True)
+            failed_ids = list(failed.values_list("item_id", flat=True))
+            failed.delete()
+            work.work_add(TeacherWork, run=run, items=Item.objects.filter(pk__in=failed_ids), done_model=TeacherAnswer)
+        TeacherRun.objects.filter(pk=run.pk).update(status=TeacherRun.Status.RUNNING, finished_at=None, error="")
+        transaction.on_commit(lambda: start_teacher_run.delay(run.pk))
+
+
+REVIVE_TASKS = 4
+
+
+def teacher_run_revive_if_stalled(*, run_id: int) -> bool:
+    """Queue a few ``teacher_chunk`` tasks again for a running run that has work rows left, none under a live
+    lease, and no progress (a lease taken, an answer stored) for ``LARRY_JUDGE_LEASE_S``: its workers died or
+    its tasks were lost. A conditional UPDATE of ``progress_at`` lets one of many callers win. True when this
+    call revived it."""
+    run = TeacherRun.objects.filter(pk=run_id, status=TeacherRun.Status.RUNNING).first()
+    if run is None:
+        return False
+    rows = TeacherWork.objects.filter(run=run)
+    if not rows.exists() or rows.filter(leased_until__gt=timezone.now()).exists():
+        return False
+    recent = timezone.now() - timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S)
+    if (run.progress_at or run.started_at or run.created_at) > recent:
+        return False
+    if not TeacherRun.objects.filter(pk=run_id, progress_at=run.progress_at).update(progress_at=Now()):
+        return False
+    from distillation.tasks import teacher_chunk
+
+    for _ in range(REVIVE_TASKS):
+        teacher_chunk.delay(run_id)
+    return True
+
+
+def teacher_runs_revive_stalled() -> int:
+    """``teacher_run_revive_if_stalled`` on every running teacher run; how many this call revived."""
+    running = TeacherRun.objects.filter(status=TeacherRun.Status.RUNNING).values_list("id", flat=True)
+    return sum(teacher_run_revive_if_stalled(run_id=run_id) for run_id in running)
+
+
+def teacher_run_fail(*, run_id: int, error: str) -> None:
+    TeacherRun.objects.filter(pk=run_id).update(
+        status=TeacherRun.Status.FAILED, error=error[:5000], finished_at=timezone.now()
+    )
+
+
+# Reads.
+
+
+def failures_by_class(run: TeacherRun) -> dict[str, int]:
+    """``{error class label: count}`` of the run's answers not stored, most frequent first."""
+    labels = dict(TeacherAnswer.ErrorClass.choices)
+    counts = Counter(TeacherAnswer.objects.filter(run=run, answer__isnull=True).values_list("error_class", flat=True))
+    return {labels.get(name, name): n for name, n in counts.most_common()}
+
+
+def _acceptance(outcomes: list[str]) -> dict:
+    decided = [o for o in outcomes if o in ("accept", "reject")]
+    accepted = sum(o == "accept" for o in decided)
+    return {"n": len(decided), "accepted": accepted, "rate": accepted / len(decided) if decided else None}
+
+
+def teacher_run_report(run: TeacherRun) -> dict:
+    """What the project page shows of a run: ``written``, ``accepted``, ``vetoed`` (an active rule rejected it),
+    ``rejected`` (the gate rejected it, vetoes included), ``pending``, ``cost``, ``failures`` by class, and the
+    acceptance rate of the teacher's answers next to the original responses' on the same prompts:
+    ``teacher`` and ``originals``, each ``{"n": decided items, "accepted", "rate"}`` (rate None when n is 0).
+    Only prompts where both the answer and its original have been decided (accepted or rejected) count, so the
+    two rates are over the same prompts; ``same_prompts`` is how many."""
+    answers = Item.objects.filter(teacher_answer__run=run)
+    decisions = dict(GateDecision.objects.filter(item__in=answers).values_list("item_id", "outcome"))
+    vetoed = GateDecision.objects.filter(item__in=answers, vetoed=True).count()
+    pairs = list(answers.values_list("id", "answers_id"))
+    original_outcome = dict(
+        GateDecision.objects.filter(item_id__in=[o for _, o in pairs]).values_list("item_id", "outcome")
+    )
+    decided = ("accept", "reject")
+    both = [(a, o) for a, o in pairs if decisions.get(a) in decided and original_outcome.get(o) in decided]
+    outcomes = Counter(decisions.values())
+    return {
+        "written": run.answers_written,
+        "accepted": outcomes["accept"],
+        "rejected": outcomes["reject"],
+        "vetoed": vetoed,
+        "pending": len(pairs) - outcomes["accept"] - outcomes["reject"],
+        "cost": run.cost,
+        "failures": failures_by_class(run),
+        "teacher": _acceptance([decisions[a] for a, _ in both]),
+        "originals": _acceptance([original_outcome[o] for _, o in both]),
+        "same_prompts": len(both),
+    }
+
+
+def teacher_judges_itself(project: Project, model: str) -> bool:
+    """Whether a run of the project's gating policy was judged by ``model`` (the teacher's): its answers are
+    then judged by the model that wrote them, which the page says."""
+    policy = gating_policy(project)
+    return bool(policy) and any(tier.run.model == model for tier in policy.tiers.select_related("run"))
+
+
+class TeacherRunTimeout(RuntimeError):
+    """The run did not finish in time; it goes on (or waits for a worker) regardless."""
+
+
+def teacher_and_wait(
+    project: Project,
+    selection: str,
+    progress: Callable[[str], None],
+    *,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+) -> TeacherRun:
+    """Start a teacher run and wait for it (in-process without a broker, else by polling its row), calling
+    ``progress`` with a line at each poll. Must be called outside a transaction. Raises NoTeacher, ValueError,
+    TeacherRunTimeout after ``timeout_s`` seconds (None: wait for ever)."""
+    run = teacher_run_create(project=project, selection=selection)
+    started = time.monotonic()
+    while True:
+        teacher_run_revive_if_stalled(run_id=run.pk)  # a run whose workers died is queued again
+        run.refresh_from_db()
+        waited = time.monotonic() - started
+        hint = " - is a Celery worker running?" if run.status == TeacherRun.Status.QUEUED and waited > 10 else ""
+        progress(
+            f"teaching: {run.items_done}/{run.items_total} items, {run.answers_written} answers written, "
+            f"{run.answers_failed} not stored ({run.status}){hint}"
+        )
+        if run.finished:
+            return run
+        if timeout_s is not None and waited > timeout_s:
+            raise TeacherRunTimeout(f"teacher run {run.pk} is still {run.status} after {timeout_s:.0f} s")
+        time.sleep(poll_s)

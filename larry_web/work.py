@@ -1,0 +1,124 @@
+"""Leased work rows: what a run (a judge run, a teacher run) still has to do, one row per item, shared by
+competing workers.
+
+A run creates one row per item of its scope; a worker leases rows (``work_lease``: ``SELECT ... FOR UPDATE
+SKIP LOCKED``, then an UPDATE) for ``LARRY_JUDGE_LEASE_S`` seconds, renews the lease while it works on them
+(``work_renew``, the heartbeat), and deletes each row in the transaction that stores the item's outcome, so
+the rows left are the work left. Once a lease has run out (its worker died) another worker takes the row.
+The models are ``LeasedWork`` subclasses with ``run`` and ``item`` foreign keys; the run model has
+``progress_at`` and ``status``.
+"""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection, models, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from larry_web import llm
+
+
+class Run(models.Model):
+    """A pass of an LLM over chosen items of a project (a judge run, a teacher run): its status and outcome, as
+    every run keeps them on its row. Subclasses add ``project`` and what is theirs; ``config`` holds the
+    prices the run started with (``larry_web.llm.cost``)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        FINISHED = "finished"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    config = models.JSONField(default=dict, blank=True, help_text="Everything that determines the output.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    items_total = models.PositiveIntegerField(default=0)
+    tokens_in = models.PositiveBigIntegerField(default=0)
+    tokens_out = models.PositiveBigIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    progress_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a worker last leased or stored this run's items (stall detection)."
+    )
+
+    class Meta:
+        abstract = True
+        ordering = ["-id"]
+
+    @property
+    def cost(self) -> Decimal:
+        """Tokens in and out at the prices recorded when the run started (per million tokens)."""
+        return llm.cost(self.config, self.tokens_in, self.tokens_out)
+
+
+class LeasedWork(models.Model):
+    """One item a run still has to do; subclasses add ``run`` and ``item`` foreign keys."""
+
+    leased_by = models.CharField(max_length=100, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+def work_add(work_model, *, run, items, done_model) -> int:
+    """Add a ``work_model`` row for each of ``items`` (a queryset of Item) that has neither an outcome in the run
+    (a ``done_model`` row with this ``run`` and ``item``) nor a row already; one INSERT ... SELECT. Returns how
+    many rows the run has now."""
+    done = done_model.objects.filter(run=run, item=OuterRef("pk"))
+    queued = work_model.objects.filter(run=run, item=OuterRef("pk"))
+    todo = items.filter(~Exists(done), ~Exists(queued))
+    sql, params = todo.order_by().annotate(todo_id=F("pk")).values("todo_id").query.sql_with_params()
+    table = work_model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (run_id, item_id, leased_by, attempts) "  # names from the model, values as parameters
+            # "WHERE true": SQLite needs it to read ON CONFLICT as the upsert clause, not a join's ON.
+            f"SELECT %s, todo.todo_id, '', 0 FROM ({sql}) AS todo WHERE true ON CONFLICT DO NOTHING",
+            [run.pk, *params],
+        )
+    return work_model.objects.filter(run=run).count()
+
+
+def lease_end():
+    """When a lease taken now runs out: ``LARRY_JUDGE_LEASE_S`` from the database's clock."""
+    return Now() + timezone.timedelta(seconds=settings.LARRY_JUDGE_LEASE_S)
+
+
+def work_lease(work_model, run_model, *, run_id: int, worker: str, limit: int) -> tuple[list[int], int]:
+    """Lease up to ``limit`` of the run's rows that no live lease holds, for ``LARRY_JUDGE_LEASE_S``.
+
+    One short transaction: ``SELECT ... FOR UPDATE SKIP LOCKED`` (workers leasing at once take different rows,
+    never wait for each other), then the UPDATE, and the run's ``progress_at``. Returns ``(item ids leased, in
+    row order; number of rows others hold under a live lease)``: ``([], 0)`` means the run has no work left.
+    """
+    with transaction.atomic():
+        free = Q(leased_until__isnull=True) | Q(leased_until__lte=Now())
+        rows = work_model.objects.select_for_update(skip_locked=True).filter(free, run_id=run_id)
+        picked = dict(rows.order_by("id").values_list("id", "item_id")[:limit])
+        if picked:
+            work_model.objects.filter(pk__in=list(picked)).update(
+                leased_by=worker, leased_until=lease_end(), attempts=F("attempts") + 1
+            )
+            run_model.objects.filter(pk=run_id).update(progress_at=Now())
+    others = 0 if picked else work_model.objects.filter(run_id=run_id).count()
+    return list(picked.values()), others
+
+
+def work_renew(work_model, run_model, *, run_id: int, worker: str, item_ids: list[int]) -> bool:
+    """Extend ``worker``'s lease on ``item_ids`` (the heartbeat); False once the run no longer runs."""
+    work_model.objects.filter(run_id=run_id, item_id__in=item_ids, leased_by=worker).update(leased_until=lease_end())
+    return run_model.objects.filter(pk=run_id, status="running").exists()
+
+
+def work_release(work_model, *, run_id: int, worker: str, item_ids: list[int]) -> None:
+    """Give ``worker``'s leased rows for ``item_ids`` back, not done, for any worker to take at once."""
+    work_model.objects.filter(run_id=run_id, item_id__in=item_ids, leased_by=worker).update(
+        leased_by="", leased_until=None
+    )
