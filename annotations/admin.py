@@ -7,6 +7,7 @@ from annotations.models import (
     Item,
     Membership,
     Project,
+    ProjectChange,
     Review,
     ReviewChange,
     SampleDraw,
@@ -180,6 +181,15 @@ class ReviewChangeAdmin(ViewOnlyAdmin):
     list_display = ("item", "action", "reviewer", "changed_by", "changed_at")
     list_filter = ("action", "item__project")
     list_select_related = ("item", "reviewer", "changed_by")
+
+
+@admin.register(ProjectChange)
+class ProjectChangeAdmin(ViewOnlyAdmin):
+    """The log of the project settings page (append-only): members, accounts, reasons, runs, re-gatings."""
+
+    list_display = ("project", "action", "changed_by", "changed_at")
+    list_filter = ("action", "project")
+    list_select_related = ("project", "changed_by")
 
 
 @admin.register(Adjudication)

@@ -446,3 +446,33 @@ class SampleMembership(models.Model):
 
     def __str__(self) -> str:
         return f"item {self.item_id} in draw {self.draw_id} (p={self.inclusion_probability:.3g})"
+
+
+class ProjectChange(models.Model):
+    """One change a lead made on the project settings page, append-only: who, when, what (``action``) and its
+    particulars (``detail``: e.g. ``{"user": "ana", "role": "sme"}`` for a member added, ``{"before": ...,
+    "after": ...}`` for reasons or guidelines edited, ``{"run": 7}`` for a run started)."""
+
+    class Action(models.TextChoices):
+        MEMBER_ADD = "member_add", "Member added"
+        MEMBER_ROLE = "member_role", "Member's role changed"
+        MEMBER_REMOVE = "member_remove", "Member removed"
+        ACCOUNT_CREATE = "account_create", "Account created"
+        SETTINGS_EDIT = "settings_edit", "Reasons or guidelines edited"
+        RUN_START = "run_start", "Judge run started"
+        RUN_CONTROL = "run_control", "Judge run cancelled or resumed"
+        REGATE = "regate", "Re-gating asked for"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="changes")
+    # PROTECT: history keeps its author; a user who changed something is deactivated, not deleted.
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    changed_at = models.DateTimeField(auto_now_add=True)
+    action = models.CharField(max_length=20, choices=Action.choices)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+        indexes = [models.Index(fields=["project", "-changed_at"], name="project_change_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} in project {self.project_id}"

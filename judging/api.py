@@ -17,12 +17,13 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations.api import PROJECT_SLUG, SLUG, ProjectScopedViewSet, project_for_api
-from annotations.models import Decision, Project
+from annotations.models import Decision, Project, ProjectChange
+from annotations.project_settings import project_change_record
 from judging.backends import JudgeUnreachable
 from judging.estimate import accepted_set_precision
 from judging.models import (
@@ -291,7 +292,7 @@ class JudgeRunSerializer(serializers.ModelSerializer):
                 ),
             },
         ),
-        summary="Start a judge run over all items (staff only); 502 when the judge endpoint does not answer",
+        summary="Start a judge run over all items (leads and staff); 502 when the judge endpoint does not answer",
     ),
 )
 class JudgeRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, ProjectScopedViewSet):
@@ -304,9 +305,7 @@ class JudgeRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
         return JudgeRun.objects.filter(project=project)
 
     def create(self, request, *args, **kwargs) -> Response:
-        if not request.user.is_staff:
-            raise PermissionDenied("Only staff start judge runs.")
-        project = self.get_project()
+        project = self.get_project()  # the project's leads and staff
         body = JudgeRunStartSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
         teacher = None
@@ -329,6 +328,9 @@ class JudgeRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
                 )
         except LearnFromError as exc:
             raise serializers.ValidationError({"learn_from": [str(exc)]}) from None
+        project_change_record(
+            project=project, user=request.user, action=ProjectChange.Action.RUN_START, run=run.pk, judge=run.judge_label
+        )
         run.refresh_from_db()
         return Response(self.get_serializer(run).data, status=status.HTTP_201_CREATED)
 

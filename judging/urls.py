@@ -1,6 +1,6 @@
 from django.urls import path
 
-from judging import api, item_views, views
+from judging import api, item_views, settings_views, views
 
 app_name = "judging"
 
@@ -8,6 +8,7 @@ urlpatterns = [
     path("projects/<slug:slug>/", views.project_detail, name="project_detail"),
     path("projects/<slug:slug>/judge/", views.judge_run_start, name="judge_run_start"),
     path("projects/<slug:slug>/regate/", views.regate, name="regate"),
+    path("projects/<slug:slug>/settings/", settings_views.project_settings, name="project_settings"),
     path("projects/<slug:slug>/rules/", views.rules, name="rules"),
     path("projects/<slug:slug>/items/", item_views.items_list, name="items"),
     path("projects/<slug:slug>/items/bulk/", item_views.items_bulk, name="items_bulk"),

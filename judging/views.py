@@ -6,13 +6,14 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.views.decorators.http import require_POST
 
+from annotations.models import ProjectChange
+from annotations.project_settings import project_change_record
 from annotations.sampling import draws_for
 from annotations.selectors import ground_truth
 from annotations.views import SampleDrawForm, form_problems, get_project_for_lead, parse_id
@@ -141,12 +142,11 @@ def rules(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_POST
 def regate(request: HttpRequest, slug: str) -> HttpResponse:
-    """Queue a run of the active label functions and a re-gating of every item (staff only), e.g. after new SME
-    reviews; the project page shows when it ended and whether it failed."""
+    """Queue a run of the active label functions and a re-gating of every item (leads and staff), e.g. after
+    new SME reviews; logged as a ``ProjectChange``; the project page shows when it ended and whether it failed."""
     project = get_project_for_lead(request, slug)
-    if not request.user.is_staff:
-        raise PermissionDenied("Only staff re-gate projects.")
     generation = regate_request(project.pk)
+    project_change_record(project=project, user=request.user, action=ProjectChange.Action.REGATE, request=generation)
     messages.info(request, f"Re-gating queued (request {generation}): rules, then the gate, in the background.")
     return redirect(project)
 
@@ -375,7 +375,8 @@ def runs_compare_page(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_POST
 def run_control(request: HttpRequest, slug: str, run_id: int, action: str) -> HttpResponse:
-    """Cancel a run, resume it, or re-run its errors (staff only); queue its errors for SMEs (leads too)."""
+    """Cancel a run, resume it, or re-run its errors (logged as a ``ProjectChange``); queue its errors for SMEs.
+    Leads and staff."""
     run = _get_run(request, slug, run_id)
     if action not in ("cancel", "resume", "retry-errors", "queue-errors"):
         raise Http404("No such action")
@@ -387,8 +388,6 @@ def run_control(request: HttpRequest, slug: str, run_id: int, action: str) -> Ht
         else:
             messages.info(request, f"{queued} item{pluralize(queued)} without a verdict queued for SME review.")
         return redirect(run)
-    if not request.user.is_staff:
-        raise PermissionDenied("Only staff control judge runs.")
     if action == "cancel":
         judge_run_cancel(run=run)
     else:
@@ -396,17 +395,19 @@ def run_control(request: HttpRequest, slug: str, run_id: int, action: str) -> Ht
             judge_run_resume(run=run, retry_errors=action == "retry-errors")
         except RunBusy as exc:
             messages.error(request, str(exc))
+            return redirect(run)
+    change = ProjectChange.Action.RUN_CONTROL
+    project_change_record(project=run.project, user=request.user, action=change, run=run.pk, what=action)
     return redirect(run)
 
 
 @login_required
 @require_POST
 def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
-    """Start a judge run over the project (staff only): the project's judge, or with POST ``local`` the local
-    classifier, learning also from the verdicts of run ``learn_from`` when given (distillation)."""
+    """Start a judge run over the project (leads and staff; logged as a ``ProjectChange``): the project's judge,
+    or with POST ``local`` the local classifier, learning also from the verdicts of run ``learn_from`` when given
+    (distillation)."""
     project = get_project_for_lead(request, slug)
-    if not request.user.is_staff:
-        raise PermissionDenied("Only staff start judge runs.")
     teacher = None
     if request.POST.get("learn_from"):
         try:
@@ -427,5 +428,8 @@ def judge_run_start(request: HttpRequest, slug: str) -> HttpResponse:
     except LearnFromError as exc:
         messages.error(request, str(exc))
         return redirect(project)
+    project_change_record(
+        project=project, user=request.user, action=ProjectChange.Action.RUN_START, run=run.pk, judge=run.judge_label
+    )
     messages.info(request, f"Judge run {run.pk} started ({run.judge_label}).")
     return redirect(run)

@@ -28,6 +28,13 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # A new account's set-password link, made by a lead on the project settings page (no e-mail is sent).
+    path(
+        "set-password/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path("set-password/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
     path("api/token/", ObtainAuthTokenOrLockOut.as_view(), name="api_token_obtain"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     # The split view serves Swagger UI's start-up script as a file (?script), so the page needs no inline script.

@@ -17,6 +17,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange, SampleDraw
+from annotations.project_settings import project_change_record
 from annotations.queue import queue_add
 from distillation.models import TrainingSet
 from judging.models import JudgeEndpoint, JudgeRun, LabelFunction, Verdict
@@ -105,6 +106,7 @@ def build_site(project: Project) -> dict:
     label_function_save(rule=rule, user=root, regate=False)  # a version in its history
     JudgeEndpoint.objects.create(project=project, name="big judge", base_url="http://127.0.0.1:9/v1", model="j")
     SampleDraw.objects.create(project=project, design="uniform", seed=1, size=4, drawn=0, created_by=lead)
+    project_change_record(project=project, user=lead, action="member_add", member="bob", role="sme")
     return {
         "users": {"sme": sme, "lead": lead, "staff": staff, "root": root},
         "run": run,
@@ -126,6 +128,8 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page(None, "login"),
         Page(None, "admin:login"),
         Page(None, "api_docs"),
+        Page(None, "password_reset_confirm", ("MQ", "no-such-token")),  # says the link is invalid
+        Page(None, "password_reset_complete"),
     ]
     for persona in ("sme", "lead", "staff"):
         pages += [
@@ -161,6 +165,7 @@ def site_pages(project: Project, site: dict) -> list[Page]:
             Page(persona, "judging:project_detail", (slug,)),
             Page(persona, "judging:rules", (slug,)),
             Page(persona, "judging:gating_policy", (slug,)),
+            Page(persona, "judging:project_settings", (slug,)),
             Page(persona, "distillation:training_sets", (slug,)),
             Page(persona, "distillation:training_set_detail", (slug, site["training_set"].pk)),
             Page(persona, "judging:run_detail", (slug, run.pk)),
@@ -176,13 +181,14 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("lead", "annotations:adjudication", (slug,), "post", {"item": "abc"}, status=400),
         Page("lead", "annotations:sample_draw", (slug,), "post", {"size": "0"}, status=302),  # refused, said
         Page("lead", "judging:runs_compare", (slug,)),  # ?a=&b= added by query()
-        Page("lead", "judging:run_control", (slug, run.pk, "cancel"), method="post", status=403),
+        Page("sme", "judging:run_control", (slug, run.pk, "cancel"), method="post", status=403),
         Page("staff", "judging:run_control", (slug, running.pk, "cancel"), method="post", status=302),
-        Page("staff", "judging:regate", (slug,), method="post", status=302),
+        Page("lead", "judging:regate", (slug,), method="post", status=302),
         Page("lead", "judging:run_recalibrate", (slug, run.pk), method="post", status=302),
         Page("lead", "judging:certify", (slug,), "post", {"target": "0.9", "delta": "0.1"}, status=302),
         Page("lead", "judging:items_bulk", (slug,), "post", {"action": "queue", "item": "abc"}, status=302),  # said
-        Page("staff", "judging:judge_run_start", (slug,), method="post", status=302),
+        Page("lead", "judging:judge_run_start", (slug,), method="post", status=302),
+        Page("lead", "judging:project_settings", (slug,), "post", {"action": "edit", "reject_reasons": ""}, status=400),
     ]
     pages += [Page("sme", "logout", method="post", status=302), Page("root", "admin:logout", method="post", status=302)]
     return pages

@@ -16,7 +16,7 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
-from annotations.models import Item, Membership, Project
+from annotations.models import Item, Membership, Project, ProjectChange
 from distillation.models import TrainingSet
 from tests.distillation.test_training_sets import decide_items
 from tests.services import require
@@ -114,12 +114,16 @@ def test_reviews_runs_and_verdicts(client, project, decided, lead):
     assert client.get(f"{base}/runs/{decided.pk}/verdicts/", {"error": "true"}, **auth(lead)).json()["results"] == []
 
 
-def test_only_staff_start_a_run_over_the_api(client, project, decided, lead, staff, django_capture_on_commit_callbacks):
+def test_leads_not_smes_start_a_run_over_the_api(
+    client, project, decided, sme, lead, django_capture_on_commit_callbacks
+):
     url = f"/api/projects/{project.slug}/runs/"
-    assert client.post(url, **auth(lead)).status_code == 403
+    assert client.post(url, **auth(sme)).status_code == 403
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(url, **auth(staff))
+        response = client.post(url, **auth(lead))
     assert response.status_code == 201 and response.json()["backend"] == "local"
+    change = ProjectChange.objects.get(project=project)
+    assert (change.action, change.changed_by, change.detail["run"]) == ("run_start", lead, response.json()["id"])
 
 
 def test_create_poll_and_download_a_training_set(client, project, decided, lead, django_capture_on_commit_callbacks):

@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
-from annotations.models import Review
+from annotations.models import ProjectChange, Review
 from judging.models import GateDecision, JudgeRun, LabelFunction
 from judging.services import gate_apply, label_functions_apply
 from tests.conftest import make_items, use_run
@@ -186,15 +186,17 @@ def test_the_project_page_shows_the_funnel(client, lead, project, decided):
         assert text in page, text
 
 
-def test_only_staff_start_judge_runs(client, lead, staff, project, decided, django_capture_on_commit_callbacks):
+def test_leads_not_smes_start_judge_runs(client, sme, lead, project, decided, django_capture_on_commit_callbacks):
     url = reverse("judging:judge_run_start", args=[project.slug])
-    client.force_login(lead)
+    client.force_login(sme)
     assert client.post(url).status_code == 403
-    client.force_login(staff)
+    client.force_login(lead)
     with django_capture_on_commit_callbacks(execute=True):
         assert client.post(url).status_code == 302
     run = JudgeRun.objects.get()
-    assert run.created_by == staff
+    assert run.created_by == lead
+    change = ProjectChange.objects.get(project=project)
+    assert (change.action, change.changed_by, change.detail["run"]) == ("run_start", lead, run.pk)
     # Two accepted and one rejected SME label are too few to train on: the failure is shown, not hidden.
     assert run.status == "failed"
     page = client.get(reverse("judging:project_detail", args=[project.slug])).content.decode()
@@ -202,14 +204,14 @@ def test_only_staff_start_judge_runs(client, lead, staff, project, decided, djan
     assert "needs at least 2 accepted and 2 rejected SME reviews" in page
 
 
-def test_staff_regate_after_new_reviews_is_queued_not_inline(
-    client, lead, staff, project, decided, django_capture_on_commit_callbacks
+def test_a_lead_regates_after_new_reviews_queued_not_inline(
+    client, sme, lead, project, decided, django_capture_on_commit_callbacks
 ):
     url = reverse("judging:regate", args=[project.slug])
-    client.force_login(lead)
+    client.force_login(sme)
     assert client.post(url).status_code == 403
     Review.objects.create(item=decided[3], decision="accept", origin="import")
-    client.force_login(staff)
+    client.force_login(lead)
     with django_capture_on_commit_callbacks(execute=False) as queued:
         response = client.post(url, follow=True)
     assert response.status_code == 200 and "Re-gating queued" in response.content.decode()

@@ -109,12 +109,12 @@ def test_the_run_page_says_what_it_learned_from(client, staff, project, judged, 
     assert "an SME label wins" in page and "overruled 1" in page
 
 
-def test_staff_start_a_distilled_run_from_the_project_page(
-    client, staff, lead, project, judged, django_capture_on_commit_callbacks
+def test_leads_start_a_distilled_run_from_the_project_page(
+    client, sme, lead, project, judged, django_capture_on_commit_callbacks
 ):
     _, big = judged
     url = reverse("judging:judge_run_start", args=[project.slug])
-    client.force_login(staff)
+    client.force_login(lead)
     page = client.get(project.get_absolute_url()).content.decode()
     assert f'<option value="{big.pk}">the verdicts of run {big.pk}' in page
     with django_capture_on_commit_callbacks(execute=True):
@@ -123,7 +123,7 @@ def test_staff_start_a_distilled_run_from_the_project_page(
     assert response.status_code == 302 and response.url == run.get_absolute_url()
     assert run.backend == "local" and run.config["learn_from_run"] == big.pk
     assert client.post(url, {"local": "1", "learn_from": "x"}).status_code == 400
-    client.force_login(lead)
+    client.force_login(sme)
     assert client.post(url, {"local": "1", "learn_from": str(big.pk)}).status_code == 403
 
 

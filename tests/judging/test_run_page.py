@@ -5,7 +5,7 @@ import pytest
 from django.urls import reverse
 from sklearn.metrics import cohen_kappa_score, precision_score, recall_score
 
-from annotations.models import Item, Review
+from annotations.models import Item, ProjectChange, Review
 from annotations.statistics import cohen_kappa_bootstrap_ci, kappa_from_table
 from judging.models import GateDecision, JudgeRun, Verdict
 from judging.selectors import run_calibration
@@ -135,10 +135,18 @@ def test_a_cancelled_run_stops_and_resumes_without_judging_anything_twice(
     assert len(judge_server.requests) == 6  # the first two were not judged again
 
 
-def test_only_staff_control_runs(client, lead, project, calibrated):
-    client.force_login(lead)
+def test_leads_not_smes_control_runs(client, sme, lead, project, calibrated):
+    client.force_login(sme)
     assert client.post(reverse("judging:run_control", args=[project.slug, calibrated.pk, "cancel"])).status_code == 403
+    client.force_login(lead)
     assert client.post(reverse("judging:run_control", args=[project.slug, calibrated.pk, "explode"])).status_code == 404
+    assert client.post(reverse("judging:run_control", args=[project.slug, calibrated.pk, "cancel"])).status_code == 302
+    change = ProjectChange.objects.get(project=project)
+    assert (change.action, change.changed_by, change.detail) == (
+        "run_control",
+        lead,
+        {"run": calibrated.pk, "what": "cancel"},
+    )
 
 
 def test_two_runs_are_compared_with_each_other_and_with_the_smes(client, lead, project, calibrated):

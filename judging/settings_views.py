@@ -1,0 +1,124 @@
+"""The project settings page: a lead (no staff rights needed) adds and removes SMEs and leads, creates
+accounts, edits the reject reasons and the guidelines, and runs the project (judge runs, re-gating, the
+gating policy's page). Every change is logged (``annotations.project_settings``)."""
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+
+from annotations.models import Membership, Project, ProjectChange
+from annotations.project_settings import (
+    SettingsError,
+    account_create,
+    member_add,
+    member_remove,
+    project_settings_save,
+)
+from annotations.views import form_problems, get_project_for_lead, parse_id
+from judging.models import JudgeRun, RegateRequest
+from judging.selectors import gating_policy
+
+ROLE_CHOICES = Membership.Role.choices
+
+
+class MemberAddForm(forms.Form):
+    login = forms.CharField(max_length=254, label="Username or e-mail")
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Membership.Role.SME)
+
+
+class AccountCreateForm(forms.Form):
+    username = forms.CharField(max_length=150, label="New username")
+    email = forms.EmailField(label="E-mail")
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Membership.Role.SME, label="Role")
+
+
+class ProjectSettingsForm(forms.Form):
+    reject_reasons = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}),
+        label="Reject reasons",
+        help_text="One a line, 1 to 9 (SMEs press 1 to 9 to pick them).",
+    )
+    guidelines = forms.CharField(widget=forms.Textarea(attrs={"rows": 8}), required=False, label="Guidelines")
+
+
+def _context(project: Project, **forms_given) -> dict:
+    return {
+        "project": project,
+        "members": project.memberships.select_related("user").order_by("role", "user__username"),
+        "add_form": forms_given.get("add_form") or MemberAddForm(auto_id="id_add_%s"),
+        "create_form": forms_given.get("create_form") or AccountCreateForm(auto_id="id_new_%s"),
+        "settings_form": forms_given.get("settings_form")
+        or ProjectSettingsForm(
+            initial={"reject_reasons": "\n".join(project.reject_reasons), "guidelines": project.guidelines}
+        ),
+        "policy": gating_policy(project),
+        "regating": RegateRequest.objects.filter(project=project).first(),
+        "teachers": JudgeRun.objects.filter(
+            project=project, status=JudgeRun.Status.FINISHED, backend=JudgeRun.Backend.OPENAI
+        ),
+        "changes": ProjectChange.objects.filter(project=project).select_related("changed_by")[:50],
+    }
+
+
+@login_required
+def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    """GET: the page. POST ``action``: ``add`` (``login``, ``role``), ``create`` (``username``, ``email``,
+    ``role``: the answer shows the new account's set-password link, once), ``remove`` (``membership``), or
+    ``edit`` (``reject_reasons`` one a line, ``guidelines``). Leads and staff only: 403 for SMEs, 404 for
+    outsiders. A refused change is said in a message and changes nothing."""
+    project = get_project_for_lead(request, slug)
+    if request.method != "POST":
+        return render(request, "judging/project_settings.html", _context(project))
+    action = request.POST.get("action", "")
+    try:
+        if action == "add":
+            form = MemberAddForm(request.POST, auto_id="id_add_%s")
+            if not form.is_valid():
+                raise SettingsError(f"Not added: {form_problems(form)}")
+            membership = member_add(project=project, user=request.user, **form.cleaned_data)
+            messages.info(request, f"{membership.user.username} is now {membership.get_role_display()}.")
+        elif action == "create":
+            form = AccountCreateForm(request.POST, auto_id="id_new_%s")
+            if not form.is_valid():
+                raise SettingsError(f"No account created: {form_problems(form)}")
+            new, path = account_create(project=project, user=request.user, **form.cleaned_data)
+            context = _context(project)
+            context["created"] = {
+                "user": new,
+                "link": request.build_absolute_uri(path),
+                "days": settings.PASSWORD_RESET_TIMEOUT // 86400,
+            }
+            return render(request, "judging/project_settings.html", context)
+        elif action == "remove":
+            name = member_remove(
+                project=project, membership_id=parse_id(request.POST.get("membership"), "member"), user=request.user
+            )
+            messages.info(request, f"{name} is no longer a member.")
+        elif action == "edit":
+            form = ProjectSettingsForm(request.POST)
+            if not form.is_valid():
+                raise SettingsError(f"Not saved: {form_problems(form)}")
+            changed = project_settings_save(
+                project=project,
+                reject_reasons=form.cleaned_data["reject_reasons"].splitlines(),
+                guidelines=form.cleaned_data["guidelines"],
+                user=request.user,
+            )
+            messages.info(request, f"Saved: {', '.join(changed).replace('_', ' ')}." if changed else "No change.")
+        else:
+            raise SettingsError(f"Unknown action {action[:40]!r}: add, create, remove or edit.")
+    except (SettingsError, ValueError) as exc:
+        messages.error(request, str(exc))
+        bound = {
+            "add": ("add_form", lambda: MemberAddForm(request.POST, auto_id="id_add_%s")),
+            "create": ("create_form", lambda: AccountCreateForm(request.POST, auto_id="id_new_%s")),
+            "edit": ("settings_form", lambda: ProjectSettingsForm(request.POST)),
+        }.get(action)
+        if bound:  # the page again with what the lead typed, to correct it
+            return render(
+                request, "judging/project_settings.html", _context(project, **{bound[0]: bound[1]()}), status=400
+            )
+    return redirect("judging:project_settings", project.slug)
