@@ -19,7 +19,7 @@ from rest_framework.authtoken.models import Token
 from annotations.models import Adjudication, ImportJob, Item, Membership, Project, Review, ReviewChange, SampleDraw
 from annotations.project_settings import project_change_record
 from annotations.queue import queue_add
-from distillation.models import TrainingSet
+from distillation.models import TeacherAnswer, TeacherRun, TeacherSettings, TrainingSet
 from judging.models import JudgeEndpoint, JudgeRun, LabelFunction, Verdict
 from judging.services import judge_settings_for, judge_settings_save, label_function_save
 from tests.distillation.test_training_sets import decide_items
@@ -107,12 +107,18 @@ def build_site(project: Project) -> dict:
     JudgeEndpoint.objects.create(project=project, name="big judge", base_url="http://127.0.0.1:9/v1", model="j")
     SampleDraw.objects.create(project=project, design="uniform", seed=1, size=4, drawn=0, created_by=lead)
     project_change_record(project=project, user=lead, action="member_add", member="bob", role="sme")
+    TeacherSettings.objects.create(project=project, base_url="http://127.0.0.1:9/v1", model="sensei")
+    teacher_run = TeacherRun.objects.create(
+        project=project, model="sensei", base_url="http://127.0.0.1:9/v1", selection="rejected", status="running"
+    )
+    TeacherAnswer.objects.create(run=teacher_run, item=disputed, error_class="refusal")
     return {
         "users": {"sme": sme, "lead": lead, "staff": staff, "root": root},
         "run": run,
         "other_run": other,
         "running_run": running,
         "training_set": training_set,
+        "teacher_run": teacher_run,
         "job": job,
         "review": review,
         "queued": queued,
@@ -188,6 +194,9 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("lead", "judging:certify", (slug,), "post", {"target": "0.9", "delta": "0.1"}, status=302),
         Page("lead", "judging:items_bulk", (slug,), "post", {"action": "queue", "item": "abc"}, status=302),  # said
         Page("lead", "judging:judge_run_start", (slug,), method="post", status=302),
+        Page("lead", "distillation:teacher_runs", (slug,)),
+        Page("lead", "distillation:teacher_runs", (slug,), htmx=True),  # the progress poll's partial
+        Page("lead", "distillation:teacher_run_cancel", (slug, site["teacher_run"].pk), method="post", status=302),
         Page("lead", "judging:project_settings", (slug,), "post", {"action": "edit", "reject_reasons": ""}, status=400),
     ]
     pages += [Page("sme", "logout", method="post", status=302), Page("root", "admin:logout", method="post", status=302)]
