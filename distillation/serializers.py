@@ -16,6 +16,13 @@ class FiltersSerializer(serializers.Serializer):
     created_before = serializers.DateTimeField(required=False, help_text="Items imported before this time.")
 
     def to_internal_value(self, data):
+        if isinstance(data, dict):
+            # A misspelt filter ("source_model") would otherwise be dropped, and the set built from every item.
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {key: [f"unknown filter; the filters are {', '.join(self.fields)}"] for key in unknown}
+                )
         values = super().to_internal_value(data)
         # Stored as JSON, compared by the database: keep times as ISO 8601 strings.
         return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in values.items()}

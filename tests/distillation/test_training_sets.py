@@ -286,6 +286,11 @@ def test_bad_options_are_refused_with_the_field_at_fault(project, decided):
     with pytest.raises(ValidationError) as error:
         training_set_create(project=project, options={"filters": {"judge_run": 99999}})
     assert "judge_run" in str(error.value.detail)
+    # A misspelt filter is refused by name, not dropped (which would build the set from every item).
+    with pytest.raises(ValidationError) as error:
+        training_set_create(project=project, options={"filters": {"source_model": ["x"], "task_types": ["t"]}})
+    assert list(error.value.detail["filters"]) == ["source_model"]
+    assert "unknown filter" in str(error.value.detail)
     assert not TrainingSet.objects.exists()
 
 
