@@ -29,7 +29,7 @@ from scipy.stats import norm
 from annotations.models import Decision, Project
 from annotations.sampling import memberships
 from annotations.selectors import ground_truth
-from judging.calibration import wilson_interval
+from annotations.statistics import wilson_interval
 from judging.models import NO_POLICY, GateDecision, Verdict
 from judging.selectors import certification_current, certification_threshold, gating_policy, policy_verdicts
 
@@ -235,6 +235,6 @@ def ppi_share(y, yhat, yhat_unlabelled, weights=None, *, alpha: float = ALPHA) -
 
 def wilson_share(successes: int, n: int, *, alpha: float = ALPHA) -> dict:
     """``{"estimate", "low", "high"}``: the share successes / n with its (1 - ``alpha``) Wilson score interval
-    (``calibration.wilson_interval``, scipy's). n must be at least 1."""
+    (``annotations.statistics.wilson_interval``, scipy's). n must be at least 1."""
     low, high = wilson_interval(successes, n, level=1 - alpha)
     return {"estimate": successes / n, "low": low, "high": high}

@@ -11,9 +11,8 @@ from django.utils import timezone
 
 from annotations.models import Adjudication, Project, Review, ReviewChange
 from annotations.selectors import ground_truth
-from annotations.statistics import cohen_kappa_bootstrap_ci
+from annotations.statistics import cohen_kappa_bootstrap_ci, wilson_interval
 from judging import gate
-from judging.calibration import wilson_interval
 from judging.metrics import agreement
 from judging.models import (
     NO_POLICY,
