@@ -162,6 +162,25 @@ def gating_policy_candidates(project: Project) -> list[dict]:
     ]
 
 
+def runs_across_time(project: Project, *, candidates: list[dict] | None = None) -> list[dict]:
+    """The project's finished runs in the order they finished (oldest first; by id where the time is equal):
+    ``[{"run", "agreement": run_agreement(..., interval=True), "sent": verdict rows (items sent to the judge,
+    errors included)}]``, for the chart of agreement and cost across runs. Pass ``gating_policy_candidates``'s
+    rows as ``candidates`` when already read: their agreement is reused, not computed again."""
+    if candidates is None:
+        truth = ground_truth(project=project)
+        runs = JudgeRun.objects.filter(project=project, status=JudgeRun.Status.FINISHED)
+        candidates = [{"run": run, "agreement": run_agreement(run, truth, interval=True)} for run in runs]
+    sent = dict(
+        Verdict.objects.filter(run_id__in=[c["run"].pk for c in candidates])
+        .values_list("run_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    rows = [{"run": c["run"], "agreement": c["agreement"], "sent": sent.get(c["run"].pk, 0)} for c in candidates]
+    return sorted(rows, key=lambda row: (row["run"].finished_at or row["run"].created_at, row["run"].pk))
+
+
 def few_shot_examples(project: Project, *, count: int, seed: int, pinned: Sequence[str] = ()) -> list[dict]:
     """Up to ``count`` items with SME ground truth to show the judge as worked examples, drawn reproducibly.
 

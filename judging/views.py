@@ -10,6 +10,8 @@ from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from annotations.models import ProjectChange
@@ -17,6 +19,7 @@ from annotations.project_settings import project_change_record
 from annotations.sampling import draws_for
 from annotations.selectors import ground_truth
 from annotations.views import SampleDrawForm, form_problems, get_project_for_lead, parse_id
+from judging import charts
 from judging.backends import JudgeUnreachable
 from judging.estimate import accepted_set_precision
 from judging.models import GatingPolicyChange, JudgeEndpoint, JudgeRun, RegateRequest
@@ -36,6 +39,7 @@ from judging.selectors import (
     run_confidence_report,
     run_errors,
     run_progress,
+    runs_across_time,
     runs_compare,
 )
 from judging.services import (
@@ -74,6 +78,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     context = {
         "project": project,
         "funnel": figures,
+        "funnel_chart": charts.funnel_chart(figures, reverse("judging:items", args=[project.slug])),
         "policy": policy,
         "regating": RegateRequest.objects.filter(project=project).first(),
         "runs": runs,
@@ -169,6 +174,10 @@ def gating_policy_page(request: HttpRequest, slug: str) -> HttpResponse:
     policy = gating_policy(project)
     candidates = gating_policy_candidates(project)
     current = [c for c in candidates if c["in_policy"]]
+    for c in current:
+        summary = c["confidence"]["calibrated"] or c["confidence"]["raw"]
+        c["diagram"] = charts.reliability_diagram(summary["bins"], side=120) if summary else None
+        c["diagram_kind"] = "calibrated" if c["confidence"]["calibrated"] else "raw"
     context = {
         "project": project,
         "policy": policy,
@@ -176,6 +185,7 @@ def gating_policy_page(request: HttpRequest, slug: str) -> HttpResponse:
         "min_pairs": MIN_AGREEMENT_PAIRS,
         "candidates": candidates,
         "current": current,
+        "runs_chart": _runs_chart(runs_across_time(project, candidates=candidates)),
         "changes": GatingPolicyChange.objects.filter(project=project).select_related("changed_by")[:50],
         "endpoints": JudgeEndpoint.objects.filter(project=project).order_by("name"),
         "escalated": len(escalated_item_ids(project)) if policy is not None and policy.tiers.all() else None,
@@ -266,7 +276,7 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
     confidence = run_confidence_report(run)
     for key in ("raw", "calibrated"):
         if confidence[key]:
-            confidence[key]["diagram"] = reliability_diagram(confidence[key]["bins"])
+            confidence[key]["diagram"] = charts.reliability_diagram(confidence[key]["bins"])
     confidence["kinds"] = [("raw", confidence["raw"]), ("calibrated", confidence["calibrated"])]
     fitted_at = confidence["fit"].get("fitted_at")
     confidence["fitted_at"] = datetime.fromisoformat(fitted_at) if fitted_at else None
@@ -282,54 +292,6 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
         answered_by_other=any(other for _name, _n, other in answered_by),
     )
     return render(request, "judging/run_detail.html", context)
-
-
-# The reliability diagram's frame, in SVG user units: the plot is a SIDE x SIDE square at (LEFT, TOP).
-LEFT, TOP, SIDE = 44, 12, 240
-
-
-def reliability_diagram(bins: list[dict]) -> dict:
-    """SVG geometry for ``calibration.reliability_bins``: per non-empty bin a bar (SME accept rate), its
-    Wilson 95 % whisker and a dot at the bin's mean confidence; the diagonal is perfect calibration."""
-
-    def x(value: float) -> float:
-        return round(LEFT + value * SIDE, 1)
-
-    def y(value: float) -> float:
-        return round(TOP + (1 - value) * SIDE, 1)
-
-    bars = []
-    for row in bins:
-        if not row["n"]:
-            continue
-        low, high = row["interval"]
-        middle = (row["low"] + row["high"]) / 2
-        bars.append(
-            {
-                **row,
-                "x": x(row["low"]) + 1,
-                "width": round((row["high"] - row["low"]) * SIDE - 2, 1),
-                "y": y(row["accept_rate"]),
-                "height": round(row["accept_rate"] * SIDE, 1),
-                "whisker_x": x(middle),
-                "whisker_low": y(low),
-                "whisker_high": y(high),
-                "dot_x": x(row["mean_confidence"]),
-                "dot_y": y(row["mean_confidence"]),
-            }
-        )
-    ticks = [{"value": t / 10, "x": x(t / 10), "y": y(t / 10)} for t in range(0, 11, 2)]
-    return {
-        "bars": bars,
-        "ticks": ticks,
-        "left": LEFT,
-        "top": TOP,
-        "side": SIDE,
-        "right": LEFT + SIDE,
-        "bottom": TOP + SIDE,
-        "width": LEFT + SIDE + 12,
-        "height": TOP + SIDE + 40,
-    }
 
 
 @login_required
@@ -368,8 +330,36 @@ def runs_compare_page(request: HttpRequest, slug: str) -> HttpResponse:
         return HttpResponseBadRequest(f"{exc} Compare two runs with ?a=<run id>&b=<run id>.", content_type="text/plain")
     first = get_object_or_404(runs, pk=first_id)
     second = get_object_or_404(runs, pk=second_id)
-    context = {"project": project, "first": first, "second": second, "comparison": runs_compare(first, second)}
+    context = {
+        "project": project,
+        "first": first,
+        "second": second,
+        "comparison": runs_compare(first, second),
+        "runs_chart": _runs_chart(runs_across_time(project), highlight={first.pk, second.pk}),
+    }
     return render(request, "judging/runs_compare.html", context)
+
+
+def _runs_chart(rows: list[dict], highlight: set[int] = frozenset()) -> dict:
+    """``charts.runs_chart`` of ``selectors.runs_across_time``'s rows; the runs in ``highlight`` marked."""
+    return charts.runs_chart(
+        [
+            {
+                "id": row["run"].pk,
+                "label": row["run"].judge_label,
+                "href": row["run"].get_absolute_url(),
+                "when": f"finished {timezone.localtime(row['run'].finished_at):%Y-%m-%d %H:%M}"
+                if row["run"].finished_at
+                else "finished",
+                "agreement": row["agreement"],
+                "cost": charts.run_cost(row["run"]),
+                "tokens": row["run"].tokens_in + row["run"].tokens_out,
+                "sent": row["sent"],
+                "highlight": row["run"].pk in highlight,
+            }
+            for row in rows
+        ]
+    )
 
 
 @login_required
