@@ -155,7 +155,7 @@ def reliability_diagram(bins: Sequence[dict], *, side: int = 240) -> dict:
 RUNS_MAX = 20  # runs the chart shows (the newest); the tables beside it list them all
 RUNS_WIDTH, RUNS_LEFT, RUNS_RIGHT = 640, 52, 16
 KAPPA_TOP, KAPPA_BOTTOM = 20, 180
-COST_TOP, COST_BOTTOM = 214, 284
+COST_TOP, COST_BOTTOM = 236, 300
 
 
 def _cost_text(cost: float | None, tokens: int) -> str:
@@ -172,7 +172,7 @@ def runs_chart(runs: Sequence[dict], *, kappa_domain: tuple[float, float] | None
     "sent": items sent to the judge, "highlight": bool}]``, in time order; only the last ``RUNS_MAX``
     are drawn. Top panel: Cohen's kappa as a dot with its 95 % bootstrap interval as a whisker, clipped to
     ``kappa_domain`` (default: from the lowest kappa or interval end, down to a multiple of the ticks' step and at
-    most 0, up to 1); a run with n below ``annotations.statistics.SMALL_N`` is drawn hollow and flagged
+    most -0.25, up to 1); a run with n below ``annotations.statistics.SMALL_N`` is drawn hollow and flagged
     ``small_n``; one whose kappa is undefined has no dot. Bottom panel: a bar per run, its cost (tokens at the prices
     the run started with: USD for the usual price lists) when any run has a known non-zero cost, else its
     tokens; a run of unknown cost then has no bar, and a "?". Every run keeps its n and interval in ``text``, the
@@ -184,7 +184,7 @@ def runs_chart(runs: Sequence[dict], *, kappa_domain: tuple[float, float] | None
     total = len(runs)
     runs = list(runs)[-RUNS_MAX:]
     if kappa_domain is None:
-        ends = [0.0]
+        ends = [-0.25]  # at least a little below 0 (chance), so that a judge at chance is not on the edge
         for run in runs:
             agreement = run["agreement"]
             if agreement.get("cohen_kappa") is not None:
