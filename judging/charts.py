@@ -2,8 +2,9 @@
 
 Pure functions from figures to coordinates (SVG user units, y growing down), so that templates only place
 what is computed here and the arithmetic is unit-tested (tests/judging/test_charts.py). No figure is computed
-here: counts come from ``selectors.funnel``, reliability bins from ``calibration.reliability_bins``, kappa and
-its interval from ``selectors.run_agreement(..., interval=True)``; this module only scales them. Text is
+here but the interval of a run's precision of accepts (``runs_chart``): counts come from ``selectors.funnel``,
+reliability bins from ``calibration.reliability_bins``, kappa and its interval from
+``selectors.run_agreement(..., interval=True)``; this module scales them. Text is
 returned as plain strings; the templates escape it (rule, model and run names are user input).
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from urllib.parse import urlencode
 
-from annotations.statistics import SMALL_N
+from annotations.statistics import SMALL_N, wilson_interval
 
 
 def scale(value: float, domain: tuple[float, float], extent: tuple[float, float]) -> float:
@@ -176,7 +177,8 @@ def runs_chart(runs: Sequence[dict], *, kappa_domain: tuple[float, float] | None
     ``small_n``; one whose kappa is undefined has no dot. Bottom panel: a bar per run, its cost (tokens at the prices
     the run started with: USD for the usual price lists) when any run has a known non-zero cost, else its
     tokens; a run of unknown cost then has no bar, and a "?". Every run keeps its n and interval in ``text``, the
-    sentence a screen reader reads.
+    sentence a screen reader reads, with the agreement and the precision of accepts (from the agreement's
+    confusion matrix, with its Wilson 95 % interval over the judge's accepts) where there are any.
 
     Returns ``{"marks": [...], "ticks": [{"value", "y"}], "zero_y", "width", "height", "left", "right",
     "kappa_top", "kappa_bottom", "cost_top", "cost_bottom", "cost_kind" ("cost" | "tokens"), "shown", "total"}``.
@@ -231,6 +233,15 @@ def runs_chart(runs: Sequence[dict], *, kappa_domain: tuple[float, float] | None
         if accuracy is not None:
             accuracy_text = f"; agreement {accuracy:.3f}" + (
                 f" (95 % CI {accuracy_ci[0]:.3f} to {accuracy_ci[1]:.3f})" if accuracy_ci else ""
+            )
+        confusion = agreement.get("confusion") or {}
+        accepts = sum(row.get("judge_accept", 0) for row in confusion.values())
+        if accepts:
+            right = confusion["sme_accept"]["judge_accept"]
+            low, high = wilson_interval(right, accepts)
+            accuracy_text += (
+                f"; precision of accepts {right / accepts:.3f} (95 % CI {low:.3f} to {high:.3f}, n = {accepts} "
+                f"judge accepts)"
             )
         cost_text = _cost_text(cost, int(run.get("tokens") or 0))
         marks.append(

@@ -119,6 +119,21 @@ def test_runs_are_columns_in_order_with_kappa_its_interval_and_n_in_their_text()
     assert third["bar_h"] == 0
 
 
+def test_a_runs_text_gives_its_precision_of_accepts_with_the_wilson_interval_and_n():
+    from scipy.stats import binomtest
+
+    confusion = {
+        "sme_accept": {"judge_accept": 18, "judge_reject": 2},
+        "sme_reject": {"judge_accept": 6, "judge_reject": 4},
+    }
+    chart = charts.runs_chart([run_row(1, {**agreement(0.3, (0.1, 0.5), 30), "confusion": confusion})])
+    ci = binomtest(18, 24).proportion_ci(method="wilson")
+    assert (
+        f"precision of accepts 0.750 (95 % CI {ci.low:.3f} to {ci.high:.3f}, n = 24 judge accepts)"
+        in (chart["marks"][0]["text"])
+    )
+
+
 def test_an_interval_beyond_the_axis_is_clipped_to_it():
     chart = charts.runs_chart([run_row(1, agreement(0.2, (-0.4, 0.9), 30))], kappa_domain=(0.0, 1.0))
     mark = chart["marks"][0]
