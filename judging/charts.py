@@ -135,7 +135,8 @@ def reliability_diagram(bins: Sequence[dict], *, side: int = 240) -> dict:
                 "n_y": round(min(y(high), y(row["accept_rate"])) - 3, 1),
             }
         )
-    ticks = [{"value": t / 10, "x": x(t / 10), "y": y(t / 10)} for t in range(0, 11, 2)]
+    step = 2 if side >= 160 else 5  # tenths between ticks: a thumbnail's would overlap at 0.2
+    ticks = [{"value": t / 10, "x": x(t / 10), "y": y(t / 10)} for t in range(0, 11, step)]
     return {
         "bars": bars,
         "ticks": ticks,

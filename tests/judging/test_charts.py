@@ -84,7 +84,10 @@ def test_the_reliability_diagram_writes_each_bins_n_and_clips_nothing_outside_it
         assert 0 < bar["n_y"] < min(bar["whisker_high"], bar["y"])
     top = diagram["bars"][-1]
     assert top["height"] == pytest.approx(2 / 3 * diagram["side"], abs=0.1)
-    assert not charts.reliability_diagram(bins, side=120)["n_labels"]  # a thumbnail leaves n to the titles
+    thumbnail = charts.reliability_diagram(bins, side=120)
+    assert not thumbnail["n_labels"]  # a thumbnail leaves n to the titles, and has fewer ticks
+    assert [t["value"] for t in thumbnail["ticks"]] == [0, 0.5, 1]
+    assert [t["value"] for t in diagram["ticks"]] == [0, 0.2, 0.4, 0.6, 0.8, 1]
 
 
 def agreement(kappa, ci, n, accuracy=0.8, accuracy_ci=(0.7, 0.9)):
