@@ -185,7 +185,7 @@ def gating_policy_page(request: HttpRequest, slug: str) -> HttpResponse:
         "min_pairs": MIN_AGREEMENT_PAIRS,
         "candidates": candidates,
         "current": current,
-        "runs_chart": _runs_chart(runs_across_time(project, candidates=candidates)),
+        "runs_chart": _runs_chart(project, runs_across_time(project, candidates=candidates)),
         "changes": GatingPolicyChange.objects.filter(project=project).select_related("changed_by")[:50],
         "endpoints": JudgeEndpoint.objects.filter(project=project).order_by("name"),
         "escalated": len(escalated_item_ids(project)) if policy is not None and policy.tiers.all() else None,
@@ -335,19 +335,19 @@ def runs_compare_page(request: HttpRequest, slug: str) -> HttpResponse:
         "first": first,
         "second": second,
         "comparison": runs_compare(first, second),
-        "runs_chart": _runs_chart(runs_across_time(project), highlight={first.pk, second.pk}),
+        "runs_chart": _runs_chart(project, runs_across_time(project), highlight={first.pk, second.pk}),
     }
     return render(request, "judging/runs_compare.html", context)
 
 
-def _runs_chart(rows: list[dict], highlight: set[int] = frozenset()) -> dict:
+def _runs_chart(project, rows: list[dict], highlight: set[int] = frozenset()) -> dict:
     """``charts.runs_chart`` of ``selectors.runs_across_time``'s rows; the runs in ``highlight`` marked."""
     return charts.runs_chart(
         [
             {
                 "id": row["run"].pk,
                 "label": row["run"].judge_label,
-                "href": row["run"].get_absolute_url(),
+                "href": reverse("judging:run_detail", args=[project.slug, row["run"].pk]),
                 "when": f"finished {timezone.localtime(row['run'].finished_at):%Y-%m-%d %H:%M}"
                 if row["run"].finished_at
                 else "finished",
