@@ -470,3 +470,46 @@ def compile_rule(kind: str, params: dict, field: str = "response") -> Callable[[
     """A single rule as ``text -> True when it rejects`` (for tests and the admin's checks)."""
     rules = RuleSet([Rule("rule", kind, params, field)])
     return lambda text, **other: bool(rules.rejections({field: text, **other}))
+
+
+@functools.lru_cache(maxsize=8)
+def _keyword_automaton(keywords: tuple[str, ...]) -> "ahocorasick.Automaton":
+    automaton = ahocorasick.Automaton()
+    for word in keywords:
+        folded = fold(word)
+        automaton.add_word(folded, len(folded))
+    automaton.make_automaton()
+    return automaton
+
+
+def first_match(kind: str, params: dict, text: str) -> tuple[int, int] | None:
+    """Where a rule of ``kind`` with (validated) ``params`` first finds what it rejects in ``text``:
+    ``(start, end)`` in code points, for showing a lead the part that matched; None when it finds nothing
+    or rejects for an absence, a length or a parse (must_contain, length, curt, json).
+
+    Regex and PII rules search the text as stored (PII card numbers Luhn-checked, as the engine does);
+    keyword rules search the folded text (``fold``) with the engine's whole-word test, and answer None
+    when folding changed the text's length (the offsets would not point into ``text``)."""
+    if kind == "regex":
+        flags = "" if params.get("case_sensitive") else "(?i)"
+        found = re2.compile(f"{flags}(?:{params['pattern']})", _options()).search(text)
+        return found.span() if found else None
+    if kind == "pii":
+        spans = []
+        for pii in params["types"]:
+            for found in re2.compile(PII_PATTERNS[pii], _options()).finditer(text):
+                if pii != "card" or luhn_valid("".join(c for c in found.group() if c.isdigit())):
+                    spans.append(found.span())
+                    break
+        return min(spans) if spans else None
+    if kind == "keywords":
+        folded = fold(text)
+        if len(folded) != len(text):
+            return None
+        for end, length in _keyword_automaton(tuple(params["keywords"])).iter(folded):
+            start = end - length + 1
+            if (start == 0 or not _is_word_char(folded[start - 1])) and (
+                end + 1 == len(folded) or not _is_word_char(folded[end + 1])
+            ):
+                return start, end + 1
+    return None

@@ -1,6 +1,7 @@
 """Reads for the judging app: the gating policy, funnel, agreement, few-shot examples, label-function analytics."""
 
 import random
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
@@ -13,6 +14,7 @@ from annotations.models import Adjudication, Project, Review, ReviewChange
 from annotations.selectors import ground_truth
 from annotations.statistics import cohen_kappa_bootstrap_ci, wilson_interval
 from judging import gate
+from judging.label_functions import first_match
 from judging.metrics import agreement
 from judging.models import (
     NO_POLICY,
@@ -259,32 +261,74 @@ def _policy_verdicts(project: Project) -> dict[int, str]:
     return {item_id: verdict for item_id, (_, verdict) in policy_verdicts(project).items()}
 
 
-def label_function_dry_run(*, label_function: LabelFunction, examples: int = 5) -> dict:
-    """What a rule would reject now, whether active or not, without storing anything.
+# The rule editor's live dry run reads at most this many items, in at most this many seconds, so a lead
+# typing on a project of a million items gets an answer at once (it says how many it read).
+DRY_RUN_MAX_ITEMS = 20_000
+DRY_RUN_SECONDS = 1.0
 
-    Returns ``{"rule", "items", "would_reject", "sme_accepted", "sme_rejected",
-    "judge_accepted", "examples": [{"external_id", "response", "sme", "judge"}]}``
-    where ``sme_accepted`` counts rejected items whose SME ground truth is
-    accept (a conflict with the SMEs), and ``judge_accepted`` those the gating
-    policy's judges accepted.
+
+def label_function_dry_run(
+    *,
+    label_function: LabelFunction,
+    examples: int = 5,
+    max_items: int | None = None,
+    seconds: float | None = None,
+) -> dict:
+    """What a rule (saved or not, active or not) would reject now, without storing anything.
+
+    Reads the project's items in import order (by id): all of them, or the first ``max_items``, stopping
+    early once ``seconds`` (wall clock) have passed. Raises serializers.ValidationError for a rule that
+    does not compile. Returns ``{"rule", "items", "scanned", "complete", "would_reject", "sme_accepted",
+    "sme_rejected", "judge_accepted", "sme_conflict_interval", "examples"}``: ``items`` the project's item
+    count, ``scanned`` how many were read (``complete`` when all), the counts over the items read;
+    ``sme_accepted`` counts rejected items whose SME ground truth is accept (a conflict with the SMEs),
+    ``sme_rejected`` those the SMEs rejected too, ``sme_conflict_interval`` the 95 % Wilson interval of
+    ``sme_accepted / (sme_accepted + sme_rejected)`` (None when no rejected item has ground truth), and
+    ``judge_accepted`` those the gating policy's judges accepted. ``examples`` are the first rejected
+    items: ``{"id", "external_id", "response" (first 500 characters), "snippet", "sme", "judge"}`` with
+    ``snippet`` the rule's field around what the rule found (``snippet``).
     """
-    from judging.services import rule_rejections
+    from judging.services import rule_set_for
 
     project = label_function.project
-    truth, verdicts = ground_truth(project=project), _policy_verdicts(project)
-    rejected = [item_id for item_id, _ in rule_rejections(project=project, label_functions=[label_function])]
-    shown = {item.pk: item for item in project.items.filter(pk__in=rejected[:examples]).only("external_id", "response")}
+    rules = rule_set_for([label_function])
+    total = project.items.count()
+    needed = {"id", "task_type", label_function.field} | ({"prompt"} if label_function.kind == "curt" else set())
+    rows = project.items.order_by("pk").values(*sorted(needed))
+    if max_items is not None:
+        rows = rows[:max_items]
+    deadline = None if seconds is None else time.monotonic() + seconds
+    rejected: list[int] = []
+    scanned = 0
+    for item in rows.iterator(chunk_size=2000):
+        scanned += 1
+        if rules.rejections(item):
+            rejected.append(item["id"])
+        if deadline is not None and scanned % 256 == 0 and time.monotonic() > deadline:
+            break
+    truth = ground_truth(item_ids=rejected)
+    verdicts = {i: verdict for i, (_, verdict) in policy_verdicts(project, item_ids=rejected).items()}
+    sme_accepted = sum(truth.get(i) == "accept" for i in rejected)
+    sme_rejected = sum(truth.get(i) == "reject" for i in rejected)
+    shown = project.items.filter(pk__in=rejected[:examples]).only("external_id", "response", label_function.field)
+    shown = {item.pk: item for item in shown}
+    rule = rules.rules[0]
     return {
         "rule": label_function,
-        "items": project.items.count(),
+        "items": total,
+        "scanned": scanned,
+        "complete": scanned >= total,
         "would_reject": len(rejected),
-        "sme_accepted": sum(truth.get(i) == "accept" for i in rejected),
-        "sme_rejected": sum(truth.get(i) == "reject" for i in rejected),
+        "sme_accepted": sme_accepted,
+        "sme_rejected": sme_rejected,
+        "sme_conflict_interval": wilson_interval(sme_accepted, sme_accepted + sme_rejected),
         "judge_accepted": sum(verdicts.get(i) == "accept" for i in rejected),
         "examples": [
             {
+                "id": i,
                 "external_id": shown[i].external_id,
                 "response": shown[i].response[:500],
+                "snippet": snippet(getattr(shown[i], label_function.field), rule.kind, rule.params),
                 "sme": truth.get(i, ""),
                 "judge": verdicts.get(i, ""),
             }
@@ -292,6 +336,20 @@ def label_function_dry_run(*, label_function: LabelFunction, examples: int = 5) 
             if i in shown
         ],
     }
+
+
+def snippet(text: str, kind: str, params: dict, context: int = 80) -> dict:
+    """A short piece of ``text`` around the first thing a rule of ``kind`` found in it
+    (``label_functions.first_match``): ``{"before", "match", "after"}``, each plain text, ``before`` and
+    ``after`` at most ``context`` characters (with "…" where cut). Without a match (a rule that rejects for
+    an absence or a length), ``match`` is empty and ``before`` holds the first ``3 * context`` characters."""
+    span = first_match(kind, params, text)
+    if span is None:
+        return {"before": text[: 3 * context] + ("…" if len(text) > 3 * context else ""), "match": "", "after": ""}
+    start, end = span
+    before = ("…" if start > context else "") + text[max(0, start - context) : start]
+    after = text[end : end + context] + ("…" if len(text) > end + context else "")
+    return {"before": before, "match": text[start:end][:500], "after": after}
 
 
 def label_function_stats(project: Project) -> list[dict]:

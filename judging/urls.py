@@ -1,6 +1,6 @@
 from django.urls import path
 
-from judging import api, item_views, settings_views, views
+from judging import api, item_views, rule_views, settings_views, views
 
 app_name = "judging"
 
@@ -10,6 +10,11 @@ urlpatterns = [
     path("projects/<slug:slug>/regate/", views.regate, name="regate"),
     path("projects/<slug:slug>/settings/", settings_views.project_settings, name="project_settings"),
     path("projects/<slug:slug>/rules/", views.rules, name="rules"),
+    path("projects/<slug:slug>/rules/new/", rule_views.rule_new, name="rule_new"),
+    path("projects/<slug:slug>/rules/dry-run/", rule_views.rule_dry_run, name="rule_dry_run"),
+    path("projects/<slug:slug>/rules/<int:rule_id>/", rule_views.rule_edit, name="rule_edit"),
+    path("projects/<slug:slug>/rules/<int:rule_id>/active/", rule_views.rule_active, name="rule_active"),
+    path("projects/<slug:slug>/rules/<int:rule_id>/delete/", rule_views.rule_delete, name="rule_delete"),
     path("projects/<slug:slug>/items/", item_views.items_list, name="items"),
     path("projects/<slug:slug>/items/bulk/", item_views.items_bulk, name="items_bulk"),
     path("projects/<slug:slug>/items/<int:item_id>/", item_views.item_detail, name="item_detail"),

@@ -32,6 +32,7 @@ NOT_HTML = {
     "admin:jsi18n": "JavaScript",
     "admin:autocomplete": "JSON",
     "admin:view_on_site": "a redirect",
+    "judging:rule_dry_run": "JSON (the rule editor's live dry run)",
 }
 
 
@@ -122,6 +123,7 @@ def build_site(project: Project) -> dict:
         "job": job,
         "review": review,
         "queued": queued,
+        "rule": rule,
     }
 
 
@@ -152,6 +154,7 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("sme", "judging:project_detail", (slug,), status=403),
         Page("sme", "judging:gating_policy", (slug,), status=403),
         Page("sme", "judging:items", (slug,), status=403),
+        Page("sme", "judging:rule_new", (slug,), status=403),
         Page("sme", "annotations:review_skip", (slug, site["queued"][0].pk), method="post", htmx=True),
         # The SME, lead and staff visits to the review screen above leased q0, q1 and q2; after the skip of q0 the
         # SME holds q3. A decision on q1 gets the conflict card (409); the one on q3 is stored.
@@ -170,6 +173,8 @@ def site_pages(project: Project, site: dict) -> list[Page]:
             Page(persona, "annotations:import_job", (slug, site["job"].pk)),
             Page(persona, "judging:project_detail", (slug,)),
             Page(persona, "judging:rules", (slug,)),
+            Page(persona, "judging:rule_new", (slug,)),
+            Page(persona, "judging:rule_edit", (slug, site["rule"].pk)),
             Page(persona, "judging:gating_policy", (slug,)),
             Page(persona, "judging:project_settings", (slug,)),
             Page(persona, "distillation:training_sets", (slug,)),
@@ -190,6 +195,9 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("sme", "judging:run_control", (slug, run.pk, "cancel"), method="post", status=403),
         Page("staff", "judging:run_control", (slug, running.pk, "cancel"), method="post", status=302),
         Page("lead", "judging:regate", (slug,), method="post", status=302),
+        Page("lead", "judging:rule_new", (slug,), "post", {"kind": "regex", "regex-pattern": "("}, status=400),
+        Page("lead", "judging:rule_active", (slug, site["rule"].pk), "post", {"active": "1"}, status=302),
+        Page("lead", "judging:rule_delete", (slug, site["rule"].pk), method="post", status=302),  # unconfirmed
         Page("lead", "judging:run_recalibrate", (slug, run.pk), method="post", status=302),
         Page("lead", "judging:certify", (slug,), "post", {"target": "0.9", "delta": "0.1"}, status=302),
         Page("lead", "judging:items_bulk", (slug,), "post", {"action": "queue", "item": "abc"}, status=302),  # said
