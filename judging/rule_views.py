@@ -8,6 +8,7 @@ a boolean is a checkbox, a choice a menu, a multiple choice checkboxes, a list a
 line, an integer a number box, anything else a text box; a new kind needs no template change.
 """
 
+import json
 from dataclasses import dataclass, field
 
 from django import forms
@@ -245,17 +246,21 @@ def _editor(request, project, rule, *, form=None, errors=None, status=200) -> Ht
 
 def _versions(rule: LabelFunction) -> list[dict]:
     """The rule's history, newest first: each version with who, when, and ``changes``: ``(what, before,
-    after)`` for each part that changed (everything, on creation)."""
+    after)`` for each part that changed (everything, on creation), the values as JSON text."""
     rows = []
     for version in rule.versions.select_related("changed_by")[:100]:
         keys = list(dict.fromkeys([*version.after, *version.before]))
         changes = [
-            (key, version.before.get(key), version.after.get(key))
+            (key, _json(version.before.get(key)), _json(version.after.get(key)))
             for key in keys
             if version.before.get(key) != version.after.get(key)
         ]
         rows.append({"version": version, "changes": changes})
     return rows
+
+
+def _json(value) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def _saved_message(rule: LabelFunction, before: int) -> str:

@@ -173,7 +173,7 @@ def test_editing_records_what_changed_and_the_editor_shows_the_history(client, p
     assert (latest.action, latest.changed_by, latest.before["params"]) == ("update", lead, {"keywords": ["Dropbox"]})
     page = client.get(url(project, "rule_edit", rule.pk)).content.decode()
     history = page[page.index('class="history"') :]
-    assert "<b>params</b>" in history and "&#x27;Box&#x27;" in history and "<td>lead</td>" in history
+    assert "<b>params</b>" in history and "&quot;Box&quot;" in history and "<td>lead</td>" in history
     # Saving again without a change writes nothing.
     response = client.post(url(project, "rule_edit", rule.pk), data, follow=True)
     assert "nothing changed" in response.content.decode()
