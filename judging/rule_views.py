@@ -336,9 +336,9 @@ def rule_dry_run(request: HttpRequest, slug: str) -> JsonResponse:
     """What the rule in the posted (unsaved) editor form would reject, as JSON, storing nothing.
 
     Reads at most ``DRY_RUN_MAX_ITEMS`` items in ``DRY_RUN_SECONDS`` (``selectors.label_function_dry_run``).
-    200: ``{"items", "scanned", "complete", "would_reject", "judge_accepted", "sme": {"accepted", "rejected",
+    200: ``{"items", "scanned", "complete", "would_reject", "sme": {"accepted", "rejected",
     "n", "share", "interval", "small_n"}, "examples": [{"id", "external_id", "url", "snippet": {"before",
-    "match", "after"}, "sme", "judge"}]}``; 400: ``{"errors": {input name: [messages]}}`` for params that
+    "match", "after"}, "sme"}]}``; 400: ``{"errors": {input name: [messages]}}`` for params that
     do not validate (name and reason are not needed for a dry run).
     """
     project = get_project_for_lead(request, slug)
@@ -347,7 +347,7 @@ def rule_dry_run(request: HttpRequest, slug: str) -> JsonResponse:
     if errors:
         return JsonResponse({"errors": errors}, status=400)
     result = label_function_dry_run(
-        label_function=rule, max_items=DRY_RUN_MAX_ITEMS, seconds=DRY_RUN_SECONDS, examples=5
+        label_function=rule, max_items=DRY_RUN_MAX_ITEMS, seconds=DRY_RUN_SECONDS, examples=5, judge=False
     )
     n = result["sme_accepted"] + result["sme_rejected"]
     return JsonResponse(
@@ -356,7 +356,6 @@ def rule_dry_run(request: HttpRequest, slug: str) -> JsonResponse:
             "scanned": result["scanned"],
             "complete": result["complete"],
             "would_reject": result["would_reject"],
-            "judge_accepted": result["judge_accepted"],
             "sme": {
                 "accepted": result["sme_accepted"],
                 "rejected": result["sme_rejected"],
@@ -372,7 +371,6 @@ def rule_dry_run(request: HttpRequest, slug: str) -> JsonResponse:
                     "url": reverse("judging:item_detail", args=(project.slug, e["id"])),
                     "snippet": e["snippet"],
                     "sme": e["sme"],
-                    "judge": e["judge"],
                 }
                 for e in result["examples"]
             ],

@@ -67,7 +67,6 @@
       } else {
         sme.textContent = "None of these has an SME label, so no conflict with the SMEs can be measured (n = 0).";
       }
-      if (data.judge_accepted) sme.textContent += " The gating policy's judges accepted " + data.judge_accepted + ".";
       examples.replaceChildren();
       data.examples.forEach(function (example) {
         var li = document.createElement("li");
