@@ -296,6 +296,29 @@ def queries(ids: dict) -> dict[str, dict]:
     }
 
 
+def prepare(n: int, reuse: bool) -> tuple[dict, bool]:
+    """Set Django up on the benchmark's database; ``(build's ids, reused)``: of the database the last run built
+    with ``n`` items when ``reuse`` (and there is one), else of a new one (created, migrated, built, indexed).
+    Also used by bench/rule_dry_run.py, which times the rule editor on the same database."""
+    reused = reuse and existing(n)
+    if not reused:
+        recreate_database(DB_NAME)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    started = time.perf_counter()
+    if reused:
+        print(f"reusing {DB_NAME} ({n} items)", flush=True)
+        return ids_of_existing(), True
+    call_command("migrate", verbosity=0)
+    ids = build(n)
+    index_s = create_fulltext_index()
+    print(f"built in {time.perf_counter() - started:.0f} s (full-text index {index_s:.0f} s)", flush=True)
+    return ids, False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
@@ -304,25 +327,11 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="time the database the last run built, if any")
     args = parser.parse_args()
 
-    reused = args.reuse and existing(args.items)
-    if not reused:
-        recreate_database(DB_NAME)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    started = time.perf_counter()
+    ids, reused = prepare(args.items, args.reuse)
+    build_s = time.perf_counter() - started
     from django.db import connection
 
-    started = time.perf_counter()
-    if reused:
-        ids = ids_of_existing()
-        print(f"reusing {DB_NAME} ({args.items} items)", flush=True)
-    else:
-        call_command("migrate", verbosity=0)
-        ids = build(args.items)
-        index_s = create_fulltext_index()
-        print(f"built in {time.perf_counter() - started:.0f} s (full-text index {index_s:.0f} s)", flush=True)
-    build_s = time.perf_counter() - started
     connection.close()
 
     load_start = os.getloadavg()[0]

@@ -4,15 +4,15 @@ Usage (from the project folder; PostgreSQL on 127.0.0.1:5432 with trust auth, as
 
     .venv/bin/python bench/rule_dry_run.py [--items 1000000] [--repeat 5] [--reuse]
 
-It (re)creates the database ``<DATABASE_URL's name>_bench_rules`` (see common.py) and fills it with the items
-list benchmark's project (``items_list.build``: ``--items`` items, a judge run in the gating policy, SME reviews
-on 2 % of items and imported labels on 1 %, ...), then ``VACUUM ANALYZE``; ``--reuse`` times the database the
-last run built. Then, as the project's lead (not staff), it posts the rule editor's form to the dry-run
-endpoint (``judging:rule_dry_run``, in process through Django's test client: the view, its queries and the
-JSON, not HTTP) for each rule of ``RULES`` ``--repeat`` times after one warm-up, timing each request. The dry
-run reads at most ``DRY_RUN_MAX_ITEMS`` items in ``DRY_RUN_SECONDS`` (judging/selectors.py); the figures say how
-many it read. The last line of output is one JSON object: ``items``, ``dry_run_p95_ms`` (over every request)
-and, per rule, ``p50_ms``, ``p95_ms``, ``scanned`` and ``would_reject``.
+It shares the items list benchmark's database, ``<DATABASE_URL's name>_bench_items`` (``items_list.prepare``:
+``--items`` items, a judge run in the gating policy, SME reviews on 2 % of items and imported labels on 1 %,
+..., then ``VACUUM ANALYZE``); ``--reuse`` times the database the last run of either built. Then, as the
+project's lead (not staff), it posts the rule editor's form to the dry-run endpoint (``judging:rule_dry_run``,
+in process through Django's test client: the view, its queries and the JSON, not HTTP) for each rule of
+``RULES`` ``--repeat`` times after one warm-up, timing each request. The dry run reads at most
+``DRY_RUN_MAX_ITEMS`` items in ``DRY_RUN_SECONDS`` (judging/selectors.py); the figures say how many it read.
+The last line of output is one JSON object: ``items``, ``dry_run_p95_ms`` (over every request) and, per rule,
+``p50_ms``, ``p95_ms``, ``scanned``, ``would_reject`` and ``sme_n``.
 """
 
 import argparse
@@ -21,16 +21,8 @@ import os
 import statistics
 import time
 
-from common import database_name, database_url, percentile, recreate_database
-
-DB_NAME = database_name("rules")
-URL = database_url(DB_NAME)
-
-import items_list  # noqa: E402 (it points DATABASE_URL at its own database on import; ours is set below)
-
-os.environ["DATABASE_URL"] = URL
-os.environ.pop("CELERY_BROKER_URL", None)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "larry_web.settings")
+import items_list  # sets DATABASE_URL to the items list benchmark's database, which this one shares
+from common import percentile
 
 # The editor's inputs per rule (``<kind>-<param>``), as the page posts them.
 RULES = {
@@ -42,49 +34,19 @@ RULES = {
 }
 
 
-def existing(n: int) -> bool:
-    """Whether this benchmark's database holds a build of ``n`` items."""
-    import psycopg
-
-    try:
-        with psycopg.connect(URL.replace("postgres://", "postgresql://", 1)) as conn:
-            return conn.execute("SELECT count(*) FROM annotations_item").fetchone()[0] == n
-    except psycopg.Error:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--reuse", action="store_true", help="time the database the last run built, if any")
     args = parser.parse_args()
+    ids, _ = items_list.prepare(args.items, args.reuse)
 
-    reused = args.reuse and existing(args.items)
-    if not reused:
-        recreate_database(DB_NAME)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
+    from django.contrib.auth import get_user_model
     from django.test import Client
     from django.urls import reverse
 
     from judging.selectors import DRY_RUN_MAX_ITEMS, DRY_RUN_SECONDS
-
-    started = time.perf_counter()
-    if reused:
-        ids = items_list.ids_of_existing()
-        print(f"reusing {DB_NAME} ({args.items} items)", flush=True)
-    else:
-        call_command("migrate", verbosity=0)
-        ids = items_list.build(args.items)
-        with connection.cursor() as cursor:
-            cursor.execute("VACUUM ANALYZE")  # what autovacuum does to a freshly loaded table soon after
-        print(f"built in {time.perf_counter() - started:.0f} s", flush=True)
-
-    from django.contrib.auth import get_user_model
 
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(get_user_model().objects.get(username=items_list.LEAD))

@@ -12,13 +12,13 @@ from judging.rule_views import param_fields, params_from
 from judging.selectors import label_function_dry_run, snippet
 from judging.services import label_function_save
 from tests.conftest import make_items
-
-RESPONSES = ["Switch to Dropbox.", "Plus is $4 a month.", "Dropbox and OneDrive are better.", "Try OneDrive.", "Fine."]
+from tests.judging.test_label_function_editing import RESPONSES
 
 
 @pytest.fixture
 def items(project):
-    """Five items; SMEs accepted r0 and r1, rejected r2; r3 and r4 have no review."""
+    """The five items of the rule-editing tests (Dropbox in r0 and r2, OneDrive in r2 and r3); SMEs accepted r0
+    and r1, rejected r2; r3 and r4 have no review (no judge run: the editor's dry run does not read verdicts)."""
     items = make_items(project, RESPONSES)
     for item, decision in zip(items[:3], ["accept", "accept", "reject"], strict=True):
         Review.objects.create(item=item, decision=decision, origin="import")
@@ -268,3 +268,25 @@ def test_a_snippet_cuts_long_text_around_the_match():
         "match": "",
         "after": "",
     }
+
+
+def test_the_dry_run_stops_when_its_time_is_up_and_says_how_far_it_read(project):
+    make_items(project, ["Dropbox"] * 600)
+    rule = LabelFunction(project=project, kind="keywords", params={"keywords": ["Dropbox"]}, field="response")
+    # No time at all: it checks the clock every 256 items, so it reads the first 256 and stops.
+    result = label_function_dry_run(label_function=rule, max_items=10_000, seconds=0)
+    assert (result["items"], result["scanned"], result["complete"], result["would_reject"]) == (600, 256, False, 256)
+
+
+def test_length_and_pii_rules_save_from_their_inputs(client, project, lead):
+    client.force_login(lead)
+    length = {"kind": "length", "length-min": "", "length-max": "80", "length-unit": "words"}
+    assert client.post(url(project, "rule_new"), keyword_form(name="long", **length)).status_code == 302
+    pii = {"kind": "pii", "pii-types": ["email", "card"]}
+    assert client.post(url(project, "rule_new"), keyword_form(name="pii", **pii)).status_code == 302
+    saved = dict(LabelFunction.objects.values_list("name", "params"))
+    assert saved == {"long": {"min": None, "max": 80, "unit": "words"}, "pii": {"types": ["card", "email"]}}
+    response = client.post(url(project, "rule_new"), keyword_form(name="none", kind="pii"))  # no type ticked
+    assert 'data-error-for="pii-types">pick at least one of email, phone, card<' in response.content.decode()
+    page = client.get(url(project, "rule_edit", LabelFunction.objects.get(name="pii").pk)).content.decode()
+    assert 'name="pii-types" value="card" checked' in page and 'name="pii-types" value="phone">' in page
