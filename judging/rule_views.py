@@ -238,7 +238,7 @@ def _editor(request, project, rule, *, form=None, errors=None, status=200) -> Ht
         "kinds": kinds,
         "errors": errors,
         "versions": _versions(rule) if rule.pk else [],
-        "max_items": DRY_RUN_MAX_ITEMS,
+        "max_items": f"{DRY_RUN_MAX_ITEMS:,}",
         "seconds": DRY_RUN_SECONDS,
     }
     return render(request, "judging/rule_edit.html", context, status=status)
@@ -310,7 +310,13 @@ def rule_active(request: HttpRequest, slug: str, rule_id: int) -> HttpResponse:
     rule = get_object_or_404(LabelFunction, project=project, pk=rule_id)
     before = rule.version
     rule.active = request.POST.get("active") == "1"
-    label_function_save(rule=rule, user=request.user)
+    try:
+        label_function_save(rule=rule, user=request.user)
+    except serializers.ValidationError as exc:  # stored before a kind's schema grew stricter: fix it first
+        errors = param_errors(rule.kind, exc).items()
+        problems = "; ".join(f"{k.removeprefix(rule.kind + '-')}: {' '.join(v)}" for k, v in errors)
+        messages.error(request, f"Rule {rule.name!r} was not changed: {problems}")
+        return redirect("judging:rule_edit", project.slug, rule.pk)
     messages.info(request, _saved_message(rule, before) + (" It is active." if rule.active else " It is inactive."))
     return redirect("judging:rule_edit", project.slug, rule.pk)
 

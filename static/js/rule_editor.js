@@ -51,12 +51,14 @@
     }
 
     function percent(x) { return (100 * x).toFixed(1) + " %"; }
+    function count(n) { return n.toLocaleString("en"); }
 
     function showResult(data) {
       var where = data.complete
-        ? "of all " + data.items + " items"
-        : "in the first " + data.scanned + " of " + data.items + " items (by import order; the rest not read)";
-      status.textContent = "Would reject " + data.would_reject + " " + where + ".";
+        ? "of all " + count(data.items) + " items"
+        : "in the first " + count(data.scanned) + " of " + count(data.items) +
+          " items (by import order; the rest not read)";
+      status.textContent = "Would reject " + count(data.would_reject) + " " + where + ".";
       var s = data.sme;
       if (s.n) {
         var line = "Of these, SMEs accepted " + s.accepted + " and rejected " + s.rejected + " (n = " + s.n +

@@ -290,3 +290,14 @@ def test_length_and_pii_rules_save_from_their_inputs(client, project, lead):
     assert 'data-error-for="pii-types">pick at least one of email, phone, card<' in response.content.decode()
     page = client.get(url(project, "rule_edit", LabelFunction.objects.get(name="pii").pk)).content.decode()
     assert 'name="pii-types" value="card" checked' in page and 'name="pii-types" value="phone">' in page
+
+
+def test_switching_on_a_rule_whose_stored_params_no_longer_validate_says_why(client, project, lead):
+    rule = LabelFunction.objects.create(
+        project=project, name="old", kind="regex", params={"pattern": "(a"}, reason="r", active=False
+    )
+    client.force_login(lead)
+    response = client.post(url(project, "rule_active", rule.pk), {"active": "1"}, follow=True)
+    assert "Rule &#x27;old&#x27; was not changed: pattern: RE2 cannot compile" in response.content.decode()
+    rule.refresh_from_db()
+    assert not rule.active and not LabelFunctionVersion.objects.exists()
