@@ -197,11 +197,6 @@ def read_answer(reply, result: TeacherResult) -> None:
     result.response = text
 
 
-def _transport_error(exc: BaseException) -> tuple[str, str]:
-    error_class, message = replies.classify_exception(exc)
-    return str(error_class), message.replace("judge server", "teacher server")
-
-
 async def ask_teacher(
     client, *, model: str, item: Item, run_settings: dict, limits: RateLimits | None = None
 ) -> TeacherResult:
@@ -211,32 +206,25 @@ async def ask_teacher(
     ``openai`` client retries 429s, 5xx and timeouts with backoff; every try is
     noted in ``attempts``. A timeout leaves the tokens unknown (None).
     """
-    import openai
-
     started = time.perf_counter()
     result = TeacherResult(item.pk)
     token = llm.exchanges.set(result.attempts)
     messages = messages_for(item, run_settings)
+    body = {
+        "model": model,
+        "messages": messages,
+        "temperature": run_settings["temperature"],
+        "max_tokens": run_settings["max_tokens"],
+    }
     try:
-        if limits is not None:
-            await limits.wait(estimate_tokens(messages, run_settings["max_tokens"]))
-        try:
-            reply = await client.post(
-                "/chat/completions",
-                cast_to=object,
-                body={
-                    "model": model,
-                    "messages": messages,
-                    "temperature": run_settings["temperature"],
-                    "max_tokens": run_settings["max_tokens"],
-                },
-            )
-        except openai.OpenAIError as exc:
-            result.error_class, result.error = _transport_error(exc)
+        tokens = estimate_tokens(messages, run_settings["max_tokens"])
+        reply, error_class, error = await llm.post_chat(
+            client, body, limits=limits, tokens=tokens, server="teacher server"
+        )
+        if error_class:
+            result.error_class, result.error = ErrorClass(error_class), error
             if result.error_class == ErrorClass.TIMEOUT:
                 result.tokens_in = result.tokens_out = None
-        except Exception as exc:  # a body the client could not read
-            result.error_class, result.error = ErrorClass.INVALID_REPLY, f"unreadable reply ({exc!r:.200})"
         else:
             read_answer(reply, result)
             if result.error_class and result.attempts and "status" in result.attempts[-1]:

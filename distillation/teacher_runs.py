@@ -187,12 +187,10 @@ def teacher_run_finish_if_complete(*, run_id: int) -> bool:
 def teacher_run_cancel(*, run: TeacherRun) -> bool:
     """Stop a queued or running run: workers start no new request and release what they hold. The answers
     written so far stay (and are gated). Returns False if it had ended."""
-    cancelled = TeacherRun.objects.filter(
-        pk=run.pk, status__in=[TeacherRun.Status.QUEUED, TeacherRun.Status.RUNNING]
-    ).update(status=TeacherRun.Status.CANCELLED, finished_at=timezone.now())
+    cancelled = work.run_cancel(TeacherRun, run_id=run.pk)
     if cancelled:
         regate_request(run.project_id)
-    return bool(cancelled)
+    return cancelled
 
 
 def teacher_run_resume(*, run: TeacherRun, retry_failed: bool = False) -> None:
@@ -244,9 +242,8 @@ def teacher_runs_revive_stalled() -> int:
 
 
 def teacher_run_fail(*, run_id: int, error: str) -> None:
-    TeacherRun.objects.filter(pk=run_id).update(
-        status=TeacherRun.Status.FAILED, error=error[:5000], finished_at=timezone.now()
-    )
+    """Mark a run failed with the reason; the answers it stored stay."""
+    work.run_fail(TeacherRun, run_id=run_id, error=error)
 
 
 # Reads.

@@ -310,11 +310,7 @@ def judge_run_finish_if_complete(*, run_id: int) -> bool:
 
 def judge_run_cancel(*, run: JudgeRun) -> bool:
     """Stop a queued or running run: chunks not yet started do nothing. Returns False if it had ended."""
-    return bool(
-        JudgeRun.objects.filter(pk=run.pk, status__in=[JudgeRun.Status.QUEUED, JudgeRun.Status.RUNNING]).update(
-            status=JudgeRun.Status.CANCELLED, finished_at=timezone.now()
-        )
-    )
+    return work.run_cancel(JudgeRun, run_id=run.pk)
 
 
 def judge_run_resume(*, run: JudgeRun, retry_errors: bool = False) -> None:
@@ -399,9 +395,7 @@ def judge_runs_revive_stalled() -> int:
 
 def judge_run_fail(*, run_id: int, error: str) -> None:
     """Mark a run failed with the reason; its verdicts stay, the gate ignores the run."""
-    JudgeRun.objects.filter(pk=run_id).update(
-        status=JudgeRun.Status.FAILED, error=error[:5000], finished_at=timezone.now()
-    )
+    work.run_fail(JudgeRun, run_id=run_id, error=error)
 
 
 ITEM_FIELDS = ("id", "prompt", "context", "response", "reference", "task_type")
