@@ -172,6 +172,7 @@ class ItemSerializer(serializers.ModelSerializer):
     answers_item = serializers.PrimaryKeyRelatedField(
         source="answers",
         read_only=True,
+        allow_null=True,
         help_text="for a teacher's answer, the id of the item whose prompt it answers; null for any other item",
     )
     answers = serializers.SerializerMethodField(

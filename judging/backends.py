@@ -85,8 +85,12 @@ class JudgeUnreachable(RuntimeError):
 CONNECTION_CHECK_TIMEOUT_S = 5.0
 
 
-def judge_connection_check(config: JudgeConfig, *, timeout_s: float = CONNECTION_CHECK_TIMEOUT_S) -> None:
-    """Ask an OpenAI-compatible endpoint for its model list (``GET <base_url>/models``) before judging with it.
+def judge_connection_check(
+    config: JudgeConfig, *, timeout_s: float = CONNECTION_CHECK_TIMEOUT_S, who: str = "judge"
+) -> list[str]:
+    """Ask an OpenAI-compatible endpoint for its model list (``GET <base_url>/models``) before judging with it
+    (or teaching: ``who`` names the role in the message, "judge" or "teacher"); returns the models it serves
+    (``[]`` when it gave no OpenAI model list, and for the local classifier).
 
     Raises JudgeUnreachable naming the URL and what went wrong: the
     connection refused, no answer within ``timeout_s`` seconds, the name not
@@ -100,10 +104,10 @@ def judge_connection_check(config: JudgeConfig, *, timeout_s: float = CONNECTION
     import httpx2 as httpx  # the HTTP client the openai package uses
 
     if config.is_local:
-        return
+        return []
     url = config.base_url.rstrip("/") + "/models"
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    problem = ""
+    problem, served = "", []
     try:
         response = httpx.get(url, headers=headers, timeout=timeout_s, follow_redirects=False)
     except httpx.TimeoutException:
@@ -119,30 +123,33 @@ def judge_connection_check(config: JudgeConfig, *, timeout_s: float = CONNECTION
     except (httpx.HTTPError, OSError, ValueError) as exc:  # a reset connection, a URL it cannot use
         problem = f"{type(exc).__name__}: {str(exc)[:200]}"
     else:
-        problem = _model_list_problem(response, config.model)
+        problem, served = _model_list_problem(response, config.model)
     if problem:
-        raise JudgeUnreachable(redact(f"The judge at {config.base_url} did not answer: {problem}.", config.api_key))
+        message = f"The {who} at {config.base_url} did not answer: {problem}."
+        raise JudgeUnreachable(redact(message, config.api_key))
+    return served
 
 
-def _model_list_problem(response, model: str) -> str:
-    """What is wrong with the answer to ``GET /models`` for judging with ``model`` ("" when nothing is)."""
+def _model_list_problem(response, model: str) -> tuple[str, list[str]]:
+    """What is wrong with the answer to ``GET /models`` for using ``model`` ("" when nothing is), and the
+    models it lists (``[]`` when it gave no OpenAI model list)."""
     code = response.status_code
     if 300 <= code < 400:
         where = response.headers.get("location", "")[:200]
-        return f"HTTP {code}: it redirects to {where!r}; give the address it redirects to as the base URL"
+        return f"HTTP {code}: it redirects to {where!r}; give the address it redirects to as the base URL", []
     if code in (401, 403):
-        return f"HTTP {code}: the server refused the API key"
+        return f"HTTP {code}: the server refused the API key", []
     if code >= 500 and code != 501:
-        return f"HTTP {code}: the server is failing ({response.text[:200]})"
+        return f"HTTP {code}: the server is failing ({response.text[:200]})", []
     if code != 200:
-        return ""  # it answered (a server without a model list, say)
+        return "", []  # it answered (a server without a model list, say)
     try:
         served = [entry["id"] for entry in response.json()["data"] if isinstance(entry.get("id"), str)]
     except (ValueError, KeyError, TypeError, AttributeError):
-        return ""  # not an OpenAI model list: nothing to compare
+        return "", []  # not an OpenAI model list: nothing to compare
     if model and served and model not in served:
-        return f"it does not serve the model {model[:200]!r} (it serves: {', '.join(served[:10])[:300]})"
-    return ""
+        return f"it does not serve the model {model[:200]!r} (it serves: {', '.join(served[:10])[:300]})", served
+    return "", served
 
 
 def build_messages(item: Item, prefix: list[dict[str, str]]) -> list[dict[str, str]]:
