@@ -681,15 +681,22 @@ def judge_run_extend(*, parent: JudgeRun, item_ids: list[int], user=None) -> Jud
     """Start a run that extends ``parent`` (a tier of the gating policy) to ``item_ids``, items added since it
     ran (a teacher run's answers): the same judge (backend, model, URL, endpoint) and the same recorded prompt,
     few-shot examples, seed and limits (``parent.config``), over those of the items with a response and no
-    verdict of ``parent``, recorded as ``config["extends"]``. Once finished it is calibrated on ``parent``'s SME
-    labels and folds (``judge_run_calibrate``), and the tier reads its verdicts as its own
+    verdict of ``parent`` or of a run extending it (nor work left in one), recorded as ``config["extends"]``.
+    Once finished it is calibrated on ``parent``'s SME labels and folds (``judge_run_calibrate``), and the tier
+    reads its verdicts as its own
     (``selectors.tier_runs``): the policy a lead chose decides the new items, and the policy is not changed.
     Returns None when no item is left to judge."""
-    judged = Verdict.objects.filter(run=parent).values("item_id")
+    # Items the tier has a say on already, or will have (an extension still running), are not judged again.
+    extensions = JudgeRun.objects.filter(config__extends=parent.pk).exclude(
+        status__in=[JudgeRun.Status.FAILED, JudgeRun.Status.CANCELLED]
+    )
+    judged = Verdict.objects.filter(Q(run=parent) | Q(run__in=extensions)).values("item_id")
+    pending = JudgeWork.objects.filter(run__in=extensions).values("item_id")
     scope = list(
         parent.project.items.filter(pk__in=item_ids)
         .exclude(response="")
         .exclude(pk__in=judged)
+        .exclude(pk__in=pending)
         .order_by("id")
         .values_list("id", flat=True)
     )

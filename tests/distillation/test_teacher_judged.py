@@ -14,6 +14,7 @@ from distillation.models import TeacherRun
 from distillation.teacher_runs import teacher_run_create
 from judging.models import GateDecision, JudgeRun
 from judging.selectors import gating_policy, tier_runs
+from judging.services import policy_runs_extend
 from tests.conftest import ROOT, make_items, use_judge
 from tests.distillation.test_teacher_runs import use_teacher
 from tests.distillation.test_training_sets import build, download, jsonl
@@ -52,6 +53,8 @@ def test_the_policy_judges_the_answers_and_the_gate_decides_them(
     assert extension.config["system_prompt"] == tier_run.config["system_prompt"]
     assert tier_runs(gating_policy(project).tiers.get()) == [tier_run.pk, extension.pk]
     assert gating_policy(project).snapshot() == policy_before  # the policy a lead chose is unchanged
+    # Asked again (a resumed run finishing once more), nothing the tier has judged is judged twice.
+    assert policy_runs_extend(project=project, item_ids=list(answers.values_list("id", flat=True))) == []
     outcomes = dict(GateDecision.objects.filter(item__in=answers).values_list("item__answers__prompt", "outcome"))
     assert outcomes == {"Q1?": "accept", "Q2 [t-bad]?": "reject", "Q4 [t-reasoning]?": "accept"}
     client_page = reverse("distillation:teacher_runs", args=[project.slug])
