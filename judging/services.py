@@ -45,7 +45,7 @@ from judging.selectors import (
     policy_verdicts,
     run_stalled_since,
 )
-from larry_web import work
+from larry_web import background, work
 
 logger = logging.getLogger(__name__)
 
@@ -480,7 +480,7 @@ def regate_request(project_id: int) -> int:
 
     def enqueue() -> None:
         try:
-            regate_project.delay(project_id, generation)
+            background.enqueue(regate_project, project_id, generation)
         except (kombu.exceptions.OperationalError, redis.exceptions.RedisError) as exc:
             # The broker is down: the request stays pending (the project page shows it, with the re-gate
             # button); what was committed stands, and the caller's response is not a server error.
