@@ -46,6 +46,7 @@ from judging.selectors import (
     run_stalled_since,
 )
 from larry_web import background, work
+from larry_web.planner import analyze_after_bulk_write
 
 logger = logging.getLogger(__name__)
 
@@ -451,6 +452,8 @@ def project_regate(*, project: Project) -> tuple[int, dict[str, int]]:
     hits = label_functions_apply(project=project)
     counts = gate_apply(project=project)
     sme_queue_prioritise(project=project)
+    # Every decision (and hit) of the project was just written again: after an import, fresh statistics.
+    analyze_after_bulk_write({GateDecision._meta.db_table: sum(counts.values()), RuleHit._meta.db_table: hits})
     return hits, counts
 
 
