@@ -16,7 +16,7 @@ code is safe without the lock clause.)
 from datetime import datetime
 
 from django.db import connections, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
 from annotations.models import Item, Project, Review, Slot
@@ -40,11 +40,39 @@ def slots_sync(*, project: Project, item_ids: list[int] | None = None) -> None:
 
     Run after queueing items, importing labels, or changing ``reviews_per_item``
     (extra open slots are removed when it goes down; done ones are kept).
+    Items with neither slots nor reviews (what a fresh sample queues) get theirs in one
+    ``INSERT ... SELECT`` per ``BATCH`` items; only items with slots or reviews are counted in Python.
     """
     want = project.reviews_per_item
-    items = Item.objects.filter(project=project, in_sme_queue=True)
-    if item_ids is not None:
-        items = items.filter(pk__in=item_ids)
+    chunks = [None] if item_ids is None else [item_ids[i : i + BATCH] for i in range(0, len(item_ids), BATCH)]
+    with transaction.atomic():
+        for chunk in chunks:
+            items = Item.objects.filter(project=project, in_sme_queue=True)
+            if chunk is not None:
+                items = items.filter(pk__in=chunk)
+            slots = Slot.objects.filter(item=OuterRef("pk"))
+            reviews = Review.objects.filter(item=OuterRef("pk"))
+            _slots_adjust(project, want, items.filter(Exists(slots) | Exists(reviews)))
+            _slots_open(want, items.exclude(Exists(slots)).exclude(Exists(reviews)))
+
+
+def _slots_open(want: int, items) -> None:
+    """``want`` open slots for each of ``items`` (none of which has slots or reviews), in one statement."""
+    if want < 1:
+        return
+    sql, params = items.values_list("id", "project_id", "priority").query.sql_with_params()
+    copies = " UNION ALL ".join(f"SELECT {n} AS n" for n in range(want))
+    table = Slot._meta.db_table
+    with connections[Slot.objects.db].cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (item_id, project_id, priority, done) "
+            f"SELECT i.id, i.project_id, i.priority, %s FROM ({sql}) i CROSS JOIN ({copies}) k",
+            [False, *params],
+        )
+
+
+def _slots_adjust(project: Project, want: int, items) -> None:
+    """Bring the slots of ``items`` (each with slots or reviews) to ``max(want, reviews)``, done ones first."""
     counts = items.annotate(
         n_slots=Count("slots", distinct=True),
         n_done=Count("slots", filter=Q(slots__done=True), distinct=True),
@@ -62,14 +90,13 @@ def slots_sync(*, project: Project, item_ids: list[int] | None = None) -> None:
             to_close.append((item_id, missing_done))
         if n_slots > total:
             to_trim.append((item_id, n_slots - total))
-    with transaction.atomic():
-        Slot.objects.bulk_create(new_slots, batch_size=BATCH)
-        for item_id, n in to_close:
-            ids = Slot.objects.filter(item_id=item_id, done=False).order_by("leased_until").values_list("id", flat=True)
-            Slot.objects.filter(pk__in=list(ids[:n])).update(done=True)
-        for item_id, n in to_trim:
-            ids = Slot.objects.filter(item_id=item_id, done=False, reviewer__isnull=True).values_list("id", flat=True)
-            Slot.objects.filter(pk__in=list(ids[:n])).delete()
+    Slot.objects.bulk_create(new_slots, batch_size=BATCH)
+    for item_id, n in to_close:
+        ids = Slot.objects.filter(item_id=item_id, done=False).order_by("leased_until").values_list("id", flat=True)
+        Slot.objects.filter(pk__in=list(ids[:n])).update(done=True)
+    for item_id, n in to_trim:
+        ids = Slot.objects.filter(item_id=item_id, done=False, reviewer__isnull=True).values_list("id", flat=True)
+        Slot.objects.filter(pk__in=list(ids[:n])).delete()
 
 
 def serialise_leases(*, project: Project, reviewer) -> None:

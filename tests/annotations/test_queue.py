@@ -113,6 +113,20 @@ def test_imported_labels_fill_slots(project):
     assert queue.next_item(project=project, reviewer=ann) is None
 
 
+def test_queueing_fresh_and_labelled_items_at_once_opens_one_done_slot_per_review(project):
+    project.reviews_per_item = 2
+    project.save()
+    items = make_items(project, ["a", "b", "c"])
+    Review.objects.create(item=items[1], decision="accept", origin=Review.Origin.IMPORT)
+    for decision in ("accept", "reject", "accept"):  # more reviews than slots wanted: one slot each, all done
+        Review.objects.create(item=items[2], decision=decision, origin=Review.Origin.IMPORT)
+    assert queue.queue_add(project=project, item_ids=[it.pk for it in items]) == 3
+    slots = {it.response: sorted(Slot.objects.filter(item=it).values_list("done", flat=True)) for it in items}
+    assert slots == {"a": [False, False], "b": [False, True], "c": [True, True, True]}
+    queue.queue_add(project=project, item_ids=[it.pk for it in items])  # again: nothing changes
+    assert Slot.objects.filter(project=project).count() == 7
+
+
 @pytest.mark.parametrize("reviews_per_item", [1, 2])
 def test_a_second_decision_from_another_tab_is_a_conflict_and_the_first_stands(project, queued, reviews_per_item):
     project.reviews_per_item = reviews_per_item
