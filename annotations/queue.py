@@ -13,6 +13,7 @@ even when it arrives at the same instant (the SME's requests take turns, see
 code is safe without the lock clause.)
 """
 
+import time
 from datetime import datetime
 
 from django.db import connections, transaction
@@ -198,8 +199,30 @@ def _free_slots_exist(project: Project, now) -> bool:
     )
 
 
+# Counting a project's slots reads them all: 65 ms at 200,000 slots (EXPLAIN ANALYZE, loaded machine), on every
+# card an SME gets, where the rest of a decision and the next item take a few ms. A large queue's project-wide
+# figures are therefore reused for a few seconds in this process (with 20 SMEs they move by a few reviews a
+# second); the SME's own count, and a small queue's figures, are counted every time.
+PROGRESS_REUSE_FROM_SLOTS = 20_000
+PROGRESS_REUSE_S = 5.0
+_project_progress: dict[int, tuple[float, dict[str, int]]] = {}
+
+
 def progress(*, project: Project, reviewer) -> dict[str, int]:
-    """``{"done", "total", "mine"}``: done and all slots of the project, and this SME's reviews in it."""
-    slots = Slot.objects.filter(project=project).aggregate(total=Count("id"), done=Count("id", filter=Q(done=True)))
+    """``{"done", "total", "mine"}``: done and all slots of the project, and this SME's reviews in it.
+
+    ``done`` and ``total`` of a project with at least ``PROGRESS_REUSE_FROM_SLOTS`` slots may be up to
+    ``PROGRESS_REUSE_S`` seconds old (counted by this process at most that long ago); ``mine`` is exact.
+    """
+    now = time.monotonic()
+    reused = _project_progress.get(project.pk)
+    if reused is not None and now - reused[0] < PROGRESS_REUSE_S:
+        slots = reused[1]
+    else:
+        slots = Slot.objects.filter(project=project).aggregate(total=Count("id"), done=Count("id", filter=Q(done=True)))
+        if slots["total"] >= PROGRESS_REUSE_FROM_SLOTS:
+            _project_progress[project.pk] = (now, slots)
+        else:
+            _project_progress.pop(project.pk, None)
     mine = Review.objects.filter(item__project=project, reviewer=reviewer).count()
     return {"done": slots["done"], "total": slots["total"], "mine": mine}

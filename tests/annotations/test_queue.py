@@ -446,3 +446,22 @@ def test_the_gate_follows_sme_decisions_undos_and_adjudications(
     with django_capture_on_commit_callbacks(execute=True):
         adjudicate(item=item, lead=lead, decision="accept")
     assert outcome(item) == "accept"
+
+
+def test_a_large_queues_project_progress_is_reused_for_seconds_and_the_smes_own_is_exact(project, monkeypatch):
+    monkeypatch.setattr(queue, "PROGRESS_REUSE_FROM_SLOTS", 3)
+    monkeypatch.setattr(queue, "_project_progress", {})
+    make_items(project, ["a", "b", "c"])
+    queue_all(project)
+    ann = user("ann")
+    assert queue.progress(project=project, reviewer=ann) == {"done": 0, "total": 3, "mine": 0}
+    review_submit(item=queue.next_item(project=project, reviewer=ann), reviewer=ann, decision="accept")
+    assert queue.progress(project=project, reviewer=ann) == {"done": 0, "total": 3, "mine": 1}  # reused
+    monkeypatch.setattr(queue, "PROGRESS_REUSE_S", 0.0)
+    assert queue.progress(project=project, reviewer=ann) == {"done": 1, "total": 3, "mine": 1}  # counted again
+    monkeypatch.setattr(queue, "PROGRESS_REUSE_FROM_SLOTS", 4)  # a small queue is counted every time
+    monkeypatch.setattr(queue, "PROGRESS_REUSE_S", 60.0)
+    queue._project_progress.clear()  # as in a process that has not counted this queue yet
+    assert queue.progress(project=project, reviewer=ann)["done"] == 1
+    review_submit(item=queue.next_item(project=project, reviewer=ann), reviewer=ann, decision="accept")
+    assert queue.progress(project=project, reviewer=ann)["done"] == 2
