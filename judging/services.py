@@ -279,7 +279,7 @@ def judge_run_finish_if_complete(*, run_id: int) -> bool:
     ask for the project's re-gating.
 
     Competing workers race here; a conditional UPDATE lets exactly one win,
-    and only the winner calibrates (``judge_run_calibrate_on_finish``, which
+    and only the winner calibrates, in the same transaction as the status change (``judge_run_calibrate_on_finish``, which
     never raises) and asks (``regate_request``: queued, coalesced and
     retried, never inline). A finished run decides nothing until a lead puts
     it in the gating policy (``gating_policy_set``); the re-gating still
@@ -301,11 +301,15 @@ def judge_run_finish_if_complete(*, run_id: int) -> bool:
     if counts["done"] + counts["errors"] < run.items_total or JudgeWork.objects.filter(run=run).exists():
         JudgeRun.objects.filter(pk=run_id).update(**fields)
         return False
-    won = JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.RUNNING).update(
-        status=JudgeRun.Status.FINISHED, finished_at=timezone.now(), **fields
-    )
+    # One transaction, so no one reads the run as finished before its calibration is written (a lead
+    # choosing it for the policy in between would have gated on no calibrated confidence).
+    with transaction.atomic():
+        won = JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.RUNNING).update(
+            status=JudgeRun.Status.FINISHED, finished_at=timezone.now(), **fields
+        )
+        if won:
+            judge_run_calibrate_on_finish(run=run)
     if won:
-        judge_run_calibrate_on_finish(run=run)
         regate_request(run.project_id)
     return bool(won)
 

@@ -254,8 +254,8 @@ def test_the_run_page_shows_the_reliability_diagram_ece_and_auroc(client, lead, 
     client.force_login(lead)
     page = client.get(reverse("judging:run_detail", args=[project.slug, judged.pk])).content.decode()
     report = run_confidence_report(judged)
-    assert 'aria-label="Reliability diagram of raw confidence"' in page
-    assert 'aria-label="Reliability diagram of calibrated confidence"' in page
+    assert 'aria-label="Reliability diagram of raw confidence, n = ' in page
+    assert 'aria-label="Reliability diagram of calibrated confidence, n = ' in page
     filled = sum(1 for kind in ("raw", "calibrated") for b in report[kind]["bins"] if b["n"])
     assert page.count('<rect class="bin"') == filled
     for kind in ("raw", "calibrated"):
