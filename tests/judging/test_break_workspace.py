@@ -307,3 +307,63 @@ def test_a_dry_run_of_a_rule_that_does_not_compile_names_the_input(client, proje
     response = client.post(rule_url(project, "rule_dry_run"), keyword_form())
     assert response.status_code == 400
     assert response.json() == {"errors": {"keywords-all": ["a pattern of this rule is too big for RE2 to compile"]}}
+
+
+# W6: two tabs of the settings page: saving the reasons from the second silently put back the guidelines it was
+# drawn with, undoing the first tab's edit (annotations/project_settings.py project_settings_save: no check).
+def test_a_settings_save_from_a_stale_tab_is_refused(client, project, lead):
+    client.force_login(lead)
+    page = client.get(settings_url(project))
+    seen = page.context["settings_form"]["seen"].value()
+    reasons = "\n".join(project.reject_reasons)
+    tab_a = {"action": "edit", "reject_reasons": reasons, "guidelines": "Check prices.", "seen": seen}
+    assert client.post(settings_url(project), tab_a).status_code == 302
+    tab_b = {"action": "edit", "reject_reasons": reasons + "\ntoo long", "guidelines": "", "seen": seen}
+    refused = client.post(settings_url(project), tab_b)
+    assert refused.status_code == 400
+    assert "Not saved: the reject reasons or guidelines were changed since you opened this page" in (
+        refused.content.decode()
+    )
+    project.refresh_from_db()
+    assert project.guidelines == "Check prices." and "too long" not in project.reject_reasons
+    again = refused.context["settings_form"]["seen"].value()  # the form is drawn over the current settings
+    assert again != seen
+    assert client.post(settings_url(project), {**tab_b, "seen": again}).status_code == 302
+    project.refresh_from_db()
+    assert project.reject_reasons[-1] == "too long"
+    assert ProjectChange.objects.filter(action="settings_edit").count() == 2
+
+
+# W7: the Django admin's project form edited the reject reasons and guidelines, and its inline added, changed
+# and removed members, without a ProjectChange row: the settings page's log missed them (annotations/admin.py
+# ProjectAdmin, MembershipInline).
+def test_admin_edits_of_the_settings_and_members_are_logged(client, project, staff, lead, sme, outsider):
+    from django.contrib.auth.models import Permission
+
+    codenames = ["change_project", "view_project", "change_membership", "add_membership", "delete_membership",
+                 "view_membership"]  # fmt: skip
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client.force_login(staff)
+    path = reverse("admin:annotations_project_change", args=[project.pk])
+    form = client.get(path).context["adminform"].form
+    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
+    data["reject_reasons"] = '["inaccurate", "rude"]'
+    memberships = list(Membership.objects.filter(project=project).select_related("user").order_by("id"))
+    data.update({"memberships-TOTAL_FORMS": str(len(memberships) + 1),
+                 "memberships-INITIAL_FORMS": str(len(memberships)),
+                 "memberships-MIN_NUM_FORMS": "0", "memberships-MAX_NUM_FORMS": "1000"})  # fmt: skip
+    for i, m in enumerate(memberships):
+        data.update({f"memberships-{i}-id": str(m.pk), f"memberships-{i}-project": str(project.pk),
+                     f"memberships-{i}-user": str(m.user_id), f"memberships-{i}-role": m.role})  # fmt: skip
+        if m.user == sme:
+            data[f"memberships-{i}-DELETE"] = "on"
+    new = len(memberships)
+    data.update({f"memberships-{new}-project": str(project.pk), f"memberships-{new}-user": str(outsider.pk),
+                 f"memberships-{new}-role": "lead"})  # fmt: skip
+    response = client.post(path, data)
+    assert response.status_code == 302
+    project.refresh_from_db()
+    assert project.reject_reasons == ["inaccurate", "rude"]
+    logged = {(c.action, c.detail.get("member")) for c in ProjectChange.objects.filter(project=project)}
+    assert logged == {("settings_edit", None), ("member_remove", sme.username), ("member_add", outsider.username)}
+    assert ProjectChange.objects.get(action="settings_edit").changed_by == staff
