@@ -5,21 +5,12 @@ import re
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.urls import reverse
 
 from annotations.models import Adjudication, Membership, Review, ReviewChange
-from tests.conftest import make_items, queue_all
+from tests.annotations import test_review_views
 
-
-@pytest.fixture
-def queue(project):
-    items = make_items(project, ["first answer", "second answer", "third answer"])
-    queue_all(project)
-    return items
-
-
-def url(name, project, *args):
-    return reverse(f"annotations:{name}", args=[project.slug, *args])
+queue = test_review_views.queue  # the three queued items of the review views tests (a fixture)
+url = test_review_views.url
 
 
 @pytest.fixture
