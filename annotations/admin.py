@@ -12,6 +12,7 @@ from annotations.models import (
     ReviewChange,
     SampleDraw,
 )
+from annotations.project_settings import project_change_record
 from annotations.queue import slots_sync
 from annotations.services import (
     ReviewError,
@@ -77,6 +78,45 @@ class ProjectAdmin(OwnsRecordsAdmin):
         super().save_model(request, obj, form, change)
         if "reviews_per_item" in form.changed_data:
             slots_sync(project=obj)  # open (or trim) review slots to match
+        # Logged as the settings page logs them (its "Changes" list), so the admin is no way around the log.
+        edited = {
+            name: {"before": form.initial.get(name), "after": getattr(obj, name)}
+            for name in ("reject_reasons", "guidelines")
+            if change and name in form.changed_data
+        }
+        if edited:
+            project_change_record(project=obj, user=request.user, action=ProjectChange.Action.SETTINGS_EDIT, **edited)
+
+    def save_formset(self, request, form, formset, change):
+        """Members added, changed and removed here are logged like the settings page's (``ProjectChange``)."""
+        if formset.model is not Membership:
+            return super().save_formset(request, form, formset, change)
+        project, user, action = form.instance, request.user, ProjectChange.Action
+        before = {m.pk: (m.user.get_username(), m.role) for m in project.memberships.select_related("user")}
+        gone = [before[f.instance.pk] for f in formset.deleted_forms if f.instance.pk in before]
+        formset.save()
+        for name, role in gone:
+            project_change_record(project=project, user=user, action=action.MEMBER_REMOVE, member=name, role=role)
+        for new in formset.new_objects:
+            project_change_record(
+                project=project, user=user, action=action.MEMBER_ADD, member=new.user.get_username(), role=new.role
+            )
+        for changed, _fields in formset.changed_objects:
+            old_name, old_role = before.get(changed.pk, ("", ""))
+            name = changed.user.get_username()
+            if old_name != name:  # the row now names another account: one left, another joined
+                project_change_record(
+                    project=project, user=user, action=action.MEMBER_REMOVE, member=old_name, role=old_role
+                )
+                project_change_record(
+                    project=project, user=user, action=action.MEMBER_ADD, member=name, role=changed.role
+                )
+            elif old_role != changed.role:
+                project_change_record(
+                    project=project, user=user, action=action.MEMBER_ROLE, member=name, before=old_role,
+                    after=changed.role,
+                )  # fmt: skip
+        return None
 
 
 class ReviewChangeInline(admin.TabularInline):

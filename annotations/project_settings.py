@@ -1,6 +1,8 @@
 """Writes behind the project settings page: members, accounts, reject reasons and guidelines, and the log of
 every change (``ProjectChange`` rows and the ``annotations.project_settings`` logger)."""
 
+import hashlib
+import json
 import logging
 
 from django.contrib.auth import get_user_model
@@ -123,10 +125,25 @@ def account_create(*, project: Project, username: str, email: str, role: str, us
     return new, reverse("password_reset_confirm", args=[uid, default_token_generator.make_token(new)])
 
 
-def project_settings_save(*, project: Project, reject_reasons: list[str], guidelines: str, user) -> list[str]:
+class SettingsConflict(SettingsError):
+    """The settings changed since the lead's form was drawn (another tab, another lead)."""
+
+
+def settings_fingerprint(project: Project) -> str:
+    """A short hash of the project's reject reasons and guidelines, as the settings form carries it: a save
+    from a form drawn before another change (``project_settings_save``'s ``seen``) is refused, not applied."""
+    text = json.dumps([project.reject_reasons, project.guidelines], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def project_settings_save(
+    *, project: Project, reject_reasons: list[str], guidelines: str, user, seen: str = ""
+) -> list[str]:
     """Set the project's reject reasons (validated by ``validate_reject_reasons``; surrounding spaces dropped)
     and guidelines; log what changed (nothing if nothing did). Returns the names of the changed fields.
-    Raises SettingsError with the validator's message. Reviews already given keep the reason they have."""
+    ``seen``: the ``settings_fingerprint`` the lead's form was drawn with (empty: not checked). Raises
+    SettingsError with the validator's message, SettingsConflict when ``seen`` is not the settings' current
+    fingerprint (nothing saved). Reviews already given keep the reason they have."""
     reasons = [r.strip() for r in reject_reasons if r.strip()]
     try:
         validate_reject_reasons(reasons)
@@ -135,6 +152,11 @@ def project_settings_save(*, project: Project, reject_reasons: list[str], guidel
     guidelines = (guidelines or "").replace("\r\n", "\n").strip()
     with transaction.atomic():
         project = Project.objects.select_for_update().get(pk=project.pk)
+        if seen and seen != settings_fingerprint(project):
+            raise SettingsConflict(
+                "Not saved: the reject reasons or guidelines were changed since you opened this page (the log "
+                "below says by whom). Your text is still in the form: save again to replace theirs with it."
+            )
         changed = {}
         if project.reject_reasons != reasons:
             changed["reject_reasons"] = {"before": project.reject_reasons, "after": reasons}

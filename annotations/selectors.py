@@ -71,9 +71,12 @@ def disagreements_filtered(
     ``reviewer``: a user name among the item's SME reviewers; ``task_type``,
     ``source_model``: exact values; ``reject_reason``: a reject reason one of its
     reviews gave; ``q``: text in the prompt or the response (case-insensitive
-    substring). Empty strings do not filter.
+    substring). Empty strings do not filter; one with a NUL character matches
+    nothing (PostgreSQL text never holds one, and cannot be compared with one).
     """
     items = disagreements(project)
+    if any("\x00" in value for value in (reviewer, task_type, source_model, reject_reason, q)):
+        return items.none()
     if reviewer:
         items = items.filter(pk__in=Review.objects.filter(reviewer__username=reviewer).values("item_id"))
     if task_type:

@@ -396,12 +396,14 @@ def adjudicate(*, item: Item, lead, decision: str, reason: str = "") -> Adjudica
 
     A second call replaces the decision (history keeps both, as ``adjudicate``
     with before and after); the lead who decided last is ``decided_by``.
-    Raises ReviewError (not a lead or staff, bad decision).
+    Raises ReviewError (not a lead or staff, bad decision, a NUL character in the reason).
     """
     if not item.project.is_lead(lead):
         raise ReviewError("only a project lead or staff can adjudicate")
     if decision not in Decision.values:
         raise ReviewError(f"decision must be accept or reject, got {decision!r}")
+    if "\x00" in reason:
+        raise ReviewError("the reason contains a NUL character, which cannot be stored")
     with transaction.atomic():
         previous = Adjudication.objects.select_for_update().filter(item=item).first()
         adjudication, _ = Adjudication.objects.update_or_create(

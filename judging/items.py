@@ -14,6 +14,7 @@ labelled as one): nothing counts the whole table on every page. Figures in docs/
 
 import json
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -292,7 +293,24 @@ def _beyond(keys, values: list, *, backwards: bool) -> Q:
     return condition
 
 
+_BIGINT = 2**63 - 1
+
+
+def _cursor_value_ok(name: str, value) -> bool:
+    """Whether ``value`` can be the cursor's value of sort key ``name``: an id a whole number in bigint's
+    range, an external id a string without NUL (PostgreSQL text cannot hold one), a P(accept) a finite number."""
+    if isinstance(value, bool):
+        return False
+    if name == "id":
+        return isinstance(value, int) and -_BIGINT <= value <= _BIGINT
+    if name == "external_id":
+        return isinstance(value, str) and "\x00" not in value
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _parse_cursor(raw: str | None, keys) -> list | None:
+    """The cursor ``raw`` (a JSON list, one value per sort key of ``keys``), or None when it is absent or
+    malformed (a client's garbage is ignored: the first page is shown)."""
     if not raw:
         return None
     try:
@@ -300,7 +318,7 @@ def _parse_cursor(raw: str | None, keys) -> list | None:
     except ValueError:
         return None
     ok = isinstance(values, list) and len(values) == len(keys)
-    return values if ok and all(isinstance(v, int | float | str) and not isinstance(v, bool) for v in values) else None
+    return values if ok and all(_cursor_value_ok(k[0], v) for k, v in zip(keys, values, strict=True)) else None
 
 
 def items_page(items: QuerySet, *, sort: str, after: str | None = None, before: str | None = None) -> ItemsPage:
@@ -412,7 +430,7 @@ def items_bulk_act(
     the audit design of ``annotations.sampling.sample_draw`` (a recorded draw, used by the estimate); otherwise
     a uniform sample of that slice (``random.Random(seed).sample`` over the ids in order), queued and logged
     but not a recorded design. Raises BulkError: an unknown action, nothing selected, more than ``BULK_MAX``
-    items, an audit without a size of at least 1.
+    items, an audit size outside 1 to ``BULK_MAX``.
     """
     if action not in ItemBulkAction.Action.values:
         raise BulkError(f"unknown action {action[:40]!r}: queue or audit")
@@ -431,8 +449,8 @@ def items_bulk_act(
         if action == ItemBulkAction.Action.QUEUE:
             record.queued = queue_add(project=project, item_ids=ids)
         else:
-            if not size or size < 1:
-                raise BulkError("an audit sample needs a size of at least 1")
+            if not size or size < 1 or size > BULK_MAX:
+                raise BulkError(f"an audit sample needs a size from 1 to {BULK_MAX:,}")
             record.size, record.seed = size, seed
             if not filters and item_ids is None:
                 draw = sample_draw(project=project, size=size, design=SampleDraw.Design.AUDIT, seed=seed, user=user)

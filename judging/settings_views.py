@@ -11,11 +11,13 @@ from django.shortcuts import redirect, render
 
 from annotations.models import Membership, Project, ProjectChange
 from annotations.project_settings import (
+    SettingsConflict,
     SettingsError,
     account_create,
     member_add,
     member_remove,
     project_settings_save,
+    settings_fingerprint,
 )
 from annotations.views import form_problems, get_project_for_lead, parse_id
 from judging.models import JudgeRun, RegateRequest
@@ -42,6 +44,8 @@ class ProjectSettingsForm(forms.Form):
         help_text="One a line, 1 to 9 (SMEs press 1 to 9 to pick them).",
     )
     guidelines = forms.CharField(widget=forms.Textarea(attrs={"rows": 8}), required=False, label="Guidelines")
+    # The settings_fingerprint the form was drawn with: a save from a stale tab is refused (SettingsConflict).
+    seen = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
 
 
 def _context(project: Project, **forms_given) -> dict:
@@ -52,7 +56,11 @@ def _context(project: Project, **forms_given) -> dict:
         "create_form": forms_given.get("create_form") or AccountCreateForm(auto_id="id_new_%s"),
         "settings_form": forms_given.get("settings_form")
         or ProjectSettingsForm(
-            initial={"reject_reasons": "\n".join(project.reject_reasons), "guidelines": project.guidelines}
+            initial={
+                "reject_reasons": "\n".join(project.reject_reasons),
+                "guidelines": project.guidelines,
+                "seen": settings_fingerprint(project),
+            }
         ),
         "policy": gating_policy(project),
         "regating": RegateRequest.objects.filter(project=project).first(),
@@ -67,7 +75,8 @@ def _context(project: Project, **forms_given) -> dict:
 def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
     """GET: the page. POST ``action``: ``add`` (``login``, ``role``), ``create`` (``username``, ``email``,
     ``role``: the answer shows the new account's set-password link, once), ``remove`` (``membership``), or
-    ``edit`` (``reject_reasons`` one a line, ``guidelines``). Leads and staff only: 403 for SMEs, 404 for
+    ``edit`` (``reject_reasons`` one a line, ``guidelines``, ``seen``: refused when the settings changed
+    since the form was drawn). Leads and staff only: 403 for SMEs, 404 for
     outsiders. A refused change is said in a message and changes nothing."""
     project = get_project_for_lead(request, slug)
     if request.method != "POST":
@@ -106,16 +115,21 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
                 reject_reasons=form.cleaned_data["reject_reasons"].splitlines(),
                 guidelines=form.cleaned_data["guidelines"],
                 user=request.user,
+                seen=form.cleaned_data["seen"],
             )
             messages.info(request, f"Saved: {', '.join(changed).replace('_', ' ')}." if changed else "No change.")
         else:
             raise SettingsError(f"Unknown action {action[:40]!r}: add, create, remove or edit.")
     except (SettingsError, ValueError) as exc:
         messages.error(request, str(exc))
+        posted = request.POST.copy()
+        if isinstance(exc, SettingsConflict):  # the form again, now drawn over the current settings
+            project.refresh_from_db()
+            posted["seen"] = settings_fingerprint(project)
         bound = {
             "add": ("add_form", lambda: MemberAddForm(request.POST, auto_id="id_add_%s")),
             "create": ("create_form", lambda: AccountCreateForm(request.POST, auto_id="id_new_%s")),
-            "edit": ("settings_form", lambda: ProjectSettingsForm(request.POST)),
+            "edit": ("settings_form", lambda: ProjectSettingsForm(posted)),
         }.get(action)
         if bound:  # the page again with what the lead typed, to correct it
             return render(
