@@ -145,16 +145,25 @@ class Client:
         self.conn.close()
 
 
-def multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, dict]:
-    """A multipart/form-data body with one file, and its Content-Type header."""
+def multipart(field: str, path: Path, content_type: str) -> tuple[object, dict]:
+    """A multipart/form-data body with the file at ``path`` (read in 1 MiB blocks as it is sent, so a
+    large file is never whole in memory), and its headers (Content-Type, Content-Length)."""
     boundary = uuid.uuid4().hex
     head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{path.name}"\r\n'
         f"Content-Type: {content_type}\r\n\r\n"
     ).encode()
-    return head + data + f"\r\n--{boundary}--\r\n".encode(), {
-        "Content-Type": f"multipart/form-data; boundary={boundary}"
-    }
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def blocks():
+        yield head
+        with path.open("rb") as source:
+            while block := source.read(1 << 20):
+                yield block
+        yield tail
+
+    length = len(head) + path.stat().st_size + len(tail)
+    return blocks(), {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)}
 
 
 def wait_http(port: int, path: str, process: subprocess.Popen, seconds: float = 300) -> float:
@@ -299,7 +308,7 @@ def label_studio_round(args, items_json: Path, n: int, work: Path, postgres: boo
         client = Client(port, {"Authorization": f"Token {token}"})
         project = client.json("POST", "/api/projects", {"title": "bench", "label_config": LS_LABEL_CONFIG})
         pid = project["id"]
-        body, headers = multipart("file", "items.json", items_json.read_bytes(), "application/json")
+        body, headers = multipart("file", items_json, "application/json")
         started = time.perf_counter()
         client.call("POST", f"/api/projects/{pid}/import", body, headers)
         queryable = time.perf_counter() - started
@@ -478,7 +487,7 @@ def larry_round(args, items_jsonl: Path, n: int, work: Path, postgres: bool, rev
         larry_login(browser)
         slug = "bench"
         api.json("POST", "/api/projects/", {"slug": slug, "name": "Benchmark"})
-        body, headers = multipart("file", "items.jsonl", items_jsonl.read_bytes(), "application/jsonl")
+        body, headers = multipart("file", items_jsonl, "application/jsonl")
         started = time.perf_counter()
         report = json.loads(api.call("POST", f"/api/projects/{slug}/import/", body, headers)[0])
         queryable = time.perf_counter() - started
@@ -598,14 +607,17 @@ def describe(system: str, r: dict) -> str:
 def unlabel(items_jsonl: Path, every: int) -> int:
     """Drop ``human_label`` from every ``every``-th row (rows 0, every, 2 every...), so the SMEs have items to
     review (an item with a prior label has its review); how many rows lost theirs."""
-    lines = items_jsonl.read_text(encoding="utf-8").splitlines()
+    rewritten = items_jsonl.with_suffix(".unlabelled")
     dropped = 0
-    for i in range(0, len(lines), every):
-        row = json.loads(lines[i])
-        row.pop("human_label", None)
-        lines[i] = json.dumps(row, ensure_ascii=False)
-        dropped += 1
-    items_jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with items_jsonl.open(encoding="utf-8") as source, rewritten.open("w", encoding="utf-8") as out:
+        for i, line in enumerate(source):
+            if i % every == 0:
+                row = json.loads(line)
+                row.pop("human_label", None)
+                line = json.dumps(row, ensure_ascii=False) + "\n"
+                dropped += 1
+            out.write(line)
+    rewritten.replace(items_jsonl)
     return dropped
 
 
