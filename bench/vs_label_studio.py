@@ -49,8 +49,9 @@ Label Studio's (5: five times as fast), ``idle_rss_ratio`` Larry's memory over L
 line of output is one JSON object: the ratios for Larry on PostgreSQL, the same with ``_sqlite``, and
 every per-round figure under ``rounds``.
 
-``--growth`` measures Larry alone on PostgreSQL at each of ``--sizes``: import until gated, export,
-queueing every item, and the review loop; cost per item in microseconds, to see whether it is flat.
+``--growth`` measures Larry alone on PostgreSQL (database ``..._bench_vsls_growth``) at each of ``--sizes``:
+import until gated, export, queueing every item, and the review loop; cost per item in microseconds, to see
+whether it is flat.
 """
 
 import argparse
@@ -338,17 +339,25 @@ def label_studio_round(args, items_json: Path, n: int, work: Path, postgres: boo
     finally:
         servers.stop()
     return {
+        **common_figures(postgres, start_s, (rss, pss, count), imported, queryable, export_s, exported),
+        **latencies(item_ms, submit_ms),
+    }
+
+
+def common_figures(postgres: bool, start_s: float, memory: tuple, import_s: float, queryable_s: float,
+                   export_s: float, exported: int) -> dict:  # fmt: skip
+    """The figures both systems have, named as the summary reads them (``memory``: RSS MB, PSS MB, processes)."""
+    return {
         "database": "postgresql" if postgres else "sqlite",
         "start_s": start_s,
-        "idle_rss_mb": rss,
-        "idle_pss_mb": pss,
-        "processes": count,
-        "import_s": imported,
-        "import_queryable_s": queryable,
+        "idle_rss_mb": memory[0],
+        "idle_pss_mb": memory[1],
+        "processes": memory[2],
+        "import_s": import_s,
+        "import_queryable_s": queryable_s,
         "export_s": export_s,
         "export_items": exported,
         "export_items_per_s": exported / export_s,
-        **latencies(item_ms, submit_ms),
     }
 
 
@@ -468,10 +477,11 @@ def larry_review(client: Client, slug: str, reviews: int) -> tuple[list[float], 
     return posted_ms, first_s * 1000
 
 
-def larry_round(args, items_jsonl: Path, n: int, work: Path, postgres: bool, reviews: int) -> dict:
-    """One round of Larry on a fresh database: PostgreSQL with a Celery worker, or the embedded SQLite."""
+def larry_round(args, items_jsonl: Path, n: int, work: Path, postgres: bool, reviews: int, bench="vsls") -> dict:
+    """One round of Larry on a fresh database: PostgreSQL (``<DATABASE_URL's name>_bench_<bench>``) with a Celery
+    worker, or the embedded SQLite."""
     if postgres:
-        name = database_name("vsls")
+        name = database_name(bench)
         recreate_database(name)
         env = larry_env(database_url(name), args.redis_url)
     else:
@@ -506,16 +516,7 @@ def larry_round(args, items_jsonl: Path, n: int, work: Path, postgres: bool, rev
     finally:
         servers.stop()
     return {
-        "database": "postgresql" if postgres else "sqlite",
-        "start_s": start_s,
-        "idle_rss_mb": rss,
-        "idle_pss_mb": pss,
-        "processes": count,
-        "import_s": gated,
-        "import_queryable_s": queryable,
-        "export_s": fresh["seconds"],
-        "export_items": fresh["items"],
-        "export_items_per_s": fresh["items_per_s"],
+        **common_figures(postgres, start_s, (rss, pss, count), gated, queryable, fresh["seconds"], fresh["items"]),
         "export_items_per_s_later": later["items_per_s"],
         "queue_s": queue_s,
         "first_card_ms": first_ms,
@@ -674,7 +675,7 @@ def growth(args, work: Path) -> None:
         origin = write_items(items_jsonl, n)
         unlabel(items_jsonl, args.unlabelled_every)
         print(f"{n} items ({items_jsonl.stat().st_size / 1e6:.1f} MB) sampled from {origin}", flush=True)
-        r = larry_round(args, items_jsonl, n, work, postgres=True, reviews=args.reviews)
+        r = larry_round(args, items_jsonl, n, work, postgres=True, reviews=args.reviews, bench="vsls_growth")
         items_jsonl.unlink()
         row = {
             "items": n,
