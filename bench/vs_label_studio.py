@@ -96,7 +96,8 @@ class Client:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
 
     def open(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        """Send a request; the ``http.client.HTTPResponse`` (cookies taken). Reconnects once on a dropped connection."""
+        """Send a request; the ``http.client.HTTPResponse`` (cookies taken). A GET is sent again once on a dropped
+        connection; any other request is not (it may have been acted on), so its failure raises SystemExit."""
         sent = {**self.headers, **(headers or {})}
         if self.cookies:
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
@@ -105,11 +106,13 @@ class Client:
                 self.conn.request(method, path, body=body, headers=sent)
                 response = self.conn.getresponse()
                 break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.conn.close()
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-                if attempt == 2:
-                    raise
+                if attempt == 2 or method != "GET":
+                    raise SystemExit(
+                        f"{method} {path} on port {self.port}: the server dropped the connection ({exc!r})"
+                    ) from exc
         for header in response.headers.get_all("Set-Cookie") or []:
             name, _, rest = header.partition("=")
             self.cookies[name.strip()] = rest.split(";", 1)[0]
