@@ -8,7 +8,9 @@ is never dropped. Without a PostgreSQL ``DATABASE_URL`` it is
 ``larry_bench_<name>`` on 127.0.0.1:5432 (user postgres, trust auth).
 """
 
+import json
 import os
+import random
 import re
 import statistics
 import sys
@@ -19,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_SERVER = "postgres://postgres@127.0.0.1:5432/larry"
+# The shared data folder beside the checkout, or LARRY_SHARED_DIR (as the tests read it).
+SHARED = Path(os.environ.get("LARRY_SHARED_DIR") or ROOT.parent / "shared") / "data"
 
 
 def _server_url() -> str:
@@ -57,3 +61,27 @@ def recreate_database(name: str) -> None:
 def percentile(values: list[float], q: int) -> float:
     """The ``q``-th percentile (1 to 99) of ``values``, inclusive method; the value itself for one value."""
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def write_items(path: Path, n: int, seed: int = 0) -> str:
+    """``n`` JSONL items sampled from the shared data (or synthetic); returns where they came from."""
+    rng = random.Random(seed)
+    sources = sorted(SHARED.glob("*.jsonl")) if SHARED.is_dir() else []
+    rows = [json.loads(line) for source in sources for line in source.open(encoding="utf-8") if line.strip()]
+    origin = f"{len(rows)} rows of {SHARED}" if rows else "synthetic"
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(n):
+            if rows:
+                row = dict(rng.choice(rows))
+            else:
+                words = lambda k: " ".join(rng.choice(["the", "price", "plan", "refund", "is", "é"]) for _ in range(k))  # noqa: E731
+                row = {
+                    "prompt": words(rng.randint(5, 40)),
+                    "context": words(rng.randint(0, 200)) if rng.random() < 0.3 else "",
+                    "response": words(rng.randint(10, 150)),
+                    "human_label": rng.choice(["accept", "reject"]),
+                    "source_model": "synthetic",
+                }
+            row["id"] = f"bench-{i}"
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return origin

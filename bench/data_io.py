@@ -31,7 +31,6 @@ import argparse
 import http.client
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -39,34 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, database_name, database_url, recreate_database
+from common import ROOT, database_name, database_url, recreate_database, write_items
 
 DB_NAME = database_name("data_io")
-SHARED = ROOT.parent / "shared" / "data"
-
-
-def write_items(path: Path, n: int, seed: int = 0) -> str:
-    """``n`` JSONL items sampled from the shared data (or synthetic); returns where they came from."""
-    rng = random.Random(seed)
-    sources = sorted(SHARED.glob("*.jsonl")) if SHARED.is_dir() else []
-    rows = [json.loads(line) for source in sources for line in source.open(encoding="utf-8") if line.strip()]
-    origin = f"{len(rows)} rows of {SHARED}" if rows else "synthetic"
-    with path.open("w", encoding="utf-8") as out:
-        for i in range(n):
-            if rows:
-                row = dict(rng.choice(rows))
-            else:
-                words = lambda k: " ".join(rng.choice(["the", "price", "plan", "refund", "is", "é"]) for _ in range(k))  # noqa: E731
-                row = {
-                    "prompt": words(rng.randint(5, 40)),
-                    "context": words(rng.randint(0, 200)) if rng.random() < 0.3 else "",
-                    "response": words(rng.randint(10, 150)),
-                    "human_label": rng.choice(["accept", "reject"]),
-                    "source_model": "synthetic",
-                }
-            row["id"] = f"bench-{i}"
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return origin
 
 
 def child_import(slug: str, path: str, labels: bool = True) -> None:
