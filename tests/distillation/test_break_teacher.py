@@ -1,0 +1,188 @@
+"""Hostile-user findings on teacher runs (Sensei Larry), each a reproduction that fails today.
+
+Every test is ``xfail(strict=True)`` with the finding's number (F1..): the fix of a finding turns its test
+green, and strict xfail then asks for the marker to go. Replies are read by ``distillation.teacher.read_answer``
+(what a real server's JSON becomes); the exports are built and parsed back.
+"""
+
+import json
+
+import pytest
+from django.urls import reverse
+
+from annotations.models import Item, Project, Review
+from distillation.models import TeacherRun
+from distillation.teacher import TeacherResult, read_answer
+from judging.services import gate_apply
+from tests.distillation.test_training_sets import build, download, jsonl
+
+pytestmark = pytest.mark.django_db
+
+
+def reply(content, finish_reason="stop", **message) -> dict:
+    """A chat completion as an OpenAI-compatible server sends it: one choice."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "teacher",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, **message},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+    }
+
+
+def read(content, **kwargs) -> TeacherResult:
+    result = TeacherResult(item_id=1)
+    read_answer(reply(content, **kwargs), result)
+    return result.storable()  # what answers_store writes
+
+
+# Replies a response must never be made of.
+
+
+@pytest.mark.xfail(strict=True, reason="F1: a refusal in words (finish_reason stop) is stored as a response")
+@pytest.mark.parametrize(
+    "content",
+    [
+        "I'm sorry, but I can't help with that.",
+        "I cannot assist with this request.",
+        "As an AI language model, I am unable to provide that information.",
+    ],
+)
+def test_a_refusal_in_words_is_no_response(content):
+    result = read(content)
+    assert result.response == "" and result.error_class == "refusal"
+
+
+@pytest.mark.xfail(strict=True, reason="F2: nested or repeated <think> blocks leak think tags into the response")
+@pytest.mark.parametrize(
+    "content",
+    [
+        "<think>first <think>inner</think> still thinking</think>The answer is 4.",
+        "<think>a</think><think>b</think>The answer is 4.",
+        "<think>a</think>The answer is 4.</think>",
+    ],
+)
+def test_think_tags_never_reach_the_response(content):
+    result = read(content)
+    assert "<think>" not in result.response and "</think>" not in result.response
+
+
+@pytest.mark.xfail(strict=True, reason="F3: a reply of NUL bytes becomes a response of U+FFFD characters")
+@pytest.mark.parametrize("content", ["\x00", "\x00\x00\x00", "\ud800", " \x00 \ud800 "])
+def test_a_reply_of_nul_or_lone_surrogates_is_no_response(content):
+    result = read(content)
+    assert result.response.replace("\ufffd", "").strip() == result.response == ""
+    assert result.error_class  # counted as not stored, with its class
+
+
+@pytest.mark.xfail(strict=True, reason="F4: reasoning holding </think> makes a reasoning row's <think> block ambiguous")
+def test_reasoning_holding_a_closing_tag_cannot_split_the_reasoning_row():
+    result = read("The answer is 4.", reasoning_content="Step 1.</think>Not the answer.\nStep 2.")
+    # The reasoning format writes "<think>\n<reasoning>\n</think>\n\n<response>": a reader splitting at the
+    # first </think> (as DeepSeek-R1's chat template does) must find the response after it.
+    assistant = f"<think>\n{result.reasoning}\n</think>\n\n{result.response}"
+    assert assistant.split("</think>", 1)[1].strip() == result.response
+
+
+# Exports: what the gate did not accept never reaches a training set.
+
+
+def student_and_answer(project: Project, *, answer: str, reasoning: str = "") -> tuple[Item, Item]:
+    student = Item.objects.create(project=project, external_id="s1", prompt="Q?", response="Student WRONG")
+    teacher = Item.objects.create(
+        project=project,
+        external_id="s1#teacher-1",
+        prompt="Q?",
+        response=answer,
+        reasoning=reasoning,
+        source_model="teacher-405b",
+        answers=student,
+    )
+    return student, teacher
+
+
+@pytest.mark.xfail(
+    strict=True, reason="F5: a teacher answer the gate rejected is the rejected side of a DPO pair once corrected"
+)
+def test_dpo_never_exports_a_rejected_teacher_answer(project, django_capture_on_commit_callbacks):
+    student, teacher = student_and_answer(project, answer="Teacher says 5, wrongly.")
+    Review.objects.create(item=student, decision="reject", origin="import")
+    Review.objects.create(item=teacher, decision="reject", corrected_response="It is 4.", origin="import")
+    gate_apply(project=project)
+    assert teacher.__class__.objects.get(pk=teacher.pk).gate_decision.outcome == "reject"
+    rows = jsonl(download(build(project, django_capture_on_commit_callbacks, format="dpo")))
+    assert rows, "the correction makes a pair"
+    # The module docstring: "a teacher's rejected answer is no student response"; the issue: rejected = the
+    # student's rejected response.
+    assert "Teacher says 5" not in json.dumps(rows)
+    assert {r["rejected"][0]["content"] for r in rows} <= {"Student WRONG"}
+
+
+@pytest.mark.xfail(strict=True, reason="F6: the judge format exports teacher answers the gate rejected")
+def test_the_judge_format_never_exports_a_rejected_teacher_answer(project, django_capture_on_commit_callbacks):
+    student, teacher = student_and_answer(project, answer="Teacher says 5, wrongly.")
+    Review.objects.create(item=student, decision="reject", origin="import")
+    Review.objects.create(item=teacher, decision="reject", origin="import")
+    gate_apply(project=project)
+    text = download(build(project, django_capture_on_commit_callbacks, format="judge")).decode()
+    assert "Student WRONG" in text  # the format works
+    assert "Teacher says 5" not in text  # "Nothing the teacher writes is exported unless the gate accepted it"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="F7: a reasoning row pairs the teacher's reasoning with an SME's corrected response"
+)
+def test_a_reasoning_row_never_pairs_reasoning_with_a_response_it_did_not_lead_to(
+    project, django_capture_on_commit_callbacks
+):
+    _, teacher = student_and_answer(project, answer="It is 5.", reasoning="2 + 2 is 5, so the answer is 5.")
+    Review.objects.create(item=teacher, decision="accept", corrected_response="It is 4.", origin="import")
+    gate_apply(project=project)
+    rows = jsonl(download(build(project, django_capture_on_commit_callbacks, format="reasoning")))
+    for row in rows:
+        # Either the teacher's own response after its reasoning, or the correction without that reasoning.
+        assert row["response"] == "It is 5." or "so the answer is 5" not in row["messages"][-1]["content"]
+
+
+# Starting runs over REST.
+
+
+def api(slug: str) -> str:
+    return reverse("teacher-run-list", args=[slug])
+
+
+@pytest.fixture
+def teacher_env(settings):
+    settings.LARRY_TEACHER_BASE_URL, settings.LARRY_TEACHER_MODEL = "http://127.0.0.1:9/v1", "teacher"
+
+
+@pytest.mark.xfail(strict=True, reason="F8: a double click (two POSTs) starts two runs that answer every item twice")
+def test_a_second_start_does_not_ask_again_for_items_a_running_run_answers(client, project, lead, teacher_env):
+    for i in range(3):
+        Item.objects.create(project=project, external_id=f"p{i}", prompt=f"Q{i}?", response="")
+    client.force_login(lead)
+    first = client.post(api(project.slug), {"items": "missing"}, content_type="application/json")
+    second = client.post(api(project.slug), {"items": "missing"}, content_type="application/json")
+    assert first.status_code == 201 and first.json()["items_total"] == 3
+    # Refused, or a run over nothing: each prompt is paid for (and answered) once.
+    assert second.status_code == 409 or second.json()["items_total"] == 0
+    assert sum(TeacherRun.objects.values_list("items_total", flat=True)) == 3
+
+
+@pytest.mark.xfail(strict=True, reason="F9: item_ids of another project (or no item) start an empty run, no error")
+@pytest.mark.parametrize("whose", ["other project", "no such item", "a teacher answer"])
+def test_item_ids_that_are_not_this_projects_originals_are_refused_by_name(client, project, lead, teacher_env, whose):
+    other = Project.objects.create(slug="other", name="Other")
+    foreign = Item.objects.create(project=other, external_id="b1", prompt="Secret?", response="B")
+    _, answer = student_and_answer(project, answer="A teacher answer.")
+    bad = {"other project": foreign.pk, "no such item": 10**9, "a teacher answer": answer.pk}[whose]
+    client.force_login(lead)
+    response = client.post(api(project.slug), {"item_ids": [bad]}, content_type="application/json")
+    assert response.status_code == 400 and str(bad) in json.dumps(response.json())
+    assert not TeacherRun.objects.exists()
