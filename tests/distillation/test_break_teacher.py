@@ -186,3 +186,77 @@ def test_item_ids_that_are_not_this_projects_originals_are_refused_by_name(clien
     response = client.post(api(project.slug), {"item_ids": [bad]}, content_type="application/json")
     assert response.status_code == 400 and str(bad) in json.dumps(response.json())
     assert not TeacherRun.objects.exists()
+
+
+@pytest.mark.xfail(
+    strict=True, reason="F10: a resumed run sends the project's current API key to the URL the run recorded"
+)
+def test_a_resumed_run_never_sends_a_key_to_a_url_it_was_not_set_for(
+    project, judge_server, django_capture_on_commit_callbacks
+):
+    """The lead moves the teacher from an untrusted server (the run's URL) to a trusted one with its own key; an
+    old run, resumed, goes on at the URL it recorded and takes the key of the new one with it."""
+    from distillation.models import TeacherSettings
+    from distillation.teacher_runs import teacher_run_cancel, teacher_run_create, teacher_run_resume
+
+    TeacherSettings.objects.create(project=project, base_url=judge_server.base_url, model="teacher", api_key="")
+    Item.objects.create(project=project, external_id="p1", prompt="Q?", response="")
+    run = teacher_run_create(project=project, selection="missing")  # not started: its on_commit is dropped
+    teacher_run_cancel(run=run)
+    TeacherSettings.objects.filter(project=project).update(
+        base_url="http://127.0.0.1:9/v1", api_key="sk-for-the-other-server"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        teacher_run_resume(run=run)
+    assert judge_server.authorizations, "the resumed run asked its recorded URL"
+    assert all("sk-for-the-other-server" not in (header or "") for header in judge_server.authorizations)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="F11: a uniform sample draws prompts without a response and hands them to SMEs to review"
+)
+def test_prompts_without_a_response_are_never_handed_to_smes(project, sme):
+    from annotations.models import SampleDraw
+    from annotations.queue import next_item
+    from annotations.sampling import sample_draw
+    from annotations.services import review_submit
+
+    for i in range(4):
+        Item.objects.create(project=project, external_id=f"r{i}", prompt=f"Q{i}?", response=f"Answer {i}.")
+        Item.objects.create(project=project, external_id=f"p{i}", prompt=f"P{i}?", response="")
+    draw = sample_draw(project=project, size=8, design=SampleDraw.Design.UNIFORM, seed=0)
+    shown = []
+    while (item := next_item(project=project, reviewer=sme)) is not None:
+        shown.append(item.response)
+        review_submit(item=item, reviewer=sme, decision="accept", leased_at=item.leased_at)
+    assert shown, "the SME was shown items"
+    assert "" not in shown  # nothing to review: the response is missing
+    assert draw.population == 4  # the population a uniform estimate is over: items with a response
+
+
+@pytest.mark.xfail(strict=True, reason="F12: a tool call's preamble (finish_reason stop) is stored as the response")
+def test_a_tool_call_is_no_response():
+    call = {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": '{"q": "Plus price"}'}}
+    result = read("Let me look that up.", tool_calls=[call])
+    assert result.response == "" and result.error_class
+
+
+@pytest.mark.xfail(
+    strict=True, reason="F13: answers from another model than the teacher's are stored and shown as the teacher's"
+)
+def test_answers_from_another_model_are_told_apart(
+    client, project, lead, judge_server, django_capture_on_commit_callbacks
+):
+    from distillation.models import TeacherSettings
+    from distillation.teacher_runs import teacher_run_create
+
+    TeacherSettings.objects.create(project=project, base_url=judge_server.base_url, model="teacher-405b")
+    judge_server.httpd.answer_model = "tiny-1b"  # a server that serves another model than the one asked for
+    Item.objects.create(project=project, external_id="p1", prompt="Q?", response="")
+    with django_capture_on_commit_callbacks(execute=True):
+        teacher_run_create(project=project, selection="missing")
+    answer = Item.objects.get(answers__isnull=False)
+    client.force_login(lead)
+    page = client.get(reverse("distillation:teacher_runs", args=[project.slug])).content.decode()
+    # As a judge run's page does ("answered by another model"): the item, or the page, says who wrote it.
+    assert answer.source_model == "tiny-1b" or "tiny-1b" in page
