@@ -334,3 +334,113 @@ def test_answer_ids_never_collide_with_other_items(project, judge_server, django
         errors.append(exc)
     run.refresh_from_db()
     assert errors == [] and run.status == "finished" and run.answers_written == len(ids)
+
+
+class Canned:
+    """A real HTTP server on 127.0.0.1 answering every request with ``reply(path, headers, body)``:
+    ``(status, headers, body bytes)``; it keeps each request's path and headers in ``seen``."""
+
+    def __init__(self, reply):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        canned = self
+        self.seen: list[tuple[str, dict]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                canned.seen.append((self.path, dict(self.headers)))
+                status, headers, data = reply(self.path, self.headers, body)
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _any
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        import threading
+
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def canned():
+    servers = []
+
+    def make(reply):
+        servers.append(Canned(reply))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def run_against(project, base_url, capture, **fields) -> TeacherRun:
+    from distillation.models import TeacherSettings
+    from distillation.teacher_runs import teacher_run_create
+
+    TeacherSettings.objects.update_or_create(
+        project=project, defaults={"base_url": base_url, "model": "teacher", **fields}
+    )
+    with capture(execute=True):
+        run = teacher_run_create(project=project, selection="missing")
+    run.refresh_from_db()
+    return run
+
+
+@pytest.mark.xfail(
+    strict=True, reason="F16: an answer that used every token of max_tokens but says 'stop' is stored (truncated)"
+)
+def test_an_answer_that_used_all_of_max_tokens_is_no_response(project, canned, django_capture_on_commit_callbacks):
+    """Some OpenAI-compatible servers (proxies, older Ollama) say "stop" when they cut an answer at max_tokens;
+    the usage says it: completion_tokens == max_tokens."""
+
+    def reply(path, headers, body):
+        asked = json.loads(body)["max_tokens"]
+        data = {
+            "model": "teacher",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "The answer is fo"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": asked},
+        }
+        return 200, {}, json.dumps(data).encode()
+
+    Item.objects.create(project=project, external_id="p1", prompt="Q?", response="")
+    server = canned(reply)
+    run = run_against(project, server.base_url, django_capture_on_commit_callbacks, max_tokens=64)
+    assert run.status == "finished" and run.answers_written == 0
+
+
+ANSWER = {
+    "model": "teacher",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "An answer."}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+}
+
+
+@pytest.mark.xfail(
+    strict=True, reason="F17: a redirect is followed: what another host answers (to a GET, no prompt) is stored"
+)
+def test_a_redirect_to_another_host_stores_nothing(project, canned, django_capture_on_commit_callbacks):
+    """The key does not follow (httpx drops Authorization across origins), but the request does: after a 302 the
+    POST is a GET without the prompt, and the other host's reply is stored as the teacher's answer to it."""
+    elsewhere = canned(lambda path, headers, body: (200, {}, json.dumps(ANSWER).encode()))
+    teacher = canned(lambda path, headers, body: (302, {"Location": elsewhere.base_url + "/chat/completions"}, b""))
+    Item.objects.create(project=project, external_id="p1", prompt="Q?", response="")
+    run = run_against(project, teacher.base_url, django_capture_on_commit_callbacks, api_key="sk-secret-1")
+    assert all("authorization" not in {k.lower() for k in headers} for _, headers in elsewhere.seen)  # holds
+    assert run.answers_written == 0 and not elsewhere.seen
