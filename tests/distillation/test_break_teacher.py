@@ -471,3 +471,13 @@ def test_a_cut_reasoning_never_reaches_a_reasoning_row(project, canned, django_c
     gate_apply(project=project)
     rows = jsonl(download(build(project, django_capture_on_commit_callbacks, format="reasoning")))
     assert all(row["reasoning"] == thought for row in rows), [row["reasoning"][-30:] for row in rows]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="F19: an answer that mentions </think> is cut there, though the server split the reasoning"
+)
+def test_an_answer_mentioning_the_closing_tag_is_kept_whole_when_the_reasoning_came_apart():
+    content = "Close the block with </think> and then write the answer the user reads."
+    result = read(content, reasoning_content="The user asks about reasoning tags.")
+    assert result.response == content
+    assert result.reasoning == "The user asks about reasoning tags."
