@@ -481,3 +481,19 @@ def test_an_answer_mentioning_the_closing_tag_is_kept_whole_when_the_reasoning_c
     result = read(content, reasoning_content="The user asks about reasoning tags.")
     assert result.response == content
     assert result.reasoning == "The user asks about reasoning tags."
+
+
+@pytest.mark.xfail(
+    strict=True, reason="F20: a long answer within max_tokens is refused as 'its server ignored max_tokens' (64K chars)"
+)
+def test_a_long_answer_within_max_tokens_is_stored(project, canned, django_capture_on_commit_callbacks):
+    """max_tokens may be set up to 65,536; an answer of 17,500 tokens (~70,000 characters: a long program) is
+    within 32,768 and ended normally."""
+    content = "x = 1  # a line of the program\n" * 2300  # ~71,000 characters
+    data = {**ANSWER, "usage": {"prompt_tokens": 10, "completion_tokens": 17_500}}
+    data["choices"] = [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]
+    server = canned(lambda path, headers, body: (200, {}, json.dumps(data).encode()))
+    Item.objects.create(project=project, external_id="p1", prompt="Write the program.", response="")
+    run = run_against(project, server.base_url, django_capture_on_commit_callbacks, max_tokens=32768)
+    assert list(run.answers.values_list("error", flat=True)) == [""]
+    assert Item.objects.get(answers__isnull=False).response == content.strip()
