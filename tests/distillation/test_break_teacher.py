@@ -497,3 +497,19 @@ def test_a_long_answer_within_max_tokens_is_stored(project, canned, django_captu
     run = run_against(project, server.base_url, django_capture_on_commit_callbacks, max_tokens=32768)
     assert list(run.answers.values_list("error", flat=True)) == [""]
     assert Item.objects.get(answers__isnull=False).response == content.strip()
+
+
+@pytest.mark.xfail(strict=True, reason="F21: the teacher's acceptance rates are shown with n but without an interval")
+def test_acceptance_rates_are_shown_with_an_interval(client, project, lead, teacher_env):
+    student, teacher = student_and_answer(project, answer="It is 4.")
+    Review.objects.create(item=student, decision="reject", origin="import")
+    Review.objects.create(item=teacher, decision="accept", origin="import")
+    gate_apply(project=project)
+    run = TeacherRun.objects.create(project=project, model="teacher", base_url="http://t/v1", selection="rejected")
+    from distillation.models import TeacherAnswer
+
+    TeacherAnswer.objects.create(run=run, item=student, answer=teacher)
+    client.force_login(lead)
+    page = client.get(reverse("distillation:teacher_runs", args=[project.slug])).content.decode()
+    assert "1.00 vs 0.00" in page  # the rates, over n = 1 prompt
+    assert "95 %" in page  # "Every figure shown to a person has its n and an interval"
