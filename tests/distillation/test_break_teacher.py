@@ -59,7 +59,6 @@ def test_a_refusal_in_words_is_no_response(content):
     assert result.response == "" and result.error_class == "refusal"
 
 
-@pytest.mark.xfail(strict=True, reason="F2: nested or repeated <think> blocks leak think tags into the response")
 @pytest.mark.parametrize(
     "content",
     [
@@ -73,7 +72,6 @@ def test_think_tags_never_reach_the_response(content):
     assert "<think>" not in result.response and "</think>" not in result.response
 
 
-@pytest.mark.xfail(strict=True, reason="F3: a reply of NUL bytes becomes a response of U+FFFD characters")
 @pytest.mark.parametrize("content", ["\x00", "\x00\x00\x00", "\ud800", " \x00 \ud800 "])
 def test_a_reply_of_nul_or_lone_surrogates_is_no_response(content):
     result = read(content)
@@ -81,7 +79,6 @@ def test_a_reply_of_nul_or_lone_surrogates_is_no_response(content):
     assert result.error_class  # counted as not stored, with its class
 
 
-@pytest.mark.xfail(strict=True, reason="F4: reasoning holding </think> makes a reasoning row's <think> block ambiguous")
 def test_reasoning_holding_a_closing_tag_cannot_split_the_reasoning_row():
     result = read("The answer is 4.", reasoning_content="Step 1.</think>Not the answer.\nStep 2.")
     # The reasoning format writes "<think>\n<reasoning>\n</think>\n\n<response>": a reader splitting at the
@@ -446,9 +443,6 @@ def test_a_redirect_to_another_host_stores_nothing(project, canned, django_captu
     assert run.answers_written == 0 and not elsewhere.seen
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F18: a long reasoning (over 64K characters) is cut with '…' and exported as a reasoning row"
-)
 def test_a_cut_reasoning_never_reaches_a_reasoning_row(project, canned, django_capture_on_commit_callbacks):
     """A reasoning model allowed 32K tokens (max_tokens goes to 65,536) thinks for ~100K characters: normal."""
     thought = " ".join(f"step {i} checks the sum." for i in range(5000))  # ~110K characters
@@ -473,9 +467,6 @@ def test_a_cut_reasoning_never_reaches_a_reasoning_row(project, canned, django_c
     assert all(row["reasoning"] == thought for row in rows), [row["reasoning"][-30:] for row in rows]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F19: an answer that mentions </think> is cut there, though the server split the reasoning"
-)
 def test_an_answer_mentioning_the_closing_tag_is_kept_whole_when_the_reasoning_came_apart():
     content = "Close the block with </think> and then write the answer the user reads."
     result = read(content, reasoning_content="The user asks about reasoning tags.")
