@@ -104,9 +104,6 @@ def student_and_answer(project: Project, *, answer: str, reasoning: str = "") ->
     return student, teacher
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F5: a teacher answer the gate rejected is the rejected side of a DPO pair once corrected"
-)
 def test_dpo_never_exports_a_rejected_teacher_answer(project, django_capture_on_commit_callbacks):
     student, teacher = student_and_answer(project, answer="Teacher says 5, wrongly.")
     Review.objects.create(item=student, decision="reject", origin="import")
@@ -121,7 +118,6 @@ def test_dpo_never_exports_a_rejected_teacher_answer(project, django_capture_on_
     assert {r["rejected"][0]["content"] for r in rows} <= {"Student WRONG"}
 
 
-@pytest.mark.xfail(strict=True, reason="F6: the judge format exports teacher answers the gate rejected")
 def test_the_judge_format_never_exports_a_rejected_teacher_answer(project, django_capture_on_commit_callbacks):
     student, teacher = student_and_answer(project, answer="Teacher says 5, wrongly.")
     Review.objects.create(item=student, decision="reject", origin="import")
@@ -132,9 +128,6 @@ def test_the_judge_format_never_exports_a_rejected_teacher_answer(project, djang
     assert "Teacher says 5" not in text  # "Nothing the teacher writes is exported unless the gate accepted it"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F7: a reasoning row pairs the teacher's reasoning with an SME's corrected response"
-)
 def test_a_reasoning_row_never_pairs_reasoning_with_a_response_it_did_not_lead_to(
     project, django_capture_on_commit_callbacks
 ):

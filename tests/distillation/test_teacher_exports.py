@@ -144,3 +144,52 @@ def test_several_candidates_per_prompt_pair_one_to_one(
     unwritable = training_set.report["unwritable"]
     assert training_set.duplicates + len(unwritable) == training_set.items_selected - 2
     assert any("are taken" in entry["reason"] for entry in unwritable), training_set.report
+
+
+def answer_to(project, student_response: str, *, answer: str, reasoning: str = "", n: int = 1) -> tuple[Item, Item]:
+    student = Item.objects.create(project=project, external_id=f"s{n}", prompt=f"Q{n}?", response=student_response)
+    teacher = Item.objects.create(
+        project=project,
+        external_id=f"s{n}#teacher-1",
+        prompt=f"Q{n}?",
+        response=answer,
+        reasoning=reasoning,
+        source_model="teacher-405b",
+        answers=student,
+    )
+    return student, teacher
+
+
+def test_the_reasoning_format_leaves_out_a_corrected_answer_and_says_why(project, django_capture_on_commit_callbacks):
+    from judging.services import gate_apply
+
+    _, corrected = answer_to(project, "Student WRONG", answer="It is 5.", reasoning="So it is 5.", n=1)
+    _, kept = answer_to(project, "Student WRONG", answer="It is 4.", reasoning="So it is 4.", n=2)
+    Review.objects.create(item=corrected, decision="accept", corrected_response="It is 4.", origin="import")
+    Review.objects.create(item=kept, decision="accept", origin="import")
+    gate_apply(project=project)
+    training_set = build(project, django_capture_on_commit_callbacks, format="reasoning")
+    rows = jsonl(download(training_set))
+    assert [(r["reasoning"], r["response"]) for r in rows] == [("So it is 4.", "It is 4.")]
+    assert training_set.report["unwritable"] == [
+        {
+            "external_id": corrected.external_id,
+            "reason": "an SME corrected the response: the reasoning did not lead to the correction",
+        }
+    ]
+    # The correction is not lost: the chat format writes it (without the reasoning).
+    chat = jsonl(download(build(project, django_capture_on_commit_callbacks, format="chat")))
+    assert sorted(r["messages"][-1]["content"] for r in chat) == ["It is 4.", "It is 4."]
+
+
+def test_the_judge_format_writes_accepted_teacher_answers_and_rejected_student_responses(
+    project, django_capture_on_commit_callbacks
+):
+    from judging.services import gate_apply
+
+    student, teacher = answer_to(project, "Student WRONG", answer="It is 4.")
+    Review.objects.create(item=student, decision="reject", origin="import")
+    Review.objects.create(item=teacher, decision="accept", origin="import")
+    gate_apply(project=project)
+    rows = jsonl(download(build(project, django_capture_on_commit_callbacks, format="judge")))
+    assert sorted((r["response"], r["verdict"]) for r in rows) == [("It is 4.", "accept"), ("Student WRONG", "reject")]
