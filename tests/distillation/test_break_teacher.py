@@ -202,9 +202,6 @@ def test_a_resumed_run_never_sends_a_key_to_a_url_it_was_not_set_for(
     assert all("sk-for-the-other-server" not in (header or "") for header in judge_server.authorizations)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F11: a uniform sample draws prompts without a response and hands them to SMEs to review"
-)
 def test_prompts_without_a_response_are_never_handed_to_smes(project, sme):
     from annotations.models import SampleDraw
     from annotations.queue import next_item
