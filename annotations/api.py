@@ -12,7 +12,7 @@ import datetime
 
 import django_filters
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Prefetch, Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -169,6 +169,15 @@ class ItemSerializer(serializers.ModelSerializer):
         "none; a veto shows in gate_reasons"
     )
     gate_reasons = serializers.SerializerMethodField(help_text="the reasons of the label functions that vetoed it")
+    answers_item = serializers.PrimaryKeyRelatedField(
+        source="answers",
+        read_only=True,
+        allow_null=True,
+        help_text="for a teacher's answer, the id of the item whose prompt it answers; null for any other item",
+    )
+    answers = serializers.SerializerMethodField(
+        help_text="ids of the items that answer this one's prompt (the teacher's candidate responses), oldest first"
+    )
 
     class Meta:
         model = Item
@@ -178,6 +187,9 @@ class ItemSerializer(serializers.ModelSerializer):
             "prompt",
             "context",
             "response",
+            "reasoning",
+            "answers_item",
+            "answers",
             "reference",
             "source_model",
             "task_type",
@@ -207,6 +219,10 @@ class ItemSerializer(serializers.ModelSerializer):
     def get_gate_reasons(self, item: Item) -> list[str]:
         decision = self._decision(item)
         return list(decision.reasons) if decision else []
+
+    @extend_schema_field(serializers.ListField(child=serializers.IntegerField()))
+    def get_answers(self, item: Item) -> list[int]:
+        return sorted(answer.pk for answer in item.answered_by.all())  # prefetched by the view
 
 
 class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
@@ -254,7 +270,8 @@ class ItemViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScope
     model = Item
 
     def scoped_queryset(self, project: Project):
-        return Item.objects.filter(project=project).select_related("gate_decision")
+        answers = Prefetch("answered_by", queryset=Item.objects.only("id", "answers_id"))
+        return Item.objects.filter(project=project).select_related("gate_decision").prefetch_related(answers)
 
 
 class ReviewSerializer(serializers.ModelSerializer):

@@ -1,10 +1,11 @@
+from django.conf import settings
 from django.contrib import admin
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
 from annotations.admin import ViewOnlyAdmin
 from distillation.models import TeacherAnswer, TeacherRun, TeacherSettings
-from judging.admin import WriteOnlyKeyForm
+from judging.admin import WriteOnlyKeyForm, connection_checked
 
 
 class TeacherSettingsForm(WriteOnlyKeyForm):
@@ -23,8 +24,20 @@ class TeacherSettingsForm(WriteOnlyKeyForm):
             "max_tokens",
             "ask_reasoning",
             "max_in_flight",
+            "requests_per_minute",
+            "tokens_per_minute",
             "price_in",
             "price_out",
+        )
+
+    def clean(self):
+        """The teacher must answer (``judging.admin.connection_checked``; blank fields: ``LARRY_TEACHER_*``)."""
+        return connection_checked(
+            self,
+            super().clean(),
+            who="teacher",
+            default_url=settings.LARRY_TEACHER_BASE_URL,
+            default_model=settings.LARRY_TEACHER_MODEL,
         )
 
 

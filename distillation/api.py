@@ -28,7 +28,7 @@ from distillation.serializers import (
     TrainingSetReportSerializer,
     TrainingSetSerializer,
 )
-from distillation.teacher import NoTeacher
+from distillation.teacher import NoTeacher, TeacherUnreachable
 from judging.models import NO_POLICY
 from judging.selectors import certification_unapplied, gating_policy
 from larry_web.parsers import JSONParser
@@ -160,8 +160,10 @@ class TrainingSetViewSet(
     ),
 )
 class TeacherRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
-    """Teacher runs: POST ``{"items": "rejected"|"all"|"missing"}`` or ``{"item_ids": [...]}`` to start one
-    (400 when the project has no teacher); GET to follow its progress; ``cancel`` and ``resume``."""
+    """Teacher runs: POST ``{"items": "rejected"|"all"|"missing"}`` or ``{"item_ids": [...]}`` (and ``"judge":
+    true`` to have the gating policy judge the answers when it finishes) to start one (400 when the project has no
+    teacher, 502 naming the URL and the fault when it does not answer a connection check); GET to follow its
+    progress; ``cancel`` and ``resume``."""
 
     serializer_class = TeacherRunSerializer
     parser_classes = [JSONParser]
@@ -176,8 +178,18 @@ class TeacherRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Projec
         item_ids = start.validated_data.get("item_ids")
         selection = TeacherRun.Selection.ITEMS if item_ids is not None else start.validated_data["items"]
         try:
+            teacher_runs.teacher_check(self.get_project())
+        except NoTeacher as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        except TeacherUnreachable as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
+        try:
             run = teacher_runs.teacher_run_create(
-                project=self.get_project(), selection=selection, user=request.user, item_ids=item_ids
+                project=self.get_project(),
+                selection=selection,
+                user=request.user,
+                item_ids=item_ids,
+                judge=start.validated_data["judge"],
             )
         except NoTeacher as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)

@@ -14,7 +14,7 @@ from django.db import models
 from django.urls import reverse
 
 from annotations.models import Item, Project, validate_no_credentials
-from judging.models import Verdict, validate_judge_url
+from judging.models import TOKENS_PER_MINUTE_MIN, Verdict, validate_judge_url
 from larry_web import llm
 from larry_web.work import LeasedWork, Run
 
@@ -156,6 +156,22 @@ class TeacherSettings(models.Model):
     max_in_flight = models.PositiveSmallIntegerField(
         default=8, validators=[MinValueValidator(1)], help_text="Requests one worker keeps open to the teacher."
     )
+    requests_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1, "at least 1; leave it blank for no limit")],
+        help_text="Most requests a minute to the teacher server, spaced evenly (blank: no limit). Applies per "
+        "worker process: with N Celery processes teaching at once, the server may see N times this.",
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(TOKENS_PER_MINUTE_MIN, f"at least {TOKENS_PER_MINUTE_MIN}; leave it blank for no limit")
+        ],
+        help_text="Most tokens a minute (blank: no limit), counted before each request as the characters of its "
+        "messages / 4 plus max tokens. Applies per worker process, like requests per minute.",
+    )
     price_in = models.DecimalField(max_digits=10, decimal_places=4, default=0, help_text="Per million prompt tokens.")
     price_out = models.DecimalField(
         max_digits=10, decimal_places=4, default=0, help_text="Per million completion tokens."
@@ -191,6 +207,13 @@ class TeacherRun(Run):
     selection = models.CharField(max_length=8, choices=Selection.choices)
     answers_written = models.PositiveIntegerField(default=0)
     answers_failed = models.PositiveIntegerField(default=0)
+    judge_answers = models.BooleanField(
+        default=False, help_text="When it finishes, the gating policy's judges judge the answers it wrote."
+    )
+    judge_runs = models.ManyToManyField(
+        "judging.JudgeRun", blank=True, related_name="+", help_text="The judge runs started over its answers."
+    )
+    judge_note = models.TextField(blank=True, help_text="Why its answers were not judged (no gating policy...).")
 
     def __str__(self) -> str:
         return f"teacher run {self.pk} ({self.model})"

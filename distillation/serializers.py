@@ -99,6 +99,12 @@ class TeacherRunStartSerializer(serializers.Serializer):
         max_length=100_000,
         help_text="Instead of items: these items (a filter from the items list).",
     )
+    judge = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="When the run finishes, have the gating policy's judges judge its answers (no policy: nothing is "
+        "judged, and judge_note says so).",
+    )
 
 
 class TeacherRunSerializer(serializers.ModelSerializer):
@@ -125,6 +131,9 @@ class TeacherRunSerializer(serializers.ModelSerializer):
             "percent_done",
             "answers_written",
             "answers_failed",
+            "judge_answers",
+            "judge_runs",
+            "judge_note",
             "tokens_in",
             "tokens_out",
             "cost",

@@ -1,10 +1,6 @@
 """Celery tasks of the distillation app: building a training-set snapshot (``training_sets.training_set_build``)
 and teacher runs (``teacher_runs``). They take ids, re-fetch, call services, and are idempotent."""
 
-import os
-import socket
-import uuid
-
 from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
@@ -12,7 +8,7 @@ from django.utils import timezone
 from distillation import teacher, teacher_runs, training_sets
 from distillation.models import TeacherRun, TeacherWork, TrainingSet
 from judging.tasks import MAX_TASKS_PER_RUN
-from larry_web import llm, work
+from larry_web import work
 
 
 # Registered under the name it had in the judging app, so that messages queued before the move still run.
@@ -54,25 +50,6 @@ def start_teacher_run(run_id: int) -> None:
         teacher_chunk.delay(run.pk)
 
 
-class TeacherWorkSource(llm.WorkSource):
-    """The work rows of one teacher run, leased by one task (``worker``), for ``larry_web.llm.window``."""
-
-    def __init__(self, run: TeacherRun, worker: str) -> None:
-        self.run, self.worker = run, worker
-
-    def lease(self, limit: int):
-        return teacher_runs.teacher_work_lease(run_id=self.run.pk, worker=self.worker, limit=limit)
-
-    def renew(self, item_ids: list[int]) -> bool:
-        return work.work_renew(TeacherWork, TeacherRun, run_id=self.run.pk, worker=self.worker, item_ids=item_ids)
-
-    def release(self, item_ids: list[int]) -> None:
-        work.work_release(TeacherWork, run_id=self.run.pk, worker=self.worker, item_ids=item_ids)
-
-    def store(self, results) -> None:
-        teacher_runs.answers_store(run=self.run, results=results)
-
-
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def teacher_chunk(run_id: int) -> None:
     """Ask the teacher for the run's work rows until none is left (or the chunk's deadline), then maybe finish.
@@ -90,21 +67,28 @@ def teacher_chunk(run_id: int) -> None:
         teacher_runs.teacher_run_fail(run_id=run.pk, error=str(exc))
         return
     config = teacher.TeacherConfig(run.base_url, run.model, now.api_key)
-    worker = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    source = work.RunWork(
+        TeacherWork,
+        TeacherRun,
+        run,
+        work.worker_name(),
+        lease=teacher_runs.teacher_work_lease,
+        store=teacher_runs.answers_store,
+    )
     outcome = teacher.teach_window(
         config,
-        TeacherWorkSource(run, worker),
+        source,
         run_settings=run.config,
         max_in_flight=run.config.get("max_in_flight", now.max_in_flight),
         deadline_s=settings.LARRY_JUDGE_CHUNK_DEADLINE_S,
         grace_s=settings.LARRY_JUDGE_CHUNK_GRACE_S,
         renew_s=settings.LARRY_JUDGE_LEASE_S / 3,
     )
-    if (
-        outcome.stopped_at_deadline
-        and TeacherWork.objects.filter(run_id=run_id).exists()
-        and TeacherRun.objects.filter(pk=run_id, status=TeacherRun.Status.RUNNING).exists()
-    ):
-        teacher_chunk.delay(run_id)
-        return
-    teacher_runs.teacher_run_finish_if_complete(run_id=run_id)
+    work.chunk_end(
+        TeacherWork,
+        TeacherRun,
+        run_id=run_id,
+        outcome=outcome,
+        again=lambda: teacher_chunk.delay(run_id),
+        finish=teacher_runs.teacher_run_finish_if_complete,
+    )

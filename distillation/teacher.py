@@ -33,7 +33,13 @@ from distillation import answer_text
 from distillation.export import chat_record
 from distillation.models import TeacherAnswer, TeacherSettings
 from judging import replies
-from judging.backends import redact
+from judging.backends import (
+    CONNECTION_CHECK_TIMEOUT_S,
+    JudgeConfig,
+    JudgeUnreachable,
+    judge_connection_check,
+    redact,
+)
 from larry_web import llm
 from larry_web.llm import RateLimits, estimate_tokens
 
@@ -44,6 +50,10 @@ ERROR_MAX = 2000
 
 class NoTeacher(ValueError):
     """The project has no teacher: neither its settings nor ``LARRY_TEACHER_*`` give a URL and a model."""
+
+
+class TeacherUnreachable(RuntimeError):
+    """The teacher did not answer a connection check; the message names the URL and the fault (never the key)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,8 @@ class TeacherConfig:
     max_tokens: int = 1024
     ask_reasoning: bool = False
     max_in_flight: int = 8
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
     price_in: Decimal = Decimal(0)
     price_out: Decimal = Decimal(0)
 
@@ -72,6 +84,8 @@ class TeacherConfig:
             "max_tokens": self.max_tokens,
             "ask_reasoning": self.ask_reasoning,
             "max_in_flight": self.max_in_flight,
+            "requests_per_minute": self.requests_per_minute,
+            "tokens_per_minute": self.tokens_per_minute,
             "price_in_per_million": str(self.price_in),
             "price_out_per_million": str(self.price_out),
         }
@@ -90,6 +104,8 @@ def teacher_config_for(project: Project) -> TeacherConfig:
         max_tokens=row.max_tokens,
         ask_reasoning=row.ask_reasoning,
         max_in_flight=row.max_in_flight,
+        requests_per_minute=row.requests_per_minute,
+        tokens_per_minute=row.tokens_per_minute,
         price_in=row.price_in,
         price_out=row.price_out,
     )
@@ -99,6 +115,19 @@ def teacher_config_for(project: Project) -> TeacherConfig:
             "and LARRY_TEACHER_MODEL"
         )
     return config
+
+
+def teacher_connection_check(config: TeacherConfig, *, timeout_s: float = CONNECTION_CHECK_TIMEOUT_S) -> list[str]:
+    """Ask the teacher for its model list (``GET <base_url>/models``), as the judge is asked
+    (``judging.backends.judge_connection_check``: no redirect followed, so the key never goes elsewhere; a model
+    it does not serve, a refused key, a timeout are faults). Returns the models it serves (``[]`` when it gives
+    no OpenAI model list); raises TeacherUnreachable naming the URL and the fault."""
+    try:
+        return judge_connection_check(
+            JudgeConfig(config.base_url, config.model, config.api_key), timeout_s=timeout_s, who="teacher"
+        )
+    except JudgeUnreachable as exc:
+        raise TeacherUnreachable(str(exc)) from None
 
 
 REASONING_REQUEST = (
@@ -199,11 +228,6 @@ def read_answer(reply, result: TeacherResult) -> None:
     )
 
 
-def _transport_error(exc: BaseException) -> tuple[str, str]:
-    error_class, message = replies.classify_exception(exc)
-    return str(error_class), message.replace("judge server", "teacher server")
-
-
 async def ask_teacher(
     client, *, model: str, item: Item, run_settings: dict, limits: RateLimits | None = None
 ) -> TeacherResult:
@@ -213,32 +237,25 @@ async def ask_teacher(
     ``openai`` client retries 429s, 5xx and timeouts with backoff; every try is
     noted in ``attempts``. A timeout leaves the tokens unknown (None).
     """
-    import openai
-
     started = time.perf_counter()
     result = TeacherResult(item.pk)
     token = llm.exchanges.set(result.attempts)
     messages = messages_for(item, run_settings)
+    body = {
+        "model": model,
+        "messages": messages,
+        "temperature": run_settings["temperature"],
+        "max_tokens": run_settings["max_tokens"],
+    }
     try:
-        if limits is not None:
-            await limits.wait(estimate_tokens(messages, run_settings["max_tokens"]))
-        try:
-            reply = await client.post(
-                "/chat/completions",
-                cast_to=object,
-                body={
-                    "model": model,
-                    "messages": messages,
-                    "temperature": run_settings["temperature"],
-                    "max_tokens": run_settings["max_tokens"],
-                },
-            )
-        except openai.OpenAIError as exc:
-            result.error_class, result.error = _transport_error(exc)
+        tokens = estimate_tokens(messages, run_settings["max_tokens"])
+        reply, error_class, error = await llm.post_chat(
+            client, body, limits=limits, tokens=tokens, server="teacher server"
+        )
+        if error_class:
+            result.error_class, result.error = ErrorClass(error_class), error
             if result.error_class == ErrorClass.TIMEOUT:
                 result.tokens_in = result.tokens_out = None
-        except Exception as exc:  # a body the client could not read
-            result.error_class, result.error = ErrorClass.INVALID_REPLY, f"unreadable reply ({exc!r:.200})"
         else:
             read_answer(reply, result)
             if result.error_class and result.attempts and "status" in result.attempts[-1]:
@@ -268,7 +285,8 @@ def deadline_error(item_id: int, deadline_s: float | None) -> TeacherResult:
 
 
 def teach_window(config: TeacherConfig, source: llm.WorkSource, *, run_settings: dict, **options) -> llm.WindowOutcome:
-    """``larry_web.llm.window`` on this thread's client loop, asking the teacher for each leased item; the
+    """``larry_web.llm.window`` on this thread's client loop, asking the teacher for each leased item, paced by
+    the run's ``requests_per_minute``/``tokens_per_minute`` (``RateLimits``, per worker process); the
     client is kept for ``(base_url, api_key, LARRY_TEACHER_TIMEOUT_S, LARRY_JUDGE_MAX_RETRIES)``. ``options``
     are ``window``'s (``max_in_flight``, ``deadline_s``, ``grace_s``, ``renew_s``)."""
     shared = llm.thread_loop()
@@ -289,5 +307,7 @@ def teach_window(config: TeacherConfig, source: llm.WorkSource, *, run_settings:
         finish=lambda result: redact_result(result, config.api_key),
         deadline_result=lambda item_id: deadline_error(item_id, options.get("deadline_s")),
         estimate=lambda item: estimate_tokens(messages_for(item, run_settings), run_settings["max_tokens"]),
+        requests_per_minute=run_settings.get("requests_per_minute"),
+        tokens_per_minute=run_settings.get("tokens_per_minute"),
         **options,
     )

@@ -10,6 +10,7 @@ policy's judge (``judging.gate``); until a judge run covers it, it is pending, a
 exported. No database transaction is open during a teacher call.
 """
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,13 +23,14 @@ from django.utils import timezone
 
 from annotations.models import Item, Project
 from distillation.models import TeacherAnswer, TeacherRun, TeacherWork
-from distillation.teacher import TeacherResult, teacher_config_for
+from distillation.teacher import TeacherResult, teacher_config_for, teacher_connection_check
 from judging.models import GateDecision
 from judging.selectors import gating_policy
-from judging.services import regate_request
+from judging.services import PolicyError, policy_runs_extend, regate_request
 from larry_web import work
 
 EXTERNAL_ID_MAX = 255
+logger = logging.getLogger(__name__)
 
 
 def originals(project: Project):
@@ -53,14 +55,24 @@ def chosen_items(project: Project, selection: str, item_ids: list[int] | None = 
     raise ValueError(f"unknown selection {selection!r}: rejected, all, missing or items")
 
 
+def teacher_check(project: Project) -> tuple[str, list[str]]:
+    """Check that the project's teacher answers before a run is started (``teacher.teacher_connection_check``),
+    outside any transaction: ``(its base URL, the models it serves)``. Raises NoTeacher, TeacherUnreachable."""
+    config = teacher_config_for(project)
+    return config.base_url, teacher_connection_check(config)
+
+
 @transaction.atomic  # the run and its work rows together
-def teacher_run_create(*, project: Project, selection: str, user=None, item_ids: list[int] | None = None) -> TeacherRun:
+def teacher_run_create(
+    *, project: Project, selection: str, user=None, item_ids: list[int] | None = None, judge: bool = False
+) -> TeacherRun:
     """Create a teacher run over the chosen items (``chosen_items``) and enqueue it after commit.
 
     The run records its teacher (``TeacherConfig.snapshot``: URL, model, system prompt, temperature, max
     tokens, ask for reasoning, prices; never the key) and gets one ``TeacherWork`` row per item, in this
-    transaction. Raises ``teacher.NoTeacher`` when the project has no teacher, ValueError for an unknown
-    selection.
+    transaction. With ``judge`` (``judge_answers``), the gating policy's judges judge its answers once it
+    finishes (``teacher_run_judge``). Raises ``teacher.NoTeacher`` when the project has no teacher, ValueError
+    for an unknown selection.
     """
     config = teacher_config_for(project)
     items = chosen_items(project, selection, item_ids)
@@ -71,8 +83,13 @@ def teacher_run_create(*, project: Project, selection: str, user=None, item_ids:
         base_url=config.base_url,
         selection=selection,
         config={**config.snapshot(), **extra},
+        judge_answers=judge,
         created_by=user,
     )
+    logger.info(
+        "teacher run %s of project %s by user %s: %s items (%s), judge the answers when done: %s",
+        run.pk, project.slug, getattr(user, "pk", None), selection, len(extra.get("item_ids", [])) or "-", judge,
+    )  # fmt: skip
     run.items_total = work.work_add(TeacherWork, run=run, items=items, done_model=TeacherAnswer)
     TeacherRun.objects.filter(pk=run.pk).update(items_total=run.items_total)
     from distillation.tasks import start_teacher_run
@@ -181,18 +198,39 @@ def teacher_run_finish_if_complete(*, run_id: int) -> bool:
     )
     if won:
         regate_request(TeacherRun.objects.values_list("project_id", flat=True).get(pk=run_id))
+        teacher_run_judge(run_id=run_id)
     return bool(won)
+
+
+def teacher_run_judge(*, run_id: int) -> list:
+    """When the run asked for it (``judge_answers``), have the gating policy in force judge the answers it wrote
+    (``judging.services.policy_runs_extend``: a run per deciding tier, extending the tier's run, started by the
+    teacher run's creator); label functions and the gate then run as after any judge run. The runs started go
+    in ``judge_runs``; without a policy nothing is judged and ``judge_note`` says so. Returns the runs."""
+    run = TeacherRun.objects.select_related("project", "created_by").get(pk=run_id)
+    if not run.judge_answers:
+        return []
+    answers = list(Item.objects.filter(teacher_answer__run=run).values_list("id", flat=True))
+    try:
+        judge_runs = policy_runs_extend(project=run.project, item_ids=answers, user=run.created_by)
+    except PolicyError as exc:
+        TeacherRun.objects.filter(pk=run.pk).update(judge_note=str(exc))
+        logger.info("teacher run %s: its answers were not judged: %s", run.pk, exc)
+        return []
+    run.judge_runs.add(*judge_runs)
+    note = "" if judge_runs else "every answer had been judged already, or none was written"
+    TeacherRun.objects.filter(pk=run.pk).update(judge_note=note)
+    logger.info("teacher run %s: judge runs %s judge its %s answers", run.pk, [r.pk for r in judge_runs], len(answers))
+    return judge_runs
 
 
 def teacher_run_cancel(*, run: TeacherRun) -> bool:
     """Stop a queued or running run: workers start no new request and release what they hold. The answers
     written so far stay (and are gated). Returns False if it had ended."""
-    cancelled = TeacherRun.objects.filter(
-        pk=run.pk, status__in=[TeacherRun.Status.QUEUED, TeacherRun.Status.RUNNING]
-    ).update(status=TeacherRun.Status.CANCELLED, finished_at=timezone.now())
+    cancelled = work.run_cancel(TeacherRun, run_id=run.pk)
     if cancelled:
         regate_request(run.project_id)
-    return bool(cancelled)
+    return cancelled
 
 
 def teacher_run_resume(*, run: TeacherRun, retry_failed: bool = False) -> None:
@@ -244,9 +282,8 @@ def teacher_runs_revive_stalled() -> int:
 
 
 def teacher_run_fail(*, run_id: int, error: str) -> None:
-    TeacherRun.objects.filter(pk=run_id).update(
-        status=TeacherRun.Status.FAILED, error=error[:5000], finished_at=timezone.now()
-    )
+    """Mark a run failed with the reason; the answers it stored stay."""
+    work.run_fail(TeacherRun, run_id=run_id, error=error)
 
 
 # Reads.
@@ -296,11 +333,14 @@ def teacher_run_report(run: TeacherRun) -> dict:
     }
 
 
-def teacher_judges_itself(project: Project, model: str) -> bool:
-    """Whether a run of the project's gating policy was judged by ``model`` (the teacher's): its answers are
-    then judged by the model that wrote them, which the page says."""
+def teacher_judges_itself(project: Project, model: str, base_url: str) -> bool:
+    """Whether a run of the project's gating policy was judged by the teacher: the same model at the same base
+    URL (a trailing slash aside). Its answers are then judged by the model that wrote them, which the page says."""
     policy = gating_policy(project)
-    return bool(policy) and any(tier.run.model == model for tier in policy.tiers.select_related("run"))
+    same = (model, base_url.rstrip("/"))
+    return bool(policy) and any(
+        (tier.run.model, tier.run.base_url.rstrip("/")) == same for tier in policy.tiers.select_related("run")
+    )
 
 
 class TeacherRunTimeout(RuntimeError):
@@ -314,11 +354,19 @@ def teacher_and_wait(
     *,
     poll_s: float = 0.5,
     timeout_s: float | None = None,
+    judge: bool = False,
 ) -> TeacherRun:
     """Start a teacher run and wait for it (in-process without a broker, else by polling its row), calling
-    ``progress`` with a line at each poll. Must be called outside a transaction. Raises NoTeacher, ValueError,
-    TeacherRunTimeout after ``timeout_s`` seconds (None: wait for ever)."""
-    run = teacher_run_create(project=project, selection=selection)
+    ``progress`` with a line at each poll; with ``judge``, also for the judge runs over its answers
+    (``teacher_run_judge``) and the re-gating after them. Must be called outside a transaction. Raises
+    NoTeacher, TeacherUnreachable (``teacher_check``, before anything is created), ValueError, TeacherRunTimeout
+    after ``timeout_s`` seconds (None: wait for ever)."""
+    from judging.models import JudgeRun
+    from judging.selectors import regate_pending
+    from judging.services import judge_run_revive_if_stalled
+
+    teacher_check(project)  # a teacher that does not answer fails now, not as a run of timeouts
+    run = teacher_run_create(project=project, selection=selection, judge=judge)
     started = time.monotonic()
     while True:
         teacher_run_revive_if_stalled(run_id=run.pk)  # a run whose workers died is queued again
@@ -330,7 +378,26 @@ def teacher_and_wait(
             f"{run.answers_failed} not stored ({run.status}){hint}"
         )
         if run.finished:
-            return run
+            break
         if timeout_s is not None and waited > timeout_s:
             raise TeacherRunTimeout(f"teacher run {run.pk} is still {run.status} after {timeout_s:.0f} s")
         time.sleep(poll_s)
+    while judge:
+        judge_runs = list(run.judge_runs.all())
+        for judge_run in judge_runs:
+            judge_run_revive_if_stalled(run_id=judge_run.pk)
+        busy = [j for j in JudgeRun.objects.filter(pk__in=[j.pk for j in judge_runs]) if not j.finished_at]
+        regating = regate_pending(project.pk)
+        if not busy and not regating:
+            break
+        progress(
+            "judging the answers: "
+            + ", ".join(f"run {j.pk} {j.items_done + j.items_error}/{j.items_total} ({j.status})" for j in busy)
+            + (" - re-gating" if regating and not busy else "")
+        )
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            raise TeacherRunTimeout(
+                f"the judge runs over teacher run {run.pk}'s answers did not end in {timeout_s:.0f} s"
+            )
+        time.sleep(poll_s)
+    return run

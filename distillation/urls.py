@@ -12,6 +12,8 @@ urlpatterns = [
         name="training_set_detail",
     ),
     path("projects/<slug:slug>/teacher-runs/", views.teacher_runs_part, name="teacher_runs"),
+    path("projects/<slug:slug>/teacher-runs/check/", views.teacher_check_view, name="teacher_check"),
+    path("projects/<slug:slug>/teacher-runs/from-items/", views.teacher_run_from_items, name="teacher_run_from_items"),
     path(
         "projects/<slug:slug>/teacher-runs/<int:run_id>/cancel/",
         views.teacher_run_cancel_view,

@@ -1,20 +1,29 @@
 """Pages of training-set snapshots (the list with a form to snapshot a new one, and one snapshot) and the project
 page's teacher-run section (leads and staff)."""
 
+from urllib.parse import urlencode
+
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
-from annotations.views import get_project_for_lead
+from annotations.views import get_project_for_lead, parse_id
 from distillation.models import TeacherRun, TrainingSet
-from distillation.teacher import NoTeacher, teacher_config_for
-from distillation.teacher_runs import teacher_judges_itself, teacher_run_cancel, teacher_run_create, teacher_run_report
+from distillation.teacher import NoTeacher, TeacherUnreachable, teacher_config_for
+from distillation.teacher_runs import (
+    teacher_check,
+    teacher_judges_itself,
+    teacher_run_cancel,
+    teacher_run_create,
+    teacher_run_report,
+)
 from distillation.training_sets import training_set_create
 from judging.models import JudgeRun
 
@@ -99,13 +108,19 @@ class TeacherRunForm(forms.Form):
         initial=TeacherRun.Selection.REJECTED,
         label="Answer",
     )
+    judge = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Judge what it writes when done",
+        help_text="with the gating policy's judges; without a policy nothing is judged",
+    )
 
 
 def _teacher_runs_context(project) -> dict:
-    runs = list(TeacherRun.objects.filter(project=project)[:10])
+    runs = list(TeacherRun.objects.filter(project=project).prefetch_related("judge_runs")[:10])
     for run in runs:
         run.report = teacher_run_report(run)
-        run.judged_by_itself = teacher_judges_itself(project, run.model)
+        run.judged_by_itself = teacher_judges_itself(project, run.model, run.base_url)
     try:
         teacher = teacher_config_for(project)
     except NoTeacher as exc:
@@ -118,8 +133,11 @@ def _teacher_runs_context(project) -> dict:
         "teacher": teacher,
         "no_teacher": missing,
         "teacher_form": TeacherRunForm(),
-        "active": any(not run.finished for run in runs),
-        "teacher_judges_itself": teacher is not None and teacher_judges_itself(project, teacher.model),
+        "active": any(
+            not run.finished or any(j.status in ("queued", "running") for j in run.judge_runs.all()) for run in runs
+        ),
+        "teacher_judges_itself": teacher is not None
+        and teacher_judges_itself(project, teacher.model, teacher.base_url),
     }
 
 
@@ -132,13 +150,88 @@ def teacher_runs_part(request: HttpRequest, slug: str) -> HttpResponse:
         form = TeacherRunForm(request.POST)
         if form.is_valid():
             try:
-                run = teacher_run_create(project=project, selection=form.cleaned_data["items"], user=request.user)
-            except NoTeacher as exc:
+                teacher_check(project)  # a teacher that does not answer fails now, not as a run of timeouts
+                run = teacher_run_create(
+                    project=project,
+                    selection=form.cleaned_data["items"],
+                    user=request.user,
+                    judge=form.cleaned_data["judge"],
+                )
+            except (NoTeacher, TeacherUnreachable) as exc:
                 messages.error(request, str(exc))
             else:
                 messages.success(request, f"Teacher run {run.pk} started over {run.items_total} items.")
         if not request.htmx:
             return redirect(project)
+    return render(request, "distillation/_teacher_runs.html", _teacher_runs_context(project))
+
+
+@login_required
+@require_POST
+def teacher_run_from_items(request: HttpRequest, slug: str) -> HttpResponse:
+    """The items list's "Send to the teacher" (leads and staff; POST with CSRF): a teacher run (``items``, judged
+    by the gating policy when done) over the ticked items (``item``, repeated), or, with ``scope=filtered``, over
+    every item the list's filters match (its form's hidden fields), at most ``BULK_MAX``. For the filtered items
+    the count is confirmed first: without ``confirm`` equal to how many match now, a page asks to confirm that
+    count (re-posting the same fields). A teacher's answers among them are left out (a run answers originals).
+    Back to the items list with what was done."""
+    from judging.items import BULK_MAX, ItemFilterForm, items_filtered
+
+    project = get_project_for_lead(request, slug)
+    form = ItemFilterForm(request.POST, project=project)
+    filters = form.filters()
+    query = {**filters, **({"sort": form.sort_name} if form.sort_name != "-id" else {})}
+    back = reverse("judging:items", args=[project.slug]) + (f"?{urlencode(query)}" if query else "")
+    items = items_filtered(project, filters, form.run_id).filter(answers__isnull=True)
+    try:
+        if request.POST.get("scope") == "filtered":
+            ids = list(items.order_by("pk").values_list("pk", flat=True)[: BULK_MAX + 1])
+        else:
+            ticked = [parse_id(raw, "item") for raw in request.POST.getlist("item")]
+            if not ticked:
+                raise ValueError("tick some items, or choose all the filtered items")
+            ids = list(items.filter(pk__in=ticked).order_by("pk").values_list("pk", flat=True))
+        if not ids:
+            raise ValueError("none of the chosen items can be sent (a teacher's answers are not sent again)")
+        if len(ids) > BULK_MAX:
+            raise ValueError(f"more than {BULK_MAX:,} items: narrow the filter first")
+        if request.POST.get("scope") == "filtered" and request.POST.get("confirm") != str(len(ids)):
+            fields = [(k, v) for k in request.POST if k not in ("csrfmiddlewaretoken", "confirm") for v in
+                      request.POST.getlist(k)]  # fmt: skip
+            return render(
+                request,
+                "distillation/teacher_confirm.html",
+                {"project": project, "count": len(ids), "fields": fields, "back": back},
+            )
+        teacher_check(project)
+        run = teacher_run_create(project=project, selection="items", user=request.user, item_ids=ids, judge=True)
+    except (NoTeacher, TeacherUnreachable, ValueError) as exc:
+        messages.error(request, f"Nothing sent to the teacher: {exc}")
+        return redirect(back)
+    messages.success(
+        request,
+        f"Teacher run {run.pk} started over {run.items_total} item{pluralize(run.items_total)}; its answers are "
+        "judged by the gating policy when it is done (logged).",
+    )
+    return redirect(back)
+
+
+@login_required
+@require_POST
+def teacher_check_view(request: HttpRequest, slug: str) -> HttpResponse:
+    """Check the project's teacher now (leads and staff): a ``GET /models`` to it (``teacher_runs.teacher_check``,
+    no redirect followed), the models it serves or the fault said in a message; the section again for htmx, else
+    back to the project page."""
+    project = get_project_for_lead(request, slug)
+    try:
+        base_url, served = teacher_check(project)
+    except (NoTeacher, TeacherUnreachable) as exc:
+        messages.error(request, str(exc))
+    else:
+        models = f"it serves {', '.join(served[:10])}" if served else "it gave no model list"
+        messages.success(request, f"The teacher at {base_url} answers: {models}.")
+    if not request.htmx:
+        return redirect(project)
     return render(request, "distillation/_teacher_runs.html", _teacher_runs_context(project))
 
 

@@ -253,19 +253,28 @@ class JudgeEndpointForm(WriteOnlyKeyForm):
         )
 
     def clean(self):
-        cleaned = super().clean()
-        checked = {"base_url", "model", "api_key_new", "api_key_clear"}
-        url = cleaned.get("base_url") or ""
-        # A URL carrying credentials is refused by the model's validation, without being called.
-        if url and "@" not in urlsplit(url).netloc and not self.errors and checked & set(self.changed_data):
-            from judging.backends import JudgeConfig, JudgeUnreachable, judge_connection_check
+        return connection_checked(self, super().clean(), who="judge")
 
-            key = "" if cleaned.get("api_key_clear") else cleaned.get("api_key_new") or self.instance.api_key
-            try:  # the endpoint must answer before it is saved, not as a run of timeouts later
-                judge_connection_check(JudgeConfig(cleaned["base_url"], cleaned.get("model", ""), key))
-            except JudgeUnreachable as exc:
-                self.add_error("base_url", str(exc))
-        return cleaned
+
+def connection_checked(
+    form: forms.ModelForm, cleaned: dict, *, who: str, default_url: str = "", default_model: str = ""
+):
+    """The admin's connection check of an endpoint form (a judge endpoint, a teacher's settings): when its URL,
+    model or key changed, the server must answer ``judge_connection_check`` before the row is saved, not as a
+    run of timeouts later; else the error goes on ``base_url``. A blank URL or model is checked as
+    ``default_url``/``default_model`` (the environment's). Returns ``cleaned``."""
+    checked = {"base_url", "model", "api_key_new", "api_key_clear"}
+    url = cleaned.get("base_url") or default_url
+    # A URL carrying credentials is refused by the model's validation, without being called.
+    if url and "@" not in urlsplit(url).netloc and not form.errors and checked & set(form.changed_data):
+        from judging.backends import JudgeConfig, JudgeUnreachable, judge_connection_check
+
+        key = "" if cleaned.get("api_key_clear") else cleaned.get("api_key_new") or form.instance.api_key
+        try:
+            judge_connection_check(JudgeConfig(url, cleaned.get("model") or default_model, key), who=who)
+        except JudgeUnreachable as exc:
+            form.add_error("base_url", str(exc))
+    return cleaned
 
 
 @admin.register(JudgeEndpoint)

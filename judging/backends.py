@@ -85,8 +85,12 @@ class JudgeUnreachable(RuntimeError):
 CONNECTION_CHECK_TIMEOUT_S = 5.0
 
 
-def judge_connection_check(config: JudgeConfig, *, timeout_s: float = CONNECTION_CHECK_TIMEOUT_S) -> None:
-    """Ask an OpenAI-compatible endpoint for its model list (``GET <base_url>/models``) before judging with it.
+def judge_connection_check(
+    config: JudgeConfig, *, timeout_s: float = CONNECTION_CHECK_TIMEOUT_S, who: str = "judge"
+) -> list[str]:
+    """Ask an OpenAI-compatible endpoint for its model list (``GET <base_url>/models``) before judging with it
+    (or teaching: ``who`` names the role in the message, "judge" or "teacher"); returns the models it serves
+    (``[]`` when it gave no OpenAI model list, and for the local classifier).
 
     Raises JudgeUnreachable naming the URL and what went wrong: the
     connection refused, no answer within ``timeout_s`` seconds, the name not
@@ -100,10 +104,10 @@ def judge_connection_check(config: JudgeConfig, *, timeout_s: float = CONNECTION
     import httpx2 as httpx  # the HTTP client the openai package uses
 
     if config.is_local:
-        return
+        return []
     url = config.base_url.rstrip("/") + "/models"
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    problem = ""
+    problem, served = "", []
     try:
         response = httpx.get(url, headers=headers, timeout=timeout_s, follow_redirects=False)
     except httpx.TimeoutException:
@@ -119,30 +123,33 @@ def judge_connection_check(config: JudgeConfig, *, timeout_s: float = CONNECTION
     except (httpx.HTTPError, OSError, ValueError) as exc:  # a reset connection, a URL it cannot use
         problem = f"{type(exc).__name__}: {str(exc)[:200]}"
     else:
-        problem = _model_list_problem(response, config.model)
+        problem, served = _model_list_problem(response, config.model)
     if problem:
-        raise JudgeUnreachable(redact(f"The judge at {config.base_url} did not answer: {problem}.", config.api_key))
+        message = f"The {who} at {config.base_url} did not answer: {problem}."
+        raise JudgeUnreachable(redact(message, config.api_key))
+    return served
 
 
-def _model_list_problem(response, model: str) -> str:
-    """What is wrong with the answer to ``GET /models`` for judging with ``model`` ("" when nothing is)."""
+def _model_list_problem(response, model: str) -> tuple[str, list[str]]:
+    """What is wrong with the answer to ``GET /models`` for using ``model`` ("" when nothing is), and the
+    models it lists (``[]`` when it gave no OpenAI model list)."""
     code = response.status_code
     if 300 <= code < 400:
         where = response.headers.get("location", "")[:200]
-        return f"HTTP {code}: it redirects to {where!r}; give the address it redirects to as the base URL"
+        return f"HTTP {code}: it redirects to {where!r}; give the address it redirects to as the base URL", []
     if code in (401, 403):
-        return f"HTTP {code}: the server refused the API key"
+        return f"HTTP {code}: the server refused the API key", []
     if code >= 500 and code != 501:
-        return f"HTTP {code}: the server is failing ({response.text[:200]})"
+        return f"HTTP {code}: the server is failing ({response.text[:200]})", []
     if code != 200:
-        return ""  # it answered (a server without a model list, say)
+        return "", []  # it answered (a server without a model list, say)
     try:
         served = [entry["id"] for entry in response.json()["data"] if isinstance(entry.get("id"), str)]
     except (ValueError, KeyError, TypeError, AttributeError):
-        return ""  # not an OpenAI model list: nothing to compare
+        return "", []  # not an OpenAI model list: nothing to compare
     if model and served and model not in served:
-        return f"it does not serve the model {model[:200]!r} (it serves: {', '.join(served[:10])[:300]})"
-    return ""
+        return f"it does not serve the model {model[:200]!r} (it serves: {', '.join(served[:10])[:300]})", served
+    return "", served
 
 
 def build_messages(item: Item, prefix: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -324,41 +331,27 @@ async def judge_with_openai(
     fails too, the item ends with ``error`` and no verdict. Tokens and
     latency add up over both attempts.
     """
-    import openai
-
     started = time.perf_counter()
     result = JudgeResult(item.pk)
     token = llm.exchanges.set(result.attempts)
     messages = build_messages(item, prefix)
     try:
         for attempt in (1, 2):
-            if limits is not None:
-                await limits.wait(estimate_tokens(messages, run_settings["max_tokens"]))
-            try:
-                # client.post (the openai client's documented way to send a body as is) rather than
-                # chat.completions.create: the same request, retries and error handling, without create()'s
-                # per-call walk over the typed params (~3 ms of CPU per request). cast_to=object gives the
-                # reply's JSON as is: building a ChatCompletion model from it cost ~0.2 ms more.
-                reply = await client.post(
-                    "/chat/completions",
-                    cast_to=object,
-                    body={
-                        "model": model,
-                        "messages": messages,
-                        "temperature": run_settings["temperature"],
-                        "max_tokens": run_settings["max_tokens"],
-                        "seed": run_settings["seed"],
-                        "response_format": RESPONSE_FORMAT,
-                        **logprob_options(run_settings),
-                    },
-                )
-            except openai.OpenAIError as exc:
-                result.error_class, result.error = replies.classify_exception(exc)
+            body = {
+                "model": model,
+                "messages": messages,
+                "temperature": run_settings["temperature"],
+                "max_tokens": run_settings["max_tokens"],
+                "seed": run_settings["seed"],
+                "response_format": RESPONSE_FORMAT,
+                **logprob_options(run_settings),
+            }
+            tokens = estimate_tokens(messages, run_settings["max_tokens"])
+            reply, error_class, error = await llm.post_chat(client, body, limits=limits, tokens=tokens)
+            if error_class:
+                result.error_class, result.error = replies.ErrorClass(error_class), error
                 if result.error_class == replies.ErrorClass.TIMEOUT:
                     result.tokens_in = result.tokens_out = None  # the server may have worked on it: unknown
-                break
-            except Exception as exc:  # a body the client could not read: not JSON, not UTF-8, cut short...
-                result.error_class, result.error = _unreadable(exc)
                 break
             try:
                 reading = replies.read_reply(reply)
@@ -391,21 +384,6 @@ async def judge_with_openai(
         result.attempts.append({"error": result.error_class, "detail": result.error})
     result.latency_ms = round((time.perf_counter() - started) * 1000)
     return result.storable()
-
-
-def _unreadable(exc: Exception) -> tuple[str, str]:
-    """``(error class, message)`` for an exception the ``openai`` client let through: a transport fault
-    (aiohttp's or httpx's own) or a body that could not be read as JSON. The message names the type and
-    the first words only: some exceptions' repr carries the request, and its Authorization header."""
-    import aiohttp
-
-    if isinstance(exc, aiohttp.ClientError | OSError) or type(exc).__module__.startswith(("httpx", "httpcore")):
-        fault = replies.transport_fault(exc)
-        return fault, f"{fault}: the reply could not be read ({type(exc).__name__}: {str(exc)[:200]})"
-    return (
-        replies.ErrorClass.INVALID_REPLY,
-        f"the reply's body is not a JSON chat completion ({type(exc).__name__}: {str(exc)[:200]})",
-    )
 
 
 async def judge_many(

@@ -33,7 +33,7 @@ from scipy.stats import binom, binomtest
 from annotations.models import Decision, Project, SampleMembership
 from annotations.selectors import ground_truth
 from judging.models import NO_POLICY, GateDecision, Verdict
-from judging.selectors import gating_policy, policy_verdicts
+from judging.selectors import gating_policy, policy_verdicts, tier_runs
 from judging.thresholds import DEFAULT_CANDIDATES, agreement_p_value, items_needed
 
 GRID = DEFAULT_CANDIDATES
@@ -280,7 +280,8 @@ def p_accept_by_item(project: Project, policy, item_ids: list[int] | None = None
         return p_accept
     p_by_run: dict[int, dict[int, float]] = {}
     for tier in policy.tiers.all():
-        rows = Verdict.objects.filter(run_id=tier.run_id, confidence_calibrated__isnull=False).exclude(verdict="")
+        rows = Verdict.objects.filter(run_id__in=tier_runs(tier), confidence_calibrated__isnull=False)
+        rows = rows.exclude(verdict="")
         if item_ids is not None:
             rows = rows.filter(item_id__in=item_ids)
         p_by_run[tier.run_id] = dict(rows.values_list("item_id", "confidence_calibrated"))

@@ -31,7 +31,13 @@ from annotations.sampling import memberships
 from annotations.selectors import ground_truth
 from annotations.statistics import wilson_interval
 from judging.models import NO_POLICY, GateDecision, Verdict
-from judging.selectors import certification_current, certification_threshold, gating_policy, policy_verdicts
+from judging.selectors import (
+    certification_current,
+    certification_threshold,
+    gating_policy,
+    policy_verdicts,
+    tier_runs,
+)
 
 ALPHA = 0.05
 MIN_LABELLED = 10
@@ -76,7 +82,7 @@ def accepted_set_precision(project: Project) -> dict:
     p_by_run: dict[int, dict[int, float]] = {}
     for tier in policy.tiers.all() if policy else []:
         p_by_run[tier.run_id] = dict(
-            Verdict.objects.filter(run_id=tier.run_id, confidence_calibrated__isnull=False)
+            Verdict.objects.filter(run_id__in=tier_runs(tier), confidence_calibrated__isnull=False)
             .exclude(verdict="")
             .values_list("item_id", "confidence_calibrated")
         )

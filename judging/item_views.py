@@ -20,6 +20,7 @@ from judging.items import (
     PAGE_SIZE,
     BulkError,
     ItemFilterForm,
+    bulk_actions_elsewhere,
     count_capped,
     count_estimate,
     item_story,
@@ -81,6 +82,10 @@ def items_list(request: HttpRequest, slug: str) -> HttpResponse:
         "prev_query": _query(form, before=page.before) if page.before else None,
         "exact_query": _query(form, count="exact"),
         "recent": ItemBulkAction.objects.filter(project=project).select_related("created_by")[:5],
+        "bulk_elsewhere": [
+            {"label": a.label, "url": reverse(a.url_name, args=[project.slug]), "note": a.note}
+            for a in bulk_actions_elsewhere()
+        ],
     }
     if request.htmx:
         # The address bar gets the filters in force only, not every empty field of the form.

@@ -505,6 +505,30 @@ def training_sets_source_register(source: Callable[[Item], list[dict]]) -> None:
     _training_sets_sources[:] = [source]
 
 
+@dataclass(frozen=True)
+class BulkActionElsewhere:
+    """A bulk action a later app offers on the items list (``distillation``: send the items to the teacher):
+    a button whose form (the ticked items, or ``scope=filtered`` with the list's filters) is posted to the view
+    named ``url_name`` (one argument, the project's slug). judging never imports the app that offers it."""
+
+    label: str
+    url_name: str
+    note: str = ""
+
+
+_bulk_actions_elsewhere: dict[str, BulkActionElsewhere] = {}
+
+
+def bulk_action_register(action: BulkActionElsewhere) -> None:
+    """Offer ``action`` on the items list (registered again under the same ``url_name``: replaced)."""
+    _bulk_actions_elsewhere[action.url_name] = action
+
+
+def bulk_actions_elsewhere() -> list[BulkActionElsewhere]:
+    """The bulk actions other apps registered, in registration order."""
+    return list(_bulk_actions_elsewhere.values())
+
+
 def training_sets_of(item: Item) -> list[dict]:
     """The training sets ``item`` is in, from the registered source (none registered: none)."""
     return _training_sets_sources[0](item) if _training_sets_sources else []

@@ -37,7 +37,6 @@ from jsonschema.exceptions import best_match
 
 from judging import logprobs
 from judging.models import Verdict
-from larry_web import llm
 
 ErrorClass = Verdict.ErrorClass
 
@@ -302,36 +301,3 @@ def _fault(
         tokens_out=_usage(reply, "completion_tokens"),
         repairable=repairable,
     )
-
-
-def transport_fault(exc: BaseException) -> str:
-    """``larry_web.llm.transport_fault`` (``refused``, ``connection`` or ``timeout``) as one of ``ErrorClass``."""
-    return ErrorClass(llm.transport_fault(exc))
-
-
-def classify_exception(exc: BaseException) -> tuple[str, str]:
-    """``(error class, message)`` for an exception from the ``openai`` client, after its own retries.
-
-    ``RateLimitError`` (429) → ``rate_limited``; ``InternalServerError``
-    (5xx) → ``server_error``; another ``APIStatusError`` (4xx: a bad key, an
-    unknown model, a prompt over the context) → ``client_error``; a timeout
-    or connection fault → ``transport_fault``'s class.
-    """
-    import openai
-
-    name = type(exc).__name__
-    if isinstance(exc, openai.RateLimitError):
-        return ErrorClass.RATE_LIMITED, f"rate limited: HTTP 429 from the judge server ({name}: {exc})"
-    if isinstance(exc, openai.InternalServerError):
-        return ErrorClass.SERVER_ERROR, f"server error: HTTP {exc.status_code} from the judge server ({name}: {exc})"
-    if isinstance(exc, openai.APIStatusError):
-        return ErrorClass.CLIENT_ERROR, f"client error: HTTP {exc.status_code} from the judge server ({name}: {exc})"
-    fault = transport_fault(exc)
-    cause = next((e for e in llm.causes(exc) if e is not exc), None)
-    detail = f"{type(cause).__name__}: {cause}" if cause is not None else f"{name}: {exc}"
-    what = {
-        ErrorClass.REFUSED: "refused: the judge server refused the connection",
-        ErrorClass.TIMEOUT: "timeout: the judge server did not answer in time",
-        ErrorClass.CONNECTION: "connection: the judge server could not be reached",
-    }[fault]
-    return fault, f"{what} ({detail})"

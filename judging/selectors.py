@@ -43,6 +43,14 @@ def gating_policy(project: Project) -> GatingPolicy | None:
     )
 
 
+def tier_runs(tier: PolicyTier) -> list[int]:
+    """The ids of the runs whose verdicts a tier of the gating policy reads: its own run, then the finished runs
+    that extend it to items added since (``services.judge_run_extend``: the same judge, prompt and few-shot
+    examples, calibrated on the same SME labels), oldest first."""
+    extensions = JudgeRun.objects.filter(status=JudgeRun.Status.FINISHED, config__extends=tier.run_id).order_by("id")
+    return [tier.run_id, *extensions.values_list("id", flat=True)]
+
+
 def policy_verdicts(
     project: Project, *, policy: GatingPolicy | None = None, item_ids: list[int] | None = None
 ) -> dict[int, tuple[PolicyTier, str]]:
@@ -57,7 +65,7 @@ def policy_verdicts(
     nothing = gate.TierVerdict(None, None, None)
     by_item: dict[int, list] = defaultdict(lambda: [nothing] * len(tiers))
     for index, tier in enumerate(tiers):
-        rows = Verdict.objects.filter(run_id=tier.run_id).exclude(verdict="")
+        rows = Verdict.objects.filter(run_id__in=tier_runs(tier)).exclude(verdict="")
         if item_ids is not None:
             rows = rows.filter(item_id__in=item_ids)
         for item_id, verdict, p in rows.values_list("item_id", "verdict", "confidence_calibrated").iterator(
@@ -79,7 +87,7 @@ def policy_certainty(project: Project, *, policy: GatingPolicy | None = None) ->
     policy = policy if policy is not None else gating_policy(project)
     if policy is None:
         return {}
-    run_ids = [tier.run_id for tier in policy.tiers.all()]
+    run_ids = [run_id for tier in policy.tiers.all() for run_id in tier_runs(tier)]
     best: dict[int, float] = {}
     rows = (
         Verdict.objects.filter(run_id__in=run_ids, confidence_calibrated__isnull=False)
@@ -987,3 +995,9 @@ def certificate_held_back(certification: Certification) -> dict:
     ).values_list("reasons", "item__in_sme_queue")
     held = [queued for reasons, queued in rows.iterator(chunk_size=2000) if gate.CERTIFICATE_REASON in (reasons or [])]
     return {"applied": True, "pending": len(held), "queued": sum(held), "statement": ""}
+
+
+def regate_pending(project_id: int) -> bool:
+    """Whether a re-gating of the project was asked for (``services.regate_request``) and has not been done yet."""
+    row = RegateRequest.objects.filter(project_id=project_id).values_list("generation", "last_generation_done").first()
+    return row is not None and row[0] > row[1]

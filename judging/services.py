@@ -310,11 +310,7 @@ def judge_run_finish_if_complete(*, run_id: int) -> bool:
 
 def judge_run_cancel(*, run: JudgeRun) -> bool:
     """Stop a queued or running run: chunks not yet started do nothing. Returns False if it had ended."""
-    return bool(
-        JudgeRun.objects.filter(pk=run.pk, status__in=[JudgeRun.Status.QUEUED, JudgeRun.Status.RUNNING]).update(
-            status=JudgeRun.Status.CANCELLED, finished_at=timezone.now()
-        )
-    )
+    return work.run_cancel(JudgeRun, run_id=run.pk)
 
 
 def judge_run_resume(*, run: JudgeRun, retry_errors: bool = False) -> None:
@@ -399,9 +395,7 @@ def judge_runs_revive_stalled() -> int:
 
 def judge_run_fail(*, run_id: int, error: str) -> None:
     """Mark a run failed with the reason; its verdicts stay, the gate ignores the run."""
-    JudgeRun.objects.filter(pk=run_id).update(
-        status=JudgeRun.Status.FAILED, error=error[:5000], finished_at=timezone.now()
-    )
+    work.run_fail(JudgeRun, run_id=run_id, error=error)
 
 
 ITEM_FIELDS = ("id", "prompt", "context", "response", "reference", "task_type")
@@ -683,6 +677,68 @@ def escalation_run_create(*, project: Project, endpoint=None, user=None) -> Judg
     return run
 
 
+def judge_run_extend(*, parent: JudgeRun, item_ids: list[int], user=None) -> JudgeRun | None:
+    """Start a run that extends ``parent`` (a tier of the gating policy) to ``item_ids``, items added since it
+    ran (a teacher run's answers): the same judge (backend, model, URL, endpoint) and the same recorded prompt,
+    few-shot examples, seed and limits (``parent.config``), over those of the items with a response and no
+    verdict of ``parent`` or of a run extending it (nor work left in one), recorded as ``config["extends"]``.
+    Once finished it is calibrated on ``parent``'s SME labels and folds (``judge_run_calibrate``), and the tier
+    reads its verdicts as its own
+    (``selectors.tier_runs``): the policy a lead chose decides the new items, and the policy is not changed.
+    Returns None when no item is left to judge."""
+    # Items the tier has a say on already, or will have (an extension still running), are not judged again.
+    extensions = JudgeRun.objects.filter(config__extends=parent.pk).exclude(
+        status__in=[JudgeRun.Status.FAILED, JudgeRun.Status.CANCELLED]
+    )
+    judged = Verdict.objects.filter(Q(run=parent) | Q(run__in=extensions)).values("item_id")
+    pending = JudgeWork.objects.filter(run__in=extensions).values("item_id")
+    scope = list(
+        parent.project.items.filter(pk__in=item_ids)
+        .exclude(response="")
+        .exclude(pk__in=judged)
+        .exclude(pk__in=pending)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    if not scope:
+        return None
+    kept = {k: v for k, v in parent.config.items() if k not in ("escalated_from", "extends")}
+    with transaction.atomic():
+        run = JudgeRun.objects.create(
+            project=parent.project,
+            backend=parent.backend,
+            model=parent.model,
+            base_url=parent.base_url,
+            endpoint_id=parent.endpoint_id,
+            config={**kept, "scope": "items", "item_ids": scope, "extends": parent.pk},
+            items_total=len(scope),
+            created_by=user,
+        )
+        if run.backend == JudgeRun.Backend.OPENAI:
+            judge_work_add(run=run, items=Item.objects.filter(pk__in=scope))
+        from judging.tasks import start_judge_run
+
+        transaction.on_commit(lambda: start_judge_run.delay(run.pk))
+    logger.info("run %s extends run %s (a tier of the gating policy) to %s items", run.pk, parent.pk, len(scope))
+    return run
+
+
+def policy_runs_extend(*, project: Project, item_ids: list[int], user=None) -> list[JudgeRun]:
+    """Have the gating policy in force judge ``item_ids`` (new items, a teacher run's answers): one
+    ``judge_run_extend`` per tier that decides. Every such tier judges every item (a cascade's later tier thus
+    also judges what an earlier one decides; the gate takes the first that is sure). Raises PolicyError when
+    the project has no policy (nothing is judged then). Returns the runs started."""
+    policy = gating_policy(project)
+    tiers = [tier for tier in policy.tiers.select_related("run", "run__project") if tier.decides] if policy else []
+    if not tiers:
+        raise PolicyError(
+            f"project {project.slug} has no gating policy that decides: nothing was judged (choose a policy, then "
+            "start a judge run)"
+        )
+    runs = [judge_run_extend(parent=tier.run, item_ids=item_ids, user=user) for tier in tiers]
+    return [run for run in runs if run is not None]
+
+
 def sme_queue_prioritise(*, project: Project) -> int:
     """Order the SME queue by the gating policy's uncertainty, and queue what the policy cannot decide.
 
@@ -882,12 +938,20 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
     """
     shown = set(run.few_shot_item_ids)
     truth = {i: label for i, label in ground_truth(project=run.project).items() if i not in shown}
-    rows = list(
-        Verdict.objects.filter(run=run, confidence__isnull=False)
-        .order_by("item_id")
-        .values_list("id", "item_id", "confidence", "item__external_id")
-    )
-    labelled = [(vid, conf, truth[item_id] == "accept") for vid, item_id, conf, _ in rows if item_id in truth]
+
+    def rows_of(of: JudgeRun) -> list[tuple]:
+        return list(
+            Verdict.objects.filter(run=of, confidence__isnull=False)
+            .order_by("item_id")
+            .values_list("id", "item_id", "confidence", "item__external_id")
+        )
+
+    rows = rows_of(run)
+    # An extension (``judge_run_extend``) is calibrated on the labels of the run it extends, with the same folds,
+    # so its items get the values they would have had in that run; only its own verdicts are written.
+    extended = JudgeRun.objects.filter(pk=run.config.get("extends")).first() if run.config.get("extends") else None
+    labelled_rows = rows_of(extended) if extended is not None else rows
+    labelled = [(vid, conf, truth[item_id] == "accept") for vid, item_id, conf, _ in labelled_rows if item_id in truth]
     others = [(vid, conf, calibration.fold_key(ext)) for vid, item_id, conf, ext in rows if item_id not in truth]
     y = [accepted for _, _, accepted in labelled]
     summary = {
@@ -917,6 +981,8 @@ def judge_run_calibrate(*, run: JudgeRun) -> dict:
         return summary
     ids = [vid for vid, _, _ in labelled] + [vid for vid, _, _ in others]
     values = [float(v) for v in fit.labelled] + [float(v) for v in fit.unlabelled]
+    if extended is not None:
+        ids, values = [vid for vid, _, _ in others], [float(v) for v in fit.unlabelled]
     summary.update(
         status="calibrated",
         reason="",

@@ -11,10 +11,6 @@ examples recorded on the run.
 No database transaction is open during a judge call.
 """
 
-import os
-import socket
-import uuid
-
 from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, OperationalError
@@ -24,7 +20,7 @@ from annotations.models import Item, Project
 from annotations.selectors import ground_truth
 from judging import backends, prompts, services
 from judging.models import JudgeRun, JudgeWork, Verdict
-from larry_web import llm
+from larry_web import work
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -110,25 +106,6 @@ def _judge_locally(run: JudgeRun) -> None:
     services.judge_run_finish_if_complete(run_id=run.pk)
 
 
-class RunWork(llm.WorkSource):
-    """The work rows of one run, leased by one task (``worker``), for ``backends.judge_window``."""
-
-    def __init__(self, run: JudgeRun, worker: str) -> None:
-        self.run, self.worker = run, worker
-
-    def lease(self, limit: int):
-        return services.judge_work_lease(run_id=self.run.pk, worker=self.worker, limit=limit)
-
-    def renew(self, item_ids: list[int]) -> bool:
-        return services.judge_work_renew(run_id=self.run.pk, worker=self.worker, item_ids=item_ids)
-
-    def release(self, item_ids: list[int]) -> None:
-        services.judge_work_release(run_id=self.run.pk, worker=self.worker, item_ids=item_ids)
-
-    def store(self, results: list[backends.JudgeResult]) -> None:
-        services.verdicts_store(run=self.run, results=results)
-
-
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def judge_chunk(run_id: int, item_ids: list[int] | None = None) -> None:
     """Judge the run's work rows until none is left, then maybe finish the run.
@@ -154,10 +131,12 @@ def judge_chunk(run_id: int, item_ids: list[int] | None = None) -> None:
     # No transaction is open here: leases, judge calls and writes are each their own.
     now = backends.judge_config_for(run.project, run.endpoint)  # the key is read now, never stored on the run
     config = backends.JudgeConfig(run.base_url, run.model, now.api_key)
-    worker = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    source = work.RunWork(
+        JudgeWork, JudgeRun, run, work.worker_name(), lease=services.judge_work_lease, store=services.verdicts_store
+    )
     outcome = backends.judge_loop().judge_window(
         config,
-        RunWork(run, worker),
+        source,
         prefix=_prompt_prefix(run),
         run_settings=run.config,
         max_in_flight=run.config.get("max_in_flight", now.max_in_flight),
@@ -165,14 +144,14 @@ def judge_chunk(run_id: int, item_ids: list[int] | None = None) -> None:
         grace_s=settings.LARRY_JUDGE_CHUNK_GRACE_S,
         renew_s=settings.LARRY_JUDGE_LEASE_S / 3,
     )
-    if (
-        outcome.stopped_at_deadline
-        and JudgeWork.objects.filter(run_id=run_id).exists()
-        and JudgeRun.objects.filter(pk=run_id, status=JudgeRun.Status.RUNNING).exists()
-    ):
-        judge_chunk.delay(run_id)
-        return
-    services.judge_run_finish_if_complete(run_id=run_id)
+    work.chunk_end(
+        JudgeWork,
+        JudgeRun,
+        run_id=run_id,
+        outcome=outcome,
+        again=lambda: judge_chunk.delay(run_id),
+        finish=services.judge_run_finish_if_complete,
+    )
 
 
 def _prompt_prefix(run: JudgeRun) -> list[dict[str, str]]:

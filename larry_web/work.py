@@ -9,6 +9,9 @@ The models are ``LeasedWork`` subclasses with ``run`` and ``item`` foreign keys;
 ``progress_at`` and ``status``.
 """
 
+import os
+import socket
+import uuid
 from decimal import Decimal
 
 from django.conf import settings
@@ -122,3 +125,60 @@ def work_release(work_model, *, run_id: int, worker: str, item_ids: list[int]) -
     work_model.objects.filter(run_id=run_id, item_id__in=item_ids, leased_by=worker).update(
         leased_by="", leased_until=None
     )
+
+
+def run_cancel(run_model, *, run_id: int) -> bool:
+    """Mark a queued or running run cancelled (workers then start no new request and release what they
+    hold); False if it had ended."""
+    Status = Run.Status
+    return bool(
+        run_model.objects.filter(pk=run_id, status__in=[Status.QUEUED, Status.RUNNING]).update(
+            status=Status.CANCELLED, finished_at=timezone.now()
+        )
+    )
+
+
+def run_fail(run_model, *, run_id: int, error: str) -> None:
+    """Mark a run failed with the reason (cut to 5,000 characters); what it stored stays."""
+    run_model.objects.filter(pk=run_id).update(status=Run.Status.FAILED, error=error[:5000], finished_at=timezone.now())
+
+
+def worker_name() -> str:
+    """A name for one task's leases: host, process id and a random part (two tasks in a process differ)."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class RunWork(llm.WorkSource):
+    """The work rows of one run, leased by one task (``worker``), for ``larry_web.llm.window``: ``lease`` and
+    ``store`` are the run kind's (they read the items and write the outcomes), renewing and releasing are
+    ``work_renew``/``work_release`` on ``work_model``/``run_model``."""
+
+    def __init__(self, work_model, run_model, run, worker: str, *, lease, store) -> None:
+        self.work_model, self.run_model, self.run, self.worker = work_model, run_model, run, worker
+        self._lease, self._store = lease, store
+
+    def lease(self, limit: int):
+        return self._lease(run_id=self.run.pk, worker=self.worker, limit=limit)
+
+    def renew(self, item_ids: list[int]) -> bool:
+        return work_renew(self.work_model, self.run_model, run_id=self.run.pk, worker=self.worker, item_ids=item_ids)
+
+    def release(self, item_ids: list[int]) -> None:
+        work_release(self.work_model, run_id=self.run.pk, worker=self.worker, item_ids=item_ids)
+
+    def store(self, results: list) -> None:
+        self._store(run=self.run, results=results)
+
+
+def chunk_end(work_model, run_model, *, run_id: int, outcome: "llm.WindowOutcome", again, finish) -> None:
+    """What a chunk task does after its window: when it stopped at its deadline with work left in a run still
+    running, ``again()`` (queue the task once more); otherwise ``finish(run_id=run_id)`` (the run's
+    finish-if-complete, which finishes it when no work row is left)."""
+    if (
+        outcome.stopped_at_deadline
+        and work_model.objects.filter(run_id=run_id).exists()
+        and run_model.objects.filter(pk=run_id, status=Run.Status.RUNNING).exists()
+    ):
+        again()
+        return
+    finish(run_id=run_id)

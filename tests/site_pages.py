@@ -205,6 +205,9 @@ def site_pages(project: Project, site: dict) -> list[Page]:
         Page("lead", "distillation:teacher_runs", (slug,)),
         Page("lead", "distillation:teacher_runs", (slug,), htmx=True),  # the progress poll's partial
         Page("lead", "distillation:teacher_run_cancel", (slug, site["teacher_run"].pk), method="post", status=302),
+        Page("lead", "distillation:teacher_check", (slug,), method="post", status=302),  # refused, said
+        # The items list's "Send to the teacher" over every filtered item: the page that confirms the count.
+        Page("lead", "distillation:teacher_run_from_items", (slug,), "post", {"scope": "filtered"}),
         Page("lead", "judging:project_settings", (slug,), "post", {"action": "edit", "reject_reasons": ""}, status=400),
     ]
     pages += [Page("sme", "logout", method="post", status=302), Page("root", "admin:logout", method="post", status=302)]

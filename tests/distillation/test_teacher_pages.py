@@ -101,3 +101,27 @@ def test_an_sme_reviews_a_teacher_answer_blind(client, project, sme, judge_serve
     assert answer.response in page.replace("&#x27;", "'")
     for telltale in ("sensei-405b", "teacher", "Teacher", answer.external_id, answer.reasoning):
         assert telltale not in page
+
+
+def test_the_items_api_links_a_prompt_and_its_teacher_answers_both_ways(
+    client, project, lead, judge_server, django_capture_on_commit_callbacks
+):
+    from distillation.teacher_runs import teacher_run_create
+
+    use_teacher(project, judge_server.base_url)
+    original, other = make_items(project, ["WRONG", "fine"], prompt="How much is Plus? [t-reasoning]")
+    with django_capture_on_commit_callbacks(execute=True):
+        teacher_run_create(project=project, selection="items", item_ids=[original.pk])
+    with django_capture_on_commit_callbacks(execute=True):
+        teacher_run_create(project=project, selection="items", item_ids=[original.pk])
+    answers = list(Item.objects.filter(answers=original).order_by("id"))
+    assert len(answers) == 2 and all(a.reasoning for a in answers)
+    client.force_login(lead)
+    items_url = reverse("item-list", args=[project.slug])
+    body = {row["id"]: row for row in client.get(items_url, {"page_size": 50}).json()["results"]}
+    assert body[original.pk]["answers"] == [a.pk for a in answers]
+    assert body[original.pk]["answers_item"] is None and body[original.pk]["reasoning"] == ""
+    assert body[other.pk]["answers"] == []
+    for answer in answers:
+        row = client.get(f"{items_url}{answer.pk}/").json()
+        assert (row["answers_item"], row["answers"], row["reasoning"]) == (original.pk, [], answer.reasoning)
