@@ -480,7 +480,6 @@ def test_a_long_answer_within_max_tokens_is_stored(project, canned, django_captu
     assert Item.objects.get(answers__isnull=False).response == content.strip()
 
 
-@pytest.mark.xfail(strict=True, reason="F21: the teacher's acceptance rates are shown with n but without an interval")
 def test_acceptance_rates_are_shown_with_an_interval(client, project, lead, teacher_env):
     student, teacher = student_and_answer(project, answer="It is 4.")
     Review.objects.create(item=student, decision="reject", origin="import")

@@ -77,10 +77,14 @@ def test_accepted_answers_are_sft_rows_in_every_chat_format(project, taught, dja
     assert sorted(a.answers.prompt for a in accepted) == ["Q1?", "Q4 [t-reasoning]?", "Q5 [t-think]?"]
     report = teacher_run_report(taught)
     assert (report["written"], report["accepted"], report["vetoed"], report["rejected"]) == (4, 3, 1, 1)
-    assert (report["teacher"], report["originals"]) == (
-        {"n": 4, "accepted": 3, "rate": 0.75},
-        {"n": 4, "accepted": 0, "rate": 0.0},
-    )
+    rates = ({k: r[k] for k in ("n", "accepted", "rate")} for r in (report["teacher"], report["originals"]))
+    assert tuple(rates) == ({"n": 4, "accepted": 3, "rate": 0.75}, {"n": 4, "accepted": 0, "rate": 0.0})
+    # Each rate's 95 % Wilson interval, as statsmodels computes it on the same counts.
+    from statsmodels.stats.proportion import proportion_confint
+
+    for rate in (report["teacher"], report["originals"]):
+        low, high = proportion_confint(rate["accepted"], rate["n"], alpha=0.05, method="wilson")
+        assert (rate["low"], rate["high"]) == (pytest.approx(low), pytest.approx(high))
     expected = {(a.prompt, a.response) for a in accepted}
     chat = jsonl(download(build(project, django_capture_on_commit_callbacks, format="chat")))
     assert {(r["messages"][0]["content"], r["messages"][1]["content"]) for r in chat} == expected
