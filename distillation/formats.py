@@ -14,8 +14,8 @@ duplicates). One row per item:
   (the ShareGPT format as read by axolotl and LLaMA-Factory).
 - ``dpo``: preference pairs in TRL's conversational format,
   ``{"prompt": [system?, user], "chosen": [assistant], "rejected": [assistant]}``
-  (TRL's dataset formats, "preference"); how pairs are formed is in
-  ``distillation.training_sets``.
+  (TRL's dataset formats, "preference"); the rejected side is always a
+  student's response; how pairs are formed is in ``distillation.training_sets``.
 - ``reasoning``: reasoning distillation, for items that carry reasoning (a
   teacher's): ``{"messages": [system?, user, {"role": "assistant", "content":
   "<think>\\n<reasoning>\\n</think>\\n\\n<response>"}], "reasoning", "response"}``,
@@ -29,7 +29,8 @@ duplicates). One row per item:
   ``distillation.answer_text``). Reasoning is stored whole, never cut.
 - ``judge``: judge-distillation rows for training a small judge,
   ``{"prompt", "context", "response", "verdict", "rationale", "basis"}`` for
-  every accepted and rejected item; ``rationale`` is the judge's, the SME's
+  every accepted item and every rejected student item (a teacher's answer
+  the gate did not accept is in no format); ``rationale`` is the judge's, the SME's
   comment or reason, or the vetoing rules' reasons, and ``basis`` says which.
 - ``csv``: ``external_id,prompt,context,response,source_model,task_type`` with
   a header row (RFC 4180, CRLF), cells that a spreadsheet would run as a
