@@ -14,6 +14,7 @@ from annotations.models import Item, Project, Review
 from distillation.models import TeacherRun
 from distillation.teacher import TeacherResult, read_answer
 from judging.services import gate_apply
+from tests.distillation.test_teacher_exports import answer_to
 from tests.distillation.test_training_sets import build, download, jsonl
 
 pytestmark = pytest.mark.django_db
@@ -91,17 +92,7 @@ def test_reasoning_holding_a_closing_tag_cannot_split_the_reasoning_row():
 
 
 def student_and_answer(project: Project, *, answer: str, reasoning: str = "") -> tuple[Item, Item]:
-    student = Item.objects.create(project=project, external_id="s1", prompt="Q?", response="Student WRONG")
-    teacher = Item.objects.create(
-        project=project,
-        external_id="s1#teacher-1",
-        prompt="Q?",
-        response=answer,
-        reasoning=reasoning,
-        source_model="teacher-405b",
-        answers=student,
-    )
-    return student, teacher
+    return answer_to(project, "Student WRONG", answer=answer, reasoning=reasoning, prompt="Q?")
 
 
 def test_dpo_never_exports_a_rejected_teacher_answer(project, django_capture_on_commit_callbacks):

@@ -150,12 +150,17 @@ def test_several_candidates_per_prompt_pair_one_to_one(
     assert any("are taken" in entry["reason"] for entry in unwritable), training_set.report
 
 
-def answer_to(project, student_response: str, *, answer: str, reasoning: str = "", n: int = 1) -> tuple[Item, Item]:
-    student = Item.objects.create(project=project, external_id=f"s{n}", prompt=f"Q{n}?", response=student_response)
+def answer_to(
+    project, student_response: str, *, answer: str, reasoning: str = "", n: int = 1, prompt: str = ""
+) -> tuple[Item, Item]:
+    """A student's item ``s<n>`` and a teacher's answer to it (``s<n>#teacher-1``, ``answers`` it), both
+    undecided."""
+    prompt = prompt or f"Q{n}?"
+    student = Item.objects.create(project=project, external_id=f"s{n}", prompt=prompt, response=student_response)
     teacher = Item.objects.create(
         project=project,
         external_id=f"s{n}#teacher-1",
-        prompt=f"Q{n}?",
+        prompt=prompt,
         response=answer,
         reasoning=reasoning,
         source_model="teacher-405b",
