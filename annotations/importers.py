@@ -57,6 +57,7 @@ from django.db import IntegrityError, connection, connections, transaction
 from django.utils import timezone
 
 from annotations.models import Decision, Item, Project, Review
+from larry_web.planner import analyze_after_bulk_write
 
 T = TypeVar("T")
 TEXT_FIELDS = ("prompt", "context", "response", "reference", "source_model", "task_type")
@@ -847,6 +848,20 @@ def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
         thread.join(timeout=5)
 
 
+# What queries join, filter and sort items on (not the long texts): analysed right after a big import.
+ITEM_KEY_COLUMNS = (
+    "id",
+    "project_id",
+    "external_id",
+    "in_sme_queue",
+    "priority",
+    "task_type",
+    "source_model",
+    "created_at",
+    "answers_id",
+)
+
+
 def import_items(
     *,
     project: Project,
@@ -883,6 +898,11 @@ def import_items(
                     progress(report.rows)
     if progress and not report.rows:
         progress(0)
+    # Fresh statistics, so the first export and project queries after a big import are planned for its rows.
+    analyze_after_bulk_write(
+        {Item._meta.db_table: report.created, Review._meta.db_table: report.labels},
+        columns={Item._meta.db_table: ITEM_KEY_COLUMNS},
+    )
     return report
 
 

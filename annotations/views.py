@@ -187,6 +187,7 @@ def review_decide(request: HttpRequest, slug: str, item_id: int) -> HttpResponse
     """Store an accept/reject and answer with the next item."""
     project = get_project_for_user(request, slug)
     item = get_object_or_404(Item, pk=item_id, project=project)
+    item.project = project  # the same row: review_submit reads its reasons without fetching it again
     try:
         stored = review_submit(
             item=item,

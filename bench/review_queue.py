@@ -14,7 +14,9 @@ one.
 Latencies are the time of the service calls the views make
 (``queue.next_item``, ``review_submit`` + ``queue.next_item``), measured in
 the client threads, so they include Python, the ORM and PostgreSQL but not
-HTTP. At the end every item handed out is checked: ``double_assignments``
+HTTP. As in a web process without a broker (``larry_web.wsgi``), the re-gating each decision asks for runs
+after the call returns, on the process's background thread (``larry_web.background``); with a broker it
+would be a publish to Redis. At the end every item handed out is checked: ``double_assignments``
 counts items handed to more than one SME or reviewed more than once.
 The last line of output is one JSON object with the figures.
 """
@@ -53,6 +55,7 @@ def main() -> None:
     from annotations import queue
     from annotations.models import Item, Project, Review
     from annotations.services import review_submit
+    from larry_web import background
 
     call_command("migrate", verbosity=0)
     started = time.perf_counter()
@@ -69,6 +72,7 @@ def main() -> None:
         cursor.execute("ANALYZE")
     print(f"{args.items} items queued in {time.perf_counter() - started:.1f} s", flush=True)
 
+    background.enable()  # what larry_web.wsgi does: re-gating after the response, as in the app
     users = [get_user_model().objects.create_user(f"sme{i}") for i in range(args.reviewers)]
     next_ms: list[float] = []
     submit_next_ms: list[float] = []
@@ -115,6 +119,7 @@ def main() -> None:
         thread.join()
     if errors:
         raise errors[0]
+    background.wait_idle(timeout=600)
 
     reviewed_twice = Review.objects.values("item_id").annotate(n=django.db.models.Count("id")).filter(n__gt=1).count()
     double = (len(handed) - len(set(handed))) + reviewed_twice

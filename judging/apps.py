@@ -11,8 +11,10 @@ class JudgingConfig(AppConfig):
         from annotations.services import on_ground_truth_change, on_items_imported
         from judging.services import regate_request
         from judging.tasks import regate_items
+        from larry_web import background
 
-        on_ground_truth_change(lambda project_id, item_ids: regate_items.delay(project_id, item_ids))
+        # After the response in a web process without a broker (larry_web.background), queued with one.
+        on_ground_truth_change(lambda project_id, item_ids: background.enqueue(regate_items, project_id, item_ids))
         on_items_imported(regate_request)
 
         # The confidence-weighted and audit sampling designs draw on the policy's certainty and the accepted set.

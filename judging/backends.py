@@ -10,13 +10,10 @@ import asyncio
 import time
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
 
 from annotations.models import Item, Project
 from judging import calibration, prompts, replies
@@ -24,6 +21,10 @@ from judging.models import JudgeEndpoint
 from judging.replies import VERDICT_SCHEMA
 from larry_web import llm
 from larry_web.llm import RateLimits, estimate_tokens
+
+if TYPE_CHECKING:  # scikit-learn is imported where the local classifier runs, not by every process that starts
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
 
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}}
 
@@ -563,17 +564,23 @@ def _texts(items: list[Item]) -> list[str]:
     return [f"{it.prompt}\n\n{it.context}\n\n{it.response}" for it in items]
 
 
-def local_vectorizer() -> TfidfVectorizer:
+def local_vectorizer() -> "TfidfVectorizer":
     """The local classifier's features: tf-idf of word 1- and 2-grams (sublinear tf), at most 100,000 of them."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=100_000)
 
 
-def local_model(seed: int) -> LogisticRegression:
+def local_model(seed: int) -> "LogisticRegression":
     """The local classifier's model on ``local_vectorizer`` features: L2 logistic regression, classes balanced."""
+    from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression(C=4.0, class_weight="balanced", max_iter=2000, random_state=seed)
 
 
 def _classifier(seed: int):
+    from sklearn.pipeline import make_pipeline
+
     return make_pipeline(local_vectorizer(), local_model(seed))
 
 
@@ -598,6 +605,8 @@ def judge_with_local_classifier(
     "teacher_labels", "teacher_overruled"}`` (``teacher_overruled``: teacher verdicts on SME items that the
     SME label contradicted). Raises NotEnoughLabels with fewer than 2 training labels of either kind.
     """
+    from sklearn.model_selection import StratifiedKFold
+
     teacher = teacher or {}
     labels = {
         it.pk: truth[it.pk] if it.pk in truth else teacher[it.pk] for it in items if it.pk in truth or it.pk in teacher

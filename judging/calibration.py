@@ -34,11 +34,6 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, logit
-from scipy.stats import norm, rankdata
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
 from annotations.statistics import wilson_interval  # one Wilson interval for the project; judging imports it from here
 
@@ -77,6 +72,8 @@ def _as_arrays(p, y=None) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
+    from scipy.special import logit
+
     return logit(np.clip(p, EPS, 1 - EPS))
 
 
@@ -95,6 +92,9 @@ def fit_map(p, y, *, method: str | None = None) -> dict:
     ``method_for(len(y))``. Raises NotEnoughLabels with fewer than 2 labels of
     either kind (the callers ask for ``MIN_PER_CLASS``), ValueError on bad input.
     """
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
     p, y = _as_arrays(p, y)
     n_accept, n_reject = int(y.sum()), int(y.size - y.sum())
     if min(n_accept, n_reject) < 2:
@@ -115,6 +115,8 @@ def fit_map(p, y, *, method: str | None = None) -> dict:
 
 def apply_map(mapping: dict, p) -> np.ndarray:
     """Calibrated P(accept) for raw ``p`` under a map from ``fit_map`` (or read back from JSON)."""
+    from scipy.special import expit
+
     p, _ = _as_arrays(p)
     if mapping["method"] == "platt":
         return expit(mapping["a"] * _logit(p) + mapping["b"])
@@ -138,6 +140,8 @@ class CrossFit:
 
 def fold_assignment(y, *, folds: int = FOLDS, seed: int = SEED) -> np.ndarray:
     """Each label's fold (``StratifiedKFold``, shuffled with ``seed``); K = min(folds, the smaller class's size)."""
+    from sklearn.model_selection import StratifiedKFold
+
     _, y = _as_arrays(np.zeros(len(y)), y)
     k = min(folds, int(y.sum()), int(y.size - y.sum()))
     fold = np.empty(y.size, dtype=int)
@@ -260,6 +264,8 @@ def auroc(p, y, *, level: float = 0.95) -> dict | None:
     scores tied) DeLong gives no interval: ``low`` and ``high`` are None and
     ``note`` says why, rather than a zero-width interval that would look exact.
     """
+    from scipy.stats import norm, rankdata
+
     p, y = _as_arrays(p, y)
     positives, negatives = p[y == 1], p[y == 0]
     m, n = positives.size, negatives.size

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.stats import binom, binomtest
 
 from annotations.models import Decision, Project, SampleMembership
 from annotations.selectors import ground_truth
@@ -92,6 +91,8 @@ class Certificate:
 def lower_bound(accepted: int, n: int, delta: float) -> float | None:
     """One-sided Clopper-Pearson lower bound of a proportion at confidence 1 - ``delta``
     (``scipy.stats.binomtest(..., alternative="greater").proportion_ci(method="exact")``); None when n = 0."""
+    from scipy.stats import binomtest
+
     if n == 0:
         return None
     ci = binomtest(accepted, n, alternative="greater").proportion_ci(confidence_level=1 - delta, method="exact")
@@ -101,6 +102,8 @@ def lower_bound(accepted: int, n: int, delta: float) -> float | None:
 def labels_to_pass(accepted: int, n: int, *, target: float, delta: float) -> int | None:
     """The least m ≥ 0 such that ``accepted + m`` of ``n + m`` (m more labels, all accepted by the SMEs) pass the
     exact binomial test: P(Binomial(n + m, target) ≥ accepted + m) ≤ delta. None beyond ``MAX_EXTRA``."""
+    from scipy.stats import binom
+
     m = np.arange(0, MAX_EXTRA + 1)
     p = binom.sf(accepted + m - 1, n + m, target)
     hits = np.flatnonzero(p <= delta)

@@ -23,8 +23,6 @@ under-coverage there).
 """
 
 import numpy as np
-from ppi_py import ppi_mean_pointestimate
-from scipy.stats import norm
 
 from annotations.models import Decision, Project
 from annotations.sampling import memberships
@@ -223,6 +221,9 @@ def ppi_share(y, yhat, yhat_unlabelled, weights=None, *, alpha: float = ALPHA) -
     this one covers 0.93-0.95. A normal approximation: the caller ensures several labels of each class.
     Raises ValueError for fewer than 2 labels.
     """
+    from ppi_py import ppi_mean_pointestimate
+    from scipy.stats import norm
+
     y, yhat, yhat_unlabelled = (np.asarray(a, dtype=float) for a in (y, yhat, yhat_unlabelled))
     if y.size < 2:
         raise ValueError(f"{y.size} labels: at least 2 are needed for an interval")

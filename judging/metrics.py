@@ -2,8 +2,6 @@
 
 from collections.abc import Sequence
 
-from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, precision_score, recall_score
-
 LABELS = ["accept", "reject"]
 
 
@@ -20,6 +18,8 @@ def agreement(truth: Sequence[str], predicted: Sequence[str]) -> dict:
     ``sklearn.metrics.cohen_kappa_score``; it is None when undefined (one
     label only on both sides). With no pairs every figure is None.
     """
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, precision_score, recall_score
+
     n = len(truth)
     if n != len(predicted):
         raise ValueError(f"truth has {n} labels, predicted has {len(predicted)}")

@@ -1,5 +1,6 @@
 """Writes for the judging app: judge runs, label-function hits, the gate's decisions."""
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -45,7 +46,8 @@ from judging.selectors import (
     policy_verdicts,
     run_stalled_since,
 )
-from larry_web import work
+from larry_web import background, work
+from larry_web.planner import analyze_after_bulk_write
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +447,8 @@ def project_regate(*, project: Project) -> tuple[int, dict[str, int]]:
     hits = label_functions_apply(project=project)
     counts = gate_apply(project=project)
     sme_queue_prioritise(project=project)
+    # Every decision (and hit) of the project was just written again: after an import, fresh statistics.
+    analyze_after_bulk_write({GateDecision._meta.db_table: sum(counts.values()), RuleHit._meta.db_table: hits})
     return hits, counts
 
 
@@ -474,7 +478,7 @@ def regate_request(project_id: int) -> int:
 
     def enqueue() -> None:
         try:
-            regate_project.delay(project_id, generation)
+            background.enqueue(regate_project, project_id, generation)
         except (kombu.exceptions.OperationalError, redis.exceptions.RedisError) as exc:
             # The broker is down: the request stays pending (the project page shows it, with the re-gate
             # button); what was committed stands, and the caller's response is not a server error.
@@ -883,6 +887,7 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
             rejections[item_id].append(reason)
         needs_response = set(items.filter(response="").values_list("id", flat=True))
         decisions = []
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
         counts = {Outcome.ACCEPT.value: 0, Outcome.REJECT.value: 0, Outcome.PENDING.value: 0}
         for item_id in items.values_list("id", flat=True).iterator(chunk_size=WRITE_BATCH):
             tier, verdict = decided.get(item_id, (None, None))
@@ -902,20 +907,41 @@ def gate_apply(*, project: Project, item_ids: list[int] | None = None) -> dict[s
             counts[result.outcome] += 1
             by_judge = result.basis in (Basis.JUDGE, Basis.TIER)
             decisions.append(
-                GateDecision(
-                    item_id=item_id,
-                    outcome=result.outcome,
-                    basis=result.basis,
-                    basis_decision=result.basis_decision,
-                    vetoed=result.vetoed,
-                    reasons=result.reasons,
-                    judge_run_id=tier.run_id if by_judge else None,
-                    tier=tier.tier if by_judge else None,
+                (
+                    item_id,
+                    str(result.outcome),
+                    str(result.basis),
+                    str(result.basis_decision),
+                    result.vetoed,
+                    json.dumps(result.reasons) if result.reasons else "[]",
+                    tier.run_id if by_judge else None,
+                    tier.tier if by_judge else None,
+                    now,
                 )
             )
         GateDecision.objects.filter(item__in=items).delete()
-        GateDecision.objects.bulk_create(decisions, batch_size=WRITE_BATCH)
+        _gate_decisions_insert(decisions)
     return counts
+
+
+_DECISION_COLUMNS = ("item_id", "outcome", "basis", "basis_decision", "vetoed", "reasons", "judge_run_id", "tier")
+
+
+def _gate_decisions_insert(rows: list[tuple]) -> None:
+    """Insert gate decisions given as ``(*_DECISION_COLUMNS, decided_at)`` tuples (reasons as JSON text), in the
+    caller's transaction: PostgreSQL ``COPY``, else ``executemany`` in batches. Building a model object per
+    decision for ``bulk_create`` was most of a 50,000-item re-gating's time (cProfile: ~5 of 8 s)."""
+    table = connection.ops.quote_name(GateDecision._meta.db_table)
+    columns = ", ".join((*_DECISION_COLUMNS, "decided_at"))
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        marks = ", ".join(["%s"] * (len(_DECISION_COLUMNS) + 1))
+        for start in range(0, len(rows), WRITE_BATCH):
+            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows[start : start + WRITE_BATCH])
 
 
 # Calibration against the SMEs (``judging.calibration``): a person's action, or part of a run's finish.

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom, binomtest
 
 # Candidate thresholds, fixed before any label is seen (fixed-sequence testing
 # needs the order fixed in advance): the certainty in a verdict (P(accept) for an
@@ -66,6 +65,8 @@ def items_needed(target: float, risk: float) -> int:
     so n is the least with target**n ≤ risk. Raises ValueError when target or risk
     is not strictly between 0 and 1.
     """
+    from scipy.stats import binom
+
     _check(target, risk)
     n = max(1, math.ceil(math.log(risk) / math.log(target)))
     # Guard against rounding in the logarithms.
@@ -81,6 +82,8 @@ def agreement_p_value(agreeing: int, n: int, target: float) -> float:
 
     The same number as ``scipy.stats.binomtest(agreeing, n, target, alternative="greater").pvalue``.
     """
+    from scipy.stats import binom
+
     if n == 0:
         return 1.0
     return float(binom.sf(agreeing - 1, n, target))
@@ -119,6 +122,8 @@ def choose_threshold(
     Raises ValueError when the sequences differ in length, a certainty lies
     outside [0, 1], or target/risk are outside (0, 1).
     """
+    from scipy.stats import binomtest
+
     _check(target, risk)
     c = np.asarray(certainty, dtype=float)
     a = np.asarray(agrees, dtype=bool)

@@ -113,6 +113,20 @@ def test_imported_labels_fill_slots(project):
     assert queue.next_item(project=project, reviewer=ann) is None
 
 
+def test_queueing_fresh_and_labelled_items_at_once_opens_one_done_slot_per_review(project):
+    project.reviews_per_item = 2
+    project.save()
+    items = make_items(project, ["a", "b", "c"])
+    Review.objects.create(item=items[1], decision="accept", origin=Review.Origin.IMPORT)
+    for decision in ("accept", "reject", "accept"):  # more reviews than slots wanted: one slot each, all done
+        Review.objects.create(item=items[2], decision=decision, origin=Review.Origin.IMPORT)
+    assert queue.queue_add(project=project, item_ids=[it.pk for it in items]) == 3
+    slots = {it.response: sorted(Slot.objects.filter(item=it).values_list("done", flat=True)) for it in items}
+    assert slots == {"a": [False, False], "b": [False, True], "c": [True, True, True]}
+    queue.queue_add(project=project, item_ids=[it.pk for it in items])  # again: nothing changes
+    assert Slot.objects.filter(project=project).count() == 7
+
+
 @pytest.mark.parametrize("reviews_per_item", [1, 2])
 def test_a_second_decision_from_another_tab_is_a_conflict_and_the_first_stands(project, queued, reviews_per_item):
     project.reviews_per_item = reviews_per_item
@@ -432,3 +446,22 @@ def test_the_gate_follows_sme_decisions_undos_and_adjudications(
     with django_capture_on_commit_callbacks(execute=True):
         adjudicate(item=item, lead=lead, decision="accept")
     assert outcome(item) == "accept"
+
+
+def test_a_large_queues_project_progress_is_reused_for_seconds_and_the_smes_own_is_exact(project, monkeypatch):
+    monkeypatch.setattr(queue, "PROGRESS_REUSE_FROM_SLOTS", 3)
+    monkeypatch.setattr(queue, "_project_progress", {})
+    make_items(project, ["a", "b", "c"])
+    queue_all(project)
+    ann = user("ann")
+    assert queue.progress(project=project, reviewer=ann) == {"done": 0, "total": 3, "mine": 0}
+    review_submit(item=queue.next_item(project=project, reviewer=ann), reviewer=ann, decision="accept")
+    assert queue.progress(project=project, reviewer=ann) == {"done": 0, "total": 3, "mine": 1}  # reused
+    monkeypatch.setattr(queue, "PROGRESS_REUSE_S", 0.0)
+    assert queue.progress(project=project, reviewer=ann) == {"done": 1, "total": 3, "mine": 1}  # counted again
+    monkeypatch.setattr(queue, "PROGRESS_REUSE_FROM_SLOTS", 4)  # a small queue is counted every time
+    monkeypatch.setattr(queue, "PROGRESS_REUSE_S", 60.0)
+    queue._project_progress.clear()  # as in a process that has not counted this queue yet
+    assert queue.progress(project=project, reviewer=ann)["done"] == 1
+    review_submit(item=queue.next_item(project=project, reviewer=ann), reviewer=ann, decision="accept")
+    assert queue.progress(project=project, reviewer=ann)["done"] == 2
