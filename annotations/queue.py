@@ -26,12 +26,15 @@ BATCH = 2000
 
 
 def queue_add(*, project: Project, item_ids: list[int]) -> int:
-    """Queue items for SME review: mark them queued and open their slots. Returns how many were newly queued."""
+    """Queue items for SME review: mark them queued and open their slots. Returns how many were newly queued.
+
+    A prompt without a response (it "needs a response") is never queued: an SME would have nothing to review."""
     added = 0
     with transaction.atomic():
         for start in range(0, len(item_ids), BATCH):
             chunk = item_ids[start : start + BATCH]
-            added += Item.objects.filter(project=project, pk__in=chunk, in_sme_queue=False).update(in_sme_queue=True)
+            unqueued = Item.objects.filter(project=project, pk__in=chunk, in_sme_queue=False).exclude(response="")
+            added += unqueued.update(in_sme_queue=True)
         slots_sync(project=project, item_ids=item_ids)
     return added
 
@@ -48,7 +51,7 @@ def slots_sync(*, project: Project, item_ids: list[int] | None = None) -> None:
     chunks = [None] if item_ids is None else [item_ids[i : i + BATCH] for i in range(0, len(item_ids), BATCH)]
     with transaction.atomic():
         for chunk in chunks:
-            items = Item.objects.filter(project=project, in_sme_queue=True)
+            items = Item.objects.filter(project=project, in_sme_queue=True).exclude(response="")
             if chunk is not None:
                 items = items.filter(pk__in=chunk)
             slots = Slot.objects.filter(item=OuterRef("pk"))

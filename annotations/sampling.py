@@ -3,7 +3,10 @@
 Every draw is a ``SampleDraw`` row; every drawn item a ``SampleMembership`` with its inclusion probability, so
 an estimate can weight each SME label by its inverse (Horvitz & Thompson 1952). Designs:
 
-- ``uniform``: a simple random sample of the items not yet queued; pi = n / N.
+- ``uniform``: a simple random sample of the items not yet drawn; pi = n / N.
+
+Every design's frame (and N) is the items with a response: a prompt imported without one "needs a response" (a
+teacher run may answer it) and has nothing for an SME to review.
 - ``stratified`` by ``task_type`` or ``source_model``: a simple random sample in each stratum, sizes shared out
   proportionally to the strata (largest remainders) or equally (what a small stratum cannot take goes to the
   others); pi = n_h / N_h.
@@ -65,8 +68,9 @@ def sample_draw(
     """Draw ``size`` items by ``design`` with ``numpy``/``random`` seeded by ``seed``, record the draw and each
     item's inclusion probability, and queue the items for SMEs.
 
-    The population is the project's items no earlier draw chose (for ``audit``: those of them the gate
-    accepts), whether or not they wait in the SME queue: items queued for other reasons (a certificate's
+    The population is the project's items with a response that no earlier draw chose (for ``audit``: those of them
+    the gate accepts), whether or not they wait in the SME queue (a prompt imported without a response "needs a
+    response" and is in no draw's population, nor in the queue): items queued for other reasons (a certificate's
     held-back accepts, escalations, failed judgings) stay drawable, so successive uniform draws are together a
     simple random sample of the items (sampling without replacement, one draw after another). A stratified or
     confidence-weighted draw made before a uniform one leaves that uniform draw uniform over what remains only.
@@ -96,7 +100,9 @@ def sample_draw(
 
 def _draw(project, size, design, seed, strata, allocation, uniform_share, user) -> SampleDraw:
     drawn_before = SampleMembership.objects.filter(draw__project=project).values("item_id")
-    rows = list(project.items.exclude(pk__in=drawn_before).order_by("id").values_list("id", *STRATA_FIELDS))
+    # A prompt without a response has nothing to review: it waits as "needs a response", in no draw's frame.
+    frame = project.items.exclude(response="").exclude(pk__in=drawn_before)
+    rows = list(frame.order_by("id").values_list("id", *STRATA_FIELDS))
     if design == Design.AUDIT:
         accepted = set(_source("accepted", project))
         rows = [row for row in rows if row[0] in accepted]

@@ -103,16 +103,18 @@ def _conflict(item: Item, reviewer, *, leased_at: datetime | None, now: datetime
 def sample_for_review(*, project: Project, n: int | None = None, fraction: float | None = None, seed: int = 0) -> int:
     """Put a seeded random sample of the project's items into the SME queue.
 
-    Give exactly one of ``n`` (a count) or ``fraction`` (0 < f <= 1 of all the
-    project's items). Items already queued stay queued and count towards the
-    target; the rest are drawn from the others with ``random.Random(seed)``,
-    so the same items and seed give the same sample, and recorded as a
-    uniform ``SampleDraw`` (``annotations.sampling``). Returns how many items
-    were added. Raises ValueError on a bad size.
+    Give exactly one of ``n`` (a count) or ``fraction`` (0 < f <= 1 of the
+    project's items with a response: a prompt without one is never queued).
+    Items already queued stay queued and count towards the target; the rest are
+    drawn from the others with ``random.Random(seed)``, so the same items and
+    seed give the same sample, and recorded as a uniform ``SampleDraw``
+    (``annotations.sampling``). Returns how many items were added. Raises
+    ValueError on a bad size.
     """
     if (n is None) == (fraction is None):
         raise ValueError("give exactly one of n or fraction")
-    total = project.items.count()
+    with_response = project.items.exclude(response="")  # a prompt without one has nothing to review
+    total = with_response.count()
     if fraction is not None:
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -121,8 +123,8 @@ def sample_for_review(*, project: Project, n: int | None = None, fraction: float
         raise ValueError(f"n must be >= 0, got {n}")
     from annotations.sampling import sample_draw
 
-    already = project.items.filter(in_sme_queue=True).count()
-    if n - already <= 0 or not project.items.filter(in_sme_queue=False).exists():
+    already = with_response.filter(in_sme_queue=True).count()
+    if n - already <= 0 or not with_response.filter(in_sme_queue=False).exists():
         return 0
     return sample_draw(project=project, size=n - already, design="uniform", seed=seed).drawn
 

@@ -14,17 +14,23 @@ duplicates). One row per item:
   (the ShareGPT format as read by axolotl and LLaMA-Factory).
 - ``dpo``: preference pairs in TRL's conversational format,
   ``{"prompt": [system?, user], "chosen": [assistant], "rejected": [assistant]}``
-  (TRL's dataset formats, "preference"); how pairs are formed is in
-  ``distillation.training_sets``.
+  (TRL's dataset formats, "preference"); the rejected side is always a
+  student's response; how pairs are formed is in ``distillation.training_sets``.
 - ``reasoning``: reasoning distillation, for items that carry reasoning (a
   teacher's): ``{"messages": [system?, user, {"role": "assistant", "content":
   "<think>\\n<reasoning>\\n</think>\\n\\n<response>"}], "reasoning", "response"}``,
   the assistant turn as DeepSeek-R1's distilled models are trained on it,
   and both parts again as fields of their own for trainers that keep them
-  apart.
+  apart. The reasoning is always the one that led to the response: an item
+  whose response an SME corrected is left out of this format (the report
+  says why; its correction is in the other formats), and so is one whose
+  reasoning holds a think tag, which would move the split at the first
+  ``</think>`` (a teacher's reply with one is refused already,
+  ``distillation.answer_text``). Reasoning is stored whole, never cut.
 - ``judge``: judge-distillation rows for training a small judge,
   ``{"prompt", "context", "response", "verdict", "rationale", "basis"}`` for
-  every accepted and rejected item; ``rationale`` is the judge's, the SME's
+  every accepted item and every rejected student item (a teacher's answer
+  the gate did not accept is in no format); ``rationale`` is the judge's, the SME's
   comment or reason, or the vetoing rules' reasons, and ``basis`` says which.
 - ``csv``: ``external_id,prompt,context,response,source_model,task_type`` with
   a header row (RFC 4180, CRLF), cells that a spreadsheet would run as a
@@ -48,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from annotations.spreadsheets import neutralise_formula
+from distillation.answer_text import THINK_CLOSE, THINK_OPEN
 from distillation.export import chat_record
 from distillation.jsonl import json_line
 from distillation.models import TrainingSet
@@ -81,6 +88,11 @@ class Candidate:
     @property
     def best_response(self) -> str:
         return self.corrected or self.response
+
+    @property
+    def is_teacher_answer(self) -> bool:
+        """Whether the item is a teacher's answer (it ``answers`` another item), not a student's response."""
+        return self.answered_response is not None
 
 
 def _csv_line(cells) -> str:
@@ -157,6 +169,14 @@ def _reasoning(candidate: Candidate, system_prompt: str, rejected: str) -> str:
     )
 
 
+def _reasoning_refusal(candidate: Candidate) -> str:
+    if candidate.best_response != candidate.response:
+        return "an SME corrected the response: the reasoning did not lead to the correction"
+    if THINK_OPEN in candidate.reasoning or THINK_CLOSE in candidate.reasoning:
+        return "the reasoning holds a think tag (<think> or </think>): the row's <think> block could not be split"
+    return ""
+
+
 def _judge(candidate: Candidate, system_prompt: str, rejected: str) -> str:
     return json_line(
         {
@@ -174,6 +194,10 @@ def _csv(candidate: Candidate, system_prompt: str, rejected: str) -> str:
     return _csv_line(_csv_cells(candidate))
 
 
+def _writable(candidate: Candidate) -> str:
+    return ""
+
+
 def _row_text(candidate: Candidate, line: str) -> str:
     return line
 
@@ -187,10 +211,12 @@ def _csv_content(candidate: Candidate, line: str) -> str:
 class Format:
     """How rows of one format are written: ``write(candidate, system_prompt, rejected)`` gives a row's text
     (``rejected``: the DPO pair's rejected response), ``content(candidate, line)`` what of it is hashed,
-    ``header`` what the file starts with, ``terminator`` what ends each row."""
+    ``refusal(candidate)`` why a selected item cannot be written in the format (``""``: it can), ``header``
+    what the file starts with, ``terminator`` what ends each row."""
 
     write: Callable[[Candidate, str, str], str]
     content: Callable[[Candidate, str], str] = _row_text
+    refusal: Callable[[Candidate], str] = _writable
     header: bytes = b""
     terminator: str = "\n"
 
@@ -200,7 +226,7 @@ FORMATS: dict[str, Format] = {
     TrainingSet.Format.ALPACA: Format(_alpaca),
     TrainingSet.Format.SHAREGPT: Format(_sharegpt),
     TrainingSet.Format.DPO: Format(_dpo),
-    TrainingSet.Format.REASONING: Format(_reasoning),
+    TrainingSet.Format.REASONING: Format(_reasoning, refusal=_reasoning_refusal),
     TrainingSet.Format.JUDGE: Format(_judge),
     TrainingSet.Format.CSV: Format(
         _csv, content=_csv_content, header=(_csv_line(CSV_COLUMNS) + "\r\n").encode(), terminator="\r\n"
@@ -221,6 +247,12 @@ def write_row(fmt: str, candidate: Candidate, *, system_prompt: str = "", reject
     unknown format.
     """
     return _format(fmt).write(candidate, system_prompt, rejected)
+
+
+def refusal(fmt: str, candidate: Candidate) -> str:
+    """Why ``candidate`` cannot be written in format ``fmt`` (the report lists it), ``""`` when it can. Raises
+    ValueError for an unknown format."""
+    return _format(fmt).refusal(candidate)
 
 
 def content_sha256(fmt: str, candidate: Candidate, line: str) -> str:

@@ -11,12 +11,13 @@ so the teacher answers what the student is trained on.
 An answer is a response only when the reply is one choice that ended normally
 (``finish_reason`` "stop"): cut off at ``max_tokens`` ("length": class
 ``truncated``), refused (``message.refusal`` or ``finish_reason``
-"content_filter": ``refusal``), empty once its reasoning is split off
-(``empty``), or anything else (``invalid_reply``) is never stored as a
-response. Reasoning comes in ``message.reasoning`` (vLLM 0.11+) or
-``message.reasoning_content`` (earlier vLLM, DeepSeek), or as a leading
-``<think>…</think>`` block (a server without a reasoning parser,
-``judging.replies.split_reasoning``); it is kept apart, never in the response.
+"content_filter": ``refusal``), empty once cleaned and its reasoning split
+off (``empty``), or anything else (``invalid_reply``: a think tag left in the
+answer or held by the reasoning, reasoning longer than max_tokens allows) is
+never stored as a response. Reasoning comes in ``message.reasoning`` (vLLM
+0.11+) or ``message.reasoning_content`` (earlier vLLM, DeepSeek), or as
+leading ``<think>…</think>`` blocks (a server without a reasoning parser); it
+is kept apart, whole, never in the response (``distillation.answer_text``).
 Transport faults (429, 5xx, timeouts) are retried by the ``openai`` client
 with backoff (``larry_web.llm``), as for the judge.
 """
@@ -28,6 +29,7 @@ from decimal import Decimal
 from django.conf import settings
 
 from annotations.models import Item, Project
+from distillation import answer_text
 from distillation.export import chat_record
 from distillation.models import TeacherAnswer, TeacherSettings
 from judging import replies
@@ -168,7 +170,9 @@ class TeacherResult:
         """Texts cut to size and cleaned of what PostgreSQL cannot store (a reply may hold anything)."""
         clean = replies.storable
         self.response = clean(self.response, RESPONSE_MAX)
-        self.reasoning = clean(self.reasoning, replies.REASONING_MAX)
+        self.reasoning = clean(self.reasoning, answer_text.REASONING_MAX)
+        if not self.error_class and answer_text.is_blank(self.response):  # empty once cleaned: no response
+            self.response, self.error_class, self.error = "", ErrorClass.EMPTY, "the teacher's answer is empty"
         self.error = clean(self.error, ERROR_MAX)
         self.answered_by = clean(self.answered_by, 200)
         self.finish_reason = clean(self.finish_reason, 40)
@@ -215,15 +219,13 @@ def read_answer(reply, result: TeacherResult) -> None:
     if result.error_class:
         result.reasoning = reasoning
         return
-    try:
-        thought, text = replies.split_reasoning(content)
-    except replies.VerdictParseError:  # a <think> block never closed: all reasoning, no answer
-        thought, text = content.strip().removeprefix("<think>").strip(), ""
-    result.reasoning = "\n\n".join(r for r in (reasoning.strip(), thought) if r)
-    if not text.strip():
-        result.error_class, result.error = ErrorClass.EMPTY, "the teacher's answer is empty (after its reasoning)"
-        return
-    result.response = text
+    parts = answer_text.answer_parts(content, reasoning)
+    result.response, result.reasoning, result.error_class, result.error = (
+        parts.response,
+        parts.reasoning,
+        parts.error_class,
+        parts.error,
+    )
 
 
 async def ask_teacher(

@@ -22,6 +22,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from annotations.models import Item, Project
+from annotations.statistics import wilson_interval
 from distillation.models import TeacherAnswer, TeacherRun, TeacherWork
 from distillation.teacher import TeacherResult, teacher_config_for, teacher_connection_check
 from judging.models import GateDecision
@@ -299,14 +300,23 @@ def failures_by_class(run: TeacherRun) -> dict[str, int]:
 def _acceptance(outcomes: list[str]) -> dict:
     decided = [o for o in outcomes if o in ("accept", "reject")]
     accepted = sum(o == "accept" for o in decided)
-    return {"n": len(decided), "accepted": accepted, "rate": accepted / len(decided) if decided else None}
+    interval = wilson_interval(accepted, len(decided))
+    return {
+        "n": len(decided),
+        "accepted": accepted,
+        "rate": accepted / len(decided) if decided else None,
+        "low": interval[0] if interval else None,
+        "high": interval[1] if interval else None,
+    }
 
 
 def teacher_run_report(run: TeacherRun) -> dict:
     """What the project page shows of a run: ``written``, ``accepted``, ``vetoed`` (an active rule rejected it),
     ``rejected`` (the gate rejected it, vetoes included), ``pending``, ``cost``, ``failures`` by class, and the
     acceptance rate of the teacher's answers next to the original responses' on the same prompts:
-    ``teacher`` and ``originals``, each ``{"n": decided items, "accepted", "rate"}`` (rate None when n is 0).
+    ``teacher`` and ``originals``, each ``{"n": decided items, "accepted", "rate", "low", "high"}``, ``low`` and
+    ``high`` the rate's 95 % Wilson score interval (``annotations.statistics.wilson_interval``; all three None
+    when n is 0).
     Only prompts where both the answer and its original have been decided (accepted or rejected) count, so the
     two rates are over the same prompts; ``same_prompts`` is how many."""
     answers = Item.objects.filter(teacher_answer__run=run)

@@ -8,14 +8,18 @@ text that will be downloaded, so a download months later gives the same bytes.
 The formats and how each writes a row are ``distillation.formats`` (a
 registry keyed by format). DPO rows need a partner: *chosen* is an accepted
 response (an SME's correction wins over the original) or an SME's correction
-of a rejected response; *rejected* is, for a correction, the response it
-corrects, and for an accepted response a rejected response to the same
-prompt and context from any of the student's items of the project (a
-teacher's rejected answer is no student response), whatever the filters
-(they choose the chosen side). Pairing is one-to-one within a prompt and
-context, so no rejected response is used twice while another is unused:
-corrections first take the responses they correct (two corrections of the
-same text both pair with it); then each accepted teacher answer takes the
+of a rejected response; *rejected* is always a student's response (an item
+imported, not a teacher's answer) the gate rejected: for a correction of a
+student's response, the response it corrects; for an accepted response, and
+for an SME's correction of a teacher's rejected answer, a rejected response
+to the same prompt and context from any of the student's items of the
+project, whatever the filters (they choose the chosen side). A teacher's
+answer the gate did not accept is written in no format, on neither side of
+a pair (only an SME's correction of it may be chosen). Pairing is one-to-one
+within a prompt and context, so no rejected response is used twice while
+another is unused: corrections of student responses first take the
+responses they correct (two corrections of the same text both pair with
+it); then each teacher answer (accepted, or its correction) takes the
 rejected response of the item it answers, while that is free; then the
 other accepted responses (the student's own, and teacher answers whose own
 partner was taken), ordered by ``sha256(seed, text)``, take the remaining
@@ -49,7 +53,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from annotations.models import Adjudication, Item, Project, Review
-from distillation.formats import Candidate, content_sha256, file_header, terminator, write_row
+from distillation.formats import Candidate, content_sha256, file_header, refusal, terminator, write_row
 from distillation.models import TrainingSet, TrainingSetRow
 from distillation.serializers import TrainingSetOptions
 from judging.certify import ASSUMPTIONS as CERTIFICATE_ASSUMPTIONS
@@ -78,9 +82,12 @@ def selected_items(project: Project, fmt: str, filters: dict) -> QuerySet[Item]:
 
     Chat, Alpaca, ShareGPT and CSV take the accepted set (a teacher's accepted
     answers included); reasoning rows the accepted items that carry
-    reasoning; DPO also takes rejected items that an SME corrected; judge rows
-    take every accepted and rejected item. Pending items (a teacher's answer
-    no judge has decided, a prompt without a response) are never taken. ``filters`` keys (all
+    reasoning; DPO also takes rejected items that an SME corrected (for a
+    teacher's answer only the correction is written, never the answer); judge
+    rows take every accepted item and every rejected student item (a
+    teacher's answer the gate did not accept is in no format). Pending items
+    (a teacher's answer no judge has decided, a prompt without a response)
+    are never taken. ``filters`` keys (all
     optional): ``source_models``, ``task_types`` (lists of strings),
     ``judge_run`` (a run id: items it judged), ``created_after``,
     ``created_before`` (ISO dates or datetimes, on the item's import time).
@@ -90,7 +97,8 @@ def selected_items(project: Project, fmt: str, filters: dict) -> QuerySet[Item]:
     accepted = Q(gate_decision__outcome=GateDecision.Outcome.ACCEPT)
     rejected = Q(gate_decision__outcome=GateDecision.Outcome.REJECT)
     if fmt == TrainingSet.Format.JUDGE:
-        items = items.filter(accepted | rejected)
+        # A teacher's answer the gate did not accept is never exported, not even as a "reject" row.
+        items = items.filter(accepted | (rejected & Q(answers__isnull=True)))
     elif fmt == TrainingSet.Format.DPO:
         corrected = Review.objects.filter(item=OuterRef("pk")).exclude(corrected_response="")
         items = items.filter(accepted | (rejected & Exists(corrected)))
@@ -192,14 +200,16 @@ def _dpo_pairs(candidates: list[Candidate], pool: dict[str, set[str]], seed: int
     for key, members in groups.items():
         used = set()
         for candidate in members:
-            if candidate.outcome == GateDecision.Outcome.REJECT:  # an SME's correction: paired with what it corrects
+            # A student's rejected response an SME corrected: the correction pairs with what it corrects. (A
+            # teacher's rejected answer is no student response: its correction pairs as an accepted one does.)
+            if candidate.outcome == GateDecision.Outcome.REJECT and not candidate.is_teacher_answer:
                 if candidate.best_response == candidate.response:
                     pairs[candidate.item_id] = None, "the SME correction equals the rejected response"
                 else:
                     pairs[candidate.item_id] = candidate.response, ""
                     used.add(candidate.response)
         free = deque(sorted(pool.get(key, set()) - used, key=lambda text: _rank(seed, text)))
-        accepted = [c for c in members if c.outcome != GateDecision.Outcome.REJECT]
+        accepted = [c for c in members if c.item_id not in pairs]
         # A teacher's answer first takes the rejected response it was written for, while that is free.
         for candidate in sorted(accepted, key=lambda c: (_rank(seed, c.best_response), c.item_id)):
             own = candidate.answered_response
@@ -441,6 +451,9 @@ def _build(training_set: TrainingSet, claim: _Claim) -> None:
             if rejected is None:
                 unwritable.append({"external_id": candidate.external_id, "reason": problem})
                 continue
+        if problem := refusal(fmt, candidate):
+            unwritable.append({"external_id": candidate.external_id, "reason": problem})
+            continue
         line = write_row(fmt, candidate, system_prompt=training_set.system_prompt, rejected=rejected)
         digest = content_sha256(fmt, candidate, line)
         if training_set.dedupe and digest in first_of:

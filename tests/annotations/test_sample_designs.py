@@ -75,6 +75,37 @@ def stratified_items(project, sizes: dict[str, int]) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "design, options",
+    [
+        ("uniform", {}),
+        ("stratified", {"strata": "task_type"}),
+        ("confidence", {"uniform_share": 0.5}),
+    ],
+)
+def test_prompts_without_a_response_are_in_no_draws_frame_nor_in_the_queue(project, design, options):
+    for i in range(6):
+        Item.objects.create(project=project, external_id=f"r{i}", prompt=f"Q{i}?", response=f"A{i}.", task_type="t")
+        Item.objects.create(project=project, external_id=f"p{i}", prompt=f"P{i}?", response="", task_type="t")
+    draw = sample_draw(project=project, size=12, design=design, seed=0, **options)
+    assert (draw.population, draw.drawn) == (6, 6)
+    assert not project.items.filter(response="", in_sme_queue=True).exists()
+    assert not Item.objects.filter(response="", slots__isnull=False).exists()
+    assert all(m.item.response for m in draw.members.select_related("item"))
+
+
+def test_queueing_a_prompt_without_a_response_queues_nothing(project):
+    from annotations.queue import queue_add
+
+    prompt_only = Item.objects.create(project=project, external_id="p", prompt="P?", response="")
+    answered = Item.objects.create(project=project, external_id="r", prompt="Q?", response="A.")
+    assert queue_add(project=project, item_ids=[prompt_only.pk, answered.pk]) == 1
+    assert list(project.items.filter(in_sme_queue=True)) == [answered]
+    # sample_for_review's fraction is of the items with a response.
+    forget_draws(project)
+    assert sample_for_review(project=project, fraction=1.0, seed=0) == 1
+
+
 def test_proportional_allocation_gives_each_stratum_its_share(project):
     stratified_items(project, {"billing": 60, "refunds": 40})
     draw = sample_draw(project=project, size=10, design="stratified", strata="task_type", seed=1)

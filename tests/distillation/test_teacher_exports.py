@@ -77,10 +77,14 @@ def test_accepted_answers_are_sft_rows_in_every_chat_format(project, taught, dja
     assert sorted(a.answers.prompt for a in accepted) == ["Q1?", "Q4 [t-reasoning]?", "Q5 [t-think]?"]
     report = teacher_run_report(taught)
     assert (report["written"], report["accepted"], report["vetoed"], report["rejected"]) == (4, 3, 1, 1)
-    assert (report["teacher"], report["originals"]) == (
-        {"n": 4, "accepted": 3, "rate": 0.75},
-        {"n": 4, "accepted": 0, "rate": 0.0},
-    )
+    rates = ({k: r[k] for k in ("n", "accepted", "rate")} for r in (report["teacher"], report["originals"]))
+    assert tuple(rates) == ({"n": 4, "accepted": 3, "rate": 0.75}, {"n": 4, "accepted": 0, "rate": 0.0})
+    # Each rate's 95 % Wilson interval, as statsmodels computes it on the same counts.
+    from statsmodels.stats.proportion import proportion_confint
+
+    for rate in (report["teacher"], report["originals"]):
+        low, high = proportion_confint(rate["accepted"], rate["n"], alpha=0.05, method="wilson")
+        assert (rate["low"], rate["high"]) == (pytest.approx(low), pytest.approx(high))
     expected = {(a.prompt, a.response) for a in accepted}
     chat = jsonl(download(build(project, django_capture_on_commit_callbacks, format="chat")))
     assert {(r["messages"][0]["content"], r["messages"][1]["content"]) for r in chat} == expected
@@ -144,3 +148,57 @@ def test_several_candidates_per_prompt_pair_one_to_one(
     unwritable = training_set.report["unwritable"]
     assert training_set.duplicates + len(unwritable) == training_set.items_selected - 2
     assert any("are taken" in entry["reason"] for entry in unwritable), training_set.report
+
+
+def answer_to(
+    project, student_response: str, *, answer: str, reasoning: str = "", n: int = 1, prompt: str = ""
+) -> tuple[Item, Item]:
+    """A student's item ``s<n>`` and a teacher's answer to it (``s<n>#teacher-1``, ``answers`` it), both
+    undecided."""
+    prompt = prompt or f"Q{n}?"
+    student = Item.objects.create(project=project, external_id=f"s{n}", prompt=prompt, response=student_response)
+    teacher = Item.objects.create(
+        project=project,
+        external_id=f"s{n}#teacher-1",
+        prompt=prompt,
+        response=answer,
+        reasoning=reasoning,
+        source_model="teacher-405b",
+        answers=student,
+    )
+    return student, teacher
+
+
+def test_the_reasoning_format_leaves_out_a_corrected_answer_and_says_why(project, django_capture_on_commit_callbacks):
+    from judging.services import gate_apply
+
+    _, corrected = answer_to(project, "Student WRONG", answer="It is 5.", reasoning="So it is 5.", n=1)
+    _, kept = answer_to(project, "Student WRONG", answer="It is 4.", reasoning="So it is 4.", n=2)
+    Review.objects.create(item=corrected, decision="accept", corrected_response="It is 4.", origin="import")
+    Review.objects.create(item=kept, decision="accept", origin="import")
+    gate_apply(project=project)
+    training_set = build(project, django_capture_on_commit_callbacks, format="reasoning")
+    rows = jsonl(download(training_set))
+    assert [(r["reasoning"], r["response"]) for r in rows] == [("So it is 4.", "It is 4.")]
+    assert training_set.report["unwritable"] == [
+        {
+            "external_id": corrected.external_id,
+            "reason": "an SME corrected the response: the reasoning did not lead to the correction",
+        }
+    ]
+    # The correction is not lost: the chat format writes it (without the reasoning).
+    chat = jsonl(download(build(project, django_capture_on_commit_callbacks, format="chat")))
+    assert sorted(r["messages"][-1]["content"] for r in chat) == ["It is 4.", "It is 4."]
+
+
+def test_the_judge_format_writes_accepted_teacher_answers_and_rejected_student_responses(
+    project, django_capture_on_commit_callbacks
+):
+    from judging.services import gate_apply
+
+    student, teacher = answer_to(project, "Student WRONG", answer="It is 4.")
+    Review.objects.create(item=student, decision="reject", origin="import")
+    Review.objects.create(item=teacher, decision="accept", origin="import")
+    gate_apply(project=project)
+    rows = jsonl(download(build(project, django_capture_on_commit_callbacks, format="judge")))
+    assert sorted((r["response"], r["verdict"]) for r in rows) == [("It is 4.", "accept"), ("Student WRONG", "reject")]
