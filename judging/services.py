@@ -279,8 +279,8 @@ def judge_run_finish_if_complete(*, run_id: int) -> bool:
     ask for the project's re-gating.
 
     Competing workers race here; a conditional UPDATE lets exactly one win,
-    and only the winner calibrates, in the same transaction as the status change (``judge_run_calibrate_on_finish``, which
-    never raises) and asks (``regate_request``: queued, coalesced and
+    and only the winner calibrates, in the same transaction as the status change
+    (``judge_run_calibrate_on_finish``, which never raises), and asks (``regate_request``: queued, coalesced and
     retried, never inline). A finished run decides nothing until a lead puts
     it in the gating policy (``gating_policy_set``); the re-gating still
     refreshes what the page offers. Returns True for the winner.
