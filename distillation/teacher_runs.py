@@ -375,15 +375,6 @@ def failures_by_class(run: TeacherRun) -> dict[str, int]:
     return {labels.get(name, name): n for name, n in counts.most_common()}
 
 
-def answered_by(run: TeacherRun) -> list[tuple[str, int, bool]]:
-    """The models the server said wrote the run's answers: ``[(model, replies, other)]``, most first; ``other``
-    is True for a name other than the model asked for (a proxy routing elsewhere, a server serving another
-    model, a hosted model's dated version), as ``judging.selectors.run_answered_by`` for a judge run. Replies
-    that named no model are counted under ``""``."""
-    rows = TeacherAnswer.objects.filter(run=run).values_list("answered_by").annotate(n=Count("id")).order_by("-n")
-    return [(name, n, bool(name) and name != run.model) for name, n in rows]
-
-
 def _acceptance(outcomes: list[str]) -> dict:
     decided = [o for o in outcomes if o in ("accept", "reject")]
     accepted = sum(o == "accept" for o in decided)
@@ -396,8 +387,9 @@ def teacher_run_report(run: TeacherRun) -> dict:
     acceptance rate of the teacher's answers next to the original responses' on the same prompts:
     ``teacher`` and ``originals``, each ``{"n": decided items, "accepted", "rate"}`` (rate None when n is 0).
     Only prompts where both the answer and its original have been decided (accepted or rejected) count, so the
-    two rates are over the same prompts; ``same_prompts`` is how many. ``answered_by`` (``answered_by``) and
-    ``answered_by_other`` (whether a model other than the one asked for answered) say who wrote the answers."""
+    two rates are over the same prompts; ``same_prompts`` is how many. ``answered_by``
+    (``larry_web.work.answered_by``) and ``answered_by_other`` (whether a model other than the one asked for
+    answered) say who wrote the answers."""
     answers = Item.objects.filter(teacher_answer__run=run)
     decisions = dict(GateDecision.objects.filter(item__in=answers).values_list("item_id", "outcome"))
     vetoed = GateDecision.objects.filter(item__in=answers, vetoed=True).count()
@@ -419,7 +411,7 @@ def teacher_run_report(run: TeacherRun) -> dict:
         "teacher": _acceptance([decisions[a] for a, _ in both]),
         "originals": _acceptance([original_outcome[o] for _, o in both]),
         "same_prompts": len(both),
-        "answered_by": (by := answered_by(run)),
+        "answered_by": (by := work.answered_by(TeacherAnswer.objects.filter(run=run), run.model)),
         "answered_by_other": any(other for _name, _n, other in by),
     }
 

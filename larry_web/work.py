@@ -143,6 +143,15 @@ def run_fail(run_model, *, run_id: int, error: str) -> None:
     run_model.objects.filter(pk=run_id).update(status=Run.Status.FAILED, error=error[:5000], finished_at=timezone.now())
 
 
+def answered_by(outcomes, asked: str) -> list[tuple[str, int, bool]]:
+    """The models a run's server said answered, over ``outcomes`` (a queryset of its per-item rows with an
+    ``answered_by`` column: verdicts, teacher answers): ``[(model, replies, other)]``, most first; ``other`` is
+    True for a name other than ``asked`` (a proxy routing elsewhere, a server serving another model, a hosted
+    model's dated version). Replies that named no model are counted under ``""``."""
+    rows = outcomes.values_list("answered_by").annotate(n=models.Count("id")).order_by("-n")
+    return [(name, n, bool(name) and name != asked) for name, n in rows]
+
+
 class EndpointMoved(RuntimeError):
     """A run's server is no longer the one configured: the key configured now was set for another URL, and is
     never sent to the run's. The message names both URLs (never a key) and asks for a new run."""

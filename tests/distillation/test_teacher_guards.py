@@ -1,5 +1,5 @@
 """Keys go only to the URL they were set for, and chat calls follow no redirect: teacher runs and judge runs
-(F10, F17 of the hostile review); and what the refusal detector leaves alone (F1)."""
+(F10, F17 of the hostile review); what the refusal detector leaves alone (F1); a start beside a running run (F8)."""
 
 import json
 
@@ -172,3 +172,18 @@ def test_a_finished_run_with_every_answer_stored_has_nothing_to_retry(client, pr
     url = reverse("teacher-run-detail", args=[project.slug, run.pk]) + "resume/"
     assert client.post(url + "?retry_failed=1").status_code == 409
     assert client.post(url).status_code == 409
+
+
+def test_a_start_leaves_out_only_the_items_a_live_run_answers(project, settings):
+    from distillation.teacher_runs import TeacherRunBusy, teacher_run_cancel, teacher_run_create
+
+    settings.LARRY_TEACHER_BASE_URL, settings.LARRY_TEACHER_MODEL = "http://127.0.0.1:9/v1", "teacher"
+    items = [Item.objects.create(project=project, external_id=f"p{i}", prompt=f"Q{i}?", response="") for i in range(3)]
+    first = teacher_run_create(project=project, selection="items", item_ids=[items[0].pk, items[1].pk])
+    second = teacher_run_create(project=project, selection="missing")  # queued runs are not started here
+    assert (first.items_total, second.items_total) == (2, 1)
+    assert list(second.work.values_list("item_id", flat=True)) == [items[2].pk]
+    with pytest.raises(TeacherRunBusy, match=f"teacher run {first.pk}, {second.pk}"):
+        teacher_run_create(project=project, selection="all")
+    teacher_run_cancel(run=first)  # a cancelled run answers nothing: its items may be asked again
+    assert teacher_run_create(project=project, selection="all").items_total == 2
