@@ -9,7 +9,7 @@ from judging.admin import WriteOnlyKeyForm, connection_checked
 
 
 class TeacherSettingsForm(WriteOnlyKeyForm):
-    """A project's teacher, with its API key write-only (blank: ``LARRY_TEACHER_API_KEY``)."""
+    """A project's teacher, with its API key write-only (blank: none, or ``LARRY_TEACHER_API_KEY`` with a blank URL)."""
 
     class Meta:
         model = TeacherSettings

@@ -162,8 +162,9 @@ class TrainingSetViewSet(
 class TeacherRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
     """Teacher runs: POST ``{"items": "rejected"|"all"|"missing"}`` or ``{"item_ids": [...]}`` (and ``"judge":
     true`` to have the gating policy judge the answers when it finishes) to start one (400 when the project has no
-    teacher, 502 naming the URL and the fault when it does not answer a connection check); GET to follow its
-    progress; ``cancel`` and ``resume``."""
+    teacher, or ``item_ids`` name items that are not its originals; 502 naming the URL and the fault when it does
+    not answer a connection check; 409 naming the run when every chosen item is being answered by a queued or
+    running run); GET to follow its progress; ``cancel`` and ``resume``."""
 
     serializer_class = TeacherRunSerializer
     parser_classes = [JSONParser]
@@ -177,22 +178,26 @@ class TeacherRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Projec
         start.is_valid(raise_exception=True)
         item_ids = start.validated_data.get("item_ids")
         selection = TeacherRun.Selection.ITEMS if item_ids is not None else start.validated_data["items"]
+        project = self.get_project()
         try:
-            teacher_runs.teacher_check(self.get_project())
-        except NoTeacher as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        except TeacherUnreachable as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
-        try:
+            if item_ids is not None:
+                teacher_runs.item_ids_check(project, item_ids)  # before the teacher is asked anything
+            teacher_runs.teacher_check(project)
             run = teacher_runs.teacher_run_create(
-                project=self.get_project(),
+                project=project,
                 selection=selection,
                 user=request.user,
                 item_ids=item_ids,
                 judge=start.validated_data["judge"],
             )
+        except TeacherUnreachable as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
+        except teacher_runs.TeacherRunBusy as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         except NoTeacher as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        except ValueError as exc:  # item_ids that are not the project's originals
+            return Response({"item_ids": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         run.refresh_from_db()
         return Response(self.get_serializer(run).data, status=status.HTTP_201_CREATED)
 
@@ -209,11 +214,12 @@ class TeacherRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Projec
     @extend_schema(request=None)
     @action(detail=True, methods=["post"])
     def resume(self, request, project_slug: str, pk: str) -> Response:
-        """Go on with a cancelled or failed run (``?retry_failed=1``: also ask again for answers not stored).
-        409 while it runs, or once finished."""
+        """Go on with a cancelled or failed run; ``?retry_failed=1`` also asks again for the answers not stored,
+        of a finished run too. 409 while it runs, and for a finished run with nothing to ask again."""
         run = self.get_object()
-        if run.status not in (TeacherRun.Status.CANCELLED, TeacherRun.Status.FAILED):
-            return Response({"detail": f"teacher run {run.pk} is {run.status}"}, status=status.HTTP_409_CONFLICT)
-        teacher_runs.teacher_run_resume(run=run, retry_failed=request.query_params.get("retry_failed") == "1")
+        try:
+            teacher_runs.teacher_run_resume(run=run, retry_failed=request.query_params.get("retry_failed") == "1")
+        except teacher_runs.TeacherRunBusy as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         run.refresh_from_db()
         return Response(self.get_serializer(run).data)

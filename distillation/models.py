@@ -122,7 +122,8 @@ class TeacherSettings(models.Model):
     """A project's teacher (Sensei Larry): the OpenAI-compatible server and model that write responses, and how
     they are asked (one row per project, edited in the admin).
 
-    An empty ``base_url``, ``model`` or ``api_key`` takes ``LARRY_TEACHER_*`` from the environment
+    An empty ``base_url`` or ``model`` takes ``LARRY_TEACHER_*`` from the environment, an empty ``api_key``
+    ``LARRY_TEACHER_API_KEY`` only when ``base_url`` is empty too (that key is for the environment's URL)
     (``distillation.teacher.teacher_config_for`` is the only reader); with neither, the project has no teacher.
     """
 
@@ -135,7 +136,11 @@ class TeacherSettings(models.Model):
     )
     model = models.CharField(max_length=200, blank=True, help_text="Blank: LARRY_TEACHER_MODEL.")
     # Write-only, as a judge endpoint's: runs record the URL and model only.
-    api_key = models.CharField(max_length=200, blank=True, help_text="Blank: LARRY_TEACHER_API_KEY.")
+    api_key = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Blank: none, or LARRY_TEACHER_API_KEY when the URL is blank too (the environment's URL).",
+    )
     system_prompt = models.TextField(
         blank=True,
         validators=[MaxLengthValidator(20_000)],

@@ -56,7 +56,8 @@ def teacher_chunk(run_id: int) -> None:
 
     The same window, deadlines, leases and heartbeat as a judge chunk (``judging.tasks.judge_chunk``): it
     starts no request after ``LARRY_JUDGE_CHUNK_DEADLINE_S``, queues itself again when work is left, and a
-    cancelled run's leased items go back unasked. The key is read from the settings now, never stored.
+    cancelled run's leased items go back unasked. The key is read from the settings now, never stored, and
+    sent only to the URL it was set for (``larry_web.work.run_api_key``: a run whose teacher moved fails).
     """
     run = TeacherRun.objects.select_related("project").get(pk=run_id)
     if run.status != TeacherRun.Status.RUNNING:
@@ -66,7 +67,18 @@ def teacher_chunk(run_id: int) -> None:
     except teacher.NoTeacher as exc:
         teacher_runs.teacher_run_fail(run_id=run.pk, error=str(exc))
         return
-    config = teacher.TeacherConfig(run.base_url, run.model, now.api_key)
+    try:
+        key = work.run_api_key(
+            run_url=run.base_url,
+            run_config=run.config,
+            current_url=now.base_url,
+            current_key=now.api_key,
+            who="teacher",
+        )
+    except work.EndpointMoved as exc:
+        teacher_runs.teacher_run_fail(run_id=run.pk, error=str(exc))
+        return
+    config = teacher.TeacherConfig(run.base_url, run.model, key)
     source = work.RunWork(
         TeacherWork,
         TeacherRun,

@@ -9,15 +9,17 @@ set), then the item's user turn exactly as the chat formats write it
 so the teacher answers what the student is trained on.
 
 An answer is a response only when the reply is one choice that ended normally
-(``finish_reason`` "stop"): cut off at ``max_tokens`` ("length": class
-``truncated``), refused (``message.refusal`` or ``finish_reason``
-"content_filter": ``refusal``), empty once cleaned and its reasoning split
-off (``empty``), or anything else (``invalid_reply``: a think tag left in the
-answer or held by the reasoning, reasoning longer than max_tokens allows) is
-never stored as a response. Reasoning comes in ``message.reasoning`` (vLLM
-0.11+) or ``message.reasoning_content`` (earlier vLLM, DeepSeek), or as
-leading ``<think>…</think>`` blocks (a server without a reasoning parser); it
-is kept apart, whole, never in the response (``distillation.answer_text``).
+(``finish_reason`` "stop"): cut off at ``max_tokens`` ("length", or
+``usage.completion_tokens`` reaching it: class ``truncated``), refused
+(``message.refusal``, ``finish_reason`` "content_filter", or a refusal in
+words, ``looks_like_refusal``: ``refusal``), empty once cleaned and its
+reasoning split off (``empty``), a tool call, one longer than ``max_tokens``
+allows, or anything else (``invalid_reply``: a think tag left in the answer or
+held by the reasoning, reasoning longer than max_tokens allows) is never
+stored as a response. Reasoning comes in ``message.reasoning`` (vLLM 0.11+)
+or ``message.reasoning_content`` (earlier vLLM, DeepSeek), or as leading
+``<think>…</think>`` blocks (a server without a reasoning parser); it is kept
+apart, whole, never in the response (``distillation.answer_text``).
 Transport faults (429, 5xx, timeouts) are retried by the ``openai`` client
 with backoff (``larry_web.llm``), as for the judge.
 """
@@ -44,8 +46,89 @@ from larry_web import llm
 from larry_web.llm import RateLimits, estimate_tokens
 
 ErrorClass = TeacherAnswer.ErrorClass
-RESPONSE_MAX = 64 * 1024  # characters of a response stored (a reply far longer ignored max_tokens)
+# The most characters one token can stand for, as a bound: a reply longer than max_tokens times this was not held
+# to max_tokens by its server. Real tokenizers' longest tokens are runs of spaces or of a repeated character (a few
+# dozen characters at most); an answer averages about 4 characters a token.
+CHARS_PER_TOKEN_MAX = 32
+MAX_TOKENS_MAX = 65_536  # the most ``TeacherSettings.max_tokens`` may ask for
+RESPONSE_MAX = MAX_TOKENS_MAX * CHARS_PER_TOKEN_MAX  # characters of a response stored, whatever a reply holds
 ERROR_MAX = 2000
+
+# A refusal written as an answer (``finish_reason`` "stop", no ``message.refusal``): a short answer (at most
+# ``REFUSAL_MAX_CHARS``) that opens, after an optional apology or "As an AI...", with one of ``REFUSAL_CORES``
+# followed by one of ``REFUSAL_VERBS`` ("I'm sorry, but I can't help with that.", "I cannot assist with this
+# request.", "As an AI language model, I am unable to provide that information."). Deliberately narrow: an answer
+# that merely mentions what it cannot do further on, or a long one, is kept. See ``looks_like_refusal``.
+REFUSAL_MAX_CHARS = 500
+REFUSAL_LEADS = (
+    "as an ai language model",
+    "as an ai assistant",
+    "as an ai model",
+    "as an ai",
+    "i'm sorry",
+    "i am sorry",
+    "i apologize",
+    "i apologise",
+    "sorry",
+    "unfortunately",
+)
+REFUSAL_CORES = (
+    "i can't",
+    "i cannot",
+    "i can not",
+    "i won't be able to",
+    "i will not be able to",
+    "i won't",
+    "i will not",
+    "i'm unable to",
+    "i am unable to",
+    "i'm not able to",
+    "i am not able to",
+    "i must decline to",
+    "i must respectfully decline to",
+)
+REFUSAL_VERBS = (
+    "help with",
+    "help you with",
+    "assist",
+    "provide",
+    "comply",
+    "fulfil",
+    "answer",
+    "share",
+    "do that",
+    "do this",
+    "support",
+    "create",
+    "write",
+    "generate",
+    "give",
+    "engage",
+    "complete",
+    "discuss",
+    "continue",
+    "offer",
+    "respond",
+)
+
+
+def looks_like_refusal(text: str) -> bool:
+    """Whether an answer is a refusal in words: at most ``REFUSAL_MAX_CHARS`` characters, opening (case,
+    curly apostrophes and leading quotes or markdown aside) with an optional ``REFUSAL_LEADS`` phrase, then
+    ``REFUSAL_CORES`` and ``REFUSAL_VERBS`` ("I'm sorry, but I can't" + "help with"). Plain string checks,
+    kept here only; the README's teacher section lists them."""
+    t = " ".join(text.replace("\u2019", "'").lower().split()).lstrip("\"'*_#> ")
+    if not t or len(t) > REFUSAL_MAX_CHARS:
+        return False
+    for lead in REFUSAL_LEADS:
+        if t.startswith(lead):
+            t = t[len(lead) :].lstrip(" ,.!:;-\u2014").removeprefix("but ").lstrip()
+            break
+    for core in REFUSAL_CORES:
+        if t.startswith(core):
+            rest = t[len(core) :].lstrip().removeprefix("be able to ")
+            return rest.startswith(REFUSAL_VERBS)
+    return False
 
 
 class NoTeacher(ValueError):
@@ -75,7 +158,8 @@ class TeacherConfig:
     price_out: Decimal = Decimal(0)
 
     def snapshot(self) -> dict:
-        """What a run records (everything that determines the answers, and the prices; never the key)."""
+        """What a run records (everything that determines the answers, and the prices; never the key, only
+        whether there was one)."""
         return {
             "base_url": self.base_url,
             "model": self.model,
@@ -88,17 +172,20 @@ class TeacherConfig:
             "tokens_per_minute": self.tokens_per_minute,
             "price_in_per_million": str(self.price_in),
             "price_out_per_million": str(self.price_out),
+            "api_key_set": bool(self.api_key),  # whether a key went with it (``larry_web.work.run_api_key``)
         }
 
 
 def teacher_config_for(project: Project) -> TeacherConfig:
-    """The project's teacher: its ``TeacherSettings`` (defaults when it has none), an empty URL, model or key
-    taken from ``LARRY_TEACHER_*``. Raises NoTeacher when no URL or no model is left."""
+    """The project's teacher: its ``TeacherSettings`` (defaults when it has none), an empty URL or model taken
+    from ``LARRY_TEACHER_*``; an empty key from ``LARRY_TEACHER_API_KEY`` only when the URL is the environment's
+    too (a key is sent only to the URL it was set for). Raises NoTeacher when no URL or no model is left."""
     row = TeacherSettings.objects.filter(project=project).first() or TeacherSettings(project=project)
     config = TeacherConfig(
         base_url=row.base_url or settings.LARRY_TEACHER_BASE_URL,
         model=row.model or settings.LARRY_TEACHER_MODEL,
-        api_key=row.api_key or settings.LARRY_TEACHER_API_KEY,
+        # The environment's key goes to the environment's URL only: a project's own URL gets its own key or none.
+        api_key=row.api_key if row.base_url else (row.api_key or settings.LARRY_TEACHER_API_KEY),
         system_prompt=row.system_prompt,
         temperature=row.temperature,
         max_tokens=row.max_tokens,
@@ -180,8 +267,12 @@ class TeacherResult:
         return self
 
 
-def read_answer(reply, result: TeacherResult) -> None:
-    """Fill ``result`` from one reply of ``POST /chat/completions`` (its JSON, any value); never raises."""
+def read_answer(reply, result: TeacherResult, *, max_tokens: int | None = None) -> None:
+    """Fill ``result`` from one reply of ``POST /chat/completions`` (its JSON, any value); never raises.
+
+    ``max_tokens`` is what the request asked for: a reply whose ``usage.completion_tokens`` reached it was cut
+    there (``truncated``), whatever its ``finish_reason`` says (some proxies and servers say "stop"), and one
+    longer than ``max_tokens * CHARS_PER_TOKEN_MAX`` characters was not held to it (``invalid_reply``)."""
     if not isinstance(reply, dict):
         result.error_class, result.error = ErrorClass.INVALID_REPLY, "the reply is not a chat completion"
         return
@@ -202,7 +293,11 @@ def read_answer(reply, result: TeacherResult) -> None:
     reasoning = reasoning if isinstance(reasoning, str) else ""
     finish = choice.get("finish_reason")
     result.finish_reason = finish if isinstance(finish, str) else ""
-    if message.get("refusal"):
+    limit = RESPONSE_MAX if max_tokens is None else min(RESPONSE_MAX, max_tokens * CHARS_PER_TOKEN_MAX)
+    if message.get("tool_calls") or message.get("function_call") or finish in ("tool_calls", "function_call"):
+        result.error_class = ErrorClass.INVALID_REPLY
+        result.error = f"the teacher called a tool instead of answering (finish_reason={finish!r})"
+    elif message.get("refusal"):
         result.error_class, result.error = ErrorClass.REFUSAL, f"the teacher refused: {str(message['refusal'])[:200]}"
     elif finish == "content_filter":
         result.error_class = ErrorClass.REFUSAL
@@ -213,9 +308,18 @@ def read_answer(reply, result: TeacherResult) -> None:
     elif finish != "stop":
         result.error_class = ErrorClass.INVALID_REPLY
         result.error = f"the answer did not end normally (finish_reason={finish!r}, expected 'stop')"
-    elif len(content) > RESPONSE_MAX:
+    elif max_tokens is not None and result.tokens_out is not None and result.tokens_out >= max_tokens:
+        result.error_class = ErrorClass.TRUNCATED
+        result.error = (
+            f"the answer used {result.tokens_out:,} completion tokens, all of max_tokens ({max_tokens:,}): cut "
+            "off there, though its finish_reason says 'stop'"
+        )
+    elif len(content) > limit:
         result.error_class = ErrorClass.INVALID_REPLY
-        result.error = f"the answer is {len(content):,} characters long, far over max_tokens: its server ignored it"
+        result.error = (
+            f"the answer is {len(content):,} characters long, over {CHARS_PER_TOKEN_MAX} characters for each of "
+            "its max_tokens: its server ignored max_tokens"
+        )
     if result.error_class:
         result.reasoning = reasoning
         return
@@ -226,6 +330,10 @@ def read_answer(reply, result: TeacherResult) -> None:
         parts.error_class,
         parts.error,
     )
+    if not result.error_class and looks_like_refusal(result.response):
+        result.error_class = ErrorClass.REFUSAL
+        result.error = f"the teacher refused in words: {result.response.strip()[:200]}"
+        result.response = ""
 
 
 async def ask_teacher(
@@ -257,7 +365,7 @@ async def ask_teacher(
             if result.error_class == ErrorClass.TIMEOUT:
                 result.tokens_in = result.tokens_out = None
         else:
-            read_answer(reply, result)
+            read_answer(reply, result, max_tokens=run_settings["max_tokens"])
             if result.error_class and result.attempts and "status" in result.attempts[-1]:
                 result.attempts[-1]["problem"] = result.error
     finally:

@@ -12,11 +12,12 @@ exported. No database transaction is open during a teacher call.
 
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -56,6 +57,35 @@ def chosen_items(project: Project, selection: str, item_ids: list[int] | None = 
     raise ValueError(f"unknown selection {selection!r}: rejected, all, missing or items")
 
 
+class TeacherRunBusy(ValueError):
+    """What was asked of a run is being done by another (every chosen item is being answered by a queued or
+    running run), or cannot be done in its state (resuming a run that runs, or a finished one with nothing to
+    ask again). The message names the run(s)."""
+
+
+def item_ids_check(project: Project, item_ids: list[int]) -> list[int]:
+    """``item_ids`` sorted and once each, when every one is an original of ``project`` (an item a teacher may
+    answer). Raises ValueError naming the others: unknown ids, another project's items, a teacher's answers."""
+    ids = sorted(set(item_ids))
+    found = set(originals(project).filter(pk__in=ids).values_list("pk", flat=True))
+    if bad := [pk for pk in ids if pk not in found]:
+        shown = ", ".join(map(str, bad[:20])) + (f" and {len(bad) - 20:,} more" if len(bad) > 20 else "")
+        raise ValueError(
+            f"item_ids {shown}: not items of project {project.slug} a teacher may answer (no such item, another "
+            "project's, or a teacher's answer)"
+        )
+    return ids
+
+
+def live_work(project: Project, *, exclude_run: TeacherRun | None = None):
+    """The ``TeacherWork`` rows of the project's queued or running runs (but ``exclude_run``): items being
+    answered now."""
+    rows = TeacherWork.objects.filter(
+        run__project=project, run__status__in=[TeacherRun.Status.QUEUED, TeacherRun.Status.RUNNING]
+    )
+    return rows.exclude(run=exclude_run) if exclude_run is not None else rows
+
+
 def teacher_check(project: Project) -> tuple[str, list[str]]:
     """Check that the project's teacher answers before a run is started (``teacher.teacher_connection_check``),
     outside any transaction: ``(its base URL, the models it serves)``. Raises NoTeacher, TeacherUnreachable."""
@@ -72,12 +102,26 @@ def teacher_run_create(
     The run records its teacher (``TeacherConfig.snapshot``: URL, model, system prompt, temperature, max
     tokens, ask for reasoning, prices; never the key) and gets one ``TeacherWork`` row per item, in this
     transaction. With ``judge`` (``judge_answers``), the gating policy's judges judge its answers once it
-    finishes (``teacher_run_judge``). Raises ``teacher.NoTeacher`` when the project has no teacher, ValueError
-    for an unknown selection.
+    finishes (``teacher_run_judge``). Items a queued or running run of the project is answering are left out
+    (a second click, a second worker of a script: every prompt is answered, and paid for, once); runs of a
+    project are created one at a time (its row locked) so two at once cannot both miss the other. Raises
+    ``teacher.NoTeacher`` when the project has no teacher, ValueError for an unknown selection or ``item_ids``
+    that are not the project's originals (``item_ids_check``), TeacherRunBusy when every chosen item is being
+    answered by another run.
     """
     config = teacher_config_for(project)
-    items = chosen_items(project, selection, item_ids)
-    extra = {"item_ids": sorted(set(item_ids or []))} if selection == TeacherRun.Selection.ITEMS else {}
+    Project.objects.select_for_update().filter(pk=project.pk).first()  # one run created at a time per project
+    if selection == TeacherRun.Selection.ITEMS:
+        item_ids = item_ids_check(project, item_ids or [])
+    chosen = chosen_items(project, selection, item_ids)
+    items = chosen.exclude(pk__in=live_work(project).values("item_id"))
+    if not items.exists() and chosen.exists():
+        busy = sorted(set(live_work(project).filter(item__in=chosen).values_list("run_id", flat=True)))
+        raise TeacherRunBusy(
+            f"every chosen item is being answered by teacher run {', '.join(map(str, busy))} (queued or running): "
+            "wait for it, or cancel it first"
+        )
+    extra = {"item_ids": item_ids} if selection == TeacherRun.Selection.ITEMS else {}
     run = TeacherRun.objects.create(
         project=project,
         model=config.model,
@@ -109,17 +153,49 @@ def teacher_work_lease(*, run_id: int, worker: str, limit: int) -> tuple[list[It
     return list(Item.objects.filter(pk__in=item_ids).only(*ITEM_FIELDS).order_by("id")), others
 
 
-def _answer_external_id(original: Item, run: TeacherRun) -> str:
-    suffix = f"#teacher-{run.pk}"
+def _answer_external_id(original: Item, run: TeacherRun, salt: str = "") -> str:
+    """``<the original's external id>#teacher-<run>-<original's pk><salt>``, the original's part cut so the whole
+    fits ``EXTERNAL_ID_MAX``: one answer per item in a run, so no two answers share an id however long or alike
+    the originals' ids are; an item imported with that very id is met by ``_answer_create``'s salt."""
+    suffix = f"#teacher-{run.pk}-{original.pk}{salt}"
     return original.external_id[: EXTERNAL_ID_MAX - len(suffix)] + suffix
+
+
+def _answer_create(*, run: TeacherRun, original: Item, result: TeacherResult) -> Item | None:
+    """The answer as a new Item, in a savepoint: when its external id is taken (an item imported with it), once
+    more with a random salt; None (and ``result`` made a failure) if that too is taken, so a collision costs
+    this answer, never the batch it is stored with."""
+    for salt in ("", f"-{uuid.uuid4().hex[:12]}"):
+        try:
+            with transaction.atomic():
+                return Item.objects.create(
+                    project_id=run.project_id,
+                    external_id=_answer_external_id(original, run, salt),
+                    prompt=original.prompt,
+                    context=original.context,
+                    reference=original.reference,
+                    task_type=original.task_type,
+                    # Who wrote it: the model the server named (a proxy may route elsewhere), else the one asked.
+                    source_model=result.answered_by or run.model,
+                    response=result.response,
+                    reasoning=result.reasoning,
+                    answers=original,
+                )
+        except IntegrityError:
+            continue
+    result.error_class = TeacherAnswer.ErrorClass.INVALID_REPLY
+    result.error = f"the answer could not be stored: the external id {_answer_external_id(original, run)!r} is taken"
+    return None
 
 
 def answers_store(*, run: TeacherRun, results: list[TeacherResult]) -> int:
     """Store results idempotently, in one transaction: an answered result becomes a new Item (``answers`` the
-    original, ``source_model`` the run's model, ``reasoning`` apart) and a ``TeacherAnswer`` linking both with
-    its tokens, latency and exchanges; a failed one only a ``TeacherAnswer`` with its class. Items that have an
-    answer in the run already (a second worker's result) are skipped. The items' work rows are deleted and the
-    run's counters moved on. Returns how many results were new."""
+    original, ``source_model`` the model the reply named, else the run's; ``reasoning`` apart) and a
+    ``TeacherAnswer`` linking both with its tokens, latency and exchanges; a failed one only a ``TeacherAnswer``
+    with its class. Items that have an answer in the run already (a second worker's result) are skipped: the
+    originals are locked (``SELECT ... FOR UPDATE``, in id order) and what is done read again under the lock, so
+    two workers storing the same item at once store it once, and neither fails. The items' work rows are
+    deleted and the run's counters moved on. Returns how many results were new."""
     results = [r.storable() for r in results]
     with transaction.atomic():
         done = set(
@@ -129,25 +205,16 @@ def answers_store(*, run: TeacherRun, results: list[TeacherResult]) -> int:
         )
         fresh = {r.item_id: r for r in results if r.item_id not in done}
         originals_by_id = Item.objects.in_bulk(list(fresh))
+        # Another worker may be storing some of these now (its lease ran out while it waited on the teacher):
+        # the lock waits for it, and the second read sees what it stored.
+        list(Item.objects.select_for_update().filter(pk__in=list(fresh)).order_by("pk").values_list("pk"))
+        done = set(TeacherAnswer.objects.filter(run=run, item_id__in=list(fresh)).values_list("item_id", flat=True))
         rows = []
         for item_id, result in fresh.items():
             original = originals_by_id.get(item_id)
-            if original is None:
-                continue  # deleted meanwhile
-            answer = None
-            if result.response:
-                answer = Item.objects.create(
-                    project_id=run.project_id,
-                    external_id=_answer_external_id(original, run),
-                    prompt=original.prompt,
-                    context=original.context,
-                    reference=original.reference,
-                    task_type=original.task_type,
-                    source_model=run.model,
-                    response=result.response,
-                    reasoning=result.reasoning,
-                    answers=original,
-                )
+            if original is None or item_id in done:
+                continue  # deleted meanwhile, or stored by another worker
+            answer = _answer_create(run=run, original=original, result=result) if result.response else None
             rows.append(
                 TeacherAnswer(
                     run=run,
@@ -236,13 +303,25 @@ def teacher_run_cancel(*, run: TeacherRun) -> bool:
 
 def teacher_run_resume(*, run: TeacherRun, retry_failed: bool = False) -> None:
     """Go on with a cancelled or failed run: the items it has not answered yet; with ``retry_failed``, also
-    those whose answer was not stored (a fault, a truncation, a refusal). An item answered is never asked
-    again in the run."""
+    those whose answer was not stored (a fault, a truncation, a refusal), which a finished run can be asked
+    for too (as a judge run's errors are re-run). An item answered is never asked again in the run. Raises
+    TeacherRunBusy while the run is queued or running (its row is locked, so of two resumes at once one does
+    it), and for a finished run without ``retry_failed`` or with no answer to ask again."""
     from distillation.tasks import start_teacher_run
 
+    Status = TeacherRun.Status
     with transaction.atomic():
+        run = TeacherRun.objects.select_for_update().get(pk=run.pk)
+        failed = TeacherAnswer.objects.filter(run=run, answer__isnull=True)
+        if run.status in (Status.QUEUED, Status.RUNNING):
+            raise TeacherRunBusy(f"teacher run {run.pk} is {run.status}")
+        if run.status == Status.FINISHED and not retry_failed:
+            raise TeacherRunBusy(
+                f"teacher run {run.pk} is finished: resume with retry_failed to ask again for the answers not stored"
+            )
+        if run.status == Status.FINISHED and not failed.exists():
+            raise TeacherRunBusy(f"teacher run {run.pk} is finished and every answer was stored: nothing to ask again")
         if retry_failed:
-            failed = TeacherAnswer.objects.filter(run=run, answer__isnull=True)
             failed_ids = list(failed.values_list("item_id", flat=True))
             failed.delete()
             work.work_add(TeacherWork, run=run, items=Item.objects.filter(pk__in=failed_ids), done_model=TeacherAnswer)
@@ -318,7 +397,9 @@ def teacher_run_report(run: TeacherRun) -> dict:
     ``high`` the rate's 95 % Wilson score interval (``annotations.statistics.wilson_interval``; all three None
     when n is 0).
     Only prompts where both the answer and its original have been decided (accepted or rejected) count, so the
-    two rates are over the same prompts; ``same_prompts`` is how many."""
+    two rates are over the same prompts; ``same_prompts`` is how many. ``answered_by``
+    (``larry_web.work.answered_by``) and ``answered_by_other`` (whether a model other than the one asked for
+    answered) say who wrote the answers."""
     answers = Item.objects.filter(teacher_answer__run=run)
     decisions = dict(GateDecision.objects.filter(item__in=answers).values_list("item_id", "outcome"))
     vetoed = GateDecision.objects.filter(item__in=answers, vetoed=True).count()
@@ -340,6 +421,8 @@ def teacher_run_report(run: TeacherRun) -> dict:
         "teacher": _acceptance([decisions[a] for a, _ in both]),
         "originals": _acceptance([original_outcome[o] for _, o in both]),
         "same_prompts": len(both),
+        "answered_by": (by := work.answered_by(TeacherAnswer.objects.filter(run=run), run.model)),
+        "answered_by_other": any(other for _name, _n, other in by),
     }
 
 

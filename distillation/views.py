@@ -157,7 +157,7 @@ def teacher_runs_part(request: HttpRequest, slug: str) -> HttpResponse:
                     user=request.user,
                     judge=form.cleaned_data["judge"],
                 )
-            except (NoTeacher, TeacherUnreachable) as exc:
+            except (NoTeacher, TeacherUnreachable, ValueError) as exc:  # TeacherRunBusy too: a second click
                 messages.error(request, str(exc))
             else:
                 messages.success(request, f"Teacher run {run.pk} started over {run.items_total} items.")

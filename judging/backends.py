@@ -187,6 +187,7 @@ def run_config(
     return {
         "base_url": config.base_url,
         "model": config.model,
+        "api_key_set": bool(config.api_key),  # never the key: whether one went (``larry_web.work.run_api_key``)
         "prompt_template": prompts.PROMPT_TEMPLATE,
         "rubric_version": rubric_version,
         "system_prompt_sha256": prompts.sha256(system_prompt),

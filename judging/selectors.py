@@ -30,6 +30,7 @@ from judging.models import (
     RuleHit,
     Verdict,
 )
+from larry_web import work
 
 
 def gating_policy(project: Project) -> GatingPolicy | None:
@@ -576,8 +577,7 @@ def run_answered_by(run: JudgeRun) -> list[tuple[str, int, bool]]:
     """The models the server said answered the run's requests: ``[(model, replies, other)]``, most first;
     ``other`` is True for a name other than the one the run asked for (a proxy routing elsewhere, a
     hosted model's dated version). Replies that named no model are counted under ``""``."""
-    rows = Verdict.objects.filter(run=run).values_list("answered_by").annotate(n=Count("id")).order_by("-n")
-    return [(name, n, bool(name) and name != run.model) for name, n in rows]
+    return work.answered_by(Verdict.objects.filter(run=run), run.model)
 
 
 def run_confidence_report(run: JudgeRun, *, truth: dict[int, str] | None = None) -> dict:

@@ -130,7 +130,14 @@ def judge_chunk(run_id: int, item_ids: list[int] | None = None) -> None:
         services.judge_work_add(run=run, items=Item.objects.filter(project=run.project, pk__in=item_ids))
     # No transaction is open here: leases, judge calls and writes are each their own.
     now = backends.judge_config_for(run.project, run.endpoint)  # the key is read now, never stored on the run
-    config = backends.JudgeConfig(run.base_url, run.model, now.api_key)
+    try:  # and sent only to the URL it was set for: a run whose endpoint moved (or went) fails
+        key = work.run_api_key(
+            run_url=run.base_url, run_config=run.config, current_url=now.base_url, current_key=now.api_key, who="judge"
+        )
+    except work.EndpointMoved as exc:
+        services.judge_run_fail(run_id=run.pk, error=str(exc))
+        return
+    config = backends.JudgeConfig(run.base_url, run.model, key)
     source = work.RunWork(
         JudgeWork, JudgeRun, run, work.worker_name(), lease=services.judge_work_lease, store=services.verdicts_store
     )

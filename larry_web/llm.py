@@ -59,13 +59,21 @@ def classify_exception(exc: BaseException, *, server: str = "judge server") -> t
     message names ``server`` ("judge server", "teacher server").
 
     ``RateLimitError`` (429) → ``rate_limited``; ``InternalServerError``
-    (5xx) → ``server_error``; another ``APIStatusError`` (4xx: a bad key, an
+    (5xx) → ``server_error``; a redirect (3xx, never followed: ``openai_client``) → ``client_error``, its message
+    starting "redirect:" and naming where it pointed; another ``APIStatusError`` (4xx: a bad key, an
     unknown model, a prompt over the context) → ``client_error``; a timeout
     or connection fault → ``transport_fault``'s class.
     """
     import openai
 
     name = type(exc).__name__
+    if isinstance(exc, openai.APIStatusError) and 300 <= exc.status_code < 400:
+        location = exc.response.headers.get("location", "")[:300]
+        return "client_error", (
+            f"redirect: HTTP {exc.status_code} from the {server} to {location!r}, not followed (a chat call follows "
+            "no redirect: the request would go elsewhere, or arrive as a GET without its prompt); set the URL it "
+            "points to if that is the server"
+        )
     if isinstance(exc, openai.RateLimitError):
         return "rate_limited", f"rate limited: HTTP 429 from the {server} ({name}: {exc})"
     if isinstance(exc, openai.InternalServerError):
@@ -143,7 +151,10 @@ def _recording_client_class():
 
 def openai_client(base_url: str, api_key: str, *, timeout_s: float, max_retries: int):
     """An ``openai.AsyncOpenAI`` client for the server; its own retries (``max_retries``) cover
-    429/5xx/timeouts with backoff, each try waiting at most ``timeout_s`` seconds.
+    429/5xx/timeouts with backoff, each try waiting at most ``timeout_s`` seconds. It follows no redirect (the
+    openai client's default would): after a 302 the POST would go on as a GET without its prompt, to whatever
+    host the reply names, and that host's answer would be read as the server's (``classify_exception`` says
+    "redirect").
 
     Its HTTP transport is aiohttp (``openai[aiohttp]``) rather than the
     default httpx: with 64 requests in flight httpx's connection-pool
@@ -157,7 +168,7 @@ def openai_client(base_url: str, api_key: str, *, timeout_s: float, max_retries:
         api_key=api_key or "not-needed",
         timeout=timeout_s,
         max_retries=max_retries,
-        http_client=_recording_client_class()(),
+        http_client=_recording_client_class()(follow_redirects=False),
     )
 
 

@@ -143,6 +143,40 @@ def run_fail(run_model, *, run_id: int, error: str) -> None:
     run_model.objects.filter(pk=run_id).update(status=Run.Status.FAILED, error=error[:5000], finished_at=timezone.now())
 
 
+def answered_by(outcomes, asked: str) -> list[tuple[str, int, bool]]:
+    """The models a run's server said answered, over ``outcomes`` (a queryset of its per-item rows with an
+    ``answered_by`` column: verdicts, teacher answers): ``[(model, replies, other)]``, most first; ``other`` is
+    True for a name other than ``asked`` (a proxy routing elsewhere, a server serving another model, a hosted
+    model's dated version). Replies that named no model are counted under ``""``."""
+    rows = outcomes.values_list("answered_by").annotate(n=models.Count("id")).order_by("-n")
+    return [(name, n, bool(name) and name != asked) for name, n in rows]
+
+
+class EndpointMoved(RuntimeError):
+    """A run's server is no longer the one configured: the key configured now was set for another URL, and is
+    never sent to the run's. The message names both URLs (never a key) and asks for a new run."""
+
+
+def run_api_key(*, run_url: str, run_config: dict, current_url: str, current_key: str, who: str) -> str:
+    """The API key a run's chunk may send to ``run_url``, the server the run recorded when it started (a key is
+    never stored; ``run_config["api_key_set"]`` records whether one was sent).
+
+    - The URL configured now is the run's (a trailing slash aside): the key configured now, set for that URL.
+    - Another URL, and the run started without a key (``api_key_set`` False): none; it goes on as it started.
+    - Another URL, and the run had a key (or, an older run, does not say): raises EndpointMoved, for the run
+      to fail with its message. The key now configured is for the new URL; the old one's is gone.
+    """
+    if current_url.rstrip("/") == run_url.rstrip("/"):
+        return current_key
+    if run_config.get("api_key_set") is False:
+        return ""
+    raise EndpointMoved(
+        f"the {who} moved from {run_url} (where this run started) to {current_url or 'nowhere'}, and the API key "
+        f"configured now is for the new URL: it is not sent to the old one. Start a new run (it uses the {who} "
+        "configured now)."
+    )
+
+
 def worker_name() -> str:
     """A name for one task's leases: host, process id and a random part (two tasks in a process differ)."""
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

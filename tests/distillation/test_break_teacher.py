@@ -46,7 +46,6 @@ def read(content, **kwargs) -> TeacherResult:
 # Replies a response must never be made of.
 
 
-@pytest.mark.xfail(strict=True, reason="F1: a refusal in words (finish_reason stop) is stored as a response")
 @pytest.mark.parametrize(
     "content",
     [
@@ -143,8 +142,11 @@ def teacher_env(settings):
     settings.LARRY_TEACHER_BASE_URL, settings.LARRY_TEACHER_MODEL = "http://127.0.0.1:9/v1", "teacher"
 
 
-@pytest.mark.xfail(strict=True, reason="F8: a double click (two POSTs) starts two runs that answer every item twice")
-def test_a_second_start_does_not_ask_again_for_items_a_running_run_answers(client, project, lead, teacher_env):
+def test_a_second_start_does_not_ask_again_for_items_a_running_run_answers(client, project, lead, judge_server):
+    from distillation.models import TeacherSettings
+
+    # A teacher that answers the connection check a start makes (runs stay queued: on_commit is not run here).
+    TeacherSettings.objects.create(project=project, base_url=judge_server.base_url, model="teacher")
     for i in range(3):
         Item.objects.create(project=project, external_id=f"p{i}", prompt=f"Q{i}?", response="")
     client.force_login(lead)
@@ -156,7 +158,6 @@ def test_a_second_start_does_not_ask_again_for_items_a_running_run_answers(clien
     assert sum(TeacherRun.objects.values_list("items_total", flat=True)) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="F9: item_ids of another project (or no item) start an empty run, no error")
 @pytest.mark.parametrize("whose", ["other project", "no such item", "a teacher answer"])
 def test_item_ids_that_are_not_this_projects_originals_are_refused_by_name(client, project, lead, teacher_env, whose):
     other = Project.objects.create(slug="other", name="Other")
@@ -169,9 +170,6 @@ def test_item_ids_that_are_not_this_projects_originals_are_refused_by_name(clien
     assert not TeacherRun.objects.exists()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F10: a resumed run sends the project's current API key to the URL the run recorded"
-)
 def test_a_resumed_run_never_sends_a_key_to_a_url_it_was_not_set_for(
     project, judge_server, django_capture_on_commit_callbacks
 ):
@@ -212,16 +210,12 @@ def test_prompts_without_a_response_are_never_handed_to_smes(project, sme):
     assert draw.population == 4  # the population a uniform estimate is over: items with a response
 
 
-@pytest.mark.xfail(strict=True, reason="F12: a tool call's preamble (finish_reason stop) is stored as the response")
 def test_a_tool_call_is_no_response():
     call = {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": '{"q": "Plus price"}'}}
     result = read("Let me look that up.", tool_calls=[call])
     assert result.response == "" and result.error_class
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F13: answers from another model than the teacher's are stored and shown as the teacher's"
-)
 def test_answers_from_another_model_are_told_apart(
     client, project, lead, judge_server, django_capture_on_commit_callbacks
 ):
@@ -240,10 +234,6 @@ def test_answers_from_another_model_are_told_apart(
     assert answer.source_model == "tiny-1b" or "tiny-1b" in page
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F14: two workers storing an answer to the same item at once: one fails, and its whole batch is lost",
-)
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_storing_the_same_item_at_once_keep_one_answer_and_lose_nothing(project, monkeypatch):
     """Worker 1's lease ran out while it waited on a slow teacher (a paused process), worker 2 took the item:
@@ -284,9 +274,6 @@ def test_two_workers_storing_the_same_item_at_once_keep_one_answer_and_lose_noth
     }
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F15: an answer's external_id can collide with an item's: the batch fails, the run never ends"
-)
 @pytest.mark.parametrize("case", ["long ids with a common prefix", "an imported id ending in #teacher-<run>"])
 def test_answer_ids_never_collide_with_other_items(project, judge_server, django_capture_on_commit_callbacks, case):
     from distillation.models import TeacherSettings
@@ -379,9 +366,6 @@ def run_against(project, base_url, capture, **fields) -> TeacherRun:
     return run
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F16: an answer that used every token of max_tokens but says 'stop' is stored (truncated)"
-)
 def test_an_answer_that_used_all_of_max_tokens_is_no_response(project, canned, django_capture_on_commit_callbacks):
     """Some OpenAI-compatible servers (proxies, older Ollama) say "stop" when they cut an answer at max_tokens;
     the usage says it: completion_tokens == max_tokens."""
@@ -410,9 +394,6 @@ ANSWER = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F17: a redirect is followed: what another host answers (to a GET, no prompt) is stored"
-)
 def test_a_redirect_to_another_host_stores_nothing(project, canned, django_capture_on_commit_callbacks):
     """The key does not follow (httpx drops Authorization across origins), but the request does: after a 302 the
     POST is a GET without the prompt, and the other host's reply is stored as the teacher's answer to it."""
@@ -455,9 +436,6 @@ def test_an_answer_mentioning_the_closing_tag_is_kept_whole_when_the_reasoning_c
     assert result.reasoning == "The user asks about reasoning tags."
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F20: a long answer within max_tokens is refused as 'its server ignored max_tokens' (64K chars)"
-)
 def test_a_long_answer_within_max_tokens_is_stored(project, canned, django_capture_on_commit_callbacks):
     """max_tokens may be set up to 65,536; an answer of 17,500 tokens (~70,000 characters: a long program) is
     within 32,768 and ended normally."""
@@ -486,9 +464,6 @@ def test_acceptance_rates_are_shown_with_an_interval(client, project, lead, teac
     assert "95 %" in page  # "Every figure shown to a person has its n and an interval"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F22: a finished run's failed answers cannot be asked again (resume?retry_failed=1 is a 409)"
-)
 def test_a_finished_runs_faults_can_be_asked_again(client, project, lead, teacher_env):
     """Transport faults after every retry end a run as finished, with answers not stored: the README's
     ``resume?retry_failed=1`` is the way to ask again, as a judge run's "re-run errors" is."""
