@@ -261,12 +261,22 @@ def teacher_run_finish_if_complete(*, run_id: int) -> bool:
     }
     if TeacherWork.objects.filter(run_id=run_id).exists():
         return False
-    won = TeacherRun.objects.filter(pk=run_id, status=TeacherRun.Status.RUNNING).update(
-        status=TeacherRun.Status.FINISHED, finished_at=timezone.now(), **fields
-    )
+    # One transaction, so no one reads the run as finished before the judge runs over its answers are
+    # recorded (``run_teacher`` would report its answers as not judged).
+    with transaction.atomic():
+        won = TeacherRun.objects.filter(pk=run_id, status=TeacherRun.Status.RUNNING).update(
+            status=TeacherRun.Status.FINISHED, finished_at=timezone.now(), **fields
+        )
+        if won:
+            try:
+                with transaction.atomic():  # a savepoint: whatever fails here, the run still finishes
+                    teacher_run_judge(run_id=run_id)
+            except Exception as exc:
+                logger.exception("teacher run %s: starting the judge runs over its answers failed", run_id)
+                note = f"starting the judge runs failed: {type(exc).__name__}: {exc}"[:2000]
+                TeacherRun.objects.filter(pk=run_id).update(judge_note=note)
     if won:
         regate_request(TeacherRun.objects.values_list("project_id", flat=True).get(pk=run_id))
-        teacher_run_judge(run_id=run_id)
     return bool(won)
 
 

@@ -349,8 +349,8 @@ def _teacher_reply(body: dict, user: str, answer_model: str) -> dict:
 class JudgeServer:
     """Start with ``JudgeServer().start()``; ``base_url`` ends in ``/v1``; ``stop()`` when done."""
 
-    def __init__(self, latency: float = 0.0) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    def __init__(self, latency: float = 0.0, port: int = 0) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self.httpd.requests, self.httpd.request_times = [], []  # bodies, and when each arrived (time.monotonic)
         self.httpd.authorizations = []  # each request's Authorization header
         self.httpd.down = False  # answer 503 to everything while True
@@ -386,3 +386,16 @@ class JudgeServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+if __name__ == "__main__":  # a stand-in judge and teacher to try the flows by hand (see the README)
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve the test judge/teacher on 127.0.0.1 until Ctrl-C.")
+    parser.add_argument("--port", type=int, default=8012)
+    server = JudgeServer(port=parser.parse_args().port)
+    print(f"a test judge and teacher (not a model) at {server.base_url}; Ctrl-C stops it", flush=True)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        server.httpd.server_close()

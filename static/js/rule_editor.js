@@ -62,12 +62,12 @@
       var s = data.sme;
       if (s.n) {
         var line = "Of these, SMEs accepted " + s.accepted + " and rejected " + s.rejected + " (n = " + s.n +
-          "): conflict with the SMEs " + percent(s.share);
+          "): the SMEs accepted " + percent(s.share) + " of the labelled items it would reject";
         if (s.interval) line += ", 95 % interval " + percent(s.interval[0]) + "–" + percent(s.interval[1]);
         line += "." + (s.small_n ? " Too few SME labels to mean much." : "");
         sme.textContent = line;
       } else {
-        sme.textContent = "None of these has an SME label, so no conflict with the SMEs can be measured (n = 0).";
+        sme.textContent = "None of these has an SME label, so how often the SMEs accepted them cannot be measured (n = 0).";
       }
       examples.replaceChildren();
       data.examples.forEach(function (example) {

@@ -79,6 +79,7 @@ def test_run_teacher_fails_at_once_naming_the_teacher(project, closed_url, worke
         timeout=60,
     )
     assert command.returncode != 0 and f"The teacher at {closed_url} did not answer" in command.stderr
+    assert "Traceback" not in command.stderr  # a clear error, not a stack
     assert not TeacherRun.objects.exists()
 
 

@@ -179,7 +179,7 @@ def test_the_project_page_shows_the_funnel(client, lead, project, decided):
         f'<a class="n" href="{items}">4</a> imported',  # the numbers with a filter open the items list
         "3</span> SME reviewed",
         "2</span> accepted by SME or judge",
-        "1</span> vetoed by rules",
+        "1</span> accepts vetoed by rules",
         f'<a class="n" href="{items}?outcome=accept">1</a> accepted',
         f'pending: <a href="{items}?outcome=pending">1</a>',
     ):

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotations.models import Project
 from distillation.models import TeacherRun
-from distillation.teacher import NoTeacher
+from distillation.teacher import NoTeacher, TeacherUnreachable
 from distillation.teacher_runs import TeacherRunTimeout, teacher_and_wait, teacher_run_report
 
 
@@ -39,7 +39,7 @@ class Command(BaseCommand):
             raise CommandError(f"no project {project!r}")
         try:
             run = teacher_and_wait(target, items, lambda line: self.stderr.write(line), timeout_s=timeout, judge=judge)
-        except (NoTeacher, TeacherRunTimeout) as exc:
+        except (NoTeacher, TeacherUnreachable, TeacherRunTimeout, ValueError) as exc:
             raise CommandError(str(exc)) from None
         if run.status != TeacherRun.Status.FINISHED:
             raise CommandError(f"teacher run {run.pk} {run.status}: {run.error}")
