@@ -370,9 +370,8 @@ def test_admin_edits_of_the_settings_and_members_are_logged(client, project, sta
 
 
 # W8: the set-password link is shown once, in the answer to "Create account". A double click (the second post
-# answers "username taken"), a closed tab or a link left to expire loses it, and nothing on the settings page
-# issues another: the account stays without a password (judging/settings_views.py: no such action).
-@pytest.mark.xfail(strict=True, reason="W8: a lost set-password link cannot be issued again from the settings page")
+# answered "username taken"), a closed tab or a link left to expire lost it, and nothing on the settings page
+# issued another. Now the ``link`` action issues one (annotations.project_settings.set_password_link).
 def test_a_double_click_on_create_account_does_not_lose_the_set_password_link(client, project, lead):
     client.force_login(lead)
     data = {"action": "create", "username": "newbie", "email": "n@example.com", "role": "sme"}
