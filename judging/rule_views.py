@@ -25,7 +25,7 @@ from annotations.views import get_project_for_lead
 from judging.label_functions import KINDS, validate_params
 from judging.models import LabelFunction
 from judging.selectors import DRY_RUN_MAX_ITEMS, DRY_RUN_SECONDS, label_function_dry_run
-from judging.services import label_function_delete, label_function_save, rule_set_for
+from judging.services import RuleVersionConflict, label_function_delete, label_function_save, rule_set_for
 
 # Below this many SME-labelled rejections the conflict share is flagged as too few to mean much.
 SMALL_N = 10
@@ -300,19 +300,27 @@ def rule_edit(request: HttpRequest, slug: str, rule_id: int) -> HttpResponse:
     before = rule.version
     seen = request.POST.get("version", "")  # the version the form was opened at (the page's hidden input)
     form, rule, errors = _rule_from(request, project, rule)
-    if seen and seen != str(before):  # saved meanwhile (another tab, another lead): no silent overwrite
-        latest = rule.versions.select_related("changed_by").first()
+
+    def conflict(version: int) -> HttpResponse:  # saved meanwhile (another tab, another lead)
+        latest = rule.versions.select_related("changed_by").order_by("-version", "-id").first()
         who = latest.changed_by.get_username() if latest and latest.changed_by else "someone"
         form.add_error(
             None,
-            f"Not saved: {who} saved version {before} of this rule after you opened version {seen[:20]}; the "
+            f"Not saved: {who} saved version {version} of this rule after you opened version {seen[:20]}; the "
             "history below shows what changed. Your edits are still in the form: save again to replace "
-            f"version {before} with them.",
+            f"version {version} with them.",
         )
+        rule.version = version  # the form's hidden input: the next save replaces this version
         return _editor(request, project, rule, form=form, errors=errors, status=409)
+
+    if seen and seen != str(before):  # no silent overwrite
+        return conflict(before)
     if errors:
         return _editor(request, project, rule, form=form, errors=errors, status=400)
-    label_function_save(rule=rule, user=request.user)
+    try:  # checked again under the rule's lock: two saves at once from version ``seen``, one wins
+        label_function_save(rule=rule, user=request.user, expected_version=int(seen) if seen.isdigit() else None)
+    except RuleVersionConflict as exc:
+        return conflict(exc.version)
     messages.info(request, _saved_message(rule, before))
     return redirect("judging:rules", project.slug)
 
