@@ -287,3 +287,50 @@ def test_a_lead_who_demotes_themselves_lands_on_the_project_with_a_message(clien
     response = client.post(url, {"action": "remove", "membership": mine.pk}, follow=True)
     assert response.redirect_chain[-1][0] == reverse("annotations:project_list")
     assert "no longer a member" in response.content.decode()
+
+
+# ------------------------------------------------------------------ the admin's members inline
+
+
+def _admin_members_post(client, project, change):
+    """Post the admin's project form with its members inline as drawn, after ``change(i, membership, data)``
+    edits the inline's row ``i``; returns the response."""
+    path = reverse("admin:annotations_project_change", args=[project.pk])
+    form = client.get(path).context["adminform"].form
+    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
+    data["reject_reasons"] = '["inaccurate", "incomplete", "policy", "tone"]'
+    memberships = list(Membership.objects.filter(project=project).order_by("id"))
+    data.update({"memberships-TOTAL_FORMS": str(len(memberships)), "memberships-INITIAL_FORMS": str(len(memberships)),
+                 "memberships-MIN_NUM_FORMS": "0", "memberships-MAX_NUM_FORMS": "1000"})  # fmt: skip
+    for i, m in enumerate(memberships):
+        data.update({f"memberships-{i}-id": str(m.pk), f"memberships-{i}-project": str(project.pk),
+                     f"memberships-{i}-user": str(m.user_id), f"memberships-{i}-role": m.role})  # fmt: skip
+        change(i, m, data)
+    return client.post(path, data)
+
+
+def test_the_admin_cannot_delete_or_demote_the_only_lead(client, staff, lead, sme, project):
+    from django.contrib.auth.models import Permission
+
+    codenames = ["change_project", "view_project", "change_membership", "delete_membership", "view_membership"]
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client.force_login(staff)
+
+    def delete_lead(i, m, data):
+        if m.user == lead:
+            data[f"memberships-{i}-DELETE"] = "on"
+
+    def demote_lead(i, m, data):
+        if m.user == lead:
+            data[f"memberships-{i}-role"] = "sme"
+
+    def swap_roles(i, m, data):  # the lead becomes an SME and the SME the lead, in one save: allowed
+        data[f"memberships-{i}-role"] = "sme" if m.user == lead else "lead"
+
+    for refused in (delete_lead, demote_lead):
+        response = _admin_members_post(client, project, refused)
+        assert response.status_code == 200, refused.__name__  # the form again, with the error
+        assert "lead is the only lead of the project: add another lead first" in response.content.decode()
+        assert Membership.objects.get(user=lead).role == "lead" and not ProjectChange.objects.exists()
+    assert _admin_members_post(client, project, swap_roles).status_code == 302
+    assert Membership.objects.get(user=lead).role == "sme" and Membership.objects.get(user=sme).role == "lead"
