@@ -335,7 +335,7 @@ def test_a_second_identical_dry_run_reuses_the_compiled_rule(client, project, le
     status, third = dry_run(client, project, **{"keywords-keywords": words + "\nmonth"})
     assert status == 200 and len(compiles) == 2 and third["would_reject"] == 4
     status, fourth = dry_run(client, project, field="prompt", **{"keywords-keywords": words})
-    assert status == 200 and len(compiles) == 3
+    assert status == 200 and len(compiles) == 3 and fourth["compile"]["fresh"]
 
 
 def test_the_compiled_rule_cache_keys_on_params_not_their_order():
