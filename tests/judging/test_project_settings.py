@@ -215,7 +215,7 @@ def test_a_double_click_on_create_account_says_you_just_created_it_and_offers_a_
     )
     dee.user.refresh_from_db()
     assert dee.user.check_password("b-long-pass-5531")
-    assert 'aria-label="New set-password link for dee"' not in client.get(url).content.decode()
+    assert 'aria-label="Issue dee a new link to choose a password"' not in client.get(url).content.decode()
     refused = client.post(url, {"action": "link", "membership": dee.pk}, follow=True)
     assert "has chosen a password already" in refused.content.decode()
     assert ProjectChange.objects.filter(action="link_issue").count() == 1
@@ -237,7 +237,7 @@ def test_no_link_for_an_account_this_project_did_not_create(client, lead, sme, p
     member_add(project=project, login="elsewhere", role="sme", user=lead)
     client.force_login(lead)
     page = client.get(url).content.decode()
-    assert "New set-password link for" not in page
+    assert "a new link to choose a password" not in page
     before = ProjectChange.objects.count()
     for account, reason in (
         (by_hand, "not created on this project"),
@@ -267,7 +267,7 @@ def test_only_leads_issue_links_and_only_by_a_post_with_a_csrf_token(client, lea
     assert strict.post(url, {"action": "link", "membership": membership.pk}).status_code == 403
     client.force_login(lead)
     page = client.get(url).content.decode()  # a GET shows the button, issues nothing
-    assert 'aria-label="New set-password link for fay"' in page and "set-password-link" not in page
+    assert 'aria-label="Issue fay a new link to choose a password"' in page and "set-password-link" not in page
     assert not ProjectChange.objects.filter(action="link_issue").exists()
 
 
