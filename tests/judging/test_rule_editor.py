@@ -341,7 +341,7 @@ def test_a_second_identical_dry_run_reuses_the_compiled_rule(client, project, le
 def test_the_compiled_rule_cache_keys_on_params_not_their_order():
     from judging.label_functions import rule_compiled
 
-    a, fresh_a = rule_compiled("length", {"min": 3, "max": 977, "unit": "chars"})
+    a, _ = rule_compiled("length", {"min": 3, "max": 977, "unit": "chars"})
     b, fresh_b = rule_compiled("length", {"unit": "chars", "max": 977, "min": 3})
     assert b is a and not fresh_b
     c, fresh_c = rule_compiled("length", {"min": 3, "max": 978, "unit": "chars"})
