@@ -185,14 +185,21 @@ def test_the_rules_page_shows_the_table_and_chart(client, lead, outsider, projec
     assert "<svg" in page and "competitor" in page and "0.400" in page and "0.500" in page
 
 
-def _both_past_validation(monkeypatch, parties: int = 2):
-    """Hold every save just after it validated the rule, inside its transaction, until ``parties`` saves are
-    there: then all of them number the next version at once (the race two tabs or two leads can run)."""
+@pytest.fixture
+def racing_rule(project, lead, monkeypatch):
+    """A saved rule (version 1) whose next saves are held just after they validated the rule, inside their
+    transactions, until two are there: then both number the next version at once (the race two tabs or two
+    leads can run)."""
     import threading
 
     from judging import services
 
-    barrier = threading.Barrier(parties, timeout=20)
+    rule = label_function_save(
+        rule=LabelFunction(project=project, name="race", kind="keywords", params={"keywords": ["a"]}, reason="r"),
+        user=lead,
+        regate=False,
+    )
+    barrier = threading.Barrier(2, timeout=20)
     compile_rule = services.rule_set_for
 
     def held(label_functions):
@@ -201,52 +208,40 @@ def _both_past_validation(monkeypatch, parties: int = 2):
         return compiled
 
     monkeypatch.setattr(services, "rule_set_for", held)
+    return rule
 
 
-@pytest.mark.django_db(transaction=True)
-def test_two_saves_at_once_record_two_versions_not_one_number_twice(project, lead, monkeypatch):
+def _save_at_once(rule, user, **options) -> list[BaseException]:
+    """Two saves of ``rule`` at once, each from its own copy opened at its current version, one adding the
+    keyword "b", the other "c"; returns what they raised."""
     from tests.conftest import run_concurrently
-
-    rule = label_function_save(
-        rule=LabelFunction(project=project, name="race", kind="keywords", params={"keywords": ["a"]}, reason="r"),
-        user=lead,
-        regate=False,
-    )
-    _both_past_validation(monkeypatch)
-
-    def save(word):
-        mine = LabelFunction.objects.get(pk=rule.pk)  # each tab's own copy, opened at version 1
-        mine.params = {"keywords": [word]}
-        label_function_save(rule=mine, user=lead, regate=False)
-
-    assert run_concurrently(save, [("b",), ("c",)]) == []
-    versions = list(LabelFunctionVersion.objects.filter(label_function=rule).order_by("version"))
-    assert [v.version for v in versions] == [1, 2, 3]
-    assert versions[2].before == versions[1].after  # the second save numbered after the first, saw its state
-    rule.refresh_from_db()
-    assert rule.version == 3 and rule.params["keywords"] == versions[2].after["params"]["keywords"]
-
-
-@pytest.mark.django_db(transaction=True)
-def test_two_saves_at_once_from_one_opened_version_save_one_and_refuse_the_other(project, lead, monkeypatch):
-    from judging.services import RuleVersionConflict
-    from tests.conftest import run_concurrently
-
-    rule = label_function_save(
-        rule=LabelFunction(project=project, name="race", kind="keywords", params={"keywords": ["a"]}, reason="r"),
-        user=lead,
-        regate=False,
-    )
-    _both_past_validation(monkeypatch)
 
     def save(word):
         mine = LabelFunction.objects.get(pk=rule.pk)
         mine.params = {"keywords": [word]}
-        label_function_save(rule=mine, user=lead, regate=False, expected_version=1)
+        label_function_save(rule=mine, user=user, regate=False, **options)
 
-    errors = run_concurrently(save, [("b",), ("c",)])
+    return run_concurrently(save, [("b",), ("c",)])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_saves_at_once_record_two_versions_not_one_number_twice(racing_rule, lead):
+    assert _save_at_once(racing_rule, lead) == []
+    versions = list(LabelFunctionVersion.objects.filter(label_function=racing_rule).order_by("version"))
+    assert [v.version for v in versions] == [1, 2, 3]
+    assert versions[2].before == versions[1].after  # the second save numbered after the first, saw its state
+    racing_rule.refresh_from_db()
+    assert racing_rule.version == 3 and racing_rule.params["keywords"] == versions[2].after["params"]["keywords"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_saves_at_once_from_one_opened_version_save_one_and_refuse_the_other(racing_rule, lead):
+    from judging.services import RuleVersionConflict
+
+    errors = _save_at_once(racing_rule, lead, expected_version=1)
     assert len(errors) == 1 and isinstance(errors[0], RuleVersionConflict) and errors[0].version == 2
-    assert sorted(LabelFunctionVersion.objects.filter(label_function=rule).values_list("version", flat=True)) == [1, 2]
+    versions = LabelFunctionVersion.objects.filter(label_function=racing_rule).values_list("version", flat=True)
+    assert sorted(versions) == [1, 2]
 
 
 def test_the_database_refuses_a_version_number_recorded_twice(project, lead):
