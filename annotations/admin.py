@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
 
 from annotations.models import (
     Adjudication,
@@ -57,10 +59,38 @@ class OwnsRecordsAdmin(admin.ModelAdmin):
         return deleted, counts, perms_needed - records, protected
 
 
+class MembershipFormSet(BaseInlineFormSet):
+    """The project's members as the admin edits them: a change that would leave a project that has a lead
+    with none (its only lead deleted, demoted or swapped for another account) is refused with a form error,
+    as the settings page refuses it (``project_settings.member_remove``, ``member_add``)."""
+
+    def clean(self):
+        super().clean()
+        if any(self.errors) or self.instance.pk is None:
+            return
+        leads = list(
+            self.instance.memberships.filter(role=Membership.Role.LEAD).values_list("user__username", flat=True)
+        )
+        if not leads:  # a project still without a lead (just created): staff add one when they will
+            return
+        kept = 0
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None)
+            if not data or (self.can_delete and self._should_delete_form(form)):
+                continue
+            kept += data.get("role") == Membership.Role.LEAD and data.get("user") is not None
+        if not kept:
+            raise ValidationError(
+                f"{', '.join(leads)} {'is the only lead' if len(leads) == 1 else 'are the only leads'} of the "
+                "project: add another lead first (or in this same save)."
+            )
+
+
 class MembershipInline(admin.TabularInline):
     """Who may see and review the project (SME), and who also adjudicates (lead)."""
 
     model = Membership
+    formset = MembershipFormSet
     extra = 1
     autocomplete_fields = ("user",)
 

@@ -458,6 +458,7 @@ class ProjectChange(models.Model):
         MEMBER_ROLE = "member_role", "Member's role changed"
         MEMBER_REMOVE = "member_remove", "Member removed"
         ACCOUNT_CREATE = "account_create", "Account created"
+        LINK_ISSUE = "link_issue", "Set-password link issued"
         SETTINGS_EDIT = "settings_edit", "Reasons or guidelines edited"
         RUN_START = "run_start", "Judge run started"
         RUN_CONTROL = "run_control", "Judge run cancelled or resumed"
@@ -469,6 +470,12 @@ class ProjectChange(models.Model):
     changed_at = models.DateTimeField(auto_now_add=True)
     action = models.CharField(max_length=20, choices=Action.choices)
     detail = models.JSONField(default=dict, blank=True)
+    # The account an ``account_create`` made (or a ``link_issue`` gave a link for), by id: a username can be
+    # renamed or reused, and only an account this project's settings page created may be given a new
+    # set-password link from it (``annotations.project_settings.set_password_link``).
+    account = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-changed_at", "-id"]

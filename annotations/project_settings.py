@@ -23,10 +23,13 @@ class SettingsError(ValueError):
     """A change the settings page refuses, with a message for the lead."""
 
 
-def project_change_record(*, project: Project, user, action: str, **detail) -> ProjectChange:
-    """Log one change: a ``ProjectChange`` row (``action`` one of ``ProjectChange.Action``, ``detail`` JSON-able)
-    and an INFO line naming the project, the user's id and the detail."""
-    change = ProjectChange.objects.create(project=project, changed_by=user, action=action, detail=detail)
+def project_change_record(*, project: Project, user, action: str, account=None, **detail) -> ProjectChange:
+    """Log one change: a ``ProjectChange`` row (``action`` one of ``ProjectChange.Action``, ``detail`` JSON-able,
+    ``account`` the account the change made or gave a link for, if any) and an INFO line naming the project,
+    the user's id and the detail."""
+    change = ProjectChange.objects.create(
+        project=project, changed_by=user, action=action, detail=detail, account=account
+    )
     logger.info("project %s: %s by user %s: %s", project.slug, action, getattr(user, "pk", None), detail)
     return change
 
@@ -110,19 +113,104 @@ def account_create(*, project: Project, username: str, email: str, role: str, us
         problems = exc.message_dict if hasattr(exc, "error_dict") else {"email": exc.messages}
         raise SettingsError("; ".join(f"{k}: {' '.join(v)}" for k, v in problems.items())) from None
     taken = SettingsError(f"The username {username!r} is taken: add that account above instead.")
-    if model.objects.filter(username__iexact=username).exists():
-        raise taken
+    existing = model.objects.filter(username__iexact=username).first()
+    if existing is not None:
+        raise _already_created(project, existing, user) or taken
     try:
         with transaction.atomic():
             new = model.objects.create_user(username=username, email=email)  # password None: unusable
             Membership.objects.create(project=project, user=new, role=role)
             project_change_record(
-                project=project, user=user, action=ProjectChange.Action.ACCOUNT_CREATE, member=username, role=role
+                project=project,
+                user=user,
+                action=ProjectChange.Action.ACCOUNT_CREATE,
+                account=new,
+                member=username,
+                role=role,
             )
-    except IntegrityError:  # the same username, created by someone else since the check
-        raise taken from None
-    uid = urlsafe_base64_encode(force_bytes(new.pk))
-    return new, reverse("password_reset_confirm", args=[uid, default_token_generator.make_token(new)])
+    except IntegrityError:  # the same username, created by someone else since the check (or a double click)
+        existing = model.objects.filter(username__iexact=username).first()
+        raise (_already_created(project, existing, user) if existing else None) or taken from None
+    return new, _set_password_path(new)
+
+
+def _set_password_path(account) -> str:
+    """Django's password-reset confirmation page for ``account``: valid ``PASSWORD_RESET_TIMEOUT`` seconds,
+    and only until a password is chosen (the token hashes the password and the last login)."""
+    uid = urlsafe_base64_encode(force_bytes(account.pk))
+    return reverse("password_reset_confirm", args=[uid, default_token_generator.make_token(account)])
+
+
+class AccountJustCreated(SettingsError):
+    """ "Create account" for an account this project's settings page already created and whose owner has not
+    chosen a password yet (a double click, a reload): ``membership`` is theirs, to issue a new link for."""
+
+    def __init__(self, message: str, membership: Membership):
+        super().__init__(message)
+        self.membership = membership
+
+
+def link_refusal(*, project: Project, account, created_here: bool | None = None) -> str:
+    """Why a lead of ``project`` may not get a new set-password link for ``account`` ("" when they may).
+
+    Only for an account this project's settings page created (a ``ProjectChange`` ``account_create`` row
+    naming it by id: ``created_here`` when the caller already knows), active, not staff, never logged in and
+    with no usable password: anything else could hand a lead someone else's account."""
+    if created_here is None:
+        created_here = ProjectChange.objects.filter(
+            project=project, action=ProjectChange.Action.ACCOUNT_CREATE, account=account
+        ).exists()
+    name = account.get_username()
+    if not created_here:
+        return f"{name}'s account was not created on this project's settings page: ask an administrator."
+    if account.has_usable_password() or account.last_login is not None:
+        return f"{name} has chosen a password already: they can reset it themselves from the login page."
+    if not account.is_active or account.is_staff or account.is_superuser:
+        return f"{name}'s account is deactivated or has staff rights: ask an administrator."
+    return ""
+
+
+def _already_created(project: Project, account, user) -> "AccountJustCreated | None":
+    """An AccountJustCreated if ``account`` (whose username "Create account" found taken) is a member this
+    project's settings page created that may still be given a link; else None."""
+    membership = project.memberships.filter(user=account).first()
+    if membership is None or link_refusal(project=project, account=account):
+        return None
+    made = ProjectChange.objects.filter(
+        project=project, action=ProjectChange.Action.ACCOUNT_CREATE, account=account
+    ).select_related("changed_by")[0]
+    by = "you" if made.changed_by_id == getattr(user, "pk", None) else made.changed_by or "another lead"
+    return AccountJustCreated(
+        f"The account {account.get_username()} was just created, by {by} at "
+        f"{made.changed_at:%Y-%m-%d %H:%M} UTC, and has no password yet: issue a new set-password link for it "
+        "below (the earlier link still works until a password is chosen).",
+        membership,
+    )
+
+
+def set_password_link(*, project: Project, membership_id: int, user):
+    """A new set-password link for a member of ``project`` whose account its settings page created and who
+    has not chosen a password yet (``link_refusal``); logged as ``link_issue``.
+
+    Returns ``(account, path)`` as ``account_create`` does. Earlier links stay valid until one is used.
+    Raises SettingsError for no such member, or with ``link_refusal``'s reason."""
+    with transaction.atomic():
+        Project.objects.select_for_update().get(pk=project.pk)
+        membership = project.memberships.select_related("user").filter(pk=membership_id).first()
+        if membership is None:
+            raise SettingsError("No such member: the page may be out of date.")
+        account = membership.user
+        refusal = link_refusal(project=project, account=account)
+        if refusal:
+            raise SettingsError(f"No link issued: {refusal}")
+        project_change_record(
+            project=project,
+            user=user,
+            action=ProjectChange.Action.LINK_ISSUE,
+            account=account,
+            member=account.get_username(),
+        )
+    return account, _set_password_path(account)
 
 
 class SettingsConflict(SettingsError):

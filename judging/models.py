@@ -431,6 +431,11 @@ class LabelFunctionVersion(models.Model):
 
     class Meta:
         ordering = ["-changed_at", "-id"]
+        # One row per version of a rule (``label_function_save`` locks the rule while it numbers the next);
+        # a deleted rule's rows have no label_function and are not compared.
+        constraints = [
+            models.UniqueConstraint(fields=["label_function", "version"], name="label_function_version_once")
+        ]
 
     def __str__(self) -> str:
         return f"{self.after.get('name') or self.before.get('name')} v{self.version} ({self.action})"

@@ -22,10 +22,10 @@ from rest_framework import serializers
 
 from annotations.models import Project
 from annotations.views import get_project_for_lead
-from judging.label_functions import KINDS, validate_params
+from judging.label_functions import KINDS, rule_compiled, validate_params
 from judging.models import LabelFunction
 from judging.selectors import DRY_RUN_MAX_ITEMS, DRY_RUN_SECONDS, label_function_dry_run
-from judging.services import label_function_delete, label_function_save, rule_set_for
+from judging.services import RuleVersionConflict, label_function_delete, label_function_save, rule_set_for
 
 # Below this many SME-labelled rejections the conflict share is flagged as too few to mean much.
 SMALL_N = 10
@@ -177,11 +177,12 @@ def param_errors(kind: str, error: serializers.ValidationError) -> dict[str, lis
     return errors
 
 
-def _rule_from(request: HttpRequest, project: Project, rule: LabelFunction | None, *, compile_rule: bool = True):
-    """``(form, rule, errors)``: the posted form, the rule it describes (unsaved) and ``{input: [messages]}``
-    (empty when the rule may be saved; params validated with ``validate_params``, the whole rule compiled
-    unless ``compile_rule`` is False: the dry run compiles it itself, and compiling 100,000 keywords takes
-    seconds)."""
+def _rule_from(request: HttpRequest, project: Project, rule: LabelFunction | None, *, dry_run: bool = False):
+    """``(form, rule, errors, compiled)``: the posted form, the rule it describes (unsaved),
+    ``{input: [messages]}`` (empty when the rule may be saved; params validated with ``validate_params``,
+    the whole rule compiled) and, for a ``dry_run``, ``(label_functions.CompiledRule, fresh)`` from the
+    process's cache of compiled rules (validating and compiling 100,000 keywords takes seconds; a keystroke
+    in another field must not pay them again), or None when the rule does not compile."""
     form = RuleForm(request.POST, project=project, rule=rule)
     errors = {name: list(messages_) for name, messages_ in form.errors.items()} if not form.is_valid() else {}
     kind = request.POST.get("kind", "")
@@ -191,15 +192,20 @@ def _rule_from(request: HttpRequest, project: Project, rule: LabelFunction | Non
     for name in ("name", "reason", "field", "task_types", "active"):
         if name in form.cleaned_data:
             setattr(rule, name, form.cleaned_data[name])
+    compiled = None
     if kind in KINDS:
         try:
-            rule.params = validate_params(kind, rule.params)
-            if compile_rule and "field" in form.cleaned_data:
-                rule_set_for([rule])
+            if dry_run and "field" in form.cleaned_data and "task_types" in form.cleaned_data:
+                compiled = rule_compiled(kind, rule.params, rule.field, rule.task_types or ())
+                rule.params = compiled[0].params
+            else:
+                rule.params = validate_params(kind, rule.params)
+                if "field" in form.cleaned_data:
+                    rule_set_for([rule])
         except serializers.ValidationError as exc:
             for name, found in param_errors(kind, exc).items():
                 errors.setdefault(name, []).extend(found)
-    return form, rule, errors
+    return form, rule, errors, compiled
 
 
 def _editor(request, project, rule, *, form=None, errors=None, status=200) -> HttpResponse:
@@ -280,7 +286,7 @@ def rule_new(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_lead(request, slug)
     if request.method != "POST":
         return _editor(request, project, LabelFunction(project=project))
-    form, rule, errors = _rule_from(request, project, None)
+    form, rule, errors, _ = _rule_from(request, project, None)
     if errors:
         return _editor(request, project, rule, form=form, errors=errors, status=400)
     label_function_save(rule=rule, user=request.user)
@@ -299,20 +305,28 @@ def rule_edit(request: HttpRequest, slug: str, rule_id: int) -> HttpResponse:
         return _editor(request, project, rule)
     before = rule.version
     seen = request.POST.get("version", "")  # the version the form was opened at (the page's hidden input)
-    form, rule, errors = _rule_from(request, project, rule)
-    if seen and seen != str(before):  # saved meanwhile (another tab, another lead): no silent overwrite
-        latest = rule.versions.select_related("changed_by").first()
+    form, rule, errors, _ = _rule_from(request, project, rule)
+
+    def conflict(version: int) -> HttpResponse:  # saved meanwhile (another tab, another lead)
+        latest = rule.versions.select_related("changed_by").order_by("-version", "-id").first()
         who = latest.changed_by.get_username() if latest and latest.changed_by else "someone"
         form.add_error(
             None,
-            f"Not saved: {who} saved version {before} of this rule after you opened version {seen[:20]}; the "
+            f"Not saved: {who} saved version {version} of this rule after you opened version {seen[:20]}; the "
             "history below shows what changed. Your edits are still in the form: save again to replace "
-            f"version {before} with them.",
+            f"version {version} with them.",
         )
+        rule.version = version  # the form's hidden input: the next save replaces this version
         return _editor(request, project, rule, form=form, errors=errors, status=409)
+
+    if seen and seen != str(before):  # no silent overwrite
+        return conflict(before)
     if errors:
         return _editor(request, project, rule, form=form, errors=errors, status=400)
-    label_function_save(rule=rule, user=request.user)
+    try:  # checked again under the rule's lock: two saves at once from version ``seen``, one wins
+        label_function_save(rule=rule, user=request.user, expected_version=int(seen) if seen.isdigit() else None)
+    except RuleVersionConflict as exc:
+        return conflict(exc.version)
     messages.info(request, _saved_message(rule, before))
     return redirect("judging:rules", project.slug)
 
@@ -359,20 +373,27 @@ def rule_dry_run(request: HttpRequest, slug: str) -> JsonResponse:
     Reads at most ``DRY_RUN_MAX_ITEMS`` items in ``DRY_RUN_SECONDS`` (``selectors.label_function_dry_run``).
     200: ``{"items", "scanned", "complete", "would_reject", "sme": {"accepted", "rejected",
     "n", "share", "interval", "small_n"}, "examples": [{"id", "external_id", "url", "snippet": {"before",
-    "match", "after"}, "sme"}]}``; 400: ``{"errors": {input name: [messages]}}`` for params that
+    "match", "after"}, "sme"}], "compile": {"seconds", "fresh", "over_budget", "note"}}``: the rule is
+    compiled once per kind, params, field and task types in this process (``label_functions.rule_compiled``),
+    ``fresh`` when this request compiled it, ``over_budget`` (with a ``note`` for the lead) when compiling
+    alone took longer than ``DRY_RUN_SECONDS``; 400: ``{"errors": {input name: [messages]}}`` for params that
     do not validate (name and reason are not needed for a dry run).
     """
     project = get_project_for_lead(request, slug)
-    _, rule, errors = _rule_from(request, project, None, compile_rule=False)
+    _, rule, errors, compiled = _rule_from(request, project, None, dry_run=True)
     errors = {k: v for k, v in errors.items() if k not in ("name", "reason", "active")}
-    if errors:
-        return JsonResponse({"errors": errors}, status=400)
-    try:  # compiles the rule, once
-        result = label_function_dry_run(
-            label_function=rule, max_items=DRY_RUN_MAX_ITEMS, seconds=DRY_RUN_SECONDS, examples=5, judge=False
-        )
-    except serializers.ValidationError as exc:
-        return JsonResponse({"errors": param_errors(rule.kind, exc)}, status=400)
+    if errors or compiled is None:
+        return JsonResponse({"errors": errors or {"kind": ["Choose a kind of rule."]}}, status=400)
+    done, fresh = compiled
+    result = label_function_dry_run(
+        label_function=rule,
+        max_items=DRY_RUN_MAX_ITEMS,
+        seconds=DRY_RUN_SECONDS,
+        examples=5,
+        judge=False,
+        rules=done.rules,
+    )
+    over = fresh and done.seconds > DRY_RUN_SECONDS
     n = result["sme_accepted"] + result["sme_rejected"]
     return JsonResponse(
         {
@@ -398,5 +419,16 @@ def rule_dry_run(request: HttpRequest, slug: str) -> JsonResponse:
                 }
                 for e in result["examples"]
             ],
+            "compile": {
+                "seconds": round(done.seconds, 3),
+                "fresh": fresh,
+                "over_budget": over,
+                "note": (
+                    f"Compiling this rule alone took {done.seconds:.1f} s, over the dry run's {DRY_RUN_SECONDS:g} s "
+                    "budget (its items were read after that). Changes to other fields reuse the compiled rule."
+                    if over
+                    else ""
+                ),
+            },
         }
     )

@@ -283,8 +283,12 @@ def label_function_dry_run(
     max_items: int | None = None,
     seconds: float | None = None,
     judge: bool = True,
+    rules=None,
 ) -> dict:
     """What a rule (saved or not, active or not) would reject now, without storing anything.
+
+    ``rules``: the rule already compiled (a one-rule ``RuleSet`` of the label function's kind, params, field
+    and task types, e.g. ``label_functions.rule_compiled``'s); None: compiled here.
 
     Reads the project's items in import order (by id): all of them, or the first ``max_items``, stopping
     early once ``seconds`` (wall clock) have passed. Raises serializers.ValidationError for a rule that
@@ -302,7 +306,7 @@ def label_function_dry_run(
     from judging.services import rule_set_for
 
     project = label_function.project
-    rules = rule_set_for([label_function])
+    rules = rules or rule_set_for([label_function])
     total = project.items.count()
     needed = {"id", "task_type", label_function.field} | ({"prompt"} if label_function.kind == "curt" else set())
     rows = project.items.order_by("pk").values(*sorted(needed))

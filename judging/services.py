@@ -807,17 +807,37 @@ def sme_queue_prioritise(*, project: Project) -> int:
     return added
 
 
+class RuleVersionConflict(Exception):
+    """The rule was saved by someone else after the form being saved was opened: ``version`` is its own now."""
+
+    def __init__(self, version: int):
+        super().__init__(f"the rule is at version {version} now")
+        self.version = version
+
+
 @transaction.atomic
-def label_function_save(*, rule: LabelFunction, user=None, regate: bool = True) -> LabelFunction:
+def label_function_save(
+    *, rule: LabelFunction, user=None, regate: bool = True, expected_version: int | None = None
+) -> LabelFunction:
     """Validate and save a rule, record the change in its history, and re-gate its project in the background.
 
     A save that changes nothing records nothing. With ``regate=False`` the
-    caller re-gates itself (after saving several rules, say). Raises
-    serializers.ValidationError for bad params.
+    caller re-gates itself (after saving several rules, say). ``expected_version``: the version the
+    lead's form was opened at, checked under the rule's row lock (None: not checked). Raises
+    serializers.ValidationError for bad params, RuleVersionConflict (nothing saved) when the stored rule
+    is no longer at ``expected_version``.
     """
     rule.params = validate_params(rule.kind, rule.params)
     rule_set_for([rule])  # the whole rule compiles (field, task types)
-    previous = rule.versions.first() if rule.pk else None
+    previous = None
+    if rule.pk:
+        # Two saves at once (two tabs, two leads) would both read the same last version and record the next
+        # number twice: the second waits here for the first to commit, then numbers after it.
+        stored = LabelFunction.objects.select_for_update().filter(pk=rule.pk).values_list("version", flat=True)
+        stored = stored.first()
+        if expected_version is not None and stored is not None and stored != expected_version:
+            raise RuleVersionConflict(stored)
+        previous = rule.versions.order_by("-version", "-id").first()
     before = previous.after if previous else {}
     after = rule.snapshot()
     if previous and before == after:
@@ -847,10 +867,13 @@ def label_function_delete(*, rule: LabelFunction, user=None) -> None:
     would otherwise store hits of the deleted rule (a foreign-key violation).
     """
     _serialise(rule.project, RULE_HITS_LOCK)
+    if LabelFunction.objects.select_for_update().filter(pk=rule.pk).first() is None:
+        return  # deleted meanwhile (another tab), with its history
+    last = rule.versions.order_by("-version").values_list("version", flat=True).first()
     LabelFunctionVersion.objects.create(
         label_function=rule,
         project=rule.project,
-        version=rule.version + 1,
+        version=max(last or 0, rule.version) + 1,
         action=LabelFunctionVersion.Action.DELETE,
         before=rule.snapshot(),
         changed_by=user,

@@ -11,12 +11,15 @@ from django.shortcuts import redirect, render
 
 from annotations.models import Membership, Project, ProjectChange
 from annotations.project_settings import (
+    AccountJustCreated,
     SettingsConflict,
     SettingsError,
     account_create,
+    link_refusal,
     member_add,
     member_remove,
     project_settings_save,
+    set_password_link,
     settings_fingerprint,
 )
 from annotations.views import form_problems, get_project_for_lead, parse_id
@@ -48,10 +51,40 @@ class ProjectSettingsForm(forms.Form):
     seen = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
 
 
+def _members(project: Project) -> list[Membership]:
+    """The project's memberships, each with ``link_offered``: whether a lead may issue a new set-password
+    link for it (``link_refusal``)."""
+    members = list(project.memberships.select_related("user").order_by("role", "user__username"))
+    created_here = set(
+        ProjectChange.objects.filter(
+            project=project, action=ProjectChange.Action.ACCOUNT_CREATE, account__isnull=False
+        ).values_list("account_id", flat=True)
+    )
+    for membership in members:
+        account = membership.user
+        membership.link_offered = account.pk in created_here and not link_refusal(
+            project=project, account=account, created_here=True
+        )
+    return members
+
+
+def _link_reply(request: HttpRequest, project: Project, account, path: str, *, again: bool) -> HttpResponse:
+    """The page with the set-password link for ``account`` shown once (``again``: a new link, not a new
+    account)."""
+    context = _context(project)
+    context["created"] = {
+        "user": account,
+        "link": request.build_absolute_uri(path),
+        "days": settings.PASSWORD_RESET_TIMEOUT // 86400,
+        "again": again,
+    }
+    return render(request, "judging/project_settings.html", context)
+
+
 def _context(project: Project, **forms_given) -> dict:
     return {
         "project": project,
-        "members": project.memberships.select_related("user").order_by("role", "user__username"),
+        "members": _members(project),
         "add_form": forms_given.get("add_form") or MemberAddForm(auto_id="id_add_%s"),
         "create_form": forms_given.get("create_form") or AccountCreateForm(auto_id="id_new_%s"),
         "settings_form": forms_given.get("settings_form")
@@ -74,10 +107,13 @@ def _context(project: Project, **forms_given) -> dict:
 @login_required
 def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
     """GET: the page. POST ``action``: ``add`` (``login``, ``role``), ``create`` (``username``, ``email``,
-    ``role``: the answer shows the new account's set-password link, once), ``remove`` (``membership``), or
+    ``role``: the answer shows the new account's set-password link, once; a second "create" of an account
+    just created answers 400 offering ``link``), ``link`` (``membership``: a new set-password link for an
+    account this page created whose owner has no password yet, ``link_refusal``), ``remove`` (``membership``), or
     ``edit`` (``reject_reasons`` one a line, ``guidelines``, ``seen``: refused when the settings changed
     since the form was drawn). Leads and staff only: 403 for SMEs, 404 for
-    outsiders. A refused change is said in a message and changes nothing."""
+    outsiders. A refused change is said in a message and changes nothing. A lead who demoted or removed
+    themselves is sent to the project's review page (or the project list), with a message."""
     project = get_project_for_lead(request, slug)
     if request.method != "POST":
         return render(request, "judging/project_settings.html", _context(project))
@@ -94,13 +130,12 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
             if not form.is_valid():
                 raise SettingsError(f"No account created: {form_problems(form)}")
             new, path = account_create(project=project, user=request.user, **form.cleaned_data)
-            context = _context(project)
-            context["created"] = {
-                "user": new,
-                "link": request.build_absolute_uri(path),
-                "days": settings.PASSWORD_RESET_TIMEOUT // 86400,
-            }
-            return render(request, "judging/project_settings.html", context)
+            return _link_reply(request, project, new, path, again=False)
+        elif action == "link":
+            account, path = set_password_link(
+                project=project, membership_id=parse_id(request.POST.get("membership"), "member"), user=request.user
+            )
+            return _link_reply(request, project, account, path, again=True)
         elif action == "remove":
             name = member_remove(
                 project=project, membership_id=parse_id(request.POST.get("membership"), "member"), user=request.user
@@ -119,9 +154,13 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
             )
             messages.info(request, f"Saved: {', '.join(changed).replace('_', ' ')}." if changed else "No change.")
         else:
-            raise SettingsError(f"Unknown action {action[:40]!r}: add, create, remove or edit.")
+            raise SettingsError(f"Unknown action {action[:40]!r}: add, create, remove, link or edit.")
     except (SettingsError, ValueError) as exc:
         messages.error(request, str(exc))
+        if isinstance(exc, AccountJustCreated):  # a double click: offer the link, not the form again
+            context = _context(project)
+            context["just_created"] = exc.membership
+            return render(request, "judging/project_settings.html", context, status=400)
         posted = request.POST.copy()
         if isinstance(exc, SettingsConflict):  # the form again, now drawn over the current settings
             project.refresh_from_db()
@@ -135,4 +174,11 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
             return render(
                 request, "judging/project_settings.html", _context(project, **{bound[0]: bound[1]()}), status=400
             )
+    if action in ("add", "remove") and not project.is_lead(request.user):
+        # The lead demoted or removed themselves: this page is no longer theirs (it would answer 403).
+        if project.memberships.filter(user=request.user).exists():
+            messages.info(request, f"You are no longer a lead of {project.name}: the settings page is for its leads.")
+            return redirect("annotations:review", project.slug)
+        messages.info(request, f"You are no longer a member of {project.name}.")
+        return redirect("annotations:project_list")
     return redirect("judging:project_settings", project.slug)

@@ -58,7 +58,8 @@
         ? "of all " + count(data.items) + " items"
         : "in the first " + count(data.scanned) + " of " + count(data.items) +
           " items (by import order; the rest not read)";
-      status.textContent = "Would reject " + count(data.would_reject) + " " + where + ".";
+      status.textContent = "Would reject " + count(data.would_reject) + " " + where + "." +
+        (data.compile && data.compile.note ? " " + data.compile.note : "");
       var s = data.sme;
       if (s.n) {
         var line = "Of these, SMEs accepted " + s.accepted + " and rejected " + s.rejected + " (n = " + s.n +

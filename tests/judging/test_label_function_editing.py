@@ -183,3 +183,74 @@ def test_the_rules_page_shows_the_table_and_chart(client, lead, outsider, projec
     client.force_login(lead)
     page = client.get(url).content.decode()
     assert "<svg" in page and "competitor" in page and "0.400" in page and "0.500" in page
+
+
+@pytest.fixture
+def racing_rule(project, lead, monkeypatch):
+    """A saved rule (version 1) whose next saves are held just after they validated the rule, inside their
+    transactions, until two are there: then both number the next version at once (the race two tabs or two
+    leads can run)."""
+    import threading
+
+    from judging import services
+
+    rule = label_function_save(
+        rule=LabelFunction(project=project, name="race", kind="keywords", params={"keywords": ["a"]}, reason="r"),
+        user=lead,
+        regate=False,
+    )
+    barrier = threading.Barrier(2, timeout=20)
+    compile_rule = services.rule_set_for
+
+    def held(label_functions):
+        compiled = compile_rule(label_functions)
+        barrier.wait()
+        return compiled
+
+    monkeypatch.setattr(services, "rule_set_for", held)
+    return rule
+
+
+def _save_at_once(rule, user, **options) -> list[BaseException]:
+    """Two saves of ``rule`` at once, each from its own copy opened at its current version, one adding the
+    keyword "b", the other "c"; returns what they raised."""
+    from tests.conftest import run_concurrently
+
+    def save(word):
+        mine = LabelFunction.objects.get(pk=rule.pk)
+        mine.params = {"keywords": [word]}
+        label_function_save(rule=mine, user=user, regate=False, **options)
+
+    return run_concurrently(save, [("b",), ("c",)])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_saves_at_once_record_two_versions_not_one_number_twice(racing_rule, lead):
+    assert _save_at_once(racing_rule, lead) == []
+    versions = list(LabelFunctionVersion.objects.filter(label_function=racing_rule).order_by("version"))
+    assert [v.version for v in versions] == [1, 2, 3]
+    assert versions[2].before == versions[1].after  # the second save numbered after the first, saw its state
+    racing_rule.refresh_from_db()
+    assert racing_rule.version == 3 and racing_rule.params["keywords"] == versions[2].after["params"]["keywords"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_saves_at_once_from_one_opened_version_save_one_and_refuse_the_other(racing_rule, lead):
+    from judging.services import RuleVersionConflict
+
+    errors = _save_at_once(racing_rule, lead, expected_version=1)
+    assert len(errors) == 1 and isinstance(errors[0], RuleVersionConflict) and errors[0].version == 2
+    versions = LabelFunctionVersion.objects.filter(label_function=racing_rule).values_list("version", flat=True)
+    assert sorted(versions) == [1, 2]
+
+
+def test_the_database_refuses_a_version_number_recorded_twice(project, lead):
+    from django.db import IntegrityError, transaction
+
+    rule = label_function_save(
+        rule=LabelFunction(project=project, name="once", kind="keywords", params={"keywords": ["a"]}, reason="r"),
+        user=lead,
+        regate=False,
+    )
+    with pytest.raises(IntegrityError), transaction.atomic():
+        LabelFunctionVersion.objects.create(label_function=rule, project=project, version=1, action="update")

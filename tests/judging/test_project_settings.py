@@ -181,3 +181,156 @@ def test_member_names_are_escaped(client, lead, project, url):
     client.force_login(lead)
     page = client.get(url).content.decode()
     assert "<script>alert" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+
+
+# ------------------------------------------------------------------ a new set-password link
+
+
+def test_a_double_click_on_create_account_says_you_just_created_it_and_offers_a_new_link(client, lead, project, url):
+    client.force_login(lead)
+    data = {"action": "create", "username": "dee", "email": "dee@example.org", "role": "sme"}
+    first = client.post(url, data).context["created"]["link"]
+    second = client.post(url, data)
+    page = second.content.decode()
+    assert second.status_code == 400 and "is taken" not in page and first not in page
+    assert "was just created, by you" in page
+    dee = Membership.objects.get(project=project, user__username="dee")
+    assert f'name="membership" value="{dee.pk}"' in page and 'value="link"' in page
+    again = client.post(url, {"action": "link", "membership": dee.pk})
+    assert again.status_code == 200 and again.context["created"]["again"]
+    link = again.context["created"]["link"]
+    assert link in again.content.decode()  # (the same as the first within the same second: tokens are by time)
+    change = ProjectChange.objects.first()
+    assert (change.action, change.changed_by, change.account, change.detail) == (
+        "link_issue",
+        lead,
+        dee.user,
+        {"member": "dee"},
+    )
+    # The new link sets the password; afterwards no link is offered or issued for dee.
+    dee_client = Client()
+    form = dee_client.get(link, follow=True)
+    dee_client.post(
+        form.redirect_chain[-1][0], {"new_password1": "b-long-pass-5531", "new_password2": "b-long-pass-5531"}
+    )
+    dee.user.refresh_from_db()
+    assert dee.user.check_password("b-long-pass-5531")
+    assert 'aria-label="Issue dee a new link to choose a password"' not in client.get(url).content.decode()
+    refused = client.post(url, {"action": "link", "membership": dee.pk}, follow=True)
+    assert "has chosen a password already" in refused.content.decode()
+    assert ProjectChange.objects.filter(action="link_issue").count() == 1
+
+
+def test_no_link_for_an_account_this_project_did_not_create(client, lead, sme, project, url):
+    from annotations.models import Project
+    from annotations.project_settings import account_create
+
+    other = Project.objects.create(slug="other", name="Other")
+    Membership.objects.create(project=other, user=lead, role="lead")
+    # Accounts without a password: one made by hand, one made on another project's settings page, and one
+    # made here but since given staff rights. A lead of this project gets a link for none of them.
+    by_hand = get_user_model().objects.create_user("hand")
+    elsewhere, _ = account_create(project=other, username="elsewhere", email="e@example.org", role="sme", user=lead)
+    staffed, _ = account_create(project=project, username="staffed", email="s@example.org", role="sme", user=lead)
+    get_user_model().objects.filter(pk=staffed.pk).update(is_staff=True)
+    member_add(project=project, login="hand", role="sme", user=lead)
+    member_add(project=project, login="elsewhere", role="sme", user=lead)
+    client.force_login(lead)
+    page = client.get(url).content.decode()
+    assert "a new link to choose a password" not in page
+    before = ProjectChange.objects.count()
+    for account, reason in (
+        (by_hand, "not created on this project"),
+        (elsewhere, "not created on this project"),
+        (staffed, "staff rights"),
+    ):
+        membership = Membership.objects.get(project=project, user=account)
+        response = client.post(url, {"action": "link", "membership": membership.pk}, follow=True)
+        assert reason in response.content.decode() and "set-password-link" not in response.content.decode()
+    # A member of another project, by its membership id: not a member here.
+    theirs = Membership.objects.get(project=other, user=elsewhere)
+    assert (
+        "No such member" in client.post(url, {"action": "link", "membership": theirs.pk}, follow=True).content.decode()
+    )
+    assert ProjectChange.objects.count() == before
+
+
+def test_only_leads_issue_links_and_only_by_a_post_with_a_csrf_token(client, lead, sme, project, url):
+    from annotations.project_settings import account_create
+
+    new, _ = account_create(project=project, username="fay", email="f@example.org", role="sme", user=lead)
+    membership = Membership.objects.get(user=new)
+    client.force_login(sme)
+    assert client.post(url, {"action": "link", "membership": membership.pk}).status_code == 403
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(lead)
+    assert strict.post(url, {"action": "link", "membership": membership.pk}).status_code == 403
+    client.force_login(lead)
+    page = client.get(url).content.decode()  # a GET shows the button, issues nothing
+    assert 'aria-label="Issue fay a new link to choose a password"' in page and "set-password-link" not in page
+    assert not ProjectChange.objects.filter(action="link_issue").exists()
+
+
+def test_a_lead_who_demotes_themselves_lands_on_the_project_with_a_message(client, lead, sme, project, url):
+    client.force_login(lead)
+    client.post(url, {"action": "add", "login": "sme", "role": "lead"})
+    response = client.post(url, {"action": "add", "login": "lead", "role": "sme"}, follow=True)
+    assert response.status_code == 200
+    assert response.redirect_chain[-1][0] == reverse("annotations:review", args=[project.slug])
+    assert "no longer a lead" in response.content.decode()
+    assert Membership.objects.get(user=lead).role == "sme"
+    # Removed altogether (by the other lead's hand here), a lead who removes themselves lands on the project list.
+    client.force_login(sme)
+    client.post(url, {"action": "add", "login": "lead", "role": "lead"})
+    client.force_login(lead)
+    mine = Membership.objects.get(user=lead)
+    response = client.post(url, {"action": "remove", "membership": mine.pk}, follow=True)
+    assert response.redirect_chain[-1][0] == reverse("annotations:project_list")
+    assert "no longer a member" in response.content.decode()
+
+
+# ------------------------------------------------------------------ the admin's members inline
+
+
+def _admin_members_post(client, project, change):
+    """Post the admin's project form with its members inline as drawn, after ``change(i, membership, data)``
+    edits the inline's row ``i``; returns the response."""
+    path = reverse("admin:annotations_project_change", args=[project.pk])
+    form = client.get(path).context["adminform"].form
+    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
+    data["reject_reasons"] = '["inaccurate", "incomplete", "policy", "tone"]'
+    memberships = list(Membership.objects.filter(project=project).order_by("id"))
+    data.update({"memberships-TOTAL_FORMS": str(len(memberships)), "memberships-INITIAL_FORMS": str(len(memberships)),
+                 "memberships-MIN_NUM_FORMS": "0", "memberships-MAX_NUM_FORMS": "1000"})  # fmt: skip
+    for i, m in enumerate(memberships):
+        data.update({f"memberships-{i}-id": str(m.pk), f"memberships-{i}-project": str(project.pk),
+                     f"memberships-{i}-user": str(m.user_id), f"memberships-{i}-role": m.role})  # fmt: skip
+        change(i, m, data)
+    return client.post(path, data)
+
+
+def test_the_admin_cannot_delete_or_demote_the_only_lead(client, staff, lead, sme, project):
+    from django.contrib.auth.models import Permission
+
+    codenames = ["change_project", "view_project", "change_membership", "delete_membership", "view_membership"]
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client.force_login(staff)
+
+    def delete_lead(i, m, data):
+        if m.user == lead:
+            data[f"memberships-{i}-DELETE"] = "on"
+
+    def demote_lead(i, m, data):
+        if m.user == lead:
+            data[f"memberships-{i}-role"] = "sme"
+
+    def swap_roles(i, m, data):  # the lead becomes an SME and the SME the lead, in one save: allowed
+        data[f"memberships-{i}-role"] = "sme" if m.user == lead else "lead"
+
+    for refused in (delete_lead, demote_lead):
+        response = _admin_members_post(client, project, refused)
+        assert response.status_code == 200, refused.__name__  # the form again, with the error
+        assert "lead is the only lead of the project: add another lead first" in response.content.decode()
+        assert Membership.objects.get(user=lead).role == "lead" and not ProjectChange.objects.exists()
+    assert _admin_members_post(client, project, swap_roles).status_code == 302
+    assert Membership.objects.get(user=lead).role == "sme" and Membership.objects.get(user=sme).role == "lead"

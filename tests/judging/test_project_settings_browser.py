@@ -123,3 +123,29 @@ def test_a_lead_edits_reasons_starts_a_run_and_regates_by_keyboard(live_server, 
     expect(page.locator(".message")).to_contain_text("Re-gating queued")
     actions = list(ProjectChange.objects.order_by("id").values_list("action", flat=True))
     assert actions == ["settings_edit", "run_start", "regate"]
+
+
+def test_a_lead_who_lost_the_link_issues_a_new_one_by_keyboard_and_it_works(live_server, page, browser, project, lead):
+    from annotations.project_settings import account_create
+
+    account_create(project=project, username="cai", email="cai@example.org", role="sme", user=lead)  # link lost
+    log_in(page, live_server, "lead", "lead-pass-123")
+    page.goto(f"{live_server.url}/projects/{project.slug}/settings/")
+    expect(page.get_by_role("button", name="Issue sme a new link to choose a password")).to_have_count(0)
+    again = page.get_by_role("button", name="Issue cai a new link to choose a password")
+    again.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="A new link for cai to choose a password")).to_be_visible()
+    set_password = page.get_by_label("Set-password link").input_value()
+    expect(page.locator("table.changes tbody tr").first).to_contain_text("Set-password link issued")
+    context = browser.new_context()
+    cai = context.new_page()
+    try:
+        cai.goto(set_password)
+        cai.locator("#id_new_password1").fill("c-long-new-pass-902")
+        cai.locator("#id_new_password2").fill("c-long-new-pass-902")
+        cai.locator("#id_new_password2").press("Enter")
+        expect(cai.get_by_text("Your password has been set")).to_be_visible()
+    finally:
+        context.close()
+    assert get_user_model().objects.get(username="cai").check_password("c-long-new-pass-902")

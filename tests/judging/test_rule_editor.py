@@ -301,3 +301,48 @@ def test_switching_on_a_rule_whose_stored_params_no_longer_validate_says_why(cli
     assert "Rule &#x27;old&#x27; was not changed: pattern: RE2 cannot compile" in response.content.decode()
     rule.refresh_from_db()
     assert not rule.active and not LabelFunctionVersion.objects.exists()
+
+
+def test_a_second_identical_dry_run_reuses_the_compiled_rule(client, project, lead, items, monkeypatch):
+    import uuid
+
+    from judging import label_functions, rule_views
+
+    compiles = []
+    real_init = label_functions.RuleSet.__init__
+
+    def counted(self, rules):
+        compiles.append(1)
+        real_init(self, rules)
+
+    monkeypatch.setattr(label_functions.RuleSet, "__init__", counted)
+    monkeypatch.setattr(rule_views, "DRY_RUN_SECONDS", 0.0)  # any compile is over a budget of 0 s
+    client.force_login(lead)
+    words = f"Dropbox\nOneDrive\nunseen-{uuid.uuid4().hex}"  # a rule no other test compiled in this process
+    status, first = dry_run(client, project, **{"keywords-keywords": words})
+    assert status == 200 and len(compiles) == 1 and first["would_reject"] == 3
+    assert first["compile"]["fresh"] and first["compile"]["over_budget"]
+    assert (
+        "Compiling this rule alone took" in first["compile"]["note"]
+        and "over the dry run's 0 s" in first["compile"]["note"]
+    )
+    # Typing in the name, the reason, or reordering nothing: the same rule, not compiled again.
+    status, second = dry_run(client, project, name="typed", reason="more", **{"keywords-keywords": words})
+    assert status == 200 and len(compiles) == 1 and second["would_reject"] == 3
+    assert not second["compile"]["fresh"] and not second["compile"]["over_budget"] and second["compile"]["note"] == ""
+    assert second["examples"] == first["examples"]
+    # Another keyword, or another field: compiled anew.
+    status, third = dry_run(client, project, **{"keywords-keywords": words + "\nmonth"})
+    assert status == 200 and len(compiles) == 2 and third["would_reject"] == 4
+    status, fourth = dry_run(client, project, field="prompt", **{"keywords-keywords": words})
+    assert status == 200 and len(compiles) == 3 and fourth["compile"]["fresh"]
+
+
+def test_the_compiled_rule_cache_keys_on_params_not_their_order():
+    from judging.label_functions import rule_compiled
+
+    a, _ = rule_compiled("length", {"min": 3, "max": 977, "unit": "chars"})
+    b, fresh_b = rule_compiled("length", {"unit": "chars", "max": 977, "min": 3})
+    assert b is a and not fresh_b
+    c, fresh_c = rule_compiled("length", {"min": 3, "max": 978, "unit": "chars"})
+    assert c is not a and fresh_c and c.params["max"] == 978
