@@ -15,7 +15,7 @@ from annotations.models import (
     SampleDraw,
 )
 from annotations.project_settings import project_change_record
-from annotations.queue import slots_sync
+from annotations.queue import in_sme_queue, slots_sync
 from annotations.services import (
     ReviewError,
     adjudicate,
@@ -165,16 +165,40 @@ class ReviewChangeInline(admin.TabularInline):
         return False
 
 
+class QueuedFilter(admin.SimpleListFilter):
+    """By "in the SME queue": whether the item has slots (``annotations.queue.in_sme_queue``)."""
+
+    title = "in SME queue"
+    parameter_name = "in_sme_queue"
+
+    def lookups(self, request, model_admin):
+        return [("1", "Yes"), ("0", "No")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "1":
+            return queryset.filter(in_sme_queue())
+        if self.value() == "0":
+            return queryset.exclude(in_sme_queue())
+        return queryset
+
+
 @admin.register(Item)
 class ItemAdmin(OwnsRecordsAdmin):
     """Items are imported, never added or rewritten here: their text is what the SMEs and the judge saw."""
 
     list_display = ("external_id", "project", "source_model", "task_type", "in_sme_queue")
-    list_filter = ("project", "in_sme_queue", "task_type")
+    list_filter = ("project", QueuedFilter, "task_type")
     search_fields = ("external_id", "prompt", "response")
     list_select_related = ("project",)
     show_full_result_count = False
     inlines = [ReviewChangeInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(queued=in_sme_queue())
+
+    @admin.display(boolean=True, description="in SME queue", ordering="queued")
+    def in_sme_queue(self, item) -> bool:
+        return item.queued
 
     def has_add_permission(self, request) -> bool:
         return False

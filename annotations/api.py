@@ -11,10 +11,12 @@ for SMEs, who review blind). Lists are cursor-paginated (``?cursor=``,
 import datetime
 
 import django_filters
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Prefetch, Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
@@ -26,10 +28,19 @@ from rest_framework.views import APIView
 
 from annotations.importers import FORMATS, ImportFormatError, detect_format, import_items
 from annotations.models import Decision, Item, Project, Review, SampleDraw, SampleMembership, validate_reject_reasons
-from annotations.sampling import DEFAULT_UNIFORM_SHARE, STRATA_FIELDS, SamplingError, draws_for, sample_draw
+from annotations.queue import in_sme_queue
+from annotations.sampling import (
+    DEFAULT_UNIFORM_SHARE,
+    STRATA_FIELDS,
+    SamplingError,
+    draws_for,
+    sample_draw,
+    sample_draw_later,
+)
 from annotations.selectors import projects_for
 from annotations.services import items_imported
 from judging.gate import Basis, Outcome  # the gate's vocabulary; judging.gate imports no app
+from larry_web.http import prefers_async
 
 PROJECT_SLUG = OpenApiParameter("project_slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")
 SLUG = OpenApiParameter("slug", OpenApiTypes.STR, OpenApiParameter.PATH, description="Project slug")
@@ -169,6 +180,7 @@ class ItemSerializer(serializers.ModelSerializer):
         "none; a veto shows in gate_reasons"
     )
     gate_reasons = serializers.SerializerMethodField(help_text="the reasons of the label functions that vetoed it")
+    in_sme_queue = serializers.BooleanField(read_only=True, help_text="whether the item is in the SME queue")
     answers_item = serializers.PrimaryKeyRelatedField(
         source="answers",
         read_only=True,
@@ -242,7 +254,7 @@ class ItemFilter(django_filters.FilterSet):
     external_id = django_filters.CharFilter(strip=False)
     source_model = django_filters.CharFilter()
     task_type = django_filters.CharFilter()
-    in_sme_queue = django_filters.BooleanFilter()
+    in_sme_queue = django_filters.BooleanFilter(method="filter_in_sme_queue")
     gate_outcome = django_filters.ChoiceFilter(choices=Outcome.choices, method="filter_gate_outcome")
     created_after = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
@@ -250,6 +262,10 @@ class ItemFilter(django_filters.FilterSet):
     class Meta:
         model = Item
         fields = ["external_id", "source_model", "task_type", "in_sme_queue", "gate_outcome"]
+
+    def filter_in_sme_queue(self, queryset, name, value):
+        """Queued items are those with slots (``annotations.queue.in_sme_queue``)."""
+        return queryset.filter(in_sme_queue()) if value else queryset.exclude(in_sme_queue())
 
     def filter_gate_outcome(self, queryset, name, value):
         """``pending`` also takes items not gated yet (the gate's rule 4: no review, no verdict)."""
@@ -271,7 +287,8 @@ class ItemViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScope
 
     def scoped_queryset(self, project: Project):
         answers = Prefetch("answered_by", queryset=Item.objects.only("id", "answers_id"))
-        return Item.objects.filter(project=project).select_related("gate_decision").prefetch_related(answers)
+        items = Item.objects.filter(project=project).annotate(in_sme_queue=in_sme_queue())
+        return items.select_related("gate_decision").prefetch_related(answers)
 
 
 class ReviewSerializer(serializers.ModelSerializer):
@@ -411,6 +428,10 @@ class SampleDrawOutput(serializers.ModelSerializer):
             "population",
             "created_by",
             "created_at",
+            "status",
+            "error",
+            "started_at",
+            "finished_at",
         ]
 
 
@@ -425,16 +446,55 @@ class SampleDrawApi(APIView):
         project = project_for_api(request, slug)
         return Response(SampleDrawOutput(draws_for(project), many=True).data)
 
-    @extend_schema(request=SampleDrawInput, responses={201: SampleDrawOutput}, summary="Draw items for the SMEs")
+    @extend_schema(
+        request=SampleDrawInput,
+        parameters=[
+            OpenApiParameter(
+                "Prefer",
+                location=OpenApiParameter.HEADER,
+                required=False,
+                description="``respond-async``: answer 202 at once, whatever the size",
+            )
+        ],
+        responses={201: SampleDrawOutput, 202: SampleDrawOutput},
+        summary="Draw items for the SMEs",
+    )
     def post(self, request, slug: str) -> Response:
+        """201 with the draw made; or 202 Accepted with the draw ``queued`` and a ``Location`` to poll
+        (``GET .../samples/<id>/``) when the client sends ``Prefer: respond-async`` (then also
+        ``Preference-Applied: respond-async``) or asks for more than ``LARRY_SAMPLE_INLINE_MAX_ITEMS`` items."""
         project = project_for_api(request, slug)
         data = SampleDrawInput(data=request.data)
         data.is_valid(raise_exception=True)
+        asked = prefers_async(request)
+        later = asked or data.validated_data["size"] > settings.LARRY_SAMPLE_INLINE_MAX_ITEMS
         try:
-            draw = sample_draw(project=project, user=request.user, **data.validated_data)
+            draw = (sample_draw_later if later else sample_draw)(
+                project=project, user=request.user, **data.validated_data
+            )
         except SamplingError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        return Response(SampleDrawOutput(draw).data, status=status.HTTP_201_CREATED)
+        if not later:
+            return Response(SampleDrawOutput(draw).data, status=status.HTTP_201_CREATED)
+        draw.refresh_from_db()  # made already when tasks run in the caller (no broker, outside a web process)
+        where = request.build_absolute_uri(reverse("annotations:api_sample", args=[project.slug, draw.pk]))
+        response = Response(SampleDrawOutput(draw).data, status=status.HTTP_202_ACCEPTED, headers={"Location": where})
+        if asked:
+            response["Preference-Applied"] = "respond-async"
+        return response
+
+
+@extend_schema(tags=["sampling"], parameters=[SLUG])
+class SampleDrawDetailApi(APIView):
+    """One recorded draw (leads and staff): poll a draw made in the background until its ``status`` is ``done``
+    (every item queued) or ``failed`` (``error`` says why; nothing of it was recorded). 404 for a draw of
+    another project."""
+
+    @extend_schema(responses={200: SampleDrawOutput}, summary="One sample draw, with its status")
+    def get(self, request, slug: str, draw_id: int) -> Response:
+        project = project_for_api(request, slug)
+        draw = get_object_or_404(SampleDraw.objects.select_related("created_by"), project=project, pk=draw_id)
+        return Response(SampleDrawOutput(draw).data)
 
 
 class SampleMemberSerializer(serializers.ModelSerializer):

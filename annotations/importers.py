@@ -628,14 +628,12 @@ def _store_copy(project: Project, batch: list[_Row], pks: list[int] | None = Non
             if not new:
                 return 0, 0
             now = timezone.now()
-            columns = ", ".join(
-                ("id", "project_id", "external_id", *TEXT_FIELDS, "metadata", "in_sme_queue", "priority")
-            )
+            columns = ", ".join(("id", "project_id", "external_id", *TEXT_FIELDS, "metadata", "priority"))
             with cursor.copy(f"COPY {items} ({columns}, created_at) FROM STDIN") as copy:
                 for pk, row in zip(pks, new, strict=True):
                     f = row.fields
                     texts = (f["external_id"], *(f[n] for n in TEXT_FIELDS), row.metadata_json)
-                    copy.write_row((pk, project.pk, *texts, False, 0, now))
+                    copy.write_row((pk, project.pk, *texts, 0, now))
             origin = Review.Origin.IMPORT.value
             labelled = [(pk, row.label) for pk, row in zip(pks, new, strict=True) if row.label]
             if labelled:
@@ -671,9 +669,8 @@ def _store_upsert(project: Project, batch: list[_Row]) -> tuple[int, int]:
         cursor.execute(
             f"""
             WITH new AS (
-                INSERT INTO {items} (project_id, external_id, {text_columns}, metadata, in_sme_queue, priority,
-                                     created_at)
-                SELECT %s, external_id, {text_columns}, metadata, false, 0, now()
+                INSERT INTO {items} (project_id, external_id, {text_columns}, metadata, priority, created_at)
+                SELECT %s, external_id, {text_columns}, metadata, 0, now()
                 FROM larry_import_batch ORDER BY pos
                 ON CONFLICT (project_id, external_id) DO NOTHING
                 RETURNING id, external_id
@@ -853,7 +850,6 @@ ITEM_KEY_COLUMNS = (
     "id",
     "project_id",
     "external_id",
-    "in_sme_queue",
     "priority",
     "task_type",
     "source_model",

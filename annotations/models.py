@@ -159,7 +159,8 @@ class Item(models.Model):
     source_model = models.CharField(max_length=200, blank=True)
     task_type = models.CharField(max_length=200, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
-    in_sme_queue = models.BooleanField(default=False, db_index=True)
+    # No "in the SME queue" column: an item is queued when it has slots (annotations.queue.in_sme_queue), so queueing
+    # writes slots only, never the item row with its indexes (the full-text one included).
     priority = models.FloatField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -407,6 +408,12 @@ class SampleDraw(models.Model):
         PROPORTIONAL = "proportional", "Proportional"
         EQUAL = "equal", "Equal"
 
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="sample_draws")
     design = models.CharField(max_length=10, choices=Design.choices)
     strata = models.CharField(max_length=20, blank=True)
@@ -418,12 +425,19 @@ class SampleDraw(models.Model):
     population = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
+    # A draw made in the background (``annotations.sampling.sample_draw_later``) is queued, then running, then
+    # done (its items recorded and queued, in one transaction) or failed (nothing of it recorded; ``error`` says
+    # why). A draw made in the request is done when it is saved.
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.DONE)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
 
     def __str__(self) -> str:
-        return f"draw {self.pk}: {self.design} {self.drawn}/{self.size} (seed {self.seed})"
+        return f"draw {self.pk}: {self.design} {self.drawn}/{self.size} (seed {self.seed}, {self.status})"
 
 
 class SampleMembership(models.Model):

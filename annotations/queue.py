@@ -1,6 +1,7 @@
 """The SME review queue: slots, leases, hand-out with SKIP LOCKED.
 
-A queued item has ``project.reviews_per_item`` slots. ``next_item`` hands an
+A queued item has ``project.reviews_per_item`` slots; having slots is what
+"queued" means (``in_sme_queue``). ``next_item`` hands an
 SME a free slot: on PostgreSQL the candidate row is taken with
 ``SELECT ... FOR UPDATE SKIP LOCKED``, so two SMEs asking at the same moment
 get different slots without waiting on each other; the lease is written in
@@ -17,7 +18,8 @@ import time
 from datetime import datetime
 
 from django.db import connections, transaction
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Exists, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotations.models import Item, Project, Review, Slot
@@ -25,54 +27,75 @@ from annotations.models import Item, Project, Review, Slot
 BATCH = 2000
 
 
-def queue_add(*, project: Project, item_ids: list[int]) -> int:
-    """Queue items for SME review: mark them queued and open their slots. Returns how many were newly queued.
+def in_sme_queue(item: str = "pk") -> Exists:
+    """The condition "in the SME queue" for the item ``OuterRef(item)``: it has slots (done or open).
 
-    A prompt without a response (it "needs a response") is never queued: an SME would have nothing to review."""
+    Queue membership lives on the slots only, so queueing writes no item row (an item update touched every
+    index of the row, the full-text one included). Use it in ``filter``/``exclude`` on items
+    (``in_sme_queue()``) or on rows pointing at an item (``in_sme_queue("item_id")``), or annotate it. Served by the
+    ``slot_by_item_reviewer`` index (item first).
+    """
+    return Exists(Slot.objects.filter(item_id=OuterRef(item)))
+
+
+def queue_add(*, project: Project, item_ids: list[int]) -> int:
+    """Queue items for SME review: open ``reviews_per_item`` slots for each not queued yet, one done per review
+    it already has (an imported label). Returns how many were newly queued.
+
+    A prompt without a response (it "needs a response") is never queued: an SME would have nothing to review.
+    Items of other projects and ids that do not exist are ignored. One ``INSERT ... SELECT`` per ``BATCH``
+    items (plus a Python pass for the rare item with more reviews than slots wanted).
+    """
+    want = project.reviews_per_item
     added = 0
     with transaction.atomic():
         for start in range(0, len(item_ids), BATCH):
             chunk = item_ids[start : start + BATCH]
-            unqueued = Item.objects.filter(project=project, pk__in=chunk, in_sme_queue=False).exclude(response="")
-            added += unqueued.update(in_sme_queue=True)
-        slots_sync(project=project, item_ids=item_ids)
+            fresh = Item.objects.filter(project=project, pk__in=chunk).exclude(response="").exclude(in_sme_queue())
+            added += _slots_open(want, fresh)
+            # Items with more reviews than wanted slots get one more done slot per review (as slots_sync does).
+            queued_now = Item.objects.filter(project=project, pk__in=chunk).filter(in_sme_queue())
+            _slots_adjust(project, want, _with_reviews(queued_now).filter(n_reviews__gt=want))
     return added
 
 
 def slots_sync(*, project: Project, item_ids: list[int] | None = None) -> None:
-    """Give every queued item ``reviews_per_item`` slots, with one done per existing review.
+    """Give every queued item (one with slots) ``max(reviews_per_item, reviews)`` slots, one done per review.
 
-    Run after queueing items, importing labels, or changing ``reviews_per_item``
-    (extra open slots are removed when it goes down; done ones are kept).
-    Items with neither slots nor reviews (what a fresh sample queues) get theirs in one
-    ``INSERT ... SELECT`` per ``BATCH`` items; only items with slots or reviews are counted in Python.
+    Run after importing labels or changing ``reviews_per_item`` (extra open slots are removed when it goes
+    down; done ones are kept, and a queued item always keeps one slot at least). ``queue_add`` queues items.
     """
     want = project.reviews_per_item
     chunks = [None] if item_ids is None else [item_ids[i : i + BATCH] for i in range(0, len(item_ids), BATCH)]
     with transaction.atomic():
         for chunk in chunks:
-            items = Item.objects.filter(project=project, in_sme_queue=True).exclude(response="")
+            items = Item.objects.filter(project=project).filter(in_sme_queue())
             if chunk is not None:
                 items = items.filter(pk__in=chunk)
-            slots = Slot.objects.filter(item=OuterRef("pk"))
-            reviews = Review.objects.filter(item=OuterRef("pk"))
-            _slots_adjust(project, want, items.filter(Exists(slots) | Exists(reviews)))
-            _slots_open(want, items.exclude(Exists(slots)).exclude(Exists(reviews)))
+            _slots_adjust(project, want, items)
 
 
-def _slots_open(want: int, items) -> None:
-    """``want`` open slots for each of ``items`` (none of which has slots or reviews), in one statement."""
+def _slots_open(want: int, items) -> int:
+    """``want`` slots for each of ``items`` (none of which has slots), the first ``reviews`` of them done (an item
+    with more reviews than ``want`` gets ``want`` done ones here), in one statement. Returns how many items."""
     if want < 1:
-        return
-    sql, params = items.values_list("id", "project_id", "priority").query.sql_with_params()
+        return 0
+    sql, params = _with_reviews(items).values_list("id", "project_id", "priority", "n_reviews").query.sql_with_params()
     copies = " UNION ALL ".join(f"SELECT {n} AS n" for n in range(want))
     table = Slot._meta.db_table
     with connections[Slot.objects.db].cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (item_id, project_id, priority, done) "
-            f"SELECT i.id, i.project_id, i.priority, %s FROM ({sql}) i CROSS JOIN ({copies}) k",
-            [False, *params],
+            f"SELECT i.id, i.project_id, i.priority, k.n < i.n_reviews FROM ({sql}) i CROSS JOIN ({copies}) k",
+            params,
         )
+        return cursor.rowcount // want
+
+
+def _with_reviews(items):
+    """``items`` annotated with ``n_reviews``, how many reviews each has (a correlated count, no join)."""
+    reviews = Review.objects.filter(item=OuterRef("pk")).order_by().values("item")
+    return items.annotate(n_reviews=Coalesce(Subquery(reviews.annotate(n=Count("*")).values("n")), 0))
 
 
 def _slots_adjust(project: Project, want: int, items) -> None:

@@ -9,7 +9,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from annotations.models import Adjudication, Decision, ImportJob, Item, Project, Review, ReviewChange, Skip, Slot
-from annotations.queue import serialise_leases, slots_sync
+from annotations.queue import in_sme_queue, serialise_leases, slots_sync
 
 MAX_TEXT = 100_000
 
@@ -123,8 +123,8 @@ def sample_for_review(*, project: Project, n: int | None = None, fraction: float
         raise ValueError(f"n must be >= 0, got {n}")
     from annotations.sampling import sample_draw
 
-    already = with_response.filter(in_sme_queue=True).count()
-    if n - already <= 0 or not with_response.filter(in_sme_queue=False).exists():
+    already = with_response.filter(in_sme_queue()).count()
+    if n - already <= 0 or not with_response.exclude(in_sme_queue()).exists():
         return 0
     return sample_draw(project=project, size=n - already, design="uniform", seed=seed).drawn
 

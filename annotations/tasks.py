@@ -1,10 +1,12 @@
-"""Celery tasks of the annotations app: imports uploaded in the browser. Tasks take ids and re-fetch."""
+"""Celery tasks of the annotations app: imports uploaded in the browser, sample draws made in the background.
+Tasks take ids and re-fetch."""
 
 from celery import shared_task
 from django.utils import timezone
 
 from annotations.importers import import_items
 from annotations.models import ImportJob
+from annotations.sampling import sample_draw_run
 from annotations.services import items_imported
 
 
@@ -57,3 +59,10 @@ def run_import_job(job_id: int) -> None:
     )
     if report.created:
         items_imported(job.project_id)
+
+
+@shared_task(acks_late=True)
+def run_sample_draw(draw_id: int) -> None:
+    """Make a draw recorded by ``annotations.sampling.sample_draw_later`` (``sample_draw_run``): done with every
+    item queued, or failed with the error and nothing recorded. A draw already done or failed is left alone."""
+    sample_draw_run(draw_id)

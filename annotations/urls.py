@@ -21,4 +21,5 @@ urlpatterns = [
     path("projects/<slug:slug>/samples/", views.sample_draw_form, name="sample_draw"),
     path("api/projects/<slug:slug>/import/", api.ImportItemsApi.as_view(), name="api_import"),
     path("api/projects/<slug:slug>/samples/", api.SampleDrawApi.as_view(), name="api_samples"),
+    path("api/projects/<slug:slug>/samples/<int:draw_id>/", api.SampleDrawDetailApi.as_view(), name="api_sample"),
 ]

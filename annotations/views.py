@@ -6,6 +6,7 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -19,7 +20,7 @@ from rest_framework.authtoken.models import Token
 from annotations import queue
 from annotations.importers import ImportFormatError
 from annotations.models import ImportJob, Item, Membership, Project, Review, ReviewChange, SampleDraw
-from annotations.sampling import DEFAULT_UNIFORM_SHARE, STRATA_FIELDS, SamplingError, sample_draw
+from annotations.sampling import DEFAULT_UNIFORM_SHARE, STRATA_FIELDS, SamplingError, sample_draw, sample_draw_later
 from annotations.selectors import (
     agreement_report,
     disagreement_filter_choices,
@@ -529,18 +530,30 @@ class SampleDrawForm(forms.Form):
 @login_required
 @require_POST
 def sample_draw_form(request: HttpRequest, slug: str) -> HttpResponse:
-    """Draw items for the SMEs by a recorded design (leads and staff); back to the project page with the outcome."""
+    """Draw items for the SMEs by a recorded design (leads and staff); back to the project page with the outcome.
+
+    A draw of more than ``LARRY_SAMPLE_INLINE_MAX_ITEMS`` items is made in the background
+    (``sample_draw_later``): the page lists it as queued or running and refreshes the table until it is done."""
     project = get_project_for_lead(request, slug)
     form = SampleDrawForm(request.POST)
     if not form.is_valid():
         messages.error(request, f"No items drawn: {form_problems(form)}")
         return redirect(project)
+    later = form.cleaned_data["size"] > settings.LARRY_SAMPLE_INLINE_MAX_ITEMS
     try:
-        draw = sample_draw(
+        draw = (sample_draw_later if later else sample_draw)(
             project=project, user=request.user, **{**form.cleaned_data, "strata": form.cleaned_data["strata"] or None}
         )
     except SamplingError as exc:
         messages.error(request, f"No items drawn: {exc}")
+        return redirect(project)
+    draw.refresh_from_db()  # a background draw is made already when tasks run in the caller
+    if draw.status != SampleDraw.Status.DONE:
+        messages.success(
+            request,
+            f"Draw {draw.pk} ({draw.get_design_display()}, seed {draw.seed}) of {draw.size} items is being made in "
+            "the background: the table of draws shows when its items are in the SME queue.",
+        )
         return redirect(project)
     messages.success(
         request,

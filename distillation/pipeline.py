@@ -14,7 +14,7 @@ from django.utils.text import slugify
 
 from annotations.importers import detect_format, given_id, import_items, iter_records
 from annotations.models import Decision, Project
-from annotations.queue import queue_add
+from annotations.queue import in_sme_queue, queue_add
 from annotations.selectors import ground_truth
 from annotations.services import prior_labels_import, sample_for_review
 from distillation.export import iter_chat_jsonl
@@ -141,7 +141,7 @@ def run_main_job(
         )
     sample_for_review(project=project, fraction=fraction, seed=seed)
     labels = read_labels(data)
-    queued = set(project.items.filter(in_sme_queue=True).values_list("external_id", flat=True))
+    queued = set(project.items.filter(in_sme_queue()).values_list("external_id", flat=True))
     sme_labels = {ext: label for ext, label in labels.items() if ext in queued}
     held_back = {ext: label for ext, label in labels.items() if ext not in queued}
     prior_labels_import(project=project, labels=sme_labels)

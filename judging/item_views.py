@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_htmx.http import push_url
 
+from annotations.queue import in_sme_queue
 from annotations.views import get_project_for_lead, parse_id
 from judging.items import (
     BULK_MAX,
@@ -154,7 +155,7 @@ def item_detail(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
     """One item: its text, the gate's outcome and why, reviews and their history, every run's verdict, rule
     hits with the rule's version, sample draws and training sets."""
     project = get_project_for_lead(request, slug)
-    item = get_object_or_404(project.items.all(), pk=item_id)
+    item = get_object_or_404(project.items.annotate(in_sme_queue=in_sme_queue()), pk=item_id)
     # Back to the list as the lead left it: the query string is ours to put after our own path, nothing else.
     back = reverse("judging:items", args=[project.slug]) + "?" + request.GET.get("back", "")[:2000]
     context = {"project": project, "item": item, **item_story(item), "back": back}

@@ -40,7 +40,7 @@ from annotations.models import (
     ReviewChange,
     SampleDraw,
 )
-from annotations.queue import queue_add
+from annotations.queue import in_sme_queue, queue_add
 from annotations.sampling import sample_draw
 from annotations.selectors import ground_truth
 from judging import gate
@@ -230,7 +230,7 @@ def items_filtered(project: Project, filters: dict, run_id: int | None, *, sort:
     elif basis:
         items = items.filter(gate_decision__basis=Basis.SME if basis == "sme" else Basis.NONE)
     if filters.get("queued"):
-        items = items.filter(in_sme_queue=filters["queued"] == "yes")
+        items = items.filter(in_sme_queue()) if filters["queued"] == "yes" else items.exclude(in_sme_queue())
     verdict = filters.get("verdict")
     if verdict == "none":
         # NOT EXISTS, which PostgreSQL plans as an anti-join (a LEFT JOIN's IS NULL here it does not).
@@ -341,7 +341,8 @@ def items_page(items: QuerySet, *, sort: str, after: str | None = None, before: 
     order = [f"{'-' if desc != backwards else ''}{name}" for name, desc in keys]
     rows = list(
         items.order_by(*order).values(
-            "id", "external_id", "task_type", "source_model", "in_sme_queue",
+            "id", "external_id", "task_type", "source_model",
+            in_sme_queue=in_sme_queue(),
             prompt_head=Left("prompt", 160),
             response_head=Left("response", 240),
             outcome=F("gate_decision__outcome"),
@@ -457,7 +458,8 @@ def items_bulk_act(
                 record.draw, record.population, record.queued = draw, draw.population, draw.drawn
             else:
                 accepted = list(
-                    items.filter(pk__in=ids, gate_decision__outcome=Outcome.ACCEPT, in_sme_queue=False)
+                    items.filter(pk__in=ids, gate_decision__outcome=Outcome.ACCEPT)
+                    .exclude(in_sme_queue())
                     .order_by("pk")
                     .values_list("pk", flat=True)
                 )

@@ -11,6 +11,7 @@ from django.db.models import Count, Max, Prefetch, Q
 from django.utils import timezone
 
 from annotations.models import Adjudication, Project, Review, ReviewChange
+from annotations.queue import in_sme_queue
 from annotations.selectors import ground_truth
 from annotations.statistics import cohen_kappa_bootstrap_ci, wilson_interval
 from judging import gate
@@ -142,7 +143,7 @@ def funnel(project: Project) -> dict:
     failed = set(verdicts.filter(verdict="").values_list("item_id", flat=True)) if run_ids else set()
     return {
         "imported": imported,
-        "sme_queued": items.filter(in_sme_queue=True).count(),
+        "sme_queued": items.filter(in_sme_queue()).count(),
         "sme_reviewed": len(ground_truth(project=project)),
         "judged": len(judged),
         "judge_errors": len(failed - judged),
@@ -572,7 +573,7 @@ def run_errors(run: JudgeRun) -> dict:
     pending = errors.filter(
         Q(item__gate_decision__outcome=GateDecision.Outcome.PENDING) | Q(item__gate_decision__isnull=True)
     )
-    unqueued = pending.filter(item__in_sme_queue=False).count()
+    unqueued = pending.exclude(in_sme_queue("item_id")).count()
     transient = sum(counts.get(value, 0) for value in Verdict.TRANSIENT)
     return {"by_class": by_class, "transient": transient, "unqueued": unqueued}
 
@@ -698,7 +699,7 @@ def policy_report(project: Project) -> dict:
     sme = decisions.aggregate(
         by_sme=Count("id", filter=Q(basis=Basis.SME)),
         pending=Count("id", filter=Q(outcome=Outcome.PENDING)),
-        queued=Count("id", filter=Q(outcome=Outcome.PENDING, item__in_sme_queue=True)),
+        queued=Count("id", filter=Q(in_sme_queue("item_id"), outcome=Outcome.PENDING)),
     )
     report = {
         "policy": policy,
@@ -996,7 +997,7 @@ def certificate_held_back(certification: Certification) -> dict:
         return {"applied": False, "pending": implied, "queued": None, "statement": applied["statement"]}
     rows = GateDecision.objects.filter(
         item__project_id=certification.project_id, outcome=GateDecision.Outcome.PENDING
-    ).values_list("reasons", "item__in_sme_queue")
+    ).values_list("reasons", in_sme_queue("item_id"))
     held = [queued for reasons, queued in rows.iterator(chunk_size=2000) if gate.CERTIFICATE_REASON in (reasons or [])]
     return {"applied": True, "pending": len(held), "queued": sum(held), "statement": ""}
 

@@ -15,7 +15,7 @@ from django.db.models.functions import Greatest, Now
 from django.utils import timezone
 
 from annotations.models import Item, Project
-from annotations.queue import queue_add
+from annotations.queue import in_sme_queue, queue_add
 from annotations.selectors import ground_truth
 from judging import backends, calibration, certify, gate, prompts
 from judging.backends import JudgeResult
@@ -770,8 +770,10 @@ def sme_queue_prioritise(*, project: Project) -> int:
 
     certain = policy_certainty(project, policy=policy)
     run_ids = [tier.run_id for tier in policy.tiers.all()]
-    rows = project.items.filter(gate_decision__outcome=GateDecision.Outcome.PENDING).values_list(
-        "id", "priority", "in_sme_queue", "gate_decision__reasons"
+    rows = (
+        project.items.filter(gate_decision__outcome=GateDecision.Outcome.PENDING)
+        .annotate(in_sme_queue=in_sme_queue())
+        .values_list("id", "priority", "in_sme_queue", "gate_decision__reasons")
     )
     pending, held_back = [], set()
     for item_id, priority, queued, reasons in rows:

@@ -75,6 +75,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     for run in runs:
         run.in_policy = run.pk in in_policy
     certification = certification_current(project)
+    draws = draws_for(project)[:10]
     context = {
         "project": project,
         "funnel": figures,
@@ -87,7 +88,8 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         ),
         "rules": project.label_functions.annotate(n_hits=Count("hits")),
         "sample_form": SampleDrawForm(),
-        "draws": draws_for(project)[:10],
+        "draws": draws,
+        "draws_running": any(draw.status in ("queued", "running") for draw in draws),
         "estimate": accepted_set_precision(project),
         "certification": certification,
         "certification_since": certification_staleness(certification) if certification else None,

@@ -13,6 +13,7 @@
 | LARRY_TRUSTED_PROXIES | 0 | 1 behind one reverse proxy |
 | LARRY_MEDIA_ROOT | ``media/`` in the project folder | a volume shared by web and worker |
 | LARRY_IMPORT_MAX_FIELD_BYTES | 1048576 (1 MiB) | the same |
+| LARRY_SAMPLE_INLINE_MAX_ITEMS | 20000 | the same |
 | LARRY_LOGIN_FAILURE_LIMIT, LARRY_LOGIN_LOCKOUT_S | 10 failures, 900 s | the same |
 
 Values are parsed strictly: a malformed boolean or integer stops start-up with
@@ -376,6 +377,10 @@ if LARRY_JUDGE_LEASE_S >= _VISIBILITY_TIMEOUT:
 LARRY_IMPORT_MAX_FIELD_BYTES = env_int("LARRY_IMPORT_MAX_FIELD_BYTES", 1_048_576)
 if LARRY_IMPORT_MAX_FIELD_BYTES < 1024:
     raise ImproperlyConfigured(f"LARRY_IMPORT_MAX_FIELD_BYTES={LARRY_IMPORT_MAX_FIELD_BYTES} is below 1024")
+
+# Sample draws (POST .../samples/): a draw of more items than this is made in the background (202 Accepted, a
+# Celery task or the web process's background thread), as is any whose client sends ``Prefer: respond-async``.
+LARRY_SAMPLE_INLINE_MAX_ITEMS = env_int_at_least("LARRY_SAMPLE_INLINE_MAX_ITEMS", 20_000, 1)
 
 LOGGING = {
     "version": 1,

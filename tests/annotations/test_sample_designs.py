@@ -9,7 +9,8 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
-from annotations.models import Item, Project, SampleDraw, SampleMembership
+from annotations.models import Item, Project, SampleDraw, SampleMembership, Slot
+from annotations.queue import in_sme_queue, queue_add
 from annotations.sampling import SamplingError, _systematic, pps_inclusion, sample_draw
 from annotations.services import sample_for_review
 from judging.models import GateDecision, JudgeRun, Verdict
@@ -27,7 +28,7 @@ def test_a_uniform_draw_records_n_over_N_and_queues_the_items(project, lead):
     assert (draw.drawn, draw.population, draw.created_by) == (10, 40, lead)
     assert {m.inclusion_probability for m in got.values()} == {0.25}
     assert all(m.uniform_slice for m in got.values())
-    assert set(project.items.filter(in_sme_queue=True).values_list("id", flat=True)) == set(got)
+    assert set(project.items.filter(in_sme_queue()).values_list("id", flat=True)) == set(got)
     # The next draw comes from the 30 items left, with its own probability.
     second = sample_draw(project=project, size=10, design="uniform", seed=3)
     assert second.population == 30 and not set(members(second)) & set(got)
@@ -46,7 +47,7 @@ def test_the_same_seed_draws_the_same_items_and_the_old_sampler_is_recorded_too(
 
 
 def forget_draws(project) -> None:
-    project.items.update(in_sme_queue=False)
+    Slot.objects.filter(project=project).delete()
     SampleDraw.objects.filter(project=project).delete()
 
 
@@ -56,7 +57,7 @@ def test_items_queued_for_other_reasons_stay_drawable_and_no_item_is_drawn_twice
     make_items(project, [f"answer {i}" for i in range(40)])
     first = set(members(sample_draw(project=project, size=10, design="uniform", seed=1)))
     held_back = list(project.items.exclude(pk__in=first).values_list("pk", flat=True)[:20])
-    project.items.filter(pk__in=held_back).update(in_sme_queue=True)
+    queue_add(project=project, item_ids=held_back)
     second = sample_draw(project=project, size=30, design="uniform", seed=2)
     assert second.population == 30 and second.drawn == 30
     chosen = set(members(second))
@@ -89,18 +90,17 @@ def test_prompts_without_a_response_are_in_no_draws_frame_nor_in_the_queue(proje
         Item.objects.create(project=project, external_id=f"p{i}", prompt=f"P{i}?", response="", task_type="t")
     draw = sample_draw(project=project, size=12, design=design, seed=0, **options)
     assert (draw.population, draw.drawn) == (6, 6)
-    assert not project.items.filter(response="", in_sme_queue=True).exists()
+    assert not project.items.filter(in_sme_queue(), response="").exists()
     assert not Item.objects.filter(response="", slots__isnull=False).exists()
     assert all(m.item.response for m in draw.members.select_related("item"))
 
 
 def test_queueing_a_prompt_without_a_response_queues_nothing(project):
-    from annotations.queue import queue_add
 
     prompt_only = Item.objects.create(project=project, external_id="p", prompt="P?", response="")
     answered = Item.objects.create(project=project, external_id="r", prompt="Q?", response="A.")
     assert queue_add(project=project, item_ids=[prompt_only.pk, answered.pk]) == 1
-    assert list(project.items.filter(in_sme_queue=True)) == [answered]
+    assert list(project.items.filter(in_sme_queue())) == [answered]
     # sample_for_review's fraction is of the items with a response.
     forget_draws(project)
     assert sample_for_review(project=project, fraction=1.0, seed=0) == 1
@@ -153,7 +153,7 @@ def test_a_confidence_weighted_draw_favours_the_items_the_policy_is_least_sure_o
         for i, item in enumerate(items)
     )
     use_run(run, user=lead)  # by the verdict alone, so no item is pending (pending items go to the SMEs by themselves)
-    assert not project.items.filter(in_sme_queue=True).exists()
+    assert not project.items.filter(in_sme_queue()).exists()
     draw = sample_draw(project=project, size=20, design="confidence", seed=5, uniform_share=0.25, user=lead)
     got = members(draw)
     assert draw.drawn == 20 and sum(m.uniform_slice for m in got.values()) == 5

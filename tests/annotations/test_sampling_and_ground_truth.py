@@ -4,6 +4,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from annotations.models import Review, SampleDraw, Slot
+from annotations.queue import in_sme_queue
 from annotations.selectors import ground_truth
 from annotations.services import sample_for_review
 from tests.conftest import make_items
@@ -11,13 +12,12 @@ from tests.conftest import make_items
 
 def unqueue(project):
     """Forget the queue and the draws: a fresh start for the next draw."""
-    project.items.update(in_sme_queue=False)
     Slot.objects.filter(project=project).delete()
     SampleDraw.objects.filter(project=project).delete()
 
 
 def queued(project):
-    return set(project.items.filter(in_sme_queue=True).values_list("external_id", flat=True))
+    return set(project.items.filter(in_sme_queue()).values_list("external_id", flat=True))
 
 
 def test_the_same_seed_gives_the_same_sample(project):

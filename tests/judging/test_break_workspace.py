@@ -10,6 +10,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotations.models import Item, Membership, Project, ProjectChange, SampleDraw
+from annotations.queue import in_sme_queue
 from judging.models import ItemBulkAction, LabelFunction, LabelFunctionVersion
 from judging.services import label_function_save
 from tests.judging.test_items_list import build_story
@@ -110,8 +111,7 @@ def test_an_item_of_another_project_cannot_be_queued_through_this_one(client, pr
     client.force_login(lead)
     response = client.post(bulk_url(project), {"action": "queue", "item": [str(foreign.pk)]}, follow=True)
     assert "Nothing done: no items selected" in response.content.decode()
-    foreign.refresh_from_db()
-    assert not foreign.in_sme_queue
+    assert not Item.objects.filter(in_sme_queue(), pk=foreign.pk).exists()
 
 
 def test_two_bulk_queues_of_the_same_items_queue_them_once(client, project, story, lead):

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from annotations.models import Item, Review, Slot
-from annotations.queue import next_item
+from annotations.queue import in_sme_queue, next_item
 from judging import gate
 from judging.models import GateDecision, JudgeEndpoint, JudgeRun, Verdict
 from judging.selectors import gating_policy, policy_certainty
@@ -122,7 +122,7 @@ def test_a_two_tier_cascade_sends_the_big_judge_only_what_baby_larry_escalates(
     # What neither tier is sure of is pending, queued for the SMEs, least certain first.
     pending = [i for i, d in decisions.items() if d.outcome == gate.Outcome.PENDING]
     assert pending and all(i not in set(labelled) for i in pending)
-    assert set(Item.objects.filter(pk__in=pending, in_sme_queue=True).values_list("pk", flat=True)) == set(pending)
+    assert set(Item.objects.filter(in_sme_queue(), pk__in=pending).values_list("pk", flat=True)) == set(pending)
     certainty = policy_certainty(project, policy=gating_policy(project))
     slots = Slot.objects.filter(item_id__in=pending, done=False).order_by("-priority", "id")
     order = list(slots.values_list("item_id", flat=True))

@@ -9,7 +9,7 @@ from django.db.models import F
 from rest_framework.authtoken.models import Token
 
 from annotations.models import Item, Review, SampleMembership, Slot
-from annotations.queue import next_item
+from annotations.queue import in_sme_queue, next_item
 from annotations.selectors import ground_truth
 from annotations.services import adjudicate, adjudication_delete
 from distillation.models import TrainingSet
@@ -222,13 +222,13 @@ def test_judge_accepts_the_certificate_holds_back_go_to_the_sme_queue_least_cert
     _, p, _, index = build(
         project, lead, n_items=300, size=150, seed=7, labels=np.where(p_drawn >= 0.7, "accept", "reject")
     )
-    queued_before = set(Item.objects.filter(in_sme_queue=True).values_list("id", flat=True))
+    queued_before = set(Item.objects.filter(in_sme_queue()).values_list("id", flat=True))
     with caplog.at_level(logging.INFO, logger="judging.services"):
         with django_capture_on_commit_callbacks(execute=True):
             made = certification_set(project=project, target=0.8, delta=0.1, user=lead)
     held = set(GateDecision.objects.filter(outcome="pending").values_list("item_id", flat=True))
     assert held and all(p[index[i]] < made.threshold for i in held) and not held & queued_before
-    rows = {item.pk: item for item in Item.objects.filter(pk__in=held)}
+    rows = {item.pk: item for item in Item.objects.filter(pk__in=held).annotate(in_sme_queue=in_sme_queue())}
     assert all(item.in_sme_queue for item in rows.values())
     for i, item in rows.items():  # 1 - the judge's certainty in its accept: the least certain come first
         assert item.priority == pytest.approx(1 - p[index[i]])

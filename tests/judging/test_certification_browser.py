@@ -7,6 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from annotations.models import Review, SampleDraw, SampleMembership
+from annotations.queue import in_sme_queue
 from judging.estimate import accepted_set_precision
 from judging.models import Certification, GateDecision, JudgeRun
 from tests.browser import log_in
@@ -74,7 +75,7 @@ def test_a_lead_draws_uniform_confidence_weighted_and_audit_samples(live_server,
 
     # An audit of the accepted set: only accepted items not yet queued, n/N each.
     accepted = set(
-        GateDecision.objects.filter(outcome="accept", item__in_sme_queue=False).values_list("item", flat=True)
+        GateDecision.objects.filter(outcome="accept").exclude(in_sme_queue("item_id")).values_list("item", flat=True)
     )
     form.get_by_label("Design").select_option("audit")
     form.get_by_label("Size").fill("10")

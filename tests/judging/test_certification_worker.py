@@ -19,7 +19,7 @@ import requests
 from rest_framework.authtoken.models import Token
 
 from annotations.models import Item, SampleMembership
-from annotations.queue import next_item
+from annotations.queue import in_sme_queue, next_item
 from annotations.selectors import ground_truth
 from annotations.services import review_submit
 from distillation.models import TrainingSet
@@ -186,7 +186,7 @@ def test_designs_estimate_certificate_and_snapshot_over_rest_with_a_real_worker(
     assert all(rows[pk].outcome == "pending" and rows[pk].reasons == [gate.CERTIFICATE_REASON] for pk in held)
     assert all(rows[pk].outcome == "accept" for pk in certified)
     # ... and the held-back items went to the SME queue, the least certain first.
-    queued = dict(Item.objects.filter(pk__in=held).values_list("id", "in_sme_queue"))
+    queued = dict(Item.objects.filter(pk__in=held).values_list("id", in_sme_queue()))
     assert all(queued.values())
     first = next_item(project=project, reviewer=sme).pk  # calibration may tie items: any of the least certain
     assert first in held and p_accept[first] == min(p_accept[pk] for pk in held)

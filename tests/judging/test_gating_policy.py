@@ -5,6 +5,7 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
 from annotations.models import Review, Slot
+from annotations.queue import in_sme_queue
 from judging import gate
 from judging.models import GateDecision, GatingPolicyChange, JudgeRun, RegateRequest, Verdict
 from judging.selectors import gating_policy
@@ -145,7 +146,7 @@ def test_pending_items_reach_the_sme_queue_least_certain_first(
         gating_policy_set(project=project, tiers=[(small, 0.9)], user=lead)
     pending = project.items.filter(gate_decision__outcome="pending")
     assert set(pending.values_list("response", flat=True)) == {"answer 4", "answer 5", "answer 6", "answer 7"}
-    assert all(pending.values_list("in_sme_queue", flat=True))
+    assert all(pending.annotate(q=in_sme_queue()).values_list("q", flat=True))
     order = list(pending.order_by("-priority", "id").values_list("response", "priority"))
     assert [r for r, _ in order] == ["answer 6", "answer 5", "answer 7", "answer 4"]
     assert [round(p, 2) for _, p in order] == [1.0, 0.55, 0.3, 0.15]

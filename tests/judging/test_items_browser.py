@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from annotations.models import Item
+from annotations.queue import in_sme_queue
 from judging.models import ItemBulkAction
 from judging.services import gate_apply
 from tests.browser import log_in
@@ -92,7 +93,7 @@ def test_a_lead_ticks_items_by_keyboard_and_queues_them_for_smes(live_server, pa
     page.get_by_role("button", name="Queue for SMEs").click()
     expect(page.locator(".message")).to_contain_text("Queued 2 of 2 items for SME review")
     expect(page).to_have_url(f"{live_server.url}/projects/{project.slug}/items/?outcome=reject")
-    queued = set(Item.objects.filter(in_sme_queue=True).values_list("external_id", flat=True))
+    queued = set(Item.objects.filter(in_sme_queue()).values_list("external_id", flat=True))
     assert queued == {"vetoed", "sme-rej"}  # the first and third rows, newest first
     action = ItemBulkAction.objects.get()
     assert (action.created_by, action.filters, action.queued) == (lead, {"outcome": "reject"}, 2)

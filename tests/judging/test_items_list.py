@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotations.models import ImportJob, Item, Membership, Project, Review, ReviewChange, SampleDraw
+from annotations.queue import in_sme_queue, queue_add
 from distillation.models import TrainingSet, TrainingSetRow
 from judging.items import count_capped, items_filtered, items_page
 from judging.models import ItemBulkAction, JudgeRun, LabelFunction, Verdict
@@ -93,7 +94,7 @@ def test_an_outsider_gets_404_and_an_sme_403_on_every_items_page(client, project
         for method, url in pages:
             assert getattr(client, method)(url, {"action": "queue", "item": [item.pk]}).status_code == status, url
     assert not ItemBulkAction.objects.exists()
-    assert not Item.objects.filter(in_sme_queue=True).exists()
+    assert not Item.objects.filter(in_sme_queue()).exists()
     client.logout()
     assert client.get(list_url(project)).status_code == 302  # to the log-in page
 
@@ -160,7 +161,7 @@ def test_rule_reviewer_queue_and_import_filters(client, project, story, lead, sm
     assert ids(client.get(list_url(project, reviewer=sme.pk))) == ["sme-rej", "sme-acc"]
     Review.objects.create(item=story["items"]["pending"], decision="accept", origin="import")
     assert ids(client.get(list_url(project, reviewer="imported"))) == ["pending"]
-    Item.objects.filter(external_id="judge-rej").update(in_sme_queue=True)
+    queue_add(project=project, item_ids=[story["items"]["judge-rej"].pk])
     assert ids(client.get(list_url(project, queued="yes"))) == ["judge-rej"]
     # An import: the items created while it ran.
     job = ImportJob.objects.create(
@@ -258,7 +259,7 @@ def test_queue_the_ticked_items_for_smes_and_log_it(client, project, story, lead
     )
     assert response.status_code == 302 and "outcome=pending" in response["Location"]
     # Only the ticked items the filter still matches: judge-rej is not pending.
-    assert list(Item.objects.filter(in_sme_queue=True).values_list("external_id", flat=True)) == ["pending"]
+    assert list(Item.objects.filter(in_sme_queue()).values_list("external_id", flat=True)) == ["pending"]
     action = ItemBulkAction.objects.get()
     assert (action.action, action.matched, action.queued, action.created_by) == ("queue", 1, 1, lead)
     assert action.filters == {"outcome": "pending"} and action.item_ids == picked
@@ -269,7 +270,7 @@ def test_queue_every_filtered_item(client, project, story, lead):
     client.force_login(lead)
     client.post(reverse("judging:items_bulk", args=[project.slug]), {"action": "queue", "scope": "filtered",
                                                                      "basis": "judge"})  # fmt: skip
-    assert set(Item.objects.filter(in_sme_queue=True).values_list("external_id", flat=True)) == {
+    assert set(Item.objects.filter(in_sme_queue()).values_list("external_id", flat=True)) == {
         "hostile", "vetoed", "judge-rej", "judge-acc",
     }  # fmt: skip
     page = client.get(list_url(project)).content.decode()
@@ -289,7 +290,7 @@ def test_an_audit_sample_of_a_filtered_slice_draws_only_its_accepted_items(clien
                 {"action": "audit", "scope": "filtered", "source_model": "big", "size": "5", "seed": "3"})  # fmt: skip
     action = ItemBulkAction.objects.get()
     assert (action.population, action.queued, action.size, action.seed, action.draw) == (1, 1, 5, 3, None)
-    assert list(Item.objects.filter(in_sme_queue=True).values_list("external_id", flat=True)) == ["judge-acc"]
+    assert list(Item.objects.filter(in_sme_queue()).values_list("external_id", flat=True)) == ["judge-acc"]
     assert not SampleDraw.objects.exists()  # a slice is not a recorded design
 
 

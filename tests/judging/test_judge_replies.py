@@ -7,6 +7,7 @@ import pytest
 from django.urls import reverse
 
 from annotations.models import Slot
+from annotations.queue import in_sme_queue
 from distillation.export import iter_chat_jsonl
 from judging.models import GateDecision, Verdict
 from judging.replies import VerdictParseError, parse_verdict, read_reply
@@ -134,11 +135,11 @@ def test_the_run_page_counts_errors_by_class_and_one_action_queues_them_for_smes
     for label, n in (("invalid reply", 2), ("truncated reply", 1), ("refusal", 1), ("server error (5xx)", 1)):
         assert f'<td>{label}</td><td class="num">{n}</td>' in page, label
     assert "Queue the 5 items without a verdict for SME review" in page
-    assert not llm_project.items.filter(in_sme_queue=True).exists()
+    assert not llm_project.items.filter(in_sme_queue()).exists()
 
     answer = client.post(reverse("judging:run_control", args=[llm_project.slug, run.pk, "queue-errors"]))
     assert answer.status_code == 302
-    queued = set(llm_project.items.filter(in_sme_queue=True).values_list("response", flat=True))
+    queued = set(llm_project.items.filter(in_sme_queue()).values_list("response", flat=True))
     assert queued == {"a [dup-key]", "b [truncated]", "c [refusal]", "d [http500]", "e [garbage]"}
     assert Slot.objects.filter(item__response__in=queued, done=False).count() == 5
     # Pressed again (a double click): nothing more.
@@ -156,7 +157,7 @@ def test_only_leads_queue_a_runs_errors(llm_project, sme, outsider, client, star
     assert client.post(url).status_code == 403
     client.force_login(outsider)
     assert client.post(url).status_code == 404
-    assert not llm_project.items.filter(in_sme_queue=True).exists()
+    assert not llm_project.items.filter(in_sme_queue()).exists()
 
 
 @pytest.mark.parametrize(
@@ -239,7 +240,7 @@ def test_the_api_shows_the_evidence_and_queues_errors_for_leads_only(llm_project
     client.force_login(lead)
     assert client.post(url).json() == {"queued": 1}
     assert client.post(url).json() == {"queued": 0}
-    assert list(llm_project.items.filter(in_sme_queue=True).values_list("external_id", flat=True)) == ["r1"]
+    assert list(llm_project.items.filter(in_sme_queue()).values_list("external_id", flat=True)) == ["r1"]
 
 
 MALFORMED = {
