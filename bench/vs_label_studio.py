@@ -37,7 +37,8 @@ same rows as Label Studio tasks):
   streamed), Label Studio's ``/api/projects/<id>/export?exportType=JSON&download_all_tasks=true``. The
   content differs, so items per second is what compares. Larry's is read again after the review loop
   (``export_items_per_s_later``).
-- ``queue_s`` (Larry): queueing every item for the SMEs (``POST /api/projects/<slug>/samples/``, uniform).
+- ``queue_s`` (Larry): queueing every item for the SMEs (``POST /api/projects/<slug>/samples/``, uniform, with
+  ``Prefer: respond-async``: answered 202 at once, the draw polled every ``--poll`` s until done).
 - the review loop, ``--reviews`` items: Label Studio's label stream (``GET /api/projects/<id>/next``, then
   ``POST /api/tasks/<id>/annotations/``): ``item_*_ms`` is next + submit, ``submit_*_ms`` the POST;
   Larry's review screen as the browser (htmx) drives it: ``POST /projects/<slug>/review/<id>/`` stores
@@ -458,6 +459,19 @@ def larry_export(client: Client, slug: str) -> dict:
     return {"items": lines, "seconds": seconds, "items_per_s": lines / seconds, "mb": size / 1e6}
 
 
+def larry_queue(client: Client, slug: str, n: int, poll: float) -> None:
+    """Queue ``n`` items for the SMEs (a uniform draw) as a big draw is made: ``Prefer: respond-async``, then the
+    draw polled every ``poll`` s until done, so every size takes the same path. Raises SystemExit when it fails."""
+    body = json.dumps({"size": n, "design": "uniform", "seed": 1}).encode()
+    headers = {"Content-Type": "application/json", "Prefer": "respond-async"}
+    draw = json.loads(client.call("POST", f"/api/projects/{slug}/samples/", body, headers, ok=(202,))[0])
+    while draw["status"] not in ("done", "failed"):
+        time.sleep(poll)
+        draw = client.json("GET", f"/api/projects/{slug}/samples/{draw['id']}/")
+    if draw["status"] != "done" or draw["drawn"] != n:
+        raise SystemExit(f"Larry's draw of {n} items ended {draw['status']}: {draw['drawn']} drawn; {draw['error']}")
+
+
 def larry_review(client: Client, slug: str, reviews: int) -> tuple[list[float], float]:
     """The review screen driven as htmx does: ``reviews`` accept POSTs, each answered with the next card.
 
@@ -510,7 +524,7 @@ def larry_round(args, items_jsonl: Path, n: int, work: Path, postgres: bool, rev
         gated = time.perf_counter() - started
         fresh = larry_export(api, slug)
         started = time.perf_counter()
-        api.json("POST", f"/api/projects/{slug}/samples/", {"size": n, "design": "uniform", "seed": 1})
+        larry_queue(api, slug, n, args.poll)
         queue_s = time.perf_counter() - started
         posted_ms, first_ms = larry_review(browser, slug, reviews)
         later = larry_export(api, slug)
