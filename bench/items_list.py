@@ -8,15 +8,15 @@ It (re)creates the database ``<DATABASE_URL's name>_bench_items`` (see common.py
 ``generate_series`` SQL in a few statements: ``--items`` items in one project (5 task types, 4 source models,
 prompts and responses drawn from a 62-word vocabulary, so full-text searches hit anywhere from 0.1 % to 10 % of
 items), a finished judge run with a verdict and a calibrated P(accept) on 95 % of them (the gating policy's only
-tier, threshold 0.8), gate decisions (3 % SME, 36 % a tier, 57 % pending; 4 % vetoed), 3 rules with their
-hits (0.5 %, 2 %, 4 %), SME reviews by 5 SMEs on 2 % of items and imported labels on 1 %, and two import jobs
-covering the two halves; then ``VACUUM ANALYZE`` (what autovacuum does to a freshly loaded table). Then it
-serves the app with gunicorn (2 workers, as ``make serve``), logs in through the real log-in form as the
-project's lead (not staff), and asks for the items list with each filter of ``queries()`` ``--repeat``
-times (after one warm-up each), timing the whole HTTP request. ``filtered_p95_ms`` is the 95th percentile of
-every filtered request; ``server_query_p95_ms`` that of the part the view spends filtering, paging and counting
-(its ``Server-Timing`` header: the queries and the ORM, not the page's rendering or HTTP). The last line of
-output is one JSON object with the figures.
+tier, threshold 0.8), gate decisions (3 % SME, 36 % a tier, 57 % pending; 4 % vetoed), 3 rules with their hits (0.5
+%, 2 %, 4 %), SME reviews by 5 SMEs on 2 % of items and imported labels on 1 %, an open SME queue slot on 5 %, and
+two import jobs covering the two halves; then ``VACUUM ANALYZE`` (what autovacuum does to a freshly loaded table).
+Then it serves the app with gunicorn (2 workers, as ``make serve``), logs in through the real log-in form as the
+project's lead (not staff), and asks for the items list with each filter of ``queries()`` ``--repeat`` times (after
+one warm-up each), timing the whole HTTP request. ``filtered_p95_ms`` is the 95th percentile of every filtered
+request; ``server_query_p95_ms`` that of the part the view spends filtering, paging and counting (its
+``Server-Timing`` header: the queries and the ORM, not the page's rendering or HTTP). The last line of output is one
+JSON object with the figures.
 """
 
 import argparse
@@ -88,7 +88,7 @@ def build(n: int) -> dict:
         cursor.execute(
             f"""
             INSERT INTO annotations_item (project_id, external_id, prompt, context, response, reference,
-                source_model, task_type, metadata, in_sme_queue, priority, created_at)
+                source_model, task_type, metadata, priority, created_at)
             SELECT %s, 'item-' || i,
                 'How do I ' || ({words})[1 + {h.format(k=7919)} %% {w}] || ' my ' || ({words})[1 + {h.format(k=104729)} %% {w}] || '?',
                 '',
@@ -96,7 +96,7 @@ def build(n: int) -> dict:
                     || ', open ' || ({words})[1 + {h.format(k=32452843)} %% {w}] || ' then ' || ({words})[1 + {h.format(k=49979687)} %% {w}]
                     || '. Answer number ' || i || '.',
                 '',
-                (%s::text[])[1 + i %% 4], (%s::text[])[1 + (i / 7) %% 5], '{{}}'::jsonb, false, 0,
+                (%s::text[])[1 + i %% 4], (%s::text[])[1 + (i / 7) %% 5], '{{}}'::jsonb, 0,
                 %s::timestamptz + i * interval '1 millisecond'
             FROM generate_series(1, %s) AS i
             """,  # noqa: E501
@@ -141,6 +141,14 @@ def build(n: int) -> dict:
                 origin, seconds_spent, created_at, updated_at)
             SELECT id, NULL, 'accept', '', '', '', 'import', NULL, now(), now()
             FROM annotations_item WHERE project_id = %s AND id %% 100 = 7
+            """,
+            [project.pk],
+        )
+        # 5 % of the items in the SME queue: one open slot each (queued means having slots).
+        cursor.execute(
+            """
+            INSERT INTO annotations_slot (item_id, project_id, priority, done)
+            SELECT id, project_id, 0, false FROM annotations_item WHERE project_id = %s AND id %% 20 = 3
             """,
             [project.pk],
         )
@@ -292,6 +300,7 @@ def queries(ids: dict) -> dict[str, dict]:
         "search phrase": {"q": '"reset the"'},
         "search an item id": {"q": "item-777777"},
         "id A-Z, queued=no": {"sort": "external_id", "queued": "no"},
+        "queued=yes": {"queued": "yes"},
         "second import + reject": {"import_job": ids["jobs"][1].pk, "outcome": "reject"},
     }
 
