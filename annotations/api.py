@@ -35,7 +35,6 @@ from annotations.sampling import (
     SamplingError,
     draws_for,
     sample_draw,
-    sample_draw_later,
 )
 from annotations.selectors import projects_for
 from annotations.services import items_imported
@@ -469,9 +468,7 @@ class SampleDrawApi(APIView):
         asked = prefers_async(request)
         later = asked or data.validated_data["size"] > settings.LARRY_SAMPLE_INLINE_MAX_ITEMS
         try:
-            draw = (sample_draw_later if later else sample_draw)(
-                project=project, user=request.user, **data.validated_data
-            )
+            draw = sample_draw(project=project, user=request.user, later=later, **data.validated_data)
         except SamplingError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         if not later:

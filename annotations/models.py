@@ -425,7 +425,7 @@ class SampleDraw(models.Model):
     population = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
-    # A draw made in the background (``annotations.sampling.sample_draw_later``) is queued, then running, then
+    # A draw made in the background (``annotations.sampling.sample_draw`` with ``later``) is queued, then running, then
     # done (its items recorded and queued, in one transaction) or failed (nothing of it recorded; ``error`` says
     # why). A draw made in the request is done when it is saved.
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.DONE)

@@ -69,6 +69,7 @@ def sample_draw(
     allocation: str = Allocation.PROPORTIONAL,
     uniform_share: float = DEFAULT_UNIFORM_SHARE,
     user=None,
+    later: bool = False,
 ) -> SampleDraw:
     """Draw ``size`` items by ``design`` with ``numpy``/``random`` seeded by ``seed``, record the draw and each
     item's inclusion probability, and queue the items for SMEs.
@@ -82,37 +83,25 @@ def sample_draw(
     Fewer than ``size`` are drawn when the population is smaller (``drawn`` says how many). The same items,
     design and seed give the same sample. Raises SamplingError: a size below 1, an unknown design,
     strata or allocation, strata given to a design other than stratified, a uniform share outside (0, 1].
+
+    With ``later`` the draw is made in the background: the arguments are checked as above, the draw is recorded
+    as ``queued`` and returned at once, and ``annotations.tasks.run_sample_draw`` makes it once the current
+    transaction commits (a Celery worker, or without a broker the web process's background thread,
+    ``larry_web.background``). Poll its ``status``: ``done`` (``drawn`` and ``population`` set, every item
+    queued) or ``failed`` (``error`` says why; nothing of it recorded or queued).
     """
     draw = _draw_new(project, size, design, seed, strata, allocation, uniform_share, user)
+    if later:
+        from annotations.tasks import run_sample_draw  # tasks import this module
+
+        draw.status = SampleDraw.Status.QUEUED
+        draw.save()
+        transaction.on_commit(partial(background.enqueue, run_sample_draw, draw.pk))
+        return draw
     with transaction.atomic():
         # Draws of one project take turns, so two at once never pick the same item.
         Project.objects.select_for_update().filter(pk=project.pk).first()
         return _draw(draw)
-
-
-def sample_draw_later(
-    *,
-    project: Project,
-    size: int,
-    design: str,
-    seed: int,
-    strata: str | None = None,
-    allocation: str = Allocation.PROPORTIONAL,
-    uniform_share: float = DEFAULT_UNIFORM_SHARE,
-    user=None,
-) -> SampleDraw:
-    """``sample_draw`` in the background: check the arguments as it does (raising SamplingError), record the draw
-    as ``queued`` and return it at once; ``annotations.tasks.run_sample_draw`` makes it once the current
-    transaction commits (a Celery worker, or without a broker the web process's background thread,
-    ``larry_web.background``). Poll the draw's ``status``: ``done`` (``drawn`` and ``population`` set, every
-    item queued) or ``failed`` (``error`` says why; nothing of it recorded or queued)."""
-    from annotations.tasks import run_sample_draw  # tasks import this module
-
-    draw = _draw_new(project, size, design, seed, strata, allocation, uniform_share, user)
-    draw.status = SampleDraw.Status.QUEUED
-    draw.save()
-    transaction.on_commit(partial(background.enqueue, run_sample_draw, draw.pk))
-    return draw
 
 
 def sample_draw_run(draw_id: int) -> SampleDraw | None:

@@ -63,6 +63,6 @@ def run_import_job(job_id: int) -> None:
 
 @shared_task(acks_late=True)
 def run_sample_draw(draw_id: int) -> None:
-    """Make a draw recorded by ``annotations.sampling.sample_draw_later`` (``sample_draw_run``): done with every
+    """Make a draw recorded by ``annotations.sampling.sample_draw(later=True)`` (``sample_draw_run``): done with every
     item queued, or failed with the error and nothing recorded. A draw already done or failed is left alone."""
     sample_draw_run(draw_id)

@@ -20,7 +20,7 @@ from rest_framework.authtoken.models import Token
 from annotations import queue
 from annotations.importers import ImportFormatError
 from annotations.models import ImportJob, Item, Membership, Project, Review, ReviewChange, SampleDraw
-from annotations.sampling import DEFAULT_UNIFORM_SHARE, STRATA_FIELDS, SamplingError, sample_draw, sample_draw_later
+from annotations.sampling import DEFAULT_UNIFORM_SHARE, STRATA_FIELDS, SamplingError, sample_draw
 from annotations.selectors import (
     agreement_report,
     disagreement_filter_choices,
@@ -532,8 +532,8 @@ class SampleDrawForm(forms.Form):
 def sample_draw_form(request: HttpRequest, slug: str) -> HttpResponse:
     """Draw items for the SMEs by a recorded design (leads and staff); back to the project page with the outcome.
 
-    A draw of more than ``LARRY_SAMPLE_INLINE_MAX_ITEMS`` items is made in the background
-    (``sample_draw_later``): the page lists it as queued or running and refreshes the table until it is done."""
+    A draw of more than ``LARRY_SAMPLE_INLINE_MAX_ITEMS`` items is made in the background (``sample_draw`` with
+    ``later``): the page lists it as queued or running and refreshes the table until it is done."""
     project = get_project_for_lead(request, slug)
     form = SampleDrawForm(request.POST)
     if not form.is_valid():
@@ -541,9 +541,8 @@ def sample_draw_form(request: HttpRequest, slug: str) -> HttpResponse:
         return redirect(project)
     later = form.cleaned_data["size"] > settings.LARRY_SAMPLE_INLINE_MAX_ITEMS
     try:
-        draw = (sample_draw_later if later else sample_draw)(
-            project=project, user=request.user, **{**form.cleaned_data, "strata": form.cleaned_data["strata"] or None}
-        )
+        strata = form.cleaned_data["strata"] or None
+        draw = sample_draw(project=project, user=request.user, later=later, **{**form.cleaned_data, "strata": strata})
     except SamplingError as exc:
         messages.error(request, f"No items drawn: {exc}")
         return redirect(project)
