@@ -90,6 +90,7 @@ LARRY_TRUSTED_PROXIES = env_int("LARRY_TRUSTED_PROXIES", 0)
 if LARRY_TRUSTED_PROXIES < 0:
     raise ImproperlyConfigured(f"LARRY_TRUSTED_PROXIES={LARRY_TRUSTED_PROXIES} is below 0")
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if LARRY_TRUSTED_PROXIES else None
+SESSION_ENGINE = "larry_web.sessions"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", LARRY_HTTPS)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", LARRY_HTTPS)
 # On by default only behind a proxy: without one Larry cannot tell an https request from an http one
@@ -160,7 +161,10 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'larry.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        # Persistent connections (checked before each request reuses one): a new PostgreSQL connection per
+        # request cost more than the rest of an SME's decision. 0 opens one per request, as Django's default.
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 300),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
