@@ -486,7 +486,7 @@ def import_job_create(
     or ``""`` to detect it (``importers.sniff_format``: the file name, else the
     first non-blank byte). Raises ImportFormatError when the format cannot be
     told. An upload Django kept in a temporary file (over 2.5 MB) is moved
-    into the media folder, not copied (settings: ``FILE_UPLOAD_TEMP_DIR``).
+    into the media folder, not copied (``larry_web.uploads``).
     With a broker a worker runs the import; without one, a web process runs
     it on its background thread after the response (``larry_web.background``),
     and elsewhere (commands, tests) in-process before this returns.
