@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from annotations.models import Adjudication, Decision, ImportJob, Item, Project, Review, ReviewChange, Skip, Slot
 from annotations.queue import serialise_leases, slots_sync
+from larry_web import background
 
 MAX_TEXT = 100_000
 
@@ -484,7 +485,11 @@ def import_job_create(
     ``upload`` is a Django ``UploadedFile``; ``fmt`` is ``"jsonl"``, ``"csv"``
     or ``""`` to detect it (``importers.sniff_format``: the file name, else the
     first non-blank byte). Raises ImportFormatError when the format cannot be
-    told. Without a broker the import runs in-process before this returns.
+    told. An upload Django kept in a temporary file (over 2.5 MB) is moved
+    into the media folder, not copied (``larry_web.uploads``).
+    With a broker a worker runs the import; without one, a web process runs
+    it on its background thread after the response (``larry_web.background``),
+    and elsewhere (commands, tests) in-process before this returns.
     """
     from annotations.importers import sniff_format
     from annotations.tasks import run_import_job
@@ -504,5 +509,5 @@ def import_job_create(
     )
     job.file.save(upload.name, upload, save=False)
     job.save()
-    transaction.on_commit(lambda: run_import_job.delay(job.pk))
+    transaction.on_commit(partial(background.enqueue, run_import_job, job.pk))
     return job

@@ -13,6 +13,7 @@
 | LARRY_TRUSTED_PROXIES | 0 | 1 behind one reverse proxy |
 | LARRY_MEDIA_ROOT | ``media/`` in the project folder | a volume shared by web and worker |
 | LARRY_IMPORT_MAX_FIELD_BYTES | 1048576 (1 MiB) | the same |
+| LARRY_IMPORT_INLINE_MAX_BYTES | 67108864 (64 MiB): a larger REST import answers 202 with a job | the same |
 | LARRY_LOGIN_FAILURE_LIMIT, LARRY_LOGIN_LOCKOUT_S | 10 failures, 900 s | the same |
 
 Values are parsed strictly: a malformed boolean or integer stops start-up with
@@ -221,6 +222,15 @@ WHITENOISE_USE_FINDERS = True
 # folder (one volume in docker-compose.yml). Never served as static files: uploads are data.
 MEDIA_ROOT = Path(env_str("LARRY_MEDIA_ROOT", str(BASE_DIR / "media")))
 MEDIA_URL = "media/"
+# An upload over FILE_UPLOAD_MAX_MEMORY_SIZE (Django's 2.5 MB) is streamed to a temporary file while it
+# arrives, in MEDIA_ROOT/uploading/ (larry_web.uploads): saving it as an import job's file is then a rename
+# on the same file system (FileSystemStorage moves a temporary file), never a copy of hundreds of MB, as it
+# would be from /tmp to the media volume (docker-compose.yml). The rest of the request body stays under
+# DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB; file contents do not count).
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "larry_web.uploads.TemporaryFileUploadHandler",
+]
 # ...and so STATIC_ROOT may not exist yet: that is expected, not worth a warning.
 warnings.filterwarnings("ignore", message="No directory at: ")
 
@@ -380,6 +390,10 @@ if LARRY_JUDGE_LEASE_S >= _VISIBILITY_TIMEOUT:
 LARRY_IMPORT_MAX_FIELD_BYTES = env_int("LARRY_IMPORT_MAX_FIELD_BYTES", 1_048_576)
 if LARRY_IMPORT_MAX_FIELD_BYTES < 1024:
     raise ImproperlyConfigured(f"LARRY_IMPORT_MAX_FIELD_BYTES={LARRY_IMPORT_MAX_FIELD_BYTES} is below 1024")
+# A REST import (POST /api/projects/<slug>/import/) of a file larger than this, in bytes, answers 202 with an
+# import job run by a Celery worker (or, without a broker, a background thread) instead of importing inside the
+# request; a smaller one does too when the client sends "Prefer: respond-async". 0: every REST import is a job.
+LARRY_IMPORT_INLINE_MAX_BYTES = env_int_at_least("LARRY_IMPORT_INLINE_MAX_BYTES", 64 * 1024 * 1024, 0)
 
 LOGGING = {
     "version": 1,
