@@ -492,7 +492,6 @@ def import_job_create(
     and elsewhere (commands, tests) in-process before this returns.
     """
     from annotations.importers import sniff_format
-    from annotations.tasks import run_import_job
 
     if not fmt:
         head = upload.read(4096)
@@ -509,5 +508,21 @@ def import_job_create(
     )
     job.file.save(upload.name, upload, save=False)
     job.save()
-    transaction.on_commit(partial(background.enqueue, run_import_job, job.pk))
+    transaction.on_commit(partial(_start_import_job, job.pk))
     return job
+
+
+def _start_import_job(job_id: int) -> None:
+    """Hand the job to a worker; when the broker cannot be reached, end it as failed and say so (the upload
+    is kept on the job; nothing was imported), rather than leave it queued forever or fail the request."""
+    from annotations.tasks import run_import_job
+
+    try:
+        background.enqueue(run_import_job, job_id)
+    except background.BROKER_ERRORS as exc:
+        ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.QUEUED).update(
+            status=ImportJob.Status.FAILED,
+            error=f"not started: the task broker could not be reached ({exc}); nothing was imported, upload the "
+            "file again",
+            finished_at=timezone.now(),
+        )

@@ -5,8 +5,6 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
-import kombu.exceptions
-import redis.exceptions
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -483,7 +481,7 @@ def regate_request(project_id: int) -> int:
     def enqueue() -> None:
         try:
             background.enqueue(regate_project, project_id, generation)
-        except (kombu.exceptions.OperationalError, redis.exceptions.RedisError) as exc:
+        except background.BROKER_ERRORS as exc:
             # The broker is down: the request stays pending (the project page shows it, with the re-gate
             # button); what was committed stands, and the caller's response is not a server error.
             logger.error("re-gating %s of project %s not queued: the broker failed: %s", generation, project_id, exc)

@@ -261,3 +261,16 @@ class TestWithARealWorker:
         regated(project, worker)
         assert GateDecision.objects.filter(item__project=project, outcome="reject", basis="sme").count() == n
         assert "annotations.tasks.run_import_job[" in worker.log()
+
+    def test_with_the_broker_down_the_job_fails_saying_so_and_the_request_does_not(self, project, lead, worker_env):
+        from tests.judging.test_certification_broker_worker import DEAD_BROKER
+
+        with serve({**worker_env, "CELERY_BROKER_URL": DEAD_BROKER}) as down:
+            as_lead = Api(f"{down}/api/projects/{project.slug}", lead)
+            answer = as_lead.post(
+                "/import/", files={"file": ("items.jsonl", jsonl(3))}, headers={"Prefer": "respond-async"}
+            )
+            assert answer.status_code == 202, answer.text[:2000]
+            job = as_lead.get(answer.headers["Location"]).json()
+        assert job["status"] == "failed" and "the task broker could not be reached" in job["error"], job
+        assert not Item.objects.filter(project=project).exists()
