@@ -515,6 +515,8 @@ class _Row:
     fields: dict[str, Any]
     label: str | None
     metadata_json: str
+    # SQLite: the item's values for ``_SQLITE_ITEM_VALUES`` (``_sqlite_prepared``), made by the parser's thread.
+    sqlite_values: tuple | None = None
 
 
 def _clean(record: dict, label_field: str, limit: int, required: tuple[str, ...] = REQUIRED_FIELDS) -> _Row:
@@ -581,6 +583,7 @@ def _known_fields(label_field: str) -> frozenset[str]:
 
 
 _DECISIONS = frozenset(Decision.values)
+_METADATA_ENCODER = Item._meta.get_field("metadata").encoder
 _FIELDS = frozenset((*TEXT_FIELDS, *ID_FIELDS, "metadata"))
 _COPY_COLUMNS = ("pos", "external_id", *TEXT_FIELDS, "metadata", "label")
 
@@ -708,16 +711,16 @@ def _store_sqlite(project: Project, batch: list[_Row]) -> tuple[int, int]:
     was most of a 50,000-item import's time): every column of the tables, the
     model's defaults filled in, ``metadata`` as the JSON text Django writes
     (``adapt_json_value``: the standard library's, so ``exact`` lookups match),
-    times as the backend adapts them. The transaction is IMMEDIATE (settings),
-    so it holds the database's one write lock: which ids exist is known
-    exactly, and the items' ids are numbered here after the highest ever given
-    (the table is AUTOINCREMENT), so the labels can name their items. Should an
-    id be stored all the same (``ON CONFLICT DO NOTHING`` keeps it), the ids
-    actually stored are read back. Returns (items created, labels created).
+    times as the backend adapts them; each row's values made ahead by the parser's
+    thread (``_sqlite_prepared``) where it can. The transaction is IMMEDIATE
+    (settings), so it holds the database's one write lock: which ids exist is
+    known exactly, and the items, inserted in order, are numbered by SQLite one
+    after the other from the table's highest id ever given (AUTOINCREMENT), so
+    the labels can name their items. Should an id be stored all the same (``ON
+    CONFLICT DO NOTHING`` keeps it), the items' ids are read back by their
+    external ids. Returns (items created, labels created).
     """
     items, reviews = Item._meta.db_table, Review._meta.db_table
-    ops = connection.ops
-    encoder = Item._meta.get_field("metadata").encoder
     with transaction.atomic(), connection.cursor() as cursor:
         existing = _existing_ids(cursor, project, batch)
         new = [row for row in batch if row.fields["external_id"] not in existing]
@@ -729,63 +732,55 @@ def _store_sqlite(project: Project, batch: list[_Row]) -> tuple[int, int]:
             [items],
         )
         first = cursor.fetchone()[0] + 1
-        pks = range(first, first + len(new))
-        now = ops.adapt_datetimefield_value(timezone.now())
-        project_id = project.pk
+        # The project's id and the time are the same for every row: written into the statement (an integer
+        # and the backend's own text of a datetime), so that each row's values are only its own.
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        marks = ", ".join(["%s"] * len(_SQLITE_ITEM_VALUES))
         cursor.executemany(
-            _insert_sql(items, _SQLITE_ITEM_COLUMNS) + " ON CONFLICT (project_id, external_id) DO NOTHING",
-            [
-                (
-                    pk,
-                    project_id,
-                    (f := row.fields)["external_id"],
-                    f["prompt"],
-                    f["context"],
-                    f["response"],
-                    f["reference"],
-                    "",  # reasoning
-                    None,  # answers
-                    f["source_model"],
-                    f["task_type"],
-                    ops.adapt_json_value(f["metadata"], encoder),
-                    False,  # in_sme_queue
-                    0.0,  # priority
-                    now,
-                )
-                for pk, row in zip(pks, new, strict=True)
-            ],
+            f"INSERT INTO {items} ({', '.join(_SQLITE_ITEM_DEFAULTS)}, {', '.join(_SQLITE_ITEM_VALUES)}) "
+            f"VALUES ({int(project.pk)}, '{now}', '', NULL, FALSE, 0.0, {marks}) "
+            "ON CONFLICT (project_id, external_id) DO NOTHING",
+            [row.sqlite_values or _sqlite_values(row) for row in new],
         )
-        stored = list(zip(pks, new, strict=True))
-        if cursor.rowcount != len(new):  # stored meanwhile after all: keep only the ids this batch wrote
-            cursor.execute(f"SELECT id FROM {items} WHERE id >= %s AND id < %s", [first, first + len(new)])
-            written = {pk for (pk,) in cursor.fetchall()}
-            stored = [(pk, row) for pk, row in stored if pk in written]
-        labelled = [(pk, row.label) for pk, row in stored if row.label]
+        if cursor.rowcount == len(new):
+            pks = {row.fields["external_id"]: pk for pk, row in enumerate(new, start=first)}
+        else:  # stored meanwhile after all: which of them this batch wrote, by their external ids
+            cursor.execute(f"SELECT external_id, id FROM {items} WHERE id >= %s", [first])
+            pks = dict(cursor.fetchall())
+        labelled = [(pks[ext], row.label) for row in new if row.label and (ext := row.fields["external_id"]) in pks]
         if labelled:
-            origin = Review.Origin.IMPORT.value
             cursor.executemany(
-                _insert_sql(reviews, _SQLITE_REVIEW_COLUMNS),
-                [(pk, None, label, "", "", "", origin, None, now, now) for pk, label in labelled],
+                f"INSERT INTO {reviews} ({', '.join(_SQLITE_REVIEW_COLUMNS)}) "
+                f"VALUES (%s, NULL, %s, '', '', '', '{Review.Origin.IMPORT.value}', NULL, '{now}', '{now}')",
+                labelled,
             )
-    return len(stored), len(labelled)
+    return len(pks), len(labelled)
 
 
-def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
-
-
-# Every column of the tables, as ``_store_sqlite`` writes them (a test checks none is missing).
-_SQLITE_ITEM_COLUMNS = (
-    "id",
-    "project_id",
-    "external_id",
-    *("prompt", "context", "response", "reference", "reasoning", "answers_id", "source_model", "task_type"),
-    *("metadata", "in_sme_queue", "priority", "created_at"),
-)
+# The columns of an item whose values each row gives (``_sqlite_values``), and those the same for every row
+# (the project, the time, the model's defaults); ``id`` is numbered by SQLite. A test checks none is missing.
+_SQLITE_ITEM_VALUES = ("external_id", *TEXT_FIELDS, "metadata")
+_SQLITE_ITEM_DEFAULTS = ("project_id", "created_at", "reasoning", "answers_id", "in_sme_queue", "priority")
 _SQLITE_REVIEW_COLUMNS = (
     *("item_id", "reviewer_id", "decision", "reason", "comment", "corrected_response", "origin", "seconds_spent"),
     *("created_at", "updated_at"),
 )
+
+
+def _sqlite_values(row: _Row) -> tuple:
+    """The row's values for ``_SQLITE_ITEM_VALUES``: its texts, and its metadata as the JSON text Django writes."""
+    f = row.fields
+    metadata = connection.ops.adapt_json_value(f["metadata"], _METADATA_ENCODER)
+    return (f["external_id"], f["prompt"], f["context"], f["response"], f["reference"], f["source_model"],
+            f["task_type"], metadata)  # fmt: skip
+
+
+def _sqlite_prepared(batches: Iterator[list[_Row]]) -> Iterator[list[_Row]]:
+    """The same batches, each row's ``sqlite_values`` made (for ``read_ahead``: on the parser's thread)."""
+    for batch in batches:
+        for row in batch:
+            row.sqlite_values = _sqlite_values(row)
+        yield batch
 
 
 def _store(project: Project, batch: list[_Row], report: ImportReport) -> None:
@@ -964,7 +959,10 @@ def import_items(
     required = PROMPT_ONLY_REQUIRED if project.accepts_prompt_only else REQUIRED_FIELDS
     records = iter_records(stream, fmt, limit=limit, required=required)
     effective_label_field = label_field if import_labels else "\x00no-label"
-    batches = read_ahead(_batches(records, effective_label_field, limit, report, required))
+    batches = _batches(records, effective_label_field, limit, report, required)
+    if connection.vendor == "sqlite":
+        batches = _sqlite_prepared(batches)
+    batches = read_ahead(batches)
     with _one_import_at_a_time(project):
         if connection.vendor == "postgresql" and not connection.in_atomic_block:
             _store_in_parallel(project, batches, report, progress)

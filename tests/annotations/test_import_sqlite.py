@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_sqlite_store_writes_every_column_of_the_tables():
-    assert sorted(importers._SQLITE_ITEM_COLUMNS) == sorted(f.column for f in Item._meta.concrete_fields)
+    item_columns = ("id", *importers._SQLITE_ITEM_DEFAULTS, *importers._SQLITE_ITEM_VALUES)
+    assert sorted(item_columns) == sorted(f.column for f in Item._meta.concrete_fields)
     review_columns = sorted(f.column for f in Review._meta.concrete_fields if f.column != "id")  # numbered by SQLite
     assert sorted(importers._SQLITE_REVIEW_COLUMNS) == review_columns
 
