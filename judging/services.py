@@ -411,7 +411,14 @@ def rule_set_for(label_functions) -> RuleSet:
 
 
 def rule_rejections(*, project: Project, label_functions) -> Iterator[tuple[int, list[LabelFunction]]]:
-    """``(item_id, [label functions that reject it])`` for every item of the project that some rule rejects."""
+    """``(item_id, [label functions that reject it])`` for every item of the project that some rule rejects.
+
+    Without label functions nothing is read (no rule rejects anything): a re-gating after an import of a
+    project with no rules skips reading every item's texts.
+    """
+    label_functions = list(label_functions)
+    if not label_functions:
+        return
     rules = rule_set_for(label_functions)
     for item in project.items.values(*ITEM_FIELDS).iterator(chunk_size=WRITE_BATCH):
         rejected = rules.rejections(item)
