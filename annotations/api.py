@@ -27,17 +27,20 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations.importers import FORMATS, ImportFormatError, detect_format, import_items
-from annotations.models import Decision, Item, Project, Review, SampleDraw, SampleMembership, validate_reject_reasons
-from annotations.queue import in_sme_queue
-from annotations.sampling import (
-    DEFAULT_UNIFORM_SHARE,
-    STRATA_FIELDS,
-    SamplingError,
-    draws_for,
-    sample_draw,
+from annotations.models import (
+    Decision,
+    ImportJob,
+    Item,
+    Project,
+    Review,
+    SampleDraw,
+    SampleMembership,
+    validate_reject_reasons,
 )
+from annotations.queue import in_sme_queue
+from annotations.sampling import DEFAULT_UNIFORM_SHARE, STRATA_FIELDS, SamplingError, draws_for, sample_draw
 from annotations.selectors import projects_for
-from annotations.services import items_imported
+from annotations.services import import_job_create, items_imported
 from judging.gate import Basis, Outcome  # the gate's vocabulary; judging.gate imports no app
 from larry_web.http import prefers_async
 
@@ -355,13 +358,75 @@ class ImportReportSerializer(serializers.Serializer):
     )
 
 
+class ImportJobSerializer(serializers.ModelSerializer):
+    """An import run as a job (``annotations.tasks.run_import_job``): progress while it runs, then its report."""
+
+    report = serializers.SerializerMethodField(
+        help_text="the import report once the job has ended (for a failed job, what it stored before the fault); "
+        "null while it is queued or running"
+    )
+    url = serializers.SerializerMethodField(help_text="this job in the API: poll it until status is done or failed")
+
+    class Meta:
+        model = ImportJob
+        fields = [
+            "id",
+            "status",
+            "filename",
+            "format",
+            "bytes_total",
+            "bytes_read",
+            "rows_read",
+            "report",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "url",
+        ]
+        read_only_fields = fields
+        extra_kwargs = {
+            "bytes_total": {"help_text": "the file's size, in bytes"},
+            "bytes_read": {"help_text": "bytes of the file parsed so far"},
+            "rows_read": {"help_text": "lines (JSONL) or rows (CSV) stored or refused so far"},
+            "error": {"help_text": "why the job failed; empty unless status is failed"},
+        }
+
+    @extend_schema_field(ImportReportSerializer(allow_null=True))
+    def get_report(self, job: ImportJob) -> dict | None:
+        if not job.finished or not job.report:
+            return None
+        # As the synchronous import answers it: items created means the project is re-gated (the task asks).
+        return {**job.report, "regating": job.report.get("created", 0) > 0}
+
+    def get_url(self, job: ImportJob) -> str:
+        path = reverse("import-job-detail", kwargs={"project_slug": job.project.slug, "pk": job.pk})
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request else path
+
+
+PREFER = OpenApiParameter(
+    "Prefer",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="respond-async (RFC 7240): answer 202 with an import job at once, whatever the file's size",
+)
+
+
 @extend_schema(tags=["import and export"])
 class ImportItemsApi(APIView):
     """POST a JSONL or CSV file (multipart field ``file``) to import items into a project.
 
     Optional fields: ``format`` (jsonl/csv; else from the file name),
-    ``label_field`` (default ``human_label``). Answers 200 with the import
-    report: ``{"created", "existing", "labels", "blank", "errors": [{"line", "reason"}], "fatal", "regating"}``.
+    ``label_field`` (default ``human_label``). A file of at most
+    ``LARRY_IMPORT_INLINE_MAX_BYTES`` (64 MiB by default) is imported in the
+    request, which answers 200 with the import report:
+    ``{"created", "existing", "labels", "blank", "errors": [{"line", "reason"}], "fatal", "regating"}``.
+    A larger one, or any with the header ``Prefer: respond-async``
+    (RFC 7240), answers 202 at once with an import job (``Location``: the
+    job, ``GET .../imports/<id>/``), which a Celery worker (without a broker,
+    a background thread of the web process) runs; poll it until its status
+    is ``done`` or ``failed``, then its ``report`` is the same report.
     When items were created, the project is re-gated in the background
     (label functions, then the gate), so their prior labels count.
     """
@@ -374,9 +439,22 @@ class ImportItemsApi(APIView):
         label_field = serializers.CharField(required=False, default="human_label")
 
     @extend_schema(
-        parameters=[SLUG],
+        parameters=[
+            SLUG,
+            PREFER,
+            OpenApiParameter(
+                "Location", OpenApiTypes.URI, OpenApiParameter.HEADER, response=[202], description="the import job"
+            ),
+            OpenApiParameter(
+                "Preference-Applied",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                response=[202],
+                description="respond-async, when the request asked for it",
+            ),
+        ],
         request={"multipart/form-data": InputSerializer},
-        responses={200: ImportReportSerializer},
+        responses={200: ImportReportSerializer, 202: ImportJobSerializer},
     )
     def post(self, request, slug: str) -> Response:
         project = project_for_api(request, slug)
@@ -387,6 +465,9 @@ class ImportItemsApi(APIView):
             fmt = data.validated_data.get("format") or detect_format(upload.name)
         except ImportFormatError as exc:
             return Response({"format": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+        asked = prefers_async(request)
+        if asked or upload.size > settings.LARRY_IMPORT_INLINE_MAX_BYTES:
+            return self.as_job(request, project, upload, fmt, data.validated_data["label_field"], asked=asked)
         try:
             report = import_items(
                 project=project, stream=upload.file, fmt=fmt, label_field=data.validated_data["label_field"]
@@ -397,6 +478,42 @@ class ImportItemsApi(APIView):
         if report.created:
             items_imported(project.pk)
         return Response({**report.as_dict(), "regating": report.created > 0})
+
+    @staticmethod
+    def as_job(request, project: Project, upload, fmt: str, label_field: str, *, asked: bool) -> Response:
+        """202 with a new import job of ``upload``, queued (or, where tasks run in the caller, already run)."""
+        job = import_job_create(
+            project=project, upload=upload, fmt=fmt, import_labels=True, user=request.user, label_field=label_field
+        )
+        job.refresh_from_db()  # where the task ran in-process (commands, tests), it has ended already
+        body = ImportJobSerializer(job, context={"request": request}).data
+        headers = {"Location": body["url"]}
+        if asked:
+            headers["Preference-Applied"] = "respond-async"
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+class NewestFirstPagination(IdCursorPagination):
+    """``IdCursorPagination``, newest (highest id) first."""
+
+    ordering = "-id"
+
+
+@extend_schema(tags=["import and export"], parameters=[PROJECT_SLUG])
+@extend_schema_view(
+    list=extend_schema(summary="The project's import jobs, newest first"),
+    retrieve=extend_schema(summary="One import job: its progress while it runs, then its report"),
+)
+class ImportJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
+    """Imports run as jobs: REST imports answered 202 (``POST .../import/``) and files uploaded in the browser.
+    Leads and staff, as the import itself."""
+
+    serializer_class = ImportJobSerializer
+    pagination_class = NewestFirstPagination
+    model = ImportJob
+
+    def scoped_queryset(self, project: Project):
+        return ImportJob.objects.filter(project=project).select_related("project")
 
 
 class SampleDrawInput(serializers.Serializer):

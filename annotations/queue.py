@@ -24,6 +24,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotations.models import Item, Project, Review, Slot
+from larry_web.db import commit_without_waiting
 
 BATCH = 2000
 
@@ -219,6 +220,7 @@ def next_item(*, project: Project, reviewer) -> Item | None:
     expired".
     """
     with transaction.atomic():
+        commit_without_waiting(Slot.objects.db)  # a lease lost in a crash is handed out again
         serialise_leases(project=project, reviewer=reviewer)
         now = timezone.now()
         # Under READ COMMITTED a row changed by a concurrent claim can make the

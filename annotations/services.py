@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from annotations.models import Adjudication, Decision, ImportJob, Item, Project, Review, ReviewChange, Skip, Slot
 from annotations.queue import in_sme_queue, serialise_leases, slots_sync
+from larry_web import background
 
 MAX_TEXT = 100_000
 
@@ -484,10 +485,13 @@ def import_job_create(
     ``upload`` is a Django ``UploadedFile``; ``fmt`` is ``"jsonl"``, ``"csv"``
     or ``""`` to detect it (``importers.sniff_format``: the file name, else the
     first non-blank byte). Raises ImportFormatError when the format cannot be
-    told. Without a broker the import runs in-process before this returns.
+    told. An upload Django kept in a temporary file (over 2.5 MB) is moved
+    into the media folder, not copied (``larry_web.uploads``).
+    With a broker a worker runs the import; without one, a web process runs
+    it on its background thread after the response (``larry_web.background``),
+    and elsewhere (commands, tests) in-process before this returns.
     """
     from annotations.importers import sniff_format
-    from annotations.tasks import run_import_job
 
     if not fmt:
         head = upload.read(4096)
@@ -504,5 +508,21 @@ def import_job_create(
     )
     job.file.save(upload.name, upload, save=False)
     job.save()
-    transaction.on_commit(lambda: run_import_job.delay(job.pk))
+    transaction.on_commit(partial(_start_import_job, job.pk))
     return job
+
+
+def _start_import_job(job_id: int) -> None:
+    """Hand the job to a worker; when the broker cannot be reached, end it as failed and say so (the upload
+    is kept on the job; nothing was imported), rather than leave it queued forever or fail the request."""
+    from annotations.tasks import run_import_job
+
+    try:
+        background.enqueue(run_import_job, job_id)
+    except background.BROKER_ERRORS as exc:
+        ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.QUEUED).update(
+            status=ImportJob.Status.FAILED,
+            error=f"not started: the task broker could not be reached ({exc}); nothing was imported, upload the "
+            "file again",
+            finished_at=timezone.now(),
+        )

@@ -5,8 +5,6 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
-import kombu.exceptions
-import redis.exceptions
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -413,7 +411,14 @@ def rule_set_for(label_functions) -> RuleSet:
 
 
 def rule_rejections(*, project: Project, label_functions) -> Iterator[tuple[int, list[LabelFunction]]]:
-    """``(item_id, [label functions that reject it])`` for every item of the project that some rule rejects."""
+    """``(item_id, [label functions that reject it])`` for every item of the project that some rule rejects.
+
+    Without label functions nothing is read (no rule rejects anything): a re-gating after an import of a
+    project with no rules skips reading every item's texts.
+    """
+    label_functions = list(label_functions)
+    if not label_functions:
+        return
     rules = rule_set_for(label_functions)
     for item in project.items.values(*ITEM_FIELDS).iterator(chunk_size=WRITE_BATCH):
         rejected = rules.rejections(item)
@@ -483,7 +488,7 @@ def regate_request(project_id: int) -> int:
     def enqueue() -> None:
         try:
             background.enqueue(regate_project, project_id, generation)
-        except (kombu.exceptions.OperationalError, redis.exceptions.RedisError) as exc:
+        except background.BROKER_ERRORS as exc:
             # The broker is down: the request stays pending (the project page shows it, with the re-gate
             # button); what was committed stands, and the caller's response is not a server error.
             logger.error("re-gating %s of project %s not queued: the broker failed: %s", generation, project_id, exc)

@@ -22,10 +22,15 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import kombu.exceptions
+import redis.exceptions
 from django.conf import settings
 from django.db import connections
 
 logger = logging.getLogger(__name__)
+
+# What publishing a task raises when the broker cannot be reached (Redis down, refused, timed out).
+BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.exceptions.RedisError)
 
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None

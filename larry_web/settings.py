@@ -13,6 +13,7 @@
 | LARRY_TRUSTED_PROXIES | 0 | 1 behind one reverse proxy |
 | LARRY_MEDIA_ROOT | ``media/`` in the project folder | a volume shared by web and worker |
 | LARRY_IMPORT_MAX_FIELD_BYTES | 1048576 (1 MiB) | the same |
+| LARRY_IMPORT_INLINE_MAX_BYTES | 67108864 (64 MiB): a larger REST import answers 202 with a job | the same |
 | LARRY_SAMPLE_INLINE_MAX_ITEMS | 20000 | the same |
 | LARRY_LOGIN_FAILURE_LIMIT, LARRY_LOGIN_LOCKOUT_S | 10 failures, 900 s | the same |
 
@@ -91,6 +92,7 @@ LARRY_TRUSTED_PROXIES = env_int("LARRY_TRUSTED_PROXIES", 0)
 if LARRY_TRUSTED_PROXIES < 0:
     raise ImproperlyConfigured(f"LARRY_TRUSTED_PROXIES={LARRY_TRUSTED_PROXIES} is below 0")
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if LARRY_TRUSTED_PROXIES else None
+SESSION_ENGINE = "larry_web.sessions"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", LARRY_HTTPS)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", LARRY_HTTPS)
 # On by default only behind a proxy: without one Larry cannot tell an https request from an http one
@@ -161,7 +163,10 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'larry.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        # Persistent connections (checked before each request reuses one): a new PostgreSQL connection per
+        # request cost more than the rest of an SME's decision. 0 opens one per request, as Django's default.
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 300),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -218,6 +223,15 @@ WHITENOISE_USE_FINDERS = True
 # folder (one volume in docker-compose.yml). Never served as static files: uploads are data.
 MEDIA_ROOT = Path(env_str("LARRY_MEDIA_ROOT", str(BASE_DIR / "media")))
 MEDIA_URL = "media/"
+# An upload over FILE_UPLOAD_MAX_MEMORY_SIZE (Django's 2.5 MB) is streamed to a temporary file while it
+# arrives, in MEDIA_ROOT/uploading/ (larry_web.uploads): saving it as an import job's file is then a rename
+# on the same file system (FileSystemStorage moves a temporary file), never a copy of hundreds of MB, as it
+# would be from /tmp to the media volume (docker-compose.yml). The rest of the request body stays under
+# DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB; file contents do not count).
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "larry_web.uploads.TemporaryFileUploadHandler",
+]
 # ...and so STATIC_ROOT may not exist yet: that is expected, not worth a warning.
 warnings.filterwarnings("ignore", message="No directory at: ")
 
@@ -377,6 +391,10 @@ if LARRY_JUDGE_LEASE_S >= _VISIBILITY_TIMEOUT:
 LARRY_IMPORT_MAX_FIELD_BYTES = env_int("LARRY_IMPORT_MAX_FIELD_BYTES", 1_048_576)
 if LARRY_IMPORT_MAX_FIELD_BYTES < 1024:
     raise ImproperlyConfigured(f"LARRY_IMPORT_MAX_FIELD_BYTES={LARRY_IMPORT_MAX_FIELD_BYTES} is below 1024")
+# A REST import (POST /api/projects/<slug>/import/) of a file larger than this, in bytes, answers 202 with an
+# import job run by a Celery worker (or, without a broker, a background thread) instead of importing inside the
+# request; a smaller one does too when the client sends "Prefer: respond-async". 0: every REST import is a job.
+LARRY_IMPORT_INLINE_MAX_BYTES = env_int_at_least("LARRY_IMPORT_INLINE_MAX_BYTES", 64 * 1024 * 1024, 0)
 
 # Sample draws (POST .../samples/): a draw of more items than this is made in the background (202 Accepted, a
 # Celery task or the web process's background thread), as is any whose client sends ``Prefer: respond-async``.

@@ -15,6 +15,7 @@ api.register("projects", annotations_api.ProjectViewSet, basename="project")
 scoped = r"projects/(?P<project_slug>[-a-zA-Z0-9_]+)"
 api.register(f"{scoped}/items", annotations_api.ItemViewSet, basename="item")
 api.register(f"{scoped}/reviews", annotations_api.ReviewViewSet, basename="review")
+api.register(f"{scoped}/imports", annotations_api.ImportJobViewSet, basename="import-job")
 api.register(f"{scoped}/runs", judging_api.JudgeRunViewSet, basename="judge-run")
 api.register(rf"{scoped}/runs/(?P<run_id>[0-9]+)/verdicts", judging_api.VerdictViewSet, basename="verdict")
 api.register(

@@ -1,4 +1,5 @@
-"""The import's settings: where uploads go and the largest field, from the environment, parsed strictly."""
+"""The import's settings: where uploads go, the largest field, the largest REST import answered in the request,
+from the environment, parsed strictly."""
 
 import json
 import os
@@ -9,7 +10,8 @@ from tests.test_settings import ROOT, VARIABLES
 
 PROBE = (
     "import json, django; django.setup(); from django.conf import settings as s; "
-    "print(json.dumps({'media': str(s.MEDIA_ROOT), 'max_field': s.LARRY_IMPORT_MAX_FIELD_BYTES}))"
+    "print(json.dumps({'media': str(s.MEDIA_ROOT), 'max_field': s.LARRY_IMPORT_MAX_FIELD_BYTES, "
+    "'inline': s.LARRY_IMPORT_INLINE_MAX_BYTES}))"
 )
 
 
@@ -24,13 +26,21 @@ def probe(**env):
     )
 
 
-def test_uploads_go_to_media_in_the_project_folder_and_fields_may_be_1_mib_unless_told():
-    got = json.loads(probe(LARRY_MEDIA_ROOT="", LARRY_IMPORT_MAX_FIELD_BYTES="").stdout)
-    assert got == {"media": str(ROOT / "media"), "max_field": 1_048_576}
-    got = json.loads(probe(LARRY_MEDIA_ROOT="/srv/uploads", LARRY_IMPORT_MAX_FIELD_BYTES="4096").stdout)
-    assert got == {"media": "/srv/uploads", "max_field": 4096}
+def test_uploads_go_to_media_fields_may_be_1_mib_and_rest_imports_over_64_mib_are_jobs_unless_told():
+    got = json.loads(
+        probe(LARRY_MEDIA_ROOT="", LARRY_IMPORT_MAX_FIELD_BYTES="", LARRY_IMPORT_INLINE_MAX_BYTES="").stdout
+    )
+    assert got == {"media": str(ROOT / "media"), "max_field": 1_048_576, "inline": 64 * 1024 * 1024}
+    got = json.loads(
+        probe(
+            LARRY_MEDIA_ROOT="/srv/uploads", LARRY_IMPORT_MAX_FIELD_BYTES="4096", LARRY_IMPORT_INLINE_MAX_BYTES="0"
+        ).stdout
+    )
+    assert got == {"media": "/srv/uploads", "max_field": 4096, "inline": 0}
 
 
 def test_a_malformed_or_tiny_field_limit_stops_start_up_naming_the_variable():
     assert "LARRY_IMPORT_MAX_FIELD_BYTES='1MB' is not an integer" in probe(LARRY_IMPORT_MAX_FIELD_BYTES="1MB").stderr
     assert "LARRY_IMPORT_MAX_FIELD_BYTES=10 is below 1024" in probe(LARRY_IMPORT_MAX_FIELD_BYTES="10").stderr
+    assert "LARRY_IMPORT_INLINE_MAX_BYTES='64M' is not an integer" in probe(LARRY_IMPORT_INLINE_MAX_BYTES="64M").stderr
+    assert "LARRY_IMPORT_INLINE_MAX_BYTES=-1 is below 0" in probe(LARRY_IMPORT_INLINE_MAX_BYTES="-1").stderr
