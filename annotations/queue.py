@@ -14,10 +14,10 @@ even when it arrives at the same instant (the SME's requests take turns, see
 code is safe without the lock clause.)
 """
 
+import json
 import time
 from datetime import datetime
 
-from django.core.exceptions import EmptyResultSet
 from django.db import connections, transaction
 from django.db.models import Count, Exists, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
@@ -50,25 +50,33 @@ def queue_add(*, project: Project, item_ids: list[int]) -> int:
     """
     want = project.reviews_per_item
     added = 0
-    # In id order, as a chunk's slots always were: each chunk is then a run of neighbouring ids, whose index
-    # entries and rows sit together (a random sample's ids spread every chunk over the whole table).
-    item_ids = sorted(set(item_ids))
+    order = list(dict.fromkeys(item_ids))  # the caller's order (a draw's random order), which the SMEs get
+    fresh_ids: set[int] = set()
+    over: set[int] = set()
     with transaction.atomic():
-        for start in range(0, len(item_ids), BATCH):
-            chunk = item_ids[start : start + BATCH]
+        # What to open is looked up in id order: each chunk is then a run of neighbouring ids, whose index
+        # entries and rows sit together (a random sample's ids spread every chunk over the whole table).
+        ascending = sorted(order)
+        for start in range(0, len(ascending), BATCH):
+            chunk = ascending[start : start + BATCH]
             # The chunk's id range as well as its ids: PostgreSQL then reads the slot and review indexes over that
             # range only, and the ranges of successive chunks do not overlap. By the ids alone it scanned every
             # slot (or merged the slot index up to the chunk) for each chunk: quadratic, 11 s at 200,000 items.
             span = {"item_id__gte": chunk[0], "item_id__lte": chunk[-1], "item_id__in": chunk}
             queued = set(Slot.objects.filter(**span).values_list("item_id", flat=True))
             fresh = Item.objects.filter(project=project, pk__in=[i for i in chunk if i not in queued])
-            fresh = fresh.exclude(response="")
+            fresh_ids.update(fresh.exclude(response="").values_list("pk", flat=True))
             # Items with more reviews than wanted slots get one more done slot per review (as slots_sync does).
             reviewed = Review.objects.filter(**span).order_by().values("item_id").annotate(n=Count("id"))
-            over = [r["item_id"] for r in reviewed.filter(n__gt=want) if r["item_id"] not in queued]
-            added += _slots_open(want, fresh)
-            if over:
-                _slots_adjust(project, want, fresh.filter(pk__in=over))
+            over.update(r["item_id"] for r in reviewed.filter(n__gt=want))
+        # The slots are opened in the caller's order, so SMEs who finish part of a draw have labelled a random
+        # part of it (in id order they would have labelled the oldest items: a biased part).
+        opening = [pk for pk in order if pk in fresh_ids]
+        for start in range(0, len(opening), BATCH):
+            chunk = opening[start : start + BATCH]
+            added += _slots_open(want, chunk)
+            if over.intersection(chunk):
+                _slots_adjust(project, want, Item.objects.filter(pk__in=over.intersection(chunk)))
     return added
 
 
@@ -88,24 +96,26 @@ def slots_sync(*, project: Project, item_ids: list[int] | None = None) -> None:
             _slots_adjust(project, want, items)
 
 
-def _slots_open(want: int, items) -> int:
-    """``want`` slots for each of ``items`` (none of which has slots), the first ``reviews`` of them done (an item
-    with more reviews than ``want`` gets ``want`` done ones here), in one statement. Returns how many items."""
-    if want < 1:
+def _slots_open(want: int, ids: list[int]) -> int:
+    """``want`` slots for each item of ``ids`` (none of which has slots), the first ``reviews`` of them done (an
+    item with more reviews than ``want`` gets ``want`` done ones here), in one statement, numbered in the order of
+    ``ids`` (the queue hands out slots of equal priority by number). Returns how many items."""
+    if want < 1 or not ids:
         return 0
-    try:
-        sql, params = (
-            _with_reviews(items).values_list("id", "project_id", "priority", "n_reviews").query.sql_with_params()
-        )
-    except EmptyResultSet:  # no ids to open
-        return 0
+    items = _with_reviews(Item.objects.filter(pk__in=ids)).values_list("id", "project_id", "priority", "n_reviews")
+    sql, params = items.query.sql_with_params()
     copies = " UNION ALL ".join(f"SELECT {n} AS n" for n in range(want))
-    table = Slot._meta.db_table
-    with connections[Slot.objects.db].cursor() as cursor:
+    connection = connections[Slot.objects.db]
+    if connection.vendor == "postgresql":
+        positions, listed = "unnest(%s::bigint[]) WITH ORDINALITY AS o(id, pos)", list(ids)
+    else:  # SQLite: json_each numbers the array's elements by key
+        positions, listed = "(SELECT value AS id, key AS pos FROM json_each(%s)) o", json.dumps(ids)
+    with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (item_id, project_id, priority, done) "
-            f"SELECT i.id, i.project_id, i.priority, k.n < i.n_reviews FROM ({sql}) i CROSS JOIN ({copies}) k",
-            params,
+            f"INSERT INTO {Slot._meta.db_table} (item_id, project_id, priority, done) "
+            f"SELECT i.id, i.project_id, i.priority, k.n < i.n_reviews FROM ({sql}) i JOIN {positions} ON o.id = i.id "
+            f"CROSS JOIN ({copies}) k ORDER BY o.pos, k.n",
+            [*params, listed],
         )
         return cursor.rowcount // want
 

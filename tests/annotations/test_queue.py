@@ -126,6 +126,22 @@ def test_queueing_fresh_and_labelled_items_at_once_opens_one_done_slot_per_revie
     assert Slot.objects.filter(project=project).count() == 7
 
 
+def test_items_queued_together_are_handed_out_in_the_order_given_across_chunks(project, monkeypatch):
+    # A draw queues its items in random order; SMEs who label part of it must have labelled a random part, not
+    # the oldest items (what id order would give). Chunks of 3, so the order spans several statements.
+    monkeypatch.setattr(queue, "BATCH", 3)
+    items = make_items(project, [f"r{i}" for i in range(8)])
+    order = [items[i].pk for i in (5, 0, 7, 2, 6, 1, 4, 3)]
+    Review.objects.create(item=items[6], decision="accept", origin=Review.Origin.IMPORT)  # its slot is done
+    assert queue.queue_add(project=project, item_ids=order) == 8
+    ann = user("ann")
+    handed = []
+    while (item := queue.next_item(project=project, reviewer=ann)) is not None:
+        handed.append(item.pk)
+        review_submit(item=item, reviewer=ann, decision="accept")
+    assert handed == [pk for pk in order if pk != items[6].pk]
+
+
 @pytest.mark.parametrize("reviews_per_item", [1, 2])
 def test_a_second_decision_from_another_tab_is_a_conflict_and_the_first_stands(project, queued, reviews_per_item):
     project.reviews_per_item = reviews_per_item
