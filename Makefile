@@ -14,7 +14,7 @@ SEED ?= 0
 TARGET ?= 0.9
 DELTA ?= 0.05
 PYTEST_ARGS ?=
-# VLLM=0 leaves the vLLM server out of `make test` (its two tests skip): a quicker run.
+# VLLM=0 leaves the vLLM server out of `make test` (its tests skip, each saying why): a quicker run.
 VLLM ?= 1
 
 .PHONY: demo test lint serve clean

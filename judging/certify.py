@@ -60,13 +60,15 @@ class Certificate:
     ≥ target whenever a threshold is certified (it is the dual of the binomial test); ``n_labelled``: every
     usable label; ``certified``: items of ``population`` with P(accept) ≥ threshold (0 when none);
     ``next``: what more labels would buy, ``{"threshold", "items", "more_items", "labels", "more_labels",
-    "labelled_now", "accepted_now"}`` — at the next grid threshold (the highest, from the one that failed or the
-    first tested when nothing passed downwards, that covers more of ``population``), ``more_labels`` more
+    "labelled_now", "accepted_now", "reachable", "uniform_draw"}`` — at the next grid threshold (the highest, from
+    the one that failed or the first tested when nothing passed downwards, that covers more of ``population``),
+    ``more_labels`` more
     uniform-slice SME labels on items of P(accept) ≥ that threshold, all accepted by the SMEs, are the least that
     could pass there and certify ``more_items`` more items. Optimistic: real labels include rejects, and the tests
     at the grid values above must pass too. ``uniform_draw``: about how many items a uniform draw must bring to
     the SMEs for ``more_labels`` of them to land at that threshold (by the share of labelled items there now;
-    None without any). None when every candidate passed.
+    None without any, or when not ``reachable``: fewer items of ``population`` are there than ``more_labels``).
+    None when every candidate passed.
     """
 
     target: float
@@ -182,8 +184,12 @@ def certify(
             "accepted_now": k_next,
             "more_labels": m,
             "labels": None if m is None else n_next + m,
+            # Whether there are that many unlabelled items there at all (a small project may have fewer).
+            "reachable": m is not None and m <= count(nxt_lam),
             # About how many items a uniform draw needs for that many labels to land at P(accept) ≥ threshold.
-            "uniform_draw": None if m is None or n_next == 0 else int(np.ceil(m * c.size / n_next)),
+            "uniform_draw": (
+                None if m is None or n_next == 0 or m > count(nxt_lam) else int(np.ceil(m * c.size / n_next))
+            ),
         }
     if chosen is None:
         if c.size == 0:

@@ -51,6 +51,15 @@ def test_too_few_labels_gives_a_statement_and_what_would_help():
     assert cert.next["threshold"] == 0.5 and cert.next["more_labels"] == 17 and cert.next["more_items"] == 2
 
 
+def test_more_labels_than_items_left_there_is_said_to_be_out_of_reach():
+    # 17 more labels at P(accept) >= 0.5 are wanted; with 2 unlabelled items there no draw can bring them.
+    few = certify([0.99] * 5, [True] * 5, target=TARGET, delta=DELTA, population=[0.9, 0.7])
+    assert few.next["reachable"] is False and few.next["uniform_draw"] is None
+    # With 30 there a uniform draw of about 17 brings them (every labelled item so far sits at that threshold).
+    many = certify([0.99] * 5, [True] * 5, target=TARGET, delta=DELTA, population=[0.9] * 30)
+    assert many.next["reachable"] is True and many.next["uniform_draw"] == 17
+
+
 def test_no_labels_and_one_class_never_crash():
     empty = certify([], [], target=TARGET, delta=DELTA, population=[0.9])
     assert empty.threshold is None and "No uniform-slice SME labels" in empty.reason

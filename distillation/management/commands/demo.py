@@ -144,7 +144,9 @@ def _certificate_line(certification: dict | None, slug: str) -> str:
             f" Next: {nxt['more_labels']} more uniform-slice SME labels at P(accept) ≥ {nxt['threshold']:.3f}, all "
             f"accepted, would certify {nxt['more_items']} more items (optimistic: rejects among them cost more)"
         )
-        if nxt.get("uniform_draw"):
+        if not nxt.get("reachable", True):
+            said += f"; but only {nxt['items']} unlabelled items are there: not reachable with these items"
+        elif nxt.get("uniform_draw"):
             said += (
                 f"; a uniform draw of about {nxt['uniform_draw']} items brings that many there "
                 f"(manage.py sample_items {slug} --n {nxt['uniform_draw']} --design uniform)"
