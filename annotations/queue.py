@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from annotations.models import Item, Project, Review, Slot
 from larry_web.db import commit_without_waiting
+from larry_web.planner import analyze_after_bulk_write
 
 BATCH = 2000
 
@@ -77,6 +78,9 @@ def queue_add(*, project: Project, item_ids: list[int]) -> int:
             added += _slots_open(want, chunk)
             if over.intersection(chunk):
                 _slots_adjust(project, want, Item.objects.filter(pk__in=over.intersection(chunk)))
+        # Fresh statistics for the slots just written: planned for the few slots it last knew of, the next item's
+        # claim took 15 ms instead of 0.5 at 1,000,000 queued (a bitmap scan of every slot of the project).
+        analyze_after_bulk_write({Slot._meta.db_table: added * want})
     return added
 
 

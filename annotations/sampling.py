@@ -37,6 +37,7 @@ from django.utils import timezone
 from annotations.models import Project, SampleDraw, SampleMembership
 from annotations.queue import queue_add
 from larry_web import background
+from larry_web.planner import analyze_after_bulk_write
 
 Design, Allocation = SampleDraw.Design, SampleDraw.Allocation
 STRATA_FIELDS = ("task_type", "source_model")
@@ -185,6 +186,7 @@ def _draw(draw: SampleDraw) -> SampleDraw:
     draw.status, draw.error, draw.finished_at = SampleDraw.Status.DONE, "", timezone.now()
     draw.save()
     _members_insert(draw, chosen)
+    analyze_after_bulk_write({SampleMembership._meta.db_table: len(chosen)})
     queue_add(project=project, item_ids=[c[0] for c in chosen])
     return draw
 

@@ -47,3 +47,13 @@ def test_a_write_small_against_the_table_is_not_analysed_again(project):
     import_items(project=project, stream=_jsonl(MIN_ROWS * 12, b"c"), fmt="jsonl")
     assert analyze_after_bulk_write({"annotations_item": MIN_ROWS}) == []  # under 10 % of 12,000 rows
     assert analyze_after_bulk_write({"annotations_item": MIN_ROWS * 2}) == ["annotations_item"]
+
+
+def test_a_big_draw_leaves_the_planner_knowing_its_slots_and_members(project, sme):
+    from annotations.sampling import sample_draw
+
+    import_items(project=project, stream=_jsonl(MIN_ROWS + 200, b"d"), fmt="jsonl", import_labels=False)
+    sample_draw(project=project, size=MIN_ROWS + 100, design="uniform", seed=1, user=sme)
+    # Inside the draw's transaction, ANALYZE counts the rows it wrote (its own, not yet committed).
+    assert _estimated_rows("annotations_slot") == MIN_ROWS + 100
+    assert _estimated_rows("annotations_samplemembership") == MIN_ROWS + 100
