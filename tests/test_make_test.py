@@ -122,6 +122,19 @@ def test_it_starts_vllm_for_the_command_and_stops_it_when_the_command_fails(tmp_
     assert not (vllm_dir / "server.pid").exists()
 
 
+def _in_group(pgid: int, name: str) -> bool:
+    """Whether a process called ``name`` runs in process group ``pgid`` (read from /proc/<pid>/stat)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        command, fields = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        if command == name and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 def test_it_stops_the_vllm_it_started_when_interrupted(tmp_path, vllm_dir):
     port = free_port()
     command = 'cat "$LARRY_VLLM_DIR/server.pid" > "$LARRY_VLLM_DIR/pid-seen"; sleep 60'
@@ -138,7 +151,9 @@ def test_it_stops_the_vllm_it_started_when_interrupted(tmp_path, vllm_dir):
     while not (vllm_dir / "pid-seen").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert (vllm_dir / "pid-seen").exists(), process.communicate()
-    time.sleep(0.2)  # the write done, sleep is running
+    # Ctrl-C once the command is in its sleep: sent between its two commands, it may be lost on a loaded machine.
+    while not _in_group(process.pid, "sleep") and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)  # a loaded machine may let the sleep run out first
     assert process.returncode == 130, stderr
