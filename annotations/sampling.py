@@ -96,12 +96,25 @@ def sample_draw(
 
         draw.status = SampleDraw.Status.QUEUED
         draw.save()
-        transaction.on_commit(partial(background.enqueue, run_sample_draw, draw.pk))
+        transaction.on_commit(partial(_start_draw, run_sample_draw, draw.pk))
         return draw
     with transaction.atomic():
         # Draws of one project take turns, so two at once never pick the same item.
         Project.objects.select_for_update().filter(pk=project.pk).first()
         return _draw(draw)
+
+
+def _start_draw(task, draw_id: int) -> None:
+    """Hand the queued draw to a worker; when the broker cannot be reached, end it as failed and say so (nothing
+    was drawn), rather than fail the request and leave the draw queued forever (as ``_start_import_job``)."""
+    try:
+        background.enqueue(task, draw_id)
+    except background.BROKER_ERRORS as exc:
+        SampleDraw.objects.filter(pk=draw_id, status=SampleDraw.Status.QUEUED).update(
+            status=SampleDraw.Status.FAILED,
+            error=f"not started: the task broker could not be reached ({exc}); nothing was drawn, draw again",
+            finished_at=timezone.now(),
+        )
 
 
 def sample_draw_run(draw_id: int) -> SampleDraw | None:
@@ -121,6 +134,10 @@ def sample_draw_run(draw_id: int) -> SampleDraw | None:
     try:
         with transaction.atomic():
             Project.objects.select_for_update().filter(pk=draw.project_id).first()
+            # A second run of the same draw (a redelivery, a second worker) claims it too, then waits here: once
+            # the first has committed, the draw is done (or failed), and drawing it again would double it.
+            if not SampleDraw.objects.filter(pk=draw_id, status=Status.RUNNING).exists():
+                return None
             return _draw(draw)
     except Exception as exc:
         logger.exception("sample draw %s failed", draw_id)
