@@ -110,3 +110,23 @@ def test_two_runs_of_one_queued_draw_at_once_draw_it_once(project, lead):
     assert draw.status == "done"
     assert SampleMembership.objects.filter(draw=draw).count() == 5
     assert Item.objects.filter(project=project).filter(in_sme_queue()).count() == 5
+
+
+def test_migrating_back_over_0012_keeps_queued_items_queued(transactional_db):
+    """Was: every item came back unqueued (the in_sme_queue column re-added False; 0012's data step had no reverse)."""
+    from tests.migrating import migrate
+
+    try:
+        apps = migrate([("annotations", "0012_queue_on_slots")])
+        HistoricalProject = apps.get_model("annotations", "Project")
+        HistoricalItem = apps.get_model("annotations", "Item")
+        HistoricalSlot = apps.get_model("annotations", "Slot")
+        project = HistoricalProject.objects.create(slug="p", name="P")
+        queued = HistoricalItem.objects.create(project=project, external_id="1", prompt="q", response="a")
+        HistoricalItem.objects.create(project=project, external_id="2", prompt="q", response="b")
+        HistoricalSlot.objects.create(item=queued, project=project, priority=0, done=False)
+        apps = migrate([("annotations", "0011_project_change_account")])
+        flags = dict(apps.get_model("annotations", "Item").objects.values_list("external_id", "in_sme_queue"))
+    finally:
+        migrate()
+    assert flags == {"1": True, "2": False}
