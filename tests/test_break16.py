@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections, transaction
 from django.urls import reverse
 
-from annotations.models import ImportJob, Item, Project, SampleDraw, SampleMembership
+from annotations.models import ImportJob, Item, Project, SampleDraw, SampleMembership, Slot
 from annotations.queue import in_sme_queue
 from annotations.sampling import sample_draw_run
 from tests.annotations.test_import_async import jsonl
@@ -130,3 +130,36 @@ def test_migrating_back_over_0012_keeps_queued_items_queued(transactional_db):
     finally:
         migrate()
     assert flags == {"1": True, "2": False}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_queueings_of_one_item_at_once_open_its_slots_once(project):
+    """Was: both opened its slots (a lead's double click on "queue", a draw and a judge run's escalations at once):
+    queueing writes no item row any more, so nothing made the second wait for the first."""
+    from annotations.queue import queue_add
+
+    items = make_items(project, ["a", "b", "c"])
+    ids = [i.pk for i in items]
+    opened, go_on = threading.Event(), threading.Event()
+
+    def first():
+        try:
+            with transaction.atomic():
+                queue_add(project=project, item_ids=ids)
+                opened.set()
+                go_on.wait(10)
+        finally:
+            connections.close_all()
+
+    other = threading.Thread(target=first)
+    other.start()
+    opened.wait(10)
+    second = threading.Thread(target=lambda: (queue_add(project=project, item_ids=ids), connections.close_all()))
+    second.start()
+    second.join(1)  # it waits for the first
+    assert second.is_alive()
+    go_on.set()
+    other.join(10)
+    second.join(10)
+    assert Slot.objects.filter(item__project=project).count() == 3 * project.reviews_per_item
