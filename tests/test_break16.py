@@ -2,6 +2,7 @@
 each test here is a finding; xfail(strict) ones are bugs still open."""
 
 import contextlib
+import io
 import os
 import signal
 import threading
@@ -68,6 +69,30 @@ def test_a_202_import_of_a_file_with_a_path_in_its_name_stays_in_the_media_folde
     assert answer.status_code == 202, answer.content[:500]
     job = ImportJob.objects.get()
     assert job.file.path.startswith(str(media)) and ".." not in job.file.name, job.file.name
+
+
+def test_an_import_job_run_again_after_its_worker_died_re_gates_what_the_dead_run_stored(
+    project, lead, django_capture_on_commit_callbacks
+):
+    """Was: the run again found every item stored (existing, none created) and asked for no re-gating, so the
+    items the dead run stored were never gated (the dead run asks only at its end)."""
+    from annotations.importers import import_items
+    from annotations.services import import_job_create
+    from annotations.tasks import run_import_job
+    from judging.models import GateDecision
+
+    content = jsonl(4)
+    upload = SimpleUploadedFile("items.jsonl", content)
+    job = import_job_create(project=project, upload=upload, fmt="jsonl", import_labels=True, user=lead)
+    # (its on_commit never runs here) A worker claimed it, stored every item and died before its end.
+    ImportJob.objects.filter(pk=job.pk).update(status="running")
+    import_items(project=project, stream=io.BytesIO(content), fmt="jsonl")
+    assert not GateDecision.objects.filter(item__project=project).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        run_import_job(job.pk)  # delivered again
+    job.refresh_from_db()
+    assert job.status == "done" and (job.report["created"], job.report["existing"]) == (0, 4)
+    assert GateDecision.objects.filter(item__project=project, outcome="reject", basis="sme").count() == 4
 
 
 @pytest.mark.worker
