@@ -28,6 +28,8 @@ from larry_web.db import commit_without_waiting
 from larry_web.planner import analyze_after_bulk_write
 
 BATCH = 2000
+# Key of the PostgreSQL advisory lock that makes queueings of one project take turns (with the project id).
+QUEUE_LOCK = 0x1A770004
 
 
 def in_sme_queue(item: str = "pk") -> Exists:
@@ -47,7 +49,9 @@ def queue_add(*, project: Project, item_ids: list[int]) -> int:
 
     A prompt without a response (it "needs a response") is never queued: an SME would have nothing to review.
     Items of other projects and ids that do not exist are ignored. One ``INSERT ... SELECT`` per ``BATCH``
-    items (plus a Python pass for the rare item with more reviews than slots wanted).
+    items (plus a Python pass for the rare item with more reviews than slots wanted). Queueings of one project
+    take turns (a transaction-level advisory lock on PostgreSQL; SQLite has one writer): two at once would
+    both find an item unqueued and both open its slots, since queueing writes no item row.
     """
     want = project.reviews_per_item
     added = 0
@@ -55,6 +59,10 @@ def queue_add(*, project: Project, item_ids: list[int]) -> int:
     fresh_ids: set[int] = set()
     over: set[int] = set()
     with transaction.atomic():
+        connection = connections[Slot.objects.db]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [QUEUE_LOCK, project.pk])
         # What to open is looked up in id order: each chunk is then a run of neighbouring ids, whose index
         # entries and rows sit together (a random sample's ids spread every chunk over the whole table).
         ascending = sorted(order)

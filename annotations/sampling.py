@@ -97,12 +97,24 @@ def sample_draw(
 
         draw.status = SampleDraw.Status.QUEUED
         draw.save()
-        transaction.on_commit(partial(background.enqueue, run_sample_draw, draw.pk))
+        transaction.on_commit(partial(_start_draw, run_sample_draw, draw.pk))
         return draw
     with transaction.atomic():
-        # Draws of one project take turns, so two at once never pick the same item.
-        Project.objects.select_for_update().filter(pk=project.pk).first()
+        _draws_take_turns(project.pk)
         return _draw(draw)
+
+
+def _start_draw(task, draw_id: int) -> None:
+    """Hand the queued draw to a worker; when the broker cannot be reached, end it as failed and say so (nothing
+    was drawn), rather than fail the request and leave the draw queued forever (as ``_start_import_job``)."""
+    try:
+        background.enqueue(task, draw_id)
+    except background.BROKER_ERRORS as exc:
+        SampleDraw.objects.filter(pk=draw_id, status=SampleDraw.Status.QUEUED).update(
+            status=SampleDraw.Status.FAILED,
+            error=f"not started: the task broker could not be reached ({exc}); nothing was drawn, draw again",
+            finished_at=timezone.now(),
+        )
 
 
 def sample_draw_run(draw_id: int) -> SampleDraw | None:
@@ -121,7 +133,11 @@ def sample_draw_run(draw_id: int) -> SampleDraw | None:
     draw = SampleDraw.objects.select_related("project").get(pk=draw_id)
     try:
         with transaction.atomic():
-            Project.objects.select_for_update().filter(pk=draw.project_id).first()
+            _draws_take_turns(draw.project_id)
+            # A second run of the same draw (a redelivery, a second worker) claims it too, then waits here: once
+            # the first has committed, the draw is done (or failed), and drawing it again would double it.
+            if not SampleDraw.objects.filter(pk=draw_id, status=Status.RUNNING).exists():
+                return None
             return _draw(draw)
     except Exception as exc:
         logger.exception("sample draw %s failed", draw_id)
@@ -129,6 +145,19 @@ def sample_draw_run(draw_id: int) -> SampleDraw | None:
         SampleDraw.objects.filter(pk=draw_id).update(status=Status.FAILED, error=error, finished_at=timezone.now())
         draw.refresh_from_db()
         return draw
+
+
+def _draws_take_turns(project_id: int) -> None:
+    """Lock the project's row until the transaction ends, so draws of one project take turns and two at once
+    never pick the same item.
+
+    ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: a row inserted with a foreign key to the project (an imported item,
+    a new draw, an import job, a judge run, a slot) takes ``FOR KEY SHARE`` on it, which ``FOR UPDATE`` blocks. A
+    background draw of a million items holds the lock for minutes; with ``FOR UPDATE`` every import into the
+    project waited for it, and so did the next ``POST .../samples/`` (recording its draw), answered 202 only
+    once the running draw had ended. SQLite has one writer and no row locks: nothing to do there.
+    """
+    Project.objects.select_for_update(no_key=True).filter(pk=project_id).first()
 
 
 def _draw_new(project, size, design, seed, strata, allocation, uniform_share, user) -> SampleDraw:

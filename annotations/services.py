@@ -1,5 +1,6 @@
 """Writes for the annotations app: sampling into the SME queue, reviews and their history, adjudication."""
 
+import os
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -506,10 +507,28 @@ def import_job_create(
         created_by=user,
         bytes_total=upload.size,
     )
-    job.file.save(upload.name, upload, save=False)
+    job.file.save(_stored_name(upload.name), upload, save=False)
     job.save()
     transaction.on_commit(partial(_start_import_job, job.pk))
     return job
+
+
+STORED_NAME_BYTES = 200
+
+
+def _stored_name(name: str) -> str:
+    """``name`` cut to at most ``STORED_NAME_BYTES`` bytes of UTF-8, its extension kept when short, to store the
+    upload under: file systems allow 255 bytes a name and Django keeps 255 characters of an upload's name (a
+    name of 200 accented letters is 400 bytes: storing it failed with "File name too long", a 500), and the
+    storage may add 8 more (``_`` and 7 random characters) when the name is taken. The job keeps the whole name
+    in ``filename``."""
+    if len(name.encode()) <= STORED_NAME_BYTES:
+        return name
+    stem, ext = os.path.splitext(name)
+    if len(ext.encode()) > 16:
+        stem, ext = name, ""
+    room = STORED_NAME_BYTES - len(ext.encode())
+    return (stem.encode()[:room].decode(errors="ignore") or "upload") + ext
 
 
 def _start_import_job(job_id: int) -> None:

@@ -22,6 +22,9 @@ def run_import_job(job_id: int) -> None:
     a job that stopped at a fatal fault), or an error may have left some
     stored, the project is re-gated afterwards (``services.items_imported``).
     """
+    # A run again after a worker died: what the dead run stored counts as existing now, not created, and was
+    # never re-gated (that comes at the end): re-gate afterwards whatever this run creates.
+    again = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.RUNNING).exists()
     claimed = ImportJob.objects.filter(
         pk=job_id, status__in=[ImportJob.Status.QUEUED, ImportJob.Status.RUNNING]
     ).update(status=ImportJob.Status.RUNNING, started_at=timezone.now(), rows_read=0, bytes_read=0)
@@ -57,7 +60,7 @@ def run_import_job(job_id: int) -> None:
         bytes_read=job.bytes_total if not report.fatal else bytes_read,
         finished_at=timezone.now(),
     )
-    if report.created:
+    if report.created or again:
         items_imported(job.project_id)
 
 

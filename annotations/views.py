@@ -547,6 +547,9 @@ def sample_draw_form(request: HttpRequest, slug: str) -> HttpResponse:
         messages.error(request, f"No items drawn: {exc}")
         return redirect(project)
     draw.refresh_from_db()  # a background draw is made already when tasks run in the caller
+    if draw.status == SampleDraw.Status.FAILED:  # e.g. not started: the task broker could not be reached
+        messages.error(request, f"No items drawn: draw {draw.pk} failed: {draw.error}")
+        return redirect(project)
     if draw.status != SampleDraw.Status.DONE:
         messages.success(
             request,
