@@ -10,12 +10,13 @@ from annotations.sampling import sample_draw_run
 from annotations.services import items_imported
 
 
-@shared_task(acks_late=True)
+@shared_task(acks_late=True, reject_on_worker_lost=True)
 def run_import_job(job_id: int) -> None:
     """Import the job's file, writing progress after every batch and the report at the end.
 
     Claimed with a conditional UPDATE, so one worker runs it. A job found
-    ``running`` is one whose worker died (acks_late delivered it again): it
+    ``running`` is one whose worker died (``acks_late`` delivers it again, and
+    ``reject_on_worker_lost`` when only the pool process was killed): it
     is run again from the start, which is safe since items already stored
     are skipped (they then count as existing). Any error ends the job as
     ``failed`` with the error on the row. When items were created (even by
@@ -64,8 +65,9 @@ def run_import_job(job_id: int) -> None:
         items_imported(job.project_id)
 
 
-@shared_task(acks_late=True)
+@shared_task(acks_late=True, reject_on_worker_lost=True)
 def run_sample_draw(draw_id: int) -> None:
     """Make a draw recorded by ``annotations.sampling.sample_draw(later=True)`` (``sample_draw_run``): done with every
-    item queued, or failed with the error and nothing recorded. A draw already done or failed is left alone."""
+    item queued, or failed with the error and nothing recorded. A draw already done or failed is left alone; one
+    whose worker process was killed is delivered again (``reject_on_worker_lost``) and made from the start."""
     sample_draw_run(draw_id)
