@@ -34,9 +34,12 @@ def post_import(client, project, user, content: bytes, name: str, **headers):
 
 
 @pytest.mark.parametrize("name", ["é" * 200 + ".jsonl", "数据" * 60 + ".jsonl", "x" * 250 + ".jsonl"])
-def test_a_202_import_of_a_file_with_a_long_name_is_stored_under_a_shorter_one(client, project, lead, name):
+def test_a_202_import_of_a_file_with_a_long_name_is_stored_under_a_shorter_one(
+    client, project, lead, name, django_capture_on_commit_callbacks
+):
     """Was a 500 ("File name too long") for a name over 255 bytes in UTF-8: UploadedFile keeps 255 characters."""
-    answer = post_import(client, project, lead, jsonl(3), name, Prefer="respond-async")
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = post_import(client, project, lead, jsonl(3), name, Prefer="respond-async")
     assert answer.status_code == 202, answer.content[:500]
     job = ImportJob.objects.get()
     assert job.status == "done" and job.filename.endswith(".jsonl") and len(job.filename) <= 255, job.error
@@ -279,13 +282,23 @@ def test_a_draw_being_made_holds_up_no_import_and_no_new_draw(project, lead):
     items of an import, the next draw's record (so a POST .../samples/ with Prefer: respond-async hung until the
     running draw ended, past gunicorn's 30 s timeout: a 500), import jobs, judge runs, slots."""
     make_items(project, ["a", "b", "c"])
-    with _holding(partial(_a_draw, project)):
-        _sql("SET statement_timeout = 5000", [])
+    inserted = []
+
+    def insert():
         try:
             Item.objects.create(project=project, external_id="new", prompt="q", response="r")
             SampleDraw.objects.create(project=project, design="uniform", seed=2, size=1, status="queued")
+            inserted.append(True)
         finally:
-            _sql("SET statement_timeout = 0", [])
+            connections.close_all()
+
+    with _holding(partial(_a_draw, project)):
+        other = threading.Thread(target=insert)
+        other.start()
+        other.join(10)
+        while_drawing = bool(inserted)
+    other.join(30)
+    assert while_drawing and inserted
 
 
 @pytest.mark.worker
