@@ -282,13 +282,23 @@ def test_a_draw_being_made_holds_up_no_import_and_no_new_draw(project, lead):
     items of an import, the next draw's record (so a POST .../samples/ with Prefer: respond-async hung until the
     running draw ended, past gunicorn's 30 s timeout: a 500), import jobs, judge runs, slots."""
     make_items(project, ["a", "b", "c"])
-    with _holding(partial(_a_draw, project)):
-        _sql("SET statement_timeout = 5000", [])
+    inserted = []
+
+    def insert():
         try:
             Item.objects.create(project=project, external_id="new", prompt="q", response="r")
             SampleDraw.objects.create(project=project, design="uniform", seed=2, size=1, status="queued")
+            inserted.append(True)
         finally:
-            _sql("SET statement_timeout = 0", [])
+            connections.close_all()
+
+    with _holding(partial(_a_draw, project)):
+        other = threading.Thread(target=insert)
+        other.start()
+        other.join(10)
+        while_drawing = bool(inserted)
+    other.join(30)
+    assert while_drawing and inserted
 
 
 @pytest.mark.worker
