@@ -146,6 +146,9 @@ def test_it_stops_the_vllm_it_started_when_interrupted(tmp_path, vllm_dir):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, to send it Ctrl-C as a terminal would
+        # with Ctrl-C heard: a pytest-xdist worker may ignore SIGINT, and an ignored signal is inherited (bash
+        # then cannot even trap it), so the script would never see the Ctrl-C the test sends
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not (vllm_dir / "pid-seen").exists() and process.poll() is None and time.monotonic() < deadline:
